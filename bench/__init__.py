@@ -1,0 +1,1 @@
+"""ddimbench harness: metrics, sweeps, tracking, reports and the CLI."""
