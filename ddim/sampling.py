@@ -120,9 +120,7 @@ def ancestral_step(
     x0 = predict_x0(x, eps, ab_t)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-    mean = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0 + (
-        math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)
-    ) * x
+    mean = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0 + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
     if variance == "large":
         std = math.sqrt(beta)
     elif variance == "posterior":
@@ -212,9 +210,7 @@ def ddpm_sample(
 ) -> torch.Tensor:
     """DDPM ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2; posterior variance β̃)."""
     ts = torch.arange(len(alpha_bar) - 1, -1, -1)
-    return sample(
-        model, x_T, alpha_bar, ts, sampler="ddpm", clip_x0=clip_x0, noise=noise, callback=callback
-    )
+    return sample(model, x_T, alpha_bar, ts, sampler="ddpm", clip_x0=clip_x0, noise=noise, callback=callback)
 
 
 @torch.no_grad()

@@ -30,9 +30,7 @@ BETA_SCHEDULES = ("linear", "quad", "const", "jsd", "sigmoid", "cosine")
 SPACINGS = ("uniform", "quad", "trailing", "linspace")
 
 
-def betas(
-    name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> torch.Tensor:
+def betas(name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """β_1..β_T (float64, shape (T,)) for a named schedule; the official definitions plus cosine."""
     if T < 1:
         raise DDIMError(f"T must be a positive number of diffusion steps, got {T}")
@@ -60,9 +58,7 @@ def betas(
     return b
 
 
-def alpha_bar(
-    name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> torch.Tensor:
+def alpha_bar(name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """ᾱ_t = ∏_{s≤t}(1 − β_s) for t = 0..T−1 (float64, shape (T,), strictly decreasing in (0, 1))."""
     return torch.cumprod(1.0 - betas(name, T, beta_start, beta_end), dim=0)
 

@@ -174,9 +174,7 @@ def test_sample_does_not_depend_on_batch_size(sampler, eta):
         assert torch.allclose(out_one[0], out_big[k], rtol=1e-5, atol=1e-5)
     # Same seed, same numbers; a different seed, different numbers.
     again = sampling.SeededNoise(range(100, 108), (1, 8, 8))
-    assert torch.equal(
-        sampling.sample(model, again.initial(), AB, ts, eta=eta, sampler=sampler, noise=again), out_big
-    )
+    assert torch.equal(sampling.sample(model, again.initial(), AB, ts, eta=eta, sampler=sampler, noise=again), out_big)
     assert not torch.allclose(out_big[0], out_big[1])
 
 
@@ -195,9 +193,7 @@ def test_ddpm_sample_walks_all_T_steps():
 def test_inversion_error_shrinks_with_steps():
     s2 = 0.25
     model = gaussian_data_eps(s2)
-    x0 = torch.randn(
-        16, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    ) * math.sqrt(s2)
+    x0 = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(s2)
     errs = []
     for S in [10, 20, 50, 100]:
         ts = schedules.timesteps(S, T)

@@ -1,0 +1,315 @@
+"""The domain feature extractor: a small CNN classifier, so FID / IS / KID work offline on digits / MNIST.
+
+Inception-v3 was trained on 299 px ImageNet photos; on 16-32 px digits its features say little, and
+its weights need a download. Instead we train a small CNN on the dataset's TRAIN split once
+(seeded, deterministic), cache it in ``cache_dir`` keyed by dataset, resolution and seed, record its
+test-split accuracy in a JSON next to it, and register it with torch-fidelity as a custom feature
+extractor:
+
+- ``penult``: the 128-d global-average-pooled features before the last layer (FID and KID),
+- ``logits_unbiased``: the class logits (IS reads this name as logits).
+
+Its input is uint8 (N, C, H, W) exactly as given (the dataset's channel count, no RGB repeat),
+scaled inside the network with the same map as the data pipeline (x / 127.5 − 1).
+torch-fidelity is imported lazily, inside ``feature_extractor_class``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.metrics import file_sha256, to_uint8
+from ddim.errors import DDIMError
+
+__all__ = [
+    "EXTRACTOR_NAME",
+    "FEATURES",
+    "FEATURE_FID",
+    "FEATURE_ISC",
+    "DigitClassifier",
+    "ensure_classifier",
+    "feature_extractor_class",
+    "load_classifier",
+    "load_labelled_uint8",
+    "register_feature_extractor",
+    "train_classifier",
+]
+
+EXTRACTOR_NAME = "ddimbench-classifier"  # torch-fidelity registry name
+FEATURE_FID = "penult"
+FEATURE_ISC = "logits_unbiased"
+FEATURES = (FEATURE_FID, FEATURE_ISC)
+FORMAT = "ddimbench-classifier-v1"  # bump when the architecture or training changes
+WIDTH = 32
+TRAIN_STEPS = 400
+BATCH_SIZE = 64
+LR = 5e-3
+
+
+class DigitClassifier(nn.Module):
+    """[conv-BN-ReLU(w), pool, conv-BN-ReLU(2w), pool, conv-BN-ReLU(4w)] → global avg pool (``penult``) → linear."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = WIDTH) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        w = width
+        self.features = nn.Sequential(
+            *block(in_channels, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(4 * w, num_classes)
+        self.in_channels = in_channels
+
+    def penult_and_logits(self, x_uint8: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 (N, C, H, W) -> (penult (N, 4w), logits (N, classes))."""
+        x = x_uint8.float() / 127.5 - 1  # the inverse of bench.metrics.to_uint8
+        penult = self.features(x)
+        return penult, self.head(penult)
+
+    def forward(self, x_uint8: Tensor) -> Tensor:
+        return self.penult_and_logits(x_uint8)[1]
+
+
+def load_labelled_uint8(
+    dataset: str, *, data_root: str | os.PathLike = "data", split: str = "train", resolution: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """A labelled in-memory split as uint8 images (N, C, H, W) (``to_uint8``) and long labels (N,)."""
+    from ddim.data import load_dataset
+
+    ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
+    labels = getattr(ds, "labels", None)
+    if not hasattr(ds, "images") or labels is None or len(labels) == 0 or int(labels.min()) < 0:
+        raise DDIMError(
+            f"the classifier extractor needs a labelled dataset (digits, mnist, cifar10), not {dataset!r} {split!r}; "
+            f"use --extractor inception"
+        )
+    return to_uint8(ds.images), labels.long()
+
+
+def _init_weights(model: nn.Module, gen: torch.Generator) -> None:
+    """PyTorch's default conv / linear init, drawn from ``gen`` instead of the global RNG."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=gen)
+            bound = 1 / m.weight[0].numel() ** 0.5
+            nn.init.uniform_(m.bias, -bound, bound, generator=gen)
+
+
+def _accuracy(model: DigitClassifier, images: Tensor, labels: Tensor, device: str) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), 512):
+            logits = model(images[i : i + 512].to(device))
+            correct += int((logits.argmax(1).cpu() == labels[i : i + 512]).sum())
+    return correct / len(images)
+
+
+def train_classifier(
+    images: Tensor, labels: Tensor, *, seed: int = 0, device: str = "cpu", steps: int = TRAIN_STEPS
+) -> DigitClassifier:
+    """Train on uint8 images (N, C, H, W): Adam, cosine LR, one seeded generator for init and batches.
+
+    On the CPU this runs single-threaded: the result then does not depend on the core count
+    (float reductions differ with the thread count), and a tiny model loses little speed while
+    staying fast on a loaded machine (spinning OpenMP threads degrade badly under contention).
+    """
+    if device.startswith("cuda"):
+        return _train(images, labels, seed=seed, device=device, steps=steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(images, labels, seed=seed, device=device, steps=steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(images: Tensor, labels: Tensor, *, seed: int, device: str, steps: int) -> DigitClassifier:
+    num_classes = int(labels.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    model = DigitClassifier(images.shape[1], num_classes)
+    _init_weights(model, gen)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    order, pos = torch.randperm(len(images), generator=gen), 0
+    for _ in range(steps):
+        if pos + BATCH_SIZE > len(order):  # new epoch: reshuffle
+            order, pos = torch.randperm(len(images), generator=gen), 0
+        idx = order[pos : pos + BATCH_SIZE]
+        pos += BATCH_SIZE
+        loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval().cpu()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_classifier(path: str | os.PathLike, device: str = "cpu") -> tuple[DigitClassifier, dict[str, Any]]:
+    """A trained classifier and its config from a file written by ``ensure_classifier``."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # OSError, a corrupt zip (RuntimeError), a non-torch file (UnpicklingError)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DDIMError(f"cannot read classifier {str(path)!r} ({reason}); delete it so it is retrained") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise DDIMError(f"{str(path)!r} is not a {FORMAT} file; delete it so it is retrained")
+    cfg = blob["config"]
+    model = DigitClassifier(cfg["channels"], cfg["num_classes"], cfg["width"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def ensure_classifier(
+    dataset: str,
+    *,
+    data_root: str | os.PathLike = "data",
+    cache_dir: str | os.PathLike = ".cache/ddimbench",
+    device: str = "cpu",
+    resolution: int | None = None,
+    seed: int = 0,
+) -> tuple[Path, dict[str, Any]]:
+    """The cached classifier for (dataset, resolution, seed), trained on the train split if missing.
+
+    Returns the weights path and its info (``accuracy`` on the test split, ``sha256`` of the
+    weights file, ``channels``, ``resolution``, ``num_classes``, ...), also stored as JSON next to it.
+    A cached file whose sha256 does not match its JSON is retrained.
+    """
+    from ddim.data import dataset_info
+
+    res = int(dataset_info(dataset, resolution=resolution).resolution)
+    folder = Path(cache_dir) / "classifier"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{FORMAT}-{dataset}-{res}px-seed{seed}.pt"
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("sha256") == file_sha256(path):
+            return path, meta
+
+    # 1. Train on the train split (as uint8, exactly what the extractor will see).
+    train_x, train_y = load_labelled_uint8(dataset, data_root=data_root, split="train", resolution=resolution)
+    if train_x.shape[-1] != res:
+        raise DDIMError(f"{dataset} train images are {train_x.shape[-1]}px, not {res}px; pass --resolution {res}")
+    if int(train_y.unique().numel()) < 2:
+        raise DDIMError(f"the classifier extractor needs class labels, {dataset} has none; use --extractor inception")
+    start = time.perf_counter()
+    model = train_classifier(train_x, train_y, seed=seed, device=device)
+    seconds = time.perf_counter() - start
+
+    # 2. Test-split accuracy, recorded with the weights' hash.
+    try:
+        test_x, test_y = load_labelled_uint8(dataset, data_root=data_root, split="test", resolution=resolution)
+        accuracy = _accuracy(model, test_x, test_y, "cpu")
+        test_count = len(test_x)
+    except DDIMError:
+        accuracy, test_count = None, 0
+    cfg = {"channels": int(train_x.shape[1]), "num_classes": int(train_y.max()) + 1, "width": WIDTH}
+    blob = {"format": FORMAT, "config": cfg, "state_dict": model.state_dict()}
+    _atomic_write(path, lambda f: torch.save(blob, f))
+    meta = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "resolution": res,
+        **cfg,
+        "feature_dim": 4 * WIDTH,
+        "seed": seed,
+        "steps": TRAIN_STEPS,
+        "train_count": len(train_x),
+        "test_count": test_count,
+        "accuracy": accuracy,
+        "train_seconds": round(seconds, 2),
+        "torch": torch.__version__,
+        "sha256": file_sha256(path),
+    }
+    _atomic_write(meta_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    return path, meta
+
+
+@functools.cache
+def feature_extractor_class() -> type:
+    """The torch-fidelity ``FeatureExtractorBase`` subclass (built on first use: lazy import)."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        """``penult`` / ``logits_unbiased`` of a ``DigitClassifier`` loaded from
+        ``feature_extractor_weights_path`` (torch-fidelity passes every calculate_metrics kwarg)."""
+
+        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise ValueError(f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (see ensure_classifier)")
+            self.net, self.config = load_classifier(feature_extractor_weights_path)
+            self.requires_grad_(False)
+            self.eval()
+
+        @staticmethod
+        def get_provided_features_list() -> tuple[str, ...]:
+            return FEATURES
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric: str) -> str:
+            return FEATURE_ISC if metric == "isc" else FEATURE_FID
+
+        @staticmethod
+        def can_be_compiled() -> bool:
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile() -> Tensor:
+            return torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != self.net.in_channels:
+                raise ValueError(
+                    f"{EXTRACTOR_NAME} expects uint8 (N, {self.net.in_channels}, H, W), got {x.dtype} {tuple(x.shape)}"
+                )
+            penult, logits = self.net.penult_and_logits(x)
+            by_name = {FEATURE_FID: penult, FEATURE_ISC: logits}
+            return tuple(by_name[name] for name in self.features_list)
+
+    return ClassifierFeatureExtractor
+
+
+def register_feature_extractor() -> str:
+    """Register the classifier with torch-fidelity once per process; returns its registry name."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.registry import register_feature_extractor as register
+
+    cls = feature_extractor_class()
+    current = FEATURE_EXTRACTORS_REGISTRY.get(EXTRACTOR_NAME)
+    if current is None:
+        register(EXTRACTOR_NAME, cls)
+    elif current is not cls:  # this module was reloaded: registering again would raise
+        FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] = cls
+    return EXTRACTOR_NAME

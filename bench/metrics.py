@@ -1,0 +1,531 @@
+"""FID / IS / KID under a written protocol (STYLE.md item 7), on top of torch-fidelity.
+
+Protocol:
+
+- Samples are converted to uint8 with the ONE rule ``to_uint8`` before anything is measured, and
+  are handed to torch-fidelity in memory (no PNG round trip). A short sample count is refused.
+- The reference (input2) is the dataset's real images of ``split``, converted with the same rule.
+  Its statistics are computed once and cached under a key made of dataset, split, resolution,
+  extractor, the extractor weights' sha256, the reference count and a content hash of the
+  reference images, so a stale entry can never be reused (torch-fidelity's own cache name
+  ignores all of these except the name we give it).
+- Two extractors: ``classifier`` (a small CNN trained on the dataset, see ``bench.classifier``;
+  works offline, the default for digits / MNIST) and ``inception`` (torch-fidelity's
+  ``inception-v3-compat``, the paper's; its weights must be available locally).
+- Every result records the extractor, its weights' sha256, the reference key and the sha256 of
+  the cached reference file, the reference count and N.
+
+torch-fidelity is imported lazily: importing this module only needs torch, numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ddim.errors import DDIMError
+
+__all__ = [
+    "EXTRACTORS",
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_FILE",
+    "METRICS",
+    "compute_metrics",
+    "compute_metrics_from_folder",
+    "default_extractor",
+    "file_sha256",
+    "frechet_distance",
+    "read_png_folder",
+    "reference_key",
+    "resolve_inception_weights",
+    "tensor_sha256",
+    "to_uint8",
+]
+
+EXTRACTORS = ("classifier", "inception")
+METRICS = ("fid", "isc", "kid")
+INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name
+INCEPTION_LAYER_FID = "2048"  # torch-fidelity's default FID/KID layer for it
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_ENV = "DDIMBENCH_INCEPTION_WEIGHTS"
+KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small N
+ISC_SPLITS = 10  # torch-fidelity's default; IS needs at least this many samples
+REF_SUBSET_SEED = 0  # fixed: a reference subset (ref_count) is part of the protocol
+_BATCH_SIZE = {"classifier": 256, "inception": 64}
+_FIDELITY_KEYS = {
+    "frechet_inception_distance": "fid",
+    "inception_score_mean": "isc_mean",
+    "inception_score_std": "isc_std",
+    "kernel_inception_distance_mean": "kid_mean",
+    "kernel_inception_distance_std": "kid_std",
+}
+
+
+# --- the uint8 rule and the pure Fréchet distance -----------------------------------------------
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 0..255: the ONE conversion rule, for samples and references."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
+
+    d² = ‖mu1 − mu2‖² + Tr(sigma1) + Tr(sigma2) − 2 Tr((sigma1 sigma2)^½)
+
+    Pure numpy / scipy. As is standard (TTUR, pytorch-fid): when the product is near-singular and
+    its square root is not finite, ``eps`` is added to both diagonals; a numerically complex root
+    with a negligible imaginary part is replaced by its real part.
+    """
+    import scipy.linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"mean vectors must be 1-D of equal length, got {mu1.shape} and {mu2.shape}")
+    if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"covariances must be {mu1.size}x{mu1.size}, got {sigma1.shape} and {sigma2.shape}")
+
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(mu1.size) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrt of sigma1 @ sigma2 has a large imaginary part {np.abs(covmean.imag).max():g}")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def default_extractor(dataset: str) -> str:
+    """The domain classifier for digits / MNIST (Inception means little on 16-32 px digits)."""
+    return "classifier" if dataset in ("digits", "mnist") else "inception"
+
+
+# --- hashing and data ----------------------------------------------------------------------------
+
+_FILE_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) so 100 MB weights are hashed once."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    memo_key = (real, st.st_size, st.st_mtime_ns)
+    if memo_key not in _FILE_SHA_MEMO:
+        digest = hashlib.sha256()
+        with open(real, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_SHA_MEMO[memo_key] = digest.hexdigest()
+    return _FILE_SHA_MEMO[memo_key]
+
+
+def tensor_sha256(x: Tensor) -> str:
+    """Content hash of a tensor: dtype, shape and bytes."""
+    x = x.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
+    digest.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return digest.hexdigest()
+
+
+def _subset_index(n: int, ref_count: int | None) -> Tensor | None:
+    """None for the whole split, else a fixed-seed random subset of ``ref_count`` indices (sorted)."""
+    if ref_count is None or ref_count == n:
+        return None
+    if not 2 <= ref_count <= n:
+        raise DDIMError(f"ref_count {ref_count} is outside 2..{n} (the split's size); lower --ref-count")
+    gen = torch.Generator().manual_seed(REF_SUBSET_SEED)
+    return torch.randperm(n, generator=gen)[:ref_count].sort().values
+
+
+_CHECKED_INCEPTION: set[str] = set()
+
+
+def _check_inception_weights(path: Path, sha256: str) -> None:
+    """Load the file once (per content) as torch-fidelity will, so a bad file is a one-line error."""
+    if sha256 in _CHECKED_INCEPTION:
+        return
+    fix = f"pass --inception-weights FILE with torch-fidelity's {INCEPTION_WEIGHTS_FILE}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # as torch-fidelity loads it
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DDIMError(f"cannot read Inception weights {str(path)!r} ({reason}); {fix}") from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
+        raise DDIMError(
+            f"{str(path)!r} is not torch-fidelity's Inception-v3 state dict (no 1008x2048 fc.weight); {fix}"
+        )
+    _CHECKED_INCEPTION.add(sha256)
+
+
+class _UInt8Images(Dataset):
+    """In-memory uint8 images for torch-fidelity; ``rgb`` repeats 1 channel to 3 (for Inception)."""
+
+    def __init__(self, images: Tensor, rgb: bool = False) -> None:
+        self.images = images
+        self.rgb = rgb and images.shape[1] == 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = self.images[i]  # (C, H, W) uint8
+        return img.repeat(3, 1, 1) if self.rgb else img
+
+
+class _DecodedUInt8(Dataset):
+    """A file-backed dataset's images, decoded only when torch-fidelity asks (a cache miss)."""
+
+    def __init__(self, ds: Dataset, index: list[int], shape: tuple[int, int, int], rgb: bool = False) -> None:
+        self.ds, self.index, self.shape = ds, index, shape
+        self.rgb = rgb and shape[0] == 1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = to_uint8(self.ds[self.index[i]][0])  # (C, H, W) uint8
+        if tuple(img.shape) != self.shape:
+            raise DDIMError(f"reference image {self.index[i]} is {tuple(img.shape)}, not {self.shape}; check the data")
+        return img.repeat(3, 1, 1) if self.rgb else img
+
+
+def _reference(
+    dataset: str,
+    *,
+    data_root: Any,
+    split: str,
+    resolution: int | None,
+    ref_count: int | None,
+    memo_dir: Path,
+    rgb: bool,
+) -> tuple[Dataset, int, tuple[int, ...], str]:
+    """input2 for torch-fidelity, its count, image shape (C, H, W) and content hash.
+
+    The content hash is ``tensor_sha256`` of the uint8 reference tensor. In-memory datasets are
+    hashed directly. File-backed ones (CelebA, folder) are decoded and hashed once, memoised by a
+    fingerprint of their files (path, size, mtime), PIL and ``ddim.data``'s source, so a cache hit
+    decodes nothing.
+    """
+    from ddim.data import load_dataset
+
+    ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
+    index = _subset_index(len(ds), ref_count)
+    if hasattr(ds, "images"):
+        images = to_uint8(ds.images if index is None else ds.images[index])
+        return _UInt8Images(images, rgb=rgb), len(images), tuple(images.shape[1:]), tensor_sha256(images)
+
+    chosen = list(range(len(ds))) if index is None else index.tolist()
+    if not chosen:
+        raise DDIMError(f"dataset {dataset!r} split {split!r} is empty; check --data-root {data_root}")
+    shape = (ds.info.channels, ds.info.resolution, ds.info.resolution)
+    decoded = _DecodedUInt8(ds, chosen, shape, rgb=rgb)
+    paths = getattr(ds, "paths", None)
+    memo = None if paths is None else memo_dir / f"content-{_files_fingerprint(paths, chosen, shape)[:32]}.txt"
+    if memo is not None and memo.is_file():
+        return decoded, len(chosen), shape, memo.read_text().strip()
+    # Stream the bytes tensor_sha256 would hash for the stacked (N, C, H, W) tensor.
+    plain = _DecodedUInt8(ds, chosen, shape)
+    digest = hashlib.sha256(f"{torch.uint8}{(len(chosen), *shape)}".encode())
+    for i in range(len(plain)):
+        digest.update(plain[i].contiguous().numpy().tobytes())
+    content = digest.hexdigest()
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(content + "\n")
+        os.replace(tmp, memo)
+    return decoded, len(chosen), shape, content
+
+
+def _files_fingerprint(paths: Sequence[Any], chosen: list[int], shape: tuple[int, ...]) -> str:
+    """What decides a file-backed reference's pixels: each file's (path, size, mtime), the image
+    shape, PIL's version and ``ddim.data``'s source (its crop / resize code)."""
+    import PIL
+
+    import ddim.data
+
+    files = []
+    for i in chosen:
+        st = os.stat(paths[i])
+        files.append((str(paths[i]), st.st_size, st.st_mtime_ns))
+    parts = [shape, PIL.__version__, file_sha256(ddim.data.__file__), files]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def reference_key(
+    *, dataset: str, split: str, resolution: int, extractor: str, weights_sha256: str, count: int, content_sha256: str
+) -> str:
+    """The reference-statistics cache key: every input that changes the statistics is in it."""
+    dataset, split = (re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in (dataset, split))
+    return f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
+
+
+def resolve_inception_weights(inception_weights: str | os.PathLike | None = None) -> Path:
+    """A local Inception weights file: the argument, $DDIMBENCH_INCEPTION_WEIGHTS or the torch hub cache.
+
+    Never downloads: torch-fidelity would fetch from GitHub and fail (or hang) offline.
+    """
+    given = inception_weights or os.environ.get(INCEPTION_WEIGHTS_ENV) or None
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise DDIMError(
+                f"Inception weights file {str(path)!r} not found; pass an existing --inception-weights FILE "
+                f"(or {INCEPTION_WEIGHTS_ENV})"
+            )
+        return path
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    if not path.is_file():
+        raise DDIMError(
+            f"Inception weights are not available offline; pass --inception-weights FILE, set "
+            f"{INCEPTION_WEIGHTS_ENV}=FILE, or put {INCEPTION_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints/ "
+            f"(here {path.parent})"
+        )
+    return path
+
+
+def _device_context(device: str) -> contextlib.AbstractContextManager:
+    """torch-fidelity calls ``.cuda()``: select the requested CUDA device around it."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    if not torch.cuda.is_available():
+        raise DDIMError(f"device {device!r} requested but CUDA is not available; pass --device cpu")
+    return torch.cuda.device(torch.device(device))
+
+
+def _check_sample_count(metrics: Sequence[str], n: int) -> None:
+    """Refuse metrics that cannot be computed from this many samples."""
+    if "isc" in metrics and n < ISC_SPLITS:
+        raise DDIMError(f"IS needs at least {ISC_SPLITS} samples (its split count), got {n}; generate more samples")
+    if ("fid" in metrics or "kid" in metrics) and n < 2:
+        raise DDIMError(f"FID and KID need at least 2 samples, got {n}; generate more samples")
+
+
+def _kid_subset_size(n: int, ref_n: int, kid_subset_size: int | None) -> int:
+    """KID's subset size: min(1000, N, reference count) unless given; it must fit both sets."""
+    limit = min(n, ref_n)
+    size = min(KID_SUBSET_SIZE, limit) if kid_subset_size is None else kid_subset_size
+    if not 2 <= size <= limit:
+        raise DDIMError(
+            f"KID subset size {size} needs 2 <= size <= min(samples, reference) = {limit}; "
+            f"generate more samples or pass a smaller --kid-subset-size"
+        )
+    return size
+
+
+# --- the measurement -------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    samples: Tensor,
+    *,
+    dataset: str,
+    data_root: str | os.PathLike = "data",
+    split: str = "train",
+    resolution: int | None = None,
+    extractor: str | None = None,
+    metrics: Sequence[str] = METRICS,
+    n_expected: int | None = None,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike = ".cache/ddimbench",
+    inception_weights: str | os.PathLike | None = None,
+    kid_subset_size: int | None = None,
+    ref_count: int | None = None,
+) -> dict[str, Any]:
+    """FID / IS / KID of uint8 samples (N, C, H, W) against the dataset's real ``split`` images.
+
+    Returns the requested metrics as floats (``fid``, ``isc_mean``, ``isc_std``, ``kid_mean``,
+    ``kid_std``) and the protocol: ``extractor``, ``extractor_sha256``, ``ref_key``, ``ref_sha256``
+    (of the cached FID statistics file, or of the reference features file when FID is not
+    asked), ``ref_count`` and ``n``. IS alone needs no reference: the ``ref_*`` fields are None.
+    ``ref_count`` limits the reference to a fixed-seed random subset of the split. ``device``:
+    ``cuda[:i]`` runs torch-fidelity on that GPU, anything else on the CPU.
+    """
+    metrics = tuple(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    if not metrics or any(m not in METRICS for m in metrics):
+        raise DDIMError(f"metrics {list(metrics)} must be a non-empty subset of {list(METRICS)}")
+    extractor = extractor or default_extractor(dataset)
+    if extractor not in EXTRACTORS:
+        raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    if not isinstance(samples, Tensor) or samples.dtype != torch.uint8 or samples.dim() != 4:
+        got = f"{samples.dtype} {tuple(samples.shape)}" if isinstance(samples, Tensor) else type(samples).__name__
+        raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with bench.metrics.to_uint8")
+    samples = samples.detach().cpu()
+    n = len(samples)
+    if n_expected is not None and n != n_expected:
+        raise DDIMError(
+            f"got {n} samples but {n_expected} were asked; refusing a metric on another count, "
+            f"generate exactly {n_expected}"
+        )
+    _check_sample_count(metrics, n)
+    device_ctx = _device_context(device)
+    cache_dir = Path(cache_dir)
+
+    # 1. The feature extractor and the sha256 of its weights (first: a missing file fails fast).
+    if extractor == "classifier":
+        from bench.classifier import FEATURE_FID, ensure_classifier, register_feature_extractor
+
+        weights, cinfo = ensure_classifier(
+            dataset, data_root=data_root, cache_dir=cache_dir, device=device, resolution=resolution
+        )
+        if cinfo["channels"] != samples.shape[1] or cinfo["resolution"] != samples.shape[-1]:
+            raise DDIMError(
+                f"samples are {tuple(samples.shape[1:])} but the {dataset} classifier takes "
+                f"{cinfo['channels']}x{cinfo['resolution']}px; pass the samples' --resolution"
+            )
+        fe_name, fe_layer, weights_sha = register_feature_extractor(), FEATURE_FID, cinfo["sha256"]
+    else:
+        weights = resolve_inception_weights(inception_weights)
+        fe_name, fe_layer, weights_sha = INCEPTION_NAME, INCEPTION_LAYER_FID, file_sha256(weights)
+        _check_inception_weights(weights, weights_sha)
+
+    # 2. The reference: real images of the split under the same uint8 rule (binary metrics only).
+    rgb = extractor == "inception"
+    ref_root = cache_dir / "reference"
+    ref_key, kwargs = None, {}
+    if "fid" in metrics or "kid" in metrics:
+        input2, ref_n, ref_shape, content = _reference(
+            dataset, data_root=data_root, split=split, resolution=resolution, ref_count=ref_count,
+            memo_dir=ref_root, rgb=rgb,
+        )  # fmt: skip
+        if ref_shape != tuple(samples.shape[1:]):
+            raise DDIMError(
+                f"samples are {tuple(samples.shape[1:])} (C, H, W) but {dataset} {split} images are "
+                f"{ref_shape}; generate at the dataset's resolution/channels or pass --resolution"
+            )
+        # 3. The cache key goes into torch-fidelity's cache name for input2.
+        ref_key = reference_key(
+            dataset=dataset,
+            split=split,
+            resolution=ref_shape[-1],
+            extractor=extractor,
+            weights_sha256=weights_sha,
+            count=ref_n,
+            content_sha256=content,
+        )
+        kwargs.update(input2=input2, input2_cache_name=ref_key)
+        if "kid" in metrics:
+            kwargs["kid_subset_size"] = _kid_subset_size(n, ref_n, kid_subset_size)
+
+    # 4. One torch-fidelity call; samples are never cached (input1 has no cache name).
+    import torch_fidelity
+
+    with device_ctx:
+        raw = torch_fidelity.calculate_metrics(
+            input1=_UInt8Images(samples, rgb=rgb),
+            fid="fid" in metrics,
+            isc="isc" in metrics,
+            kid="kid" in metrics,
+            feature_extractor=fe_name,
+            feature_extractor_weights_path=str(weights),
+            cuda=device.startswith("cuda"),
+            batch_size=_BATCH_SIZE[extractor],
+            isc_splits=ISC_SPLITS,
+            cache=True,
+            cache_root=str(ref_root),
+            save_cpu_ram=True,  # its only effect here: DataLoader num_workers=0 for in-memory tensors
+            verbose=False,
+            **kwargs,
+        )
+
+    out: dict[str, Any] = {ours: float(raw[theirs]) for theirs, ours in _FIDELITY_KEYS.items() if theirs in raw}
+    ref_sha = None
+    if ref_key is not None:
+        # torch-fidelity's file names: <cache_name>-<extractor>-stat-fid-<layer> / -features-<layer>
+        kind = "stat-fid" if "fid" in metrics else "features"
+        ref_sha = file_sha256(ref_root / f"{ref_key}-{fe_name}-{kind}-{fe_layer}.pt")
+    out.update(
+        extractor=extractor,
+        extractor_sha256=weights_sha,
+        ref_key=ref_key,
+        ref_sha256=ref_sha,
+        ref_count=None if ref_key is None else ref_n,
+        n=n,
+    )
+    return out
+
+
+def read_png_folder(folder: str | os.PathLike) -> Tensor:
+    """The PNGs directly in ``folder`` (sorted by name) as uint8 (N, C, H, W); nothing is resized."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DDIMError(f"sample folder {str(folder)!r} does not exist; pass the folder the samples were written to")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not files:
+        raise DDIMError(f"no .png files in {str(folder)!r}; pass the folder the samples were written to")
+    images = []
+    for path in files:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB"):
+                raise DDIMError(f"{path} has PNG mode {im.mode}; samples must be 8-bit grayscale (L) or RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+        img = torch.from_numpy(arr.copy())
+        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)  # (C, H, W)
+        if images and img.shape != images[0].shape:
+            raise DDIMError(
+                f"{path} is {tuple(img.shape)} (C, H, W) but {files[0].name} is {tuple(images[0].shape)}; "
+                f"all samples must share one size"
+            )
+        images.append(img)
+    return torch.stack(images)
+
+
+def compute_metrics_from_folder(
+    folder: str | os.PathLike,
+    *,
+    dataset: str,
+    data_root: str | os.PathLike = "data",
+    split: str = "train",
+    resolution: int | None = None,
+    extractor: str | None = None,
+    metrics: Sequence[str] = METRICS,
+    n_expected: int | None = None,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike = ".cache/ddimbench",
+    inception_weights: str | os.PathLike | None = None,
+    kid_subset_size: int | None = None,
+    ref_count: int | None = None,
+) -> dict[str, Any]:
+    """``compute_metrics`` on the PNG samples in ``folder``; their size must match the dataset's."""
+    from ddim.data import dataset_info
+
+    samples = read_png_folder(folder)
+    info = dataset_info(dataset, resolution=resolution)
+    want = (info.channels, info.resolution, info.resolution)
+    if tuple(samples.shape[1:]) != want:
+        raise DDIMError(
+            f"samples in {str(folder)!r} are {tuple(samples.shape[1:])} (C, H, W) but {dataset} is {want}; "
+            f"pass the matching --dataset/--resolution (nothing is resized)"
+        )
+    return compute_metrics(
+        samples,
+        dataset=dataset,
+        data_root=data_root,
+        split=split,
+        resolution=resolution,
+        extractor=extractor,
+        metrics=metrics,
+        n_expected=n_expected,
+        device=device,
+        cache_dir=cache_dir,
+        inception_weights=inception_weights,
+        kid_subset_size=kid_subset_size,
+        ref_count=ref_count,
+    )

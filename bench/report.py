@@ -1,0 +1,751 @@
+"""Turn stored sweep results into a paper-style report: Table 1-like tables (md, tex, html), a CSV of
+every cell, figures, copied sample grids, a manifest with hashes, a README and a self-contained
+index.html.
+
+Pure python + numpy; matplotlib and PIL are reached through ``bench.plots``. No torch, no optuna:
+the sweep module hands us plain record dicts. Everything written is a function of the inputs only
+(no clocks, sorted iteration), and every file is written atomically (temp file + ``os.replace``).
+
+Table conventions (Song et al. 2020, Table 1): one block per metric and timestep schedule; rows are
+η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending. A cell is
+the mean over seed blocks (± std, ddof = 1, when there are several); the best mean per column is
+bold (compared at display precision, so visible ties are all bold). "failed" and "—" never count.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import hashlib
+import html
+import io
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bench import paper, plots
+from ddim.errors import DDIMError
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the name in ``metrics=``
+    name: str
+    field: str  # the record field holding the value
+    lower_is_better: bool
+    scale: float = 1.0
+
+    @property
+    def header(self) -> str:
+        unit = " ×10³" if self.scale == 1000.0 else ""
+        return f"{self.name}{unit} {'↓' if self.lower_is_better else '↑'}"
+
+
+METRICS: dict[str, Metric] = {
+    "fid": Metric("fid", "FID", "fid", True),
+    "isc": Metric("isc", "IS", "isc_mean", False),
+    "kid": Metric("kid", "KID", "kid_mean", True, 1000.0),
+}
+
+# results.csv: these columns first (the cell's identity, then its numbers), the rest alphabetically.
+CSV_LEADING = (
+    "number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds",
+    "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s", "error", "grid", "strip",
+)  # fmt: skip
+INT_FIELDS = frozenset({"number", "steps", "seed_block", "nfe", "n"})
+FLOAT_FIELDS = frozenset({"eta", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s"})
+_REQUIRED = ("number", "state", "sampler", "steps", "schedule", "seed_block")
+_PROTOCOL = ("checkpoint_sha256", "extractor", "extractor_sha256", "ref_key", "ref_sha256", "device")
+_SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
+_TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
+
+CellKey = tuple[str, paper.RowKey, int]  # (schedule, row, S)
+
+
+# ----------------------------------------------------------------------------------------- tables
+@dataclass(frozen=True)
+class Cell:
+    status: str  # "value" | "failed" | "missing"
+    mean: float | None = None
+    std: float | None = None  # over seed blocks, ddof = 1; None for a single block
+    blocks: int = 0  # seed blocks behind the value
+    nfe: tuple[int, ...] = ()  # shown only when it differs from S
+    failed_blocks: int = 0  # blocks that failed beside the ones averaged
+    bold: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    label: str
+    caption: str
+    corner: str
+    groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group title, column headers)
+    rows: tuple[tuple[str, tuple[Cell, ...]], ...]  # (row label, one cell per column of all groups)
+    fmt: str = ".2f"
+
+
+def _num(v) -> float | None:
+    return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
+
+
+def _eta_str(eta: float) -> str:
+    s = f"{eta:g}"
+    return s if any(c in s for c in ".en") else s + ".0"
+
+
+def _row_label(row: paper.RowKey) -> str:
+    sampler, eta = row
+    return f"η = {_eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
+
+
+def _row_order(row: paper.RowKey) -> tuple:
+    sampler, eta = row
+    return (0, eta, "") if sampler == "ddim" else (1, 0.0, "") if sampler == "sigma_hat" else (2, 0.0, sampler)
+
+
+def _schedule_order(s: str) -> tuple:
+    return (_SCHEDULE_ORDER.index(s), "") if s in _SCHEDULE_ORDER else (len(_SCHEDULE_ORDER), s)
+
+
+def _cell_key(r: Mapping) -> CellKey:
+    return (str(r["schedule"]), paper.row_key(str(r["sampler"]), _num(r.get("eta"))), int(r["steps"]))
+
+
+def _select(records: Sequence[Mapping], warnings: list[str]) -> dict[CellKey, dict[int, Mapping]]:
+    """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
+    (a retry supersedes the failure before it)."""
+    cells: dict[CellKey, dict[int, Mapping]] = {}
+    for r in sorted(records, key=lambda r: int(r["number"])):
+        blocks = cells.setdefault(_cell_key(r), {})
+        b, prev = int(r["seed_block"]), blocks.get(int(r["seed_block"]))
+        if prev is not None and prev["state"] == r["state"] == "COMPLETE":
+            warnings.append(
+                f"trials #{prev['number']} and #{r['number']} repeat one cell and seed block; using #{r['number']}"
+            )
+        if prev is None or r["state"] == "COMPLETE" or prev["state"] != "COMPLETE":
+            blocks[b] = r
+    return cells
+
+
+def _cell(blocks: Mapping[int, Mapping], metric: Metric, steps: int) -> Cell:
+    values, nfes, failed = [], set(), 0
+    for b in sorted(blocks):
+        r = blocks[b]
+        v = _num(r.get(metric.field))
+        if r["state"] == "COMPLETE" and v is not None and math.isfinite(v):
+            values.append(v * metric.scale)
+            if r.get("nfe") is not None:
+                nfes.add(int(r["nfe"]))
+        elif r["state"] == "FAIL" or (r["state"] == "COMPLETE" and (r.get("error") or v is not None)):
+            failed += 1  # a failed trial, an errored metric or a non-finite value
+    if not values:
+        return Cell("failed" if failed else "missing")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
+    return Cell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
+
+
+def _mark_best(columns: list[list[Cell]], lower: bool, fmt: str) -> list[list[Cell]]:
+    """Bold the best mean of each column, compared as displayed so visible ties are all bold."""
+    out = []
+    for col in columns:
+        shown = [float(format(c.mean, fmt)) for c in col if c.status == "value"]
+        best = (min if lower else max)(shown) if shown else None
+        out.append([replace(c, bold=c.status == "value" and float(format(c.mean, fmt)) == best) for c in col])
+    return out
+
+
+def _transpose(columns: list[list[Cell]]) -> list[tuple[Cell, ...]]:
+    return list(zip(*columns, strict=True)) if columns else []
+
+
+def _span(counts: list[int]) -> str:
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def _caption(metric: Metric, schedule: str, meta: Mapping, multi: list[int], paper_ds: str | None) -> str:
+    sense = "lower" if metric.lower_is_better else "higher"
+    n, seeds, dataset = meta.get("n"), meta.get("seeds"), meta.get("dataset")
+    where = (f" on {dataset}" if dataset else "") + f", {schedule} timestep spacing"
+    count = (f", {n} samples per cell" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
+    parts = [
+        f"{metric.header} ({sense} is better){where}{count}.",
+        (
+            f"Cells with ± give mean ± std (ddof = 1) over {_span(multi)} "
+            "seed blocks (disjoint seeds); the others are one block."
+            if multi
+            else "One seed block per cell."
+        ),
+        "Bold: best per column. NFE shown where it differs from S. "
+        "failed: the run or metric failed; —: not run or still running.",
+    ]
+    if paper_ds:
+        ps = paper.spacing(paper_ds)
+        parts.append(
+            f"Paper: {paper.SOURCE[paper_ds]}, {paper_ds}, 50k samples, {ps} spacing"
+            + (f" (this block uses {schedule})." if ps != schedule else ".")
+        )
+    return " ".join(parts)
+
+
+def build_tables(
+    cells: Mapping[CellKey, Mapping[int, Mapping]],
+    meta: Mapping,
+    metrics: Sequence[Metric],
+    compare: str | None,
+) -> list[Table]:
+    """The Table 1-style blocks: metric outer, schedule inner."""
+    tables = []
+    schedules = sorted({k[0] for k in cells}, key=_schedule_order)
+    for metric in metrics:
+        for sched in schedules:
+            keys = [k for k in cells if k[0] == sched]
+            rows = sorted({k[1] for k in keys}, key=_row_order)
+            steps = sorted({k[2] for k in keys})
+            ours = [[_cell(cells.get((sched, row, s), {}), metric, s) for row in rows] for s in steps]
+            multi = sorted({c.blocks for col in ours for c in col if c.blocks > 1})
+            columns = _mark_best(ours, metric.lower_is_better, ".2f")
+            heads = tuple(f"S = {s}" for s in steps)
+            groups = [("this run", heads)]
+            if compare and metric.key == "fid":
+                ref = [[_paper_cell(paper.fid(compare, row[0], row[1], s)) for row in rows] for s in steps]
+                columns += _mark_best(ref, True, ".2f")
+                groups.append((f"paper ({compare})", heads))
+            tables.append(
+                Table(
+                    title=f"{metric.header} — {sched} spacing",
+                    label=f"tab:{metric.key}-{re.sub(r'[^A-Za-z0-9]+', '-', sched)}",
+                    caption=_caption(metric, sched, meta, multi, compare if metric.key == "fid" else None),
+                    corner="η / sampler",
+                    groups=tuple(groups),
+                    rows=tuple(zip([_row_label(r) for r in rows], _transpose(columns), strict=True)),
+                )
+            )
+    return tables
+
+
+def _paper_cell(v: float | None) -> Cell:
+    return Cell("missing") if v is None else Cell("value", v, blocks=1)
+
+
+def inversion_table(rows: Sequence[Mapping]) -> Table:
+    """Table 2 layout: S across, this model's per-dimension MSE beside the paper's."""
+    by_s: dict[int, float] = {}
+    for r in rows:
+        s = int(r["steps"])
+        if s in by_s:
+            raise DDIMError(f"extras['inversion'] repeats S = {s}; pass one row per S")
+        by_s[s] = float(r["mse"])
+    steps = sorted(by_s)
+    ours = tuple(Cell("value", by_s[s], blocks=1) for s in steps)
+    ref = tuple(_paper_cell(paper.inversion_mse(s)) for s in steps)
+    return Table(
+        title="Inversion — reconstruction error vs S",
+        label="tab:inversion",
+        caption="Per-dimension MSE of encode (η = 0, S steps) then decode (S steps), pixels in [0, 1]. "
+        "Paper: Song et al. 2020, Table 2 (CIFAR10 test set).",
+        corner="",
+        groups=(("", tuple(f"S = {s}" for s in steps)),),
+        rows=(("this model", ours), ("paper (Table 2)", ref)),
+        fmt=".3g",
+    )
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-") or "x"
+
+
+# -------------------------------------------------------------------------------------- renderers
+@dataclass(frozen=True)
+class _Flavor:
+    esc: Callable[[str], str]
+    pm: str
+    dash: str
+    bold: str  # a format string with one {}
+
+
+_TEX_MAP = {
+    "σ̂": r"$\hat{\sigma}$", "σ": r"$\sigma$", "η": r"$\eta$", "±": r"$\pm$", "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$", "×": r"$\times$", "³": r"\textsuperscript{3}", "—": "---", "–": "--",
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+    ">": r"\textgreater{}", "|": r"\textbar{}",
+}  # fmt: skip
+_TEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_TEX_MAP, key=len, reverse=True)))
+
+
+def tex_escape(text: str) -> str:
+    """Plain text -> LaTeX text: specials escaped, η/σ̂/±/arrows as math."""
+    return _TEX_RE.sub(lambda m: _TEX_MAP[m.group()], str(text))
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", r"\|").replace("\n", " ")
+
+
+MD = _Flavor(_md_escape, " ± ", "—", "**{}**")
+TEX = _Flavor(tex_escape, r" $\pm$ ", "---", r"\textbf{{{}}}")
+HTML = _Flavor(html.escape, " ± ", "—", "<b>{}</b>")
+
+
+def cell_text(c: Cell, fmt: str, fl: _Flavor) -> str:
+    if c.status != "value":
+        return "failed" if c.status == "failed" else fl.dash
+    core = format(c.mean, fmt) + (fl.pm + format(c.std, fmt) if c.std is not None else "")
+    notes = ([f"NFE {'/'.join(map(str, c.nfe))}"] if c.nfe else []) + (
+        [f"{c.failed_blocks} block{'s' * (c.failed_blocks > 1)} failed"] if c.failed_blocks else []
+    )
+    return (fl.bold.format(core) if c.bold else core) + (f" ({fl.esc('; '.join(notes))})" if notes else "")
+
+
+def _heads(t: Table, fl: _Flavor, prefix: bool) -> list[str]:
+    """Column headers; ``prefix`` names the group in each header (md has no spanning header row)."""
+    return [fl.esc(f"{g} {h}" if prefix and i and g else h) for i, (g, hs) in enumerate(t.groups) for h in hs]
+
+
+def table_md(t: Table) -> str:
+    n = sum(len(hs) for _, hs in t.groups)
+    lines = [f"### {_md_escape(t.title)}", "", "| " + " | ".join([_md_escape(t.corner), *_heads(t, MD, True)]) + " |"]
+    lines.append("|---|" + "---:|" * n)
+    for label, cells in t.rows:
+        lines.append("| " + " | ".join([_md_escape(label), *(cell_text(c, t.fmt, MD) for c in cells)]) + " |")
+    return "\n".join([*lines, "", t.caption, ""])
+
+
+def table_tex(t: Table) -> str:
+    spec = "l" + "".join(" " + "r" * len(hs) for _, hs in t.groups)
+    wide = sum(len(hs) for _, hs in t.groups) > 5  # squeeze side-by-side paper blocks onto the page
+    size = [r"\footnotesize", r"\setlength{\tabcolsep}{3pt}"] if wide else [r"\small"]
+    lines = [r"\begin{table}[!htbp]", r"\centering", *size, rf"\caption{{{tex_escape(t.caption)}}}"]
+    lines += [rf"\label{{{t.label}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    if len(t.groups) > 1:
+        spans, rules, col = [], [], 2
+        for g, hs in t.groups:
+            spans.append(rf"\multicolumn{{{len(hs)}}}{{c}}{{{tex_escape(g)}}}")
+            rules.append(rf"\cmidrule(lr){{{col}-{col + len(hs) - 1}}}")
+            col += len(hs)
+        lines += [" & ".join(["", *spans]) + r" \\", " ".join(rules)]
+    lines += [" & ".join([tex_escape(t.corner), *_heads(t, TEX, False)]) + r" \\", r"\midrule"]
+    for label, cells in t.rows:
+        lines.append(" & ".join([tex_escape(label), *(cell_text(c, t.fmt, TEX) for c in cells)]) + r" \\")
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def table_html(t: Table) -> str:
+    out = [f"<h3>{html.escape(t.title)}</h3>", "<table>", f"<caption>{html.escape(t.caption)}</caption>"]
+    if len(t.groups) > 1:
+        spans = "".join(f'<th colspan="{len(hs)}">{html.escape(g)}</th>' for g, hs in t.groups)
+        out.append(f"<tr><th></th>{spans}</tr>")
+    out.append("<tr>" + "".join(f"<th>{h}</th>" for h in [html.escape(t.corner), *_heads(t, HTML, False)]) + "</tr>")
+    for label, cells in t.rows:
+        tds = "".join(f"<td>{cell_text(c, t.fmt, HTML)}</td>" for c in cells)
+        out.append(f"<tr><th>{html.escape(label)}</th>{tds}</tr>")
+    return "\n".join([*out, "</table>"])
+
+
+def standalone_tex(fragment: str) -> str:
+    head = [r"\documentclass{article}", r"\usepackage{booktabs}", r"\begin{document}"]
+    return "\n".join([*head, fragment.rstrip("\n"), r"\end{document}", ""])
+
+
+# ------------------------------------------------------------------------------------------- files
+def _write(path: Path, data: bytes | str) -> Path:
+    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_input(root: Path, rel: str, what: str) -> bytes:
+    path = root / rel
+    if not path.is_file():
+        raise DDIMError(f"{what} {path} not found; pass root= the folder the sweep's relative paths start from")
+    return path.read_bytes()
+
+
+def _csv_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, numbers.Number):
+        return str(v)
+    return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
+
+
+def _record_order(r: Mapping) -> tuple:
+    eta = _num(r.get("eta"))
+    return (str(r["schedule"]), str(r["sampler"]), (eta is not None, round(eta or 0.0, 6)), int(r["steps"]),
+            int(r["seed_block"]), int(r["number"]))  # fmt: skip
+
+
+def results_csv(records: Sequence[Mapping]) -> str:
+    """Every record, every field; leading columns fixed, the rest alphabetical; rows in table order."""
+    rest = sorted({k for r in records for k in r} - set(CSV_LEADING))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_LEADING, *rest])
+    for r in sorted(records, key=_record_order):
+        w.writerow([_csv_value(r.get(k)) for k in (*CSV_LEADING, *rest)])
+    return buf.getvalue()
+
+
+def read_results_csv(path: str | os.PathLike) -> list[dict]:
+    """Read results.csv back: "" -> None, known int/float fields typed, everything else a string."""
+
+    def typed(k: str, v: str):
+        if v == "":
+            return None
+        return int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+def _jsonable(v):
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v) if math.isfinite(v) else None
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------- figures
+def _grid_name(r: Mapping, suffix: str) -> str:
+    sampler, eta = paper.row_key(str(r["sampler"]), _num(r.get("eta")))
+    e = f"_eta{_eta_str(eta)}" if sampler == "ddim" else ""
+    return f"{_slug(r['schedule'])}_{_slug(sampler)}{e}_S{int(r['steps'])}_b{int(r['seed_block'])}{suffix}"
+
+
+def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, list]:
+    """Per (schedule, row): FID vs S and FID vs seconds per image, from the complete blocks."""
+    fid = METRICS["fid"]
+    groups: dict[tuple[str, paper.RowKey], list[int]] = {}
+    for sched, row, s in cells:
+        groups.setdefault((sched, row), []).append(s)
+    multi = len({k[0] for k in groups}) > 1
+    by_steps, by_time = [], []
+    for sched, row in sorted(groups, key=lambda k: (_schedule_order(k[0]), _row_order(k[1]))):
+        label = _row_label(row) + (f" ({sched})" if multi else "")
+        pts, tpts = [], []
+        for s in sorted(groups[(sched, row)]):
+            blocks = cells[(sched, row, s)]
+            c = _cell(blocks, fid, s)
+            if c.status != "value":
+                continue
+            pts.append((s, c.mean, c.std or 0.0))
+            cost = [
+                1.0 / ips
+                for r in blocks.values()
+                if r["state"] == "COMPLETE" and (ips := _num(r.get("images_per_s"))) and ips > 0
+            ]
+            if cost:
+                tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
+        kw = {"label": label, "group": sched, "colour_key": _row_label(row)}
+        if pts:
+            by_steps.append(plots.Series(x=[p[0] for p in pts], y=[p[1] for p in pts], yerr=[p[2] for p in pts], **kw))
+        if tpts:
+            x, y, e, notes = (list(v) for v in zip(*tpts, strict=True))
+            by_time.append(plots.Series(x=x, y=y, yerr=e, notes=notes, **kw))
+    return by_steps, by_time
+
+
+def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: Path) -> list:
+    """Per schedule, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
+    sections = []
+    for sched in sorted({k[0] for k in cells}, key=_schedule_order):
+        etas = sorted({k[1][1] for k in cells if k[0] == sched and k[1][0] == "ddim"})
+        for eta in etas:
+            with_strip = {
+                (s, b): r
+                for (sc, row, s), blocks in cells.items()
+                if sc == sched and row == ("ddim", eta)
+                for b, r in blocks.items()
+                if r.get("strip")
+            }
+            if not with_strip:
+                continue
+            block = min(b for _, b in with_strip)
+            rows = []
+            for s, b in sorted(with_strip):
+                if b == block:
+                    _read_input(root, with_strip[(s, b)]["strip"], "sample strip")
+                    rows.append((f"S = {s}", root / with_strip[(s, b)]["strip"]))
+            sections.append((f"DDIM eta = {_eta_str(eta)}, {sched} spacing, seed block {block}", rows))
+            break
+    return sections
+
+
+# ------------------------------------------------------------------------------------ the report
+def _validate(records: Sequence[Mapping]) -> list[Mapping]:
+    if not records:
+        raise DDIMError("no result records to report; run the sweep first or point at the right study")
+    for i, r in enumerate(records):
+        for key in _REQUIRED:
+            if r.get(key) is None:
+                raise DDIMError(f"result record {i} lacks '{key}'; regenerate the records with the sweep module")
+        if r["sampler"] == "ddim" and _num(r.get("eta")) is None:
+            raise DDIMError(f"trial #{r['number']} is a ddim cell without eta; store eta for every ddim trial")
+    return list(records)
+
+
+def _pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metric]:
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise DDIMError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    chosen = [METRICS[m] for m in names]
+    present = [m for m in chosen if any(_num(r.get(m.field)) is not None for r in records)]
+    return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
+
+
+def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) -> list[str]:
+    out = []
+    for r in sorted(records, key=lambda r: int(r["number"])):
+        for key in _PROTOCOL:
+            if r.get(key) is not None and meta.get(key) is not None and r[key] != meta[key]:
+                out.append(f"trial #{r['number']}: {key} {r[key]!r} differs from the sweep's {meta[key]!r}")
+        n = _num(r.get("n"))
+        if r["state"] == "COMPLETE" and n is not None and _num(meta.get("n")) and n < float(meta["n"]):
+            out.append(f"trial #{r['number']}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
+    if compare and meta.get("dataset"):
+        try:
+            same = paper.canonical(str(meta["dataset"])) == compare
+        except DDIMError:
+            same = False
+        if not same:
+            out.append(f"comparing a {meta['dataset']} sweep with the paper's {compare} numbers")
+    return out
+
+
+_META_ORDER = ("name", "dataset", "command", "git_commit", "device", "T", "checkpoint", "checkpoint_sha256",
+               "extractor", "extractor_sha256", "ref_key", "ref_sha256", "n", "seeds", "created")  # fmt: skip
+
+
+def _provenance(meta: Mapping) -> list[tuple[str, str]]:
+    keys = [k for k in _META_ORDER if k in meta] + sorted(k for k in meta if k not in _META_ORDER)
+    rows = []
+    for k in keys:
+        v = meta[k]
+        if isinstance(v, Mapping):
+            rows += [(f"{k}.{sub}", str(v[sub])) for sub in sorted(v)]
+        else:
+            rows.append((k, "—" if v is None else str(v)))
+    return rows
+
+
+def _cell_name(r: Mapping) -> str:
+    sampler, eta = paper.row_key(str(r["sampler"]), _num(r.get("eta")))
+    return f"{r['schedule']} {_row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
+
+
+def _md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
+    out = [f"# {title}", ""]
+    for heading, kind, payload in sections:
+        out += [f"## {heading}", ""]
+        if kind == "kv":
+            (a, b), rows = payload
+            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in rows]
+        elif kind == "tables":
+            out += [table_md(t) for t in payload]
+        elif kind == "images":
+            out += [f"![{_md_escape(cap)}]({name})\n\n*{_md_escape(cap)}*\n" for cap, name in payload]
+        else:
+            out += [f"- {_md_escape(line)}" for line in payload]
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}th,td{padding:.2em .6em;text-align:right}"
+    "tr:first-child th{border-bottom:1px solid #000}table{border-top:2px solid #000;border-bottom:2px solid #000}"
+    "caption{caption-side:bottom;text-align:left;font-size:.85em;padding-top:.4em}img{max-width:100%}"
+    "figure{margin:1em 0}figcaption{font-size:.85em}"
+)
+
+
+def _html_doc(title: str, sections: Sequence[tuple[str, str, object]], out: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, kind, payload in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        if kind == "kv":
+            (a, b), rows = payload
+            trs = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+            body.append(f"<table><tr><th>{a}</th><th>{b}</th></tr>{trs}</table>")
+        elif kind == "tables":
+            body += [table_html(t) for t in payload]
+        elif kind == "images":
+            for cap, name in payload:
+                data = base64.b64encode((out / name).read_bytes()).decode("ascii")
+                alt = html.escape(cap)
+                img = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+                body.append(f"<figure>{img}<figcaption>{alt}</figcaption></figure>")
+        else:
+            body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in payload) + "</ul>")
+    head = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return f"{head}<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+
+
+def write_report(
+    records: Sequence[Mapping],
+    meta: Mapping,
+    out_dir: str | os.PathLike,
+    *,
+    root: str | os.PathLike = ".",
+    extras: Mapping | None = None,
+    compare_paper: str | None = None,
+    metrics: Sequence[str] = ("fid", "isc", "kid"),
+) -> dict[str, Path]:
+    """Write the report for one sweep into ``out_dir``; return {relative name: path} of every file.
+
+    ``records`` are the sweep's per-trial dicts, ``meta`` its provenance, ``root`` the folder the
+    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from. Raises DDIMError
+    for empty or malformed records, an unknown metric or paper dataset, or a missing image file.
+    """
+    out, root = Path(out_dir), Path(root)
+    records = _validate(records)
+    chosen = _pick_metrics(metrics, records)
+    compare = paper.canonical(compare_paper) if compare_paper else None
+    extras = dict(extras or {})
+    warnings = _warnings(records, meta, compare)
+    cells = _select(records, warnings)
+    written: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
+
+    def put(name: str, data: bytes | str) -> None:
+        written[name] = _write(out / name, data)
+        if name in _TEXT_FILES or name == "README.md":
+            hashes[name] = _sha(data)
+
+    # 1. Tables and the CSV.
+    tables = build_tables(cells, meta, chosen, compare)
+    inv = inversion_table(extras["inversion"]) if extras.get("inversion") else None
+    tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
+    put("table.md", "\n".join(table_md(t) for t in tables))
+    put("table.tex", tex)
+    if inv is not None:
+        put("inversion.md", table_md(inv))
+        put("inversion.tex", table_tex(inv))
+    put("table_standalone.tex", standalone_tex(tex + ("\n" + table_tex(inv) if inv else "")))
+    put("results.csv", results_csv(records))
+
+    # 2. Figures from the numbers.
+    by_steps, by_time = _plot_series(cells)
+    name = meta.get("name", "")
+    if by_steps:
+        put("fid_vs_steps.png", plots.fid_vs_steps_png(by_steps, title=f"{name}: FID vs sampling steps".strip(": ")))
+    if by_time:
+        put("fid_vs_time.png", plots.fid_vs_time_png(by_time, title=f"{name}: FID vs sampling cost".strip(": ")))
+
+    # 3. Sample grids under deterministic names; stale grids from earlier runs are removed.
+    grids: dict[int, str] = {}
+    for key in sorted(cells, key=lambda k: (_schedule_order(k[0]), _row_order(k[1]), k[2])):
+        for b in sorted(cells[key]):
+            r = cells[key][b]
+            if r.get("grid"):
+                rel = "grids/" + _grid_name(r, Path(r["grid"]).suffix or ".png")
+                put(rel, _read_input(root, r["grid"], "sample grid"))
+                grids[int(r["number"])] = rel
+    if (out / "grids").is_dir():
+        for p in sorted((out / "grids").iterdir()):
+            if p.is_file() and f"grids/{p.name}" not in written:
+                p.unlink()
+
+    # 4. Consistency (same x_T, different S) and interpolation figures.
+    if extras.get("consistency"):
+        put("consistency.png", _read_input(root, extras["consistency"], "consistency figure"))
+    elif sections := _consistency_sections(cells, root):
+        put("consistency.png", plots.consistency_png(sections))
+    if extras.get("interpolation"):
+        put("interpolation.png", _read_input(root, extras["interpolation"], "interpolation strip"))
+
+    # 5. README, manifest, index.html: one list of sections rendered twice.
+    figures = [
+        (cap, f)
+        for cap, f in (
+            ("FID vs sampling steps S (error bars: std over seed blocks)", "fid_vs_steps.png"),
+            ("FID vs measured seconds per image; dashed: Pareto front", "fid_vs_time.png"),
+            ("Same x_T, different S (η = 0): one row per S", "consistency.png"),
+            ("Interpolation: slerp between two x_T, decoded with η = 0", "interpolation.png"),
+        )
+        if f in written
+    ]
+    failed = [
+        f"trial #{r['number']} ({_cell_name(r)}): {r.get('error') or 'failed without a message'}"
+        for r in sorted(records, key=_record_order)
+        if r["state"] == "FAIL" or (r["state"] == "COMPLETE" and r.get("error"))
+    ]
+    sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), _provenance(meta)))]
+    sections.append(("Results", "tables", tables))
+    if inv is not None:
+        sections.append(("Inversion", "tables", [inv]))
+    if figures:
+        sections.append(("Figures", "images", figures))
+    if grids:
+        by_number = {int(r["number"]): r for r in records}
+        sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
+    if failed:
+        sections.append(("Failed cells", "list", failed))
+    if warnings:
+        sections.append(("Warnings", "list", warnings))
+    sections.append(("Files", "kv", (("file", "sha256"), sorted(hashes.items()))))
+    title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
+    put("README.md", _md_doc(title, sections))
+
+    cell_rows = [
+        {
+            "number": r["number"],
+            "state": r["state"],
+            "params": {k: r.get(k) for k in ("sampler", "eta", "steps", "schedule", "seed_block")},
+            "nfe": r.get("nfe"),
+            "metrics": {k: r.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
+            "timing": {k: r.get(k) for k in ("wall_s", "images_per_s")},
+            "n": r.get("n"),
+            "seeds": r.get("seeds"),
+            "error": r.get("error"),
+            "grid": grids.get(int(r["number"])),
+        }
+        for r in sorted(records, key=_record_order)
+    ]
+    manifest = {
+        "meta": meta,
+        "cells": cell_rows,
+        "files": hashes,
+        "images": sorted(n for n in written if n.endswith(".png")),
+        "metrics": [m.key for m in chosen],
+        "compare_paper": compare,
+        "warnings": warnings,
+    }
+    put("manifest.json", json.dumps(_jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+    put("index.html", _html_doc(title, sections, out))
+    return dict(sorted(written.items()))

@@ -1,0 +1,597 @@
+"""Experiment tracking: the Tracker interface, a no-op tracker, the W&B tracker, and a run-log reader.
+
+This is the only module that imports wandb, and it does so inside functions: importing it costs
+nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
+tracker is guarded: a W&B failure becomes a single warning and the tracker turns into a no-op, so
+tracking never crashes the caller. Offline runs land in ``<dir>/wandb/offline-run-*`` and can be
+uploaded later with ``wandb sync``. ``read_offline_run`` decodes a run's binary ``.wandb`` log.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import netrc
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ddim.errors import DDIMError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    ImageLike = str | Path | np.ndarray | Figure
+
+MODES = ("online", "offline", "disabled")
+REACHABILITY_TIMEOUT_S = 3.0  # budget for the DNS + TCP probe before an online init
+ONLINE_INIT_TIMEOUT_S = 30.0  # wandb's own default (90 s) is too long to wait on a dead network
+FINISH_FLUSH_TIMEOUT_S = 10.0  # bound on waiting for wandb-core to write the end of the run log
+_WANDB_CLOUD_HOST = "api.wandb.ai"
+_INTERNAL_KEYS = frozenset({"_step", "_runtime", "_timestamp", "_wandb"})
+
+
+def _warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Tracker:
+    """What the training loop and the sweep see; every method must be cheap and never raise."""
+
+    mode: str  # the mode actually in use after fallbacks
+    run_dir: Path | None  # local run directory, None when nothing is written
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log scalar metrics; with ``step``, rows at the same step are merged (steps must increase)."""
+        raise NotImplementedError
+
+    def log_image(
+        self,
+        key: str,
+        image: ImageLike,
+        step: int | None = None,
+        caption: str | None = None,
+    ) -> None:
+        """Log an image: a PNG/JPEG path, an (H, W[, C]) array, or a matplotlib figure."""
+        raise NotImplementedError
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        """Log a table (e.g. FID per step count and eta)."""
+        raise NotImplementedError
+
+    def summary(self, values: dict) -> None:
+        """Set run-summary values (final metrics)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """End the run; idempotent. Later calls on this tracker do nothing."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
+class NullTracker(Tracker):
+    """Tracking disabled: every call is a no-op and nothing touches the disk."""
+
+    def __init__(self) -> None:
+        self.mode = "disabled"
+        self.run_dir = None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        pass
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    """A live W&B run (online or offline). Built by ``make_tracker``; wraps every call in a guard."""
+
+    def __init__(self, run: Any, mode: str, warn: Callable[[str], None]) -> None:
+        self._run = run
+        self._warn = warn
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()  # warning categories already shown
+        self._active = True  # False after finish() or after the first failure
+        self._last_step = -1
+        self.mode = mode
+        self.run_dir = Path(run.settings.sync_dir)
+
+    def _warn_once(self, category: str, message: str) -> None:
+        with self._lock:
+            if category in self._warned:
+                return
+            self._warned.add(category)
+        self._warn(message)
+
+    def _check_step(self, step: int | None) -> None:
+        if step is None or not self._active:
+            return
+        if step < self._last_step:
+            self._warn_once("step", f"W&B: step {step} < previous step {self._last_step}; W&B drops out-of-order steps")
+        self._last_step = max(self._last_step, step)
+
+    def _guarded(self, what: str, call: Callable[[], object]) -> None:
+        if not self._active:
+            return
+        try:
+            call()
+        except Exception as exc:
+            self._active = False
+            self._warn_once("failure", f"W&B: {what} failed ({_one_line(exc)}); tracking off for this run")
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._check_step(step)
+        self._guarded("log", lambda: self._run.log(metrics, step=step))
+
+    def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
+        import wandb  # already loaded: a WandbTracker exists
+
+        data = str(image) if isinstance(image, Path) else image
+        self._check_step(step)
+        self._guarded("log_image", lambda: self._run.log({key: wandb.Image(data, caption=caption)}, step=step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        import wandb
+
+        data = [list(row) for row in rows]
+        self._guarded("log_table", lambda: self._run.log({key: wandb.Table(columns=list(columns), data=data)}))
+
+    def summary(self, values: dict) -> None:
+        self._guarded("summary", lambda: self._run.summary.update(_plain(values)))
+
+    def finish(self) -> None:
+        self._end(exit_code=0)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._end(exit_code=0 if exc_type is None else 1)
+
+    def _end(self, exit_code: int) -> None:
+        if self._run is None:
+            return
+        run, self._run, was_active = self._run, None, self._active
+        self._active = False
+        try:
+            # Also after a failure: finishing flushes what was logged before it.
+            run.finish(exit_code=exit_code)
+            if self.mode != "offline":
+                return
+            # Offline, finish() returns before wandb-core has written the log's tail; wait for
+            # it so the run directory is complete (readable, syncable) when we return.
+            log = self.run_dir / f"run-{run.id}.wandb"
+            deadline = time.monotonic() + FINISH_FLUSH_TIMEOUT_S
+            while not _log_has_exit(log):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{log} incomplete after {FINISH_FLUSH_TIMEOUT_S:g} s")
+                time.sleep(0.005)
+        except Exception as exc:
+            if was_active:
+                self._warn_once("failure", f"W&B: finish failed ({_one_line(exc)})")
+
+
+# -- choosing a mode ------------------------------------------------------------------------------
+
+
+def _config_dir_settings() -> list[Path]:
+    """W&B settings files, global then workspace (the workspace one wins)."""
+    cfg = os.environ.get("WANDB_CONFIG_DIR")
+    global_file = Path(cfg).expanduser() / "settings" if cfg else Path("~/.config/wandb/settings").expanduser()
+    return [global_file, Path("wandb") / "settings"]
+
+
+def _settings_value(name: str) -> str | None:
+    value = None
+    for path in _config_dir_settings():
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+            value = parser.get("default", name, fallback=value)
+        except (OSError, configparser.Error):
+            continue
+    return value or None
+
+
+def _configured_base_url() -> str | None:
+    return os.environ.get("WANDB_BASE_URL") or _settings_value("base_url")
+
+
+def _netrc_path() -> Path:
+    if env := os.environ.get("NETRC"):
+        return Path(env).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        if (path := Path(name).expanduser()).exists():
+            return path
+    return Path("~/.netrc").expanduser()
+
+
+def _api_key_configured() -> bool:
+    """Whether W&B would find credentials: env, the netrc entry for the server, or settings files."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    base = _configured_base_url()
+    hosts = {urlsplit(base).netloc} if base else set()
+    if base is None or "wandb.ai" in base or "forge.coreweave.com" in base:
+        hosts.add(_WANDB_CLOUD_HOST)  # the cloud's key is stored under api.wandb.ai
+    try:
+        entries = netrc.netrc(str(_netrc_path()))
+        if any((auth := entries.authenticators(h)) and auth[2] for h in hosts):
+            return True
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return _settings_value("api_key") is not None
+
+
+def default_mode() -> str:
+    """``"online"`` when a W&B key is configured (env, ~/.netrc, settings file), else ``"offline"``."""
+    return "online" if _api_key_configured() else "offline"
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """DNS + TCP connect within ``timeout`` s (in a thread: DNS has no timeout); None if it connects."""
+    error = [f"no answer within {timeout:g} s"]
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            error[0] = ""
+        except OSError as exc:
+            error[0] = _one_line(exc)
+
+    thread = threading.Thread(target=connect, name="wandb-reachability", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return error[0] or None
+
+
+_online_failures: dict[str, str] = {}  # base URL -> why online failed earlier in this process
+_fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
+
+
+def _server_problem(base_url: str) -> str | None:
+    """Why an online init would fail or hang, or None if a key is set and the server answers.
+
+    A failed probe or online init is remembered for the process, so a sweep's later runs go
+    offline at once instead of probing (and warning) again for every cell.
+    """
+    if not _api_key_configured():
+        return "no W&B API key found (set WANDB_API_KEY or run `wandb login`)"
+    if base_url in _online_failures:
+        return _online_failures[base_url]
+    import urllib.request
+
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
+    if error := _probe(host, port, REACHABILITY_TIMEOUT_S):
+        _online_failures[base_url] = f"cannot reach {host}:{port} ({error})"
+        return _online_failures[base_url]
+    return None
+
+
+# -- building a tracker ---------------------------------------------------------------------------
+
+
+def _quiet_wandb() -> Any:
+    """Import wandb with its terminal output silenced (process-wide settings; cheap to repeat)."""
+    import wandb
+
+    wandb.setup(settings=wandb.Settings(silent=True))
+    return wandb
+
+
+def make_tracker(
+    mode: str | None,
+    *,
+    project: str = "ddimbench",
+    name: str | None = None,
+    group: str | None = None,
+    job_type: str | None = None,
+    config: dict | None = None,
+    dir: str | Path = ".",
+    tags: Iterable[str] | None = None,
+    warn: Callable[[str], None] = _warn_stderr,
+) -> Tracker:
+    """Start a run in ``mode`` (None: ``default_mode()``), falling back online -> offline -> disabled.
+
+    A fallback costs one line through ``warn`` (once per process for the same reason); nothing
+    raises except an unknown mode (``DDIMError``). Online is tried only when a key is configured
+    and the server answers a TCP probe, then with a bounded ``init_timeout``; a failure is
+    remembered, so a dead network costs seconds once, not minutes per run. Runs are written under
+    ``<dir>/wandb/``; every call starts a new run, so finish each one.
+    """
+    requested = default_mode() if mode is None else str(mode).strip().lower()
+    if requested not in MODES:
+        raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
+    if requested == "disabled":
+        return NullTracker()
+
+    reasons: list[str] = []
+    try:
+        wandb = _quiet_wandb()
+    except Exception as exc:
+        warn(f"W&B: cannot load wandb ({_one_line(exc)}); tracking disabled")
+        return NullTracker()
+
+    init_args = dict(
+        project=project,
+        name=name,
+        group=group,
+        job_type=job_type,
+        config=_plain(config or {}),
+        tags=[tags] if isinstance(tags, str) else list(tags) if tags is not None else None,
+    )
+    for attempt in ("online", "offline") if requested == "online" else ("offline",):
+        base_url = ""
+        try:
+            if attempt == "online":
+                base_url = _wandb_base_url(wandb)
+                if problem := _server_problem(base_url):
+                    reasons.append(f"online mode unavailable: {problem}")
+                    continue
+            tracker = WandbTracker(_init_run(wandb, attempt, Path(dir), init_args), attempt, warn)
+        except Exception as exc:
+            reasons.append(f"{attempt} init failed: {_one_line(exc)}")
+            if attempt == "online" and base_url:
+                _online_failures[base_url] = f"online init failed earlier ({_one_line(exc)})"
+            continue
+        if reasons:
+            _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} (`wandb sync` uploads it)")
+        return tracker
+    _warn_fallback(warn, reasons, "tracking disabled")
+    return NullTracker()
+
+
+def _warn_fallback(warn: Callable[[str], None], reasons: list[str], outcome: str) -> None:
+    """One line per distinct fallback per process: a sweep's 100 offline cells warn once."""
+    key = f"{'; '.join(reasons)} -> {outcome.split()[0]}"
+    if key not in _fallback_warnings:
+        _fallback_warnings.add(key)
+        warn(f"W&B: {'; '.join(reasons)}; {outcome}")
+
+
+def _wandb_base_url(wandb: Any) -> str:
+    """The server wandb itself will contact (env, settings files, its default)."""
+    return str(wandb.setup().settings.base_url)
+
+
+def _init_run(wandb: Any, mode: str, dir: Path, init_args: dict) -> Any:
+    dir.mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(
+        silent=True,
+        console="off",  # leave the caller's stdout/stderr alone
+        reinit="create_new",  # every make_tracker is a new run, even with one still open
+        use_dot_wandb=False,  # always <dir>/wandb
+        init_timeout=ONLINE_INIT_TIMEOUT_S,
+    )
+    # mode= on every call: WANDB_MODE is read once per process.
+    return wandb.init(mode=mode, dir=str(dir), settings=settings, **init_args)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy: numpy/torch values to Python numbers and lists, dataclasses to dicts,
+    anything else (Paths, dtypes) to str."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):  # numpy arrays, tensors
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain({f: getattr(value, f) for f in value.__dataclass_fields__})
+    return str(value)
+
+
+# -- reading an offline run -----------------------------------------------------------------------
+
+_BLOCK = 32 * 1024  # LevelDB log block size
+_CHUNK_HEADER = struct.Struct("<IHB")  # crc32 (IEEE, over type byte + data), length, type
+_FILE_HEADER = struct.Struct("<4sHB")  # b":W&B", magic 0xBEE1, version 0
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(data: bytes, path: Path, pos: int = 7, strict: bool = True) -> Iterator[bytes]:
+    """Reassemble the LevelDB-framed records of ``data`` starting at ``pos`` (block-aligned offsets).
+
+    A truncated tail (a run still being written) ends the iteration. ``strict``: a bad checksum or
+    a continuation chunk without its start raises; otherwise (reading from mid-file) it is skipped.
+    """
+    pending: list[bytes] | None = None
+    while pos + _CHUNK_HEADER.size <= len(data):
+        room = _BLOCK - pos % _BLOCK
+        if room < _CHUNK_HEADER.size:  # block trailer: zero padding
+            pos += room
+            continue
+        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
+        start = pos + _CHUNK_HEADER.size
+        if start + length > len(data):
+            return  # truncated tail
+        chunk = data[start : start + length]
+        if kind == 0 and length == 0 and crc == 0:  # zero-filled rest of a block
+            pos += room
+            continue
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc or kind not in range(1, 5):
+            if strict:
+                raise DDIMError(f"{path}: corrupt record at byte {pos} (bad checksum or type)")
+            return
+        pos = start + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = [chunk]
+        elif pending is not None:  # _MIDDLE or _LAST
+            pending.append(chunk)
+            if kind == _LAST:
+                yield b"".join(pending)
+                pending = None
+        elif strict:
+            raise DDIMError(f"{path}: corrupt record at byte {pos} (continuation without start)")
+
+
+def _check_header(data: bytes, path: Path) -> None:
+    if len(data) < _FILE_HEADER.size:
+        raise DDIMError(f"{path}: not a W&B run log (file too short)")
+    ident, magic, version = _FILE_HEADER.unpack_from(data)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise DDIMError(f"{path}: not a W&B run log (bad header)")
+    if version != 0:
+        raise DDIMError(f"{path}: unsupported W&B log version {version}")
+
+
+def _log_has_exit(path: Path) -> bool:
+    """Whether the run log already holds its exit record; reads only the last two blocks."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    size = path.stat().st_size
+    start = max(0, (size // _BLOCK - 1) * _BLOCK)
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read()
+    record = pb.Record()
+    for raw in _records(data, path, pos=_FILE_HEADER.size if start == 0 else 0, strict=False):
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
+
+
+def _item_value(item: Any) -> Any:
+    which = item.WhichOneof("value") if "value" in item.DESCRIPTOR.oneofs_by_name else None
+    if which == "none":
+        return None
+    if which == "json":
+        return json.loads(item.json)
+    if which is not None:
+        return getattr(item, which)
+    return json.loads(item.value_json) if item.value_json else None
+
+
+def _item_path(item: Any) -> list[str]:
+    return [item.key] if item.key else list(item.nested_key)
+
+
+def _apply(target: dict, items: Iterable[Any], remove: Iterable[Any] = ()) -> None:
+    for item in items:
+        *parents, leaf = _item_path(item)
+        node = target
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = _item_value(item)
+    for item in remove:
+        *parents, leaf = _item_path(item)
+        node = target
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+
+def _public(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in _INTERNAL_KEYS}
+
+
+def _find_log(run_dir: Path) -> Path:
+    if run_dir.is_file():
+        return run_dir
+    logs = sorted(run_dir.glob("run-*.wandb"))
+    if len(logs) != 1:
+        found = "none" if not logs else f"{len(logs)}"
+        raise DDIMError(f"{run_dir}: expected one run-*.wandb log, found {found}")
+    return logs[0]
+
+
+def read_offline_run(run_dir: str | Path) -> dict:
+    """Decode a run directory's ``run-<id>.wandb`` log (or that file itself).
+
+    Returns ``{"run": {id, project, name, group, job_type, tags, exit_code}, "config": {...},
+    "history": [{"step": n, key: value, ...}, ...] (ordered by step), "summary": {...},
+    "files": [paths relative to files/]}``. W&B's own bookkeeping keys (``_step``, ``_runtime``,
+    ``_timestamp``, ``_wandb``) are dropped; media values are W&B's reference dicts (``path`` etc.).
+    ``exit_code`` is None while the run is unfinished (its log then ends early, which is allowed).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = _find_log(Path(run_dir))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DDIMError(f"{path}: cannot read ({exc.strerror})") from exc
+    run_info: dict[str, Any] = {"exit_code": None}
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    files: dict[str, None] = {}
+    _check_header(data, path)
+    for raw in _records(data, path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            run_info = dict(
+                run_info,
+                id=run.run_id,
+                project=run.project,
+                name=run.display_name,
+                group=run.run_group,
+                job_type=run.job_type,
+                tags=list(run.tags),
+            )
+            _apply(config, run.config.update, run.config.remove)
+        elif kind == "config":
+            _apply(config, record.config.update, record.config.remove)
+        elif kind == "summary":
+            _apply(summary, record.summary.update, record.summary.remove)
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            _apply(row, record.history.item)
+            step = int(row.get("_step", record.history.step.num))
+            rows.setdefault(step, {}).update(_public(row))
+        elif kind == "files":
+            files.update(dict.fromkeys(f.path for f in record.files.files))
+        elif kind == "exit":
+            run_info["exit_code"] = record.exit.exit_code
+    history = [{"step": step, **values} for step, values in sorted(rows.items())]
+    return {
+        "run": run_info,
+        "config": _public(config),
+        "history": history,
+        "summary": _public(summary),
+        "files": list(files),
+    }

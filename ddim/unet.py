@@ -1,0 +1,280 @@
+"""The DDPM UNet (Ho et al. 2020) as used by the official DDIM code, with its configs.
+
+Module attribute names mirror the official DDIM ``Model`` (``temb.dense``, ``down[i].block[j]``,
+``mid.attn_1``, ``up[i].upsample.conv``, ...) so pretrained official / diffusers weights map onto it.
+The network predicts ε: ``UNet(config)(x_t, t) -> eps_pred`` with the shape of ``x_t``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddim.errors import DDIMError
+
+__all__ = ["PRESETS", "UNet", "UNetConfig", "preset", "timestep_embedding"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of the DDPM UNet (field names follow the official DDIM YAML configs)."""
+
+    resolution: int = 32
+    in_channels: int = 3
+    out_channels: int | None = None  # None -> in_channels
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    num_groups: int = 32  # GroupNorm groups; tiny models need fewer
+
+    def __post_init__(self) -> None:
+        # YAML / JSON give lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        problem = self._problem()
+        if problem:
+            raise DDIMError(f"invalid UNetConfig: {problem}")
+
+    def _problem(self) -> str | None:
+        if min(self.resolution, self.in_channels, self.ch, self.num_groups) < 1 or self.num_res_blocks < 1:
+            return "resolution, in_channels, ch, num_res_blocks and num_groups must be positive"
+        if self.out_channels is not None and self.out_channels < 1:
+            return f"out_channels={self.out_channels} must be positive or None"
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            return f"ch_mult={self.ch_mult} must be a non-empty tuple of positive ints"
+        if not 0.0 <= self.dropout < 1.0:
+            return f"dropout={self.dropout} must be in [0, 1)"
+        bad = [self.ch * m for m in (1, *self.ch_mult) if (self.ch * m) % self.num_groups]
+        if bad:
+            return f"channel count {bad[0]} is not divisible by num_groups={self.num_groups}; change ch or num_groups"
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if self.resolution % factor:
+            return f"resolution={self.resolution} must be divisible by {factor} for {len(self.ch_mult)} levels"
+        return None
+
+    @property
+    def out_ch(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    def to_dict(self) -> dict:
+        """A JSON/YAML-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        """Inverse of ``to_dict``; unknown keys are an error rather than silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DDIMError(f"unknown UNetConfig keys {unknown}; valid keys are {sorted(known)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as err:  # e.g. "ch": "wide" from a hand-edited config file
+            raise DDIMError(f"invalid UNetConfig values {d}: {err}; fix the config file") from err
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # Small and fast: 0.77M params, ~135 ms per train step (fwd+bwd+Adam, batch 128, 16x16x1,
+    # torch.set_num_threads(2), idle 2-core CPU), so 2000 steps take ~4.5 min and give recognisable digits.
+    "digits": UNetConfig(
+        resolution=16,
+        in_channels=1,
+        ch=32,
+        ch_mult=(1, 1, 2),  # 16x16x32, 8x8x32, 4x4x64: a 2nd 64-wide level cost +50% time
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.0,
+        num_groups=8,
+    ),
+    "mnist": UNetConfig(resolution=32, in_channels=1, ch=64, ch_mult=(1, 2, 2), attn_resolutions=(16,)),
+    # The three official DDIM configs (PAPER.md "Models"); cifar10 is DDPM's 35.7M-parameter model.
+    "cifar10": UNetConfig(resolution=32, ch_mult=(1, 2, 2, 2)),
+    "celeba": UNetConfig(resolution=64, ch_mult=(1, 2, 2, 2, 4)),
+    "lsun": UNetConfig(resolution=256, ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0),
+}
+
+
+def preset(name: str) -> UNetConfig:
+    """The named preset config (``digits``, ``mnist``, ``cifar10``, ``celeba``, ``lsun``)."""
+    if name not in PRESETS:
+        raise DDIMError(f"unknown UNet preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim), as in DDPM / the official DDIM code."""
+    half = dim // 2
+    # Frequencies 10000^(-i/(half-1)), i = 0..half-1 (the official code divides by half-1, not half).
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    # eps 1e-6 as in the official code (PyTorch's default is 1e-5).
+    return nn.GroupNorm(num_groups, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, num_groups: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_ch, num_groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.norm2 = _norm(out_ch, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # broadcast over (H, W)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, channels: int, num_groups: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels, num_groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        # (B, C, H, W) -> (B, H*W, C); a view, not a copy, for channels_last input.
+        q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, H*W, C), scale 1/sqrt(C) as in the official code
+        h = h.transpose(1, 2).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2) if with_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv is None:
+            return F.avg_pool2d(x, 2)
+        # Asymmetric (right, bottom) padding: the official code's port of TF's "SAME" stride-2 conv.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int, with_conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x if self.conv is None else self.conv(x)
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t): the DDPM UNet. ``forward(x (B,C,H,W), t (B,)) -> eps_pred (B,C_out,H,W)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        temb_ch = 4 * c.ch
+        groups, levels = c.num_groups, len(c.ch_mult)
+
+        def res_block(i: int, o: int) -> ResnetBlock:
+            return ResnetBlock(i, o, temb_ch, c.dropout, groups)
+
+        self.temb = nn.Module()
+        self.temb.dense = nn.ModuleList([nn.Linear(c.ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+
+        # Down path: remember each stored activation's width; the up path concatenates them in reverse.
+        skip_chs, block_in, res = [c.ch], c.ch, c.resolution
+        self.down = nn.ModuleList()
+        for i_level, mult in enumerate(c.ch_mult):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(c.num_res_blocks):
+                level.block.append(res_block(block_in, c.ch * mult))
+                block_in = c.ch * mult
+                if res in c.attn_resolutions:
+                    level.attn.append(AttnBlock(block_in, groups))
+                skip_chs.append(block_in)
+            if i_level != levels - 1:
+                level.downsample = Downsample(block_in, c.resamp_with_conv)
+                res //= 2
+                skip_chs.append(block_in)
+            self.down.append(level)
+
+        self.mid = nn.Module()
+        self.mid.block_1 = res_block(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in, groups)
+        self.mid.block_2 = res_block(block_in, block_in)
+
+        # Up path is built from the lowest resolution upward but stored so up[i] matches down[i].
+        up_levels: list[nn.Module] = []
+        for i_level in reversed(range(levels)):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(c.num_res_blocks + 1):
+                level.block.append(res_block(block_in + skip_chs.pop(), c.ch * c.ch_mult[i_level]))
+                block_in = c.ch * c.ch_mult[i_level]
+                if res in c.attn_resolutions:
+                    level.attn.append(AttnBlock(block_in, groups))
+            if i_level != 0:
+                level.upsample = Upsample(block_in, c.resamp_with_conv)
+                res *= 2
+            up_levels.insert(0, level)
+        self.up = nn.ModuleList(up_levels)
+
+        self.norm_out = _norm(block_in, groups)
+        self.conv_out = nn.Conv2d(block_in, c.out_ch, 3, padding=1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predict ε for noisy images ``x`` (B, C, H, W) at timesteps ``t`` (B,) (or a scalar), long or float."""
+        c, levels = self.config, len(self.config.ch_mult)
+        factor = 2 ** (levels - 1)
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise DDIMError(f"input size {tuple(x.shape[-2:])} must be divisible by {factor} for this UNet")
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t  # a scalar t applies to the whole batch
+
+        temb = timestep_embedding(t, c.ch)  # (B, ch)
+        temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))  # (B, 4ch)
+
+        hs = [self.conv_in(x)]
+        for i_level, level in enumerate(self.down):
+            for i_block, block in enumerate(level.block):
+                h = block(hs[-1], temb)
+                if len(level.attn):
+                    h = level.attn[i_block](h)
+                hs.append(h)
+            if i_level != levels - 1:
+                hs.append(level.downsample(hs[-1]))
+
+        h = hs[-1]
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
+
+        for i_level in reversed(range(levels)):
+            level = self.up[i_level]
+            for i_block, block in enumerate(level.block):
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)  # (B, C_h + C_skip, H, W)
+                if len(level.attn):
+                    h = level.attn[i_block](h)
+            if i_level != 0:
+                h = level.upsample(h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,179 @@
+"""Tests for bench.classifier: the digits classifier used as an offline FID / IS / KID feature extractor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bench.classifier as classifier
+from bench.classifier import (
+    EXTRACTOR_NAME,
+    FEATURE_FID,
+    FEATURE_ISC,
+    FEATURES,
+    ensure_classifier,
+    feature_extractor_class,
+    load_classifier,
+    load_labelled_uint8,
+    register_feature_extractor,
+    train_classifier,
+)
+from bench.metrics import file_sha256
+from ddim.errors import DDIMError
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The same folder as tests/test_metrics.py's fixture: the classifier trains once per session.
+    return tmp_path_factory.getbasetemp() / "ddimbench-cache"
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(cache_dir: Path) -> tuple[Path, dict]:
+    return ensure_classifier("digits", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
+    return load_labelled_uint8("digits", split="test")
+
+
+@pytest.fixture
+def quick_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace training by a 3-step run (for cache-logic tests); records each call's seed."""
+    calls: list[int] = []
+    real = classifier.train_classifier
+
+    def quick(images, labels, *, seed=0, device="cpu", steps=0):
+        calls.append(seed)
+        return real(images, labels, seed=seed, device=device, steps=3)
+
+    monkeypatch.setattr(classifier, "train_classifier", quick)
+    return calls
+
+
+def test_accuracy_on_the_digits_test_split(digits_classifier, digits_test) -> None:
+    path, info = digits_classifier
+    assert info["accuracy"] >= 0.95, info
+    assert info["test_count"] == len(digits_test[0]) > 300
+    assert (info["dataset"], info["resolution"], info["channels"], info["num_classes"]) == ("digits", 16, 1, 10)
+    assert info["feature_dim"] == 128
+    # The JSON next to the weights is the info, and it pins the weights' hash.
+    assert json.loads(path.with_suffix(".json").read_text()) == info
+    assert info["sha256"] == file_sha256(path)
+    # Independent re-check of the recorded accuracy from the saved weights.
+    model, _ = load_classifier(path)
+    images, labels = digits_test
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).double().mean().item()
+    assert accuracy == pytest.approx(info["accuracy"], abs=1e-12)
+
+
+def test_training_is_deterministic(digits_classifier, tmp_path: Path) -> None:
+    path, info = digits_classifier
+    path2, info2 = ensure_classifier("digits", cache_dir=tmp_path)
+    assert path2 != path
+    assert info2["sha256"] == info["sha256"]
+    assert path2.read_bytes() == path.read_bytes()
+
+
+def test_seed_decides_the_weights() -> None:
+    images, labels = load_labelled_uint8("digits")
+    a, b, c = (train_classifier(images, labels, seed=s, steps=4).state_dict() for s in (0, 0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_leaves_the_thread_count_alone() -> None:
+    images, labels = load_labelled_uint8("digits")
+    before = torch.get_num_threads()
+    train_classifier(images[:64], labels[:64], steps=1)
+    assert torch.get_num_threads() == before
+
+
+def test_second_call_hits_the_cache(digits_classifier, cache_dir: Path, quick_training: list[int]) -> None:
+    assert ensure_classifier("digits", cache_dir=cache_dir) == digits_classifier
+    assert quick_training == []
+
+
+def test_corrupt_cache_entry_is_retrained(digits_classifier, tmp_path: Path, quick_training: list[int]) -> None:
+    path, _ = digits_classifier
+    folder = tmp_path / "classifier"
+    shutil.copytree(path.parent, folder)
+    (folder / path.name).write_bytes(b"not a checkpoint")
+    new_path, info = ensure_classifier("digits", cache_dir=tmp_path)
+    assert quick_training == [0]
+    assert new_path == folder / path.name
+    assert info["sha256"] == file_sha256(new_path) == json.loads(new_path.with_suffix(".json").read_text())["sha256"]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
+
+
+def test_cache_is_keyed_by_resolution_and_seed(tmp_path: Path, quick_training: list[int]) -> None:
+    p16, i16 = ensure_classifier("digits", cache_dir=tmp_path)
+    p8, i8 = ensure_classifier("digits", cache_dir=tmp_path, resolution=8)
+    p16s1, _ = ensure_classifier("digits", cache_dir=tmp_path, seed=1)
+    assert len({p16, p8, p16s1}) == 3
+    assert (i16["resolution"], i8["resolution"]) == (16, 8)
+    assert "16px" in p16.name and "8px" in p8.name and "seed1" in p16s1.name
+    assert quick_training == [0, 0, 1]
+    assert ensure_classifier("digits", cache_dir=tmp_path, resolution=16)[0] == p16  # None means the default 16
+    assert quick_training == [0, 0, 1]
+
+
+def test_unlabelled_dataset_is_refused(tmp_path: Path) -> None:
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(DDIMError) as err:
+        ensure_classifier("folder", data_root=tmp_path, cache_dir=tmp_path / "cache")
+    assert "--extractor inception" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_feature_extractor_outputs(digits_classifier, digits_test) -> None:
+    path, info = digits_classifier
+    cls = feature_extractor_class()
+    assert cls.get_provided_features_list() == FEATURES
+    assert cls.get_default_feature_layer_for_metric("isc") == FEATURE_ISC == "logits_unbiased"
+    assert (
+        cls.get_default_feature_layer_for_metric("fid")
+        == cls.get_default_feature_layer_for_metric("kid")
+        == FEATURE_FID
+    )
+    assert cls.can_be_compiled() is False
+    # Features come back in the requested order, from the uint8 input as given (1 channel).
+    extractor = cls(EXTRACTOR_NAME, [FEATURE_ISC, FEATURE_FID], feature_extractor_weights_path=str(path), cuda=False)
+    images = digits_test[0][:50]
+    with torch.no_grad():
+        logits, penult = extractor(images)
+        model, _ = load_classifier(path)
+        want_penult, want_logits = model.penult_and_logits(images)
+    assert penult.shape == (50, info["feature_dim"]) and logits.shape == (50, 10)
+    assert torch.equal(penult, want_penult) and torch.equal(logits, want_logits)
+    with pytest.raises(ValueError, match="uint8"):
+        extractor(images.float())
+    with pytest.raises(ValueError, match="uint8"):
+        extractor(images.repeat(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="feature_extractor_weights_path"):
+        cls(EXTRACTOR_NAME, [FEATURE_FID])
+
+
+def test_registering_twice_is_harmless() -> None:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    assert register_feature_extractor() == register_feature_extractor() == EXTRACTOR_NAME
+    assert FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] is feature_extractor_class()
+
+
+def test_load_classifier_rejects_other_files(tmp_path: Path) -> None:
+    junk, other = tmp_path / "junk.pt", tmp_path / "other.pt"
+    junk.write_bytes(b"junk")
+    torch.save({"format": "something else"}, other)
+    for path in (junk, other, tmp_path / "missing.pt"):
+        with pytest.raises(DDIMError) as err:
+            load_classifier(path)
+        assert "delete it" in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,487 @@
+"""Tests for bench.metrics: the uint8 rule, the pure Fréchet distance and the torch-fidelity wrapper.
+
+Everything runs offline on the bundled digits with the classifier extractor; Inception runs on a
+randomly initialised weights file (its numbers mean nothing, the plumbing is what is checked).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bench.metrics as metrics
+import ddim.data
+from bench.classifier import EXTRACTOR_NAME, FEATURE_FID, feature_extractor_class, load_labelled_uint8
+from bench.metrics import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILE,
+    compute_metrics,
+    compute_metrics_from_folder,
+    default_extractor,
+    file_sha256,
+    frechet_distance,
+    reference_key,
+    resolve_inception_weights,
+    tensor_sha256,
+    to_uint8,
+)
+from ddim.errors import DDIMError
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The same folder as tests/test_classifier.py's fixture: the classifier trains once per session.
+    return tmp_path_factory.getbasetemp() / "ddimbench-cache"
+
+
+@pytest.fixture(scope="session")
+def train_u8() -> torch.Tensor:
+    return load_labelled_uint8("digits")[0]
+
+
+@pytest.fixture(scope="session")
+def test_u8() -> torch.Tensor:
+    return load_labelled_uint8("digits", split="test")[0]
+
+
+@pytest.fixture(scope="session")
+def fid_vs_train(cache_dir: Path, test_u8: torch.Tensor) -> dict:
+    return compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"))
+
+
+@pytest.fixture
+def feature_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on torch-fidelity's feature extraction: the size of each input it extracts from."""
+    import torch_fidelity.utils
+
+    calls: list[int] = []
+    real = torch_fidelity.utils.get_featuresdict_from_dataset
+
+    def spy(input, *args, **kwargs):
+        calls.append(len(input))
+        return real(input, *args, **kwargs)
+
+    monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", spy)
+    return calls
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file in torch-fidelity's Inception format, randomly initialised (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    folder = tmp_path_factory.mktemp("inception")
+    empty, path = folder / "empty.pth", folder / "random-inception.pth"
+    torch.save({}, empty)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)
+            )
+    finally:
+        patch.undo()
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def one_line_error(call, *needles: str) -> str:
+    with pytest.raises(DDIMError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+# ---- the uint8 rule and frechet_distance ----
+
+
+def test_to_uint8_rule() -> None:
+    x = torch.tensor([-3.0, -1.0, -1 + 1 / 127.5, 0.0, 0.5, 1.0, 7.0])
+    assert to_uint8(x).tolist() == [0, 0, 1, 128, 191, 255, 255]
+    assert to_uint8(x).dtype == torch.uint8
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(pixels.float() / 127.5 - 1), pixels)  # inverse of ddim.data's scaling
+
+
+def test_frechet_distance_diagonal_gaussians_closed_form() -> None:
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    a, b = rng.uniform(0.1, 3, size=6), rng.uniform(0.1, 3, size=6)
+    # Diagonal covariances: d² = ‖μ1 − μ2‖² + Σ (√a_i − √b_i)².
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-10)
+    # The same in a rotated basis (the covariances still commute).
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    got = frechet_distance(q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(want, rel=1e-8)
+    assert frechet_distance([0.0], [[1.0]], [0.0], [[4.0]]) == pytest.approx(1.0)  # N(0,1) vs N(0,4)
+
+
+def test_frechet_distance_properties_and_torch_fidelity_agreement() -> None:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    rng = np.random.default_rng(1)
+    f1, f2 = rng.normal(size=(200, 16)), rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16)) + 0.5
+    s1 = (f1.mean(0), np.cov(f1, rowvar=False))
+    s2 = (f2.mean(0), np.cov(f2, rowvar=False))
+    d12, d21 = frechet_distance(*s1, *s2), frechet_distance(*s2, *s1)
+    assert d12 > 1 and d12 == pytest.approx(d21, rel=1e-9)
+    assert abs(frechet_distance(*s1, *s1)) < 1e-9
+    theirs = fid_statistics_to_metric({"mu": s1[0], "sigma": s1[1]}, {"mu": s2[0], "sigma": s2[1]}, False)
+    assert d12 == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
+
+
+def test_frechet_distance_singular_covariances() -> None:
+    rng = np.random.default_rng(2)
+    f1, f2 = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))  # rank 4 covariances in 20-d
+    got = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert np.isfinite(got) and got > 0
+    with pytest.raises(ValueError):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_default_extractor() -> None:
+    assert [default_extractor(d) for d in ddim.data.DATASETS] == [
+        "classifier", "classifier", "inception", "inception", "inception",
+    ]  # fmt: skip
+
+
+# ---- compute_metrics with the classifier extractor ----
+
+
+def test_fid_of_the_train_set_against_itself_is_zero(cache_dir: Path, train_u8: torch.Tensor) -> None:
+    out = compute_metrics(train_u8, dataset="digits", cache_dir=cache_dir, n_expected=len(train_u8))
+    assert abs(out["fid"]) < 1e-6
+    assert abs(out["kid_mean"]) < 0.05  # slightly negative: KID's subsets of one set overlap
+    assert out["isc_mean"] > 8  # 10 balanced, confidently classified classes
+    assert out["n"] == out["ref_count"] == len(train_u8)
+    assert out["extractor"] == "classifier"
+    assert set(out) == {"fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "extractor", "extractor_sha256"} | {
+        "ref_key", "ref_sha256", "ref_count", "n",
+    }  # fmt: skip
+
+
+def test_fid_of_noise_is_large(cache_dir: Path, fid_vs_train: dict) -> None:
+    noise = torch.randint(0, 256, (300, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = compute_metrics(noise, dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"))
+    assert fid_vs_train["fid"] < 5  # held-out real digits are close to the train set
+    assert out["fid"] > 100 * fid_vs_train["fid"] and out["fid"] > 50
+    assert out["isc_mean"] < fid_vs_train["isc_mean"]
+
+
+def test_fid_equals_frechet_distance_of_our_own_features(
+    cache_dir: Path, train_u8: torch.Tensor, test_u8: torch.Tensor, fid_vs_train: dict
+) -> None:
+    from bench.classifier import ensure_classifier
+
+    path, info = ensure_classifier("digits", cache_dir=cache_dir)
+    assert fid_vs_train["extractor_sha256"] == info["sha256"]
+    extractor = feature_extractor_class()(EXTRACTOR_NAME, [FEATURE_FID], feature_extractor_weights_path=str(path))
+    with torch.no_grad():
+        (f_test,), (f_train,) = extractor(test_u8), extractor(train_u8)
+    f_test, f_train = f_test.double().numpy(), f_train.double().numpy()
+    assert f_train.shape == (len(train_u8), info["feature_dim"])
+    want = frechet_distance(
+        f_test.mean(0), np.cov(f_test, rowvar=False), f_train.mean(0), np.cov(f_train, rowvar=False)
+    )
+    assert fid_vs_train["fid"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    # The cached reference statistics are those of the train features.
+    stats_file = cache_dir / "reference" / f"{fid_vs_train['ref_key']}-{EXTRACTOR_NAME}-stat-fid-{FEATURE_FID}.pt"
+    assert file_sha256(stats_file) == fid_vs_train["ref_sha256"]
+    stats = torch.load(stats_file, weights_only=False)
+    assert np.allclose(stats["mu"], f_train.mean(0), rtol=1e-4, atol=1e-5)
+    assert np.allclose(stats["sigma"], np.cov(f_train, rowvar=False), rtol=1e-3, atol=1e-5)
+
+
+def test_custom_extractor_is_used_end_to_end(
+    cache_dir: Path, test_u8: torch.Tensor, fid_vs_train: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from bench.classifier import ensure_classifier
+
+    seen: list[tuple] = []
+    cls = feature_extractor_class()
+    real_forward = cls.forward
+
+    def spy(self, x):
+        out = real_forward(self, x)
+        seen.append((x.dtype, tuple(x.shape[1:]), tuple(self.features_list), [tuple(o.shape[1:]) for o in out]))
+        return out
+
+    monkeypatch.setattr(cls, "forward", spy)
+    out = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("isc", "kid"), ref_count=400)
+    # Our extractor saw uint8 1-channel digits and returned 128-d features and 10 logits.
+    assert seen and all(dtype == torch.uint8 and shape == (1, 16, 16) for dtype, shape, _, _ in seen)
+    names, dims = seen[0][2], seen[0][3]
+    assert dict(zip(names, dims)) == {"penult": (128,), "logits_unbiased": (10,)}
+    # IS is torch-fidelity's IS of our classifier's logits (bounded by its 10 classes).
+    path, _ = ensure_classifier("digits", cache_dir=cache_dir)
+    extractor = cls(EXTRACTOR_NAME, ["logits_unbiased"], feature_extractor_weights_path=str(path))
+    with torch.no_grad():
+        (logits,) = real_forward(extractor, test_u8)
+    want = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
+    assert out["isc_mean"] == pytest.approx(want["inception_score_mean"], rel=1e-6)
+    assert out["isc_mean"] == pytest.approx(fid_vs_train["isc_mean"], rel=1e-6)
+    assert 1 < out["isc_mean"] <= 10
+    # With no FID asked, ref_sha256 is the hash of the cached reference features.
+    features_file = cache_dir / "reference" / f"{out['ref_key']}-{EXTRACTOR_NAME}-features-{FEATURE_FID}.pt"
+    assert file_sha256(features_file) == out["ref_sha256"]
+    assert torch.load(features_file, weights_only=False).shape == (400, 128)
+
+
+# ---- the reference cache ----
+
+
+def test_reference_key_covers_every_input() -> None:
+    base = dict(
+        dataset="digits", split="train", resolution=16, extractor="classifier",
+        weights_sha256="a" * 64, count=1000, content_sha256="b" * 64,
+    )  # fmt: skip
+    changes = dict(
+        dataset="mnist", split="test", resolution=8, extractor="inception",
+        weights_sha256="c" * 64, count=999, content_sha256="d" * 64,
+    )  # fmt: skip
+    keys = {reference_key(**base)} | {reference_key(**{**base, k: v}) for k, v in changes.items()}
+    assert len(keys) == 1 + len(changes)
+    assert os.sep not in reference_key(**{**base, "dataset": "a/b"})
+
+
+def test_cache_key_changes_with_count_resolution_and_content(
+    cache_dir: Path, test_u8: torch.Tensor, fid_vs_train: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=600)
+    b = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=601)
+    assert a["ref_count"] == 600 and b["ref_count"] == 601
+    assert len({a["ref_key"], b["ref_key"], fid_vs_train["ref_key"]}) == 3
+    assert len({a["ref_sha256"], b["ref_sha256"], fid_vs_train["ref_sha256"]}) == 3
+    # Another resolution: another classifier and another key.
+    small = to_uint8(torch.nn.functional.interpolate(test_u8.float() / 127.5 - 1, size=(8, 8), mode="area"))
+    c = compute_metrics(small, dataset="digits", cache_dir=cache_dir, metrics=("fid",), resolution=8)
+    assert "-8px-" in c["ref_key"] and c["extractor_sha256"] != fid_vs_train["extractor_sha256"]
+    # The same count but one changed pixel in the real images: a new key, never the stale entry.
+    real_load = ddim.data.load_dataset
+
+    def altered(*args, **kwargs):
+        ds = real_load(*args, **kwargs)
+        ds.images = ds.images.clone()
+        ds.images[0, 0, 0, 0] = -ds.images[0, 0, 0, 0] - 0.5
+        return ds
+
+    monkeypatch.setattr(ddim.data, "load_dataset", altered)
+    d = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",))
+    assert d["ref_count"] == fid_vs_train["ref_count"] and d["ref_key"] != fid_vs_train["ref_key"]
+
+
+def test_second_call_hits_the_cache(cache_dir: Path, test_u8: torch.Tensor, feature_calls: list[int]) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"), ref_count=777)
+    first = compute_metrics(test_u8, **kwargs)
+    assert sorted(feature_calls) == sorted([len(test_u8), 777])  # samples and reference
+    files = sorted((cache_dir / "reference").glob(f"{first['ref_key']}-*"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    feature_calls.clear()
+    second = compute_metrics(test_u8, **kwargs)
+    assert feature_calls == [len(test_u8)]  # only the samples: the reference came from the cache
+    assert second == first
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    # FID alone reads the cached statistics without building the reference's features either.
+    feature_calls.clear()
+    third = compute_metrics(test_u8, **{**kwargs, "metrics": ("fid",)})
+    assert feature_calls == [len(test_u8)] and third["fid"] == pytest.approx(first["fid"], rel=1e-9)
+
+
+def test_file_backed_reference_is_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    decoded: list[int] = []
+    real_getitem = ddim.data.ImageFileDataset.__getitem__
+
+    def counting_getitem(self, index):
+        decoded.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(ddim.data.ImageFileDataset, "__getitem__", counting_getitem)
+    kwargs = dict(data_root=folder, split="train", resolution=8, ref_count=None, memo_dir=tmp_path / "memo", rgb=False)
+    images, n, shape, content = metrics._reference("folder", **kwargs)
+    assert (n, shape, len(decoded)) == (6, (3, 8, 8), 6)
+    # The streamed hash is tensor_sha256 of the stacked uint8 reference.
+    assert content == tensor_sha256(torch.stack([images[i] for i in range(n)]))
+    decoded.clear()
+    assert metrics._reference("folder", **kwargs)[3] == content and decoded == []  # memoised: nothing decoded
+    os.utime(folder / "0.png", ns=(10**9, 10**9))  # a touched file invalidates the memo
+    assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
+    subset = metrics._reference("folder", **{**kwargs, "ref_count": 4})
+    assert subset[1] == 4 and subset[3] != content
+
+
+# ---- refusals ----
+
+
+def test_short_count_is_refused(test_u8: torch.Tensor, tmp_path: Path) -> None:
+    call = lambda: compute_metrics(test_u8[:100], dataset="digits", n_expected=101, cache_dir=tmp_path / "c")  # noqa: E731
+    one_line_error(call, "100 samples", "101 were asked")
+    assert not (tmp_path / "c").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needles"),
+    [
+        (dict(metrics=("fid", "ppl")), ["metrics"]),
+        (dict(extractor="vgg"), ["extractor", "inception"]),
+        (dict(metrics=("isc",), n=5), ["IS needs at least 10"]),
+        (dict(metrics=("kid",), kid_subset_size=51, n=50), ["--kid-subset-size"]),
+        (dict(metrics=("kid",), kid_subset_size=1, n=50), ["--kid-subset-size"]),
+        (dict(metrics=("fid",), ref_count=10**6), ["--ref-count"]),
+        (dict(metrics=("fid",), device="cuda:0"), ["--device cpu"]),
+    ],
+)
+def test_bad_requests_are_refused(cache_dir: Path, test_u8: torch.Tensor, kwargs: dict, needles: list[str]) -> None:
+    if kwargs.get("device", "").startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    samples = test_u8[: kwargs.pop("n", len(test_u8))]
+    one_line_error(lambda: compute_metrics(samples, dataset="digits", cache_dir=cache_dir, **kwargs), *needles)
+
+
+def test_samples_must_be_uint8_of_the_dataset_shape(cache_dir: Path, test_u8: torch.Tensor) -> None:
+    one_line_error(lambda: compute_metrics(test_u8.float(), dataset="digits", cache_dir=cache_dir), "uint8", "to_uint8")
+    rgb = test_u8.repeat(1, 3, 1, 1)
+    one_line_error(lambda: compute_metrics(rgb, dataset="digits", cache_dir=cache_dir, metrics=("fid",)), "(3, 16, 16)")
+
+
+def test_missing_inception_weights_offline(
+    tmp_path: Path, test_u8: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("attempted a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    call = lambda: compute_metrics(test_u8, dataset="digits", extractor="inception", cache_dir=tmp_path / "c")  # noqa: E731
+    one_line_error(call, "--inception-weights FILE", INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE, "hub/checkpoints")
+    # A named file that does not exist is refused too, from the argument or the environment.
+    one_line_error(lambda: resolve_inception_weights(tmp_path / "nope.pth"), "nope.pth", "--inception-weights")
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(tmp_path / "nope2.pth"))
+    one_line_error(lambda: resolve_inception_weights(), "nope2.pth")
+    # A file in $TORCH_HOME/hub/checkpoints/ is found; one that is not Inception's weights is refused.
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
+    hub = tmp_path / "empty-torch-home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / INCEPTION_WEIGHTS_FILE).write_bytes(b"not a checkpoint")
+    assert resolve_inception_weights() == hub / INCEPTION_WEIGHTS_FILE
+    one_line_error(call, "cannot read Inception weights", "--inception-weights FILE")
+    torch.save({"fc.weight": torch.zeros(10, 2048)}, hub / INCEPTION_WEIGHTS_FILE)
+    one_line_error(call, "not torch-fidelity's Inception-v3", "--inception-weights FILE")
+
+
+def test_inception_end_to_end_with_local_weights(
+    cache_dir: Path, test_u8: torch.Tensor, random_inception_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    seen: list[tuple] = []
+    real_forward = FeatureExtractorInceptionV3.forward
+
+    def spy(self, x):
+        seen.append((x.dtype, tuple(x.shape[1:])))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "forward", spy)
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(random_inception_weights))  # picked up from the environment
+    samples = test_u8[:10]  # Inception is slow on a CPU: the fewest that IS (10 splits) accepts
+    # No FID here: its 2048x2048 eigendecomposition costs seconds on a CPU (the path is the classifier's).
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("isc", "kid"), ref_count=10)
+    out = compute_metrics(samples, extractor="inception", **kwargs)
+    assert seen and all(s == (torch.uint8, (3, 16, 16)) for s in seen)  # 1 channel repeated to 3
+    assert out["extractor"] == "inception" and out["extractor_sha256"] == file_sha256(random_inception_weights)
+    assert "-inception-" in out["ref_key"] and out["ref_count"] == 10 and out["n"] == 10
+    assert all(np.isfinite(out[k]) for k in ("isc_mean", "kid_mean"))
+    # Same count, other extractor: another key.
+    other = compute_metrics(samples, extractor="classifier", **kwargs)
+    assert other["ref_key"].replace("-classifier-", "-inception-").split("-w")[0] == out["ref_key"].split("-w")[0]
+    assert other["ref_key"] != out["ref_key"]
+    assert other["ref_key"].rsplit("-c", 1)[1] == out["ref_key"].rsplit("-c", 1)[1]  # same reference images
+
+
+# ---- PNG folders ----
+
+
+def write_pngs(folder: Path, images: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{i:06d}.png")
+
+
+def test_metrics_from_a_png_folder_equal_in_memory(cache_dir: Path, test_u8: torch.Tensor, tmp_path: Path) -> None:
+    samples = test_u8[:60]
+    write_pngs(tmp_path / "samples", samples)
+    (tmp_path / "samples" / "notes.txt").write_text("ignored")
+    assert torch.equal(metrics.read_png_folder(tmp_path / "samples"), samples)
+    got = compute_metrics_from_folder(
+        tmp_path / "samples", dataset="digits", cache_dir=cache_dir, metrics=("fid",), n_expected=60
+    )
+    assert got == compute_metrics(samples, dataset="digits", cache_dir=cache_dir, metrics=("fid",))
+    one_line_error(
+        lambda: compute_metrics_from_folder(tmp_path / "samples", dataset="digits", cache_dir=cache_dir, n_expected=61),
+        "60",
+        "61",
+    )
+
+
+def test_png_folder_mismatches_are_refused(test_u8: torch.Tensor, tmp_path: Path) -> None:
+    def run(folder: Path) -> None:
+        compute_metrics_from_folder(folder, dataset="digits", cache_dir=tmp_path / "cache", metrics=("fid",))
+
+    write_pngs(tmp_path / "rgb", test_u8[:12].repeat(1, 3, 1, 1))
+    one_line_error(lambda: run(tmp_path / "rgb"), "(3, 16, 16)", "(1, 16, 16)", "nothing is resized")
+    write_pngs(tmp_path / "small", test_u8[:12, :, :8, :8])
+    one_line_error(lambda: run(tmp_path / "small"), "(1, 8, 8)")
+    write_pngs(tmp_path / "mixed", test_u8[:3])
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "mixed" / "zzz.png")
+    one_line_error(lambda: run(tmp_path / "mixed"), "zzz.png", "one size")
+    Image.fromarray(np.zeros((16, 16, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
+    (tmp_path / "rgba").mkdir()
+    os.replace(tmp_path / "rgba.png", tmp_path / "rgba" / "0.png")
+    one_line_error(lambda: run(tmp_path / "rgba"), "RGBA")
+    (tmp_path / "empty").mkdir()
+    one_line_error(lambda: run(tmp_path / "empty"), "no .png")
+    one_line_error(lambda: run(tmp_path / "missing"), "does not exist")
+
+
+# ---- hygiene ----
+
+
+def test_tensor_sha256_sees_content_shape_and_dtype() -> None:
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    y = x.clone()
+    y[1, 0, 3, 3] = 1
+    assert len({tensor_sha256(x), tensor_sha256(y), tensor_sha256(x.view(1, 2, 4, 4)), tensor_sha256(x.float())}) == 4
+    assert tensor_sha256(x) == tensor_sha256(x.clone())
+
+
+def test_importing_bench_metrics_is_cheap() -> None:
+    code = (
+        "import sys, bench.metrics, bench.classifier; "
+        "bad = [m for m in ('torch_fidelity', 'typer', 'wandb', 'optuna') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

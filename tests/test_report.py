@@ -1,0 +1,457 @@
+"""bench.report / bench.paper / bench.plots: golden structure (not golden numbers) of the report.
+
+The records are synthetic; every expectation (best per column, mean ± std, NFE) is computed here
+from the records, independently of the report code. No torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import paper, plots
+from bench.report import CSV_LEADING, read_results_csv, tex_escape, write_report
+from ddim.errors import DDIMError
+
+SCHEDULES = ("quad", "uniform")
+ETAS = (0.0, 0.5, 1.0)
+STEPS = (10, 20, 50)
+FAILED = ("quad", "ddim", 0.5, 20)  # (schedule, sampler, eta, S) of the FAILED cell
+RUNNING = ("quad", "ddim", 1.0, 50)
+ODD_NFE = ("quad", "sigma_hat", None, 10)  # nfe != steps
+METRIC_FIELDS = {"fid": ("fid", 1.0, min), "isc": ("isc_mean", 1.0, max), "kid": ("kid_mean", 1000.0, min)}
+DETERMINISTIC = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "manifest.json", "README.md")
+
+
+def _png(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def make_records(root: Path) -> tuple[list[dict], dict]:
+    """ddim η ∈ {0, 0.5, 1} × S ∈ {10, 20, 50} on two schedules, σ̂ and dpmpp_2m rows, two seed blocks
+    for η = 0, one FAILED and one RUNNING cell, one cell with nfe != steps, one tied column."""
+    rng = np.random.default_rng(0)
+    records: list[dict] = []
+
+    def add(schedule, sampler, eta, steps, block, **kw):
+        n = len(records)
+        key = (schedule, sampler, eta, steps)
+        state = "FAIL" if key == FAILED else "RUNNING" if key == RUNNING else "COMPLETE"
+        done = state == "COMPLETE"
+        fid = float(40.0 / steps * (1 + (eta or 0.0) * 2) + rng.random()) if done else None
+        rec = {
+            "number": n,
+            "state": state,
+            "sampler": sampler,
+            "steps": steps,
+            "eta": eta,
+            "schedule": schedule,
+            "seed_block": block,
+            "nfe": steps + 2 if key == ODD_NFE else steps,
+            "fid": fid,
+            "isc_mean": float(8 + rng.random()) if done else None,
+            "isc_std": 0.1 if done else None,
+            "kid_mean": float(0.01 * rng.random()) if done else None,
+            "kid_std": 0.001 if done else None,
+            "wall_s": steps * 0.5,
+            "images_per_s": 200.0 / steps,
+            "n": 100,
+            "seeds": f"{block * 100}-{block * 100 + 99}",
+            "grid": None,
+            "strip": None,
+            "error": "CUDA out of memory; retry with a smaller batch" if state == "FAIL" else None,
+            "checkpoint_sha256": "c0ffee",
+            "extractor": "inception-v3-compat",
+            "extractor_sha256": "beef",
+            "ref_key": "cifar10/train/32/inception/50000",
+            "ref_sha256": "f00d",
+            "device": "cpu",
+        }
+        if done:
+            rec["grid"] = f"samples/grid_{n}.png"
+            _png(root / rec["grid"], (24, 24), (n * 7 % 256, 80, 160))
+            if sampler == "ddim":
+                rec["strip"] = f"samples/strip_{n}.png"
+                _png(root / rec["strip"], (64, 8), (n * 7 % 256, 160, 80))
+        rec.update(kw)
+        records.append(rec)
+
+    for schedule in SCHEDULES:
+        for eta in ETAS:
+            for s in STEPS:
+                for block in (0, 1) if eta == 0.0 else (0,):
+                    add(schedule, "ddim", eta, s, block)
+        for s in STEPS:
+            add(schedule, "sigma_hat", None, s, 0)
+    for s in (10, 20):
+        add("uniform", "dpmpp_2m", None, s, 0)
+    # A tie at display precision in uniform S = 20: η = 0.5 equals η = 0.0's block mean.
+    tied = [r for r in records if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.0, 20)]
+    target = float(np.mean([r["fid"] for r in tied]))
+    for r in records:
+        if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.5, 20):
+            r["fid"] = target
+        if (r["schedule"], r["sampler"], r["steps"]) == ("uniform", "dpmpp_2m", 20):
+            r["fid"] = target - 0.004 + 10  # a worse row, away from the tie
+    meta = {
+        "name": "synthetic",
+        "command": "ddimbench sweep --name synthetic",
+        "git_commit": "0123abc",
+        "versions": {"numpy": np.__version__, "torch": "n/a"},
+        "device": "cpu",
+        "dataset": "cifar10",
+        "T": 1000,
+        "checkpoint": "ckpt/ema.pt",
+        "checkpoint_sha256": "c0ffee",
+        "extractor": "inception-v3-compat",
+        "extractor_sha256": "beef",
+        "ref_key": "cifar10/train/32/inception/50000",
+        "ref_sha256": "f00d",
+        "n": 100,
+        "seeds": "0-99",
+        "created": "2024-05-01T12:00:00",
+    }
+    return records, meta
+
+
+def make_extras(root: Path) -> dict:
+    _png(root / "extras/interp.png", (80, 8), (10, 20, 30))
+    return {
+        "interpolation": "extras/interp.png",
+        "inversion": [{"steps": 10, "mse": 0.0151}, {"steps": 50, "mse": 0.0021}],
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    records, meta = make_records(root)
+    extras = make_extras(root)
+    out = tmp_path_factory.mktemp("reports") / "synthetic"
+    written = write_report(records, meta, out, root=root, extras=extras)
+    return records, meta, root, extras, out, written
+
+
+# ------------------------------------------------------------------------------------ md parsing
+def parse_md(text: str) -> dict[str, tuple[list[str], dict[str, list[str]]]]:
+    """{block title: (column headers, {row label: cells})} from the report's markdown tables."""
+    blocks, title = {}, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+        elif line.startswith("|") and title is not None and not line.startswith("|---"):
+            parts = [p.strip() for p in line.strip().strip("|").split(" | ")]
+            if title not in blocks:
+                blocks[title] = (parts[1:], {})
+            else:
+                blocks[title][1][parts[0]] = parts[1:]
+    return blocks
+
+
+def row_label(sampler: str, eta) -> str:
+    return f"η = {eta:.1f}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
+
+
+def expected_cells(records, schedule, metric):
+    """{(row label, S): (values over complete blocks, nfes, any failed)} for one block."""
+    field, scale, _ = METRIC_FIELDS[metric]
+    out: dict = {}
+    for r in records:
+        if r["schedule"] != schedule:
+            continue
+        vals, nfes, failed = out.setdefault((row_label(r["sampler"], r["eta"]), r["steps"]), ([], set(), [False]))
+        if r["state"] == "COMPLETE" and r[field] is not None:
+            vals.append(r[field] * scale)
+            nfes.add(r["nfe"])
+        elif r["state"] == "FAIL":
+            failed[0] = True
+    return out
+
+
+def title_of(metric: str, schedule: str) -> str:
+    header = {"fid": "FID ↓", "isc": "IS ↑", "kid": "KID ×10³ ↓"}[metric]
+    return f"{header} — {schedule} spacing"
+
+
+BOLD = re.compile(r"^\*\*(.+?)\*\*")
+
+
+# ------------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("metric", list(METRIC_FIELDS))
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_cell_present_best_bold_failed_running_nfe(built, metric, schedule):
+    records, _, _, _, out, _ = built
+    blocks = parse_md((out / "table.md").read_text(encoding="utf-8"))
+    heads, rows = blocks[title_of(metric, schedule)]
+    exp = expected_cells(records, schedule, metric)
+    labels = sorted({k[0] for k in exp}, key=lambda s: (not s.startswith("η"), s != "σ̂", s))
+    steps = sorted({k[1] for k in exp})
+    assert list(rows) == labels  # η ascending, then σ̂, then other samplers
+    assert heads == [f"S = {s}" for s in steps]
+    better = METRIC_FIELDS[metric][2]
+    for j, s in enumerate(steps):
+        means = {lab: round(float(np.mean(v)), 2) for (lab, ss), (v, _, _) in exp.items() if ss == s and v}
+        best = better(means.values())
+        for lab in labels:
+            text = rows[lab][j]
+            vals, nfes, failed = exp.get((lab, s), ([], set(), [False]))
+            is_bold = bool(BOLD.match(text))
+            if not vals:
+                assert text == ("failed" if failed[0] else "—") and not is_bold
+                continue
+            assert is_bold == (means[lab] == best), (lab, s, text)
+            core = BOLD.match(text).group(1) if is_bold else text.split(" (")[0]
+            if len(vals) > 1:
+                assert core == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
+            else:
+                assert core == f"{vals[0]:.2f}"
+            assert ("(NFE " in text) == (nfes != {s})
+            if nfes != {s}:
+                assert f"(NFE {'/'.join(map(str, sorted(nfes)))})" in text
+
+
+def test_specific_cells(built):
+    _, _, _, _, out, _ = built
+    blocks = parse_md((out / "table.md").read_text(encoding="utf-8"))
+    _, quad = blocks[title_of("fid", "quad")]
+    _, uni = blocks[title_of("fid", "uniform")]
+    assert quad["η = 0.5"][1] == "failed"
+    assert quad["η = 1.0"][2] == "—"
+    assert "(NFE 12)" in quad["σ̂"][0]
+    assert uni["η = 0.0"][1].startswith("**") and uni["η = 0.5"][1].startswith("**")  # the tie
+    assert "dpmpp_2m" in uni and uni["dpmpp_2m"][2] == "—"
+    md = (out / "table.md").read_text(encoding="utf-8")
+    assert "**failed**" not in md
+
+
+def test_metric_absent_everywhere_is_omitted(tmp_path):
+    records, meta = make_records(tmp_path / "root")
+    for r in records:
+        r["kid_mean"] = r["kid_std"] = None
+    write_report(records, meta, tmp_path / "out", root=tmp_path / "root")
+    md = (tmp_path / "out/table.md").read_text(encoding="utf-8")
+    assert "KID" not in md and "FID" in md and "IS ↑" in md
+
+
+def test_csv_round_trips(built):
+    records, _, _, _, out, _ = built
+    rows = read_results_csv(out / "results.csv")
+    assert len(rows) == len(records)
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert tuple(header[: len(CSV_LEADING)]) == CSV_LEADING
+    assert header[len(CSV_LEADING) :] == sorted(header[len(CSV_LEADING) :])
+    by_number = {r["number"]: r for r in rows}
+    for rec in records:
+        back = by_number[rec["number"]]
+        for key, value in rec.items():
+            assert back[key] == value, (rec["number"], key)
+    order = [
+        (r["schedule"], r["sampler"], r["eta"] is not None, r["eta"] or 0, r["steps"], r["seed_block"]) for r in rows
+    ]
+    assert order == sorted(order)
+
+
+def test_two_runs_byte_identical(built, tmp_path):
+    records, meta, root, extras, out, written = built
+    again = write_report(records, meta, tmp_path / "synthetic", root=root, extras=extras)
+    assert sorted(again) == sorted(written)
+    for name in (*DETERMINISTIC, "index.html"):
+        assert (tmp_path / "synthetic" / name).read_bytes() == (out / name).read_bytes(), name
+    write_report(records, meta, out, root=root, extras=extras)  # rerun in place: no temp files left
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_manifest(built):
+    records, meta, _, _, out, _ = built
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["meta"] == json.loads(json.dumps(meta))
+    assert len(manifest["cells"]) == len(records)
+    for name, sha in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
+    assert {"table.md", "table.tex", "results.csv"} <= set(manifest["files"])
+    assert manifest["warnings"] == []
+
+
+def test_grids_consistency_interpolation_inversion_readme_html(built):
+    records, _, _, _, out, written = built
+    grids = sorted(p.name for p in (out / "grids").iterdir())
+    assert len(grids) == sum(1 for r in records if r["grid"])
+    assert "quad_ddim_eta0.0_S10_b1.png" in grids and "uniform_sigma_hat_S50_b0.png" in grids
+    for name in ("fid_vs_steps.png", "fid_vs_time.png", "consistency.png", "interpolation.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(out / name).size[0] > 0
+    # Consistency: η = 0 rows, one 8-px strip per S, for each of the two schedules.
+    assert Image.open(out / "consistency.png").size[1] >= 2 * len(STEPS) * 8
+    inv = (out / "inversion.md").read_text(encoding="utf-8")
+    assert "0.0151" in inv and "0.014" in inv and "0.0023" in inv
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    for name in written:
+        if name.endswith(".png"):
+            assert f"]({name})" in readme, name
+    assert "CUDA out of memory" in readme and "FID ↓ — quad spacing" in readme
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == sum(1 for n in written if n.endswith(".png"))
+    assert 'src="' not in page.replace('src="data:', "")  # nothing but embedded images
+
+
+def test_compare_paper(tmp_path):
+    records, meta = make_records(tmp_path / "root")
+    write_report(records, meta, tmp_path / "out", root=tmp_path / "root", compare_paper="cifar10")
+    blocks = parse_md((tmp_path / "out/table.md").read_text(encoding="utf-8"))
+    heads, rows = blocks[title_of("fid", "quad")]
+    assert heads[3:] == [f"paper (cifar10) S = {s}" for s in STEPS]
+    for label, eta in (("η = 0.0", 0.0), ("η = 0.5", 0.5), ("η = 1.0", 1.0)):
+        paper_cells = [c.strip("*") for c in rows[label][3:]]
+        assert paper_cells == [f"{paper.fid('cifar10', 'ddim', eta, s):.2f}" for s in STEPS]
+    assert [c.strip("*") for c in rows["σ̂"][3:]] == ["367.43", "133.37", "32.72"]
+    assert rows["η = 0.0"][3] == "**13.36**"  # best of the paper's column
+    _, uni = blocks[title_of("fid", "uniform")]
+    assert uni["dpmpp_2m"][3:] == ["—", "—", "—"]
+    assert "paper" not in "".join(blocks[title_of("isc", "quad")][0])
+    assert "(this block uses uniform)" in (tmp_path / "out/table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"compare_paper": "imagenet"}, "no FID table"),
+        ({"metrics": ("fid", "precision")}, "unknown metric"),
+    ],
+)
+def test_user_errors(tmp_path, kwargs, message):
+    records, meta = make_records(tmp_path / "root")
+    with pytest.raises(DDIMError, match=message):
+        write_report(records, meta, tmp_path / "out", root=tmp_path / "root", **kwargs)
+
+
+def test_missing_inputs_raise(tmp_path):
+    records, meta = make_records(tmp_path / "root")
+    with pytest.raises(DDIMError, match="no result records"):
+        write_report([], meta, tmp_path / "out")
+    with pytest.raises(DDIMError, match="not found"):
+        write_report(records, meta, tmp_path / "out", root=tmp_path / "elsewhere")
+    bad = [dict(records[0], schedule=None)]
+    with pytest.raises(DDIMError, match="lacks 'schedule'"):
+        write_report(bad, meta, tmp_path / "out", root=tmp_path / "root")
+
+
+def test_protocol_mismatch_is_reported(tmp_path):
+    records, meta = make_records(tmp_path / "root")
+    records[0]["ref_sha256"] = "stale"
+    write_report(records, meta, tmp_path / "out", root=tmp_path / "root")
+    warnings = json.loads((tmp_path / "out/manifest.json").read_text(encoding="utf-8"))["warnings"]
+    assert any("ref_sha256" in w and "#0" in w for w in warnings)
+
+
+# --------------------------------------------------------------------------------------------- tex
+def _unescaped(text: str, ch: str) -> int:
+    return len(re.findall(r"(?<!\\)" + re.escape(ch), text))
+
+
+def check_tex_structure(tex: str) -> int:
+    """Booktabs tabulars with balanced braces, escaped specials and the spec's column count in every
+    row; returns the number of tabulars."""
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    depth = 0
+    for ch in re.sub(r"\\[{}]", "", body):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    assert _unescaped(body, "_") == 0 and _unescaped(body, "%") == 0
+    tabulars = re.findall(r"\\begin\{tabular\}\{([^}]*)\}(.*?)\\end\{tabular\}", body, re.S)
+    assert tabulars and len(tabulars) == body.count(r"\begin{table}") == body.count(r"\end{table}")
+    for spec, inner in tabulars:
+        ncols = len(re.findall(r"[lrc]", spec))
+        assert inner.count(r"\toprule") == inner.count(r"\midrule") == inner.count(r"\bottomrule") == 1
+        for line in inner.splitlines():
+            if not line.rstrip().endswith(r"\\"):
+                continue
+            assert _unescaped(line, "$") % 2 == 0, line
+            spans = sum(int(n) - 1 for n in re.findall(r"\\multicolumn\{(\d+)\}", line))
+            assert _unescaped(line, "&") + 1 + spans == ncols, line
+    for caption in re.findall(r"\\caption\{(.*)\}", body):
+        assert _unescaped(caption, "&") == 0
+    return len(tabulars)
+
+
+def test_tex_structure(built, tmp_path):
+    _, _, _, _, out, _ = built
+    n = check_tex_structure((out / "table.tex").read_text(encoding="utf-8"))
+    assert n == 3 * len(SCHEDULES)
+    standalone = (out / "table_standalone.tex").read_text(encoding="utf-8")
+    assert standalone.startswith("\\documentclass{article}\n\\usepackage{booktabs}")
+    assert check_tex_structure(standalone) == n + 1  # + the inversion table
+    tex = (out / "table.tex").read_text(encoding="utf-8")
+    assert r"dpmpp\_2m" in tex and r"$\hat{\sigma}$" in tex and r"$\eta$ = 0.0" in tex and r"\textbf{" in tex
+    records, meta = make_records(tmp_path / "root")
+    write_report(records, meta, tmp_path / "cmp", root=tmp_path / "root", compare_paper="celeba")
+    check_tex_structure((tmp_path / "cmp/table.tex").read_text(encoding="utf-8"))
+
+
+def test_tex_escape():
+    assert tex_escape("a_b 50% & $x# {y} ~^\\") == (
+        r"a\_b 50\% \& \$x\# \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+    )
+    assert tex_escape("σ̂ η ± ↓") == r"$\hat{\sigma}$ $\eta$ $\pm$ $\downarrow$"
+
+
+def test_standalone_tex_compiles(built, tmp_path):
+    engine = next((e for e in ("pdflatex", "tectonic", "latexmk") if shutil.which(e)), None)
+    if engine is None:
+        print("no TeX engine (pdflatex, tectonic, latexmk) on PATH; compilation not checked")
+        pytest.skip("no TeX engine (pdflatex, tectonic, latexmk) on PATH; structure is checked in test_tex_structure")
+    _, _, _, _, out, _ = built
+    shutil.copy(out / "table_standalone.tex", tmp_path / "t.tex")
+    cmd = {
+        "pdflatex": ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        "tectonic": ["tectonic", "t.tex"],
+        "latexmk": ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+    }[engine]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------- paper and plots
+def test_paper_data():
+    assert paper.fid("cifar10", "ddim", 0.0, 10) == 13.36
+    assert paper.fid("CIFAR-10", "sigma_hat", None, 1000) == 3.17
+    assert paper.fid("celeba", "ddim", 1.0, 100) == 13.93
+    assert paper.fid("celeba", "ddim", 0.3, 10) is None and paper.fid("cifar10", "ddim", 0.0, 30) is None
+    assert paper.fid("church", "ddim", 1.0, 100) == 8.27 and paper.fid("lsun_bedroom", "ddim", 0.0, 10) == 16.95
+    assert paper.spacing("cifar10") == "quad" and paper.spacing("celeba") == "uniform"
+    assert paper.inversion_mse(20) == 0.0065 and paper.inversion_mse(30) is None
+    for ds in ("cifar10", "celeba"):
+        table = paper.FID[ds]
+        assert len(table) == 5 and all(sorted(row) == [10, 20, 50, 100, 1000] for row in table.values())
+        assert all(row[10] > row[1000] for row in table.values())  # more steps, lower FID
+    with pytest.raises(DDIMError):
+        paper.fid("imagenet", "ddim", 0.0, 10)
+
+
+def test_pareto_front():
+    x = [1.0, 2.0, 3.0, 0.5, 2.5]
+    y = [5.0, 3.0, 4.0, 9.0, 1.0]
+    assert plots.pareto_front(x, y) == [3, 0, 1, 4]
+
+
+def test_no_heavy_imports():
+    code = (
+        "import sys, bench.report, bench.paper, bench.plots; "
+        "bad = [m for m in ('torch', 'wandb', 'optuna', 'typer', 'matplotlib') if m in sys.modules]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
