@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -460,14 +461,38 @@ def compute_metrics(
     return out
 
 
+def _listed_samples(folder: Path) -> list[Path] | None:
+    """The files named by a ``ddimbench sample`` manifest (``samples.json``), or None without one."""
+    manifest = folder / "samples.json"
+    if not manifest.is_file():
+        return None
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        names = [str(n) for n in info["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DDIMError(f"{manifest} is damaged; rerun `ddimbench sample` into that folder") from None
+    if not info.get("complete", False):
+        raise DDIMError(f"{folder} holds an unfinished `ddimbench sample` run; rerun the same command to finish it")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DDIMError(f"{folder} lacks {len(missing)} listed samples (e.g. {missing[0]}); rerun `ddimbench sample`")
+    return [folder / n for n in names]
+
+
 def read_png_folder(folder: str | os.PathLike) -> Tensor:
-    """The PNGs directly in ``folder`` (sorted by name) as uint8 (N, C, H, W); nothing is resized."""
+    """The PNGs directly in ``folder`` (sorted by name) as uint8 (N, C, H, W); nothing is resized.
+
+    A folder written by ``ddimbench sample`` is read through its manifest: exactly the listed
+    samples (its grid image is not a sample).
+    """
     from PIL import Image
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DDIMError(f"sample folder {str(folder)!r} does not exist; pass the folder the samples were written to")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    files = _listed_samples(folder)
+    if files is None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     if not files:
         raise DDIMError(f"no .png files in {str(folder)!r}; pass the folder the samples were written to")
     images = []
@@ -506,6 +531,8 @@ def compute_metrics_from_folder(
     """``compute_metrics`` on the PNG samples in ``folder``; their size must match the dataset's."""
     from ddim.data import dataset_info
 
+    if extractor is not None and extractor not in EXTRACTORS:  # refuse before reading thousands of files
+        raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
     samples = read_png_folder(folder)
     info = dataset_info(dataset, resolution=resolution)
     want = (info.channels, info.resolution, info.resolution)

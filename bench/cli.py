@@ -1,0 +1,394 @@
+"""The ``ddimbench`` command line (the only module that imports Typer).
+
+Every command parses its options into a config, calls one library function and maps ``DDIMError``
+(and unwritable paths) to one line on stderr and exit code 2, without a traceback. Long work shows a
+rich progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ddim.errors import DDIMError
+
+app = typer.Typer(
+    name="ddimbench",
+    help="DDIM (Song et al. 2020): train, sample, score and benchmark diffusion models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True)
+
+DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
+WANDB_HELP = "W&B mode: online, offline or disabled (default: online when a W&B key is configured, else offline)."
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Map our errors and OS write failures to one line + exit 2; Ctrl-C to exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DDIMError as exc:
+            raise _fail(str(exc)) from None
+        except PermissionError as exc:
+            raise _fail(f"permission denied: {exc.filename}; choose a writable location") from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise _fail(f"{exc.strerror}: {exc.filename}; check the path and free space") from None
+        except KeyboardInterrupt:
+            err.print("interrupted; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress(*columns: Any) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+class LazyBar:
+    """A one-task progress bar that appears on the first update, so input errors print alone."""
+
+    def __init__(self, description: str, *columns: Any, **fields: Any) -> None:
+        self.description, self.columns, self.fields = description, columns, fields
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def update(self, completed: int, total: int | None = None, **fields: Any) -> None:
+        if self.bar is None:
+            self.bar = _progress(*self.columns)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total, **self.fields)
+        self.bar.update(self.task, completed=completed, total=total, **fields)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _command_line() -> str:
+    return shlex.join(["ddimbench", *sys.argv[1:]])
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def train(
+    dataset: str = typer.Option("digits", help="digits (embedded), mnist, cifar10, celeba or folder."),
+    data_root: str = typer.Option("data", help="Where dataset files live (folder: the image folder itself)."),
+    resolution: int | None = typer.Option(None, min=4, help="Image side in pixels (default: the dataset's)."),
+    preset: str | None = typer.Option(
+        None, help="UNet preset: digits, mnist, cifar10, celeba, lsun (default: dataset's)."
+    ),
+    run_dir: str = typer.Option("runs/digits", help="Run folder: config.json, metrics.jsonl, checkpoints/, samples/."),
+    max_steps: int = typer.Option(2000, min=1, help="Optimiser steps to train to (a resumed run continues up to it)."),
+    batch_size: int = typer.Option(128, min=1, help="Global batch size (images per step)."),
+    lr: float = typer.Option(2e-4, min=0.0, help="Adam learning rate after warm-up."),
+    warmup: int = typer.Option(100, min=0, help="Steps of linear learning-rate warm-up."),
+    grad_clip: float = typer.Option(1.0, min=0.0, help="Clip the gradient's global norm to this."),
+    ema_decay: float = typer.Option(0.9999, min=0.0, max=1.0, help="EMA decay (with the (1+n)/(10+n) ramp)."),
+    beta_schedule: str = typer.Option("linear", help="β schedule: linear, quad, const, jsd, sigmoid, cosine."),
+    T: int = typer.Option(1000, "--T", min=1, help="Diffusion steps T."),
+    beta_start: float = typer.Option(1e-4, help="β_1."),
+    beta_end: float = typer.Option(0.02, help="β_T."),
+    seed: int = typer.Option(0, min=0, help="Seed of the init and of every step's data/noise draw."),
+    save_every: int = typer.Option(500, min=1, help="Checkpoint every N steps (and at the end / on SIGINT/SIGTERM)."),
+    keep: int = typer.Option(2, min=1, help="Checkpoints kept on disk (the newest)."),
+    sample_every: int = typer.Option(500, min=0, help="A fixed-seed EMA sample grid every N steps (0: never)."),
+    grid_size: int = typer.Option(64, min=1, help="Images per grid."),
+    grid_steps: int = typer.Option(20, min=1, help="DDIM steps (η = 0) for the grids."),
+    log_every: int = typer.Option(25, min=1, help="Log loss, lr, grad norm and throughput every N steps."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    bf16: bool = typer.Option(True, help="bf16 autocast on CUDA (ignored on CPU)."),
+    num_workers: int = typer.Option(2, min=0, help="Data loader processes for file-backed datasets."),
+    download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
+    resume: bool = typer.Option(False, help="Continue the run in --run-dir from its newest checkpoint."),
+    wandb: str | None = typer.Option(None, help=WANDB_HELP),
+    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
+) -> None:
+    """Train an ε-model with Algorithm 1 (resumable; Ctrl-C / SIGTERM checkpoints and exits)."""
+    from ddim.training import TrainConfig
+
+    values = {k: v for k, v in locals().items() if k not in ("resume", "wandb", "dry_run", "TrainConfig")}
+    cfg = TrainConfig.from_dict(values)
+    cfg.validate()
+    if dry_run:
+        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    _train(cfg, resume, wandb)
+
+
+def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
+    from bench.tracking import make_tracker
+    from ddim.training import train as run_training
+
+    tracker = make_tracker(
+        wandb, name=Path(cfg.run_dir).name, job_type="train", config=cfg.to_dict(), dir=cfg.run_dir, group="train"
+    )
+    columns = (TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"))
+    with tracker, LazyBar("train", *columns, loss="…", speed="") as bar:
+        state: dict[str, Any] = {"t": None, "step": None}
+
+        def progress(step: int, metrics: dict) -> None:
+            now = time.perf_counter()
+            speed = ""
+            if state["t"] is not None and step > state["step"]:
+                speed = f"{(step - state['step']) / max(now - state['t'], 1e-9):.2f} it/s"
+            state["t"], state["step"] = now, step
+            loss = metrics.get("loss")
+            bar.update(step, cfg.max_steps, loss=f"{loss:.4g}" if loss is not None else "…", speed=speed)
+
+        result = run_training(
+            cfg,
+            resume=resume,
+            log=tracker.log,
+            on_grid=lambda path, step: tracker.log_image("samples", str(path), step=step),
+            progress=progress,
+        )
+        tracker.summary({"step": result.step, "loss": result.last_loss})
+    where = result.checkpoint or cfg.run_dir
+    if result.interrupted:
+        err.print(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
+        raise typer.Exit(130)
+    err.print(f"done: step {result.step}, loss {result.last_loss:.4g}, checkpoint {where}")
+
+
+# --- sample ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def sample(
+    checkpoint: str = typer.Option(..., help="A run directory (its newest checkpoint) or a checkpoint .pt file."),
+    out: str = typer.Option("samples", help="Folder for the n PNGs, grid.png and samples.json."),
+    n: int = typer.Option(64, "-n", "--n", help="Number of samples (exactly this many PNG files)."),
+    steps: int = typer.Option(50, help="S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm)."),
+    eta: float = typer.Option(0.0, help="η ≥ 0 (0: deterministic DDIM, 1: DDPM posterior σ)."),
+    schedule: str = typer.Option("uniform", help="Timestep spacing: uniform, quad, trailing, linspace."),
+    sampler: str = typer.Option("ddim", help="ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline."),
+    seed: int = typer.Option(0, help="Sample i uses seed + i (its pixels depend only on that seed)."),
+    batch_size: int = typer.Option(64, help="Samples per network call (does not change any sample)."),
+    clip_x0: bool | None = typer.Option(None, help="Clamp x̂₀ to [-1, 1] (default: as the official code)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
+) -> None:
+    """Write exactly n samples as PNG files (plus grid.png) into --out; rerun to resume."""
+    from dataclasses import asdict
+
+    from bench.generate import SampleConfig, generate
+
+    cfg = SampleConfig(checkpoint, out, n, steps, eta, schedule, sampler, seed, batch_size, device, clip_x0)
+    if dry_run:
+        typer.echo(json.dumps(asdict(cfg), indent=2))
+        return
+    with LazyBar("sample") as bar:
+        manifest = generate(cfg, progress=bar.update)
+    err.print(f"wrote {n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {out}")
+
+
+# --- classifier and metrics -----------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def classifier(
+    dataset: str = typer.Option("digits", help="Dataset with labels: digits, mnist, cifar10."),
+    data_root: str = typer.Option("data", help="Where dataset files live."),
+    resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
+    cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for the classifier and reference statistics."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
+    from bench.classifier import ensure_classifier
+    from ddim.runtime import resolve_device
+
+    dev = str(resolve_device(device))
+    with err.status(f"classifier for {dataset} (trained on first use)…"):
+        path, info = ensure_classifier(
+            dataset, data_root=data_root, cache_dir=cache_dir, device=dev, resolution=resolution
+        )
+    acc = info.get("accuracy")
+    err.print(
+        f"classifier {path} (sha256 {info['sha256'][:12]}…), test accuracy "
+        f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}"
+    )
+
+
+@app.command()
+@guarded
+def metrics(
+    folder: str = typer.Argument(..., help="Folder of PNG samples (a `ddimbench sample` folder or any PNGs)."),
+    dataset: str = typer.Option(..., help="Reference dataset: digits, mnist, cifar10, celeba, folder."),
+    data_root: str = typer.Option("data", help="Where dataset files live."),
+    split: str = typer.Option("train", help="Reference split."),
+    resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
+    extractor: str | None = typer.Option(None, help="classifier or inception (default: classifier for digits/mnist)."),
+    metric: list[str] = typer.Option(["fid", "isc", "kid"], "--metric", help="fid, isc, kid (repeat the option)."),
+    n: int | None = typer.Option(None, "-n", "--n", help="Refuse to score unless exactly n samples are found."),
+    inception_weights: str | None = typer.Option(None, help="Inception weights file ($DDIMBENCH_INCEPTION_WEIGHTS)."),
+    cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for reference statistics and the classifier."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Score a folder of samples: FID, IS and KID through torch-fidelity."""
+    from bench.metrics import compute_metrics_from_folder
+    from ddim.runtime import resolve_device
+
+    dev = str(resolve_device(device))
+    with err.status("computing metrics…"):
+        result = compute_metrics_from_folder(
+            folder,
+            dataset=dataset,
+            data_root=data_root,
+            split=split,
+            resolution=resolution,
+            extractor=extractor,
+            metrics=metric,
+            n_expected=n,
+            device=dev,
+            cache_dir=cache_dir,
+            inception_weights=inception_weights,
+        )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std"):
+        if result.get(key) is not None:
+            typer.echo(f"{key:10s} {result[key]:.6g}")
+    typer.echo(f"{'n':10s} {result.get('n')}   extractor {result.get('extractor')}")
+
+
+# --- sweep and report -----------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_extra_args": False})
+@guarded
+def sweep(
+    overrides: list[str] | None = typer.Argument(
+        None,
+        metavar="KEY=VALUES...",
+        help="e.g. steps=10,20,50 eta=0,0.5,1 checkpoint=runs/digits n=1000",
+    ),
+    config: str | None = typer.Option(None, "--config", help="YAML sweep definition (sweeps/*.yaml); KEY=VALUES win."),
+    search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
+    workers: int = typer.Option(1, min=1, help="Worker processes on this machine."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
+    wandb: str | None = typer.Option(None, help=WANDB_HELP),
+    dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
+) -> None:
+    """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing."""
+    from dataclasses import asdict
+
+    from bench.sweep import resolve_spec, run_sweep
+
+    spec = resolve_spec(overrides or [], config, search=search)
+    if dry_run:
+        typer.echo(json.dumps(asdict(spec), indent=2, default=str))
+        return
+    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=_command_line())
+    err.print(
+        f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
+        f"(store {summary.storage}); next: ddimbench report {summary.name}"
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@guarded
+def report(
+    name: str = typer.Argument(..., help="Sweep name (as given by name=... to `ddimbench sweep`)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL of the sweep (default: the local SQLite file)."),
+    out: str | None = typer.Option(None, help="Output folder (default: reports/<name>)."),
+    compare_paper: str | None = typer.Option(None, help="Show the paper's numbers beside ours: cifar10 or celeba."),
+    wandb: str | None = typer.Option(None, help=WANDB_HELP),
+) -> None:
+    """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results."""
+    from bench.sweep import make_report
+
+    path = make_report(name, storage=storage, out=out, compare_paper=compare_paper, wandb=wandb)
+    err.print(f"report written to {path} (open {Path(path) / 'index.html'})")
+
+
+# --- foreign weights ------------------------------------------------------------------------------
+
+
+@app.command("import-weights")
+@guarded
+def import_weights(
+    src: str = typer.Argument(..., help="A diffusers UNet2DModel/pipeline folder, Hub name or official .ckpt."),
+    out: str = typer.Option(..., help="Run directory to write our checkpoint into."),
+    fmt: str = typer.Option("auto", "--format", help="auto, diffusers or official."),
+    dataset: str | None = typer.Option(None, help="Dataset the model was trained on (for metrics), e.g. cifar10."),
+) -> None:
+    """Convert pretrained DDPM weights into a ddimbench checkpoint (then `sweep checkpoint=OUT`)."""
+    from ddim.convert import import_weights as convert
+
+    kwargs = {"fmt": fmt}
+    if dataset is not None:
+        kwargs["dataset"] = dataset
+    path = convert(src, out, **kwargs)
+    err.print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: returns the exit code (0 ok, 1 failed cells, 2 bad input, 130 interrupted).
+
+    Usage errors (unknown option, bad type) are one line too, not click's framed box.
+    """
+    from typer.exceptions import TyperException
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ddimbench", standalone_mode=False)
+    except typer.Abort:
+        err.print("interrupted; rerun the same command to resume")
+        return 130
+    except TyperException as exc:  # click's usage and parameter errors
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(
+            f"[bold red]error:[/] {' '.join(message.split())}; see `ddimbench --help`", highlight=False, soft_wrap=True
+        )
+        return int(getattr(exc, "exit_code", 2))
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

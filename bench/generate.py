@@ -1,0 +1,160 @@
+"""``ddimbench sample``: n images from a checkpoint into a folder, one PNG per sample, resumable.
+
+Sample ``i`` is drawn from seed ``seed + i`` (``ddim.sampling.SeededNoise``), so its pixels depend
+only on its seed: batch size, device order and interruptions do not change it. The folder gets
+``000000.png`` … , a ``grid.png`` of the first 64 and ``samples.json`` (settings, checkpoint
+sha256 and the file list). ``bench.metrics.read_png_folder`` reads exactly the listed files when
+that manifest is there, so the grid is never scored. Rerunning the same command skips samples
+already written; a different setting into the same folder is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ddim import schedules
+from ddim.checkpoint import load_checkpoint
+from ddim.errors import DDIMError
+from ddim.runtime import atomic_write, atomic_write_json, resolve_device
+from ddim.sampling import SeededNoise, check_args, sample
+from ddim.training import save_grid
+
+MANIFEST = "samples.json"
+GRID = "grid.png"
+GRID_COUNT = 64
+
+Progress = Callable[[int, int], None]  # (samples done, total)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One sampling job; written to ``<out>/samples.json``."""
+
+    checkpoint: str
+    out: str = "samples"
+    n: int = 64
+    steps: int = 50
+    eta: float = 0.0
+    schedule: str = "uniform"
+    sampler: str = "ddim"
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    clip_x0: bool | None = None  # None: the official default for the sampler
+
+    def validate(self, T: int) -> None:
+        if self.n < 1:
+            raise DDIMError(f"-n must be ≥ 1, got {self.n}")
+        if self.batch_size < 1:
+            raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
+        check_args(self.sampler, self.eta)
+        if self.sampler != "ddpm":
+            schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
+
+
+def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:
+    if cfg.sampler == "ddpm":  # ancestral DDPM always walks all T steps
+        return torch.arange(T - 1, -1, -1)
+    return schedules.timesteps(cfg.steps, T, cfg.schedule)
+
+
+def _to_png_bytes(img: torch.Tensor) -> bytes:
+    import io
+
+    from PIL import Image
+
+    arr = img.permute(1, 2, 0).numpy()  # (H, W, C)
+    pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "device")}
+    return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
+
+
+def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
+    """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest."""
+    from bench.metrics import to_uint8
+
+    device = resolve_device(cfg.device)
+    ck = load_checkpoint(cfg.checkpoint)
+    T = ck.diffusion.T
+    cfg.validate(T)
+    ts = _timesteps(cfg, T)
+    nfe = schedules.nfe(cfg.steps, T, cfg.schedule, cfg.sampler) if cfg.sampler != "ddpm" else T
+    sha = ck.sha256()
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DDIMError(f"cannot create output folder {out} ({exc.strerror}); choose another --out") from None
+    settings = _settings(cfg, sha, nfe)
+    names = [f"{i:06d}.png" for i in range(cfg.n)]
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if old.get("settings") != settings:
+            raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
+    elif any(out.glob("*.png")):
+        raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
+    manifest = {"format": "ddimbench-samples-v1", "settings": settings, "files": names, "grid": GRID}
+    atomic_write_json(manifest_path, {**manifest, "complete": False})
+
+    model = ck.build_model(device)
+    alpha_bar = ck.alpha_bar()
+    shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
+    todo = [i for i in range(cfg.n) if not (out / names[i]).exists()]
+    done = cfg.n - len(todo)
+    if progress is not None:
+        progress(done, cfg.n)
+    start = time.perf_counter()
+    for k in range(0, len(todo), cfg.batch_size):
+        idx = todo[k : k + cfg.batch_size]
+        noise = SeededNoise([cfg.seed + i for i in idx], shape, device)
+        x = sample(
+            model, noise.initial(), alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise
+        )
+        images = to_uint8(x).cpu()
+        for i, img in zip(idx, images):
+            data = _to_png_bytes(img)
+            atomic_write(out / names[i], lambda f, d=data: f.write(d))
+        done += len(idx)
+        if progress is not None:
+            progress(done, cfg.n)
+    seconds = time.perf_counter() - start
+    _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
+    manifest = {**manifest, "complete": True, "device": str(device)}
+    if todo:
+        manifest["last_run"] = {
+            "samples": len(todo),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(todo) / max(seconds, 1e-9), 3),
+        }
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def _write_grid(out: Path, names: list[str]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    imgs = []
+    for name in names:
+        with Image.open(out / name) as im:
+            arr = np.asarray(im, dtype=np.uint8)
+        t = torch.from_numpy(arr.copy())
+        imgs.append(t[None] if t.dim() == 2 else t.permute(2, 0, 1))
+    x = torch.stack(imgs).float() / 127.5 - 1  # back to [-1, 1] for save_grid
+    return save_grid(x, out / GRID, nrow=int(math.ceil(math.sqrt(len(imgs)))))

@@ -1,0 +1,245 @@
+"""The ``ddimbench`` CLI end to end: train → sample → metrics on digits, and the bad-input catalogue.
+
+Commands run in-process through ``bench.cli.main(argv)`` (the console script's entry point), so the
+exit codes and the one-line error contract are exactly what a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from bench.cli import main
+
+TINY_TRAIN = [
+    "--max-steps",
+    "12",
+    "--batch-size",
+    "8",
+    "--save-every",
+    "6",
+    "--sample-every",
+    "12",
+    "--grid-size",
+    "4",
+    "--grid-steps",
+    "2",
+    "--log-every",
+    "4",
+    "--wandb",
+    "disabled",
+]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--run-dir", str(path), *TINY_TRAIN]) == 0
+    return path
+
+
+def test_train_writes_a_complete_run(run_dir: Path) -> None:
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000006.pt", "step-0000012.pt"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["max_steps"] == 12 and config["unet"]["resolution"] == 16
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
+    assert (run_dir / "samples" / "step-0000012.png").is_file()
+
+
+def test_train_refuses_an_existing_run_without_resume(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(["train", "--run-dir", run_dir, *TINY_TRAIN], capsys)
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(["train", "--run-dir", tmp_path / "x", "--lr", "1e-3", "--dry-run"], capsys)
+    assert code == 0 and json.loads(out)["lr"] == 1e-3
+    assert not (tmp_path / "x").exists()
+
+
+def test_sample_writes_exactly_n_pngs_and_a_grid(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s"
+    code, _, _ = run(
+        [
+            "sample",
+            "--checkpoint",
+            run_dir,
+            "--steps",
+            "3",
+            "-n",
+            "7",
+            "--seed",
+            "5",
+            "--out",
+            out,
+            "--batch-size",
+            "3",
+        ],
+        capsys,
+    )
+    assert code == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [f"{i:06d}.png" for i in range(7)] + ["grid.png"]
+    manifest = json.loads((out / "samples.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["nfe"] == 3 and len(manifest["files"]) == 7
+    with Image.open(out / "000000.png") as im:
+        assert im.size == (16, 16) and im.mode == "L"
+
+
+def test_sample_pixels_depend_only_on_the_seed(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Batch size, a checkpoint file vs its run dir, and an interrupted-then-resumed run change nothing."""
+    ckpt = run_dir / "checkpoints" / "step-0000012.pt"
+    common = ["--steps", "3", "--eta", "1", "-n", "5", "--seed", "11"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(["sample", "--checkpoint", run_dir, "--out", a, "--batch-size", "5", *common], capsys)[0] == 0
+    assert run(["sample", "--checkpoint", ckpt, "--out", b, "--batch-size", "2", *common], capsys)[0] == 0
+    for i in range(5):
+        assert (a / f"{i:06d}.png").read_bytes() == (b / f"{i:06d}.png").read_bytes()
+    # Resume: lose two samples (as a kill would), rerun the same command; they come back identical.
+    (b / "000001.png").unlink()
+    (b / "000004.png").unlink()
+    assert run(["sample", "--checkpoint", ckpt, "--out", b, "--batch-size", "2", *common], capsys)[0] == 0
+    for i in range(5):
+        assert (a / f"{i:06d}.png").read_bytes() == (b / f"{i:06d}.png").read_bytes()
+    # A different seed gives different pixels (the test above could not pass by accident).
+    c = tmp_path / "c"
+    assert run(["sample", "--checkpoint", ckpt, "--out", c, *common[:-1], "12"], capsys)[0] == 0
+    assert (a / "000000.png").read_bytes() != (c / "000000.png").read_bytes()
+
+
+def test_metrics_scores_a_sample_folder(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s"
+    assert run(["sample", "--checkpoint", run_dir, "--steps", "2", "-n", "20", "--out", out], capsys)[0] == 0
+    code, stdout, _ = run(
+        [
+            "metrics",
+            out,
+            "--dataset",
+            "digits",
+            "--metric",
+            "fid",
+            "--json",
+            "-n",
+            "20",
+            "--cache-dir",
+            tmp_path / "cache",
+        ],
+        capsys,
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["n"] == 20 and result["fid"] > 0 and result["extractor"] == "classifier"
+    # The manifest makes the grid invisible to scoring; a count mismatch is refused.
+    code, _, err = run(
+        ["metrics", out, "--dataset", "digits", "--metric", "fid", "-n", "21", "--cache-dir", tmp_path / "cache"],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def _corrupt(tmp: Path, run_dir: Path) -> Path:
+    bad = tmp / "bad.pt"
+    bad.write_bytes((run_dir / "checkpoints" / "step-0000012.pt").read_bytes()[:1000])
+    return bad
+
+
+BAD_INPUT = {
+    "unknown dataset": (["train", "--dataset", "imagenet"], "unknown dataset"),
+    "unknown beta schedule": (["train", "--beta-schedule", "exp", "--dry-run"], "schedule"),
+    "missing mnist files": (
+        ["train", "--dataset", "mnist", "--data-root", "{tmp}/nodata", "--run-dir", "{tmp}/r"],
+        "mnist",
+    ),
+    "empty image folder": (
+        ["train", "--dataset", "folder", "--data-root", "{tmp}", "--preset", "digits", "--run-dir", "{tmp}/r"],
+        "image",
+    ),
+    "unknown option": (["sample", "--checkpoint", "{run}", "--bogus"], "--bogus"),
+    "unknown spacing": (["sample", "--checkpoint", "{run}", "--schedule", "cubic", "--out", "{tmp}/o"], "schedule"),
+    "unknown sampler": (["sample", "--checkpoint", "{run}", "--sampler", "euler", "--out", "{tmp}/o"], "sampler"),
+    "steps zero": (["sample", "--checkpoint", "{run}", "--steps", "0", "--out", "{tmp}/o"], "steps"),
+    "steps above T": (["sample", "--checkpoint", "{run}", "--steps", "1001", "--out", "{tmp}/o"], "T = 1000"),
+    "steps not a number": (["sample", "--checkpoint", "{run}", "--steps", "a", "--out", "{tmp}/o"], "--steps"),
+    "negative eta": (["sample", "--checkpoint", "{run}", "--eta", "-1", "--out", "{tmp}/o"], "eta"),
+    "n zero": (["sample", "--checkpoint", "{run}", "-n", "0", "--out", "{tmp}/o"], "-n"),
+    "missing checkpoint": (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/o"], "does not exist"),
+    "run dir without checkpoints": (["sample", "--checkpoint", "{tmp}", "--out", "{tmp}/o"], "no checkpoint"),
+    "corrupt checkpoint": (["sample", "--checkpoint", "{bad}", "--out", "{tmp}/o"], "corrupt"),
+    "unknown device": (["sample", "--checkpoint", "{run}", "--device", "tpu", "--out", "{tmp}/o"], "device"),
+    "metrics of a missing folder": (["metrics", "{tmp}/none", "--dataset", "digits"], "does not exist"),
+    "metrics with unknown extractor": (["metrics", "{tmp}", "--dataset", "digits", "--extractor", "clip"], "extractor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(
+    case: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv, needle = BAD_INPUT[case]
+    subs = {"{tmp}": str(tmp_path), "{run}": str(run_dir), "{bad}": str(_corrupt(tmp_path, run_dir))}
+    for k, v in subs.items():
+        argv = [a.replace(k, v) for a in argv]
+    if case == "metrics with unknown extractor":
+        (tmp_path / "x.png").write_bytes((run_dir / "samples" / "step-0000012.png").read_bytes())
+    code, out, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, (code, out, err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.png"))
+
+
+def test_unwritable_output_is_one_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", blocker / "sub", "--steps", "2", "-n", "2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
+    for command in ("train", "sample", "classifier", "metrics", "sweep", "report", "import-weights"):
+        code, out, _ = run([command, "--help"], capsys)
+        assert code == 0 and "Usage" in out and "--" in out, command
+
+
+def test_console_script_exit_code_in_a_fresh_process(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "sample", "--checkpoint", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_importing_ddim_pulls_in_no_harness_dependency() -> None:
+    code = (
+        "import sys, ddim, ddim.sampling, ddim.schedules, ddim.training, ddim.checkpoint, ddim.data, ddim.unet; "
+        "bad = [m for m in ('wandb', 'optuna', 'typer', 'torch_fidelity', 'bench') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_checkpoint_round_trips_through_sample(run_dir: Path) -> None:
+    from ddim.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(run_dir)
+    assert ck.step == 12
+    model = ck.build_model()
+    x = torch.zeros(1, 1, 16, 16)
+    assert model(x, torch.tensor([3])).shape == x.shape
