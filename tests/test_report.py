@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from bench import paper, plots
-from bench.report import CSV_LEADING, read_results_csv, tex_escape, write_report
+from bench.report import read_results_csv, write_report
+from bench.tables import CSV_LEADING, tex_escape
 from ddim.errors import DDIMError
 
 SCHEDULES = ("quad", "uniform")
