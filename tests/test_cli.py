@@ -243,3 +243,19 @@ def test_checkpoint_round_trips_through_sample(run_dir: Path) -> None:
     model = ck.build_model()
     x = torch.zeros(1, 1, 16, 16)
     assert model(x, torch.tensor([3])).shape == x.shape
+
+
+def test_train_logs_to_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No W&B server here: the run goes offline under <run-dir>/wandb and holds loss, lr and the grid."""
+    from bench.tracking import read_offline_run
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--run-dir", "run", *TINY_TRAIN[:-2], "--wandb", "offline"]
+    assert main(argv) == 0
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    logged = read_offline_run(run)
+    assert logged["config"]["max_steps"] == 12 and logged["run"]["job_type"] == "train"
+    rows = {row["step"]: row for row in logged["history"]}
+    assert sorted(k for k in rows if "loss" in rows[k]) == [4, 8, 12]
+    assert {"lr", "grad_norm", "images_per_s"} <= set(rows[12]) and "samples" in rows[12]
+    assert logged["run"]["exit_code"] == 0
