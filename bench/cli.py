@@ -353,18 +353,18 @@ def report(
 @guarded
 def import_weights(
     src: str = typer.Argument(..., help="A diffusers UNet2DModel/pipeline folder, Hub name or official .ckpt."),
-    out: str = typer.Option(..., help="Run directory to write our checkpoint into."),
+    out: str = typer.Option(..., help="Run directory to write our checkpoint into (must hold none yet)."),
     fmt: str = typer.Option("auto", "--format", help="auto, diffusers or official."),
-    dataset: str | None = typer.Option(None, help="Dataset the model was trained on (for metrics), e.g. cifar10."),
+    dataset: str | None = typer.Option(None, help="What the model generates (for metrics), e.g. cifar10 or celeba."),
+    preset: str | None = typer.Option(None, help="Our preset supplying resolution/dropout for official weights."),
+    config: str | None = typer.Option(None, help="The official YAML (e.g. cifar10.yml) for official weights."),
+    T: int | None = typer.Option(None, "--T", help="Diffusion steps T when the source does not say (default 1000)."),
 ) -> None:
     """Convert pretrained DDPM weights into a ddimbench checkpoint (then `sweep checkpoint=OUT`)."""
     from ddim.convert import import_weights as convert
 
-    kwargs = {"fmt": fmt}
-    if dataset is not None:
-        kwargs["dataset"] = dataset
-    path = convert(src, out, **kwargs)
-    err.print(f"wrote {path}")
+    path = convert(src, out, fmt=fmt, preset=preset, config=config, dataset=dataset, T=T)
+    err.print(f"wrote {path}; next: ddimbench sweep checkpoint={out} ...")
 
 
 def main(argv: list[str] | None = None) -> int:

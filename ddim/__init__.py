@@ -4,9 +4,11 @@ Submodules are light and import only torch (and torchvision / scikit-learn for d
 
 - ``ddim.schedules``  β / ᾱ schedules and timestep sub-sequences
 - ``ddim.sampling``   generalised DDIM (eq. 12/16), σ̂, DDPM ancestral, inversion, slerp
+- ``ddim.solvers``    baselines: DPM-Solver++(2M), PLMS, PNDM
 - ``ddim.unet``       the DDPM UNet and its presets
 - ``ddim.data``       datasets scaled to [-1, 1]
 - ``ddim.training``   Algorithm 1: loss, train loop, EMA, checkpoints
+- ``ddim.convert``    import diffusers / official DDPM weights into our UNet
 """
 
 from ddim.errors import DDIMError

@@ -13,6 +13,9 @@ Samplers (``SAMPLERS``):
 - ``ddim``      eq. 12 with σ(η), any η ≥ 0 (η = 0 deterministic DDIM, η = 1 DDPM posterior σ).
 - ``sigma_hat`` the official ``ddpm_steps`` over τ: DDPM posterior mean from x̂₀ and x_t, std σ̂.
 - ``ddpm``      ancestral DDPM over all T steps: posterior mean, posterior variance β̃.
+- ``dpmpp_2m``, ``plms``, ``pndm``: deterministic baselines from ``ddim.solvers`` (DPM-Solver++(2M), PLMS,
+  F-PNDM) over the same τ and final step; they ignore η and ``noise`` (as ``sigma_hat`` and ``ddpm`` ignore η)
+  and refuse ``clip_x0=True``. Their cost is ``schedules.nfe(S, T, spacing, sampler)``, not always S.
 Defaults follow the official code: ``ddim`` does not clip x̂₀, the ancestral samplers clamp it to
 [−1, 1]. The final step (to ᾱ = 1) never adds noise.
 
@@ -30,7 +33,8 @@ import torch
 
 from ddim.errors import DDIMError
 
-SAMPLERS = ("ddim", "sigma_hat", "ddpm")
+SAMPLERS = ("ddim", "sigma_hat", "ddpm", "dpmpp_2m", "plms", "pndm")
+SOLVER_SAMPLERS = ("dpmpp_2m", "plms", "pndm")  # implemented in ddim.solvers
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> ε_θ
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]  # (step index, x) -> z shaped like x
@@ -170,13 +174,20 @@ def sample(
     """Generate x₀ from x_T along τ = ``timesteps`` (DDIM eq. 12, σ from eq. 16; see module doc).
 
     ``alpha_bar`` is the float64 ᾱ table of the trained model (length T); ``noise(i, x)`` supplies z
-    for step i whenever σ > 0 (e.g. a ``SeededNoise``). Cost: one network evaluation per timestep.
+    for step i whenever σ > 0 (e.g. a ``SeededNoise``). Cost: one network evaluation per timestep, except for
+    ``plms`` / ``pndm`` (``schedules.nfe``).
     """
     check_args(sampler, eta)
-    if clip_x0 is None:
-        clip_x0 = sampler != "ddim"
     if len(timesteps) and int(timesteps[0]) >= len(alpha_bar):
         raise DDIMError(f"timestep {int(timesteps[0])} is outside the model's T = {len(alpha_bar)}")
+    if sampler in SOLVER_SAMPLERS:
+        if clip_x0:
+            raise DDIMError(f"the {sampler} sampler does not clip x̂₀; leave clip_x0 unset")
+        from ddim.solvers import SOLVERS  # imported here: ddim.solvers builds on this module
+
+        return SOLVERS[sampler](model, x_T, alpha_bar, timesteps, callback=callback)
+    if clip_x0 is None:
+        clip_x0 = sampler != "ddim"
     ab = [float(a) for a in alpha_bar]  # host floats: no device syncs inside the loop
     x = x_T
     for i, (t, t_prev) in enumerate(_pairs(timesteps)):

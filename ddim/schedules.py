@@ -98,7 +98,17 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
 
 
 def nfe(S: int, T: int = 1000, spacing: str = "uniform", sampler: str = "ddim") -> int:
-    """Network evaluations a setting costs: S for every spacing, T for full DDPM ancestral."""
+    """Network evaluations one sample costs (``ddim.sampling.SAMPLERS``; see ``ddim.solvers`` for the solvers).
+
+    S for ``ddim``, ``sigma_hat`` and ``dpmpp_2m`` on every spacing; T for full DDPM ancestral; ``plms`` spends
+    one extra evaluation on its improved-Euler first step (S ≥ 2); ``pndm`` spends three extra on each of its
+    min(3, S − 1) Runge–Kutta warm-up steps.
+    """
     if sampler == "ddpm":
         return T
-    return int(timesteps(S, T, spacing).numel())
+    n = int(timesteps(S, T, spacing).numel())
+    if sampler == "plms":
+        return n + min(1, n - 1)
+    if sampler == "pndm":
+        return n + 3 * min(3, n - 1)
+    return n

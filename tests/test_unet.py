@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from ddim.convert import diffusers_to_ours
 from ddim.errors import DDIMError
 from ddim.unet import PRESETS, UNet, UNetConfig, preset, timestep_embedding
 
@@ -192,40 +193,8 @@ def test_dropout_only_in_train_mode() -> None:
     assert not torch.allclose(model(x, t), model(x, t))
 
 
-def _diffusers_to_ours(ref_sd: dict, levels: int, num_res_blocks: int) -> dict:
-    """Rename diffusers UNet2DModel (DDPM layout) weights to our official-DDIM names."""
-    resnet = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2"}
-    resnet["nin_shortcut"] = "conv_shortcut"
-    attn = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-    prefixes = {"temb.dense.0": "time_embedding.linear_1", "temb.dense.1": "time_embedding.linear_2"}
-    prefixes |= {"conv_in": "conv_in", "norm_out": "conv_norm_out", "conv_out": "conv_out"}
-    blocks = {"mid.block_1": "mid_block.resnets.0", "mid.block_2": "mid_block.resnets.1"}
-    attns = {"mid.attn_1": "mid_block.attentions.0"}
-    for i in range(levels):
-        k = levels - 1 - i  # diffusers numbers up blocks from the lowest resolution
-        blocks |= {f"down.{i}.block.{j}": f"down_blocks.{i}.resnets.{j}" for j in range(num_res_blocks)}
-        attns |= {f"down.{i}.attn.{j}": f"down_blocks.{i}.attentions.{j}" for j in range(num_res_blocks)}
-        blocks |= {f"up.{i}.block.{j}": f"up_blocks.{k}.resnets.{j}" for j in range(num_res_blocks + 1)}
-        attns |= {f"up.{i}.attn.{j}": f"up_blocks.{k}.attentions.{j}" for j in range(num_res_blocks + 1)}
-        prefixes |= {f"down.{i}.downsample.conv": f"down_blocks.{i}.downsamplers.0.conv"}
-        prefixes |= {f"up.{i}.upsample.conv": f"up_blocks.{k}.upsamplers.0.conv"}
-    for ours, theirs in blocks.items():
-        prefixes |= {f"{ours}.{a}": f"{theirs}.{b}" for a, b in resnet.items()}
-    for ours, theirs in attns.items():
-        prefixes |= {f"{ours}.{a}": f"{theirs}.{b}" for a, b in attn.items()}
-    out = {}
-    for ours, theirs in prefixes.items():
-        for kind in ("weight", "bias"):
-            tensor = ref_sd.get(f"{theirs}.{kind}")
-            if tensor is not None:
-                # diffusers' attention projections are Linear (C, C); ours are 1x1 convs (C, C, 1, 1).
-                is_linear_attn = kind == "weight" and tensor.ndim == 2 and ".attn" in ours and "norm" not in ours
-                out[f"{ours}.{kind}"] = tensor[:, :, None, None] if is_linear_attn else tensor
-    return out
-
-
 def test_matches_diffusers_ddpm_unet() -> None:
-    """Independent reference: diffusers' UNet2DModel in the DDPM layout, with our weights renamed into it."""
+    """Independent reference: diffusers' UNet2DModel in the DDPM layout, its weights renamed onto ours."""
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     config = tiny(ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))
@@ -245,7 +214,7 @@ def test_matches_diffusers_ddpm_unet() -> None:
         attention_head_dim=None,  # a single head
     ).eval()
     model = UNet(config).eval()
-    model.load_state_dict(_diffusers_to_ours(ref.state_dict(), 3, 2), strict=True)
+    model.load_state_dict(diffusers_to_ours(ref.state_dict(), config), strict=True)
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 37, 999])
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), ref(x, t).sample, atol=1e-5, rtol=1e-4)
