@@ -1,0 +1,537 @@
+"""Sweeps: one Optuna study per sweep; each trial samples one cell, measures it and stores the result.
+
+Protocol (PAPER.md; LIBRARIES.md "Reproducible FID"):
+- common random numbers: in every cell, sample i of seed block b starts from the seed
+  ``seed_base + b·n + i`` (``SeededNoise``: one generator per sample, so a sample depends neither on
+  the batch size nor on the worker); the checkpoint is loaded once per worker process;
+- exactly n samples, converted with the one uint8 rule and measured in memory (``bench.metrics``);
+- ``wall_s`` times sampling only; NFE comes from ``ddim.schedules.nfe``;
+- each trial stores checkpoint sha256, extractor and its weights' sha256, reference key and sha256,
+  device and library versions (``bench.store`` lists what is where).
+
+Grid mode: ``GridSampler`` over ``SweepSpec.cells()`` (η only for ddim; ddpm always runs all T steps).
+Every cell is measured exactly once, with any number of workers and machines on one storage:
+1. a trial first claims its cell (the ``cell`` user attribute), then reads the store and yields
+   (PRUNED) if any other RUNNING or COMPLETE trial holds the cell. Because each claims before it
+   reads, two trials can never both go on (at worst both yield and the cell is re-enqueued). This
+   also absorbs GridSampler's duplicate-cell race (LIBRARIES.md);
+2. Optuna's heartbeat marks a dead worker's trial stale; a waiting worker fails it
+   (``fail_stale_trials``) and re-enqueues the cell, up to store.MAX_ATTEMPTS times per run;
+3. a cell whose evaluation raised is FAIL with a one-line ``error`` and is not retried in that
+   run; running the command again (a new run token) retries failed and missing cells and skips
+   complete ones.
+Search mode (``search=pareto``): multi-objective TPE minimising (FID, NFE), or (FID, seconds per
+image) with ``objective=time``, over ranges; the Pareto front is ``study.best_trials``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import store
+from bench.metrics import to_uint8
+from bench.overrides import Cell, Range, SweepSpec, parse_overrides, resolve_spec
+from bench.store import DEFAULT_STORAGE, load_results, make_report, meta_for, protocol_for, track_cell, track_summary
+from ddim import sampling, schedules
+from ddim.errors import DDIMError
+
+__all__ = [
+    "DEFAULT_STORAGE", "Cell", "Range", "SweepSpec", "SweepSummary", "load_results", "make_report",
+    "parse_overrides", "resolve_spec", "run_sweep",
+]  # fmt: skip
+
+HEARTBEAT_S = 10  # seconds between heartbeats; a trial is stale after store.GRACE_FACTOR of them
+POLL_S = 1.0
+
+
+@dataclass
+class SweepSummary:
+    """What a ``run_sweep`` call left in the store."""
+
+    name: str
+    storage: str
+    complete: int
+    failed: int
+    records: list[dict] = field(default_factory=list)
+    total: int = 0  # cells of the grid, or trials asked for in search mode
+    artifacts: str = ""
+
+
+class Display:
+    """Progress on stderr: cells done / total with ETA, the current cell and its sampling steps.
+
+    A live rich bar on a terminal, otherwise one line per finished cell; ``enabled=False`` silences
+    both. Warnings always print.
+    """
+
+    def __init__(self, enabled: bool, total: int = 0, title: str = "", live: bool = True) -> None:
+        from rich.console import Console
+
+        self.console, self.bar, self.label = Console(stderr=True), None, ""
+        # Worker processes (live=False) print lines only where the parent shows no live bar.
+        self.enabled = enabled and (live or not self.console.is_terminal)
+        if self.enabled and live and self.console.is_terminal:
+            from rich import progress as rp
+
+            columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                       rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn())  # fmt: skip
+            self.bar = rp.Progress(*columns, console=self.console)
+            self.cells_task = self.bar.add_task(title, total=total)
+            self.step_task = self.bar.add_task("", total=1, visible=False)
+            self.note_task = self.bar.add_task("", total=None, visible=False)  # text only: running cells, extras
+            self.bar.start()
+
+    def cells(self, done: int, total: int) -> None:
+        if self.bar:
+            self.bar.update(self.cells_task, completed=done, total=total)
+
+    def note(self, text: str) -> None:
+        """A line of text under the bar (the cells other workers run, the extras being made)."""
+        if self.bar:
+            self.bar.update(self.step_task, visible=False)
+            self.bar.update(self.note_task, description=f"  {text}"[:150], visible=bool(text))
+
+    def cell_start(self, label: str, steps: int) -> None:
+        self.label = label
+        if self.bar:
+            self.bar.update(self.note_task, visible=False)
+            self.bar.reset(self.step_task, total=steps, description=f"  {label}: sampling", visible=True)
+
+    def step(self) -> None:
+        if self.bar:
+            self.bar.advance(self.step_task)
+
+    def phase(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.step_task, description=f"  {self.label}: {text}")
+
+    def done(self, line: str) -> None:
+        if self.enabled:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def warn(self, line: str) -> None:
+        self.console.print(f"warning: {line}", markup=False, highlight=False, style="yellow", soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+            self.bar = None
+
+
+def _as_float(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 back to [-1, 1]; ``to_uint8`` of the result gives the same bytes (for saving grids)."""
+    return u8.float() / 127.5 - 1
+
+
+class Evaluator:
+    """One worker's model: the checkpoint is loaded once, then cells are sampled and measured."""
+
+    def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
+        from ddim.checkpoint import load_checkpoint
+        from ddim.runtime import resolve_device
+
+        self.spec, self.sha256 = spec, checkpoint_sha256
+        self.device = resolve_device(spec.device)
+        ck = load_checkpoint(spec.checkpoint, map_location="cpu")
+        self.model = ck.build_model(self.device)
+        self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
+        self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
+        self.root, self.versions = Path(spec.artifacts), store.library_versions()
+        self.device_name = device_name(self.device)
+
+    def generate(self, cell: Cell, on_step: Any = None) -> tuple[torch.Tensor, float]:
+        """The cell's n samples as uint8 (N, C, H, W) and the sampling wall time in seconds."""
+        spec, ts = self.spec, schedules.timesteps(cell.steps, self.T, cell.schedule)
+        first, _ = spec.seed_range(cell.seed_block)
+        out = torch.empty((spec.n, *self.shape), dtype=torch.uint8)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for lo in range(0, spec.n, spec.batch):
+            hi = min(spec.n, lo + spec.batch)
+            noise = sampling.SeededNoise(range(first + lo, first + hi), self.shape, self.device)  # CRN
+            x = sampling.sample(self.model, noise.initial(), self.alpha_bar, ts, eta=cell.eta or 0.0,
+                                sampler=cell.sampler, noise=noise, callback=on_step)  # fmt: skip
+            out[lo:hi] = to_uint8(x).cpu()  # .cpu() also waits for the GPU
+        return out, time.perf_counter() - start
+
+    def evaluate(self, cell: Cell, display: Display) -> dict[str, Any]:
+        """Sample a cell, save its grid and strip, measure it: the trial's record fields."""
+        from bench.metrics import compute_metrics
+        from ddim.training import save_grid
+
+        spec = self.spec
+        batches = -(-spec.n // spec.batch)
+        display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.schedule)))
+        u8, wall = self.generate(cell, lambda *_: display.step())
+        grid, strip = f"cells/{cell.slug}.png", f"cells/{cell.slug}-strip.png"
+        save_grid(_as_float(u8[:64]), self.root / grid)
+        save_grid(_as_float(u8[:8]), self.root / strip, nrow=8)  # same seeds in every cell: consistency rows
+        display.phase("metrics")
+        m = compute_metrics(u8, dataset=spec.dataset, data_root=spec.data_root, resolution=self.shape[-1],
+                            extractor=spec.extractor, metrics=spec.metrics, n_expected=spec.n,
+                            device=str(self.device), cache_dir=spec.cache_dir,
+                            inception_weights=spec.inception_weights)  # fmt: skip
+        first, last = spec.seed_range(cell.seed_block)
+        return {
+            "nfe": schedules.nfe(cell.steps, self.T, cell.schedule, cell.sampler),
+            **{k: m.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
+            "wall_s": wall, "images_per_s": spec.n / max(wall, 1e-9), "n": spec.n, "seeds": f"{first}-{last}",
+            "grid": grid, "strip": strip, "checkpoint_sha256": self.sha256, "extractor": m["extractor"],
+            "extractor_sha256": m["extractor_sha256"], "ref_key": m["ref_key"], "ref_sha256": m["ref_sha256"],
+            "device": self.device_name, "versions": self.versions,
+        }  # fmt: skip
+
+    @staticmethod
+    def warm_metrics(spec: SweepSpec) -> None:
+        """Build the extractor and the cached reference statistics once, before workers start."""
+        from bench.metrics import ISC_SPLITS, compute_metrics
+        from ddim.data import dataset_info
+
+        k, channels = max(ISC_SPLITS, min(spec.n, 64)), dataset_info(spec.dataset).channels
+        shape = (k, channels, spec.resolution, spec.resolution)
+        fake = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        compute_metrics(
+            fake, dataset=spec.dataset, data_root=spec.data_root, resolution=spec.resolution,
+            extractor=spec.extractor, metrics=spec.metrics, cache_dir=spec.cache_dir,
+            inception_weights=spec.inception_weights,
+        )  # fmt: skip
+
+    def extras(self, study: Any, display: Display) -> dict[str, Any]:
+        """Interpolation strip (slerp of two seeds' x_T, η = 0, largest S; section 5.3) and, when
+        asked, the inversion table (section 5.4, Table 2), stored as the study's ``extras``."""
+        from ddim.training import save_grid
+
+        spec = self.spec
+        steps = (
+            sorted(spec.steps) if isinstance(spec.steps, tuple) else sorted({int(spec.steps.lo), int(spec.steps.hi)})
+        )
+        key = {"steps": steps, "schedule": spec.schedule[0], "interpolation": spec.interpolation,
+               "inversion": spec.inversion, "inversion_n": spec.inversion_n}  # fmt: skip
+        old = study.user_attrs.get("extras") or {}
+        if old.get("key") == key and (not old.get("interpolation") or (self.root / old["interpolation"]).is_file()):
+            return old
+        out: dict[str, Any] = {"key": key}
+        ts = {s: schedules.timesteps(s, self.T, spec.schedule[0]) for s in steps}
+        if spec.interpolation:
+            display.note("extras: interpolation strip")
+            z = sampling.SeededNoise([spec.seed_base, spec.seed_base + 1], self.shape, self.device).initial()
+            x = sampling.interpolate(self.model, z[0], z[1], self.alpha_bar, ts[steps[-1]], n=8)
+            save_grid(x, self.root / "extras/interpolation.png", nrow=8)
+            out["interpolation"] = "extras/interpolation.png"
+        if spec.inversion:
+            display.note(f"extras: inversion table at S = {', '.join(map(str, steps))}")
+            x0 = self._real_images(spec.inversion_n)
+            out["inversion"] = [{"steps": s, "mse": self._inversion_mse(ts[s], x0)} for s in steps]
+        study.set_user_attr("extras", out)
+        return out
+
+    def _real_images(self, k: int) -> torch.Tensor:
+        from ddim.data import load_dataset
+
+        try:
+            ds = load_dataset(self.spec.dataset, self.spec.data_root, "test", self.shape[-1])
+        except DDIMError:  # a dataset without a test split
+            ds = load_dataset(self.spec.dataset, self.spec.data_root, "train", self.shape[-1])
+        return torch.stack([ds[i][0] for i in range(min(k, len(ds)))])  # (k, C, H, W) in [-1, 1]
+
+    def _inversion_mse(self, ts: torch.Tensor, x0: torch.Tensor) -> float:
+        """Per-dimension MSE (pixels in [0, 1]) of encode (η = 0, S steps) then decode."""
+        total = 0.0
+        for lo in range(0, len(x0), self.spec.batch):
+            x = x0[lo : lo + self.spec.batch].to(self.device)
+            x_T = sampling.invert(self.model, x, self.alpha_bar, ts)
+            rec = sampling.sample(self.model, x_T, self.alpha_bar, ts, eta=0.0)
+            total += float(((rec.clamp(-1, 1) - x) / 2).square().sum())
+        return total / x0.numel()
+
+
+def device_name(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+class _Worker:
+    """One process's loop over the store: pick a cell (or a search point), claim it, measure it."""
+
+    def __init__(self, spec: SweepSpec, url: str, heartbeat: int, token: str, ev: Evaluator, display: Display,
+                 wandb: str | None, seed: int = 0) -> None:  # fmt: skip
+        import optuna
+
+        self.spec, self.token, self.ev, self.display, self.wandb = spec, token, ev, display, wandb
+        self.rdb = store.open_storage(url, heartbeat)
+        self.grid = spec.search is None
+        self.cells = {c.key: c for c in spec.cells()} if self.grid else {}
+        self.keys = list(self.cells)
+        # The param name carries the grid's hash: a changed grid gets its own categorical space.
+        self.param = "cell-" + hashlib.sha1("\n".join(self.keys).encode()).hexdigest()[:8]
+        if self.grid:
+            sampler: Any = optuna.samplers.GridSampler({self.param: self.keys}, seed=0)  # same seed everywhere
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        self.study = optuna.load_study(study_name=spec.name, storage=self.rdb, sampler=sampler)
+        self.study_id = self.rdb.get_study_id_from_name(spec.name)
+
+    def trials(self, *states: Any) -> list:
+        """Fresh from the database (not Optuna's per-process trial cache)."""
+        return self.rdb.get_all_trials(self.study_id, deepcopy=False, states=states or None)
+
+    # -- the objective -----------------------------------------------------------------------------
+    def _suggest(self, trial: Any) -> Cell:
+        spec = self.spec
+
+        def pick(name: str, values: Any, integer: bool = False) -> Any:
+            if isinstance(values, Range):
+                if integer:
+                    lo, hi = int(values.lo), int(values.hi)
+                    return trial.suggest_int(name, lo, hi, log=hi > lo)
+                return trial.suggest_float(name, values.lo, values.hi)
+            return values[0] if len(values) == 1 else trial.suggest_categorical(name, list(values))
+
+        sampler, schedule = pick("sampler", spec.sampler), pick("schedule", spec.schedule)
+        steps = spec.T if sampler == "ddpm" else int(pick("steps", spec.steps, True))
+        eta = float(pick("eta", spec.eta)) if sampler == "ddim" else None
+        return Cell(sampler, schedule, steps, eta, int(pick("seed_block", spec.seeds, True)))
+
+    def objective(self, trial: Any) -> float | tuple[float, float]:
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell")
+            raise
+
+    def _objective(self, trial: Any) -> float | tuple[float, float]:
+        import optuna
+        from optuna.trial import TrialState
+
+        cell = self.cells[trial.suggest_categorical(self.param, self.keys)] if self.grid else self._suggest(trial)
+        # 1. Claim, then read: yield to any other live or finished holder of the cell.
+        trial.set_user_attr("cell", cell.key)
+        rivals = [t.number for t in self.trials(TrialState.RUNNING, TrialState.COMPLETE)
+                  if t.number != trial.number and t.user_attrs.get("cell") == cell.key]  # fmt: skip
+        if rivals:
+            raise optuna.TrialPruned(f"cell held by trial #{min(rivals)}")
+        attrs = {"run": self.token, "pid": os.getpid(), "host": socket.gethostname(), **cell.fields()}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        # 2. Sample and measure; an error is stored with the trial (FAIL) and shown in one line.
+        try:
+            result = self.ev.evaluate(cell, self.display)
+        except Exception as exc:
+            msg = _one_line(exc)
+            trial.set_user_attr("error", msg)
+            self.display.warn(f"cell {cell.label} failed: {msg}")
+            track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
+            raise
+        for k, v in result.items():
+            trial.set_user_attr(k, v)
+        track_cell(self.wandb, self.spec, cell, result, self.display)
+        self.display.done(_summary_line(cell, result))
+        fid = result.get("fid")
+        if self.grid:
+            value = next((v for v in (fid, result.get("kid_mean")) if v is not None), -(result.get("isc_mean") or 0))
+            return _finite(value)
+        cost = result["nfe"] if self.spec.objective == "nfe" else result["wall_s"] / self.spec.n
+        return _finite(fid), float(cost)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _wait(self) -> None:
+        import optuna
+
+        time.sleep(POLL_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fail_stale_trials is "experimental"
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial -> FAIL -> retried
+
+    def run(self) -> None:
+        import optuna
+        from optuna.trial import TrialState as S
+
+        while True:
+            trials = self.trials()
+            if self.grid:
+                plan = store.cell_plan(trials, self.keys, self.token)
+                self.display.cells(plan.done + plan.failed, len(self.keys))
+                if plan.waiting or (plan.fresh and not self.study.sampler.is_exhausted(self.study)):
+                    pass  # Optuna pops the queued trial first, else GridSampler picks an unvisited cell
+                elif plan.fresh or plan.retry:
+                    key = random.choice(plan.fresh + plan.retry)  # racing workers: the duplicate yields
+                    self.study.enqueue_trial({self.param: key}, user_attrs={"cell": key})
+                elif plan.running:
+                    self._wait()
+                    continue
+                else:
+                    return
+            else:
+                finished = sum(t.state == S.COMPLETE or (t.state == S.FAIL and "error" in t.user_attrs) for t in trials)
+                running = sum(t.state == S.RUNNING for t in trials)
+                self.display.cells(finished, self.spec.trials)
+                if finished >= self.spec.trials:
+                    return
+                if finished + running >= self.spec.trials:
+                    self._wait()
+                    continue
+                if len(trials) >= 4 * self.spec.trials + 10:
+                    self.display.warn("search stopped early: the sampler keeps proposing settings already measured")
+                    return
+            try:
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.display.warn("another worker declared this worker's trial dead (late heartbeat); it is retried")
+
+
+def _finite(v: Any) -> float:
+    v = float("inf") if v is None else float(v)
+    return float("inf") if v != v else v  # Optuna refuses NaN; an unmeasurable cell ranks last
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _summary_line(cell: Cell, r: dict) -> str:
+    names = {"fid": "FID", "isc_mean": "IS", "kid_mean": "KID"}
+    scores = ", ".join(f"{name} {r[k]:.4g}" for k, name in names.items() if r.get(k) is not None)
+    return f"{cell.label}: {scores}; {r['wall_s']:.1f} s sampling, {r['images_per_s']:.1f} img/s, NFE {r['nfe']}"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (pre-emption) acts like Ctrl-C: the running cell is marked failed, not left running."""
+    try:
+        old = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, threads: int,
+                 sha: str, index: int, progress: bool) -> None:  # fmt: skip
+    """Entry point of a spawned worker process: load the checkpoint once, then work the store."""
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        display = Display(progress, live=False)
+        _Worker(spec, url, heartbeat, token, Evaluator(spec, sha), display, wandb, seed=index).run()
+    except DDIMError as exc:
+        print(f"sweep worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, workers: int,
+                 sha: str, display: Display, progress: bool) -> None:  # fmt: skip
+    """Spawn ``workers`` processes on the same store and show their progress from the store."""
+    import multiprocessing as mp
+
+    Evaluator.warm_metrics(spec)  # the extractor and reference statistics are built once, not raced for
+    ctx = mp.get_context("spawn")  # no forked torch / database state
+    threads = max(1, torch.get_num_threads() // workers)
+    args = (spec, url, heartbeat, token, wandb, threads, sha)
+    procs = [ctx.Process(target=_worker_main, args=(*args, i, progress), name=f"sweep-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    rdb = store.open_storage(url)
+    study_id = rdb.get_study_id_from_name(spec.name)
+    labels = {c.key: c.label for c in spec.cells()} if spec.search is None else {}
+    keys = list(labels)
+    try:
+        while any(p.is_alive() for p in procs):
+            trials = rdb.get_all_trials(study_id, deepcopy=False)
+            if keys:
+                plan = store.cell_plan(trials, keys, token)
+                display.cells(plan.done + plan.failed, len(keys))
+                display.note(f"running: {'; '.join(labels[k] for k in plan.running)}" if plan.running else "")
+            else:
+                display.cells(sum(t.state.name == "COMPLETE" for t in trials), spec.trials)
+            for p in procs:
+                p.join(timeout=POLL_S / len(procs))
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches the workers too; SIGTERM reaches only us
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)  # each marks its trial failed; a rerun retries it
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        display.warn(
+            f"{len(bad)} worker process(es) ended abnormally (exit codes {bad}); rerun to finish any cell left"
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    wandb: str | None = None,
+    progress: bool = True,
+    command: str = "",
+    heartbeat: int = HEARTBEAT_S,
+) -> SweepSummary:
+    """Run (or finish) the sweep ``spec`` in ``storage`` with ``workers`` local processes.
+
+    ``storage``: an Optuna RDB URL (default ``sqlite:///ddimbench-sweeps.db`` in the working
+    directory). The same call on other machines with the same ``storage`` shares the work. ``wandb``:
+    online / offline / disabled, None for online when a key is configured else offline; W&B
+    failures never stop the sweep. Returns the store's records after the run.
+    """
+    from ddim.runtime import atomic_write_json, resolve_device, sha256_file
+
+    if workers < 1:
+        raise DDIMError(f"--workers must be ≥ 1, got {workers}")
+    url = storage or DEFAULT_STORAGE
+    sha = sha256_file(spec.checkpoint)
+    device = device_name(resolve_device(spec.device))
+    study = store.create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
+    study.set_user_attr("spec", spec.to_dict())
+    root = Path(spec.artifacts)
+    atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
+    token = uuid.uuid4().hex[:12]
+    total = len(spec.cells()) if spec.search is None else spec.trials
+    display = Display(progress, total, f"sweep {spec.name}")
+    with _sigterm_interrupts():
+        try:
+            ev = None
+            if workers == 1:
+                ev = Evaluator(spec, sha)
+                _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
+            else:
+                _run_workers(spec, url, heartbeat, token, wandb, workers, sha, display, progress)
+            study = store.load_study(spec.name, url)
+            if spec.interpolation or spec.inversion:
+                (ev or Evaluator(spec, sha)).extras(study, display)
+            records, _ = store.records_of(study)
+            track_summary(wandb, spec, records, display)
+        finally:
+            display.close()
+    complete = sum(r["state"] == "COMPLETE" for r in records)
+    failed = sum(r["state"] == "FAIL" for r in records)
+    return SweepSummary(spec.name, store.safe_url(url), complete, failed, records, total, spec.artifacts)

@@ -1,0 +1,166 @@
+"""bench.overrides: key=value parsing, YAML sweep files, every malformed form -> one-line DDIMError."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.overrides import KEYS, Cell, Range, SweepSpec, load_config, merge, parse_overrides, per_dataset
+from ddim import sampling
+from ddim.errors import DDIMError
+
+
+def test_lists_ranges_scalars_and_types():
+    got = parse_overrides(["steps=10,20", "eta=0..1", "sampler=ddim,sigma_hat", "n=500", "inversion=yes"])
+    assert got == {"steps": [10, 20], "eta": Range(0.0, 1.0), "sampler": ["ddim", "sigma_hat"], "n": 500,
+                   "inversion": True}  # fmt: skip
+    assert parse_overrides(["steps=10"]) == {"steps": [10]}  # a single value of an axis is a one-element list
+    assert parse_overrides(["eta=0,0.5,1e-1"])["eta"] == [0.0, 0.5, 0.1]
+    assert parse_overrides(["steps=5..100"])["steps"] == Range(5, 100)
+    assert parse_overrides(["data-root=/x"]) == {"data_root": "/x"}  # dashes are accepted for underscores
+    assert parse_overrides([]) == {}
+
+
+def test_sampler_list_is_read_at_runtime(monkeypatch):
+    monkeypatch.setattr(sampling, "SAMPLERS", (*sampling.SAMPLERS, "newsolver"))
+    assert parse_overrides(["sampler=newsolver"]) == {"sampler": ["newsolver"]}
+
+
+@pytest.mark.parametrize(
+    "token, words",
+    [
+        ("steps=", "no value"),
+        ("steps=a", "not an integer"),
+        ("steps=1.5", "not an integer"),
+        ("=3", "no key"),
+        ("steps", "not KEY=VALUE"),
+        ("steps=0", "out of range"),
+        ("n=0", "out of range"),
+        ("n=-5", "out of range"),
+        ("batch=0", "out of range"),
+        ("eta=-1", "out of range"),
+        ("eta=nan", "not a number"),
+        ("eta=inf", "not a number"),
+        ("eta=x", "not a number"),
+        ("stpes=10", "did you mean 'steps'"),
+        ("sampler=euler", "unknown sampler"),
+        ("schedule=cosine", "unknown schedule"),
+        ("extractor=clip", "unknown extractor"),
+        ("metrics=fid,lpips", "unknown metrics"),
+        ("n=1,2", "takes one value"),
+        ("sampler=a..b", "takes no range"),
+        ("steps=10..5", "range is empty"),
+        ("steps=1..5,7", "mixes a range and a list"),
+        ("steps=10,,20", "empty value"),
+        ("steps=10,10", "repeats a value"),
+        ("inversion=maybe", "true/false"),
+        ("search=grid", "unknown search"),
+    ],
+)
+def test_malformed_tokens_are_one_line_errors(token, words):
+    with pytest.raises(DDIMError) as err:
+        parse_overrides([token])
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg
+    assert "; " in msg  # the problem, then the fix
+
+
+def test_repeated_key():
+    with pytest.raises(DDIMError, match="given twice"):
+        parse_overrides(["steps=10", "n=5", "steps=20"])
+
+
+def test_every_key_has_a_valid_example():
+    for name, key in KEYS.items():
+        if key.kind in ("str", "int", "float", "bool") and key.example:
+            k, _, v = key.example.partition("=")
+            assert k == name
+            parse_overrides([key.example])
+
+
+def test_yaml_config_same_keys_cli_wins(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("steps: [10, 20]\neta: [0, 0.5]\nn: 100\nsampler: ddim\ninversion: true\n")
+    values = load_config(cfg)
+    assert values == {"steps": [10, 20], "eta": [0.0, 0.5], "n": 100, "sampler": ["ddim"], "inversion": True}
+    merged = merge(values, parse_overrides(["n=7", "eta=1"]))
+    assert merged["n"] == 7 and merged["eta"] == [1.0] and merged["steps"] == [10, 20]
+
+
+def test_yaml_per_dataset_schedule(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("schedule:\n  cifar10: quad\n  default: [uniform]\n")
+    sched = load_config(cfg)["schedule"]
+    assert per_dataset(sched, "cifar10") == ["quad"] and per_dataset(sched, "celeba") == ["uniform"]
+    assert per_dataset(["trailing"], "cifar10") == ["trailing"]
+    cfg.write_text("schedule:\n  cifar10: quad\n")
+    with pytest.raises(DDIMError, match="no entry for dataset 'digits'"):
+        per_dataset(load_config(cfg)["schedule"], "digits")
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("stepz: [10]\n", "unknown key 'stepz'"),
+        ("steps: [10, a]\n", "not an integer"),
+        ("steps: 0\n", "out of range"),
+        ("n:\n", "has no value"),
+        ("steps: [[1, 2]]\n", "flat list"),
+        ("n: {a: 1}\n", "cannot be a mapping"),
+        ("- steps\n", "must be a mapping"),
+        ("steps: [10\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml(tmp_path, text, words):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(DDIMError) as err:
+        load_config(cfg)
+    assert words in str(err.value) and str(cfg) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(DDIMError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def _spec(**kw) -> SweepSpec:
+    base = dict(name="t", checkpoint="c.pt", dataset="digits", T=1000)
+    return SweepSpec(**{**base, **kw})
+
+
+def test_cells_no_pointless_duplicates():
+    spec = _spec(steps=(10, 20), eta=(0.0, 0.5, 1.0), sampler=("ddim", "sigma_hat", "ddpm"),
+                 schedule=("uniform", "quad"), seeds=(0, 1))  # fmt: skip
+    cells = spec.cells()
+    keys = [c.key for c in cells]
+    assert len(keys) == len(set(keys))
+    ddim = [c for c in cells if c.sampler == "ddim"]
+    sigma = [c for c in cells if c.sampler == "sigma_hat"]
+    ddpm = [c for c in cells if c.sampler == "ddpm"]
+    assert len(ddim) == 2 * 3 * 2 * 2  # S × η × spacing × seed block
+    assert len(sigma) == 2 * 2 * 2 and all(c.eta is None for c in sigma)  # η does not apply
+    assert len(ddpm) == 2 and all(c.steps == 1000 and c.schedule == "uniform" and c.eta is None for c in ddpm)
+
+
+def test_cell_key_and_slug():
+    c = Cell("ddim", "quad", 10, 0.5, 1)
+    assert c.key == "sampler=ddim schedule=quad steps=10 eta=0.5 seed_block=1"
+    assert c.slug == "quad_ddim_eta0.5_S10_b1"
+    assert Cell("sigma_hat", "uniform", 10, None, 0).key.endswith("eta=- seed_block=0")
+
+
+def test_grid_refuses_ranges():
+    with pytest.raises(DDIMError, match="ranges"):
+        _spec(steps=Range(5, 100)).cells()
+
+
+def test_seed_blocks_are_disjoint():
+    spec = _spec(n=100, seed_base=7)
+    assert spec.seed_range(0) == (7, 106) and spec.seed_range(2) == (207, 306)
+
+
+def test_to_dict_is_json_able():
+    import json
+
+    d = _spec(steps=Range(5, 100), eta=Range(0.0, 1.0), search="pareto").to_dict()
+    assert json.loads(json.dumps(d))["steps"] == "5..100"

@@ -1,0 +1,327 @@
+"""bench.sweep / bench.store: grids exactly once across worker processes on one SQLite store, killed
+workers retried, failed cells recorded, W&B offline and failing, common random numbers, reports.
+
+A tiny checkpoint (2 training steps of the digits preset) keeps every cell well under a second; the
+numbers are meaningless, the harness is what is tested. Offline, CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from bench import store, sweep
+from bench.overrides import Cell
+from bench.sweep import Evaluator, load_results, make_report, resolve_spec, run_sweep
+from ddim.errors import DDIMError
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    from ddim.training import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = TrainConfig(dataset="digits", max_steps=2, batch_size=8, run_dir=str(run), sample_every=0, save_every=2,
+                      log_every=1, warmup=1, device="cpu", num_workers=0)  # fmt: skip
+    train(cfg)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # artifacts (ddimbench-sweeps/) and reports/ land here
+    return tmp_path
+
+
+def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):
+    return resolve_spec([f"checkpoint={ckpt}", f"cache_dir={cache}", f"name={name}", *tokens], search=search)
+
+
+def url(work: Path) -> str:
+    return f"sqlite:///{work / 'sweeps.db'}"
+
+
+def complete_cells(storage: str, name: str) -> list[str]:
+    study = optuna.load_study(study_name=name, storage=store.open_storage(storage))
+    return [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+# ------------------------------------------------------------------------------------- resolve_spec
+def test_resolve_defaults_from_the_checkpoint(ckpt, cache):
+    spec = spec_of(ckpt, cache, *GRID)
+    assert spec.T == 1000 and spec.dataset == "digits" and spec.extractor == "classifier"
+    assert spec.checkpoint.endswith(".pt") and spec.steps == (2, 3) and spec.eta == (0.0, 1.0)
+    assert spec.schedule == ("uniform",) and spec.artifacts == str(Path("ddimbench-sweeps") / "g")
+    assert len(spec.cells()) == 4
+
+
+@pytest.mark.parametrize(
+    "tokens, words",
+    [
+        (["steps=2000"], "exceeds the checkpoint's T = 1000"),
+        (["steps=5..100"], "ranges need --search pareto"),
+        (["n=5"], "too few for IS"),
+        (["name=a b"], "name="),
+        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
+        (["extractor=inception", "inception_weights=/nonexistent.pth"], "not found"),
+        (["dataset=cifar10"], "cifar10"),
+    ],
+)
+def test_resolve_refuses_before_any_work(ckpt, cache, tokens, words):
+    with pytest.raises(DDIMError) as err:
+        spec_of(ckpt, cache, *tokens)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resolve_checkpoint_missing_or_corrupt(tmp_path, cache):
+    with pytest.raises(DDIMError, match="does not exist"):
+        resolve_spec([f"checkpoint={tmp_path / 'nope'}"])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DDIMError, match="corrupt"):
+        resolve_spec([f"checkpoint={bad}"])
+    with pytest.raises(DDIMError, match="no checkpoint given"):
+        resolve_spec(["steps=10"])
+
+
+def test_shipped_sweep_files_resolve(ckpt, cache):
+    quick = resolve_spec([f"checkpoint={ckpt}"], ROOT / "sweeps" / "quick.yaml")
+    assert quick.name == "digits-demo" and quick.steps == (10, 20, 50) and quick.n == 500
+    assert len(quick.cells()) == 9  # 3 S × (η = 0, 1, σ̂)
+    table1 = resolve_spec([f"checkpoint={ckpt}", "n=100"], ROOT / "sweeps" / "paper-table1.yaml")
+    assert table1.n == 100  # the command line wins over the file
+    assert table1.steps == (10, 20, 50, 100, 1000) and table1.eta == (0.0, 0.2, 0.5, 1.0)
+    assert table1.schedule == ("uniform",)  # digits: not CIFAR10, so the paper's uniform spacing
+    assert len(table1.cells()) == 5 * 5
+
+
+# ----------------------------------------------------------------------------- exactly once, workers
+def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
+    spec = spec_of(ckpt, cache, *GRID, "interpolation=false")
+    summary = run_sweep(spec, workers=2, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    cells = complete_cells(url(work), "g")
+    assert sorted(cells) == sorted(c.key for c in spec.cells())  # 4 complete, no duplicates
+    assert summary.complete == 4 and summary.failed == 0 and len(summary.records) == 4
+    done = optuna.load_study(study_name="g", storage=url(work)).get_trials(states=(TrialState.COMPLETE,))
+    assert os.getpid() not in {t.user_attrs["pid"] for t in done}  # the cells ran in the worker processes
+    # (a PRUNED trial is a duplicate pick of GridSampler that yielded before doing any work)
+    # Rerunning the same command finishes only what is missing: nothing, not even a new trial.
+    before = len(optuna.load_study(study_name="g", storage=url(work)).trials)
+    again = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert again.complete == 4 and len(optuna.load_study(study_name="g", storage=url(work)).trials) == before
+
+
+_RUNNER = """
+import sys, torch
+torch.set_num_threads(1)
+from bench.sweep import resolve_spec, run_sweep
+spec = resolve_spec(sys.argv[3:])
+run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled", progress=False, heartbeat=1)
+"""
+
+
+def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = signal.SIGKILL, deadline_s=120) -> int:
+    """Send ``sig`` to the worker of a RUNNING trial while it is frozen mid-cell; return the trial's number.
+
+    The worker is stopped (SIGSTOP) before its trial is read again, so the cell cannot finish between
+    the check and the signal.
+    """
+    rdb, end = store.open_storage(storage), time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "sweep ended before a kill"
+        try:
+            study = optuna.load_study(study_name=name, storage=rdb)
+        except KeyError:  # the study is not created yet
+            time.sleep(0.02)
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get("pid")
+            if pid is None:
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            if study.get_trials(deepcopy=False)[t.number].state == TrialState.RUNNING:
+                os.kill(pid, sig)
+                os.kill(pid, signal.SIGCONT)
+                return t.number
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("no running cell to kill")
+
+
+@pytest.mark.parametrize("workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM)])
+def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
+    tokens = [f"checkpoint={ckpt}", f"cache_dir={cache}", "name=k", "steps=8,9", "eta=0,1", "n=24", "batch=12",
+              "interpolation=false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, url(work), str(workers), *tokens], cwd=work, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed = _kill_mid_cell(url(work), "k", proc, sig)
+    proc.wait(timeout=180)  # one worker: the whole sweep died; two: the survivor retries the cell
+    spec = resolve_spec(tokens)
+    summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    cells = complete_cells(url(work), "k")
+    assert sorted(cells) == sorted(c.key for c in spec.cells())  # still exactly 4 complete cells
+    study = optuna.load_study(study_name="k", storage=url(work))
+    assert study.trials[killed].state == TrialState.FAIL  # SIGKILL: declared dead via the heartbeat
+    if sig == signal.SIGTERM:  # pre-emption: marked failed at once, like Ctrl-C
+        assert "interrupted" in study.trials[killed].user_attrs["error"]
+    records, meta, _ = load_results("k", url(work))
+    assert len(records) == 4 and all(r["state"] == "COMPLETE" for r in records)  # the killed try is superseded
+    assert meta["superseded_trials"] >= 1 and summary.complete == 4
+
+
+def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
+    real = sweep.sampling.sample
+
+    def broken(model, x, ab, ts, *, eta=0.0, **kw):
+        if eta == 1.0:
+            raise RuntimeError("boom at eta=1")
+        return real(model, x, ab, ts, eta=eta, **kw)
+
+    monkeypatch.setattr(sweep.sampling, "sample", broken)
+    spec = spec_of(
+        ckpt,
+        cache,
+        *GRID,
+        name="f",
+    )
+    summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert summary.complete == 2 and summary.failed == 2
+    failed = [r for r in summary.records if r["state"] == "FAIL"]
+    assert {r["eta"] for r in failed} == {1.0} and all("RuntimeError: boom at eta=1" in r["error"] for r in failed)
+    out = make_report("f", storage=url(work), wandb="disabled")
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "failed" in table and "boom at eta=1" in (out / "README.md").read_text(encoding="utf-8")
+    # The next run retries only the failed cells.
+    monkeypatch.setattr(sweep.sampling, "sample", real)
+    again = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert again.complete == 4 and again.failed == 0
+    assert sorted(complete_cells(url(work), "f")) == sorted(c.key for c in spec.cells())
+
+
+# ------------------------------------------------------------------------------------------- tracking
+def test_wandb_offline_cell_runs(ckpt, cache, work):
+    from bench.tracking import read_offline_run
+
+    spec = spec_of(ckpt, cache, "steps=2", "eta=0", "n=20", "batch=8", "interpolation=false", name="w")
+    run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1)
+    runs = [read_offline_run(d) for d in sorted((work / spec.artifacts / "wandb").glob("offline-run-*"))]
+    cell = next(r for r in runs if r["run"]["job_type"] == "sweep-cell")
+    summary = next(r for r in runs if r["run"]["job_type"] == "sweep-summary")
+    assert cell["run"]["group"] == "w" == summary["run"]["group"]
+    assert cell["config"]["steps"] == 2 and cell["config"]["eta"] == 0.0 and cell["config"]["n"] == 20
+    assert cell["config"]["checkpoint_sha256"] and cell["config"]["extractor"] == "classifier"
+    (record,) = load_results("w", url(work))[0]
+    assert cell["summary"]["fid"] == pytest.approx(record["fid"]) and cell["history"][0]["nfe"] == 2
+    assert any("samples" in f for f in cell["files"]) and any("cells" in f for f in summary["files"])
+
+
+def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch):
+    from bench import tracking
+
+    def no_init(*a, **k):
+        raise RuntimeError("W&B is down")
+
+    class Exploding(tracking.NullTracker):
+        def log(self, *a, **k):
+            raise RuntimeError("log exploded")
+
+    monkeypatch.setattr(tracking, "_init_run", no_init)
+    spec = spec_of(ckpt, cache, "steps=2", "eta=0,1", "n=20", "batch=8", "interpolation=false", name="wf")
+    assert run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1).complete == 2
+    monkeypatch.setattr(tracking, "make_tracker", lambda *a, **k: Exploding())
+    spec = spec_of(ckpt, cache, "steps=3", "eta=0", "n=20", "batch=8", "interpolation=false", name="wf2")
+    assert run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1).complete == 1
+
+
+# --------------------------------------------------------------------------- common random numbers
+def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
+    spec = spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=8")
+    other = spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=20")
+    cell = Cell("ddim", "uniform", 3, 1.0, 0)
+    a, b = Evaluator(spec, "x"), Evaluator(other, "x")
+    (u1, _), (u2, _) = a.generate(cell), b.generate(cell)
+    assert torch.equal(u1, u2)  # a sample depends only on its seed, not on the batch size
+    r1, r2 = a.evaluate(cell, sweep.Display(False)), a.evaluate(cell, sweep.Display(False))
+    assert r1["fid"] == r2["fid"] and r1["seeds"] == "0-19"
+    # Seed block 1 uses the next n seeds: different samples.
+    assert not torch.equal(a.generate(Cell("ddim", "uniform", 3, 1.0, 1))[0], u1)
+
+
+# -------------------------------------------------------------------------------------------- report
+def test_load_results_and_report(ckpt, cache, work):
+    spec = spec_of(ckpt, cache, *GRID, "sampler=ddim,sigma_hat", "inversion=true", "inversion_n=8", name="r")
+    run_sweep(spec, storage=url(work), wandb="disabled", progress=False, command="ddimbench sweep ...", heartbeat=1)
+    records, meta, extras = load_results("r", url(work))
+    assert len(records) == 6  # 2 S × (η = 0, 1, σ̂)
+    assert {(r["sampler"], r["eta"]) for r in records} == {("ddim", 0.0), ("ddim", 1.0), ("sigma_hat", None)}
+    for r in records:
+        assert r["nfe"] == r["steps"] and r["n"] == 20 and r["wall_s"] > 0 and r["device"] == "cpu"
+        assert r["extractor_sha256"] and r["ref_sha256"] and r["checkpoint_sha256"] == meta["checkpoint_sha256"]
+    assert meta["command"] == "ddimbench sweep ..." and meta["versions"]["optuna"] == optuna.__version__
+    assert meta["ref_key"] == records[0]["ref_key"] and meta["seeds"] == "0-19"
+    assert extras["interpolation"] == "extras/interpolation.png" and [x["steps"] for x in extras["inversion"]] == [2, 3]
+    json.dumps([records, meta, extras])  # JSON-able, straight from the store
+    out = make_report("r", storage=url(work), wandb="disabled")
+    assert out == Path("reports") / "r"
+    table = (work / out / "table.md").read_text(encoding="utf-8")
+    assert "| η = 0.0 |" in table and "| η = 1.0 |" in table and "| σ̂ |" in table and "S = 3" in table
+    assert (work / out / "interpolation.png").is_file() and (work / out / "inversion.md").is_file()
+    assert len(list((work / out / "grids").glob("*.png"))) == 6
+    files = ("table.md", "table.tex", "results.csv", "manifest.json")
+    first = {f: (work / out / f).read_bytes() for f in files}
+    make_report("r", storage=url(work), wandb="disabled")  # again, from the same store: the same bytes
+    assert first == {f: (work / out / f).read_bytes() for f in files}
+
+
+def test_search_pareto(ckpt, cache, work):
+    spec = spec_of(ckpt, cache, "steps=2..6", "eta=0..1", "n=20", "batch=10", "trials=3", "interpolation=false",
+                   name="p", search="pareto")  # fmt: skip
+    summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert summary.complete == 3
+    records = load_results("p", url(work))[0]
+    assert all(2 <= r["steps"] <= 6 and 0 <= r["eta"] <= 1 for r in records)
+    assert any(r["pareto"] for r in records)
+    front = [r for r in records if r["pareto"]]
+    for r in records:  # nothing on the front is dominated by another record
+        assert r in front or any(f["fid"] <= r["fid"] and f["nfe"] <= r["nfe"] for f in front)
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+def test_unreachable_storage_and_unknown_sweep(ckpt, cache, work):
+    spec = spec_of(ckpt, cache, *GRID)
+    for bad in ("postgresql+psycopg2://u:secret@127.0.0.1:1/db", f"sqlite:///{work}/no/such/dir/x.db", "nonsense"):
+        with pytest.raises(DDIMError) as err:
+            run_sweep(spec, storage=bad, wandb="disabled", progress=False)
+        assert "storage" in str(err.value) and "\n" not in str(err.value) and "secret" not in str(err.value)
+    with pytest.raises(DDIMError, match=r"no sweep named 'nope': the store .* does not exist"):
+        load_results("nope", url(work))  # and no empty database file is left behind
+    assert not (work / "sweeps.db").exists()
+    store.open_storage(url(work))
+    with pytest.raises(DDIMError, match=r"no sweep named 'nope' in sqlite:///.* run `ddimbench sweep name=nope"):
+        make_report("nope", storage=url(work))
+
+
+def test_same_name_other_protocol_is_refused(ckpt, cache, work):
+    run_sweep(spec_of(ckpt, cache, "steps=2", "n=20", "interpolation=false", name="x"), storage=url(work),
+              wandb="disabled", progress=False, heartbeat=1)  # fmt: skip
+    with pytest.raises(DDIMError, match="was run with n=20, not 30"):
+        run_sweep(spec_of(ckpt, cache, "steps=2", "n=30", name="x"), storage=url(work), wandb="disabled")
