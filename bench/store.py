@@ -58,6 +58,16 @@ def safe_url(url: str) -> str:
 _OPEN: dict[tuple[str, int | None], Any] = {}
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2; use psycopg2 when only that driver is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """An RDB storage (``heartbeat`` seconds between beats, or none for read-only use).
 
@@ -66,7 +76,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own progress and errors are shown instead
-    url = url or DEFAULT_STORAGE
+    url = _with_driver(url or DEFAULT_STORAGE)
     shown = safe_url(url)
     fix = "check --storage (e.g. postgresql+psycopg2://user:pw@host/db) or omit it for the local SQLite file"
     if "://" not in url:
