@@ -116,13 +116,19 @@ def train(
     preset: str | None = typer.Option(
         None, help="UNet preset: digits, mnist, cifar10, celeba, lsun (default: dataset's)."
     ),
+    ch: int | None = typer.Option(None, help="Override the preset: base channels."),
+    ch_mult: str | None = typer.Option(None, help='Override the preset: channel multipliers per level, e.g. "1,2,2".'),
+    num_res_blocks: int | None = typer.Option(None, help="Override the preset: residual blocks per level."),
+    attn_resolutions: str | None = typer.Option(None, help='Override the preset: attention resolutions, "" = none.'),
+    dropout: float | None = typer.Option(None, help="Override the preset: dropout in residual blocks, in [0, 1)."),
+    num_groups: int | None = typer.Option(None, help="Override the preset: GroupNorm groups."),
     run_dir: str = typer.Option("runs/digits", help="Run folder: config.json, metrics.jsonl, checkpoints/, samples/."),
     max_steps: int = typer.Option(2000, min=1, help="Optimiser steps to train to (a resumed run continues up to it)."),
     batch_size: int = typer.Option(128, min=1, help="Global batch size (images per step)."),
-    lr: float = typer.Option(2e-4, min=0.0, help="Adam learning rate after warm-up."),
+    lr: float = typer.Option(2e-4, help="Adam learning rate after warm-up (> 0)."),
     warmup: int = typer.Option(100, min=0, help="Steps of linear learning-rate warm-up."),
-    grad_clip: float = typer.Option(1.0, min=0.0, help="Clip the gradient's global norm to this."),
-    ema_decay: float = typer.Option(0.9999, min=0.0, max=1.0, help="EMA decay (with the (1+n)/(10+n) ramp)."),
+    grad_clip: float = typer.Option(1.0, help="Clip the gradient's global norm to this (0: no clipping)."),
+    ema_decay: float = typer.Option(0.9999, help="EMA decay in [0, 1) (with the (1+n)/(10+n) ramp)."),
     beta_schedule: str = typer.Option("linear", help="β schedule: linear, quad, const, jsd, sigmoid, cosine."),
     T: int = typer.Option(1000, "--T", min=1, help="Diffusion steps T."),
     beta_start: float = typer.Option(1e-4, help="β_1."),
@@ -136,6 +142,11 @@ def train(
     log_every: int = typer.Option(25, min=1, help="Log loss, lr, grad norm and throughput every N steps."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     bf16: bool = typer.Option(True, help="bf16 autocast on CUDA (ignored on CPU)."),
+    channels_last: bool = typer.Option(False, help="NHWC weights and activations (measure: helps big nets on GPUs)."),
+    tf32: bool = typer.Option(True, help="TF32 matmuls and convolutions on CUDA."),
+    compile: bool = typer.Option(False, help="torch.compile the training step."),
+    compile_backend: str = typer.Option("inductor", help="torch.compile backend (aot_eager compiles fast)."),
+    deterministic: bool = typer.Option(False, help="Deterministic kernels (no TF32, no cuDNN autotune)."),
     num_workers: int = typer.Option(2, min=0, help="Data loader processes for file-backed datasets."),
     download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its newest checkpoint."),
@@ -186,7 +197,8 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
     if result.interrupted:
         err.print(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
-    err.print(f"done: step {result.step}, loss {result.last_loss:.4g}, checkpoint {where}")
+    loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
+    err.print(f"done: step {result.step}{loss}, checkpoint {where}")
 
 
 # --- sample ---------------------------------------------------------------------------------------

@@ -380,6 +380,8 @@ def _wandb_base_url(wandb: Any) -> str:
 
 
 def _init_run(wandb: Any, mode: str, dir: Path, init_args: dict) -> Any:
+    # Absolute: wandb-core is a long-lived process whose working directory need not be ours.
+    dir = dir.resolve()
     dir.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(
         silent=True,

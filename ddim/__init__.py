@@ -7,7 +7,9 @@ Submodules are light and import only torch (and torchvision / scikit-learn for d
 - ``ddim.solvers``    baselines: DPM-Solver++(2M), PLMS, PNDM
 - ``ddim.unet``       the DDPM UNet and its presets
 - ``ddim.data``       datasets scaled to [-1, 1]
-- ``ddim.training``   Algorithm 1: loss, train loop, EMA, checkpoints
+- ``ddim.training``   Algorithm 1: loss, train loop, EMA (config in ``ddim.train_config``)
+- ``ddim.checkpoint`` atomic, self-describing checkpoints; ``ddim.rundir`` run-directory rules
+- ``ddim.batches``    seeded per-step batches; ``ddim.distributed`` torchrun/DDP context
 - ``ddim.convert``    import diffusers / official DDPM weights into our UNet
 """
 

@@ -1,14 +1,17 @@
 """Checkpoints: one self-describing file per save, written atomically, refused in one line when bad.
 
 A checkpoint holds the model and EMA weights, the optimiser, the step, RNG states and every config
-needed to rebuild the run (UNet, diffusion schedule, training). A run directory keeps them under
-``<run_dir>/checkpoints/step-0002000.pt``; "the run's checkpoint" means the newest valid one.
+needed to rebuild the run (UNet, diffusion schedule, dataset, training). A run directory keeps them
+under ``<run_dir>/checkpoints/step-0002000.pt``; "the run's checkpoint" means the newest one.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint is plain tensors, numbers, strings
+and containers, so loading a file from elsewhere cannot run code.
 """
 
 from __future__ import annotations
 
-import io
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,23 @@ import torch
 
 from ddim import schedules
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write, sha256_file
+from ddim.runtime import atomic_write, sha256_file, write_error
 from ddim.unet import UNet, UNetConfig
+
+__all__ = [
+    "Checkpoint",
+    "DiffusionConfig",
+    "check_compatible",
+    "checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "ddimbench-checkpoint-v1"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMP = re.compile(r"^\.step-\d+\.pt\..*\.tmp$")  # what atomic_write leaves if killed mid-write
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class DiffusionConfig:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``model`` carries the EMA weights when present (what sampling wants)."""
+    """A loaded checkpoint. ``build_model`` gives the EMA weights by default (what sampling wants)."""
 
     path: Path
     step: int
@@ -66,9 +81,14 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:07d}.pt"
 
 
+def _folder(run_dir: str | Path) -> Path:
+    p = Path(run_dir)
+    return p if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p / "checkpoints"
+
+
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint file in a run directory, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = _folder(run_dir)
     found = []
     if folder.is_dir():
         for p in folder.iterdir():
@@ -78,21 +98,41 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Delete half-written checkpoint temp files that a killed process left behind."""
+    folder = _folder(run_dir)
+    removed = [p for p in folder.iterdir() if _TEMP.match(p.name)] if folder.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Serialise in memory first, then write atomically: a failed write never damages an old file."""
+    """Write ``payload`` atomically (temp file, fsync, rename): a failed write never damages an old file.
+
+    An ``OSError`` (disk full, permissions) becomes a one-line ``DDIMError``.
+    """
     payload = {"format": FORMAT, **payload}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    try:
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as exc:
+        raise write_error("checkpoint", path, exc) from None
+    except RuntimeError as exc:  # torch's zip writer wraps the OS error: "... file write failed"
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise write_error("checkpoint", path, cause) from None
+        raise
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated / non-zip / garbage files
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise: we refuse it below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / non-zip / garbage / foreign files
         raise DDIMError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); use another checkpoint "
-            "of the run or retrain"
+            f"checkpoint {path} is corrupt, truncated or not a ddimbench checkpoint ({type(exc).__name__}); "
+            "use another checkpoint of the run or retrain"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DDIMError(f"{path} is not a ddimbench checkpoint; import foreign weights first")
@@ -112,6 +152,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def _weights_match(sd: Any, expected: dict[str, torch.Tensor]) -> bool:
+    if not isinstance(sd, dict) or set(sd) != set(expected):
+        return False
+    return all(isinstance(sd[k], torch.Tensor) and sd[k].shape == expected[k].shape for k in expected)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint file or a run directory's newest one; bad files raise a one-line DDIMError."""
     p = resolve_checkpoint(path)
@@ -121,22 +167,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         diffusion = DiffusionConfig(**state["diffusion"])
         step = int(state["step"])
         model_sd = state["model"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, DDIMError) as exc:
         raise DDIMError(f"checkpoint {p} is missing or has a malformed field ({exc}); it is damaged") from None
     # Check weights against the architecture now, so a mismatch is one line, not a state_dict dump.
-    expected = UNet(unet).state_dict()
-    for name in ("model", "ema"):
-        sd = model_sd if name == "model" else state.get("ema")
-        if sd is None:
-            continue
-        if set(sd) != set(expected) or any(sd[k].shape != expected[k].shape for k in expected):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        expected = UNet(unet).state_dict()
+    for name, sd in (("model", model_sd), ("ema", state.get("ema"))):
+        if (sd is not None or name == "model") and not _weights_match(sd, expected):
             raise DDIMError(f"checkpoint {p}: {name} weights do not match its UNet config; the file is damaged")
     return Checkpoint(
         path=p,
         step=step,
         unet=unet,
         diffusion=diffusion,
-        dataset=dict(state.get("dataset", {})),
-        train=dict(state.get("train", {})),
+        dataset=dict(state.get("dataset") or {}),
+        train=dict(state.get("train") or {}),
         state=state,
     )
+
+
+def check_compatible(
+    ck: Checkpoint,
+    *,
+    unet: UNetConfig | None = None,
+    dataset: str | None = None,
+    resolution: int | None = None,
+    diffusion: DiffusionConfig | None = None,
+    hint: str = "use a checkpoint trained with these settings",
+) -> None:
+    """Refuse, in one line, a checkpoint whose architecture, dataset or forward process differs from
+    what the caller asks for (``None`` = don't care)."""
+    got_res = ck.dataset.get("resolution", ck.unet.resolution)
+    checks = (
+        ("dataset", dataset, ck.dataset.get("name")),
+        ("resolution", resolution, got_res),
+        ("diffusion", diffusion, ck.diffusion),
+    )
+    for what, want, got in checks:
+        if want is not None and want != got:
+            raise DDIMError(f"checkpoint {ck.path} was trained with {what} {got!r}, not {want!r}; {hint}")
+    if unet is not None and unet != ck.unet:
+        mine, theirs = unet.to_dict(), ck.unet.to_dict()
+        diffs = ", ".join(f"{k}={theirs[k]!r} (want {mine[k]!r})" for k in mine if mine[k] != theirs[k])
+        raise DDIMError(f"checkpoint {ck.path} has another UNet architecture: {diffs}; {hint}")

@@ -1,12 +1,14 @@
-"""Small runtime helpers shared by the library and the harness: devices, atomic writes, hashing."""
+"""Small runtime helpers shared by the library and the harness: devices, numerics settings, atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,6 +17,8 @@ import torch
 from ddim.errors import DDIMError
 
 DEVICES = ("auto", "cpu", "cuda")
+_UMASK = os.umask(0o022)  # read the process umask (only settable, so set it back at once)
+os.umask(_UMASK)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -23,23 +27,81 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name.startswith("cuda"):
+    if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DDIMError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu or auto")
-        return torch.device(name)
-    raise DDIMError(f"unknown device {name!r}; use auto, cpu or cuda")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise DDIMError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DDIMError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return device
+    raise DDIMError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+@contextlib.contextmanager
+def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = False) -> Iterator[None]:
+    """Process-wide numerics for a run, restored on exit.
+
+    ``tf32``: TF32 tensor cores for fp32 matmuls and convolutions on CUDA (about 8x the fp32 rate on
+    Ampere and later, 10-bit mantissa in the products). ``deterministic``: deterministic kernels
+    (``torch.use_deterministic_algorithms``), no cuDNN autotuning and no TF32, so two CUDA runs of the
+    same config give the same bits. On the CPU, runs are already deterministic for a fixed thread count.
+    """
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (
+        cuda.allow_tf32,
+        cudnn.allow_tf32,
+        cudnn.benchmark,
+        cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    try:
+        if device.type == "cuda":
+            cuda.allow_tf32 = cudnn.allow_tf32 = tf32 and not deterministic
+            cudnn.benchmark = not deterministic  # fixed shapes: autotuning pays off after the first step
+            cudnn.deterministic = deterministic
+            if deterministic and saved[6] is None:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # needed by deterministic cuBLAS
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if saved[6] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable across a power loss (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write a file through ``write(fileobj)`` into a temp file beside it, fsync, then ``os.replace``.
 
-    A crash or a failed write (disk full, permissions) leaves any previous file untouched.
+    A crash or a failed write (disk full, permissions) leaves any previous file untouched and removes
+    the temp file; the error propagates unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode open() would
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -47,7 +109,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def write_error(what: str, path: str | Path, exc: OSError, flag: str = "--run-dir", verb: str = "write") -> DDIMError:
+    """One line for a failed write: what, where, the OS reason and what the user can do about it."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space or choose another {flag}"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"fix the permissions or choose another {flag}"
+    else:
+        fix = f"check the disk or choose another {flag}"
+    return DDIMError(f"could not {verb} {what} {path}: {reason}; {fix}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -1,0 +1,162 @@
+"""A training run's directory and its rules.
+
+```
+<run_dir>/config.json                 resolved TrainConfig + UNetConfig (rewritten at every start)
+<run_dir>/metrics.jsonl               one JSON line per log point: {"step": k, "loss": ..., ...}
+<run_dir>/samples/step-0000500.png    fixed-seed EMA sample grids
+<run_dir>/checkpoints/step-0000500.pt atomic checkpoints, the newest ``keep`` kept
+```
+
+A directory that already holds a run is only reused with ``resume``, and only for the same
+experiment (``check_same_experiment``). On resume, log lines and grids past the checkpoint's step are
+dropped, so what is on disk always describes the weights that a later run continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.checkpoint import Checkpoint, check_compatible, list_checkpoints, load_checkpoint, remove_stale_temps
+from ddim.errors import DDIMError
+from ddim.runtime import atomic_write, atomic_write_json, atomic_write_text, write_error
+
+# TrainConfig fields a resumed run may change: run length, bookkeeping and speed settings. Everything
+# else (data, model, optimiser, schedule, seed, batch) defines the experiment and must stay the same.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "save_every",
+        "keep",
+        "sample_every",
+        "grid_size",
+        "grid_steps",
+        "log_every",
+        "device",
+        "num_workers",
+        "run_dir",
+        "data_root",
+        "download",
+        "bf16",
+        "channels_last",
+        "compile",
+        "compile_backend",
+        "tf32",
+        "deterministic",
+    }
+)
+
+
+def _plain(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples -> lists, so a config read back from JSON compares equal
+
+
+def check_same_experiment(old: dict[str, Any], new: dict[str, Any], where: str | Path) -> None:
+    """Refuse, in one line, to resume a run with settings that change the experiment."""
+    for key, value in new.items():
+        if key in RESUMABLE_CHANGES or key not in old:
+            continue
+        if _plain(old[key]) != _plain(value):
+            flag = "--" + key.replace("_", "-")
+            raise DDIMError(
+                f"--resume: {flag} {value!r} differs from the run in {where} ({old[key]!r}); "
+                "use the original settings or a new --run-dir"
+            )
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "config.json").exists() or bool(list_checkpoints(run_dir))
+
+
+def open_run(
+    run_dir: str | Path,
+    *,
+    resume: bool,
+    train: dict[str, Any],
+    expect: dict[str, Any],
+) -> Checkpoint | None:
+    """Decide how a run starts: fresh (None) or from the newest checkpoint of ``run_dir``.
+
+    ``expect`` holds ``check_compatible`` keywords (unet, dataset, resolution, diffusion). With
+    ``resume`` and no checkpoint yet (a fresh directory, or a run killed before its first save) the
+    run starts from scratch, so a pre-emptible job can always pass ``--resume``.
+    """
+    run_dir = Path(run_dir)
+    if not resume:
+        if _holds_run(run_dir):
+            raise DDIMError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        return None
+    if list_checkpoints(run_dir):
+        ck = load_checkpoint(run_dir)
+        check_compatible(ck, **expect, hint="use the original settings or a new --run-dir")
+        check_same_experiment(ck.train, train, ck.path)
+        return ck
+    config = run_dir / "config.json"
+    if config.exists():
+        try:
+            old = json.loads(config.read_text(encoding="utf-8"))["train"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DDIMError(f"{config} is unreadable; delete it or choose another --run-dir") from None
+        check_same_experiment(old, train, config)
+    return None
+
+
+def start_run(run_dir: str | Path, config: dict[str, Any], step: int) -> None:
+    """Write ``config.json`` and make the log and grids agree with ``step`` (the weights' step)."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        atomic_write_json(run_dir / "config.json", config)
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        for p in (run_dir / "samples").glob("step-*.png"):
+            if p.stem[5:].isdigit() and int(p.stem[5:]) > step:
+                p.unlink()
+    except OSError as exc:
+        raise write_error("the run directory", run_dir, exc) from None
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (and a line cut short by a kill) so the log matches the weights."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def append_metrics(run_dir: str | Path, step: int, metrics: dict[str, float]) -> None:
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+    except OSError as exc:
+        raise write_error("metrics", path, exc) from None
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid (atomic; an ``OSError`` propagates)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / nrow))
+    u8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pad = 1
+    canvas = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, y : y + h, x : x + w] = u8[i]
+    arr = canvas.permute(1, 2, 0).numpy()  # (H, W, C)
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))

@@ -1,0 +1,108 @@
+"""ddim.runtime: device resolution, numerics settings, atomic writes and their one-line errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+import torch
+
+from ddim.errors import DDIMError
+from ddim.runtime import atomic_write, atomic_write_json, numerics, resolve_device, sha256_file, write_error
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_resolve_device_auto_and_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:3"])
+def test_resolve_device_cuda_without_gpu_is_one_line_error(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DDIMError, match="no CUDA GPU") as info:
+        resolve_device(name)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "", "cuda0"])
+def test_resolve_device_unknown(name):
+    with pytest.raises(DDIMError, match="device"):
+        resolve_device(name)
+
+
+def test_atomic_write_creates_and_replaces(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write(path, lambda f: f.write(b"one"))
+    atomic_write(path, lambda f: f.write(b"two"))
+    assert path.read_bytes() == b"two"
+    assert _leftovers(path.parent) == []
+    # Same permissions as a plain open() would give (mkstemp alone makes 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "exc", [OSError(errno.ENOSPC, "No space left on device"), ValueError("bug"), KeyboardInterrupt()]
+)
+def test_atomic_write_failure_keeps_old_file_and_removes_temp(tmp_path, exc):
+    path = tmp_path / "f.bin"
+    atomic_write(path, lambda f: f.write(b"good"))
+
+    def failing(f):
+        f.write(b"half of the new cont")
+        raise exc
+
+    with pytest.raises(type(exc)):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"good"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_failed_rename_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.json"
+    atomic_write_json(path, {"a": 1})
+
+    def no_rename(src, dst):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError):
+        atomic_write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "code, fix",
+    [(errno.ENOSPC, "free space"), (errno.EACCES, "permissions"), (errno.EIO, "check the disk")],
+)
+def test_write_error_is_one_line_with_reason_and_fix(code, fix):
+    err = write_error("checkpoint", "/x/step-1.pt", OSError(code, os.strerror(code)))
+    msg = str(err)
+    assert msg.startswith("could not write checkpoint /x/step-1.pt: " + os.strerror(code))
+    assert fix in msg and "--run-dir" in msg and "\n" not in msg
+
+
+def test_sha256_file(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"abc")
+    assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_numerics_restores_global_settings():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32)
+    with numerics(torch.device("cpu"), deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32) == before
+    with pytest.raises(RuntimeError), numerics(torch.device("cpu"), deterministic=True):
+        raise RuntimeError("boom")
+    assert torch.are_deterministic_algorithms_enabled() == before[0]
