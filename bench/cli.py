@@ -169,8 +169,14 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
     from bench.tracking import make_tracker
     from ddim.training import train as run_training
 
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs and shows progress
     tracker = make_tracker(
-        wandb, name=Path(cfg.run_dir).name, job_type="train", config=cfg.to_dict(), dir=cfg.run_dir, group="train"
+        wandb if rank == 0 else "disabled",
+        name=Path(cfg.run_dir).name,
+        job_type="train",
+        config=cfg.to_dict(),
+        dir=cfg.run_dir,
+        group="train",
     )
     columns = (TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"))
     with tracker, LazyBar("train", *columns, loss="…", speed="") as bar:
@@ -183,6 +189,8 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
                 speed = f"{(step - state['step']) / max(now - state['t'], 1e-9):.2f} it/s"
             state["t"], state["step"] = now, step
             loss = metrics.get("loss")
+            if rank != 0:
+                return
             bar.update(step, cfg.max_steps, loss=f"{loss:.4g}" if loss is not None else "…", speed=speed)
 
         result = run_training(
@@ -197,6 +205,8 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
     if result.interrupted:
         err.print(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
+    if rank != 0:
+        return
     loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
     err.print(f"done: step {result.step}{loss}, checkpoint {where}")
 

@@ -110,9 +110,16 @@ def preset(name: str) -> UNetConfig:
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of (B,) timesteps -> (B, dim), as in DDPM / the official DDIM code."""
+    return _embed(t, _frequencies(dim, t.device), dim)
+
+
+def _frequencies(dim: int, device: torch.device | None = None) -> Tensor:
+    # 10000^(-i/(half-1)), i = 0..half-1 (the official code divides by half-1, not half).
     half = dim // 2
-    # Frequencies 10000^(-i/(half-1)), i = 0..half-1 (the official code divides by half-1, not half).
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    return torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+
+
+def _embed(t: Tensor, freqs: Tensor, dim: int) -> Tensor:
     args = t.float()[:, None] * freqs[None, :]  # (B, half)
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
@@ -121,6 +128,22 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
 def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
     # eps 1e-6 as in the official code (PyTorch's default is 1e-5).
     return nn.GroupNorm(num_groups, channels, eps=1e-6)
+
+
+def _norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    # SiLU in place on GroupNorm's fresh output: GroupNorm's backward needs its input, not its output.
+    return F.silu(norm(x), inplace=True)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last for an NHWC-strided tensor, else the default (NCHW) format."""
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def _add_(h: Tensor, other: Tensor) -> Tensor:
+    """``h + other``, in place when that gives the same dtype (``h`` must be a fresh result no backward needs)."""
+    return h.add_(other) if torch.promote_types(h.dtype, other.dtype) == h.dtype else h + other
 
 
 class ResnetBlock(nn.Module):
@@ -134,17 +157,23 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # broadcast over (H, W)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x)
-        return x + h
+    def forward(self, x: Tensor, temb_act: Tensor) -> Tensor:
+        """``x`` (B, C_in, H, W); ``temb_act`` = SiLU(temb) (B, temb_ch), computed once per network call."""
+        h = self.conv1(_norm_silu(self.norm1, x))
+        h = _add_(h, self.temb_proj(temb_act)[:, :, None, None])  # broadcast over (H, W)
+        h = _norm_silu(self.norm2, h)
+        if self.dropout.p > 0:
+            h = self.dropout(h)
+        h = self.conv2(h)
+        return _add_(h, x if self.nin_shortcut is None else self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the H*W positions, with a residual connection."""
+    """Single-head self-attention over the H*W positions, with a residual connection.
+
+    The q/k/v/proj_out weights are 1x1 convolutions (the official layout); they are applied as
+    one (B, H*W, C) x (C, 3C) product for q, k, v and one for proj_out.
+    """
 
     def __init__(self, channels: int, num_groups: int) -> None:
         super().__init__()
@@ -156,12 +185,16 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x)
-        # (B, C, H, W) -> (B, H*W, C); a view, not a copy, for channels_last input.
-        q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, H*W, C), scale 1/sqrt(C) as in the official code
-        h = h.transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C); a view for channels_last input
+        w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)  # (3C, C)
+        b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(h, w_qkv, b_qkv).unflatten(-1, (3, 1, C)).permute(2, 0, 3, 1, 4)  # 3 x (B, 1, H*W, C)
+        h = F.scaled_dot_product_attention(q, k, v)[:, 0]  # (B, H*W, C), scale 1/sqrt(C) as in the official code
+        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)  # (B, H*W, C)
+        # (B, C, H, W) in x's memory format: a free view for channels_last, one copy for NCHW (a mixed-layout
+        # residual would hand channels_last strides to the NCHW layers downstream: slower kernels, more copies).
+        h = h.transpose(1, 2).unflatten(2, (H, W)).contiguous(memory_format=_memory_format(x))
+        return _add_(h, x)
 
 
 class Downsample(nn.Module):
@@ -201,6 +234,8 @@ class UNet(nn.Module):
         self.temb = nn.Module()
         self.temb.dense = nn.ModuleList([nn.Linear(c.ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+        # The embedding's frequencies, made once; not in the state dict (a pure function of ch).
+        self.register_buffer("temb_freqs", _frequencies(c.ch), persistent=False)
 
         # Down path: remember each stored activation's width; the up path concatenates them in reverse.
         skip_chs, block_in, res = [c.ch], c.ch, c.resolution
@@ -252,13 +287,17 @@ class UNet(nn.Module):
             raise DDIMError(f"input size {tuple(x.shape[-2:])} must be divisible by {factor} for this UNet")
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t  # a scalar t applies to the whole batch
 
-        temb = timestep_embedding(t, c.ch)  # (B, ch)
+        freqs = self.temb_freqs
+        if freqs.dtype != torch.float32:  # the model was cast (e.g. .half()): recompute, never round them
+            freqs = _frequencies(c.ch, x.device)
+        temb = _embed(t, freqs, c.ch)  # (B, ch)
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))  # (B, 4ch)
+        temb_act = F.silu(temb)  # every ResnetBlock projects SiLU(temb): computed once here
 
         hs = [self.conv_in(x)]
         for i_level, level in enumerate(self.down):
             for i_block, block in enumerate(level.block):
-                h = block(hs[-1], temb)
+                h = block(hs[-1], temb_act)
                 if len(level.attn):
                     h = level.attn[i_block](h)
                 hs.append(h)
@@ -266,15 +305,15 @@ class UNet(nn.Module):
                 hs.append(level.downsample(hs[-1]))
 
         h = hs[-1]
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb_act)), temb_act)
 
         for i_level in reversed(range(levels)):
             level = self.up[i_level]
             for i_block, block in enumerate(level.block):
-                h = block(torch.cat([h, hs.pop()], dim=1), temb)  # (B, C_h + C_skip, H, W)
+                h = block(torch.cat([h, hs.pop()], dim=1), temb_act)  # (B, C_h + C_skip, H, W)
                 if len(level.attn):
                     h = level.attn[i_block](h)
             if i_level != 0:
                 h = level.upsample(h)
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_silu(self.norm_out, h))

@@ -1,0 +1,277 @@
+"""``python -m bench.perf``: the performance benchmark (``make bench``) → ``reports/perf/``.
+
+Three measurements, each a ratio taken within one process by interleaving its candidates (see
+``bench.perf_timing``), plus the peak memory of each in a fresh subprocess:
+
+1. training throughput (forward + backward + Adam step) of our UNet against diffusers'
+   ``UNet2DModel`` built to the same architecture, for the ``digits`` and ``cifar10`` presets;
+2. sampling images/s at S = 10 and 50 (η = 0 and 1) and the sampler's overhead over the bare
+   network evaluations it makes;
+3. a small digits sweep's wall time against its network-evaluation + feature-extraction time.
+
+Writes ``results.json`` (machine, settings, every raw median and ratio) and ``README.md``.
+On CUDA (``--device auto`` picks it when present) the defaults are bf16 autocast, channels_last and
+TF32, the sampling batch is sized to the card and ``--compile`` adds ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ddim.errors import DDIMError
+
+SECTIONS = ("train", "sample", "sweep")
+TARGETS = {"train_speedup": 1.3, "sampler_overhead_pct": 2.0, "sweep_overhead_pct": 10.0}
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    """One benchmark run; CLI options map one-to-one onto these fields (``--dry-run`` prints them)."""
+
+    out: str = "reports/perf"
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    quick: bool = False  # a smoke run: small batches, one or two repeats
+    threads: int = 1  # intra-op CPU threads; 0 = torch's default
+    bf16: bool | None = None  # None: on for CUDA, off for the CPU
+    channels_last: bool | None = None  # None: on for CUDA, off for the CPU
+    tf32: bool = True
+    compile: bool = False
+    only: tuple[str, ...] = SECTIONS
+    isolate: bool | None = None  # CPU memory figures need fresh subprocesses; None: on for the CPU, off for CUDA
+    train_presets: tuple[str, ...] = ("digits", "cifar10")
+    sample_preset: str | None = None  # None: digits on the CPU, cifar10 on CUDA
+    sweep_modes: tuple[str, ...] = ("loop", "bench.sweep")
+    cache_dir: str = ".cache/ddimbench"
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.only if s not in SECTIONS]
+        if bad or not self.only:
+            raise DDIMError(f"--only {','.join(self.only)}: choose from {','.join(SECTIONS)}")
+        if self.threads < 0:
+            raise DDIMError(f"--threads must be ≥ 0 (0 = torch's default), got {self.threads}")
+
+
+def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
+    """Batches and repeats; CPU sizes keep the whole default run within ~10 minutes on 2 cores."""
+    if cfg.quick:
+        return {"train_batch": {"digits": 16, "cifar10": 2, "tiny": 8}, "train_reps": 2, "sample_batch": 8,
+                "sample_steps": (10,), "sample_reps": 2, "sweep": {"n": 32, "batch": 32, "steps": (5,),
+                "etas": (0.0, 1.0)}}  # fmt: skip
+    if cuda:
+        return {"train_batch": {"digits": 128, "cifar10": 128, "tiny": 64}, "train_reps": 10, "sample_batch": 0,
+                "sample_steps": (10, 50), "sample_reps": 3, "sweep": {"n": 1000, "batch": 500, "steps": (10, 20),
+                "etas": (0.0, 1.0)}}  # fmt: skip
+    return {"train_batch": {"digits": 128, "cifar10": 8, "tiny": 16}, "train_reps": 15, "sample_batch": 64,
+            "sample_steps": (10, 50), "sample_reps": 5, "sweep": {"n": 256, "batch": 128, "steps": (10, 20),
+            "etas": (0.0, 1.0)}}  # fmt: skip
+
+
+def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
+    """The jobs of a run, in order; each is run by ``bench.perf_jobs.run_job``."""
+    from bench.perf_models import RunSettings
+
+    cuda = device.startswith("cuda")
+    settings = RunSettings(
+        device=device,
+        bf16=cuda if cfg.bf16 is None else cfg.bf16,
+        channels_last=cuda if cfg.channels_last is None else cfg.channels_last,
+        tf32=cfg.tf32,
+        compile=cfg.compile,
+    ).to_dict()
+    sizes = _sizes(cfg, cuda)
+    base = {"settings": settings, "threads": cfg.threads}
+    jobs: list[dict[str, Any]] = []
+    if "train" in cfg.only:
+        for name in cfg.train_presets:
+            train = {**base, "kind": "train", "preset": name, "batch": sizes["train_batch"].get(name, 8)}
+            reps = sizes["train_reps"] if name != "cifar10" or cuda else 5  # a cifar10 step takes seconds on a CPU
+            jobs.append({**train, "reps": max(1, reps), "warmup": 3 if cfg.compile else 1})
+            jobs += [{**train, "memory": True, "models": [m]} for m in ("ours", "diffusers")]
+    if "sample" in cfg.only:
+        name = cfg.sample_preset or ("cifar10" if cuda else "digits")
+        sample = {**base, "kind": "sample", "preset": name, "batch": sizes["sample_batch"], "etas": [0.0, 1.0]}
+        jobs.append({**sample, "steps": list(sizes["sample_steps"]), "reps": sizes["sample_reps"]})
+        jobs += [{**sample, "steps": [10], "memory": True, "models": [m]} for m in ("ours", "diffusers")]
+    if "sweep" in cfg.only:
+        sweep = {**base, "kind": "sweep", "cache_dir": cfg.cache_dir, **sizes["sweep"]}
+        jobs += [{**sweep, "modes": [mode]} for mode in cfg.sweep_modes]
+    for job in jobs:  # tuples -> lists: a job is JSON
+        job.update({k: list(job[k]) for k in ("steps", "etas") if k in job})
+    return jobs
+
+
+def _run_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    from bench.perf_jobs import RESULT_TAG
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if job.get("threads"):
+        env["OMP_NUM_THREADS"] = str(job["threads"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.perf_jobs", json.dumps(job)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit code {proc.returncode}: {tail[0]}"}
+
+
+def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
+    """A job in a fresh subprocess (``isolate``) or in this process; failures become ``{"error": ...}``."""
+    from bench.perf_jobs import run_job
+
+    start = time.perf_counter()
+    if isolate:
+        result = _run_subprocess(job)
+    else:
+        try:
+            result = run_job(job)
+        except (DDIMError, ImportError, RuntimeError) as err:
+            result = {"error": f"{type(err).__name__}: {err}"}
+    result["job_seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _collect(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group job results by section: timing results with their memory results attached."""
+    out: dict[str, Any] = {"train": [], "sample": [], "sweep": []}
+    for job, res in zip(jobs, results):
+        kind = job["kind"]
+        if kind == "sweep":
+            for run in res.get("runs", [res]):
+                out["sweep"].append({**{k: v for k, v in res.items() if k != "runs"}, **run})
+            continue
+        if not job.get("memory"):
+            out[kind].append({**res, "memory": {}})
+            continue
+        target = out[kind][-1] if out[kind] else None
+        if target is not None:
+            target["memory"][job["models"][0]] = res
+    return out
+
+
+def targets(sections: dict[str, Any]) -> dict[str, Any]:
+    """Each target's measured value and whether it is met (None where not measured)."""
+    out: dict[str, Any] = {}
+    for row in sections["train"]:
+        if "speedup" in row:
+            value = row["speedup"]
+            out[f"train_speedup_{row['preset']}"] = {"value": value, "target": f"≥ {TARGETS['train_speedup']}",
+                                                     "met": value >= TARGETS["train_speedup"]}  # fmt: skip
+    for res in sections["sample"]:
+        for row in res.get("rows", []):
+            value = row.get("overhead_pct", row["overhead_pct_wall"])
+            key = f"sampler_overhead_S{row['steps']}_eta{row['eta']:g}"
+            out[key] = {"value": value, "target": f"≤ {TARGETS['sampler_overhead_pct']}%",
+                        "met": value <= TARGETS["sampler_overhead_pct"]}  # fmt: skip
+    for run in sections["sweep"]:
+        if "overhead_pct" in run:
+            value = run["overhead_pct"]
+            out[f"sweep_overhead_{run['mode']}"] = {"value": value, "target": f"≤ {TARGETS['sweep_overhead_pct']}%",
+                                                    "met": value <= TARGETS["sweep_overhead_pct"]}  # fmt: skip
+    return out
+
+
+def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
+    """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results."""
+    from bench.perf_report import render
+    from bench.perf_timing import machine_info
+    from ddim.runtime import atomic_write_json, atomic_write_text, resolve_device
+
+    device = str(resolve_device(cfg.device))
+    if device == "cuda":
+        device = "cuda:0"
+    jobs = plan(cfg, device)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    wall = time.perf_counter()
+    results = []
+    isolate = not device.startswith("cuda") if cfg.isolate is None else cfg.isolate  # CUDA peaks reset in-process
+    for i, job in enumerate(jobs, 1):
+        label = f"{job['kind']} {job.get('preset', '')} {'memory ' + job['models'][0] if job.get('memory') else ''}"
+        if log:
+            log(f"[{i}/{len(jobs)}] {label.strip()} ...")
+        results.append(run_job_isolated(job, isolate))
+        if log and "error" in results[-1]:
+            log(f"    failed: {results[-1]['error']}")
+    sections = _collect(jobs, results)
+    import torch
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = {
+        "started": started,
+        "seconds": round(time.perf_counter() - wall, 1),
+        "config": {**asdict(cfg), "isolate": isolate, "only": list(cfg.only), "train_presets": list(cfg.train_presets)},
+        "settings": jobs[0]["settings"] if jobs else {},
+        "machine": machine_info(device),
+        "method": "interleaved repeats (A B A B ...), per-candidate medians, ratios within one process",
+        "memory_method": (
+            "peak memory of each model measured alone"
+            + (" in a fresh subprocess" if isolate else " in the benchmark process")
+            + (
+                ": torch.cuda.max_memory_allocated after a reset, minus what was allocated before"
+                if device.startswith("cuda")
+                else ": peak RSS (reset at the start on Linux) minus the RSS at the start"
+            )
+        ),
+        **sections,
+        "targets": targets(sections),
+    }
+    folder = Path(cfg.out)
+    atomic_write_json(folder / "results.json", out)
+    atomic_write_text(folder / "README.md", render(out))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=PerfConfig.out, metavar="DIR", help="output folder (results.json, README.md)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]", help="where to run (auto: CUDA if present)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: small batches, one or two repeats")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU intra-op threads, ≥ 0 (0: torch default)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for both models (default: CUDA)")  # fmt: skip
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmul/conv on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (slow to start on a CPU)")
+    p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST", help="sections: train,sample,sweep")
+    p.add_argument("--presets", default="digits,cifar10", metavar="LIST", help="UNet presets to train (or tiny)")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="one subprocess per memory figure (default: on for the CPU, off for CUDA)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the job plan, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = PerfConfig(
+            out=args.out, device=args.device, quick=args.quick, threads=args.threads, bf16=args.bf16,
+            channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
+            only=tuple(s for s in args.only.split(",") if s), isolate=args.isolate,
+            train_presets=tuple(s for s in args.presets.split(",") if s),
+        )  # fmt: skip
+        if args.dry_run:
+            from ddim.runtime import resolve_device
+
+            print(json.dumps({"config": asdict(cfg), "jobs": plan(cfg, str(resolve_device(cfg.device)))}, indent=2))
+            return 0
+        out = run(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except DDIMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(cfg.out) / 'results.json'} and README.md in {out['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The measurements of ``bench.perf``, one function per job; each also runs as a fresh subprocess.
+
+A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able dict. Run alone,
+``python -m bench.perf_jobs '<job json>'`` prints its result on the last line after ``PERF_RESULT``:
+``bench.perf`` starts one such process per memory measurement, so a peak RSS belongs to one model.
+
+- ``train``:  forward + backward + Adam step of ours and diffusers' twin, interleaved (or one
+  model's peak memory when ``memory`` is set).
+- ``sample``: ``ddim.sampling.sample`` with ``SeededNoise`` at each (S, η), with ours and with
+  diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
+- ``sweep``:  see ``bench.perf_sweep``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from bench.perf_models import (
+    RunSettings,
+    apply_backend_flags,
+    auto_batch,
+    autocast,
+    build,
+    n_params,
+    prepare,
+    prepare_input,
+)
+from bench.perf_timing import PeakMemory, interleave, ratio, sync
+from ddim import schedules
+from ddim.errors import DDIMError
+from ddim.sampling import SeededNoise, sample
+from ddim.unet import UNetConfig, preset
+
+RESULT_TAG = "PERF_RESULT "
+# A few-second stand-in for the presets, used by tests and --quick smoke runs.
+TINY = UNetConfig(resolution=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                  dropout=0.0, num_groups=4)  # fmt: skip
+
+
+def unet_config(name: str) -> UNetConfig:
+    """A ``ddim.unet`` preset, or ``tiny``."""
+    return TINY if name == "tiny" else preset(name)
+
+
+def time_basis(settings: RunSettings) -> str:
+    """The timing a ratio is taken from: process CPU time for one CPU thread, else wall time.
+
+    With one intra-op thread the process's CPU time is the time the work takes on a core it has to
+    itself: it leaves out the time spent waiting while other processes run, which on a shared
+    machine moves the wall time by 2x between repeats. With several threads (OpenMP workers spin)
+    or a GPU, only the wall time means what it says.
+    """
+    return "cpu_s" if not settings.device.startswith("cuda") and torch.get_num_threads() == 1 else "wall_s"
+
+
+def _setup(job: dict[str, Any]) -> RunSettings:
+    threads = int(job.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    settings = RunSettings(**job["settings"])
+    apply_backend_flags(settings)
+    return settings
+
+
+def _batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[torch.Tensor, ...]:
+    """A fixed noisy batch: x_t = √ᾱ x₀ + √(1−ᾱ) ε with antithetic-free uniform t (as the trainer draws)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, config.in_channels, config.resolution, config.resolution)
+    x0, eps = torch.rand(shape, generator=g) * 2 - 1, torch.randn(shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    ab = schedules.alpha_bar()[t].float()[:, None, None, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return prepare_input(x_t, settings), prepare_input(eps, settings), t.to(settings.device)
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: RunSettings, data: tuple) -> None:
+    x_t, eps, t = data
+    with autocast(settings):
+        eps_pred = model(x_t, t)
+    loss = (eps_pred.float() - eps).square().sum() / len(x_t)  # L_simple: summed over pixels, mean over images
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def train_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Training throughput of ``job["models"]`` (interleaved), or the peak memory of one model."""
+    settings = _setup(job)
+    config, batch = unet_config(job["preset"]), int(job["batch"])
+    names = list(job.get("models", ["ours", "diffusers"]))
+    data = _batch_data(config, batch, settings)
+    if job.get("memory"):
+        (name,) = names
+        with PeakMemory(settings.device) as mem:
+            torch.manual_seed(0)
+            model = prepare(build(name, config).train(), settings)
+            opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+            for _ in range(2):
+                _train_step(model, opt, settings, data)
+        return {"model": name, "peak_mb": round(mem.mb, 1), "memory_kind": mem.kind}
+
+    models, fns, params = {}, {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        model = build(name, config).train()
+        params[name] = n_params(model)
+        model = prepare(model, settings)
+        opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+        models[name] = (model, opt)
+        fns[name] = lambda m=model, o=opt: _train_step(m, o, settings, data)
+    times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
+    out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}
+    basis = out["basis"] = time_basis(settings)
+    out["images_per_s"] = {k: batch / v[basis] for k, v in times.items()}
+    out["images_per_s_wall"] = {k: batch / v["wall_s"] for k, v in times.items()}
+    if "ours" in times and "diffusers" in times:
+        out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
+        out["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])
+        out["speedup_cpu"] = ratio(times["diffusers"]["cpu_s"], times["ours"]["cpu_s"])
+    return out
+
+
+def _sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
+    """``job["batch"]``, or (0) one sized to the card from the peak memory of a batch-8 evaluation."""
+    if int(job["batch"]) > 0:
+        return int(job["batch"])
+    probe = 8
+    x = prepare_input(torch.randn(probe, config.in_channels, config.resolution, config.resolution), settings)
+    t = torch.full((probe,), 500, device=settings.device)
+    with torch.no_grad(), autocast(settings), PeakMemory(settings.device) as mem:
+        model(x, t)
+    per_sample = int(max(mem.mb, 1.0) * (1 << 20) / probe)
+    return auto_batch(per_sample, settings.device, cap=int(job.get("batch_cap", 512)), cpu_default=64)
+
+
+def _sampler(model: Any, config: UNetConfig, batch: int, ts: torch.Tensor, eta: float,
+             settings: RunSettings) -> torch.Tensor:  # fmt: skip
+    shape = (config.in_channels, config.resolution, config.resolution)
+    noise = SeededNoise(range(batch), shape, settings.device)  # per-sample streams, as the sweeps draw them
+    with autocast(settings):
+        return sample(model, noise.initial(), schedules.alpha_bar(), ts, eta=eta, noise=noise)
+
+
+@torch.no_grad()
+def _bare(model: torch.nn.Module, x: torch.Tensor, t_batches: list[torch.Tensor], settings: RunSettings) -> None:
+    with autocast(settings):
+        for t in t_batches:
+            model(x, t)
+
+
+class _Timed:
+    """A model that adds up its own evaluation time: the sampler's overhead measured inside one call."""
+
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        self.model, self.device, self.seconds = model, device, 0.0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sync(self.device)
+        start = time.perf_counter()
+        out = self.model(x, t)
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _sample_row(models: dict[str, torch.nn.Module], first: str, config: UNetConfig, batch: int, S: int, eta: float,
+                x: torch.Tensor, reps: int, settings: RunSettings) -> dict[str, Any]:  # fmt: skip
+    """One (S, η): every model's ``sample`` call, S bare evaluations of the first model, and a ``sample``
+    call whose evaluations are timed inside it, interleaved.
+
+    Two overheads of ``sample`` over its network evaluations: against the interleaved bare evaluations
+    (``overhead_pct_wall``), and inside one call (``overhead_pct_in_situ``: call time over the time
+    spent in the model, both under the same load). The in-situ figure is the primary one on the CPU,
+    where other processes' load moves between repeats; on CUDA the per-evaluation synchronisation it
+    needs would serialise host and GPU, so there the bare comparison is primary.
+    """
+    ts = schedules.timesteps(S, 1000)
+    t_batches = [torch.full((batch,), int(t), device=settings.device, dtype=torch.long) for t in ts]
+    timed, in_situ = _Timed(models[first], settings.device), []
+
+    def sample_in_situ() -> None:
+        timed.seconds, start = 0.0, time.perf_counter()
+        _sampler(timed, config, batch, ts, eta, settings)
+        sync(settings.device)
+        in_situ.append(100 * ((time.perf_counter() - start) / timed.seconds - 1))
+
+    fns = {name: (lambda m=m: _sampler(m, config, batch, ts, eta, settings)) for name, m in models.items()}
+    fns["bare"] = lambda: _bare(models[first], x, t_batches, settings)
+    fns["in_situ"] = sample_in_situ
+    times = interleave(fns, reps=reps, warmup=1, device=settings.device)
+    row: dict[str, Any] = {"steps": S, "eta": eta, "times": times}
+    basis = row["basis"] = time_basis(settings)
+    row["images_per_s"] = {k: batch / times[k][basis] for k in models}
+    row["images_per_s_wall"] = {k: batch / times[k]["wall_s"] for k in models}
+    row["overhead_pct_wall"] = 100 * (times[first]["wall_s"] / times["bare"]["wall_s"] - 1)
+    row["overhead_pct_cpu"] = 100 * (times[first]["cpu_s"] / times["bare"]["cpu_s"] - 1)
+    row["overhead_pct_in_situ"] = statistics.median(in_situ[1:])  # the first run was the warm-up
+    cuda = settings.device.startswith("cuda")
+    row["overhead_pct"] = row["overhead_pct_wall"] if cuda else row["overhead_pct_in_situ"]
+    row["overhead_primary"] = "bare" if cuda else "in_situ"
+    if "ours" in times and "diffusers" in times:
+        row["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
+        row["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])
+    return row
+
+
+def sample_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Sampling images/s at each (S, η) for ours and diffusers' twin, and the sampler's overhead."""
+    settings = _setup(job)
+    config = unet_config(job["preset"])
+    names = list(job.get("models", ["ours", "diffusers"]))
+    models = {}
+    for name in names:
+        torch.manual_seed(0)
+        models[name] = prepare(build(name, config).eval(), settings)
+    batch = _sampling_batch(job, config, settings, models[names[0]])
+    if job.get("memory"):
+        (name,) = names
+        ts = schedules.timesteps(int(job["steps"][0]), 1000)
+        with PeakMemory(settings.device) as mem:
+            _sampler(models[name], config, batch, ts, 1.0, settings)
+        return {"model": name, "batch": batch, "peak_mb": round(mem.mb, 1), "memory_kind": mem.kind}
+
+    # NCHW like the sampler's x_T (SeededNoise), so bare and sampled evaluations see the same input layout.
+    x = torch.randn(batch, config.in_channels, config.resolution, config.resolution, device=settings.device)
+    rows = []
+    for S in job["steps"]:
+        for eta in job["etas"]:
+            rows.append(_sample_row(models, names[0], config, batch, int(S), float(eta), x, int(job["reps"]), settings))
+    return {"preset": job["preset"], "batch": batch, "rows": rows}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    kind = job.get("kind")
+    if kind == "train":
+        return train_job(job)
+    if kind == "sample":
+        return sample_job(job)
+    if kind == "sweep":
+        from bench.perf_sweep import sweep_job
+
+        _setup(job)
+        return sweep_job(job)
+    raise DDIMError(f"unknown benchmark job kind {kind!r}")
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(argv[0])
+    result = run_job(job)
+    sync(job["settings"]["device"])
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

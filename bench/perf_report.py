@@ -1,0 +1,139 @@
+"""``reports/perf/README.md`` from ``results.json`` (no torch): tables, targets, how it was measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+_BASIS = {"cpu_s": "CPU time", "wall_s": "wall"}
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}%"
+
+
+def _mem(memory: dict[str, Any], name: str) -> str:
+    m = memory.get(name) or {}
+    return "–" if "peak_mb" not in m else f"{m['peak_mb']:.0f}"
+
+
+def _train(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["## 1. Training throughput (forward + backward + Adam step)", ""]
+    table = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"- {r.get('preset', '?')}: failed — {r['error']}")
+            continue
+        ips, t, p = r["images_per_s"], r["times"], r["params"]
+        table.append([
+            r["preset"], r["batch"], f"{p['ours']:,}", f"{p['diffusers']:,}", ips["ours"], ips["diffusers"],
+            f"**{r.get('speedup', r['speedup_wall']):.2f}×** ({_BASIS[r.get('basis', 'wall_s')]})",
+            f"{r['speedup_wall']:.2f}×", f"{r['speedup_cpu']:.2f}×",
+            f"{t['ours']['spread']:.2f} / {t['diffusers']['spread']:.2f}",
+            f"{_mem(r['memory'], 'ours')} / {_mem(r['memory'], 'diffusers')}",
+        ])  # fmt: skip
+    head = ["preset", "batch", "params ours", "params diffusers", "ours img/s", "diffusers img/s", "speedup",
+            "speedup (wall)", "speedup (CPU time)", "max/min wall ours / diffusers",
+            "peak MB ours / diffusers"]  # fmt: skip
+    return out + (_table(head, table) if table else [""])
+
+
+def _sample(results: list[dict[str, Any]]) -> list[str]:
+    out = ["## 2. Sampling (`ddim.sampling.sample` + `SeededNoise`)", ""]
+    for res in results:
+        if "error" in res:
+            out += [f"- failed — {res['error']}", ""]
+            continue
+        out.append(
+            f"Preset `{res['preset']}`, batch {res['batch']}, random weights. Overhead of `sample(...)` over its S "
+            "network evaluations: *in situ* = call time / time spent inside the model during that call − 1 "
+            "(primary on the CPU: both parts see the same load); *vs bare* = call time / time of S bare "
+            "`model(x, t)` calls of the same batch, interleaved − 1 (primary on CUDA). Peak MB (S = 10, η = 1): ours "
+            f"{_mem(res['memory'], 'ours')}, diffusers {_mem(res['memory'], 'diffusers')}."
+        )
+        out.append("")
+        rows = []
+        for r in res["rows"]:
+            ips, t = r["images_per_s"], r["times"]
+            rows.append([
+                r["steps"], f"{r['eta']:g}", ips["ours"], ips.get("diffusers"), r.get("speedup", r.get("speedup_wall")),
+                t["bare"]["wall_s"], _pct(r.get("overhead_pct_in_situ")), f"{r['overhead_pct_wall']:+.2f}%",
+                f"{r['overhead_pct_cpu']:+.2f}%",
+            ])  # fmt: skip
+        head = ["S", "η", "ours img/s", "diffusers img/s", "speedup", "bare S evals (s)", "overhead in situ",
+                "overhead vs bare (wall)", "vs bare (CPU time)"]  # fmt: skip
+        out += _table(head, rows)
+    return out
+
+
+def _sweep(runs: list[dict[str, Any]]) -> list[str]:
+    out = ["## 3. Sweep overhead (digits grid, FID/IS/KID with the classifier extractor)", ""]
+    rows = []
+    for r in runs:
+        if "error" in r:
+            out.append(f"- `{r.get('mode')}`: did not run — {r['error']}")
+            continue
+        seen, once = r["extractor_images"], r["reference_computed_once"]
+        images = f"{seen} (= {r['cells']}·{r['n']} + {r['reference_count']})" if once else f"{seen} (expected "
+        images += "" if once else f"{r['extractor_images_expected_one_reference']})"
+        rows.append([
+            f"`{r['mode']}`", r["cells"], r["n"], r["wall_s"], r["network_s"], r["extractor_s"],
+            f"**{r['overhead_pct']:.1f}%**", images, once, f"{r['peak_mb']:.0f}",
+        ])  # fmt: skip
+    head = ["mode", "cells", "n", "wall s", "network s", "extractor s", "overhead", "extractor images",
+            "reference computed once", "peak MB"]  # fmt: skip
+    if rows:
+        out += _table(head, rows)
+        out.append("Overhead = (wall − network − extractor) / wall; network and extractor time are measured inside the "
+                   "run by timing `UNet.forward` and the extractor's `forward`. Each run starts with a cold reference "
+                   "cache: the first cell computes the reference statistics, every later cell hits the cache "
+                   "(the extractor sees the reference images once).")  # fmt: skip
+        out.append("")
+    return out
+
+
+def render(res: dict[str, Any]) -> str:
+    m, s = res["machine"], res["settings"]
+    device = m.get("gpu") or m["cpu"]
+    lines = [
+        "# Performance: ddimbench vs diffusers",
+        "",
+        "Generated by `python -m bench.perf` (`make bench`); raw numbers in `results.json`. "
+        "What was slow and what changed it: [profile.md](profile.md).",
+        "",
+        f"- Measured {res['started']} in {res['seconds']} s on **{device}** ({m['cpu_count']} CPUs, "
+        f"load average {_f(m.get('load_avg_1m'))} at the end), torch {m['torch']}, diffusers {m.get('diffusers')}, "
+        f"{m['torch_threads']} intra-op thread(s).",
+        f"- Settings (both models alike): device `{s.get('device')}`, bf16 autocast {s.get('bf16')}, "
+        f"channels_last {s.get('channels_last')}, TF32 {s.get('tf32')}, torch.compile {s.get('compile')}.",
+        f"- Method: {res['method']}. Images/s and speed-ups (ours over diffusers) come from process-CPU-time "
+        "medians when the CPU runs one intra-op thread (that leaves out the time spent waiting for a core "
+        "while other processes run: on a shared machine the wall time moves by up to 2× between repeats), "
+        "else from wall-time medians; both are in the tables and in results.json.",
+        f"- Memory: {res.get('memory_method', 'see results.json')}.",
+        "",
+        "## Targets",
+        "",
+    ]
+    rows = [[k, v["target"], f"{v['value']:.2f}", v["met"]] for k, v in res["targets"].items()]
+    lines += _table(["measure", "target", "measured", "met"], rows)
+    for key, section in (("train", _train), ("sample", _sample), ("sweep", _sweep)):
+        if res[key]:
+            lines += section(res[key])
+    return "\n".join(lines).rstrip() + "\n"
