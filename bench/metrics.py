@@ -4,11 +4,11 @@ Protocol:
 
 - Samples are converted to uint8 with the ONE rule ``to_uint8`` before anything is measured, and
   are handed to torch-fidelity in memory (no PNG round trip). A short sample count is refused.
-- The reference (input2) is the dataset's real images of ``split``, converted with the same rule.
-  Its statistics are computed once and cached under a key made of dataset, split, resolution,
-  extractor, the extractor weights' sha256, the reference count and a content hash of the
-  reference images, so a stale entry can never be reused (torch-fidelity's own cache name
-  ignores all of these except the name we give it).
+- The reference (input2) is the dataset's real images of ``split``, converted with the same rule
+  (``bench.reference``). Its statistics are computed once and cached under a key made of dataset,
+  split, resolution, extractor, the extractor weights' sha256, the reference count and a content
+  hash of the reference images, so a stale entry can never be reused (torch-fidelity's own cache
+  name ignores all of these except the name we give it).
 - Two extractors: ``classifier`` (a small CNN trained on the dataset, see ``bench.classifier``;
   works offline, the default for digits / MNIST) and ``inception`` (torch-fidelity's
   ``inception-v3-compat``, the paper's; its weights must be available locally).
@@ -21,10 +21,8 @@ torch-fidelity is imported lazily: importing this module only needs torch, numpy
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from bench.reference import (
+    REF_SUBSET_SEED,
+    _reference,
+    _UInt8Images,
+    file_sha256,
+    reference_key,
+    tensor_sha256,
+    to_uint8,
+)
 from ddim.errors import DDIMError
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILE",
     "METRICS",
+    "REF_SUBSET_SEED",
     "compute_metrics",
     "compute_metrics_from_folder",
     "default_extractor",
@@ -61,7 +68,6 @@ INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_ENV = "DDIMBENCH_INCEPTION_WEIGHTS"
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small N
 ISC_SPLITS = 10  # torch-fidelity's default; IS needs at least this many samples
-REF_SUBSET_SEED = 0  # fixed: a reference subset (ref_count) is part of the protocol
 _BATCH_SIZE = {"classifier": 256, "inception": 64}
 _FIDELITY_KEYS = {
     "frechet_inception_distance": "fid",
@@ -72,12 +78,7 @@ _FIDELITY_KEYS = {
 }
 
 
-# --- the uint8 rule and the pure Fréchet distance -----------------------------------------------
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Images in [-1, 1] -> uint8 0..255: the ONE conversion rule, for samples and references."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+# --- the pure Fréchet distance -------------------------------------------------------------------
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
@@ -115,42 +116,7 @@ def default_extractor(dataset: str) -> str:
     return "classifier" if dataset in ("digits", "mnist") else "inception"
 
 
-# --- hashing and data ----------------------------------------------------------------------------
-
-_FILE_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so 100 MB weights are hashed once."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    memo_key = (real, st.st_size, st.st_mtime_ns)
-    if memo_key not in _FILE_SHA_MEMO:
-        digest = hashlib.sha256()
-        with open(real, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_SHA_MEMO[memo_key] = digest.hexdigest()
-    return _FILE_SHA_MEMO[memo_key]
-
-
-def tensor_sha256(x: Tensor) -> str:
-    """Content hash of a tensor: dtype, shape and bytes."""
-    x = x.detach().cpu().contiguous()
-    digest = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
-    digest.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
-    return digest.hexdigest()
-
-
-def _subset_index(n: int, ref_count: int | None) -> Tensor | None:
-    """None for the whole split, else a fixed-seed random subset of ``ref_count`` indices (sorted)."""
-    if ref_count is None or ref_count == n:
-        return None
-    if not 2 <= ref_count <= n:
-        raise DDIMError(f"ref_count {ref_count} is outside 2..{n} (the split's size); lower --ref-count")
-    gen = torch.Generator().manual_seed(REF_SUBSET_SEED)
-    return torch.randperm(n, generator=gen)[:ref_count].sort().values
-
+# --- the extractor weights and the checks before measuring ---------------------------------------
 
 _CHECKED_INCEPTION: set[str] = set()
 
@@ -171,109 +137,6 @@ def _check_inception_weights(path: Path, sha256: str) -> None:
             f"{str(path)!r} is not torch-fidelity's Inception-v3 state dict (no 1008x2048 fc.weight); {fix}"
         )
     _CHECKED_INCEPTION.add(sha256)
-
-
-class _UInt8Images(Dataset):
-    """In-memory uint8 images for torch-fidelity; ``rgb`` repeats 1 channel to 3 (for Inception)."""
-
-    def __init__(self, images: Tensor, rgb: bool = False) -> None:
-        self.images = images
-        self.rgb = rgb and images.shape[1] == 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Tensor:
-        img = self.images[i]  # (C, H, W) uint8
-        return img.repeat(3, 1, 1) if self.rgb else img
-
-
-class _DecodedUInt8(Dataset):
-    """A file-backed dataset's images, decoded only when torch-fidelity asks (a cache miss)."""
-
-    def __init__(self, ds: Dataset, index: list[int], shape: tuple[int, int, int], rgb: bool = False) -> None:
-        self.ds, self.index, self.shape = ds, index, shape
-        self.rgb = rgb and shape[0] == 1
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> Tensor:
-        img = to_uint8(self.ds[self.index[i]][0])  # (C, H, W) uint8
-        if tuple(img.shape) != self.shape:
-            raise DDIMError(f"reference image {self.index[i]} is {tuple(img.shape)}, not {self.shape}; check the data")
-        return img.repeat(3, 1, 1) if self.rgb else img
-
-
-def _reference(
-    dataset: str,
-    *,
-    data_root: Any,
-    split: str,
-    resolution: int | None,
-    ref_count: int | None,
-    memo_dir: Path,
-    rgb: bool,
-) -> tuple[Dataset, int, tuple[int, ...], str]:
-    """input2 for torch-fidelity, its count, image shape (C, H, W) and content hash.
-
-    The content hash is ``tensor_sha256`` of the uint8 reference tensor. In-memory datasets are
-    hashed directly. File-backed ones (CelebA, folder) are decoded and hashed once, memoised by a
-    fingerprint of their files (path, size, mtime), PIL and ``ddim.data``'s source, so a cache hit
-    decodes nothing.
-    """
-    from ddim.data import load_dataset
-
-    ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
-    index = _subset_index(len(ds), ref_count)
-    if hasattr(ds, "images"):
-        images = to_uint8(ds.images if index is None else ds.images[index])
-        return _UInt8Images(images, rgb=rgb), len(images), tuple(images.shape[1:]), tensor_sha256(images)
-
-    chosen = list(range(len(ds))) if index is None else index.tolist()
-    if not chosen:
-        raise DDIMError(f"dataset {dataset!r} split {split!r} is empty; check --data-root {data_root}")
-    shape = (ds.info.channels, ds.info.resolution, ds.info.resolution)
-    decoded = _DecodedUInt8(ds, chosen, shape, rgb=rgb)
-    paths = getattr(ds, "paths", None)
-    memo = None if paths is None else memo_dir / f"content-{_files_fingerprint(paths, chosen, shape)[:32]}.txt"
-    if memo is not None and memo.is_file():
-        return decoded, len(chosen), shape, memo.read_text().strip()
-    # Stream the bytes tensor_sha256 would hash for the stacked (N, C, H, W) tensor.
-    plain = _DecodedUInt8(ds, chosen, shape)
-    digest = hashlib.sha256(f"{torch.uint8}{(len(chosen), *shape)}".encode())
-    for i in range(len(plain)):
-        digest.update(plain[i].contiguous().numpy().tobytes())
-    content = digest.hexdigest()
-    if memo is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(content + "\n")
-        os.replace(tmp, memo)
-    return decoded, len(chosen), shape, content
-
-
-def _files_fingerprint(paths: Sequence[Any], chosen: list[int], shape: tuple[int, ...]) -> str:
-    """What decides a file-backed reference's pixels: each file's (path, size, mtime), the image
-    shape, PIL's version and ``ddim.data``'s source (its crop / resize code)."""
-    import PIL
-
-    import ddim.data
-
-    files = []
-    for i in chosen:
-        st = os.stat(paths[i])
-        files.append((str(paths[i]), st.st_size, st.st_mtime_ns))
-    parts = [shape, PIL.__version__, file_sha256(ddim.data.__file__), files]
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-
-def reference_key(
-    *, dataset: str, split: str, resolution: int, extractor: str, weights_sha256: str, count: int, content_sha256: str
-) -> str:
-    """The reference-statistics cache key: every input that changes the statistics is in it."""
-    dataset, split = (re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in (dataset, split))
-    return f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
 
 
 def resolve_inception_weights(inception_weights: str | os.PathLike | None = None) -> Path:

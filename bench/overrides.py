@@ -13,7 +13,7 @@ win over the file's. Value forms:
 Every malformed token (``steps=``, ``steps=a``, ``=3``, ``steps``), out-of-range value
 (``steps=0``, ``eta=-1``, ``n=0``), unknown or repeated key raises ``DDIMError`` with one line
 naming the problem and the fix. Checks that need the checkpoint (``steps`` ≤ T) happen in
-``bench.sweep.resolve_spec``. The sampler list is read from ``ddim.sampling.SAMPLERS`` at call
+``bench.spec.resolve_spec``. The sampler list is read from ``ddim.sampling.SAMPLERS`` at call
 time, so samplers added there are accepted here without a change.
 """
 
@@ -27,18 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.spec import Cell, Range, SweepSpec, resolve_spec  # Range is a parsed value; the rest re-exported
 from ddim.errors import DDIMError
 
-
-@dataclass(frozen=True)
-class Range:
-    """An inclusive search range ``lo..hi`` (search mode only)."""
-
-    lo: float
-    hi: float
-
-    def __str__(self) -> str:
-        return f"{self.lo:g}..{self.hi:g}"
+__all__ = [
+    "KEYS", "Cell", "Key", "Range", "SweepSpec", "load_config", "merge", "parse_overrides", "parse_value",
+    "per_dataset", "resolve_spec",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -288,200 +283,3 @@ def per_dataset(value: Any, dataset: str, key: str = "schedule") -> Any:
 def merge(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> dict[str, Any]:
     """File values overridden key by key by command-line values."""
     return {**file_values, **cli_values}
-
-
-# --------------------------------------------------------------------------------- the sweep spec
-@dataclass(frozen=True)
-class Cell:
-    """One setting of the grid: sampler, spacing, S, η (ddim only, else None) and seed block."""
-
-    sampler: str
-    schedule: str
-    steps: int
-    eta: float | None
-    seed_block: int
-
-    @property
-    def key(self) -> str:
-        """Canonical text identity, stored as the trial's ``cell`` user attribute."""
-        eta = "-" if self.eta is None else f"{self.eta:g}"
-        return (
-            f"sampler={self.sampler} schedule={self.schedule} steps={self.steps} eta={eta} seed_block={self.seed_block}"
-        )
-
-    def fields(self) -> dict[str, Any]:
-        """The record fields of the cell."""
-        return {k: getattr(self, k) for k in ("sampler", "steps", "eta", "schedule", "seed_block")}
-
-    @property
-    def slug(self) -> str:
-        """A file name stem for the cell's images."""
-        eta = "" if self.eta is None else f"_eta{self.eta:g}"
-        return f"{self.schedule}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
-
-    @property
-    def label(self) -> str:
-        what = f"η={self.eta:g}" if self.sampler == "ddim" else self.sampler
-        return f"{what} S={self.steps} {self.schedule} block {self.seed_block}"
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """A resolved sweep: every value checked against the checkpoint (see ``resolve_spec``).
-
-    Axes (``steps``, ``eta``, ``schedule``, ``sampler``, ``seeds``) are tuples in grid mode; in search
-    mode ``steps`` / ``eta`` may be a ``Range``. Sample i of seed block b uses the seed
-    ``seed_base + b·n + i`` in every cell (common random numbers).
-    """
-
-    name: str
-    checkpoint: str  # the resolved checkpoint FILE (a run directory's newest at resolve time)
-    dataset: str
-    T: int
-    resolution: int = 32  # the model's image side in pixels (from the checkpoint)
-    data_root: str = "data"
-    n: int = 1000
-    batch: int = 256
-    seeds: tuple[int, ...] = (0,)
-    seed_base: int = 0
-    steps: tuple[int, ...] | Range = (10, 20, 50, 100)
-    eta: tuple[float, ...] | Range = (0.0,)
-    schedule: tuple[str, ...] = ("uniform",)
-    sampler: tuple[str, ...] = ("ddim",)
-    extractor: str = "classifier"
-    metrics: tuple[str, ...] = ("fid", "isc", "kid")
-    search: str | None = None
-    trials: int = 20
-    objective: str = "nfe"
-    device: str = "auto"
-    interpolation: bool = True
-    inversion: bool = False
-    inversion_n: int = 64
-    cache_dir: str = ".cache/ddimbench"
-    inception_weights: str | None = None
-    artifacts: str = ""
-    config: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able resolved config (ranges as ``"lo..hi"``), written beside the outputs."""
-        out: dict[str, Any] = {}
-        for k in self.__dataclass_fields__:
-            v = getattr(self, k)
-            out[k] = str(v) if isinstance(v, Range) else list(v) if isinstance(v, tuple) else v
-        return out
-
-    def cells(self) -> list[Cell]:
-        """The grid, without pointless duplicates: η only varies for ``ddim``; ``ddpm`` always runs
-        all T steps (so it gets S = T and one cell per seed block, under the first spacing: with
-        S = T every spacing is the full sequence T−1 … 0)."""
-        if isinstance(self.steps, Range) or isinstance(self.eta, Range):
-            raise DDIMError("a grid needs lists, not ranges; give steps=10,20 eta=0,1 or use --search pareto")
-        out: dict[str, Cell] = {}
-        for schedule in self.schedule:
-            for sampler in self.sampler:
-                if sampler == "ddpm" and schedule != self.schedule[0]:
-                    continue
-                steps = (self.T,) if sampler == "ddpm" else self.steps
-                etas: tuple[float | None, ...] = self.eta if sampler == "ddim" else (None,)
-                for s in steps:
-                    for eta in etas:
-                        for b in self.seeds:
-                            cell = Cell(sampler, schedule, int(s), None if eta is None else float(eta), int(b))
-                            out.setdefault(cell.key, cell)
-        return list(out.values())
-
-    def seed_range(self, block: int) -> tuple[int, int]:
-        """First and last seed of a block."""
-        first = self.seed_base + block * self.n
-        return first, first + self.n - 1
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "interpolation", "inversion",
-            "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
-
-
-def _as_tuple(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
-
-
-def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, search: str | None = None) -> SweepSpec:
-    """Parse overrides (and a YAML file; command-line values win) into a checked ``SweepSpec``.
-
-    Everything is validated before any work: malformed values, ``steps`` ≤ T of the checkpoint,
-    a loadable checkpoint, known sampler / spacing / extractor, the reference data, the Inception
-    weights when that extractor is used, and the device. Each problem is a one-line DDIMError.
-    """
-    from bench import paper
-    from bench.metrics import ISC_SPLITS, default_extractor, resolve_inception_weights
-    from ddim.checkpoint import load_checkpoint
-    from ddim.data import dataset_info, load_dataset
-    from ddim.runtime import resolve_device
-
-    values = merge(load_config(config) if config else {}, parse_overrides(tokens))
-    if search is not None:
-        values["search"] = parse_value("search", search)
-    # 1. The checkpoint decides T, the dataset and the image shape.
-    if not values.get("checkpoint"):
-        raise DDIMError("no checkpoint given; add checkpoint=RUN_DIR (a training run directory or a .pt file)")
-    ck = load_checkpoint(values["checkpoint"], map_location="cpu")
-    T, shape = ck.diffusion.T, (ck.unet.in_channels, ck.unet.resolution)
-    dataset = values.get("dataset") or ck.dataset.get("name")
-    if not dataset:
-        raise DDIMError(f"checkpoint {ck.path} does not name its dataset; add dataset=NAME")
-    info = dataset_info(dataset, ck.dataset.get("resolution") if dataset == ck.dataset.get("name") else None)
-    if (info.channels, info.resolution) != shape:
-        raise DDIMError(
-            f"the checkpoint makes {shape[0]}x{shape[1]}px images but {dataset} is {info.channels}x{info.resolution}px;"
-            " pass the dataset the model was trained on"
-        )
-    # 2. Axes and scalars, with defaults; the spacing may be given per dataset.
-    name = values.get("name") or (Path(config).stem if config else "sweep")
-    if not _NAME.match(name):
-        raise DDIMError(f"name={name!r} must be letters, digits, '.', '_' or '-' (it names folders); e.g. name=my-grid")
-    schedule = per_dataset(values.get("schedule", [paper.SPACING.get(dataset, "uniform")]), dataset)
-    mode = values.get("search")
-    kw = {k: _as_tuple(values[k]) for k in _SCALARS if k in values}
-    spec = SweepSpec(
-        name=name,
-        checkpoint=str(ck.path),
-        dataset=dataset,
-        T=T,
-        resolution=shape[1],
-        seeds=_as_tuple(values.get("seeds", [0])),
-        steps=_as_tuple(values.get("steps", [10, 20, 50, 100])),
-        eta=_as_tuple(values.get("eta", [0.0])),
-        schedule=tuple(schedule),
-        sampler=_as_tuple(values.get("sampler", ["ddim"])),
-        extractor=values.get("extractor") or default_extractor(dataset),
-        metrics=_as_tuple(values.get("metrics", ["fid", "isc", "kid"])),
-        search=mode,
-        artifacts=str(values.get("artifacts") or Path("ddimbench-sweeps") / name),
-        config=None if config is None else str(config),
-        **kw,
-    )
-    # 3. Checks that need the checkpoint or cross two keys.
-    top = spec.steps.hi if isinstance(spec.steps, Range) else max(spec.steps)
-    if top > T:
-        raise DDIMError(f"steps={top} exceeds the checkpoint's T = {T}; use steps between 1 and {T}")
-    if mode is None:
-        for key in ("steps", "eta"):
-            if isinstance(getattr(spec, key), Range):
-                raise DDIMError(
-                    f"{key}={getattr(spec, key)} is a range; ranges need --search pareto, a grid needs a list"
-                    f" (e.g. {_example(key)})"
-                )
-    elif "fid" not in spec.metrics:
-        raise DDIMError("search mode minimises FID; include fid in metrics=")
-    if "isc" in spec.metrics and spec.n < ISC_SPLITS:
-        raise DDIMError(
-            f"n={spec.n} is too few for IS (needs ≥ {ISC_SPLITS} samples); raise n or drop isc from metrics="
-        )
-    if spec.n < 2 and ({"fid", "kid"} & set(spec.metrics)):
-        raise DDIMError(f"n={spec.n} is too few for FID/KID (needs ≥ 2 samples); raise n")
-    resolve_device(spec.device)
-    if spec.extractor == "inception":
-        resolve_inception_weights(spec.inception_weights)
-    if {"fid", "kid"} & set(spec.metrics) or spec.inversion:
-        load_dataset(dataset, root=spec.data_root, split="train", resolution=info.resolution)  # data present?
-    return spec

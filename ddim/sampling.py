@@ -55,6 +55,8 @@ class SeededNoise:
 
     def _draw(self) -> torch.Tensor:
         z = torch.stack([torch.randn(self.shape, generator=g) for g in self._gens])  # (B, C, H, W)
+        if self.device.type == "cuda":
+            z = z.pin_memory()  # a pageable host→device copy is synchronous: the GPU would wait every step
         return z.to(self.device, non_blocking=True)
 
     def initial(self) -> torch.Tensor:

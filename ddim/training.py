@@ -185,7 +185,8 @@ def _train(
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     ema.to(device, memory_format=memory_format)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8)
+    # The fused CUDA kernel does the same update in one launch (Adam was ~13% of an H200 step).
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, fused=device.type == "cuda")
     step, last_ckpt = 0, None
     if ck is not None:
         try:

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from bench import store, sweep
 from bench.overrides import Cell
 from bench.sweep import Evaluator, load_results, make_report, resolve_spec, run_sweep
+from ddim import sampling
 from ddim.errors import DDIMError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,14 +190,14 @@ def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
 
 
 def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
-    real = sweep.sampling.sample
+    real = sampling.sample
 
     def broken(model, x, ab, ts, *, eta=0.0, **kw):
         if eta == 1.0:
             raise RuntimeError("boom at eta=1")
         return real(model, x, ab, ts, eta=eta, **kw)
 
-    monkeypatch.setattr(sweep.sampling, "sample", broken)
+    monkeypatch.setattr(sampling, "sample", broken)
     spec = spec_of(
         ckpt,
         cache,
@@ -211,7 +212,7 @@ def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "failed" in table and "boom at eta=1" in (out / "README.md").read_text(encoding="utf-8")
     # The next run retries only the failed cells.
-    monkeypatch.setattr(sweep.sampling, "sample", real)
+    monkeypatch.setattr(sampling, "sample", real)
     again = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
     assert again.complete == 4 and again.failed == 0
     assert sorted(complete_cells(url(work), "f")) == sorted(c.key for c in spec.cells())

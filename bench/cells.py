@@ -1,0 +1,164 @@
+"""One sweep cell's work: sample it, measure it, save its images; and the sweep's extras.
+
+``Evaluator`` holds one worker's model (the checkpoint is loaded once per process) and turns a
+``Cell`` into the trial's record fields (``bench.sweep`` stores them):
+- common random numbers: sample i of seed block b starts from the seed ``seed_base + b·n + i``
+  (``SeededNoise``: one generator per sample, so a sample depends neither on the batch size nor on
+  the worker);
+- exactly n samples, converted with the one uint8 rule and measured in memory (``bench.metrics``);
+  ``wall_s`` times sampling only; NFE comes from ``ddim.schedules.nfe``;
+- the cell's 8x8 grid and its 8-sample strip (the same seeds in every cell) under ``cells/``;
+- after the grid, the interpolation strip (section 5.3) and the inversion table (section 5.4).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench import store
+from bench.metrics import to_uint8
+from bench.spec import Cell, SweepSpec
+from ddim import sampling, schedules
+from ddim.errors import DDIMError
+
+if TYPE_CHECKING:
+    from bench.sweep import Display
+
+__all__ = ["Evaluator", "device_name"]
+
+
+def _as_float(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 back to [-1, 1]; ``to_uint8`` of the result gives the same bytes (for saving grids)."""
+    return u8.float() / 127.5 - 1
+
+
+class Evaluator:
+    """One worker's model: the checkpoint is loaded once, then cells are sampled and measured."""
+
+    def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
+        from ddim.checkpoint import load_checkpoint
+        from ddim.runtime import resolve_device
+
+        self.spec, self.sha256 = spec, checkpoint_sha256
+        self.device = resolve_device(spec.device)
+        ck = load_checkpoint(spec.checkpoint, map_location="cpu")
+        self.model = ck.build_model(self.device)
+        self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
+        self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
+        self.root, self.versions = Path(spec.artifacts), store.library_versions()
+        self.device_name = device_name(self.device)
+
+    def generate(self, cell: Cell, on_step: Any = None) -> tuple[torch.Tensor, float]:
+        """The cell's n samples as uint8 (N, C, H, W) and the sampling wall time in seconds."""
+        spec, ts = self.spec, schedules.timesteps(cell.steps, self.T, cell.schedule)
+        first, _ = spec.seed_range(cell.seed_block)
+        out = torch.empty((spec.n, *self.shape), dtype=torch.uint8)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for lo in range(0, spec.n, spec.batch):
+            hi = min(spec.n, lo + spec.batch)
+            noise = sampling.SeededNoise(range(first + lo, first + hi), self.shape, self.device)  # CRN
+            x = sampling.sample(self.model, noise.initial(), self.alpha_bar, ts, eta=cell.eta or 0.0,
+                                sampler=cell.sampler, noise=noise, callback=on_step)  # fmt: skip
+            out[lo:hi] = to_uint8(x).cpu()  # .cpu() also waits for the GPU
+        return out, time.perf_counter() - start
+
+    def evaluate(self, cell: Cell, display: Display) -> dict[str, Any]:
+        """Sample a cell, save its grid and strip, measure it: the trial's record fields."""
+        from bench.metrics import compute_metrics
+        from ddim.training import save_grid
+
+        spec = self.spec
+        batches = -(-spec.n // spec.batch)
+        display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.schedule)))
+        u8, wall = self.generate(cell, lambda *_: display.step())
+        grid, strip = f"cells/{cell.slug}.png", f"cells/{cell.slug}-strip.png"
+        save_grid(_as_float(u8[:64]), self.root / grid)
+        save_grid(_as_float(u8[:8]), self.root / strip, nrow=8)  # same seeds in every cell: consistency rows
+        display.phase("metrics")
+        m = compute_metrics(u8, dataset=spec.dataset, data_root=spec.data_root, resolution=self.shape[-1],
+                            extractor=spec.extractor, metrics=spec.metrics, n_expected=spec.n,
+                            device=str(self.device), cache_dir=spec.cache_dir,
+                            inception_weights=spec.inception_weights)  # fmt: skip
+        first, last = spec.seed_range(cell.seed_block)
+        return {
+            "nfe": schedules.nfe(cell.steps, self.T, cell.schedule, cell.sampler),
+            **{k: m.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
+            "wall_s": wall, "images_per_s": spec.n / max(wall, 1e-9), "n": spec.n, "seeds": f"{first}-{last}",
+            "grid": grid, "strip": strip, "checkpoint_sha256": self.sha256, "extractor": m["extractor"],
+            "extractor_sha256": m["extractor_sha256"], "ref_key": m["ref_key"], "ref_sha256": m["ref_sha256"],
+            "device": self.device_name, "versions": self.versions,
+        }  # fmt: skip
+
+    @staticmethod
+    def warm_metrics(spec: SweepSpec) -> None:
+        """Build the extractor and the cached reference statistics once, before workers start."""
+        from bench.metrics import ISC_SPLITS, compute_metrics
+        from ddim.data import dataset_info
+
+        k, channels = max(ISC_SPLITS, min(spec.n, 64)), dataset_info(spec.dataset).channels
+        shape = (k, channels, spec.resolution, spec.resolution)
+        fake = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        compute_metrics(
+            fake, dataset=spec.dataset, data_root=spec.data_root, resolution=spec.resolution,
+            extractor=spec.extractor, metrics=spec.metrics, cache_dir=spec.cache_dir,
+            inception_weights=spec.inception_weights,
+        )  # fmt: skip
+
+    def extras(self, study: Any, display: Display) -> dict[str, Any]:
+        """Interpolation strip (slerp of two seeds' x_T, η = 0, largest S; section 5.3) and, when
+        asked, the inversion table (section 5.4, Table 2), stored as the study's ``extras``."""
+        from ddim.training import save_grid
+
+        spec = self.spec
+        steps = (
+            sorted(spec.steps) if isinstance(spec.steps, tuple) else sorted({int(spec.steps.lo), int(spec.steps.hi)})
+        )
+        key = {"steps": steps, "schedule": spec.schedule[0], "interpolation": spec.interpolation,
+               "inversion": spec.inversion, "inversion_n": spec.inversion_n}  # fmt: skip
+        old = study.user_attrs.get("extras") or {}
+        if old.get("key") == key and (not old.get("interpolation") or (self.root / old["interpolation"]).is_file()):
+            return old
+        out: dict[str, Any] = {"key": key}
+        ts = {s: schedules.timesteps(s, self.T, spec.schedule[0]) for s in steps}
+        if spec.interpolation:
+            display.note("extras: interpolation strip")
+            z = sampling.SeededNoise([spec.seed_base, spec.seed_base + 1], self.shape, self.device).initial()
+            x = sampling.interpolate(self.model, z[0], z[1], self.alpha_bar, ts[steps[-1]], n=8)
+            save_grid(x, self.root / "extras/interpolation.png", nrow=8)
+            out["interpolation"] = "extras/interpolation.png"
+        if spec.inversion:
+            display.note(f"extras: inversion table at S = {', '.join(map(str, steps))}")
+            x0 = self._real_images(spec.inversion_n)
+            out["inversion"] = [{"steps": s, "mse": self._inversion_mse(ts[s], x0)} for s in steps]
+        study.set_user_attr("extras", out)
+        return out
+
+    def _real_images(self, k: int) -> torch.Tensor:
+        from ddim.data import load_dataset
+
+        try:
+            ds = load_dataset(self.spec.dataset, self.spec.data_root, "test", self.shape[-1])
+        except DDIMError:  # a dataset without a test split
+            ds = load_dataset(self.spec.dataset, self.spec.data_root, "train", self.shape[-1])
+        return torch.stack([ds[i][0] for i in range(min(k, len(ds)))])  # (k, C, H, W) in [-1, 1]
+
+    def _inversion_mse(self, ts: torch.Tensor, x0: torch.Tensor) -> float:
+        """Per-dimension MSE (pixels in [0, 1]) of encode (η = 0, S steps) then decode."""
+        total = 0.0
+        for lo in range(0, len(x0), self.spec.batch):
+            x = x0[lo : lo + self.spec.batch].to(self.device)
+            x_T = sampling.invert(self.model, x, self.alpha_bar, ts)
+            rec = sampling.sample(self.model, x_T, self.alpha_bar, ts, eta=0.0)
+            total += float(((rec.clamp(-1, 1) - x) / 2).square().sum())
+        return total / x0.numel()
+
+
+def device_name(device: torch.device) -> str:
+    """The device as stored with each trial: ``cuda:0 (<GPU model>)`` on CUDA, else ``cpu``."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)

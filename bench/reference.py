@@ -1,0 +1,183 @@
+"""What FID compares against: the uint8 rule, content hashes, and the real-image reference with its cache key.
+
+Protocol (STYLE.md item 7; ``bench.metrics`` does the measuring):
+
+- ``to_uint8`` is the ONE conversion rule from [-1, 1] to 0..255, for samples and references.
+- The reference (torch-fidelity's input2) is the dataset's real images of ``split`` under that rule,
+  or a fixed-seed random subset of ``ref_count`` of them (``REF_SUBSET_SEED``).
+- Its identity is a content hash of those uint8 images (``tensor_sha256``); file-backed datasets are
+  decoded and hashed once, memoised by a fingerprint of their files, PIL and ``ddim.data``'s source.
+- ``reference_key`` names the cached statistics by dataset, split, resolution, extractor, the
+  extractor weights' sha256, the reference count and that content hash, so a stale entry can never
+  be reused.
+
+Importing this module needs only torch (``import bench.metrics`` stays cheap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ddim.errors import DDIMError
+
+__all__ = ["REF_SUBSET_SEED", "file_sha256", "reference_key", "tensor_sha256", "to_uint8"]
+
+REF_SUBSET_SEED = 0  # fixed: a reference subset (ref_count) is part of the protocol
+
+
+# --- the uint8 rule and content hashes -----------------------------------------------------------
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 0..255: the ONE conversion rule, for samples and references."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+_FILE_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) so 100 MB weights are hashed once."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    memo_key = (real, st.st_size, st.st_mtime_ns)
+    if memo_key not in _FILE_SHA_MEMO:
+        digest = hashlib.sha256()
+        with open(real, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_SHA_MEMO[memo_key] = digest.hexdigest()
+    return _FILE_SHA_MEMO[memo_key]
+
+
+def tensor_sha256(x: Tensor) -> str:
+    """Content hash of a tensor: dtype, shape and bytes."""
+    x = x.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
+    digest.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return digest.hexdigest()
+
+
+def _subset_index(n: int, ref_count: int | None) -> Tensor | None:
+    """None for the whole split, else a fixed-seed random subset of ``ref_count`` indices (sorted)."""
+    if ref_count is None or ref_count == n:
+        return None
+    if not 2 <= ref_count <= n:
+        raise DDIMError(f"ref_count {ref_count} is outside 2..{n} (the split's size); lower --ref-count")
+    gen = torch.Generator().manual_seed(REF_SUBSET_SEED)
+    return torch.randperm(n, generator=gen)[:ref_count].sort().values
+
+
+# --- the reference images ------------------------------------------------------------------------
+
+
+class _UInt8Images(Dataset):
+    """In-memory uint8 images for torch-fidelity; ``rgb`` repeats 1 channel to 3 (for Inception)."""
+
+    def __init__(self, images: Tensor, rgb: bool = False) -> None:
+        self.images = images
+        self.rgb = rgb and images.shape[1] == 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = self.images[i]  # (C, H, W) uint8
+        return img.repeat(3, 1, 1) if self.rgb else img
+
+
+class _DecodedUInt8(Dataset):
+    """A file-backed dataset's images, decoded only when torch-fidelity asks (a cache miss)."""
+
+    def __init__(self, ds: Dataset, index: list[int], shape: tuple[int, int, int], rgb: bool = False) -> None:
+        self.ds, self.index, self.shape = ds, index, shape
+        self.rgb = rgb and shape[0] == 1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = to_uint8(self.ds[self.index[i]][0])  # (C, H, W) uint8
+        if tuple(img.shape) != self.shape:
+            raise DDIMError(f"reference image {self.index[i]} is {tuple(img.shape)}, not {self.shape}; check the data")
+        return img.repeat(3, 1, 1) if self.rgb else img
+
+
+def _reference(
+    dataset: str,
+    *,
+    data_root: Any,
+    split: str,
+    resolution: int | None,
+    ref_count: int | None,
+    memo_dir: Path,
+    rgb: bool,
+) -> tuple[Dataset, int, tuple[int, ...], str]:
+    """input2 for torch-fidelity, its count, image shape (C, H, W) and content hash.
+
+    The content hash is ``tensor_sha256`` of the uint8 reference tensor. In-memory datasets are
+    hashed directly. File-backed ones (CelebA, folder) are decoded and hashed once, memoised by a
+    fingerprint of their files (path, size, mtime), PIL and ``ddim.data``'s source, so a cache hit
+    decodes nothing.
+    """
+    from ddim.data import load_dataset
+
+    ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
+    index = _subset_index(len(ds), ref_count)
+    if hasattr(ds, "images"):
+        images = to_uint8(ds.images if index is None else ds.images[index])
+        return _UInt8Images(images, rgb=rgb), len(images), tuple(images.shape[1:]), tensor_sha256(images)
+
+    chosen = list(range(len(ds))) if index is None else index.tolist()
+    if not chosen:
+        raise DDIMError(f"dataset {dataset!r} split {split!r} is empty; check --data-root {data_root}")
+    shape = (ds.info.channels, ds.info.resolution, ds.info.resolution)
+    decoded = _DecodedUInt8(ds, chosen, shape, rgb=rgb)
+    paths = getattr(ds, "paths", None)
+    memo = None if paths is None else memo_dir / f"content-{_files_fingerprint(paths, chosen, shape)[:32]}.txt"
+    if memo is not None and memo.is_file():
+        return decoded, len(chosen), shape, memo.read_text().strip()
+    # Stream the bytes tensor_sha256 would hash for the stacked (N, C, H, W) tensor.
+    plain = _DecodedUInt8(ds, chosen, shape)
+    digest = hashlib.sha256(f"{torch.uint8}{(len(chosen), *shape)}".encode())
+    for i in range(len(plain)):
+        digest.update(plain[i].contiguous().numpy().tobytes())
+    content = digest.hexdigest()
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(content + "\n")
+        os.replace(tmp, memo)
+    return decoded, len(chosen), shape, content
+
+
+def _files_fingerprint(paths: Sequence[Any], chosen: list[int], shape: tuple[int, ...]) -> str:
+    """What decides a file-backed reference's pixels: each file's (path, size, mtime), the image
+    shape, PIL's version and ``ddim.data``'s source (its crop / resize code)."""
+    import PIL
+
+    import ddim.data
+
+    files = []
+    for i in chosen:
+        st = os.stat(paths[i])
+        files.append((str(paths[i]), st.st_size, st.st_mtime_ns))
+    parts = [shape, PIL.__version__, file_sha256(ddim.data.__file__), files]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def reference_key(
+    *, dataset: str, split: str, resolution: int, extractor: str, weights_sha256: str, count: int, content_sha256: str
+) -> str:
+    """The reference-statistics cache key: every input that changes the statistics is in it."""
+    dataset, split = (re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in (dataset, split))
+    return f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
