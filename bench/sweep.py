@@ -204,8 +204,7 @@ class _Worker:
             self.display.warn(f"cell {cell.label} failed: {msg}")
             track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
             raise
-        for k, v in result.items():
-            trial.set_user_attr(k, v)
+        trial.set_user_attr("result", result)  # one write: each attribute is a storage commit
         track_cell(self.wandb, self.spec, cell, result, self.display)
         self.display.done(_summary_line(cell, result))
         fid = result.get("fid")
