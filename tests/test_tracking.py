@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import tracking
+from bench import tracking, tracking_log
 from ddim.errors import DDIMError
 
 
@@ -133,7 +133,7 @@ def test_many_steps_span_blocks_and_log_is_cheap(tmp_path):
     per_call = (time.perf_counter() - start) / n
     tracker.finish()
     log = next(tracker.run_dir.glob("run-*.wandb"))
-    assert log.stat().st_size > 2 * tracking._BLOCK  # several 32 KiB blocks
+    assert log.stat().st_size > 2 * tracking_log._BLOCK  # several 32 KiB blocks
     rows = tracking.read_offline_run(tracker.run_dir)["history"]
     assert [r["step"] for r in rows] == list(range(n))
     assert rows[-1] == {"step": n - 1, "loss": 1.0 / n, "step_time": 0.01 * (n - 1)}
