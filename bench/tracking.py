@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bench.tracking_log import _log_has_exit, read_offline_run  # noqa: F401  (read_offline_run: re-export)
+from bench import tracking_log
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
@@ -413,3 +413,17 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return _plain({f: getattr(value, f) for f in value.__dataclass_fields__})
     return str(value)
+
+
+def _log_has_exit(path: Path) -> bool:
+    """Whether an offline run log already holds its exit record (written last by wandb-core)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    return tracking_log.log_has_exit(path, pb)
+
+
+def read_offline_run(run_dir: str | Path) -> dict:
+    """Decode an offline run directory's ``run-<id>.wandb`` log; see ``bench.tracking_log``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    return tracking_log.decode_offline_run(run_dir, pb)

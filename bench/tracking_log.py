@@ -2,7 +2,7 @@
 
 Offline runs have no summary JSON in this wandb version, so tests and tools that need to know what
 was logged read the binary log itself. Part of tracking: the record types come from wandb's own
-protobuf definitions, imported lazily inside ``read_offline_run``.
+protobuf definitions, which ``bench.tracking`` (the only wandb importer) passes in.
 """
 
 from __future__ import annotations
@@ -72,10 +72,8 @@ def _check_header(data: bytes, path: Path) -> None:
         raise DDIMError(f"{path}: unsupported W&B log version {version}")
 
 
-def _log_has_exit(path: Path) -> bool:
+def log_has_exit(path: Path, pb: Any) -> bool:
     """Whether the run log already holds its exit record; reads only the last two blocks."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     size = path.stat().st_size
     start = max(0, (size // _BLOCK - 1) * _BLOCK)
     with path.open("rb") as f:
@@ -136,7 +134,7 @@ def _find_log(run_dir: Path) -> Path:
     return logs[0]
 
 
-def read_offline_run(run_dir: str | Path) -> dict:
+def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
     """Decode a run directory's ``run-<id>.wandb`` log (or that file itself).
 
     Returns ``{"run": {id, project, name, group, job_type, tags, exit_code}, "config": {...},
@@ -144,9 +142,9 @@ def read_offline_run(run_dir: str | Path) -> dict:
     "files": [paths relative to files/]}``. W&B's own bookkeeping keys (``_step``, ``_runtime``,
     ``_timestamp``, ``_wandb``) are dropped; media values are W&B's reference dicts (``path`` etc.).
     ``exit_code`` is None while the run is unfinished (its log then ends early, which is allowed).
+    ``pb`` is wandb's ``wandb_internal_pb2`` module, handed in by ``bench.tracking`` (the only
+    module that imports wandb).
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
     path = _find_log(Path(run_dir))
     try:
         data = path.read_bytes()
