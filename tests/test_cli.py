@@ -316,3 +316,16 @@ def test_import_weights_then_sample(tmp_path: Path, capsys: pytest.CaptureFixtur
     # Importing into a run that already holds a checkpoint is refused, in one line.
     code, _, err = run(["import-weights", tmp_path / "pipe", "--out", tmp_path / "run"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_missing_inception_weights_offline_is_exit_2(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--extractor inception` with no local weights: the how-to line, before any sampling."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.delenv("DDIMBENCH_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["sweep", "steps=2", "n=10", "extractor=inception", f"checkpoint={run_dir}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--inception-weights" in err and "DDIMBENCH_INCEPTION_WEIGHTS" in err
+    assert not (tmp_path / "ddimbench-sweeps").exists()  # nothing half-made
