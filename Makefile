@@ -34,7 +34,7 @@ format: $(STAMP)
 # Train the digits preset, run sweeps/quick.yaml on it, write reports/digits-demo/. Offline; rerunning
 # resumes whatever is unfinished (training from its checkpoint, the sweep's missing cells).
 demo: $(STAMP)
-	$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 --lr 1e-3 \
+	$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 \
 		--run-dir runs/digits --resume --wandb $(WANDB)
 	$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits name=digits-demo --wandb $(WANDB)
 	$(DDIM) report digits-demo --out reports/digits-demo --wandb $(WANDB)
@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.perf --out reports/perf
 
 train-digits: $(STAMP)
-	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --lr 1e-3 --run-dir runs/digits --resume
+	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume
 
 train-mnist: $(STAMP)
 	$(DDIM) train --dataset mnist --data-root data --max-steps 50000 --batch-size 128 --run-dir runs/mnist --resume

@@ -125,7 +125,7 @@ def train(
     run_dir: str = typer.Option("runs/digits", help="Run folder: config.json, metrics.jsonl, checkpoints/, samples/."),
     max_steps: int = typer.Option(2000, min=1, help="Optimiser steps to train to (a resumed run continues up to it)."),
     batch_size: int = typer.Option(128, min=1, help="Global batch size (images per step)."),
-    lr: float = typer.Option(2e-4, help="Adam learning rate after warm-up (> 0)."),
+    lr: float | None = typer.Option(None, help="Adam lr after warm-up, > 0 (default: 1e-3 for digits, else 2e-4)."),
     warmup: int = typer.Option(100, min=0, help="Steps of linear learning-rate warm-up."),
     grad_clip: float = typer.Option(1.0, help="Clip the gradient's global norm to this (0: no clipping)."),
     ema_decay: float = typer.Option(0.9999, help="EMA decay in [0, 1) (with the (1+n)/(10+n) ramp)."),
