@@ -179,6 +179,8 @@ BAD_INPUT = {
     "run dir without checkpoints": (["sample", "--checkpoint", "{tmp}", "--out", "{tmp}/o"], "no checkpoint"),
     "corrupt checkpoint": (["sample", "--checkpoint", "{bad}", "--out", "{tmp}/o"], "corrupt"),
     "unknown device": (["sample", "--checkpoint", "{run}", "--device", "tpu", "--out", "{tmp}/o"], "device"),
+    "resume with another architecture": (["train", "--run-dir", "{run}", "--resume", "--ch", "16"], "architecture"),
+    "sweep: checkpoint of another dataset": (["sweep", "dataset=mnist", "checkpoint={run}"], "mnist"),
     "sweep: empty value": (["sweep", "steps=", "checkpoint={run}"], "steps="),
     "sweep: not a number": (["sweep", "steps=a", "checkpoint={run}"], "steps"),
     "sweep: no key": (["sweep", "=3", "checkpoint={run}"], "=3"),
