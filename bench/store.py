@@ -428,11 +428,19 @@ def track_cell(mode: str | None, spec: Any, cell: Any, result: dict, display: An
 
 
 def track_summary(mode: str | None, spec: Any, records: list[dict], display: Any) -> None:
-    """The sweep's summary run: every cell as a ``wandb.Table``."""
+    """The sweep's summary run: every cell as a ``wandb.Table`` and the FID-vs-steps figure."""
 
     def body(tr: Any) -> None:
         tr.log_table("cells", list(TABLE_COLUMNS), table_rows(records))
         tr.summary({s.lower(): sum(r["state"] == s for r in records) for s in ("COMPLETE", "FAIL")})
+        if any(r.get("fid") is not None for r in records):
+            from bench.report import fid_vs_steps_png
+            from ddim.runtime import atomic_write
+
+            png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")
+            if png is not None:
+                path = atomic_write(Path(spec.artifacts) / "fid_vs_steps.png", lambda f: f.write(png))
+                tr.log_image("fid_vs_steps", path)
 
     _tracked(mode, display.warn, "the sweep summary", body, name=f"{spec.name}-summary", group=spec.name,
              job_type="sweep-summary", config=spec.to_dict(), dir=Path(spec.artifacts))  # fmt: skip

@@ -233,6 +233,7 @@ def test_wandb_offline_cell_runs(ckpt, cache, work):
     (record,) = load_results("w", url(work))[0]
     assert cell["summary"]["fid"] == pytest.approx(record["fid"]) and cell["history"][0]["nfe"] == 2
     assert any("samples" in f for f in cell["files"]) and any("cells" in f for f in summary["files"])
+    assert any("fid_vs_steps" in f for f in summary["files"])  # the summary run's FID-vs-steps figure
 
 
 def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch):
