@@ -6,6 +6,8 @@ small UNet trained on real digits, so the network's own smoothness in t is what 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -23,7 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         num_groups=4, device="cpu",
     )  # fmt: skip
     result = train(cfg)
-    losses = [float(line.split('"loss": ')[1].split(",")[0]) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     return load_checkpoint(result.checkpoint), losses
 
 
@@ -47,4 +49,3 @@ def test_inversion_error_shrinks_as_S_grows(trained) -> None:
     assert errors[2] < 0.5 * errors[0], errors
     # Sanity: encoding gives something Gaussian-like, not x0 itself.
     assert torch.isfinite(x_T).all() and 0.5 < float(x_T.std()) < 2.0
-
