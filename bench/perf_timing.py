@@ -74,15 +74,20 @@ def rss_peak_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def _rss_now_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def _rss_now_mb() -> float | None:
+    return _status_mb("VmRSS")
 
 
 def _reset_rss_peak() -> bool:
@@ -126,6 +131,9 @@ class PeakMemory:
         if self.cuda:
             sync(self.device)
             self.mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / (1 << 20)
+        elif self.kind == "rss_peak_minus_start":
+            # clear_refs resets VmHWM only; getrusage's ru_maxrss keeps the process's all-time peak.
+            self.mb = max(0.0, (_status_mb("VmHWM") or 0.0) - self._base)
         else:
             self.mb = max(0.0, rss_peak_mb() - self._base)
 
