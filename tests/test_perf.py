@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 
 import pytest
 import torch
@@ -229,8 +230,11 @@ def test_interleave_runs_candidates_in_turn_and_peak_memory() -> None:
     assert order == ["a", "b"] * 4
     assert set(times) == {"a", "b"} and all(len(v["wall_all"]) == 3 for v in times.values())
     with perf_timing.PeakMemory("cpu") as mem:
-        block = torch.ones(64, 2**20, dtype=torch.uint8)  # 64 MiB, touched
-        block.add_(1)
+        # 64 MiB of fresh anonymous pages, touched: a malloc'd tensor could reuse pages that earlier
+        # tests freed but glibc kept resident, and then the RSS would rightly not grow.
+        block = mmap.mmap(-1, 64 << 20)
+        block.write(b"\x01" * (64 << 20))
+    block.close()
     assert mem.kind in ("rss_peak_minus_start", "ru_maxrss_delta") and mem.mb >= 0
     if mem.kind == "rss_peak_minus_start":
         assert mem.mb >= 60  # the block's own peak, even though earlier tests used more
