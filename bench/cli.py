@@ -54,9 +54,9 @@ def guarded(fn: Callable) -> Callable:
         except PermissionError as exc:
             raise _fail(f"permission denied: {exc.filename}; choose a writable location") from None
         except OSError as exc:
-            if exc.filename is None:
-                raise
-            raise _fail(f"{exc.strerror}: {exc.filename}; check the path and free space") from None
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = exc.strerror or type(exc).__name__
+            raise _fail(f"{reason}{where}; check the path, permissions and free space") from None
         except KeyboardInterrupt:
             err.print("interrupted; rerun the same command to resume")
             raise typer.Exit(130) from None

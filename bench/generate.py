@@ -56,7 +56,7 @@ class SampleConfig:
             raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.seed < 0:
             raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
-        check_args(self.sampler, self.eta)
+        check_args(self.sampler, self.eta, self.clip_x0)
         if self.sampler != "ddpm":
             schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
 
@@ -80,7 +80,8 @@ def _to_png_bytes(img: torch.Tensor) -> bytes:
 
 
 def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "device")}
+    """What fixes the pixels: the checkpoint's content (by sha256, however its path is spelt) and the sampler."""
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "out", "batch_size", "device")}
     return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
 
 
@@ -104,12 +105,16 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     names = [f"{i:06d}.png" for i in range(cfg.n)]
     manifest_path = out / MANIFEST
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if old.get("settings") != settings:
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise DDIMError(f"{manifest_path} is damaged; empty {out} or choose another --out") from None
+        if not isinstance(old, dict) or old.get("settings") != settings:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
-    manifest = {"format": "ddimbench-samples-v1", "settings": settings, "files": names, "grid": GRID}
+    manifest = {"format": "ddimbench-samples-v1", "checkpoint": cfg.checkpoint, "settings": settings, "files": names,
+                "grid": GRID}
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
     model = ck.build_model(device)

@@ -167,9 +167,7 @@ def parse_value(name: str, text: str) -> Any:
     text = text.strip()
     if not text:
         raise DDIMError(f"{name}= has no value; write e.g. {_example(name)}")
-    if ".." in text:
-        if not k.ranged:
-            raise DDIMError(f"{name}={text}: {name} takes no range; write e.g. {_example(name)}")
+    if ".." in text and k.ranged:  # paths like checkpoint=../run are plain values
         lo_text, _, hi_text = text.partition("..")
         if "," in text:
             raise DDIMError(f"{name}={text} mixes a range and a list; give one range lo..hi or a list a,b,c")

@@ -153,11 +153,14 @@ def _pairs(ts: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(t_list, t_list[1:] + [-1]))
 
 
-def check_args(sampler: str, eta: float) -> None:
+def check_args(sampler: str, eta: float, clip_x0: bool | None = None) -> None:
+    """Refuse a sampler setting in one line before any work (``sample`` calls it too)."""
     if sampler not in SAMPLERS:
         raise DDIMError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if not (eta >= 0 and math.isfinite(eta)):
         raise DDIMError(f"eta must be a finite number ≥ 0, got {eta!r}")
+    if sampler in SOLVER_SAMPLERS and clip_x0:
+        raise DDIMError(f"the {sampler} sampler does not clip x̂₀; leave clip_x0 unset")
 
 
 @torch.no_grad()
@@ -179,12 +182,10 @@ def sample(
     for step i whenever σ > 0 (e.g. a ``SeededNoise``). Cost: one network evaluation per timestep, except for
     ``plms`` / ``pndm`` (``schedules.nfe``).
     """
-    check_args(sampler, eta)
+    check_args(sampler, eta, clip_x0)
     if len(timesteps) and int(timesteps[0]) >= len(alpha_bar):
         raise DDIMError(f"timestep {int(timesteps[0])} is outside the model's T = {len(alpha_bar)}")
     if sampler in SOLVER_SAMPLERS:
-        if clip_x0:
-            raise DDIMError(f"the {sampler} sampler does not clip x̂₀; leave clip_x0 unset")
         from ddim.solvers import SOLVERS  # imported here: ddim.solvers builds on this module
 
         return SOLVERS[sampler](model, x_T, alpha_bar, timesteps, callback=callback)

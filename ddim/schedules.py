@@ -88,12 +88,14 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
         raw = np.linspace(0, np.sqrt(T * 0.8), S) ** 2
         ts = _strictly_increasing([int(v) for v in raw])
     elif spacing == "trailing":
-        ts = sorted(int(v) - 1 for v in np.round(np.arange(T, 0, -T / S)))
+        # A float step can make arange yield S + 1 values (the last rounding to 0): keep exactly S.
+        ts = sorted(int(v) - 1 for v in np.round(np.arange(T, 0, -T / S))[:S])
     else:  # linspace
         ts = sorted(int(v) for v in np.linspace(0, T - 1, S).round())
     out = torch.tensor(ts[::-1], dtype=torch.long)
-    # Guard the contract every sampler relies on.
-    assert out.numel() == S and bool((out[:-1] > out[1:]).all()) and 0 <= int(out[-1]) and int(out[0]) < T
+    # Guard the contract every sampler relies on (one line, never a bare assert).
+    if not (out.numel() == S and bool((out[:-1] > out[1:]).all()) and 0 <= int(out[-1]) and int(out[0]) < T):
+        raise DDIMError(f"{spacing} spacing cannot give {S} distinct timesteps in [0, {T}); choose another spacing")
     return out
 
 

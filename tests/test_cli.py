@@ -331,3 +331,30 @@ def test_missing_inception_weights_offline_is_exit_2(
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--inception-weights" in err and "DDIMBENCH_INCEPTION_WEIGHTS" in err
     assert not (tmp_path / "ddimbench-sweeps").exists()  # nothing half-made
+
+
+def test_sample_refusals_leave_the_folder_usable(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s"
+    common = ["sample", "--checkpoint", run_dir, "--out", out, "-n", "2", "--steps", "2"]
+    # A setting refused inside the sampler is refused before anything is written.
+    code, _, err = run([*common, "--sampler", "plms", "--clip-x0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
+    # The same checkpoint spelt another way (run dir vs its file) resumes the same folder.
+    assert run(common, capsys)[0] == 0
+    ckpt = run_dir / "checkpoints" / "step-0000012.pt"
+    assert run(["sample", "--checkpoint", ckpt, *common[3:]], capsys)[0] == 0
+    # A damaged manifest is one line, not a traceback.
+    (out / "samples.json").write_text("{")
+    code, _, err = run(common, capsys)
+    assert code == 2 and "damaged" in err and len(err.strip().splitlines()) == 1
+
+
+def test_trailing_spacing_at_an_awkward_step_count(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """S = 61 at T = 1000 once made `trailing` yield 62 timesteps and crash."""
+    out = tmp_path / "t"
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "61",
+                        "--schedule", "trailing"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "samples.json").read_text())["settings"]["nfe"] == 61

@@ -47,7 +47,8 @@ def test_sampler_list_is_read_at_runtime(monkeypatch):
         ("extractor=clip", "unknown extractor"),
         ("metrics=fid,lpips", "unknown metrics"),
         ("n=1,2", "takes one value"),
-        ("sampler=a..b", "takes no range"),
+        ("sampler=a..b", "unknown sampler"),  # no range syntax outside ranged keys
+        ("n=1..5", "not an integer"),
         ("steps=10..5", "range is empty"),
         ("steps=1..5,7", "mixes a range and a list"),
         ("steps=10,,20", "empty value"),
@@ -164,3 +165,8 @@ def test_to_dict_is_json_able():
 
     d = _spec(steps=Range(5, 100), eta=Range(0.0, 1.0), search="pareto").to_dict()
     assert json.loads(json.dumps(d))["steps"] == "5..100"
+
+
+def test_paths_with_dot_dot_are_plain_values():
+    got = parse_overrides(["checkpoint=../runs/digits", "data_root=/a/../b", "cache_dir=..", "artifacts=x/../y"])
+    assert got["checkpoint"] == "../runs/digits" and got["data_root"] == "/a/../b" and got["cache_dir"] == ".."

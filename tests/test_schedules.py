@@ -101,3 +101,13 @@ def test_unknown_names_raise():
         schedules.timesteps(10, 1000, "cubic")
     with pytest.raises(DDIMError, match="unknown beta schedule"):
         schedules.betas("exp")
+
+
+@pytest.mark.parametrize("T", [10, 100, 1000])
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+def test_every_step_count_gives_exactly_S_timesteps(spacing, T):
+    """Every S in 1..T, not a few round numbers: float steps in arange once gave S + 1 values for trailing."""
+    for S in range(1, T + 1):
+        ts = schedules.timesteps(S, T, spacing)
+        assert len(ts) == S and int(ts[0]) < T and int(ts[-1]) >= 0, (S, ts)
+        assert bool((ts[:-1] > ts[1:]).all()), (S, ts)
