@@ -113,8 +113,13 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
-    manifest = {"format": "ddimbench-samples-v1", "checkpoint": cfg.checkpoint, "settings": settings, "files": names,
-                "grid": GRID}
+    manifest = {
+        "format": "ddimbench-samples-v1",
+        "checkpoint": cfg.checkpoint,
+        "settings": settings,
+        "files": names,
+        "grid": GRID,
+    }
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
     model = ck.build_model(device)
