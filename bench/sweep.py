@@ -170,7 +170,9 @@ class _Worker:
 
         sampler, schedule = pick("sampler", spec.sampler), pick("schedule", spec.schedule)
         steps = spec.T if sampler == "ddpm" else int(pick("steps", spec.steps, True))
-        eta = float(pick("eta", spec.eta)) if sampler == "ddim" else None
+        # η to 4 decimals: a cell's key and file names (6 significant digits) then name it exactly, and
+        # two suggestions that agree to 4 decimals are the same cell (the second yields to the first).
+        eta = round(float(pick("eta", spec.eta)), 4) if sampler == "ddim" else None
         return Cell(sampler, schedule, steps, eta, int(pick("seed_block", spec.seeds, True)))
 
     def objective(self, trial: Any) -> float | tuple[float, float]:
