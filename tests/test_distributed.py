@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from tiny import tiny_config
 
 from ddim.batches import Batches
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
@@ -34,7 +35,6 @@ from ddim.distributed import Context, env_world, shard
 from ddim.errors import DDIMError
 from ddim.training import TrainConfig, train
 
-TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 5e-5  # max abs difference of weights / EMA / Adam moments (see the module doc)
 LOSS_RTOL = 1e-6
@@ -50,21 +50,7 @@ os.write(1, (line + chr(10)).encode())
 
 
 def tiny(run_dir: Path, **overrides) -> TrainConfig:
-    base = dict(
-        dataset="digits",
-        run_dir=str(run_dir),
-        batch_size=16,
-        lr=1e-3,
-        warmup=2,
-        max_steps=6,
-        save_every=3,
-        log_every=1,
-        sample_every=0,
-        num_workers=0,
-        device="cpu",
-        **TINY,
-    )
-    return TrainConfig(**{**base, **overrides})
+    return tiny_config(run_dir, **{**dict(warmup=2, max_steps=6, save_every=3, log_every=1), **overrides})
 
 
 # --- pieces that need no second process ---------------------------------------------------------

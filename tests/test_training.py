@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_config
 
 import ddim.training as training
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
@@ -24,7 +25,6 @@ from ddim.errors import DDIMError
 from ddim.runtime import sha256_file
 from ddim.training import TrainConfig, train
 
-TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)
 REPO = Path(__file__).resolve().parents[1]
 # The same global batch, weights and data draws as an in-process run (conftest uses one thread too).
 # "slow" paces steps to >= 20 ms so a random kill reliably lands mid-run (timing never touches the numbers).
@@ -38,24 +38,7 @@ print(json.dumps({"step": r.step, "interrupted": r.interrupted, "checkpoint": st
 """
 
 
-def tiny(run_dir: Path, **overrides) -> TrainConfig:
-    base = dict(
-        dataset="digits",
-        run_dir=str(run_dir),
-        batch_size=16,
-        lr=1e-3,
-        warmup=5,
-        max_steps=30,
-        save_every=5,
-        log_every=5,
-        sample_every=0,
-        grid_size=4,
-        grid_steps=3,
-        num_workers=0,
-        device="cpu",
-        **TINY,
-    )
-    return TrainConfig(**{**base, **overrides})
+tiny = tiny_config
 
 
 def _tree_equal(a, b) -> bool:
