@@ -90,22 +90,18 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(True, which="both", alpha=0.3, linewidth=0.5)
 
 
+def _line(ax, s: Series, colour: str, ls: str, **style) -> None:
+    """One series as a line with markers and its seed-block error bars."""
+    yerr = list(s.yerr) if s.yerr else None
+    ax.errorbar(list(s.x), list(s.y), yerr=yerr, label=s.label, color=colour, linestyle=ls, marker="o",
+                markersize=3.5, capsize=2.5, **style)  # fmt: skip
+
+
 def fid_vs_steps_png(series: Sequence[Series], *, title: str = "FID vs sampling steps") -> bytes:
     """FID against S (log x), one line per series, error bars = std over seed blocks."""
     fig, ax = _figure()
     for s, (colour, ls) in zip(series, _styles(series), strict=True):
-        ax.errorbar(
-            list(s.x),
-            list(s.y),
-            yerr=list(s.yerr) if s.yerr else None,
-            label=s.label,
-            color=colour,
-            linestyle=ls,
-            marker="o",
-            markersize=3.5,
-            capsize=2.5,
-            linewidth=1.2,
-        )
+        _line(ax, s, colour, ls, linewidth=1.2)
     _log_y_if_wide(ax, series)
     _finish(ax, title, "sampling steps S", "FID ↓")
     if series:
@@ -124,19 +120,7 @@ def fid_vs_time_png(series: Sequence[Series], *, title: str = "FID vs sampling c
     all_x: list[float] = []
     all_y: list[float] = []
     for s, (colour, ls) in zip(series, _styles(series), strict=True):
-        ax.errorbar(
-            list(s.x),
-            list(s.y),
-            yerr=list(s.yerr) if s.yerr else None,
-            label=s.label,
-            color=colour,
-            linestyle=ls,
-            marker="o",
-            markersize=3.5,
-            capsize=2.5,
-            linewidth=0.8,
-            alpha=0.85,
-        )
+        _line(ax, s, colour, ls, linewidth=0.8, alpha=0.85)
         for x, y, note in zip(s.x, s.y, s.notes, strict=False):
             ax.annotate(note, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
         all_x += list(s.x)
