@@ -332,6 +332,7 @@ def sweep(
     workers: int = typer.Option(1, min=1, help="Worker processes on this machine."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
     wandb: str | None = typer.Option(None, help=WANDB_HELP),
+    device: str | None = typer.Option(None, help=DEVICE_HELP + " Same as device=... (default: auto)."),
     dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing."""
@@ -339,7 +340,8 @@ def sweep(
 
     from bench.sweep import resolve_spec, run_sweep
 
-    spec = resolve_spec(overrides or [], config, search=search)
+    tokens = [*(overrides or []), *([f"device={device}"] if device is not None else [])]  # twice → one-line error
+    spec = resolve_spec(tokens, config, search=search)
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return

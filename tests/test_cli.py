@@ -181,6 +181,8 @@ BAD_INPUT = {
     "unknown device": (["sample", "--checkpoint", "{run}", "--device", "tpu", "--out", "{tmp}/o"], "device"),
     "resume with another architecture": (["train", "--run-dir", "{run}", "--resume", "--ch", "16"], "architecture"),
     "sweep: checkpoint of another dataset": (["sweep", "dataset=mnist", "checkpoint={run}"], "mnist"),
+    "sweep: --device and device=": (["sweep", "device=cpu", "--device", "cpu", "checkpoint={run}"], "device"),
+    "sweep: unknown --device": (["sweep", "--device", "tpu", "checkpoint={run}"], "device"),
     "sweep: empty value": (["sweep", "steps=", "checkpoint={run}"], "steps="),
     "sweep: not a number": (["sweep", "steps=a", "checkpoint={run}"], "steps"),
     "sweep: no key": (["sweep", "=3", "checkpoint={run}"], "=3"),
