@@ -379,19 +379,15 @@ def compute_metrics_from_folder(
     folder: str | os.PathLike,
     *,
     dataset: str,
-    data_root: str | os.PathLike = "data",
-    split: str = "train",
     resolution: int | None = None,
     extractor: str | None = None,
-    metrics: Sequence[str] = METRICS,
-    n_expected: int | None = None,
-    device: str = "cpu",
-    cache_dir: str | os.PathLike = ".cache/ddimbench",
-    inception_weights: str | os.PathLike | None = None,
-    kid_subset_size: int | None = None,
-    ref_count: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """``compute_metrics`` on the PNG samples in ``folder``; their size must match the dataset's."""
+    """``compute_metrics`` on the PNG samples in ``folder``; their size must match the dataset's.
+
+    Every other keyword (``metrics``, ``n_expected``, ``device``, ``cache_dir``, ...) is
+    ``compute_metrics``'s.
+    """
     from ddim.data import dataset_info
 
     if extractor is not None and extractor not in EXTRACTORS:  # refuse before reading thousands of files
@@ -404,18 +400,4 @@ def compute_metrics_from_folder(
             f"samples in {str(folder)!r} are {tuple(samples.shape[1:])} (C, H, W) but {dataset} is {want}; "
             f"pass the matching --dataset/--resolution (nothing is resized)"
         )
-    return compute_metrics(
-        samples,
-        dataset=dataset,
-        data_root=data_root,
-        split=split,
-        resolution=resolution,
-        extractor=extractor,
-        metrics=metrics,
-        n_expected=n_expected,
-        device=device,
-        cache_dir=cache_dir,
-        inception_weights=inception_weights,
-        kid_subset_size=kid_subset_size,
-        ref_count=ref_count,
-    )
+    return compute_metrics(samples, dataset=dataset, resolution=resolution, extractor=extractor, **kwargs)

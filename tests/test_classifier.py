@@ -29,12 +29,6 @@ from ddim.errors import DDIMError
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same folder as tests/test_metrics.py's fixture: the classifier trains once per session.
-    return tmp_path_factory.getbasetemp() / "ddimbench-cache"
-
-
-@pytest.fixture(scope="session")
 def digits_classifier(cache_dir: Path) -> tuple[Path, dict]:
     return ensure_classifier("digits", cache_dir=cache_dir)
 

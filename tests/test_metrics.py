@@ -37,12 +37,6 @@ from ddim.errors import DDIMError
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same folder as tests/test_classifier.py's fixture: the classifier trains once per session.
-    return tmp_path_factory.getbasetemp() / "ddimbench-cache"
-
-
-@pytest.fixture(scope="session")
 def train_u8() -> torch.Tensor:
     return load_labelled_uint8("digits")[0]
 
