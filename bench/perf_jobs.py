@@ -5,7 +5,8 @@ A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able
 ``bench.perf`` starts one such process per memory measurement, so a peak RSS belongs to one model.
 
 - ``train``:  forward + backward + Adam step of ours and diffusers' twin, interleaved (or one
-  model's peak memory when ``memory`` is set).
+  model's peak memory when ``memory`` is set), and beside them ``convs``: the step's convolutions
+  alone (forward + backward), whose time bounds what any exact rewrite of the rest could gain.
 - ``sample``: ``ddim.sampling.sample`` with ``SeededNoise`` at each (S, η), with ours and with
   diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
 - ``sweep``:  see ``bench.perf_sweep``.
@@ -17,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,6 +91,47 @@ def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: Ru
     opt.step()
 
 
+def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple) -> Callable[[], None]:
+    """The convolutions of one training step of ``model``, alone: a function that replays them.
+
+    One forward records every ``nn.Conv2d`` module call's input; the replay runs each of those
+    convolutions forward and backward (grad of the weight and bias, and of the input wherever the
+    real step needs it, i.e. everywhere but on the network's input) against a fixed upstream
+    gradient. Its time is what a step costs if everything but the convolutions were free, so
+    ``diffusers' step / replay`` is the largest speed-up any rewrite that keeps these convolutions
+    (same shapes, same kernels) can reach.
+    """
+    x_t, _, t = data
+    calls: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        x = inputs[0].detach().clone(memory_format=torch.preserve_format)
+        x.requires_grad_(inputs[0] is not x_t)
+        calls.append((mod, x, torch.randn_like(out)))
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(record) for m in convs]
+    try:
+        with torch.no_grad(), autocast(settings):
+            model(x_t, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = [p for m in convs for p in m.parameters()]
+
+    def replay() -> None:
+        for mod, x, grad in calls:
+            with autocast(settings):
+                y = mod(x)
+            y.backward(grad)
+            x.grad = None
+        for p in params:
+            p.grad = None
+
+    replay.calls = len(calls)  # type: ignore[attr-defined]
+    return replay
+
+
 def train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Training throughput of ``job["models"]`` (interleaved), or the peak memory of one model."""
     settings = _setup(job)
@@ -114,6 +157,10 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         models[name] = (model, opt)
         fns[name] = lambda m=model, o=opt: _train_step(m, o, settings, data)
+    floor = None
+    if "ours" in models and job.get("floor", True):
+        eager = getattr(models["ours"][0], "_orig_mod", models["ours"][0])  # record through compiled wrappers too
+        floor = fns["convs"] = conv_floor(eager, settings, data)
     times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}
     basis = out["basis"] = time_basis(settings)
@@ -123,6 +170,11 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
         out["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])
         out["speedup_cpu"] = ratio(times["diffusers"]["cpu_s"], times["ours"]["cpu_s"])
+    if floor is not None:
+        out["conv_calls"] = floor.calls  # type: ignore[attr-defined]
+        out["conv_share_ours"] = times["convs"][basis] / times["ours"][basis]
+        if "diffusers" in times:
+            out["ceiling"] = ratio(times["diffusers"][basis], times["convs"][basis])
     return out
 
 

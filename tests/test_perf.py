@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bench import perf, perf_jobs, perf_models, perf_timing
 from bench.perf_models import RunSettings
 from ddim.errors import DDIMError
-from ddim.unet import UNet, UNetConfig, timestep_embedding
+from ddim.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
 
 
 def tiny(**overrides) -> UNetConfig:
@@ -241,6 +241,24 @@ def test_interleave_runs_candidates_in_turn_and_peak_memory() -> None:
     assert perf_timing.ratio(2.0, 1.0) == 2.0 and math.isnan(perf_timing.ratio(1.0, 0.0))
 
 
+def test_conv_floor_replays_the_steps_convolutions_and_leaves_no_gradients() -> None:
+    settings = RunSettings()
+    torch.manual_seed(0)
+    model = UNet(perf_jobs.TINY).train()
+    data = perf_jobs._batch_data(perf_jobs.TINY, 4, settings)
+    replay = perf_jobs.conv_floor(model, settings, data)
+    seen: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m)) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    replay()
+    with torch.no_grad():
+        model(data[0], data[2])
+    for h in hooks:
+        h.remove()
+    assert replay.calls == len(seen) // 2 and seen[: replay.calls] == seen[replay.calls :]  # same convs, same order
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     pytest.importorskip("diffusers")
     cfg = perf.PerfConfig(out=str(tmp_path), device="cpu", quick=True, isolate=False, only=("train", "sample"),
@@ -251,11 +269,16 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     (train,) = saved["train"]
     assert train["params"]["ours"] == train["params"]["diffusers"] and train["speedup_wall"] > 0
     assert set(train["memory"]) == {"ours", "diffusers"}
+    # The convolution floor replays every conv module call of ours' forward (attention's 1x1 weights run as GEMMs).
+    unet = UNet(perf_jobs.TINY)
+    attn = {id(m) for b in unet.modules() if isinstance(b, AttnBlock) for m in b.modules()}
+    convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in attn]
+    assert train["conv_calls"] == len(convs) and 0 < train["conv_share_ours"] < 2 and train["ceiling"] > 0
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
     assert {"train_speedup_tiny", "sampler_overhead_S10_eta0"} <= set(saved["targets"])
     readme = (tmp_path / "README.md").read_text()
-    assert "## 1. Training throughput" in readme and "| tiny |" in readme and "## Targets" in readme
+    assert "## 1. Training throughput" in readme and "| tiny |" in readme and "ceiling" in readme and "## Targets" in readme
     assert res["targets"] == saved["targets"]
 
 
