@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench import store
 from bench.metrics import to_uint8
+from bench.provenance import library_versions
 from bench.spec import Cell, SweepSpec
 from ddim import sampling, schedules
 from ddim.errors import DDIMError
@@ -49,7 +49,7 @@ class Evaluator:
         self.model = ck.build_model(self.device)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
-        self.root, self.versions = Path(spec.artifacts), store.library_versions()
+        self.root, self.versions = Path(spec.artifacts), library_versions()
         self.device_name = device_name(self.device)
 
     def generate(self, cell: Cell, on_step: Any = None) -> tuple[torch.Tensor, float]:

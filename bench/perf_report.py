@@ -58,14 +58,14 @@ def _train(rows: list[dict[str, Any]]) -> list[str]:
             "peak MB ours / diffusers", "convolutions' share of ours' step", "ceiling"]  # fmt: skip
     if not table:
         return out + [""]
-    return out + _table(head, table) + [
-        "*Convolutions' share* and *ceiling*: the convolutions of ours' step (every `nn.Conv2d` call, forward and "
-        "backward, recorded from one forward and replayed alone) are timed in the same interleaved loop. They are the "
-        "same convolutions, shapes and kernels as diffusers' (equal architecture), so *ceiling* = diffusers' step / "
-        "the convolutions alone is the speed-up ours would show if everything else in its step cost nothing: no "
-        "exact rewrite of the non-convolution work can beat it.",
-        "",
-    ]
+    note = (
+        "*Convolutions' share* and *ceiling*: the convolutions of ours' step (every `nn.Conv2d` call, forward "
+        "and backward, recorded from one forward and replayed alone) are timed in the same interleaved loop. They "
+        "are the same convolutions, shapes and kernels as diffusers' (equal architecture), so *ceiling* = "
+        "diffusers' step / the convolutions alone is the speed-up ours would show if everything else in its step "
+        "cost nothing: no exact rewrite of the non-convolution work can beat it."
+    )
+    return out + _table(head, table) + [note, ""]
 
 
 def _sample(results: list[dict[str, Any]]) -> list[str]:

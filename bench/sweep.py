@@ -44,8 +44,9 @@ import torch
 from bench import store
 from bench.cells import Evaluator, device_name
 from bench.overrides import parse_overrides
+from bench.provenance import meta_for, protocol_for, track_cell, track_summary
 from bench.spec import Cell, Range, SweepSpec, resolve_spec
-from bench.store import DEFAULT_STORAGE, load_results, make_report, meta_for, protocol_for, track_cell, track_summary
+from bench.store import DEFAULT_STORAGE, load_results, make_report
 from ddim.errors import DDIMError
 
 __all__ = [
