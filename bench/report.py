@@ -11,12 +11,8 @@ Table conventions live in ``bench.tables`` (Song et al. 2020, Table 1 layout).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import csv
 import hashlib
-import html
-import io
 import json
 import math
 import numbers
@@ -28,19 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from bench import paper, plots
+from bench.report_docs import html_doc, md_doc, record_order, results_csv
 from bench.tables import (
     _PROTOCOL,
     _REQUIRED,
     _TEXT_FILES,
-    CSV_LEADING,
-    FLOAT_FIELDS,
-    INT_FIELDS,
     METRICS,
     CellKey,
     Metric,
     _cell,
     _eta_str,
-    _md_escape,
     _num,
     _row_label,
     _row_order,
@@ -50,7 +43,6 @@ from bench.tables import (
     build_tables,
     inversion_table,
     standalone_tex,
-    table_html,
     table_md,
     table_tex,
 )
@@ -82,43 +74,6 @@ def _read_input(root: Path, rel: str, what: str) -> bytes:
     if not path.is_file():
         raise DDIMError(f"{what} {path} not found; pass root= the folder the sweep's relative paths start from")
     return path.read_bytes()
-
-
-def _csv_value(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool) or not isinstance(v, numbers.Number):
-        return str(v)
-    return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
-
-
-def _record_order(r: Mapping) -> tuple:
-    eta = _num(r.get("eta"))
-    return (str(r["schedule"]), str(r["sampler"]), (eta is not None, round(eta or 0.0, 6)), int(r["steps"]),
-            int(r["seed_block"]), int(r["number"]))  # fmt: skip
-
-
-def results_csv(records: Sequence[Mapping]) -> str:
-    """Every record, every field; leading columns fixed, the rest alphabetical; rows in table order."""
-    rest = sorted({k for r in records for k in r} - set(CSV_LEADING))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_LEADING, *rest])
-    for r in sorted(records, key=_record_order):
-        w.writerow([_csv_value(r.get(k)) for k in (*CSV_LEADING, *rest)])
-    return buf.getvalue()
-
-
-def read_results_csv(path: str | os.PathLike) -> list[dict]:
-    """Read results.csv back: "" -> None, known int/float fields typed, everything else a string."""
-
-    def typed(k: str, v: str):
-        if v == "":
-            return None
-        return int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _sha(data: bytes | str) -> str:
@@ -273,54 +228,6 @@ def _cell_name(r: Mapping) -> str:
     return f"{r['schedule']} {_row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
 
 
-def _md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
-    out = [f"# {title}", ""]
-    for heading, kind, payload in sections:
-        out += [f"## {heading}", ""]
-        if kind == "kv":
-            (a, b), rows = payload
-            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in rows]
-        elif kind == "tables":
-            out += [table_md(t) for t in payload]
-        elif kind == "images":
-            out += [f"![{_md_escape(cap)}]({name})\n\n*{_md_escape(cap)}*\n" for cap, name in payload]
-        else:
-            out += [f"- {_md_escape(line)}" for line in payload]
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-    "table{border-collapse:collapse;margin:1em 0}th,td{padding:.2em .6em;text-align:right}"
-    "tr:first-child th{border-bottom:1px solid #000}table{border-top:2px solid #000;border-bottom:2px solid #000}"
-    "caption{caption-side:bottom;text-align:left;font-size:.85em;padding-top:.4em}img{max-width:100%}"
-    "figure{margin:1em 0}figcaption{font-size:.85em}"
-)
-
-
-def _html_doc(title: str, sections: Sequence[tuple[str, str, object]], out: Path) -> str:
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    for heading, kind, payload in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        if kind == "kv":
-            (a, b), rows = payload
-            trs = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-            body.append(f"<table><tr><th>{a}</th><th>{b}</th></tr>{trs}</table>")
-        elif kind == "tables":
-            body += [table_html(t) for t in payload]
-        elif kind == "images":
-            for cap, name in payload:
-                data = base64.b64encode((out / name).read_bytes()).decode("ascii")
-                alt = html.escape(cap)
-                img = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
-                body.append(f"<figure>{img}<figcaption>{alt}</figcaption></figure>")
-        else:
-            body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in payload) + "</ul>")
-    head = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-    return f"{head}<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
-
-
 def write_report(
     records: Sequence[Mapping],
     meta: Mapping,
@@ -407,7 +314,7 @@ def write_report(
     ]
     failed = [
         f"trial #{r['number']} ({_cell_name(r)}): {r.get('error') or 'failed without a message'}"
-        for r in sorted(records, key=_record_order)
+        for r in sorted(records, key=record_order)
         if r["state"] == "FAIL" or (r["state"] == "COMPLETE" and r.get("error"))
     ]
     sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), _provenance(meta)))]
@@ -425,7 +332,7 @@ def write_report(
         sections.append(("Warnings", "list", warnings))
     sections.append(("Files", "kv", (("file", "sha256"), sorted(hashes.items()))))
     title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
-    put("README.md", _md_doc(title, sections))
+    put("README.md", md_doc(title, sections))
 
     cell_rows = [
         {
@@ -440,7 +347,7 @@ def write_report(
             "error": r.get("error"),
             "grid": grids.get(int(r["number"])),
         }
-        for r in sorted(records, key=_record_order)
+        for r in sorted(records, key=record_order)
     ]
     manifest = {
         "meta": meta,
@@ -452,5 +359,5 @@ def write_report(
         "warnings": warnings,
     }
     put("manifest.json", json.dumps(_jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-    put("index.html", _html_doc(title, sections, out))
+    put("index.html", html_doc(title, sections, out))
     return dict(sorted(written.items()))

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from bench import paper, plots
-from bench.report import read_results_csv, write_report
+from bench.report import write_report
+from bench.report_docs import read_results_csv
 from bench.tables import CSV_LEADING, tex_escape
 from ddim.errors import DDIMError
 

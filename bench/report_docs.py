@@ -1,0 +1,105 @@
+"""The report's documents, rendered from plain records: ``results.csv`` (every cell, every field),
+and the README.md / index.html pages (``md_doc`` / ``html_doc`` take the same list of sections).
+
+A section is ``(heading, kind, payload)``: ``kv`` ((key header, value header), rows), ``tables``
+(``bench.tables.Table`` objects), ``images`` ((caption, file name) pairs; index.html embeds them
+as data URIs so the page stands alone) or a list of lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, _md_escape, _num, table_html, table_md
+
+
+def _csv_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, numbers.Number):
+        return str(v)
+    return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
+
+
+def record_order(r: Mapping) -> tuple:
+    eta = _num(r.get("eta"))
+    return (str(r["schedule"]), str(r["sampler"]), (eta is not None, round(eta or 0.0, 6)), int(r["steps"]),
+            int(r["seed_block"]), int(r["number"]))  # fmt: skip
+
+
+def results_csv(records: Sequence[Mapping]) -> str:
+    """Every record, every field; leading columns fixed, the rest alphabetical; rows in table order."""
+    rest = sorted({k for r in records for k in r} - set(CSV_LEADING))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_LEADING, *rest])
+    for r in sorted(records, key=record_order):
+        w.writerow([_csv_value(r.get(k)) for k in (*CSV_LEADING, *rest)])
+    return buf.getvalue()
+
+
+def read_results_csv(path: str | os.PathLike) -> list[dict]:
+    """Read results.csv back: "" -> None, known int/float fields typed, everything else a string."""
+
+    def typed(k: str, v: str):
+        if v == "":
+            return None
+        return int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
+    out = [f"# {title}", ""]
+    for heading, kind, payload in sections:
+        out += [f"## {heading}", ""]
+        if kind == "kv":
+            (a, b), rows = payload
+            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in rows]
+        elif kind == "tables":
+            out += [table_md(t) for t in payload]
+        elif kind == "images":
+            out += [f"![{_md_escape(cap)}]({name})\n\n*{_md_escape(cap)}*\n" for cap, name in payload]
+        else:
+            out += [f"- {_md_escape(line)}" for line in payload]
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}th,td{padding:.2em .6em;text-align:right}"
+    "tr:first-child th{border-bottom:1px solid #000}table{border-top:2px solid #000;border-bottom:2px solid #000}"
+    "caption{caption-side:bottom;text-align:left;font-size:.85em;padding-top:.4em}img{max-width:100%}"
+    "figure{margin:1em 0}figcaption{font-size:.85em}"
+)
+
+
+def html_doc(title: str, sections: Sequence[tuple[str, str, object]], out: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, kind, payload in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        if kind == "kv":
+            (a, b), rows = payload
+            trs = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+            body.append(f"<table><tr><th>{a}</th><th>{b}</th></tr>{trs}</table>")
+        elif kind == "tables":
+            body += [table_html(t) for t in payload]
+        elif kind == "images":
+            for cap, name in payload:
+                data = base64.b64encode((out / name).read_bytes()).decode("ascii")
+                alt = html.escape(cap)
+                img = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+                body.append(f"<figure>{img}<figcaption>{alt}</figcaption></figure>")
+        else:
+            body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in payload) + "</ul>")
+    head = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return f"{head}<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
