@@ -10,7 +10,7 @@ DDIM   := $(BIN)/ddimbench
 WANDB  ?= offline
 DEMO_STEPS ?= 2000
 
-.PHONY: install test lint format demo bench clean train-digits train-mnist train-cifar10 train-celeba
+.PHONY: install test lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 train-celeba
 
 install: $(STAMP)
 
@@ -41,6 +41,16 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.perf --out reports/perf
+
+# On a GPU machine, after `make install` (or `make bench-gpu PY=python3` where torch, diffusers and
+# torch-fidelity are installed): the CUDA tests, then the benchmark (train, sample, sweep) into
+# reports/perf/<card>/ with the CUDA profile of a cifar10 training step beside it.
+PY ?= $(BIN)/python
+bench-gpu:
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda.py
+	$(PY) -m bench.perf --device cuda
+	$(PY) -m bench.perf_profile --device cuda --preset cifar10 --batch 128 \
+		> "$$($(PY) -c 'from bench.perf import default_out; print(default_out("cuda"))')/profile_cuda.txt"
 
 train-digits: $(STAMP)
 	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -234,7 +235,8 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=PerfConfig.out, metavar="DIR", help="output folder (results.json, README.md)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder; default reports/perf, or reports/perf/<card> on a GPU")  # fmt: skip
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]", help="where to run (auto: CUDA if present)")
     p.add_argument("--quick", action="store_true", help="a smoke run: small batches, one or two repeats")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU intra-op threads, ≥ 0 (0: torch default)")
@@ -251,11 +253,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def card_slug(name: str) -> str:
+    """A folder name for a GPU model: ``NVIDIA H100 80GB HBM3`` → ``h100-80gb-hbm3``."""
+    words = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
+    return "-".join(w for w in words if w not in ("nvidia", "geforce", "tesla")) or "gpu"
+
+
+def default_out(device: str) -> str:
+    """``reports/perf`` for the CPU; ``reports/perf/<card>`` on a GPU, so a GPU run never overwrites the CPU one."""
+    import torch
+
+    from ddim.runtime import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return PerfConfig.out
+    return str(Path(PerfConfig.out) / card_slug(torch.cuda.get_device_name(resolved)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = PerfConfig(
-            out=args.out, device=args.device, quick=args.quick, threads=args.threads, bf16=args.bf16,
+            out=args.out or default_out(args.device), device=args.device, quick=args.quick, threads=args.threads,
+            bf16=args.bf16,
             channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
             only=tuple(s for s in args.only.split(",") if s), isolate=args.isolate,
             train_presets=tuple(s for s in args.presets.split(",") if s),

@@ -301,6 +301,13 @@ def test_memory_job_in_a_fresh_subprocess() -> None:
     assert res.get("model") == "ours" and res["peak_mb"] > 0, res
 
 
+def test_gpu_runs_get_their_own_folder_named_after_the_card() -> None:
+    assert perf.card_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert perf.card_slug("NVIDIA H200") == "h200" and perf.card_slug("Tesla V100-SXM2-16GB") == "v100-sxm2-16gb"
+    assert perf.card_slug("NVIDIA") == "gpu"
+    assert perf.default_out("cpu") == "reports/perf"
+
+
 def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert perf.main(["--dry-run", "--device", "cpu", "--only", "train"]) == 0
     printed = json.loads(capsys.readouterr().out)
