@@ -212,6 +212,27 @@ def test_diffusers_twin_computes_our_function() -> None:
         torch.testing.assert_close(ours(x, t), twin(x, t), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "sigma_hat", "ddpm", "dpmpp_2m", "plms", "pndm"])
+def test_sampling_loops_never_synchronise_with_the_device(sampler: str) -> None:
+    """Run on the ``meta`` device: any host sync inside a loop (``.item()``, ``bool(t)``, ``float(t)``, a
+    data-dependent branch) raises there, so passing means the GPU path queues every step without waiting."""
+    from ddim import sampling, schedules
+
+    model = UNet(perf_jobs.TINY).to("meta").eval()
+    ab, ts = schedules.alpha_bar("linear", T=100), schedules.timesteps(5, T=100)
+    noise = sampling.SeededNoise(range(3), (1, 8, 8), "meta")
+    out = sampling.sample(model, noise.initial(), ab, ts, eta=1.0, sampler=sampler, noise=noise)
+    assert out.device.type == "meta" and out.shape == (3, 1, 8, 8)
+    if sampler == "ddim":
+        assert sampling.invert(model, out, ab, ts).device.type == "meta"
+
+    def syncing(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, t) * float(x.abs().max())  # the kind of call the test exists to catch
+
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        sampling.sample(syncing, noise.initial(), ab, ts, eta=1.0, sampler=sampler, noise=noise)
+
+
 def test_auto_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert perf_models.auto_batch(10**6, "cpu", cpu_default=48) == 48
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
