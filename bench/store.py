@@ -310,6 +310,13 @@ def _states() -> Any:
     return TrialState
 
 
+def _weight(trial: Any) -> int:
+    """How much a failed trial counts towards MAX_ATTEMPTS: an error of the cell's own is final; a kill or an
+    interruption (Ctrl-C / SIGTERM of that worker) counts once, so the other workers retry the cell."""
+    ua = trial.user_attrs
+    return MAX_ATTEMPTS if ua.get("error") and not ua.get("interrupted") else 1
+
+
 def cell_plan(trials: list, keys: list[str], token: str) -> CellPlan:
     """Sort the grid's cells by their trials: done (COMPLETE), running, queued (WAITING), fresh (no
     trial), failed in this run (an error, or MAX_ATTEMPTS kills) or to retry (only failures of
@@ -334,7 +341,7 @@ def cell_plan(trials: list, keys: list[str], token: str) -> CellPlan:
             plan.fresh.append(key)
         else:  # only FAIL / PRUNED trials: failures of this run count, an error counts as final
             mine = [t for t in ts if t.state == S.FAIL and t.user_attrs.get("run") == token]
-            if sum(MAX_ATTEMPTS if t.user_attrs.get("error") else 1 for t in mine) >= MAX_ATTEMPTS:
+            if sum(_weight(t) for t in mine) >= MAX_ATTEMPTS:
                 plan.failed += 1
             else:
                 plan.retry.append(key)

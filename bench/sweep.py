@@ -181,6 +181,7 @@ class _Worker:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
             with contextlib.suppress(Exception):
+                trial.set_user_attr("interrupted", True)  # a stop, not the cell's fault: retried like a kill
                 trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell")
             raise
 
@@ -401,5 +402,7 @@ def run_sweep(
         finally:
             display.close()
     complete = sum(r["state"] == "COMPLETE" for r in records)
-    failed = sum(r["state"] == "FAIL" for r in records)
+    # Cells, not trials: a cell that failed in several runs is one failed cell.
+    cell_of = lambda r: tuple(r.get(k) for k in ("sampler", "schedule", "steps", "eta", "seed_block"))  # noqa: E731
+    failed = len({cell_of(r) for r in records if r["state"] == "FAIL"})
     return SweepSummary(spec.name, store.safe_url(url), complete, failed, records, total, spec.artifacts)

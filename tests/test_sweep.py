@@ -167,7 +167,9 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
     raise AssertionError("no running cell to kill")
 
 
-@pytest.mark.parametrize("workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM), (2, signal.SIGTERM)]
+)
 def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     tokens = [f"checkpoint={ckpt}", f"cache_dir={cache}", "name=k", "steps=8,9", "eta=0,1", "n=24", "batch=12",
               "interpolation=false"]  # fmt: skip
@@ -177,6 +179,8 @@ def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     killed = _kill_mid_cell(url(work), "k", proc, sig)
     proc.wait(timeout=180)  # one worker: the whole sweep died; two: the survivor retries the cell
     spec = resolve_spec(tokens)
+    if workers == 2:  # within the same command, whether the worker was killed or interrupted
+        assert sorted(complete_cells(url(work), "k")) == sorted(c.key for c in spec.cells())
     summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
     cells = complete_cells(url(work), "k")
     assert sorted(cells) == sorted(c.key for c in spec.cells())  # still exactly 4 complete cells
@@ -208,6 +212,10 @@ def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
     assert summary.complete == 2 and summary.failed == 2
     failed = [r for r in summary.records if r["state"] == "FAIL"]
     assert {r["eta"] for r in failed} == {1.0} and all("RuntimeError: boom at eta=1" in r["error"] for r in failed)
+    # A second run retries them and they fail again: still 2 failed cells (4 failed trials).
+    second = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert second.complete == 2 and second.failed == 2
+    assert sum(r["state"] == "FAIL" for r in second.records) == 4
     out = make_report("f", storage=url(work), wandb="disabled")
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "failed" in table and "boom at eta=1" in (out / "README.md").read_text(encoding="utf-8")
