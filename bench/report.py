@@ -228,6 +228,10 @@ def _cell_name(r: Mapping) -> str:
     return f"{r['schedule']} {_row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
 
 
+_OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
+                   "interpolation.png")  # fmt: skip
+
+
 def write_report(
     records: Sequence[Mapping],
     meta: Mapping,
@@ -294,10 +298,12 @@ def write_report(
                 p.unlink()
 
     # 4. Consistency (same x_T, different S) and interpolation figures.
+    consistency = "Same x_T, different S: one row per S"
     if extras.get("consistency"):
         put("consistency.png", _read_input(root, extras["consistency"], "consistency figure"))
     elif sections := _consistency_sections(cells, root):
         put("consistency.png", plots.consistency_png(sections))
+        consistency = f"Same x_T, different S ({sections[0][0]}): one row per S"
     if extras.get("interpolation"):
         put("interpolation.png", _read_input(root, extras["interpolation"], "interpolation strip"))
 
@@ -307,7 +313,7 @@ def write_report(
         for cap, f in (
             ("FID vs sampling steps S (error bars: std over seed blocks)", "fid_vs_steps.png"),
             ("FID vs measured seconds per image; dashed: Pareto front", "fid_vs_time.png"),
-            ("Same x_T, different S (η = 0): one row per S", "consistency.png"),
+            (consistency, "consistency.png"),
             ("Interpolation: slerp between two x_T, decoded with η = 0", "interpolation.png"),
         )
         if f in written
@@ -360,4 +366,10 @@ def write_report(
     }
     put("manifest.json", json.dumps(_jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
     put("index.html", html_doc(title, sections, out))
+    # Optional outputs an earlier report into this folder wrote but these inputs do not produce (e.g. the
+    # inversion table of a sweep that no longer has one) would otherwise survive and contradict the rest.
+    for stale in _OPTIONAL_FILES:
+        if stale not in written:
+            with contextlib.suppress(FileNotFoundError):
+                (out / stale).unlink()
     return dict(sorted(written.items()))

@@ -275,6 +275,19 @@ def test_two_runs_byte_identical(built, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_rewrite_without_optional_inputs_removes_their_files(built, tmp_path):
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "again"
+    write_report(records, meta, out, root=root, extras=extras)
+    assert (out / "inversion.md").is_file() and (out / "interpolation.png").is_file()
+    plain = [{**r, "strip": None} for r in records]  # no strips: no consistency figure
+    written = write_report(plain, meta, out, root=root, extras={})
+    for name in ("inversion.md", "inversion.tex", "interpolation.png", "consistency.png"):
+        assert name not in written and not (out / name).exists(), name
+    assert "inversion" not in (out / "README.md").read_text(encoding="utf-8").lower()
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(n for n in written if "/" not in n)
+
+
 def test_manifest(built):
     records, meta, _, _, out, _ = built
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
@@ -294,7 +307,8 @@ def test_grids_consistency_interpolation_inversion_readme_html(built):
     for name in ("fid_vs_steps.png", "fid_vs_time.png", "consistency.png", "interpolation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert Image.open(out / name).size[0] > 0
-    # Consistency: η = 0 rows, one 8-px strip per S, for each of the two schedules.
+    # Consistency: η = 0 rows (the lowest η with strips, named in the caption), one 8-px strip per S, per schedule.
+    assert "Same x_T, different S (DDIM eta = 0" in (out / "README.md").read_text(encoding="utf-8")
     assert Image.open(out / "consistency.png").size[1] >= 2 * len(STEPS) * 8
     inv = (out / "inversion.md").read_text(encoding="utf-8")
     assert "0.0151" in inv and "0.014" in inv and "0.0023" in inv
