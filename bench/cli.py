@@ -177,6 +177,7 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
         config=cfg.to_dict(),
         dir=cfg.run_dir,
         group="train",
+        lazy=True,  # no run for a command that fails before training starts (missing data, refused resume)
     )
     columns = (TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"))
     with tracker, LazyBar("train", *columns, loss="…", speed="") as bar:

@@ -103,6 +103,43 @@ class NullTracker(Tracker):
         pass
 
 
+class LazyTracker(Tracker):
+    """Starts its run (``start()``) at the first call that records something, so a command that fails
+    before producing anything (a missing dataset, a refused resume) leaves no empty run behind."""
+
+    def __init__(self, start: Callable[[], Tracker]) -> None:
+        self._start, self._real, self._closed = start, None, False
+        self.mode, self.run_dir = "pending", None
+
+    def _get(self) -> Tracker:
+        if self._real is None and not self._closed:
+            self._real = self._start()
+            self.mode, self.run_dir = self._real.mode, self._real.run_dir
+        return self._real if self._real is not None else NullTracker()
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._get().log(metrics, step)
+
+    def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
+        self._get().log_image(key, image, step, caption)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        self._get().log_table(key, columns, rows)
+
+    def summary(self, values: dict) -> None:
+        self._get().summary(values)
+
+    def finish(self) -> None:
+        self._closed = True
+        if self._real is not None:
+            self._real.finish()
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        if self._real is not None:
+            self._real.__exit__(*exc)
+
+
 class WandbTracker(Tracker):
     """A live W&B run (online or offline). Built by ``make_tracker``; wraps every call in a guard."""
 
@@ -312,6 +349,7 @@ def make_tracker(
     dir: str | Path = ".",
     tags: Iterable[str] | None = None,
     warn: Callable[[str], None] = _warn_stderr,
+    lazy: bool = False,
 ) -> Tracker:
     """Start a run in ``mode`` (None: ``default_mode()``), falling back online -> offline -> disabled.
 
@@ -319,13 +357,17 @@ def make_tracker(
     raises except an unknown mode (``DDIMError``). Online is tried only when a key is configured
     and the server answers a TCP probe, then with a bounded ``init_timeout``; a failure is
     remembered, so a dead network costs seconds once, not minutes per run. Runs are written under
-    ``<dir>/wandb/``; every call starts a new run, so finish each one.
+    ``<dir>/wandb/``; every call starts a new run, so finish each one. ``lazy``: start the run only
+    when something is first logged (``LazyTracker``).
     """
     requested = default_mode() if mode is None else str(mode).strip().lower()
     if requested not in MODES:
         raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
     if requested == "disabled":
         return NullTracker()
+    if lazy:
+        args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags)
+        return LazyTracker(lambda: make_tracker(requested, warn=warn, **args))
 
     reasons: list[str] = []
     try:

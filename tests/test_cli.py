@@ -118,6 +118,9 @@ def test_sample_pixels_depend_only_on_the_seed(run_dir: Path, tmp_path: Path, ca
     c = tmp_path / "c"
     assert run(["sample", "--checkpoint", ckpt, "--out", c, *common[:-1], "12"], capsys)[0] == 0
     assert (a / "000000.png").read_bytes() != (c / "000000.png").read_bytes()
+    # Sample i uses seed + i: seed 12's sample 0 is seed 11's sample 1.
+    for i in range(4):
+        assert (c / f"{i:06d}.png").read_bytes() == (a / f"{i + 1:06d}.png").read_bytes()
 
 
 def test_metrics_scores_a_sample_folder(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -158,58 +161,88 @@ def _corrupt(tmp: Path, run_dir: Path) -> Path:
 
 BAD_INPUT = {
     "unknown dataset": (["train", "--dataset", "imagenet"], "unknown dataset"),
-    "unknown beta schedule": (["train", "--beta-schedule", "exp", "--dry-run"], "schedule"),
+    "unknown beta schedule": (["train", "--beta-schedule", "exp", "--dry-run"], "unknown beta schedule 'exp'"),
     "missing mnist files": (
         ["train", "--dataset", "mnist", "--data-root", "{tmp}/nodata", "--run-dir", "{tmp}/r"],
-        "mnist",
+        "MNIST not found: expected",
     ),
     "empty image folder": (
         ["train", "--dataset", "folder", "--data-root", "{tmp}", "--preset", "digits", "--run-dir", "{tmp}/r"],
-        "image",
+        "no images in",
     ),
     "unknown option": (["sample", "--checkpoint", "{run}", "--bogus"], "--bogus"),
-    "unknown spacing": (["sample", "--checkpoint", "{run}", "--schedule", "cubic", "--out", "{tmp}/o"], "schedule"),
-    "unknown sampler": (["sample", "--checkpoint", "{run}", "--sampler", "euler", "--out", "{tmp}/o"], "sampler"),
-    "steps zero": (["sample", "--checkpoint", "{run}", "--steps", "0", "--out", "{tmp}/o"], "steps"),
+    "unknown spacing": (
+        ["sample", "--checkpoint", "{run}", "--schedule", "cubic", "--out", "{tmp}/o"],
+        "unknown timestep schedule 'cubic'",
+    ),
+    "unknown sampler": (
+        ["sample", "--checkpoint", "{run}", "--sampler", "euler", "--out", "{tmp}/o"],
+        "unknown sampler 'euler'",
+    ),
+    "steps zero": (
+        ["sample", "--checkpoint", "{run}", "--steps", "0", "--out", "{tmp}/o"],
+        "steps must be an integer in 1..1000",
+    ),
     "steps above T": (["sample", "--checkpoint", "{run}", "--steps", "1001", "--out", "{tmp}/o"], "T = 1000"),
-    "steps not a number": (["sample", "--checkpoint", "{run}", "--steps", "a", "--out", "{tmp}/o"], "--steps"),
-    "negative eta": (["sample", "--checkpoint", "{run}", "--eta", "-1", "--out", "{tmp}/o"], "eta"),
-    "n zero": (["sample", "--checkpoint", "{run}", "-n", "0", "--out", "{tmp}/o"], "-n"),
+    "steps not a number": (
+        ["sample", "--checkpoint", "{run}", "--steps", "a", "--out", "{tmp}/o"],
+        "'--steps': Input should be a valid integer",
+    ),
+    "negative eta": (
+        ["sample", "--checkpoint", "{run}", "--eta", "-1", "--out", "{tmp}/o"],
+        "eta must be a finite number ≥ 0",
+    ),
+    "n zero": (["sample", "--checkpoint", "{run}", "-n", "0", "--out", "{tmp}/o"], "-n must be ≥ 1"),
     "missing checkpoint": (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/o"], "does not exist"),
     "run dir without checkpoints": (["sample", "--checkpoint", "{tmp}", "--out", "{tmp}/o"], "no checkpoint"),
     "corrupt checkpoint": (["sample", "--checkpoint", "{bad}", "--out", "{tmp}/o"], "corrupt"),
-    "unknown device": (["sample", "--checkpoint", "{run}", "--device", "tpu", "--out", "{tmp}/o"], "device"),
+    "unknown device": (
+        ["sample", "--checkpoint", "{run}", "--device", "tpu", "--out", "{tmp}/o"],
+        "unknown device 'tpu'",
+    ),
     "resume with another architecture": (["train", "--run-dir", "{run}", "--resume", "--ch", "16"], "architecture"),
-    "sweep: checkpoint of another dataset": (["sweep", "dataset=mnist", "checkpoint={run}"], "mnist"),
-    "sweep: --device and device=": (["sweep", "device=cpu", "--device", "cpu", "checkpoint={run}"], "device"),
-    "sweep: unknown --device": (["sweep", "--device", "tpu", "checkpoint={run}"], "device"),
-    "sweep: empty value": (["sweep", "steps=", "checkpoint={run}"], "steps="),
-    "sweep: not a number": (["sweep", "steps=a", "checkpoint={run}"], "steps"),
-    "sweep: no key": (["sweep", "=3", "checkpoint={run}"], "=3"),
-    "sweep: bare word": (["sweep", "steps", "checkpoint={run}"], "steps"),
-    "sweep: steps zero": (["sweep", "steps=0", "checkpoint={run}"], "steps"),
-    "sweep: steps above T": (["sweep", "steps=2000", "checkpoint={run}"], "1000"),
-    "sweep: negative eta": (["sweep", "eta=-1", "checkpoint={run}"], "eta"),
-    "sweep: unknown key": (["sweep", "stpes=10", "checkpoint={run}"], "stpes"),
-    "sweep: repeated key": (["sweep", "steps=10", "steps=20", "checkpoint={run}"], "steps"),
-    "sweep: n zero": (["sweep", "n=0", "checkpoint={run}"], "n"),
-    "sweep: unknown sampler": (["sweep", "sampler=euler", "checkpoint={run}"], "sampler"),
-    "sweep: unknown extractor": (["sweep", "extractor=clip", "checkpoint={run}"], "extractor"),
-    "sweep: range outside search": (["sweep", "steps=5..10", "checkpoint={run}"], "search"),
+    "sweep: checkpoint of another dataset": (
+        ["sweep", "dataset=mnist", "checkpoint={run}"],
+        "1x16px images but mnist is 1x32px",
+    ),
+    "sweep: --device and device=": (
+        ["sweep", "device=cpu", "--device", "cpu", "checkpoint={run}"],
+        "device is given twice",
+    ),
+    "sweep: unknown --device": (["sweep", "--device", "tpu", "checkpoint={run}"], "unknown device 'tpu'"),
+    "sweep: empty value": (["sweep", "steps=", "checkpoint={run}"], "steps= has no value"),
+    "sweep: not a number": (["sweep", "steps=a", "checkpoint={run}"], "steps='a' is not an integer"),
+    "sweep: no key": (["sweep", "=3", "checkpoint={run}"], "'=3' has no key"),
+    "sweep: bare word": (["sweep", "steps", "checkpoint={run}"], "'steps' is not KEY=VALUE"),
+    "sweep: steps zero": (["sweep", "steps=0", "checkpoint={run}"], "steps=0 is out of range"),
+    "sweep: steps above T": (
+        ["sweep", "steps=2000", "checkpoint={run}"],
+        "steps=2000 exceeds the checkpoint's T = 1000",
+    ),
+    "sweep: negative eta": (["sweep", "eta=-1", "checkpoint={run}"], "eta=-1 is out of range"),
+    "sweep: unknown key": (["sweep", "stpes=10", "checkpoint={run}"], "did you mean 'steps'"),
+    "sweep: repeated key": (["sweep", "steps=10", "steps=20", "checkpoint={run}"], "steps is given twice"),
+    "sweep: n zero": (["sweep", "n=0", "checkpoint={run}"], "n=0 is out of range"),
+    "sweep: unknown sampler": (["sweep", "sampler=euler", "checkpoint={run}"], "unknown sampler 'euler'"),
+    "sweep: unknown extractor": (["sweep", "extractor=clip", "checkpoint={run}"], "unknown extractor 'clip'"),
+    "sweep: range outside search": (["sweep", "steps=5..10", "checkpoint={run}"], "ranges need --search pareto"),
     "sweep: corrupt checkpoint": (["sweep", "checkpoint={bad}"], "corrupt"),
     "sweep: unreachable storage": (
         ["sweep", "steps=2", "n=2", "metrics=fid", "checkpoint={run}", "--storage", "postgresql://u:p@127.0.0.1:1/db"],
-        "storage",
+        "cannot open sweep storage",
     ),
     "report of an unknown sweep": (["report", "nope", "--storage", "sqlite:///{tmp}/s.db"], "no sweep named"),
     "metrics of a missing folder": (["metrics", "{tmp}/none", "--dataset", "digits"], "does not exist"),
-    "metrics with unknown extractor": (["metrics", "{tmp}", "--dataset", "digits", "--extractor", "clip"], "extractor"),
+    "metrics with unknown extractor": (
+        ["metrics", "{tmp}", "--dataset", "digits", "--extractor", "clip"],
+        "unknown extractor 'clip'",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_is_one_line_and_exit_2(
-    case: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    case: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv, needle = BAD_INPUT[case]
     subs = {"{tmp}": str(tmp_path), "{run}": str(run_dir), "{bad}": str(_corrupt(tmp_path, run_dir))}
@@ -217,13 +250,15 @@ def test_bad_input_is_one_line_and_exit_2(
         argv = [a.replace(k, v) for a in argv]
     if case == "metrics with unknown extractor":
         (tmp_path / "x.png").write_bytes((run_dir / "samples" / "step-0000012.png").read_bytes())
+    monkeypatch.chdir(tmp_path)  # sweeps default to ./ddimbench-sweeps.db: a stray store would show up here
     code, out, err = run(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert needle.lower() in lines[0].lower(), lines[0]
     assert "Traceback" not in out + err
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.png"))
+    left = {p.name for p in tmp_path.iterdir()} - {"bad.pt", "x.png"}  # the inputs this test made
+    assert not left, left  # nothing partial: no output folder, store, run directory or temp file
 
 
 def test_unwritable_output_is_one_line(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -266,6 +301,13 @@ def test_checkpoint_round_trips_through_sample(run_dir: Path) -> None:
     model = ck.build_model()
     x = torch.zeros(1, 1, 16, 16)
     assert model(x, torch.tensor([3])).shape == x.shape
+    # The built model holds the saved weights: EMA by default, the raw weights with ema=False, and they differ.
+    saved = torch.load(ck.path, map_location="cpu", weights_only=True)
+    for ema, key in ((True, "ema"), (False, "model")):
+        state = ck.build_model(ema=ema).state_dict()
+        assert state.keys() == saved[key].keys()
+        assert all(torch.equal(state[k], saved[key][k]) for k in state), key
+    assert any(not torch.equal(saved["ema"][k], saved["model"][k]) for k in saved["model"])
 
 
 def test_train_logs_to_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

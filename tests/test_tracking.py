@@ -95,6 +95,26 @@ def test_offline_round_trip(tmp_path):
     assert table == {"columns": ["steps", "eta", "fid"], "data": [[10, 0.0, 20.5], [50, 1.0, 9.25]]}
 
 
+def test_lazy_tracker_starts_its_run_at_the_first_record(tmp_path):
+    unused = tracking.make_tracker("offline", dir=tmp_path / "a", lazy=True)
+    with unused:
+        pass  # the command failed before logging anything: no run, no folder
+    assert not (tmp_path / "a").exists() and unused.run_dir is None
+
+    with tracking.make_tracker("offline", dir=tmp_path / "b", name="lazy", lazy=True) as tr:
+        assert tr.mode == "pending" and not (tmp_path / "b").exists()
+        tr.log({"loss": 1.5}, step=1)
+        assert tr.mode == "offline" and tr.run_dir is not None
+        tr.log({"loss": 0.5}, step=2)  # the same run
+        tr.summary({"loss": 0.5})
+    (run,) = sorted((tmp_path / "b" / "wandb").glob("offline-run-*"))
+    back = tracking.read_offline_run(run)
+    assert [r["loss"] for r in back["history"]] == [1.5, 0.5] and back["summary"]["loss"] == 0.5
+    tr.log({"loss": 9.0}, step=3)  # after the end: ignored, no second run
+    assert len(list((tmp_path / "b" / "wandb").glob("offline-run-*"))) == 1
+    assert isinstance(tracking.make_tracker("disabled", lazy=True), tracking.NullTracker)
+
+
 def test_matplotlib_figure_and_context_manager(tmp_path):
     import matplotlib
 
