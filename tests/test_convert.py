@@ -12,6 +12,7 @@ Model name for name (``tests/test_unet.py::test_official_module_names``).
 
 import json
 
+import diffusers  # a test dependency: a missing install must fail, not skip
 import pytest
 import torch
 import yaml
@@ -22,7 +23,6 @@ from ddim.convert import diffusers_to_ours, from_diffusers, from_official, impor
 from ddim.errors import DDIMError
 from ddim.unet import UNet, UNetConfig, preset
 
-diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
 TINY = UNetConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), attn_resolutions=(8,), dropout=0.0, num_groups=4)

@@ -165,7 +165,6 @@ def test_unet_traces_as_one_graph() -> None:
 
 def test_bf16_autocast_and_channels_last_train_step_on_cpu() -> None:
     """The settings the GPU path uses (bf16 autocast + channels_last) run a full train step on the CPU."""
-    pytest.importorskip("diffusers")
     settings = RunSettings(device="cpu", bf16=True, channels_last=True)
     config = tiny()
     for name in ("ours", "diffusers"):
@@ -189,7 +188,6 @@ def test_bf16_autocast_and_channels_last_train_step_on_cpu() -> None:
 
 
 def test_diffusers_twin_has_our_architecture() -> None:
-    pytest.importorskip("diffusers")
     for config in (tiny(), tiny(ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1)):
         ours, twin = UNet(config), perf_models.diffusers_twin(config)
         assert perf_models.n_params(ours) == perf_models.n_params(twin)
@@ -200,8 +198,8 @@ def test_diffusers_twin_has_our_architecture() -> None:
 
 
 def test_diffusers_twin_computes_our_function() -> None:
-    pytest.importorskip("diffusers")
-    convert = pytest.importorskip("ddim.convert")
+    from ddim import convert
+
     torch.manual_seed(0)
     config = tiny(ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))
     twin = perf_models.diffusers_twin(config).eval()
@@ -281,7 +279,6 @@ def test_conv_floor_replays_the_steps_convolutions_and_leaves_no_gradients() -> 
 
 
 def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
-    pytest.importorskip("diffusers")
     cfg = perf.PerfConfig(out=str(tmp_path), device="cpu", quick=True, isolate=False, only=("train", "sample"),
                           train_presets=("tiny",), sample_preset="tiny")  # fmt: skip
     res = perf.run(cfg)
@@ -294,7 +291,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     unet = UNet(perf_jobs.TINY)
     attn = {id(m) for b in unet.modules() if isinstance(b, AttnBlock) for m in b.modules()}
     convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in attn]
-    assert train["conv_calls"] == len(convs) and 0 < train["conv_share_ours"] < 2 and train["ceiling"] > 0
+    assert train["conv_calls"] == len(convs) and 0 < train["conv_share_ours"] < 1.2 and train["ceiling"] > 0
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
     assert {"train_speedup_tiny", "sampler_overhead_S10_eta0"} <= set(saved["targets"])

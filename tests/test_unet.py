@@ -195,7 +195,8 @@ def test_dropout_only_in_train_mode() -> None:
 
 def test_matches_diffusers_ddpm_unet() -> None:
     """Independent reference: diffusers' UNet2DModel in the DDPM layout, its weights renamed onto ours."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
+
     torch.manual_seed(0)
     config = tiny(ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))
     ref = diffusers.UNet2DModel(
