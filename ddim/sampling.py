@@ -10,7 +10,9 @@ Notation (DDIM paper, Song et al. 2020): ᾱ_t is the cumulative product of (1 �
     σ̂         = √(1 − ᾱ_t/ᾱ_prev)                                  (the paper's "larger variance")
 
 Samplers (``SAMPLERS``):
-- ``ddim``      eq. 12 with σ(η), any η ≥ 0 (η = 0 deterministic DDIM, η = 1 DDPM posterior σ).
+- ``ddim``      eq. 12 with σ(η), η ≥ 0 (η = 0 deterministic DDIM, η = 1 DDPM posterior σ). Eq. 12 needs
+                σ² ≤ 1 − ᾱ_prev at every step: always true for η ≤ 1; a larger η is refused (``check_eta``)
+                where it breaks that, rather than silently leaving the paper's family.
 - ``sigma_hat`` the official ``ddpm_steps`` over τ: DDPM posterior mean from x̂₀ and x_t, std σ̂.
 - ``ddpm``      ancestral DDPM over all T steps: posterior mean, posterior variance β̃.
 - ``dpmpp_2m``, ``plms``, ``pndm``: deterministic baselines from ``ddim.solvers`` (DPM-Solver++(2M), PLMS,
@@ -77,6 +79,14 @@ def sigma_hat(ab_t: float, ab_prev: float) -> float:
     return math.sqrt(1 - ab_t / ab_prev)
 
 
+_SIGMA2_RTOL = 1e-12  # σ² may exceed 1 − ᾱ_prev by this much (rounding at the largest valid η)
+
+
+def _leaves_eq12(ab_prev: float, sigma: float) -> bool:
+    """Whether σ² > 1 − ᾱ_prev: eq. 12's direction coefficient √(1 − ᾱ_prev − σ²) is then not real."""
+    return sigma**2 > (1 - ab_prev) * (1 + _SIGMA2_RTOL)
+
+
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, ab_t: float) -> torch.Tensor:
     """x̂₀ = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t."""
     return (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
@@ -97,7 +107,9 @@ def ddim_step(
     if clip_x0:
         x0 = x0.clamp(-1, 1)
         eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
-    # 2. direction pointing to x_t; η > 1 can make 1 − ᾱ_prev − σ² negative: it is floored at 0.
+    # 2. direction pointing to x_t; the floor only absorbs rounding (σ² ≤ 1 − ᾱ_prev up to _SIGMA2_RTOL).
+    if _leaves_eq12(ab_prev, sigma):
+        raise ValueError(f"sigma={sigma!r} exceeds √(1 − ᾱ_prev) = {math.sqrt(1 - ab_prev)!r}: not an eq. 12 step")
     dir_coef = math.sqrt(max(1 - ab_prev - sigma**2, 0.0))
     x_prev = math.sqrt(ab_prev) * x0 + dir_coef * eps
     # 3. fresh noise.
@@ -163,6 +175,22 @@ def check_args(sampler: str, eta: float, clip_x0: bool | None = None) -> None:
         raise DDIMError(f"the {sampler} sampler does not clip x̂₀; leave clip_x0 unset")
 
 
+def check_eta(alpha_bar: torch.Tensor, timesteps: torch.Tensor, eta: float) -> None:
+    """Refuse an η whose σ(η) (eq. 16) gives σ² > 1 − ᾱ_prev at some step of τ (eq. 12 then has no real
+    direction term); the message names the largest η these timesteps allow (η ≤ 1 always passes).
+    """
+    ab = [float(a) for a in alpha_bar]
+    for t, t_prev in _pairs(timesteps):
+        ab_t, ab_prev = ab[t], (ab[t_prev] if t_prev >= 0 else 1.0)
+        if _leaves_eq12(ab_prev, ddim_sigma(ab_t, ab_prev, eta)):
+            # σ² ≤ 1 − ᾱ_prev ⟺ η² ≤ (1 − ᾱ_t)/(1 − ᾱ_t/ᾱ_prev) (≥ 1); take the tightest step, rounded down.
+            limit = min(math.sqrt((1 - ab[a]) / (1 - ab[a] / ab[b])) for a, b in _pairs(timesteps) if b >= 0)
+            raise DDIMError(
+                f"eta={eta:g} gives σ² > 1 − ᾱ_prev at t={t}→{t_prev}, outside eq. 12;"
+                f" use eta ≤ {math.floor(limit * 1e4) / 1e4:g} with these timesteps (eta ≤ 1 always works)"
+            )
+
+
 @torch.no_grad()
 def sample(
     model: Model,
@@ -185,6 +213,8 @@ def sample(
     check_args(sampler, eta, clip_x0)
     if len(timesteps) and int(timesteps[0]) >= len(alpha_bar):
         raise DDIMError(f"timestep {int(timesteps[0])} is outside the model's T = {len(alpha_bar)}")
+    if sampler == "ddim":
+        check_eta(alpha_bar, timesteps, eta)
     if sampler in SOLVER_SAMPLERS:
         from ddim.solvers import SOLVERS  # imported here: ddim.solvers builds on this module
 
@@ -222,7 +252,12 @@ def ddpm_sample(
     clip_x0: bool = True,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """DDPM ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2; posterior variance β̃)."""
+    """DDPM ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2; posterior variance β̃).
+
+    Unlike Algorithm 2, which forms the posterior mean from ε_θ directly, x̂₀ is clamped to [−1, 1] by
+    default (``clip_x0=True``, the official DDIM code's ``ddpm_steps`` default); pass ``clip_x0=False``
+    for Algorithm 2 itself.
+    """
     ts = torch.arange(len(alpha_bar) - 1, -1, -1)
     return sample(model, x_T, alpha_bar, ts, sampler="ddpm", clip_x0=clip_x0, noise=noise, callback=callback)
 

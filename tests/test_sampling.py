@@ -1,4 +1,5 @@
-"""Samplers: properties of eq. 12/16 and agreement with diffusers' DDIMScheduler (an independent implementation)."""
+"""Samplers: properties of eq. 12/16 and agreement with diffusers' DDIMScheduler and DDPMScheduler (independent
+implementations)."""
 
 import math
 
@@ -21,8 +22,8 @@ class TinyEps(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.randn(c, c, 3, 3, generator=g) * 0.3)
 
     def forward(self, x, t):
-        h = torch.nn.functional.conv2d(x, self.w, padding=1)
-        return torch.tanh(h + torch.sin(t.float() / 97.0)[:, None, None, None])
+        h = torch.nn.functional.conv2d(x, self.w.to(x.dtype), padding=1)
+        return torch.tanh(h + torch.sin(t.to(x.dtype) / 97.0)[:, None, None, None])
 
 
 def oracle_for(x0):
@@ -51,44 +52,129 @@ def listed_noise(zs):
 
 @pytest.mark.parametrize("S", [10, 20, 50, 100])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_matches_diffusers_ddim_scheduler(S, eta):
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("spacing,diffusers_spacing", [("uniform", "leading"), ("trailing", "trailing")])
+def test_matches_diffusers_ddim_scheduler(S, eta, clip, spacing, diffusers_spacing):
     from diffusers import DDIMScheduler
 
+    assert T % S == 0  # diffusers steps to t − T//S, which is the next τ only when S divides T
     sch = DDIMScheduler(
         num_train_timesteps=T,
         beta_schedule="linear",
         beta_start=1e-4,
         beta_end=0.02,
-        timestep_spacing="leading",
+        timestep_spacing=diffusers_spacing,
         steps_offset=0,
         set_alpha_to_one=True,
-        clip_sample=False,
+        clip_sample=clip,
     )
+    # diffusers keeps ᾱ in float32: give it our float64 table (and ᾱ = 1 after the last step) and run both in
+    # float64, so any difference is the algorithm's, not rounding amplified along the trajectory.
+    assert torch.allclose(sch.alphas_cumprod.double(), AB, rtol=1e-6)
+    sch.alphas_cumprod, sch.final_alpha_cumprod = AB.clone(), torch.tensor(1.0, dtype=torch.float64)
     sch.set_timesteps(S)
     model = TinyEps(c=2).eval()
     g = torch.Generator().manual_seed(1)
-    x_T = torch.randn(3, 2, 8, 8, generator=g)
-    zs = [torch.randn(3, 2, 8, 8, generator=g) for _ in range(S)]
-    ts = schedules.timesteps(S, T, "uniform")
+    x_T = torch.randn(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    zs = [torch.randn(3, 2, 8, 8, generator=g, dtype=torch.float64) for _ in range(S)]
+    ts = schedules.timesteps(S, T, spacing)
     assert ts.tolist() == sch.timesteps.tolist()
-    # diffusers keeps ᾱ in float32; feed ours the same table so the comparison tests the algorithm.
-    ab = sch.alphas_cumprod.double()
-    ours = sampling.sample(model, x_T, ab, ts, eta=eta, noise=listed_noise(zs))
+    ours = sampling.sample(model, x_T, AB, ts, eta=eta, clip_x0=clip, noise=listed_noise(zs))
     x = x_T.clone()
     with torch.no_grad():
         for i, t in enumerate(sch.timesteps):
             eps = model(x, t.expand(3))
-            x = sch.step(eps, t, x, eta=eta, variance_noise=zs[i]).prev_sample
-    assert torch.allclose(ours, x, atol=2e-5, rtol=1e-4), (ours - x).abs().max()
+            # Ours recomputes ε from the clipped x̂₀ (GLIDE's rule); diffusers does so only when asked.
+            x = sch.step(eps, t, x, eta=eta, variance_noise=zs[i], use_clipped_model_output=clip).prev_sample
+    assert torch.allclose(ours, x, atol=1e-10, rtol=1e-12), (ours - x).abs().max()
+    if clip:  # the clamp is active on this trajectory, so the comparison above exercised it
+        unclipped = sampling.sample(model, x_T, AB, ts, eta=eta, clip_x0=False, noise=listed_noise(zs))
+        assert (unclipped - ours).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
-@pytest.mark.parametrize("spacing", schedules.SPACINGS)
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0, 2.0])
-def test_true_eps_recovers_x0_exactly(sampler, spacing, eta):
+class Float64Noise:
+    """The draws diffusers' ``step(..., generator=g)`` makes: one ``randn(x.shape)`` per noisy step, in order."""
+
+    def __init__(self, seed):
+        self.g = torch.Generator().manual_seed(seed)
+        self.calls = 0
+
+    def __call__(self, i, x):
+        self.calls += 1
+        return torch.randn(x.shape, generator=self.g, dtype=x.dtype)
+
+
+def _diffusers_ddpm(variance_type, alpha_bar, ts, model, x_T, seed):
+    """diffusers' DDPMScheduler over the timesteps ``ts`` on our float64 ᾱ table; returns every step's output."""
+    from diffusers import DDPMScheduler
+
+    sch = DDPMScheduler(
+        num_train_timesteps=len(alpha_bar), beta_schedule="linear", variance_type=variance_type, clip_sample=True
+    )
+    sch.alphas_cumprod = alpha_bar.clone()
+    sch.one = torch.tensor(1.0, dtype=torch.float64)
+    sch.set_timesteps(timesteps=ts.tolist())
+    assert sch.timesteps.tolist() == ts.tolist()
+    g = torch.Generator().manual_seed(seed)
+    x, traj = x_T.clone(), []
+    with torch.no_grad():
+        for t in sch.timesteps:
+            # diffusers draws randn(shape, generator=g, dtype) at every t > 0, ours at every step but the last:
+            # the same draws in the same order when τ ends at 0 (asserted by the callers).
+            x = sch.step(model(x, t.expand(x.shape[0])), t, x, generator=g).prev_sample
+            traj.append(x)
+    return traj
+
+
+@pytest.mark.parametrize("S,spacing", [(10, "uniform"), (20, "quad")])
+def test_sigma_hat_matches_diffusers_ddpm_fixed_large(S, spacing):
+    """σ̂ (the official ``ddpm_steps`` over τ) is diffusers' DDPMScheduler with variance "fixed_large" on custom
+    timesteps τ, clamping x̂₀ by default."""
+    model = TinyEps(c=2).eval()
+    ts = schedules.timesteps(S, T, spacing)
+    assert int(ts[-1]) == 0
+    x_T = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise, traj = Float64Noise(7), []
+    ours = sampling.sample(
+        model, x_T, AB, ts, sampler="sigma_hat", noise=noise, callback=lambda i, t, x, x0p: traj.append(x)
+    )
+    ref = _diffusers_ddpm("fixed_large", AB, ts, model, x_T, seed=7)
+    assert noise.calls == S - 1
+    assert len(traj) == len(ref) == S
+    for i, (a, b) in enumerate(zip(traj, ref)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), (i, (a - b).abs().max())
+    assert torch.equal(ours, traj[-1])
+
+
+def test_ddpm_sample_matches_diffusers_ddpm_fixed_small():
+    """Ancestral DDPM over all T steps is diffusers' DDPMScheduler with variance "fixed_small" (β̃), clamping x̂₀."""
+    model = TinyEps(c=2).eval()
+    ts = torch.arange(T - 1, -1, -1)
+    x_T = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = _diffusers_ddpm("fixed_small", AB, ts, model, x_T, seed=11)
+    for run in ("sample", "ddpm_sample"):
+        noise, traj = Float64Noise(11), []
+
+        def keep(i, t, x, x0p, traj=traj):
+            traj.append(x)
+
+        if run == "sample":
+            out = sampling.sample(model, x_T, AB, ts, sampler="ddpm", noise=noise, callback=keep)
+        else:
+            out = sampling.ddpm_sample(model, x_T, AB, noise, callback=keep)
+        assert noise.calls == T - 1 and len(traj) == T
+        worst = max(float((a - b).abs().max()) for a, b in zip(traj, ref))
+        assert worst < 1e-12, (run, worst)
+        assert torch.equal(out, traj[-1])
+
+
+def test_true_eps_recovers_x0_exactly():
+    """Smoke test only: with the oracle ε, x̂₀ = x₀ whatever x is, so this cannot see the update rule
+    (test_step_matches_forward_marginals does)."""
+    sampler, spacing, eta = "ddim", "quad", 0.5
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
-    ts = torch.arange(T - 1, -1, -1) if sampler == "ddpm" else schedules.timesteps(10, T, spacing)
+    ts = schedules.timesteps(10, T, spacing)
     noise = sampling.SeededNoise([0, 1], (1, 4, 4))
     x_T = noise.initial().double()
     seen = []
@@ -104,6 +190,49 @@ def test_true_eps_recovers_x0_exactly(sampler, spacing, eta):
     )
     assert max(seen) < 1e-9, "every step's x̂₀ equals the true x₀"
     assert torch.allclose(out, x0, atol=1e-9)
+
+
+N_DRAWS = 100_000
+PAIRS = [(999, 899), (500, 300), (100, 0)]
+
+
+def _forward_draws(t, seed, x0=0.6):
+    """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε for one fixed x₀ and N_DRAWS independent ε, plus independent z."""
+    eps, z = torch.randn(2, N_DRAWS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ab_t = float(AB[t])
+    return math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps, eps, z
+
+
+def _assert_moments(x, mean, var, k=5.0):
+    """Sample mean and variance of N_DRAWS Gaussian scalars within k standard errors of (mean, var)."""
+    n = x.numel()
+    m, v = float(x.mean()), float(x.var())
+    assert abs(m - mean) < k * math.sqrt(var / n), (m, mean)
+    assert abs(v - var) < k * var * math.sqrt(2 / (n - 1)), (v, var)
+
+
+@pytest.mark.parametrize("t,t_prev", PAIRS)
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_step_matches_forward_marginals(t, t_prev, eta):
+    """Eq. 12's defining property: from x_t ~ q(x_t | x₀), one step with the true ε and σ(η) of eq. 16 lands
+    on q(x_prev | x₀) = N(√ᾱ_prev x₀, 1 − ᾱ_prev) for every η (the direction term supplies 1 − ᾱ_prev − σ²)."""
+    x0 = 0.6
+    x_t, eps, z = _forward_draws(t, seed=t + int(10 * eta), x0=x0)
+    ab_t, ab_prev = float(AB[t]), float(AB[t_prev])
+    sigma = sampling.ddim_sigma(ab_t, ab_prev, eta)
+    x_prev, _ = sampling.ddim_step(x_t, eps, ab_t, ab_prev, sigma, z=z)
+    _assert_moments(x_prev, math.sqrt(ab_prev) * x0, 1 - ab_prev)
+
+
+@pytest.mark.parametrize("t,t_prev", PAIRS)
+def test_sigma_hat_step_adds_the_predicted_excess_variance(t, t_prev):
+    """σ̂ keeps the η = 1 mean but replaces σ(1)² by σ̂²: the marginal variance exceeds 1 − ᾱ_prev by σ̂² − σ(1)²."""
+    x0 = 0.6
+    x_t, eps, z = _forward_draws(t, seed=t + 99, x0=x0)
+    ab_t, ab_prev = float(AB[t]), float(AB[t_prev])
+    x_prev, _ = sampling.ancestral_step(x_t, eps, ab_t, ab_prev, "large", z=z)
+    excess = sampling.sigma_hat(ab_t, ab_prev) ** 2 - sampling.ddim_sigma(ab_t, ab_prev, 1.0) ** 2
+    _assert_moments(x_prev, math.sqrt(ab_prev) * x0, 1 - ab_prev + excess)
 
 
 def test_single_step_given_true_eps():
@@ -204,6 +333,23 @@ def test_inversion_error_shrinks_with_steps():
     assert errs[-1] < 1e-3
 
 
+def test_inversion_matches_probability_flow_ode_at_first_order():
+    """For x₀ ~ N(0, s²) the exact ε makes the probability-flow ODE linear: x_t = x₀ √(v_t/s²), v = ᾱ s² + 1 − ᾱ.
+    invert() is Euler on that ODE, so its error against the exact x_T halves when S doubles."""
+    s2 = 0.25
+    model = gaussian_data_eps(s2)
+    x0 = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(s2)
+    errs = []
+    for S in [10, 20, 40, 80, 160]:
+        ts = schedules.timesteps(S, T, "uniform")
+        ab_end = float(AB[ts[0]])  # inversion ends at τ_S, the first entry of the decreasing τ
+        exact = x0 * math.sqrt((ab_end * s2 + 1 - ab_end) / s2)
+        errs.append(float((sampling.invert(model, x0, AB, ts) - exact).abs().max()))
+    ratios = [a / b for a, b in zip(errs, errs[1:])]
+    assert all(1.7 < r < 2.3 for r in ratios), (errs, ratios)
+    assert errs[-1] < 0.1, errs
+
+
 def test_slerp_endpoints_and_norm():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(1, 8, 8, generator=g), torch.randn(1, 8, 8, generator=g)
@@ -214,6 +360,35 @@ def test_slerp_endpoints_and_norm():
     assert abs(mid.norm() - (z0.norm() + z1.norm()) / 2) < 0.05 * z0.norm()
     assert (0.5 * (z0 + z1)).norm() < 0.85 * mid.norm()
     assert torch.allclose(sampling.slerp(z0, z0, 0.3), z0, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.25, 0.5, 0.8])
+def test_slerp_on_orthonormal_pair_is_a_great_circle(alpha):
+    q, _ = torch.linalg.qr(torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    e1, e2 = q[:, 0].reshape(1, 8, 8), q[:, 1].reshape(1, 8, 8)
+    want = math.cos(alpha * math.pi / 2) * e1 + math.sin(alpha * math.pi / 2) * e2
+    assert torch.allclose(sampling.slerp(e1, e2, alpha), want, atol=1e-12)
+
+
+def _angle(a, b):
+    a, b = a.double().flatten(), b.double().flatten()
+    return math.acos(max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm())))))
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.25, 0.7])
+def test_slerp_angle_is_linear_in_alpha(alpha):
+    """On the sphere of radius r the angle from z0 grows as α·θ and the norm stays r; a lerp, renormalised or
+    not, turns slower near the ends (its angle is atan(α sin θ / (1 − α + α cos θ)))."""
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(1, 8, 8, generator=g, dtype=torch.float64)
+    z1 = torch.randn(1, 8, 8, generator=g, dtype=torch.float64) + 0.8 * z0  # not orthogonal: θ ≈ 0.9 rad
+    z1 = z1 * (z0.norm() / z1.norm())  # slerp (like the official code's) is the unit-sphere formula: equal norms
+    theta = _angle(z0, z1)
+    assert 0.5 < theta < 1.4
+    mid = sampling.slerp(z0, z1, alpha)
+    assert abs(_angle(z0, mid) - alpha * theta) < 1e-9
+    assert abs(_angle(mid, z1) - (1 - alpha) * theta) < 1e-9
+    assert math.isclose(float(mid.norm()), float(z0.norm()), rel_tol=1e-12)
 
 
 def test_interpolate_decodes_endpoints():
@@ -235,3 +410,32 @@ def test_bad_arguments():
         sampling.sample(TinyEps(), x, AB, schedules.timesteps(5, T), sampler="euler")
     with pytest.raises(DDIMError, match="outside"):
         sampling.sample(TinyEps(), x, schedules.alpha_bar("linear", 100), schedules.timesteps(5, T))
+
+
+def test_eta_beyond_eq12_is_refused_before_any_evaluation():
+    x = torch.zeros(1, 1, 2, 2)
+    ts = schedules.timesteps(10, T)
+
+    def never(x, t):
+        raise AssertionError("no network evaluation before the η check")
+
+    with pytest.raises(DDIMError, match=r"^eta=1\.5 gives σ² > 1 − ᾱ_prev at t=\d+→\d+.*use eta ≤ 1\.\d+") as e:
+        sampling.sample(never, x, AB, ts, eta=1.5, noise=listed_noise([x] * 10))
+    assert "\n" not in str(e.value)
+    # The suggested η is allowed (and still > 1 here); σ̂ ignores η, so nothing to refuse there.
+    limit = float(str(e.value).split("use eta ≤ ")[1].split()[0])
+    assert 1.0 < limit < 1.5
+    sampling.check_eta(AB, ts, limit)
+    with pytest.raises(DDIMError, match="eta="):
+        sampling.check_eta(AB, ts, limit + 1e-3)
+    sampling.sample(TinyEps(), x, AB, ts, eta=1.5, sampler="sigma_hat", noise=listed_noise([x] * 10))
+    # Called directly, the step itself refuses σ > √(1 − ᾱ_prev) instead of flooring its direction term.
+    with pytest.raises(ValueError, match="eq. 12"):
+        sampling.ddim_step(x, x, float(AB[500]), float(AB[400]), math.sqrt(1 - float(AB[400])) * 1.01, z=x)
+
+
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+@pytest.mark.parametrize("S", [1, 10, 100, 1000])
+def test_eta_one_is_always_within_eq12(spacing, S):
+    sampling.check_eta(AB, schedules.timesteps(S, T, spacing), 1.0)
+    sampling.check_eta(schedules.alpha_bar("cosine", T), schedules.timesteps(S, T, spacing), 1.0)
