@@ -222,7 +222,7 @@ def sample(
     out: str = typer.Option("samples", help="Folder for the n PNGs, grid.png and samples.json."),
     n: int = typer.Option(64, "-n", "--n", help="Number of samples (exactly this many PNG files)."),
     steps: int = typer.Option(50, help="S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm)."),
-    eta: float = typer.Option(0.0, help="η ≥ 0 (0: deterministic DDIM, 1: DDPM posterior σ)."),
+    eta: float = typer.Option(0.0, help="η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds)."),
     schedule: str = typer.Option("uniform", help="Timestep spacing: uniform, quad, trailing, linspace."),
     sampler: str = typer.Option("ddim", help="ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline."),
     seed: int = typer.Option(0, help="Sample i uses seed + i (its pixels depend only on that seed)."),

@@ -23,7 +23,7 @@ from ddim import schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
-from ddim.sampling import SeededNoise, check_args, sample
+from ddim.sampling import SeededNoise, check_args, check_eta, sample
 from ddim.training import save_grid
 
 MANIFEST = "samples.json"
@@ -94,6 +94,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     T = ck.diffusion.T
     cfg.validate(T)
     ts = _timesteps(cfg, T)
+    if cfg.sampler == "ddim":
+        check_eta(ck.alpha_bar(), ts, cfg.eta)  # before any folder or manifest is written
     nfe = schedules.nfe(cfg.steps, T, cfg.schedule, cfg.sampler) if cfg.sampler != "ddpm" else T
     sha = ck.sha256()
     out = Path(cfg.out)

@@ -89,7 +89,7 @@ KEYS: dict[str, Key] = {
     "seeds": Key("int", "seed blocks; block b uses seeds seed_base+b·n+i", True, minimum=0, example="seeds=0,1,2"),
     "seed_base": Key("int", "first seed of block 0", minimum=0, example="seed_base=0"),
     "steps": Key("int", "sampling steps S (≤ T)", True, True, minimum=1, example="steps=10,20,50"),
-    "eta": Key("float", "DDIM η (eq. 16), ddim sampler only", True, True, minimum=0.0, example="eta=0,0.5,1"),
+    "eta": Key("float", "DDIM η (eq. 16, ≤ 1 or where eq. 12 holds)", True, True, minimum=0.0, example="eta=0,0.5,1"),
     "schedule": Key("choice", "timestep spacing of τ", True, choices=_spacings),
     "sampler": Key("choice", "sampler", True, choices=_samplers),
     "extractor": Key("choice", "feature extractor (default: per dataset)", choices=_extractors),

@@ -141,6 +141,16 @@ _SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "devi
             "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
 
 
+def _check_eta(spec: SweepSpec, alpha_bar: Any) -> None:
+    """Every ddim cell's η must keep eq. 12 valid at its timesteps (η ≤ 1 always does): refused up front,
+    so a grid never stores a cell that could only fail."""
+    from ddim import sampling, schedules
+
+    for cell in spec.cells():
+        if cell.sampler == "ddim" and cell.eta is not None and cell.eta > 1:
+            sampling.check_eta(alpha_bar, schedules.timesteps(cell.steps, spec.T, cell.schedule), cell.eta)
+
+
 def _as_tuple(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
@@ -219,8 +229,11 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
                     f"{key}={getattr(spec, key)} is a range; ranges need --search pareto, a grid needs a list"
                     f" (e.g. {_example(key)})"
                 )
+        _check_eta(spec, ck.alpha_bar())
     elif "fid" not in spec.metrics:
         raise DDIMError("search mode minimises FID; include fid in metrics=")
+    elif "ddim" in spec.sampler and (spec.eta.hi if isinstance(spec.eta, Range) else max(spec.eta)) > 1:
+        raise DDIMError(f"eta={spec.eta} goes above 1, where eq. 12 can break; search eta within 0..1")
     if "isc" in spec.metrics and spec.n < ISC_SPLITS:
         raise DDIMError(
             f"n={spec.n} is too few for IS (needs ≥ {ISC_SPLITS} samples); raise n or drop isc from metrics="

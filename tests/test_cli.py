@@ -193,6 +193,12 @@ BAD_INPUT = {
         "eta must be a finite number ≥ 0",
     ),
     "n zero": (["sample", "--checkpoint", "{run}", "-n", "0", "--out", "{tmp}/o"], "-n must be ≥ 1"),
+    "eta outside eq. 12": (
+        ["sample", "--checkpoint", "{run}", "--eta", "1.5", "--steps", "10", "--out", "{tmp}/o"],
+        "eta=1.5 gives σ² > 1 − ᾱ_prev at t=900→800, outside eq. 12",
+    ),
+    "sweep: eta outside eq. 12": (["sweep", "eta=0,1.5", "steps=10", "checkpoint={run}"], "outside eq. 12"),
+    "sweep: search eta above 1": (["sweep", "--search", "pareto", "eta=0..2", "checkpoint={run}"], "within 0..1"),
     "missing checkpoint": (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/o"], "does not exist"),
     "run dir without checkpoints": (["sample", "--checkpoint", "{tmp}", "--out", "{tmp}/o"], "no checkpoint"),
     "corrupt checkpoint": (["sample", "--checkpoint", "{bad}", "--out", "{tmp}/o"], "corrupt"),
