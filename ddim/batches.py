@@ -27,7 +27,10 @@ def step_seed(seed: int, step: int, stream: int) -> int:
 
 
 def antithetic_t(B: int, T: int, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
-    """Half the batch t ~ U{0..T−1}, the other half T−1−t (the official code's variance reduction)."""
+    """The official code's antithetic t: k = B//2 + 1 free draws t ~ U{0..T−1}, then T−1−t of the first B − k.
+
+    So t[k + i] = T − 1 − t[i] for i < B − k (for even B the last free draw has no partner; B ≤ 2 has none).
+    """
     t = torch.randint(0, T, (B // 2 + 1,), generator=generator, device=device)
     return torch.cat([t, T - 1 - t])[:B]
 

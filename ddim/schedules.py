@@ -1,7 +1,11 @@
 """β / ᾱ schedules and timestep sub-sequences τ (DDIM paper, appendix D.2).
 
 Notation: the paper's α_t is the cumulative product ᾱ_t = ∏_{s≤t} (1 − β_s); code says ``alpha_bar``.
-Every schedule is computed in float64, as the official code does, and only cast at use.
+Both β and the product ᾱ are computed in float64 and only cast at use: training casts ᾱ to float32,
+the samplers read it as float64 Python floats. The official code computes β in float64 numpy too, but
+casts β to float32 (``torch.from_numpy(betas).float()``) before taking ``(1 − β).cumprod`` in float32,
+for training and sampling alike; its ᾱ therefore differs from ours by a few float32 roundings (at most
+3e-7 relative for linear, T = 1000; up to 1e-5 in cosine's last, tiny ᾱ).
 
 Timestep sub-sequences are returned as ONE strictly decreasing ``LongTensor`` inside [0, T) with
 exactly S entries, so a setting's cost is always S network evaluations (NFE = S). Where the
@@ -10,9 +14,11 @@ official code deviates from that we document the rule instead of silently costin
 - ``uniform``  τ_i = i·⌊T/S⌋ (the official ``range(0, T, T // S)``). When T % S ≠ 0 the official
   range has more than S entries; we keep its first S (same start 0, same stride).
 - ``quad``     τ_i = ⌊(i·√(0.8T)/(S−1))²⌋ (the official ``linspace(0, √(0.8T), S)²``). Rounding
-  repeats small timesteps for large S (a zero-length step that still costs an evaluation); a
-  repeated value is bumped to the previous value + 1, so the sequence stays strictly increasing,
-  equals the official one wherever the official one has no repeats, and NFE = S.
+  repeats small timesteps for large S (a zero-length step that still costs an evaluation; T = 1000:
+  every S ≥ 30); we take τ_i = max(official τ_i, τ_{i−1} + 1), so a repeat becomes its predecessor + 1
+  and a bump can push the next few small values up too (S = 50: 0, 0, 1, 2, 5 → 0, 1, 2, 3, 5). The
+  sequence is strictly increasing, NFE = S, and it equals the official one for every S whose official
+  sequence has no repeats, and otherwise from the end of that leading run of small timesteps on.
 - ``trailing`` τ = round(T − i·T/S) − 1 (diffusers' "trailing": 999, 899, …, 99 for S = 10).
 - ``linspace`` τ = round(linspace(0, T − 1, S)) (diffusers' "linspace": 999 … 0).
 """

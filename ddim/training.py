@@ -1,8 +1,24 @@
 """Algorithm 1 (DDPM's L_simple): the ε-prediction loss, and a resumable, data-parallel train loop.
 
-Protocol of the official code (PAPER.md): Adam (lr 2e-4, eps 1e-8), linear warm-up, grad-norm clip
-1.0, EMA of the weights, random horizontal flip where the dataset allows it, data in [-1, 1],
-antithetic t (t and T−1−t in one batch), squared error summed over pixels and averaged over images.
+As in the official code (PAPER.md; ermongroup/ddim ``runners/diffusion.py``, ``functions/losses.py``):
+Adam (lr 2e-4, eps 1e-8), grad-norm clip 1.0, batch 128, random horizontal flip where the dataset
+allows it, data in [-1, 1], antithetic t (B//2 + 1 free draws t, the rest T−1−t of the first ones),
+squared error summed over pixels and averaged over images, an EMA of the weights with μ = ``ema_decay``
+(default 0.9999, the official CIFAR-10 / CelebA rate).
+
+Deliberate deviations (defaults), because our runs are short: thousands of steps, not the hundreds of
+thousands behind the paper's models.
+
+- Linear lr warm-up over ``warmup`` steps (default 100; ``warmup=0`` gives the official constant lr).
+  The official DDIM code has no warm-up and no lr schedule, and PAPER.md lists none.
+- The EMA decay ramps: update n (0-based) uses d = min(μ, (1+n)/(10+n)) (TensorFlow's ``num_updates``
+  rule), so ema₁ = 0.1·θ₀ + 0.9·θ₁ and ema₂ = (2/11)·ema₁ + (9/11)·θ₂. The official EMA uses the fixed
+  μ from the first update, so after 2000 steps it still holds 0.9999²⁰⁰⁰ ≈ 82% of the random
+  initialisation. The ramp cannot be switched off; from update 89 990 on both rules use d = μ.
+- ``digits`` (not a paper dataset) defaults to lr 1e-3 (``train_config.DEFAULT_LR``).
+- Each step draws B image indices with replacement (``ddim.batches``) instead of walking epochs of a
+  shuffled loader, so that a step's batch is a pure function of (seed, step) and resume is exact.
+- ᾱ is the float64 product cast to float32 (``ddim.schedules``), not the official float32 product.
 
 Guarantees (tested in tests/test_training.py and tests/test_distributed.py):
 
@@ -256,7 +272,7 @@ def _train(
                 t, eps = batches.noise(step)
                 if cfg.channels_last:
                     x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
-                # 1. linear warm-up of the learning rate.
+                # 1. linear warm-up of the learning rate (ours, for short runs: the official code has none).
                 lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -268,7 +284,7 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 monitor.add(loss, grad_norm, step + 1)  # read back below, at host points only
                 opt.step()
-                # 3. EMA with the (1+n)/(10+n) ramp.
+                # 3. EMA with the (1+n)/(10+n) ramp (the official code uses the fixed μ from the first step).
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
                     torch._foreach_lerp_(ema_params, params, 1 - decay)

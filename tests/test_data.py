@@ -163,16 +163,19 @@ def test_cifar10_missing(tmp_path: Path) -> None:
 
 # ---- CelebA (synthetic 178x218 aligned jpgs) ----
 
+# The official crop (PAPER.md): 128x128 centred at x = 89, y = 121, i.e. rows 121 ± 64, columns 89 ± 64.
+# Written out here rather than imported, so a wrong box in ddim.data cannot also move the test's marker.
+CROP_ROWS, CROP_COLS = slice(57, 185), slice(25, 153)
+
 
 def make_celeba(root: Path, n: int = 3, partition: str | None = None) -> Path:
     folder = root / "celebA" / "img_align_celeba"
     folder.mkdir(parents=True)
     for i in range(n):
         pixels = np.zeros((218, 178, 3), dtype=np.uint8)  # (H, W, C)
-        left, upper, right, lower = CELEBA_CROP_BOX
-        pixels[upper:lower, left:right] = 40 * (i + 1)  # the crop region, grey level per image
+        pixels[CROP_ROWS, CROP_COLS] = 40 * (i + 1)  # the crop region, grey level per image
         # A white block in the crop's top-left 32x32 corner -> the top-left 16x16 of the 64x64 output.
-        pixels[upper : upper + 32, left : left + 32] = 255
+        pixels[57 : 57 + 32, 25 : 25 + 32] = 255
         Image.fromarray(pixels).save(folder / f"{i + 1:06d}.jpg", quality=95)
     if partition is not None:
         (root / "celebA" / "list_eval_partition.txt").write_text(partition)
@@ -193,6 +196,24 @@ def test_celeba_crop(tmp_path: Path) -> None:
     assert (pixels[:, :14, 20:] - 80).abs().max() < 8 and (pixels[:, 20:, :14] - 80).abs().max() < 8
     # No black border: a crop box off by even one pixel pulls an edge row or column down to ~46.
     assert pixels.min() > 70
+
+
+def test_celeba_crop_box_is_the_official_one() -> None:
+    assert CELEBA_CROP_BOX == (25, 57, 153, 185)  # PIL's (left, upper, right, lower)
+
+
+def test_celeba_matches_the_official_torchvision_pipeline(tmp_path: Path) -> None:
+    """The official code's transforms on a random texture: F.crop(img, top 57, left 25, 128, 128), then Resize(64)."""
+    from torchvision.transforms import functional as TF
+
+    folder = tmp_path / "celebA" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    texture = np.random.default_rng(0).integers(0, 256, (218, 178, 3), dtype=np.uint8)  # off by 1 px shows
+    Image.fromarray(texture).save(folder / "000001.jpg", quality=95)
+    with Image.open(folder / "000001.jpg") as img:
+        expected = TF.resize(TF.crop(img.convert("RGB"), 57, 25, 128, 128), [64, 64])
+    expected = torch.from_numpy(np.asarray(expected).copy()).permute(2, 0, 1) / 127.5 - 1  # (C, H, W)
+    torch.testing.assert_close(load_dataset("celeba", root=tmp_path)[0][0], expected, atol=1e-6, rtol=0)
 
 
 def test_celeba_resolution_and_order(tmp_path: Path) -> None:

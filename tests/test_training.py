@@ -24,6 +24,7 @@ from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, 
 from ddim.errors import DDIMError
 from ddim.runtime import sha256_file
 from ddim.training import TrainConfig, train
+from ddim.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
 # The same global batch, weights and data draws as an in-process run (conftest uses one thread too).
@@ -131,6 +132,37 @@ def test_progress_every_step_and_callers_rng_untouched(tmp_path):
     assert [s for s, _ in seen] == list(range(1, 8))
     # The loss shown is the last logged one: progress never waits for the device.
     assert seen[0][1] is None and seen[2][1] is not None and seen[3][1] == seen[2][1]
+
+
+@pytest.mark.parametrize("ema_decay", [0.9999, 0.05], ids=["ramp", "mu"])
+def test_ema_follows_the_ramped_decay_rule(tmp_path, ema_decay):
+    """After step n+1, ema = d·ema + (1 − d)·θ_{n+1} with d = min(μ, (1+n)/(10+n)) and ema₀ = θ₀.
+
+    μ = 0.9999 exercises the ramp (d = 1/10, then 2/11); μ = 0.05 the cap (d = 0.05 both times).
+    A large lr without warm-up makes each step move the weights far more than the tolerance.
+    """
+    cfg = tiny(tmp_path / "run", max_steps=2, save_every=1, keep=2, lr=1e-2, warmup=0, ema_decay=ema_decay)
+    train(cfg)
+    with torch.random.fork_rng():  # θ₀ exactly as train() builds it: seed, then the UNet
+        torch.manual_seed(cfg.seed)
+        init = UNet(cfg.unet_config())
+    names = [name for name, _ in init.named_parameters()]
+    assert sorted(names) == sorted(init.state_dict())  # parameters are the whole state: all of it is checked
+    theta0 = {k: v.double() for k, v in init.state_dict().items()}
+    states = [load_checkpoint(checkpoint_path(cfg.run_dir, s)).state for s in (1, 2)]
+    theta = [{k: v.double() for k, v in st["model"].items()} for st in states]
+    ema = [{k: v.double() for k, v in st["ema"].items()} for st in states]
+    expected, prev = [], theta0
+    for n in range(2):
+        d = min(ema_decay, (1 + n) / (10 + n))
+        prev = {k: d * prev[k] + (1 - d) * theta[n][k] for k in names}
+        expected.append(prev)
+    before = [theta0, theta[0]]
+    for n in range(2):
+        moved = max(float((theta[n][k] - before[n][k]).abs().max()) for k in names)
+        assert moved > 1e-3, f"step {n + 1} barely moved the weights ({moved}): the check below would be weak"
+        for k in names:
+            torch.testing.assert_close(ema[n][k], expected[n][k], atol=1e-6, rtol=0, msg=f"ema{n + 1} {k}")
 
 
 # --- exact resume --------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Algorithm 1's maths with stub ε-models: L_simple, the antithetic t draw and the flipped x₀ it is fed.
+
+``diffusion_loss`` is checked against a model that inverts the forward process exactly (loss 0) and one
+that predicts nothing (loss = ‖ε‖²); ``antithetic_t`` and ``Batches`` against their documented rules.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddim import schedules
+from ddim.batches import Batches, antithetic_t
+from ddim.training import diffusion_loss
+
+T = 1000
+AB = schedules.alpha_bar("linear", T)  # float64
+# Small and large ᾱ on purpose: at ᾱ_t = 1/2 a swap of √ᾱ_t and √(1−ᾱ_t) would be invisible.
+T_SAMPLE = torch.tensor([0, 10, 250, 999])
+
+
+def _x0_eps(shape=(4, 3, 5, 6), dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(shape, generator=g, dtype=dtype) * 2 - 1
+    return x0, torch.randn(shape, generator=g, dtype=dtype)
+
+
+def _eps_oracle(x0: torch.Tensor, alpha_bar: torch.Tensor, calls: list | None = None):
+    """ε_θ that knows x₀: solves x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε (Algorithm 1, line 5) for ε."""
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if calls is not None:
+            calls.append(t.clone())
+        ab = alpha_bar[t][:, None, None, None]  # (B, 1, 1, 1)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    return model
+
+
+# --- L_simple ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-6)], ids=["float64", "float32"])
+def test_loss_is_zero_for_the_model_that_inverts_the_forward_process(dtype, tol):
+    x0, eps = _x0_eps(dtype=dtype)
+    ab = AB.to(dtype)
+    calls: list[torch.Tensor] = []
+    loss = diffusion_loss(_eps_oracle(x0, ab, calls), x0, T_SAMPLE, eps, ab)
+    assert loss.shape == () and float(loss) < tol, float(loss)
+    assert len(calls) == 1 and torch.equal(calls[0], T_SAMPLE)  # one call, t passed through unchanged
+    # Negative control: an oracle for the swapped forward process (√(1−ᾱ) x₀ + √ᾱ ε) is far from 0 here.
+    swapped = _eps_oracle(x0, 1 - ab)
+    assert float(diffusion_loss(swapped, x0, T_SAMPLE, eps, ab)) > 10.0
+
+
+def test_loss_of_a_zero_model_is_eps_squared_summed_over_pixels_and_averaged_over_images():
+    x0, eps = _x0_eps()
+    loss = diffusion_loss(lambda x, t: torch.zeros_like(x), x0, T_SAMPLE, eps, AB)
+    assert torch.equal(loss, eps.square().sum(dim=(1, 2, 3)).mean())
+    # By hand: ε ≡ 1 in image 0 and ≡ 3 in image 1, 2·4·4 = 32 pixels each → (32·1 + 32·9) / 2 = 160.
+    eps = torch.ones(2, 2, 4, 4)
+    eps[1] = 3.0
+    loss = diffusion_loss(lambda x, t: torch.zeros_like(x), torch.zeros_like(eps), torch.tensor([5, 500]), eps, AB)
+    assert float(loss) == 160.0
+
+
+# --- antithetic t --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 7, 8, 128])
+def test_antithetic_t_pairs_t_with_T_minus_1_minus_t(B):
+    """The official rule: draw k = B//2 + 1 values, then append T−1−t of the first B−k of them."""
+    t = antithetic_t(B, T, torch.Generator().manual_seed(B))
+    k = B // 2 + 1
+    assert t.shape == (B,) and t.dtype == torch.long
+    assert int(t.min()) >= 0 and int(t.max()) < T
+    assert torch.equal(t[:k][: B - k] + t[k:], torch.full((B - k,), T - 1))
+
+
+def test_antithetic_t_is_a_pure_function_of_the_generator():
+    a = antithetic_t(64, T, torch.Generator().manual_seed(7))
+    assert torch.equal(a, antithetic_t(64, T, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, antithetic_t(64, T, torch.Generator().manual_seed(8)))
+
+
+def test_antithetic_t_is_roughly_uniform():
+    """Over 400 batches of 50 every t in 0..9 has 10% ± 1% of all 20,000 draws and of the 10,400 free ones."""
+    g = torch.Generator().manual_seed(0)
+    batches = torch.stack([antithetic_t(50, 10, g) for _ in range(400)])  # (400, 50)
+    for t in (batches, batches[:, : 50 // 2 + 1]):  # all draws, then the free draws (the pairs' first halves)
+        freq = torch.bincount(t.flatten(), minlength=10).double() / t.numel()
+        assert freq.shape == (10,) and bool(((freq - 0.1).abs() < 0.01).all()), freq.tolist()
+
+
+# --- horizontal flips ----------------------------------------------------------------------------
+
+
+class _Images(torch.utils.data.Dataset):
+    """Five random (hence asymmetric) 1×4×6 images; ``in_memory`` exposes ``.images`` like digits does."""
+
+    def __init__(self, in_memory: bool):
+        self.data = torch.rand(5, 1, 4, 6, generator=torch.Generator().manual_seed(0))
+        if in_memory:
+            self.images = self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.data[i], -1
+
+
+def _flip_flags(batches: Batches, source: torch.Tensor, steps: int) -> list[list[bool]]:
+    """Per step and row: True if the row is a source image mirrored by .flip(-1), False if it is one as is."""
+    flags = []
+    for step in range(steps):
+        row_flags = []
+        for row in batches.x0(step):
+            plain = any(torch.equal(row, img) for img in source)
+            flipped = any(torch.equal(row, img.flip(-1)) for img in source)
+            assert plain != flipped, f"step {step}: a row must be exactly one of a source image or its mirror"
+            row_flags.append(flipped)
+        flags.append(row_flags)
+    return flags
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "file_backed"])
+@pytest.mark.parametrize("hflip", [True, False])
+def test_hflip_mirrors_about_half_the_rows_and_off_mirrors_none(in_memory, hflip):
+    ds, steps = _Images(in_memory), 6
+    batches = Batches(
+        ds, batch_size=32, part=slice(0, 32), seed=1, T=T, device=torch.device("cpu"), hflip=hflip, steps=range(steps)
+    )
+    assert (batches.images is not None) == in_memory  # the two code paths of Batches.x0
+    flags = _flip_flags(batches, ds.data, steps)
+    batches.close()
+    n_flipped = sum(map(sum, flags))
+    if not hflip:
+        assert n_flipped == 0
+    else:
+        assert 0.35 < n_flipped / (32 * steps) < 0.65, n_flipped
+        assert all(0 < sum(f) < 32 for f in flags), "flips are drawn per image, not per batch"
+
+
+def test_hflip_batches_are_the_same_in_memory_and_through_the_loader():
+    common = dict(batch_size=16, part=slice(0, 16), seed=4, T=T, device=torch.device("cpu"), hflip=True)
+    a, b = Batches(_Images(True), **common), Batches(_Images(False), **common, steps=range(3))
+    for step in range(3):
+        assert torch.equal(a.x0(step), b.x0(step)), step
+    b.close()
