@@ -138,11 +138,33 @@ def test_frechet_distance_properties_and_torch_fidelity_agreement() -> None:
     assert d12 == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
 
 
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr √(S1^½ S2 S1^½) for symmetric PSD S1, S2, by eigendecompositions only."""
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^½
+    m = root @ s2 @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
+def unbiased_mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
+    """KID's quantity over the full sets: the unbiased MMD² with k(a, b) = (a·b / d + 1)³."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    m, n = len(x), len(y)
+    within_x = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    within_y = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return float(within_x + within_y - 2 * kxy.mean())
+
+
 def test_frechet_distance_singular_covariances() -> None:
     rng = np.random.default_rng(2)
     f1, f2 = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))  # rank 4 covariances in 20-d
-    got = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    (mu1, s1), (mu2, s2) = (f1.mean(0), np.cov(f1, rowvar=False)), (f2.mean(0), np.cov(f2, rowvar=False))
+    got = frechet_distance(mu1, s1, mu2, s2)
     assert np.isfinite(got) and got > 0
+    # Independent symmetric form: Tr((S1 S2)^½) = Tr((S1^½ S2 S1^½)^½), the root of a PSD matrix.
+    want = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2)
+    assert got == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
 
@@ -159,13 +181,29 @@ def test_default_extractor() -> None:
 def test_fid_of_the_train_set_against_itself_is_zero(cache_dir: Path, train_u8: torch.Tensor) -> None:
     out = compute_metrics(train_u8, dataset="digits", cache_dir=cache_dir, n_expected=len(train_u8))
     assert abs(out["fid"]) < 1e-6
-    assert abs(out["kid_mean"]) < 0.05  # slightly negative: KID's subsets of one set overlap
     assert out["isc_mean"] > 8  # 10 balanced, confidently classified classes
     assert out["n"] == out["ref_count"] == len(train_u8)
     assert out["extractor"] == "classifier"
     assert set(out) == {"fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "extractor", "extractor_sha256"} | {
         "ref_key", "ref_sha256", "ref_count", "n",
     }  # fmt: skip
+
+
+def test_kid_of_two_disjoint_halves_of_the_train_set_is_zero(cache_dir: Path, train_u8: torch.Tensor) -> None:
+    # The reference is a fixed-seed random half of the train split (ref_count); the samples are the other half.
+    ref_count = len(train_u8) // 2
+    index = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(metrics.REF_SUBSET_SEED))
+    in_ref = torch.zeros(len(train_u8), dtype=torch.bool)
+    in_ref[index[:ref_count]] = True
+    samples = train_u8[~in_ref]
+    out = compute_metrics(
+        samples, dataset="digits", cache_dir=cache_dir, metrics=("kid",), ref_count=ref_count, kid_subset_size=200
+    )
+    assert out["ref_count"] == ref_count and out["n"] == len(train_u8) - ref_count
+    assert out["ref_key"].endswith(f"-c{tensor_sha256(train_u8[in_ref])[:12]}")  # the reference is that half
+    # One distribution: KID's unbiased estimate is 0 up to its spread over subsets (of 200 of 719: kid_std > 0),
+    # a bound tighter than the fixed 0.05 this test used to allow.
+    assert 0 < 3 * out["kid_std"] < 0.05 and abs(out["kid_mean"]) < 3 * out["kid_std"]
 
 
 def test_fid_of_noise_is_large(cache_dir: Path, fid_vs_train: dict) -> None:
@@ -234,7 +272,26 @@ def test_custom_extractor_is_used_end_to_end(
     # With no FID asked, ref_sha256 is the hash of the cached reference features.
     features_file = cache_dir / "reference" / f"{out['ref_key']}-{EXTRACTOR_NAME}-features-{FEATURE_FID}.pt"
     assert file_sha256(features_file) == out["ref_sha256"]
-    assert torch.load(features_file, weights_only=False).shape == (400, 128)
+    ref_features = torch.load(features_file, weights_only=False)
+    assert ref_features.shape == (400, 128)
+    # KID is the unbiased MMD² (cubic polynomial kernel) of our own penult features of the samples and of the
+    # reference subset (the fixed-seed random 400 train images), up to torch-fidelity's averaging over subsets.
+    # Held-out digits give KID ≈ 0 whatever the kernel; mirrored digits (KID ≈ 0.18) tell kernels apart.
+    train = load_labelled_uint8("digits")[0]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(metrics.REF_SUBSET_SEED))[:400]
+    ref = train[pick.sort().values]
+    penult = cls(EXTRACTOR_NAME, [FEATURE_FID], feature_extractor_weights_path=str(path))
+    with torch.no_grad():
+        (f_ref,) = real_forward(penult, ref)
+    assert torch.allclose(f_ref, ref_features, rtol=1e-4, atol=1e-5)  # the same reference subset
+    mirrored = test_u8.flip(-1)
+    kid_mirrored = compute_metrics(mirrored, dataset="digits", cache_dir=cache_dir, metrics=("kid",), ref_count=400)
+    for samples, got in ((test_u8, out), (mirrored, kid_mirrored)):
+        with torch.no_grad():
+            (f_samples,) = real_forward(penult, samples)
+        want = unbiased_mmd2_poly(f_samples.double().numpy(), f_ref.double().numpy())
+        assert got["kid_std"] > 0 and abs(got["kid_mean"] - want) < 3 * got["kid_std"]
+    assert kid_mirrored["kid_mean"] > 10 * kid_mirrored["kid_std"]  # far from 0: a discriminating comparison
 
 
 # ---- the reference cache ----
