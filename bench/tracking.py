@@ -38,7 +38,7 @@ _WANDB_CLOUD_HOST = "api.wandb.ai"
 
 
 def _warn_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"warning: {message}", file=sys.stderr, flush=True)  # the CLI's "warning: " convention
 
 
 class Tracker:

@@ -271,14 +271,16 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
     spec = spec_of(ckpt, cache, "steps=2", *tokens, name="wo")
     assert run_sweep(spec, storage=url(work), wandb="online", progress=False, heartbeat=1).complete == 2
     (line,) = wandb_lines(capfd)
-    assert "no W&B API key" in line and "logging offline to" in line and "wandb sync" in line
+    assert line.startswith("warning: W&B") and "no W&B API key" in line and "logging offline to" in line
+    assert "wandb sync" in line
     assert len(list((work / spec.artifacts / "wandb").glob("offline-run-*"))) == 3  # 2 cells + the summary
     # "... then disabled": offline fails too; still one warning, and every cell completes.
     monkeypatch.setattr(tracking, "_init_run", no_init)
     spec = spec_of(ckpt, cache, "steps=2", *tokens, name="wf")
     assert run_sweep(spec, storage=url(work), wandb="online", progress=False, heartbeat=1).complete == 2
     (line,) = wandb_lines(capfd)
-    assert "offline init failed: RuntimeError: W&B is down" in line and line.endswith("tracking disabled")
+    assert line.startswith("warning: W&B") and line.endswith("tracking disabled")
+    assert "offline init failed: RuntimeError: W&B is down" in line
     # A tracker that raises on every call: one warning per W&B run (provenance.tracked), none repeated.
     monkeypatch.setattr(tracking, "make_tracker", lambda *a, **k: Exploding())
     spec = spec_of(ckpt, cache, "steps=3", *tokens, name="wf2")
