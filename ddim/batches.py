@@ -9,6 +9,7 @@ images, t and ε of one process with batch B, and a resumed run draws what the u
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,16 @@ def antithetic_t(B: int, T: int, generator: torch.Generator, device: torch.devic
     """
     t = torch.randint(0, T, (B // 2 + 1,), generator=generator, device=device)
     return torch.cat([t, T - 1 - t])[:B]
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process, which checkpoints and then shuts them down.
+
+    A SIGTERM to the whole process group (Slurm pre-emption, systemd) would otherwise kill a worker and
+    make the main process raise mid-checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Keyed(Dataset):
@@ -99,6 +110,7 @@ class Batches:
                 num_workers=num_workers,
                 pin_memory=device.type == "cuda",
                 prefetch_factor=4 if num_workers else None,
+                worker_init_fn=_ignore_stop_signals if num_workers else None,
             )
             self._loader = iter(loader)
 

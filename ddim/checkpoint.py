@@ -169,6 +169,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model_sd = state["model"]
     except (KeyError, TypeError, ValueError, DDIMError) as exc:
         raise DDIMError(f"checkpoint {p} is missing or has a malformed field ({exc}); it is damaged") from None
+    named = _NAME.match(p.name)
+    if named and int(named.group(1)) != step:  # the run's newest file and pruning go by the name
+        raise DDIMError(f"checkpoint {p} holds step {step} but its name says step {int(named.group(1))}; "
+                        f"rename it to {p.with_name(f'step-{step:07d}.pt').name}")  # fmt: skip
     # Check weights against the architecture now, so a mismatch is one line, not a state_dict dump.
     with torch.device("meta"):  # shapes only: no memory, no init cost
         expected = UNet(unet).state_dict()

@@ -55,10 +55,21 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v))  # tuples -> lists, so a config read back from JSON compares equal
 
 
-def check_same_experiment(old: dict[str, Any], new: dict[str, Any], where: str | Path) -> None:
-    """Refuse, in one line, to resume a run with settings that change the experiment."""
+# Compared after resolution by ``check_compatible`` (the UNet, resolution): an explicit value equal to the
+# preset's default is the same experiment as leaving it unset.
+RESOLVED_ELSEWHERE = frozenset(
+    {"resolution", "preset", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups"}
+)
+
+
+def check_same_experiment(
+    old: dict[str, Any], new: dict[str, Any], where: str | Path, skip: frozenset[str] = frozenset()
+) -> None:
+    """Refuse, in one line, to resume a run with settings that change the experiment (``skip``: keys
+    the caller compares otherwise). For ``folder`` data, ``data_root`` is the training set itself."""
+    resumable = RESUMABLE_CHANGES - ({"data_root"} if new.get("dataset") == "folder" else set())
     for key, value in new.items():
-        if key in RESUMABLE_CHANGES or key not in old:
+        if key in resumable or key in skip or key not in old:
             continue
         if _plain(old[key]) != _plain(value):
             flag = "--" + key.replace("_", "-")
@@ -90,10 +101,20 @@ def open_run(
         if _holds_run(run_dir):
             raise DDIMError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
         return None
-    if list_checkpoints(run_dir):
-        ck = load_checkpoint(run_dir)
+    found = list_checkpoints(run_dir)
+    if found:
+        try:
+            ck = load_checkpoint(found[-1][1])
+        except DDIMError as err:
+            if len(found) < 2:
+                raise
+            newest, previous = found[-1][1], found[-2][1]
+            raise DDIMError(f"{err}; to resume from {previous.name} instead, move {newest} aside") from None
+        if ck.state.get("optimizer") is None or ck.state.get("ema") is None or not ck.train:
+            raise DDIMError(f"{ck.path} holds imported weights, not a training state, so it cannot be resumed; "
+                            "train in a new --run-dir (or sample from it with --checkpoint)")  # fmt: skip
         check_compatible(ck, **expect, hint="use the original settings or a new --run-dir")
-        check_same_experiment(ck.train, train, ck.path)
+        check_same_experiment(ck.train, train, ck.path, skip=RESOLVED_ELSEWHERE)
         return ck
     config = run_dir / "config.json"
     if config.exists():

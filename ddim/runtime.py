@@ -50,9 +50,11 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
     same config give the same bits. On the CPU, runs are already deterministic for a fixed thread count.
     """
     cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    on_gpu = device.type == "cuda"  # CPU runs leave the CUDA backend flags alone (reading them is not free of
+    # side effects: it mixes the legacy TF32 API with a caller's set_float32_matmul_precision)
     saved = (
-        cuda.allow_tf32,
-        cudnn.allow_tf32,
+        cuda.allow_tf32 if on_gpu else None,
+        cudnn.allow_tf32 if on_gpu else None,
         cudnn.benchmark,
         cudnn.deterministic,
         torch.are_deterministic_algorithms_enabled(),
@@ -60,7 +62,7 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
         os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
     try:
-        if device.type == "cuda":
+        if on_gpu:
             cuda.allow_tf32 = cudnn.allow_tf32 = tf32 and not deterministic
             cudnn.benchmark = not deterministic  # fixed shapes: autotuning pays off after the first step
             cudnn.deterministic = deterministic
@@ -70,7 +72,9 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
             torch.use_deterministic_algorithms(True)
         yield
     finally:
-        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved[:4]
+        if on_gpu:
+            cuda.allow_tf32, cudnn.allow_tf32 = saved[:2]
+        cudnn.benchmark, cudnn.deterministic = saved[2:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
         if saved[6] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

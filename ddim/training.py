@@ -171,9 +171,8 @@ def train(
     cfg.validate()
     with Context.from_env(cfg.device) as ctx:
         device = ctx.device
-        gpus = []  # whose RNG state fork_rng saves and restores
-        if device.type == "cuda":
-            gpus = [device.index if device.index is not None else torch.cuda.current_device()]
+        # torch.manual_seed reseeds every visible GPU, so fork_rng restores them all (not only the one used).
+        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with numerics(device, tf32=cfg.tf32, deterministic=cfg.deterministic), torch.random.fork_rng(gpus):
             return _train(cfg, ctx, resume, log, on_grid, progress)
 
