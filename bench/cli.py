@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ddim.errors import DDIMError
@@ -37,9 +38,22 @@ DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
 WANDB_HELP = "W&B mode: online, offline or disabled (default: online when a W&B key is configured, else offline)."
 
 
+def _say(text: str) -> None:
+    """One status line on stderr, printed literally: paths and values may contain [brackets]."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
+
+
+def _check_wandb(mode: str | None) -> None:
+    """Refuse an unknown --wandb mode before any work (the trackers would only warn, cell after cell)."""
+    from bench.tracking import MODES
+
+    if mode is not None and mode.strip().lower() not in MODES:
+        raise DDIMError(f"unknown --wandb mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def guarded(fn: Callable) -> Callable:
@@ -55,10 +69,14 @@ def guarded(fn: Callable) -> Callable:
             raise _fail(f"permission denied: {exc.filename}; choose a writable location") from None
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
-            reason = exc.strerror or type(exc).__name__
+            reason = exc.strerror or str(exc) or type(exc).__name__
             raise _fail(f"{reason}{where}; check the path, permissions and free space") from None
+        except EOFError as exc:  # a truncated file read by a library; click would report it as an interrupt
+            raise _fail(
+                f"a file ended early while reading ({exc or 'EOFError'}); a cache or input file is truncated"
+            ) from None
         except KeyboardInterrupt:
-            err.print("interrupted; rerun the same command to resume")
+            _say("interrupted; rerun the same command to resume")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -204,12 +222,12 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
         tracker.summary({"step": result.step, "loss": result.last_loss})
     where = result.checkpoint or cfg.run_dir
     if result.interrupted:
-        err.print(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
+        _say(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
     if rank != 0:
         return
     loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
-    err.print(f"done: step {result.step}{loss}, checkpoint {where}")
+    _say(f"done: step {result.step}{loss}, checkpoint {where}")
 
 
 # --- sample ---------------------------------------------------------------------------------------
@@ -242,7 +260,7 @@ def sample(
         return
     with LazyBar("sample") as bar:
         manifest = generate(cfg, progress=bar.update)
-    err.print(f"wrote {n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {out}")
+    _say(f"wrote {n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {out}")
 
 
 # --- classifier and metrics -----------------------------------------------------------------------
@@ -267,7 +285,7 @@ def classifier(
             dataset, data_root=data_root, cache_dir=cache_dir, device=dev, resolution=resolution
         )
     acc = info.get("accuracy")
-    err.print(
+    _say(
         f"classifier {path} (sha256 {info['sha256'][:12]}…), test accuracy "
         f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}"
     )
@@ -341,13 +359,14 @@ def sweep(
 
     from bench.sweep import resolve_spec, run_sweep
 
+    _check_wandb(wandb)
     tokens = [*(overrides or []), *([f"device={device}"] if device is not None else [])]  # twice → one-line error
     spec = resolve_spec(tokens, config, search=search)
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=_command_line())
-    err.print(
+    _say(
         f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
         f"(store {summary.storage}); next: ddimbench report {summary.name}"
     )
@@ -367,8 +386,9 @@ def report(
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results."""
     from bench.sweep import make_report
 
+    _check_wandb(wandb)
     path = make_report(name, storage=storage, out=out, compare_paper=compare_paper, wandb=wandb)
-    err.print(f"report written to {path} (open {Path(path) / 'index.html'})")
+    _say(f"report written to {path} (open {Path(path) / 'index.html'})")
 
 
 # --- foreign weights ------------------------------------------------------------------------------
@@ -389,7 +409,7 @@ def import_weights(
     from ddim.convert import import_weights as convert
 
     path = convert(src, out, fmt=fmt, preset=preset, config=config, dataset=dataset, T=T)
-    err.print(f"wrote {path}; next: ddimbench sweep checkpoint={out} ...")
+    _say(f"wrote {path}; next: ddimbench sweep checkpoint={out} ...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,12 +424,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="ddimbench", standalone_mode=False)
     except typer.Abort:
-        err.print("interrupted; rerun the same command to resume")
+        _say("interrupted; rerun the same command to resume")
         return 130
     except TyperException as exc:  # click's usage and parameter errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(
-            f"[bold red]error:[/] {' '.join(message.split())}; see `ddimbench --help`", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(' '.join(message.split()))}; see `ddimbench --help`",
+            highlight=False,
+            soft_wrap=True,
         )
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0

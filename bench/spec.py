@@ -127,7 +127,12 @@ class SweepSpec:
                     for eta in etas:
                         for b in self.seeds:
                             cell = Cell(sampler, schedule, int(s), None if eta is None else float(eta), int(b))
-                            out.setdefault(cell.key, cell)
+                            kept = out.setdefault(cell.key, cell)
+                            if kept.eta != cell.eta:  # cell keys and file names keep 6 significant digits
+                                raise DDIMError(
+                                    f"eta={kept.eta!r} and eta={cell.eta!r} name the same cell (eta={cell.eta:g});"
+                                    " drop one or make them differ in the first 6 significant digits"
+                                )
         return list(out.values())
 
     def seed_range(self, block: int) -> tuple[int, int]:
@@ -139,6 +144,18 @@ class SweepSpec:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "interpolation", "inversion",
             "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
+
+
+def _check_folder(key: str, path: str) -> None:
+    """``path`` must be (or be creatable as) a folder: its first existing ancestor is a writable folder."""
+    import os
+
+    p = Path(path).absolute()
+    existing = next(a for a in (p, *p.parents) if a.exists())
+    if not existing.is_dir():
+        raise DDIMError(f"{key}={path} cannot be a folder: {existing} is a file; choose another {key}=")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DDIMError(f"{key}={path} is not writable ({existing}); choose another {key}=")
 
 
 def _check_eta(spec: SweepSpec, alpha_bar: Any) -> None:
@@ -229,7 +246,7 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
                     f"{key}={getattr(spec, key)} is a range; ranges need --search pareto, a grid needs a list"
                     f" (e.g. {_example(key)})"
                 )
-        _check_eta(spec, ck.alpha_bar())
+        _check_eta(spec, ck.alpha_bar())  # also builds the grid: colliding η values are refused here
     elif "fid" not in spec.metrics:
         raise DDIMError("search mode minimises FID; include fid in metrics=")
     elif "ddim" in spec.sampler and (spec.eta.hi if isinstance(spec.eta, Range) else max(spec.eta)) > 1:
@@ -241,6 +258,11 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
     if spec.n < 2 and ({"fid", "kid"} & set(spec.metrics)):
         raise DDIMError(f"n={spec.n} is too few for FID/KID (needs ≥ 2 samples); raise n")
     resolve_device(spec.device)
+    last = spec.seed_range(max(spec.seeds.hi if isinstance(spec.seeds, Range) else max(spec.seeds), 0))[1]
+    if last > 2**63 - 1:  # torch.Generator seeds are signed 64-bit
+        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^63 − 1; use a smaller seed_base")
+    _check_folder("artifacts", spec.artifacts)
+    _check_folder("cache_dir", spec.cache_dir)
     if spec.extractor == "inception":
         resolve_inception_weights(spec.inception_weights)
     if {"fid", "kid"} & set(spec.metrics) or spec.inversion:

@@ -379,10 +379,20 @@ def run_sweep(
     url = storage or DEFAULT_STORAGE
     sha = sha256_file(spec.checkpoint)
     device = device_name(resolve_device(spec.device))
-    study = store.create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
-    study.set_user_attr("spec", spec.to_dict())
+    # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
+    # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
+    store.open_storage(url, heartbeat)
     root = Path(spec.artifacts)
+    for folder, key in ((root, "artifacts"), (Path(spec.cache_dir), "cache_dir")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DDIMError(
+                f"{key}={folder} cannot be created ({exc.strerror or exc}); choose another {key}="
+            ) from None
+    study = store.create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
     atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
+    study.set_user_attr("spec", spec.to_dict())
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
     display = Display(progress, total, f"sweep {spec.name}")
@@ -401,8 +411,14 @@ def run_sweep(
             track_summary(wandb, spec, records, display)
         finally:
             display.close()
-    complete = sum(r["state"] == "COMPLETE" for r in records)
-    # Cells, not trials: a cell that failed in several runs is one failed cell.
-    cell_of = lambda r: tuple(r.get(k) for k in ("sampler", "schedule", "steps", "eta", "seed_block"))  # noqa: E731
-    failed = len({cell_of(r) for r in records if r["state"] == "FAIL"})
+
+    # Cells, not trials (a cell that failed in several runs is one failed cell), and in a grid only this
+    # run's cells (the study may hold cells of earlier grids under the same name).
+    def cell_of(r: dict) -> str:
+        return Cell(r["sampler"], r["schedule"], int(r["steps"]), r.get("eta"), int(r["seed_block"])).key
+
+    mine = {c.key for c in spec.cells()} if spec.search is None else None
+    ours = [r for r in records if mine is None or cell_of(r) in mine]
+    complete = len({cell_of(r) for r in ours if r["state"] == "COMPLETE"})
+    failed = len({cell_of(r) for r in ours if r["state"] == "FAIL"})
     return SweepSummary(spec.name, store.safe_url(url), complete, failed, records, total, spec.artifacts)

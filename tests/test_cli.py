@@ -123,6 +123,12 @@ def test_sample_pixels_depend_only_on_the_seed(run_dir: Path, tmp_path: Path, ca
         assert (c / f"{i:06d}.png").read_bytes() == (a / f"{i + 1:06d}.png").read_bytes()
 
 
+def test_bracketed_paths_print_literally(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s[red]" / "x[/y]"  # rich markup if it were interpreted: a colour and a closing tag
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--steps", "2", "-n", "2", "--out", out], capsys)
+    assert code == 0 and f"to {out}" in err and (out / "000001.png").is_file()
+
+
 def test_metrics_scores_a_sample_folder(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "s"
     assert run(["sample", "--checkpoint", run_dir, "--steps", "2", "-n", "20", "--out", out], capsys)[0] == 0
@@ -197,6 +203,27 @@ BAD_INPUT = {
         ["sample", "--checkpoint", "{run}", "--eta", "1.5", "--steps", "10", "--out", "{tmp}/o"],
         "eta=1.5 gives σ² > 1 − ᾱ_prev at t=900→800, outside eq. 12",
     ),
+    "checkpoint path with brackets": (
+        ["sample", "--checkpoint", "{tmp}/nope[/x]", "--out", "{tmp}/o"],
+        "nope[/x] does",
+    ),
+    "seed past 2^63": (
+        ["sample", "--checkpoint", "{run}", "--seed", "9223372036854775807", "-n", "2", "--out", "{tmp}/o"],
+        "exceeds the largest seed",
+    ),
+    "eta with another sampler": (
+        ["sample", "--checkpoint", "{run}", "--sampler", "plms", "--eta", "0.5", "--out", "{tmp}/o"],
+        "--eta applies to the ddim sampler only",
+    ),
+    "sweep: value with brackets": (["sweep", "schedule=[uniform]", "checkpoint={run}"], "'[uniform]'"),
+    "sweep: unknown --wandb": (["sweep", "steps=2", "checkpoint={run}", "--wandb", "bogus"], "unknown --wandb mode"),
+    "report: unknown --wandb": (["report", "x", "--wandb", "bogus"], "unknown --wandb mode 'bogus'"),
+    "sweep: artifacts under a file": (["sweep", "checkpoint={run}", "artifacts={tmp}/afile/sub"], "afile is a file"),
+    "sweep: colliding etas": (["sweep", "eta=0.1234567,0.1234568", "checkpoint={run}"], "name the same cell"),
+    "sweep: seeds past 2^63": (
+        ["sweep", "seed_base=9223372036854775800", "seeds=0,1", "n=20", "checkpoint={run}"],
+        "exceeds 2^63",
+    ),
     "sweep: eta outside eq. 12": (["sweep", "eta=0,1.5", "steps=10", "checkpoint={run}"], "outside eq. 12"),
     "sweep: search eta above 1": (["sweep", "--search", "pareto", "eta=0..2", "checkpoint={run}"], "within 0..1"),
     "missing checkpoint": (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/o"], "does not exist"),
@@ -256,6 +283,8 @@ def test_bad_input_is_one_line_and_exit_2(
         argv = [a.replace(k, v) for a in argv]
     if case == "metrics with unknown extractor":
         (tmp_path / "x.png").write_bytes((run_dir / "samples" / "step-0000012.png").read_bytes())
+    if case == "sweep: artifacts under a file":
+        (tmp_path / "afile").write_text("a file, not a folder")
     monkeypatch.chdir(tmp_path)  # sweeps default to ./ddimbench-sweeps.db: a stray store would show up here
     code, out, err = run(argv, capsys)
     lines = err.strip().splitlines()
@@ -263,7 +292,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert needle.lower() in lines[0].lower(), lines[0]
     assert "Traceback" not in out + err
-    left = {p.name for p in tmp_path.iterdir()} - {"bad.pt", "x.png"}  # the inputs this test made
+    left = {p.name for p in tmp_path.iterdir()} - {"bad.pt", "x.png", "afile"}  # the inputs this test made
     assert not left, left  # nothing partial: no output folder, store, run directory or temp file
 
 

@@ -193,6 +193,28 @@ def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     assert meta["superseded_trials"] >= 1 and summary.complete == 4
 
 
+def test_summary_counts_this_grids_cells_only(ckpt, cache, work):
+    first = run_sweep(spec_of(ckpt, cache, "steps=2", "eta=0,1", "n=20", "batch=8", "interpolation=false", name="c"),
+                      storage=url(work), wandb="disabled", progress=False, heartbeat=1)  # fmt: skip
+    assert first.complete == 2 and first.total == 2
+    # A later grid under the same name with one new cell: the summary speaks of that grid (1 cell), while the
+    # store (and a report) keeps all three.
+    spec = spec_of(ckpt, cache, "steps=3", "eta=0", "n=20", "batch=8", "interpolation=false", name="c")
+    second = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert second.complete == 1 and second.failed == 0 and len(second.records) == 3
+
+
+def test_unwritable_artifacts_fail_before_the_study_exists(ckpt, cache, work):
+    from dataclasses import replace
+
+    blocker = work / "afile"
+    blocker.write_text("a file")
+    spec = replace(spec_of(ckpt, cache, "steps=2", "n=20", name="art"), artifacts=str(blocker / "sub"))
+    with pytest.raises(DDIMError, match="artifacts=.* cannot be created"):
+        run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert "art" not in optuna.study.get_all_study_names(store.open_storage(url(work)))
+
+
 def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
     real = sampling.sample
 
