@@ -2,7 +2,8 @@
 and the W&B runs (one per cell, one summary per sweep).
 
 ``protocol_for`` is what must match for two runs to add cells to the same sweep; ``meta_for`` is the
-report's provenance, written when the study is created. W&B logging goes through ``tracked``: a
+report's provenance, written when the study is created (a later run adds its command, device, commit
+and time beside it, and the report takes the seeds from the cells: see ``bench.store``). W&B logging goes through ``tracked``: a
 failure there is one warning and never stops the sweep.
 """
 
@@ -56,7 +57,8 @@ def protocol_for(spec: Any, checkpoint_sha256: str) -> dict[str, Any]:
 
 
 def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> dict[str, Any]:
-    """The report's provenance, written when the study is created (see ``bench.report``)."""
+    """The report's provenance, written when the study is created (see ``bench.report``); later runs of the
+    sweep record their ``command``, ``device``, ``git_commit`` and ``created`` (``store.create_study``)."""
     from datetime import datetime, timezone
 
     return {

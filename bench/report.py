@@ -208,7 +208,7 @@ def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) ->
 
 
 _META_ORDER = ("name", "dataset", "command", "git_commit", "device", "T", "checkpoint", "checkpoint_sha256",
-               "extractor", "extractor_sha256", "ref_key", "ref_sha256", "n", "seeds", "created")  # fmt: skip
+               "extractor", "extractor_sha256", "ref_key", "ref_sha256", "n", "seeds", "created", "runs", "last_run")  # fmt: skip
 
 
 def _provenance(meta: Mapping) -> list[tuple[str, str]]:
@@ -230,6 +230,50 @@ def _cell_name(r: Mapping) -> str:
 
 _OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                    "interpolation.png")  # fmt: skip
+_REPORT_FILES = frozenset((*_TEXT_FILES, *_OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
+
+
+def _previous_outputs(out: Path) -> dict[str, str | None]:
+    """{relative name: sha256 or None} of the files the previous report in ``out`` wrote, from its manifest.json.
+
+    Only names a report writes are taken (a top-level report file or ``grids/<file>``), so a missing, unreadable
+    or hand-edited manifest can never name anything else; without a manifest nothing is known and nothing is.
+    """
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    images = manifest.get("images") if isinstance(manifest.get("images"), list) else []
+    cells = manifest.get("cells") if isinstance(manifest.get("cells"), list) else []
+    grids = [c.get("grid") for c in cells if isinstance(c, dict)]  # a grid may be saved as another format than PNG
+    names: dict[str, str | None] = {n: None for n in (*images, *grids) if isinstance(n, str)}
+    names.update({n: h if isinstance(h, str) else None for n, h in files.items()})
+    return {n: h for n, h in names.items() if _report_name(n)}
+
+
+def _report_name(name: str) -> bool:
+    parts = name.split("/")
+    if len(parts) == 1:
+        return name in _REPORT_FILES
+    leaf = parts[-1]
+    return len(parts) == 2 and parts[0] == "grids" and bool(leaf) and not leaf.startswith(".") and "\\" not in leaf
+
+
+def _remove_stale(out: Path, previous: Mapping[str, str | None], written: Mapping[str, Path]) -> None:
+    """Delete what the previous report wrote and this one did not (e.g. the grid of a cell that is gone, the
+    inversion table of a sweep that no longer has one): left, it would contradict the rest. A file with a
+    recorded hash is deleted only while it still holds what the report wrote; nothing else is ever touched."""
+    for name, sha in sorted(previous.items()):
+        path = out / name
+        if name in written or path.is_symlink() or not path.is_file():
+            continue
+        if sha is not None and _sha(path.read_bytes()) != sha:
+            continue  # replaced since (by someone else): not ours to delete
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def write_report(
@@ -255,6 +299,7 @@ def write_report(
     extras = dict(extras or {})
     warnings = _warnings(records, meta, compare)
     cells = _select(records, warnings)
+    previous = _previous_outputs(out)  # read before anything is overwritten
     written: dict[str, Path] = {}
     hashes: dict[str, str] = {}
 
@@ -283,7 +328,7 @@ def write_report(
     if by_time:
         put("fid_vs_time.png", plots.fid_vs_time_png(by_time, title=f"{name}: FID vs sampling cost".strip(": ")))
 
-    # 3. Sample grids under deterministic names; stale grids from earlier runs are removed.
+    # 3. Sample grids under deterministic names (stale ones of the previous report are removed at the end).
     grids: dict[int, str] = {}
     for key in sorted(cells, key=lambda k: (_schedule_order(k[0]), _row_order(k[1]), k[2])):
         for b in sorted(cells[key]):
@@ -292,10 +337,6 @@ def write_report(
                 rel = "grids/" + _grid_name(r, Path(r["grid"]).suffix or ".png")
                 put(rel, _read_input(root, r["grid"], "sample grid"))
                 grids[int(r["number"])] = rel
-    if (out / "grids").is_dir():
-        for p in sorted((out / "grids").iterdir()):
-            if p.is_file() and f"grids/{p.name}" not in written:
-                p.unlink()
 
     # 4. Consistency (same x_T, different S) and interpolation figures.
     consistency = "Same x_T, different S: one row per S"
@@ -366,10 +407,5 @@ def write_report(
     }
     put("manifest.json", json.dumps(_jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
     put("index.html", html_doc(title, sections, out))
-    # Optional outputs an earlier report into this folder wrote but these inputs do not produce (e.g. the
-    # inversion table of a sweep that no longer has one) would otherwise survive and contradict the rest.
-    for stale in _OPTIONAL_FILES:
-        if stale not in written:
-            with contextlib.suppress(FileNotFoundError):
-                (out / stale).unlink()
+    _remove_stale(out, previous, written)
     return dict(sorted(written.items()))

@@ -9,16 +9,19 @@ What is stored (everything JSON-able, readable with ``optuna-dashboard URL``):
 
 - study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint
   sha256, n, seeds, dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance:
-  command, git commit, versions, device, ...), ``spec`` (the latest run's resolved config) and
-  ``extras`` (interpolation strip, inversion table);
+  command, git commit, versions, device, ... of the run that created the study), ``run:<time>-<id>``
+  (command, device, git commit and time of each later run), ``spec`` (the latest run's resolved
+  config) and ``extras`` (interpolation strip, inversion table);
 - trial user attributes: ``cell`` (the cell's canonical key, also the claim that makes a cell run
   once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, and on completion every
   record field (metrics, NFE, wall time, images/s, grid paths, protocol hashes, device); a failed
   cell has ``error``.
 
 ``load_results`` turns trials into the report's records (see ``bench.report``): PRUNED trials (a
-duplicate that yielded) and WAITING ones are skipped; a failure superseded by a later complete run
-of the same cell is dropped and counted in ``meta["superseded_trials"]``.
+duplicate that yielded), WAITING ones and ones stopped before the cell's fields were recorded are
+skipped; a failure superseded by a later complete run of the same cell is dropped and counted in
+``meta["superseded_trials"]``. ``meta["seeds"]`` is the union of the reported cells' seeds, and
+``meta["runs"]``/``meta["last_run"]`` name the runs after the first.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +51,9 @@ RECORD_FIELDS = (
 TABLE_COLUMNS = ("number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "fid", "isc_mean",
                  "kid_mean", "wall_s", "images_per_s", "error")  # fmt: skip
 _PROTOCOL_META = ("checkpoint_sha256", "extractor_sha256", "ref_key", "ref_sha256")
+_CELL_FIELDS = ("sampler", "steps", "schedule", "seed_block")  # set with "eta" right after the claim ("cell")
+_RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
+_RUN_FIELDS = ("command", "device", "git_commit", "created")
 KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
 
 
@@ -191,12 +198,20 @@ def create_study(
                     f"sweep {name!r} was run with {key}={old.get(key)!r}, not {value!r}; "
                     "rerun with the same settings or choose another name="
                 )
+        # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
+        # started at once on several machines cannot overwrite each other), named so that keys sort by time.
+        run = {k: meta.get(k) for k in _RUN_FIELDS}
+        study.set_user_attr(f"{_RUN_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
     return study
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     ua = trial.user_attrs
     if not ua.get("cell") or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
+        return None
+    # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
+    # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
+    if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
         return None
     rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     values = {**ua, **(ua.get("result") or {})}  # the measurements are stored as one "result" attribute
@@ -209,15 +224,19 @@ def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
 def records_of(study: optuna.Study) -> tuple[list[dict[str, Any]], int]:
     """(records, number of superseded failures) of a study, ordered by trial number."""
     trials = study.get_trials(deepcopy=False)
-    recs = [r for t in trials if (r := _record(t)) is not None]
     complete = {t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("cell")}
-    by_number = {t.number: t for t in trials}
-    kept = [r for r in recs if r["state"] == "COMPLETE" or by_number[r["number"]].user_attrs["cell"] not in complete]
+    kept, superseded = [], 0
+    for t in trials:
+        cell = t.user_attrs.get("cell")
+        if cell and t.state.name in ("FAIL", "RUNNING") and cell in complete:
+            superseded += 1  # a try of a cell measured since (also one stopped before its fields were recorded)
+        elif (r := _record(t)) is not None:
+            kept.append(r)
     if len(study.directions) == 2:
         front = {t.number for t in study.best_trials}
         for r in kept:
             r["pareto"] = r["number"] in front
-    return kept, len(recs) - len(kept)
+    return kept, superseded
 
 
 def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dict, dict]:
@@ -229,10 +248,28 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
     for key in _PROTOCOL_META:
         if meta.get(key) is None:
             meta[key] = next((r[key] for r in records if r["state"] == "COMPLETE" and r.get(key)), None)
+    # The seeds behind the reported cells (the first run's meta names only that run's seed blocks).
+    seeds = _seeds_text(r.get("seeds") for r in records)
+    if seeds:
+        meta["seeds"] = seeds
+    runs = [v for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
+    if runs:
+        meta["runs"] = 1 + len(runs)
+        meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
     if superseded:
         meta["superseded_trials"] = superseded
     extras = {k: v for k, v in dict(study.user_attrs.get("extras", {})).items() if k != "key"}
     return records, meta, extras
+
+
+def _seeds_text(ranges: Any) -> str | None:
+    """The union of per-cell seed ranges, ordered like ``provenance.seeds_text``: ``0-19, 20-39``."""
+
+    def order(text: str) -> tuple:
+        m = re.fullmatch(r"(\d+)-(\d+)", text)
+        return (0, int(m[1]), int(m[2]), "") if m else (1, 0, 0, text)
+
+    return ", ".join(sorted({str(x) for x in ranges if x}, key=order)) or None
 
 
 def table_rows(records: list[dict]) -> list[list]:

@@ -288,6 +288,52 @@ def test_rewrite_without_optional_inputs_removes_their_files(built, tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(n for n in written if "/" not in n)
 
 
+def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "user"
+    mine = {"grids/notes.txt": b"x\n", "interpolation.png": b"keep\n", "consistency.png": b"mine\n",
+            "notes.md": b"my notes\n"}  # fmt: skip
+    for name, data in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+
+    def survived() -> dict[str, bytes | None]:
+        return {name: (out / name).read_bytes() if (out / name).is_file() else None for name in mine}
+
+    plain = [{**r, "strip": None} for r in records]  # no strips and no extras: no consistency/interpolation figure
+    written = write_report(plain, meta, out, root=root, extras={})
+    assert "interpolation.png" not in written and "consistency.png" not in written
+    assert survived() == mine  # a first report into a folder with no manifest of ours deletes nothing
+    write_report(plain, meta, out, root=root, extras={})
+    assert survived() == mine  # nor does a rerun: the manifest names only the report's own files
+    # A cell gone from the records: its grid (listed in the previous manifest) goes, the user's files stay.
+    gone = next(r for r in plain if r["grid"])
+    fewer = [r for r in plain if r is not gone]
+    again = write_report(fewer, meta, out, root=root, extras={})
+    (stale,) = {n for n in written if n.startswith("grids/")} - set(again)
+    assert not (out / stale).exists() and survived() == mine
+    assert sorted(f"grids/{p.name}" for p in (out / "grids").iterdir()) == sorted(
+        [n for n in again if n.startswith("grids/")] + ["grids/notes.txt"]
+    )
+    # A manifest edited to name files a report never writes (or garbage) never makes the report delete them.
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest["images"] += ["notes.md", "../outside.txt", "grids/../notes.md", "grids/.."]
+    manifest["files"]["notes.md"] = hashlib.sha256(mine["notes.md"]).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (tmp_path / "outside.txt").write_bytes(b"outside\n")
+    write_report(fewer, meta, out, root=root, extras={})
+    assert survived() == mine and (tmp_path / "outside.txt").is_file()
+    (out / "manifest.json").write_text("{not json", encoding="utf-8")
+    write_report(fewer, meta, out, root=root, extras={})
+    assert survived() == mine
+    # A report file replaced since (hash no longer the manifest's) is not the report's to delete either.
+    write_report(records, meta, out, root=root, extras=extras)
+    (out / "inversion.md").write_text("edited by hand\n", encoding="utf-8")
+    write_report(fewer, meta, out, root=root, extras={})
+    assert (out / "inversion.md").read_text(encoding="utf-8") == "edited by hand\n"
+    assert not (out / "inversion.tex").exists() and not (out / "interpolation.png").exists()
+
+
 def test_manifest(built):
     records, meta, _, _, out, _ = built
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
