@@ -3,8 +3,8 @@ and the W&B runs (one per cell, one summary per sweep).
 
 ``protocol_for`` is what must match for two runs to add cells to the same sweep; ``meta_for`` is the
 report's provenance, written when the study is created (a later run adds its command, device, commit
-and time beside it, and the report takes the seeds from the cells: see ``bench.store``). W&B logging goes through ``tracked``: a
-failure there is one warning and never stops the sweep.
+and time beside it, and the report takes the seeds from the cells: see ``bench.store``). W&B logging
+goes through ``tracked``: a failure there is one warning and never stops the sweep.
 """
 
 from __future__ import annotations

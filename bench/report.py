@@ -208,7 +208,8 @@ def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) ->
 
 
 _META_ORDER = ("name", "dataset", "command", "git_commit", "device", "T", "checkpoint", "checkpoint_sha256",
-               "extractor", "extractor_sha256", "ref_key", "ref_sha256", "n", "seeds", "created", "runs", "last_run")  # fmt: skip
+               "extractor", "extractor_sha256", "ref_key", "ref_sha256", "n", "seeds", "created", "runs",
+               "last_run")  # fmt: skip
 
 
 def _provenance(meta: Mapping) -> list[tuple[str, str]]:

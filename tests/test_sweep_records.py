@@ -1,0 +1,108 @@
+"""bench.store: what a report is built from when a sweep is run more than once, or a trial was stopped right
+after claiming its cell. Real (tiny) sweeps on a SQLite store, as in test_sweep.py; offline, CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench import store
+from bench.sweep import load_results, make_report, resolve_spec, run_sweep
+
+FAST = ["steps=2", "eta=0", "n=20", "batch=10", "interpolation=false"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    from ddim.training import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = TrainConfig(dataset="digits", max_steps=2, batch_size=8, run_dir=str(run), sample_every=0, save_every=2,
+                      log_every=1, warmup=1, device="cpu", num_workers=0)  # fmt: skip
+    train(cfg)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # artifacts (ddimbench-sweeps/) and reports/ land here
+    return tmp_path
+
+
+def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g"):
+    return resolve_spec([f"checkpoint={ckpt}", f"cache_dir={cache}", f"name={name}", *tokens])
+
+
+def url(work: Path) -> str:
+    return f"sqlite:///{work / 'sweeps.db'}"
+
+
+def sweep(spec, work: Path, command: str = ""):
+    return run_sweep(spec, storage=url(work), wandb="disabled", progress=False, command=command, heartbeat=1)
+
+
+def test_caption_and_provenance_cover_every_run(ckpt, cache, work):
+    first, second = "ddimbench sweep name=sb seeds=0 n=20", "ddimbench sweep name=sb seeds=0,1 n=20"
+    sweep(spec_of(ckpt, cache, *FAST, "seeds=0", name="sb"), work, first)
+    records, meta, _ = load_results("sb", url(work))
+    assert meta["seeds"] == "0-19" and meta["command"] == first and "runs" not in meta and "last_run" not in meta
+    sweep(spec_of(ckpt, cache, *FAST, "seeds=0,1", name="sb"), work, second)
+    records, meta, _ = load_results("sb", url(work))
+    assert sorted(r["seeds"] for r in records) == ["0-19", "20-39"]
+    assert meta["seeds"] == "0-19, 20-39"  # the seeds of the reported cells, not of the first run alone
+    assert meta["command"] == first and meta["runs"] == 2  # the first run's provenance, and the latest run's
+    assert meta["last_run"]["command"] == second and meta["last_run"]["device"] == "cpu"
+    assert meta["last_run"]["created"] >= meta["created"]
+    out = make_report("sb", storage=url(work), wandb="disabled")
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "20 samples per cell (seeds 0-19, 20-39)" in table and "over 2 seed blocks" in table
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert f"| command | {first} |" in readme and f"| last_run.command | {second} |" in readme
+    assert "| runs | 2 |" in readme
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["meta"]["last_run"]["command"] == second
+    # A third run (nothing left to measure) is recorded too; the seeds stay those of the cells.
+    sweep(spec_of(ckpt, cache, *FAST, "seeds=0", name="sb"), work, "third")
+    _, meta, _ = load_results("sb", url(work))
+    assert meta["runs"] == 3 and meta["last_run"]["command"] == "third" and meta["seeds"] == "0-19, 20-39"
+
+
+def _stopped_trial(storage: str, name: str, cell: str, **attrs) -> int:
+    """A trial that claimed ``cell`` and stopped before recording the cell's fields: FAIL, as the heartbeat or
+    an interrupt leaves it."""
+    study = optuna.load_study(study_name=name, storage=store.open_storage(storage))
+    trial = study.ask()
+    for key, value in {"cell": cell, "run": "stopped", **attrs}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, state=TrialState.FAIL)
+    return trial.number
+
+
+def test_trial_stopped_before_its_cell_fields_is_no_result(ckpt, cache, work):
+    full = spec_of(ckpt, cache, *FAST[1:], "steps=2,3", name="st")
+    done, todo = (c.key for c in full.cells())
+    sweep(spec_of(ckpt, cache, *FAST, name="st"), work)  # S = 2 only
+    bare = _stopped_trial(url(work), "st", todo)  # only the claim and the run token
+    partial = _stopped_trial(url(work), "st", done, pid=1, host="h", sampler="ddim", steps=2)  # stopped mid-way
+    records, meta, _ = load_results("st", url(work))
+    assert [(r["state"], r["steps"]) for r in records] == [("COMPLETE", 2)]
+    assert {bare, partial}.isdisjoint(r["number"] for r in records)
+    assert meta["superseded_trials"] == 1  # the stopped try of the measured cell; the other cell is just not run
+    out = make_report("st", storage=url(work), wandb="disabled")  # no "result record lacks 'sampler'"
+    assert "S = 2" in (out / "table.md").read_text(encoding="utf-8")
+    # The claim alone still makes the cell one to retry, and the next run measures it.
+    trials = optuna.load_study(study_name="st", storage=store.open_storage(url(work))).trials
+    plan = store.cell_plan(trials, [done, todo], "next")
+    assert plan.done == 1 and plan.retry == [todo] and not plan.fresh
+    assert sweep(full, work).complete == 2
+    records, _, _ = load_results("st", url(work))
+    assert sorted((r["state"], r["steps"]) for r in records) == [("COMPLETE", 2), ("COMPLETE", 3)]
