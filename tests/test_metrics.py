@@ -6,6 +6,7 @@ randomly initialised weights file (its numbers mean nothing, the plumbing is wha
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -379,6 +380,102 @@ def test_file_backed_reference_is_hashed_once(tmp_path: Path, monkeypatch: pytes
     assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
     subset = metrics._reference("folder", **{**kwargs, "ref_count": 4})
     assert subset[1] == 4 and subset[3] != content
+    # A damaged memo (a power loss mid-write) is hashed again and rewritten, never taken as the content hash.
+    memos = [p for p in (tmp_path / "memo").glob("content-*.txt") if p.read_text().strip() == content]
+    memo = max(memos, key=lambda p: p.stat().st_mtime_ns)  # the current files' (the touched file made a new one)
+    for damaged in (content[:7] + "\n", "", "\x00" * 65):
+        memo.write_text(damaged)
+        decoded.clear()
+        assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
+        assert memo.read_text().strip() == content
+
+
+def _damage(path: Path, how: str) -> None:
+    """What a power loss can leave of a file torch-fidelity renamed into place without an fsync."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+
+
+def _reference_files(cache_dir: Path, ref_key: str) -> tuple[Path, Path]:
+    """The cached FID statistics and reference features (torch-fidelity's names under our key)."""
+    stem = cache_dir / "reference" / f"{ref_key}-{EXTRACTOR_NAME}"
+    return Path(f"{stem}-stat-fid-{FEATURE_FID}.pt"), Path(f"{stem}-features-{FEATURE_FID}.pt")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+@pytest.mark.parametrize("kind", ["stat-fid", "features"])
+def test_a_damaged_reference_cache_is_recomputed(
+    cache_dir: Path, test_u8: torch.Tensor, capsys: pytest.CaptureFixture, kind: str, how: str
+) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid", "kid"), ref_count=555)
+    first = compute_metrics(test_u8, **kwargs)
+    stat_file, features_file = _reference_files(cache_dir, first["ref_key"])
+    stat, features = (torch.load(p, weights_only=False) for p in (stat_file, features_file))
+    damaged = stat_file if kind == "stat-fid" else features_file
+    _damage(damaged, how)
+    capsys.readouterr()
+    second = compute_metrics(test_u8, **kwargs)  # no exception: the damaged file is recomputed
+    assert second["fid"] == first["fid"]  # the same statistics of the same features, exactly
+    assert second["kid_mean"] == pytest.approx(first["kid_mean"], rel=1e-6, abs=1e-9)
+    same = ("extractor", "extractor_sha256", "ref_key", "ref_count", "n")
+    assert {k: second[k] for k in same} == {k: first[k] for k in same}
+    assert second["ref_sha256"] == file_sha256(stat_file)
+    # The damaged file is rewritten with what it held.
+    rewritten = torch.load(damaged, weights_only=False)
+    if kind == "stat-fid":
+        assert np.array_equal(rewritten["mu"], stat["mu"]) and np.array_equal(rewritten["sigma"], stat["sigma"])
+    else:
+        assert rewritten.shape == features.shape == (555, features.shape[1])
+        assert torch.allclose(rewritten, features, rtol=1e-5, atol=1e-6)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and damaged.name in lines[0], lines
+    # Healed: the next call reads the cache silently.
+    assert compute_metrics(test_u8, **kwargs)["fid"] == first["fid"]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_cache_file_that_cannot_be_removed_is_one_line(
+    cache_dir: Path, test_u8: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=556)
+    first = compute_metrics(test_u8, **kwargs)
+    stat_file = _reference_files(cache_dir, first["ref_key"])[0]
+    _damage(stat_file, "empty")
+    real_unlink = Path.unlink
+
+    def refuse(self: Path, *args, **kwargs) -> None:
+        if self == stat_file:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    one_line_error(lambda: compute_metrics(test_u8, **kwargs), str(stat_file), "Permission denied", "delete it")
+    monkeypatch.undo()
+    assert compute_metrics(test_u8, **kwargs)["fid"] == first["fid"]  # heals once it can
+
+
+def test_cli_metrics_heals_a_damaged_reference_cache(
+    cache_dir: Path, test_u8: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from bench.cli import main
+
+    write_pngs(tmp_path / "s", test_u8[:60])
+    argv = ["metrics", str(tmp_path / "s"), "--dataset", "digits", "--metric", "fid", "--metric", "kid"]
+    argv += ["--json", "--device", "cpu", "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    stat_file, features_file = _reference_files(cache_dir, first["ref_key"])
+    _damage(stat_file, "truncated")  # was: a RuntimeError traceback, exit 1
+    _damage(features_file, "empty")  # was: EOFError -> "interrupted; rerun...", exit 130
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert second["kid_mean"] == pytest.approx(first["kid_mean"], rel=1e-6, abs=1e-9)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "Traceback" not in err, err
+    assert stat_file.name in lines[0] and features_file.name in lines[0]
 
 
 # ---- refusals ----
@@ -516,6 +613,28 @@ def test_png_folder_mismatches_are_refused(test_u8: torch.Tensor, tmp_path: Path
     (tmp_path / "empty").mkdir()
     one_line_error(lambda: run(tmp_path / "empty"), "no .png")
     one_line_error(lambda: run(tmp_path / "missing"), "does not exist")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_an_unreadable_png_is_named(
+    test_u8: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
+) -> None:
+    from bench.cli import main
+
+    folder = tmp_path / "samples"
+    write_pngs(folder, test_u8[:12])
+    bad = folder / "000005.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a PNG at all\n" * 8)
+    one_line_error(lambda: metrics.read_png_folder(folder), str(bad), "not a readable PNG", "regenerate or remove it")
+    argv = ["metrics", str(folder), "--dataset", "digits", "--metric", "fid", "--device", "cpu"]
+    code = main([*argv, "--cache-dir", str(tmp_path / "cache")])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (code, err)
+    assert "000005.png" in lines[0] and "not a readable PNG" in lines[0], lines[0]
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "cache").exists()  # refused before any work
 
 
 # ---- hygiene ----
