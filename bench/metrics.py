@@ -21,10 +21,8 @@ torch-fidelity is imported lazily: importing this module only needs torch, numpy
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,8 @@ from bench.reference import (
     _reference,
     _UInt8Images,
     file_sha256,
+    first_line,
+    heal_reference_cache,
     reference_key,
     tensor_sha256,
     to_uint8,
@@ -194,76 +194,6 @@ def _kid_subset_size(n: int, ref_n: int, kid_subset_size: int | None) -> int:
     return size
 
 
-# --- the reference cache: a damaged file is recomputed, not a traceback ----------------------------
-
-_GOOD_CACHE_FILES: set[tuple[str, int, int]] = set()
-
-
-def _first_line(exc: BaseException, limit: int = 100) -> str:
-    """The exception's first line, up to its first sentence and ``limit`` characters (torch's are long)."""
-    text = str(exc).strip()
-    line = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _cache_file_problem(path: Path, ref_n: int) -> str | None:
-    """Why torch-fidelity could not use this cached reference file, or None when it can.
-
-    Loads it as torch-fidelity does; checks the shape of what it holds too: FID statistics are
-    ``{"mu": (D,), "sigma": (D, D)}`` numpy arrays, features a ``(ref_n, D)`` tensor. A file that
-    passed is memoised by (path, size, mtime) so a sweep loads it once per process.
-    """
-    try:
-        st = path.stat()
-        memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-        if memo in _GOOD_CACHE_FILES:
-            return None
-        item = torch.load(path, map_location="cpu", weights_only=False)  # as torch-fidelity loads it
-    except Exception as e:  # a truncated zip, an empty file (EOFError), a folder, no permission...
-        return _first_line(e)
-    if "-stat-fid-" in path.name:
-        mu, sigma = (item.get(k) if isinstance(item, dict) else None for k in ("mu", "sigma"))
-        ok = isinstance(mu, np.ndarray) and isinstance(sigma, np.ndarray) and mu.ndim == 1
-        if not (ok and sigma.size == mu.size**2):
-            return "not FID statistics {mu, sigma}"
-    elif not isinstance(item, Tensor) or item.dim() != 2 or len(item) != ref_n:
-        return f"not a ({ref_n}, D) features tensor"
-    _GOOD_CACHE_FILES.add(memo)
-    return None
-
-
-def _heal_reference_cache(ref_root: Path, prefix: str, ref_n: int) -> None:
-    """Remove the cached reference files named ``prefix*.pt`` that cannot be used, so torch-fidelity
-    recomputes them from the reference images (torch-fidelity renames its cache files into place
-    without an fsync: a power loss can leave them truncated or empty).
-
-    One warning line on stderr when something was removed; a file that cannot be removed is a
-    ``DDIMError`` naming it.
-    """
-    removed = []
-    for path in sorted(ref_root.glob(f"{glob.escape(prefix)}*.pt")):
-        reason = _cache_file_problem(path, ref_n)
-        if reason is None:
-            continue
-        try:
-            path.unlink()
-        except FileNotFoundError:  # another process healed it first
-            pass
-        except OSError as e:
-            raise DDIMError(
-                f"cached reference file {str(path)!r} is unreadable ({reason}) and cannot be removed "
-                f"({e.strerror or type(e).__name__}); delete it and rerun"
-            ) from None
-        removed.append(f"{path.name} ({reason})")
-    if removed:
-        print(
-            f"warning: removed unreadable cached reference files from {ref_root} and recomputing them from the "
-            f"reference images: {'; '.join(removed)}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 # --- the measurement -------------------------------------------------------------------------------
 
 
@@ -357,7 +287,7 @@ def compute_metrics(
         kwargs.update(input2=input2, input2_cache_name=ref_key)
         if "kid" in metrics:
             kwargs["kid_subset_size"] = _kid_subset_size(n, ref_n, kid_subset_size)
-        _heal_reference_cache(ref_root, f"{ref_key}-{fe_name}-", ref_n)  # a damaged entry is recomputed
+        heal_reference_cache(ref_root, f"{ref_key}-{fe_name}-", ref_n)  # a damaged entry is recomputed
 
     # 4. One torch-fidelity call; samples are never cached (input1 has no cache name).
     import torch_fidelity
@@ -423,7 +353,7 @@ def _image_error(exc: BaseException) -> str:
         return "not an image PIL can identify"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def read_png_folder(folder: str | os.PathLike) -> Tensor:
