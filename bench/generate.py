@@ -56,18 +56,18 @@ class SampleConfig:
             raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.seed < 0:
             raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
-        if self.seed + self.n - 1 > MAX_SEED:  # torch.Generator seeds: signed 64-bit
+        if self.seed + self.n - 1 > MAX_SEED:  # sample i uses seed + i
             raise DDIMError(
                 f"--seed {self.seed} with -n {self.n} exceeds the largest seed {MAX_SEED}; use a smaller seed"
             )
+        check_args(self.sampler, self.eta, self.clip_x0)  # an unknown sampler is named first
         if self.sampler != "ddim" and self.eta != 0:
             raise DDIMError(f"--eta applies to the ddim sampler only; drop it for --sampler {self.sampler}")
-        check_args(self.sampler, self.eta, self.clip_x0)
         if self.sampler != "ddpm":
             schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
 
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1  # torch's CPU generator (mt19937) keeps 32 bits: seeds 2³² apart draw the same noise
 
 
 def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:

@@ -216,7 +216,9 @@ def _cache_file_problem(path: Path, ref_n: int) -> str | None:
         memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
         if memo in _GOOD_CACHE_FILES:
             return None
-        item = torch.load(path, map_location="cpu", weights_only=False)  # as torch-fidelity loads it
+        # As torch-fidelity loads it, but memory-mapped: a zip cut short fails at once, and a 50k × 2048 features
+        # file is not read into memory just to be checked.
+        item = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as e:  # a truncated zip, an empty file (EOFError), a folder, no permission...
         return first_line(e)
     if "-stat-fid-" in path.name:

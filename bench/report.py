@@ -345,7 +345,7 @@ def write_report(
         put("consistency.png", _read_input(root, extras["consistency"], "consistency figure"))
     elif sections := _consistency_sections(cells, root):
         put("consistency.png", plots.consistency_png(sections))
-        consistency = f"Same x_T, different S ({sections[0][0]}): one row per S"
+        consistency = f"Same x_T, different S, one row per S ({'; '.join(title for title, _ in sections)})"
     if extras.get("interpolation"):
         put("interpolation.png", _read_input(root, extras["interpolation"], "interpolation strip"))
 

@@ -259,8 +259,8 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
         raise DDIMError(f"n={spec.n} is too few for FID/KID (needs ≥ 2 samples); raise n")
     resolve_device(spec.device)
     last = spec.seed_range(max(spec.seeds.hi if isinstance(spec.seeds, Range) else max(spec.seeds), 0))[1]
-    if last > 2**63 - 1:  # torch.Generator seeds are signed 64-bit
-        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^63 − 1; use a smaller seed_base")
+    if last > 2**32 - 1:  # torch's CPU generator keeps 32 bits: seeds 2³² apart would repeat the same noise
+        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^32 − 1; use a smaller seed_base")
     _check_folder("artifacts", spec.artifacts)
     _check_folder("cache_dir", spec.cache_dir)
     if spec.extractor == "inception":

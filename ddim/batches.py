@@ -19,12 +19,23 @@ from torch.utils.data import DataLoader, Dataset
 from ddim.errors import DDIMError
 
 HOST, DEVICE, DROPOUT = 0, 1, 2  # stream ids; DROPOUT + rank seeds a rank's global RNG (dropout)
-_STREAMS = 1 << 16  # room for DROPOUT + rank with up to 65533 ranks
+_MASK64 = (1 << 64) - 1
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
-    """The seed of one random stream at one step (distinct for every (seed, step, stream))."""
-    return ((seed * 1_000_003 + step) * _STREAMS + stream) % (1 << 63)
+    """The seed of one random stream at one step: a 63-bit hash of (seed, step, stream).
+
+    Hashed, not packed: torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so a packed
+    value like ``(seed·P + step)·2¹⁶ + stream`` repeated its streams every 2¹⁶ steps and made seed s + 1
+    a shifted copy of seed s. With a hash, CUDA generators (full 64 bits) get distinct streams and the
+    CPU ones coincide only by chance (two of a run's ~10⁶ streams, with probability ~2⁻³² per pair).
+    """
+    h = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + (step & _MASK64) * 0xC2B2AE3D27D4EB4F + stream) & _MASK64
+    for _ in range(2):  # splitmix64's finaliser, twice: every input bit moves every output bit
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1  # 63 bits: a valid seed everywhere
 
 
 def antithetic_t(B: int, T: int, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:

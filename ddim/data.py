@@ -7,6 +7,8 @@ Random horizontal flips are left to the trainer (``dataset.info.hflip`` says whe
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,3 +283,16 @@ def _load_folder(root: Path, info: DatasetInfo) -> ImageFileDataset:
             f"no images in {root}; put .png/.jpg/.jpeg/.bmp/.webp files there (subfolders are searched too)"
         )
     return ImageFileDataset(paths, info)
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """What identifies a training set across machines: file-backed data by its files' relative names
+    and sizes (so a moved folder matches and another one does not), in-memory data by count and shape."""
+    paths = getattr(ds, "paths", None)
+    if paths is None:
+        return f"{len(ds)}x{tuple(ds[0][0].shape)}"
+    root = os.path.commonpath([str(p) for p in paths]) if len(paths) > 1 else str(Path(paths[0]).parent)
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{os.path.relpath(p, root)}:{os.path.getsize(p)}\n".encode())
+    return f"{len(paths)} files, sha256 {h.hexdigest()[:16]}"

@@ -66,10 +66,10 @@ def check_same_experiment(
     old: dict[str, Any], new: dict[str, Any], where: str | Path, skip: frozenset[str] = frozenset()
 ) -> None:
     """Refuse, in one line, to resume a run with settings that change the experiment (``skip``: keys
-    the caller compares otherwise). For ``folder`` data, ``data_root`` is the training set itself."""
-    resumable = RESUMABLE_CHANGES - ({"data_root"} if new.get("dataset") == "folder" else set())
+    the caller compares otherwise). ``data_root`` may change: the training loop compares the data itself
+    (``data_fingerprint``), so moved files resume and other files are refused."""
     for key, value in new.items():
-        if key in resumable or key in skip or key not in old:
+        if key in RESUMABLE_CHANGES or key in skip or key not in old:
             continue
         if _plain(old[key]) != _plain(value):
             flag = "--" + key.replace("_", "-")
@@ -119,10 +119,15 @@ def open_run(
     config = run_dir / "config.json"
     if config.exists():
         try:
-            old = json.loads(config.read_text(encoding="utf-8"))["train"]
+            saved = json.loads(config.read_text(encoding="utf-8"))
+            old, old_unet = saved["train"], saved.get("unet")
         except (OSError, ValueError, KeyError, TypeError):
             raise DDIMError(f"{config} is unreadable; delete it or choose another --run-dir") from None
-        check_same_experiment(old, train, config)
+        check_same_experiment(old, train, config, skip=RESOLVED_ELSEWHERE)
+        unet = expect.get("unet")
+        if old_unet is not None and unet is not None and _plain(old_unet) != _plain(unet.to_dict()):
+            raise DDIMError(f"--resume: the UNet differs from the run in {config}; use the original settings "
+                            "or a new --run-dir")  # fmt: skip
     return None
 
 

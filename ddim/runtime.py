@@ -52,9 +52,14 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
     cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     on_gpu = device.type == "cuda"  # CPU runs leave the CUDA backend flags alone (reading them is not free of
     # side effects: it mixes the legacy TF32 API with a caller's set_float32_matmul_precision)
+    tf32_flags = None
+    if on_gpu:
+        try:
+            tf32_flags = (cuda.allow_tf32, cudnn.allow_tf32)
+        except RuntimeError:  # the caller set TF32 through the newer fp32_precision API: leave it as set
+            tf32_flags = None
     saved = (
-        cuda.allow_tf32 if on_gpu else None,
-        cudnn.allow_tf32 if on_gpu else None,
+        *(tf32_flags or (None, None)),
         cudnn.benchmark,
         cudnn.deterministic,
         torch.are_deterministic_algorithms_enabled(),
@@ -63,7 +68,8 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
     )
     try:
         if on_gpu:
-            cuda.allow_tf32 = cudnn.allow_tf32 = tf32 and not deterministic
+            if tf32_flags is not None:
+                cuda.allow_tf32 = cudnn.allow_tf32 = tf32 and not deterministic
             cudnn.benchmark = not deterministic  # fixed shapes: autotuning pays off after the first step
             cudnn.deterministic = deterministic
             if deterministic and saved[6] is None:
@@ -72,8 +78,8 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
             torch.use_deterministic_algorithms(True)
         yield
     finally:
-        if on_gpu:
-            cuda.allow_tf32, cudnn.allow_tf32 = saved[:2]
+        if tf32_flags is not None:
+            cuda.allow_tf32, cudnn.allow_tf32 = tf32_flags
         cudnn.benchmark, cudnn.deterministic = saved[2:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
         if saved[6] is None:

@@ -172,7 +172,7 @@ def train(
     with Context.from_env(cfg.device) as ctx:
         device = ctx.device
         # torch.manual_seed reseeds every visible GPU, so fork_rng restores them all (not only the one used).
-        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
         with numerics(device, tf32=cfg.tf32, deterministic=cfg.deterministic), torch.random.fork_rng(gpus):
             return _train(cfg, ctx, resume, log, on_grid, progress)
 
@@ -193,6 +193,12 @@ def _train(
     # 0. Rank 0 decides fresh vs resume and reads the checkpoint; every rank gets the same one.
     ck = ctx.share(lambda: open_run(run_dir, resume=resume, train=cfg.to_dict(), expect=expect))
     ds = ddata.load_dataset(cfg.dataset, cfg.data_root, "train", cfg.resolution, cfg.download)
+    fingerprint = ddata.data_fingerprint(ds)  # --data-root may move between runs; the images may not change
+    if ck is not None and ck.dataset.get("fingerprint") not in (None, fingerprint):
+        raise DDIMError(
+            f"the training data under {cfg.data_root} ({fingerprint}) is not what the run in {run_dir} trained on "
+            f"({ck.dataset['fingerprint']}); resume with the original images or start a new --run-dir"
+        )
 
     torch.manual_seed(cfg.seed)
     model = UNet(unet_cfg)
@@ -235,7 +241,8 @@ def _train(
         num_workers=cfg.num_workers,
         steps=range(step, cfg.max_steps),
     )
-    meta = {"unet": unet_cfg.to_dict(), "diffusion": asdict(diffusion), "dataset": asdict(info), "train": cfg.to_dict()}
+    meta = {"unet": unet_cfg.to_dict(), "diffusion": asdict(diffusion), "train": cfg.to_dict(),
+            "dataset": {**asdict(info), "fingerprint": fingerprint}}  # fmt: skip
 
     def write_checkpoint() -> None:
         payload = {
@@ -303,10 +310,11 @@ def _train(
                         "grad_norm": grad_norm_mean,
                         "images_per_s": window_n / max(now - window_t, 1e-9),
                     }
-                    window_t, window_n, last_loss = now, 0, loss_mean
+                    window_n, last_loss = 0, loss_mean
                     ctx.on_main(lambda s=step, m=metrics: append_metrics(run_dir, s, m))
                     if log is not None and ctx.is_main:
-                        log(metrics, step)
+                        log(metrics, step)  # may start a W&B run: not counted in the next window's images/s
+                    window_t = time.perf_counter()
                 if progress is not None and ctx.is_main:
                     progress(step, {"loss": last_loss, "lr": lr})
                 stopping = ctx.any(stop.signal is not None)  # a signal on any rank stops all at this step

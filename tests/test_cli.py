@@ -207,8 +207,8 @@ BAD_INPUT = {
         ["sample", "--checkpoint", "{tmp}/nope[/x]", "--out", "{tmp}/o"],
         "nope[/x] does",
     ),
-    "seed past 2^63": (
-        ["sample", "--checkpoint", "{run}", "--seed", "9223372036854775807", "-n", "2", "--out", "{tmp}/o"],
+    "seed past 2^32": (
+        ["sample", "--checkpoint", "{run}", "--seed", "4294967295", "-n", "2", "--out", "{tmp}/o"],
         "exceeds the largest seed",
     ),
     "eta with another sampler": (
@@ -220,9 +220,9 @@ BAD_INPUT = {
     "report: unknown --wandb": (["report", "x", "--wandb", "bogus"], "unknown --wandb mode 'bogus'"),
     "sweep: artifacts under a file": (["sweep", "checkpoint={run}", "artifacts={tmp}/afile/sub"], "afile is a file"),
     "sweep: colliding etas": (["sweep", "eta=0.1234567,0.1234568", "checkpoint={run}"], "name the same cell"),
-    "sweep: seeds past 2^63": (
-        ["sweep", "seed_base=9223372036854775800", "seeds=0,1", "n=20", "checkpoint={run}"],
-        "exceeds 2^63",
+    "sweep: seeds past 2^32": (
+        ["sweep", "seed_base=4294967280", "seeds=0,1", "n=20", "checkpoint={run}"],
+        "exceeds 2^32 − 1",
     ),
     "sweep: eta outside eq. 12": (["sweep", "eta=0,1.5", "steps=10", "checkpoint={run}"], "outside eq. 12"),
     "sweep: search eta above 1": (["sweep", "--search", "pareto", "eta=0..2", "checkpoint={run}"], "within 0..1"),

@@ -148,3 +148,33 @@ def test_hflip_batches_are_the_same_in_memory_and_through_the_loader():
     for step in range(3):
         assert torch.equal(a.x0(step), b.x0(step)), step
     b.close()
+
+
+def test_step_streams_never_repeat_in_the_32_bits_the_cpu_generator_keeps():
+    """torch's CPU generator seeds mt19937 with the low 32 bits only: the per-step seeds must differ there."""
+    from ddim.batches import DEVICE, DROPOUT, HOST, step_seed
+
+    seeds = [step_seed(s, k, stream) for s in range(4) for k in (0, 1, 2, 16_963, 65_536, 65_537, 1 << 20)
+             for stream in (HOST, DEVICE, DROPOUT, DROPOUT + 1)]  # fmt: skip
+    assert all(0 <= x < 1 << 63 for x in seeds)
+    assert len({x & 0xFFFFFFFF for x in seeds}) == len(seeds)
+    # What the packed seed used to do: step k and k + 2^16 drew the same batch; seed 1 was seed 0 shifted.
+    images = torch.arange(500, dtype=torch.float32).reshape(500, 1, 1, 1).expand(500, 1, 2, 2)
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.images = images
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int):
+            return images[i], 0
+
+    def batch(seed: int, step: int) -> torch.Tensor:
+        kw = dict(batch_size=32, part=slice(None), seed=seed, T=1000, device=torch.device("cpu"), hflip=False)
+        return Batches(Data(), **kw).x0(step)
+
+    assert not torch.equal(batch(0, 3), batch(0, 3 + 65_536))
+    assert not torch.equal(batch(1, 3), batch(0, 3 + 16_963))
+    assert torch.equal(batch(0, 3), batch(0, 3))

@@ -354,7 +354,8 @@ def test_grids_consistency_interpolation_inversion_readme_html(built):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert Image.open(out / name).size[0] > 0
     # Consistency: η = 0 rows (the lowest η with strips, named in the caption), one 8-px strip per S, per schedule.
-    assert "Same x_T, different S (DDIM eta = 0" in (out / "README.md").read_text(encoding="utf-8")
+    caption = "row per S (DDIM eta = 0.0, uniform spacing, seed block 0; DDIM eta = 0.0, quad spacing, seed block 0)"
+    assert caption in (out / "README.md").read_text(encoding="utf-8")  # every section is named, not the first
     assert Image.open(out / "consistency.png").size[1] >= 2 * len(STEPS) * 8
     inv = (out / "inversion.md").read_text(encoding="utf-8")
     assert "0.0151" in inv and "0.014" in inv and "0.0023" in inv

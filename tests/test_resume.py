@@ -61,10 +61,16 @@ def test_sigterm_to_the_whole_process_group_checkpoints_despite_loader_workers(t
     end = time.monotonic() + 120
     while not (tmp_path / "run" / "metrics.jsonl").exists():
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < end, "training did not start"
+        if time.monotonic() > end:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("training did not start")
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a million-step training behind
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["interrupted"] and result["checkpoint"] == str(checkpoint_path(cfg.run_dir, result["step"]))
@@ -79,14 +85,29 @@ def test_resume_accepts_explicit_values_equal_to_the_resolved_defaults(tmp_path)
         train(tiny_config(tmp_path / "run", max_steps=6, save_every=2, resolution=8), resume=True)
 
 
-def test_resume_of_a_folder_run_refuses_another_image_folder(tmp_path):
+def test_a_folder_run_resumes_from_moved_images_but_not_from_other_images(tmp_path):
     data = _image_folder(tmp_path / "imgs")
     train(_folder_config(tmp_path / "run", data, max_steps=2, save_every=2))
-    other = _image_folder(tmp_path / "other")
-    with pytest.raises(DDIMError, match="--data-root .* differs") as info:
-        train(_folder_config(tmp_path / "run", other, max_steps=4, save_every=2), resume=True)
+    moved = data.rename(tmp_path / "scratch")  # e.g. copied to node-local disk: same files, new place
+    assert train(_folder_config(tmp_path / "run", moved, max_steps=4, save_every=2), resume=True).step == 4
+    (moved / "0.png").unlink()  # one image fewer: another training set
+    with pytest.raises(DDIMError, match="is not what the run in .* trained on") as info:
+        train(_folder_config(tmp_path / "run", moved, max_steps=6, save_every=2), resume=True)
     assert "\n" not in str(info.value)
-    assert train(_folder_config(tmp_path / "run", data, max_steps=4, save_every=2), resume=True).step == 4
+
+
+def test_a_run_without_checkpoint_accepts_explicit_defaults_but_not_another_unet(tmp_path):
+    cfg = tiny_config(tmp_path / "early", max_steps=3)
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.json").write_text(
+        json.dumps({"train": cfg.to_dict(), "unet": cfg.unet_config().to_dict()})
+    )  # a run killed before its first checkpoint
+    assert train(tiny_config(tmp_path / "early", max_steps=3, resolution=16), resume=True).step == 3
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "unet": cfg.unet_config().to_dict()}))
+    with pytest.raises(DDIMError, match="the UNet differs"):
+        train(tiny_config(other, max_steps=3, ch=16), resume=True)
 
 
 def test_resume_refuses_imported_weights(tmp_path):
