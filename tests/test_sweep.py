@@ -19,6 +19,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from sweep_helpers import spec_of, url
 
 from bench import store, sweep
 from bench.overrides import Cell
@@ -28,36 +29,6 @@ from ddim.errors import DDIMError
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]
-
-
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory) -> Path:
-    from ddim.training import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("ckpt") / "run"
-    cfg = TrainConfig(dataset="digits", max_steps=2, batch_size=8, run_dir=str(run), sample_every=0, save_every=2,
-                      log_every=1, warmup=1, device="cpu", num_workers=0)  # fmt: skip
-    train(cfg)
-    return run
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)  # artifacts (ddimbench-sweeps/) and reports/ land here
-    return tmp_path
-
-
-def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):
-    return resolve_spec([f"checkpoint={ckpt}", f"cache_dir={cache}", f"name={name}", *tokens], search=search)
-
-
-def url(work: Path) -> str:
-    return f"sqlite:///{work / 'sweeps.db'}"
 
 
 def complete_cells(storage: str, name: str) -> list[str]:
@@ -155,7 +126,7 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
             continue
         for t in study.get_trials(states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
-            if pid is None:
+            if pid is None or "sampler" not in t.user_attrs:  # not yet measuring: the claim is still being written
                 continue
             os.kill(pid, signal.SIGSTOP)
             if study.get_trials(deepcopy=False)[t.number].state == TrialState.RUNNING:

@@ -8,43 +8,13 @@ import json
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
+from sweep_helpers import spec_of, url
 
 from bench import store
-from bench.sweep import load_results, make_report, resolve_spec, run_sweep
+from bench.sweep import load_results, make_report, run_sweep
 
 FAST = ["steps=2", "eta=0", "n=20", "batch=10", "interpolation=false"]
-
-
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory) -> Path:
-    from ddim.training import TrainConfig, train
-
-    run = tmp_path_factory.mktemp("ckpt") / "run"
-    cfg = TrainConfig(dataset="digits", max_steps=2, batch_size=8, run_dir=str(run), sample_every=0, save_every=2,
-                      log_every=1, warmup=1, device="cpu", num_workers=0)  # fmt: skip
-    train(cfg)
-    return run
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)  # artifacts (ddimbench-sweeps/) and reports/ land here
-    return tmp_path
-
-
-def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g"):
-    return resolve_spec([f"checkpoint={ckpt}", f"cache_dir={cache}", f"name={name}", *tokens])
-
-
-def url(work: Path) -> str:
-    return f"sqlite:///{work / 'sweeps.db'}"
 
 
 def sweep(spec, work: Path, command: str = ""):
