@@ -129,7 +129,10 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
             if pid is None or "sampler" not in t.user_attrs:  # not yet measuring: the claim is still being written
                 continue
             os.kill(pid, signal.SIGSTOP)
-            if study.get_trials(deepcopy=False)[t.number].state == TrialState.RUNNING:
+            now = study.get_trials(deepcopy=False)[t.number]
+            # Still measuring: no result stored yet. (Stopped inside the final commits, the cell would finish
+            # after SIGCONT, before the signal's handler runs: the kill would miss.)
+            if now.state == TrialState.RUNNING and "result" not in now.user_attrs:
                 os.kill(pid, sig)
                 os.kill(pid, signal.SIGCONT)
                 return t.number
