@@ -19,7 +19,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import _RUNNER, ROOT, _kill_mid_cell, cache, ckpt, complete_cells, spec_of  # noqa: F401 (fixtures)
+from sweep_helpers import spec_of
+from test_sweep import _RUNNER, ROOT, _kill_mid_cell, complete_cells
 
 from bench import store
 from bench.sweep import load_results, resolve_spec, run_sweep
