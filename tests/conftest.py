@@ -40,3 +40,46 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory of its own: sweep artifacts (ddimbench-sweeps/) and reports/ land here."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- the metrics tests' data (test_metrics.py, test_reference.py) ---
+
+
+@pytest.fixture(scope="session")
+def train_u8() -> torch.Tensor:
+    """The digits training split as uint8 images."""
+    from bench.classifier import load_labelled_uint8
+
+    return load_labelled_uint8("digits")[0]
+
+
+@pytest.fixture(scope="session")
+def test_u8() -> torch.Tensor:
+    """The digits test split as uint8 images."""
+    from bench.classifier import load_labelled_uint8
+
+    return load_labelled_uint8("digits", split="test")[0]
+
+
+@pytest.fixture(scope="session")
+def fid_vs_train(cache_dir: Path, test_u8: torch.Tensor) -> dict:
+    """FID and IS of the test split against the training split, computed once per session."""
+    from bench.metrics import compute_metrics
+
+    return compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"))
+
+
+@pytest.fixture
+def feature_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on torch-fidelity's feature extraction: the size of each input it extracts from."""
+    import torch_fidelity.utils
+
+    calls: list[int] = []
+    real = torch_fidelity.utils.get_featuresdict_from_dataset
+
+    def spy(input, *args, **kwargs):
+        calls.append(len(input))
+        return real(input, *args, **kwargs)
+
+    monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", spy)
+    return calls

@@ -1,0 +1,202 @@
+"""Tests for bench.reference and the reference cache: its key covers every input, a second call hits
+it, file-backed references are hashed once, and a damaged cache file is recomputed, not a traceback.
+Offline, on the bundled digits with the classifier extractor."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from metrics_helpers import one_line_error, write_pngs
+from PIL import Image
+
+import bench.metrics as metrics
+import ddim.data
+from bench.classifier import EXTRACTOR_NAME, FEATURE_FID
+from bench.metrics import compute_metrics, file_sha256, reference_key, tensor_sha256, to_uint8
+
+# ---- the reference cache ----
+
+
+def test_reference_key_covers_every_input() -> None:
+    base = dict(
+        dataset="digits", split="train", resolution=16, extractor="classifier",
+        weights_sha256="a" * 64, count=1000, content_sha256="b" * 64,
+    )  # fmt: skip
+    changes = dict(
+        dataset="mnist", split="test", resolution=8, extractor="inception",
+        weights_sha256="c" * 64, count=999, content_sha256="d" * 64,
+    )  # fmt: skip
+    keys = {reference_key(**base)} | {reference_key(**{**base, k: v}) for k, v in changes.items()}
+    assert len(keys) == 1 + len(changes)
+    assert os.sep not in reference_key(**{**base, "dataset": "a/b"})
+
+
+def test_cache_key_changes_with_count_resolution_and_content(
+    cache_dir: Path, test_u8: torch.Tensor, fid_vs_train: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=600)
+    b = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=601)
+    assert a["ref_count"] == 600 and b["ref_count"] == 601
+    assert len({a["ref_key"], b["ref_key"], fid_vs_train["ref_key"]}) == 3
+    assert len({a["ref_sha256"], b["ref_sha256"], fid_vs_train["ref_sha256"]}) == 3
+    # Another resolution: another classifier and another key.
+    small = to_uint8(torch.nn.functional.interpolate(test_u8.float() / 127.5 - 1, size=(8, 8), mode="area"))
+    c = compute_metrics(small, dataset="digits", cache_dir=cache_dir, metrics=("fid",), resolution=8)
+    assert "-8px-" in c["ref_key"] and c["extractor_sha256"] != fid_vs_train["extractor_sha256"]
+    # The same count but one changed pixel in the real images: a new key, never the stale entry.
+    real_load = ddim.data.load_dataset
+
+    def altered(*args, **kwargs):
+        ds = real_load(*args, **kwargs)
+        ds.images = ds.images.clone()
+        ds.images[0, 0, 0, 0] = -ds.images[0, 0, 0, 0] - 0.5
+        return ds
+
+    monkeypatch.setattr(ddim.data, "load_dataset", altered)
+    d = compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid",))
+    assert d["ref_count"] == fid_vs_train["ref_count"] and d["ref_key"] != fid_vs_train["ref_key"]
+
+
+def test_second_call_hits_the_cache(cache_dir: Path, test_u8: torch.Tensor, feature_calls: list[int]) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"), ref_count=777)
+    first = compute_metrics(test_u8, **kwargs)
+    assert sorted(feature_calls) == sorted([len(test_u8), 777])  # samples and reference
+    files = sorted((cache_dir / "reference").glob(f"{first['ref_key']}-*"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    feature_calls.clear()
+    second = compute_metrics(test_u8, **kwargs)
+    assert feature_calls == [len(test_u8)]  # only the samples: the reference came from the cache
+    assert second == first
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    # FID alone reads the cached statistics without building the reference's features either.
+    feature_calls.clear()
+    third = compute_metrics(test_u8, **{**kwargs, "metrics": ("fid",)})
+    assert feature_calls == [len(test_u8)] and third["fid"] == pytest.approx(first["fid"], rel=1e-9)
+
+
+def test_file_backed_reference_is_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    decoded: list[int] = []
+    real_getitem = ddim.data.ImageFileDataset.__getitem__
+
+    def counting_getitem(self, index):
+        decoded.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(ddim.data.ImageFileDataset, "__getitem__", counting_getitem)
+    kwargs = dict(data_root=folder, split="train", resolution=8, ref_count=None, memo_dir=tmp_path / "memo", rgb=False)
+    images, n, shape, content = metrics._reference("folder", **kwargs)
+    assert (n, shape, len(decoded)) == (6, (3, 8, 8), 6)
+    # The streamed hash is tensor_sha256 of the stacked uint8 reference.
+    assert content == tensor_sha256(torch.stack([images[i] for i in range(n)]))
+    decoded.clear()
+    assert metrics._reference("folder", **kwargs)[3] == content and decoded == []  # memoised: nothing decoded
+    os.utime(folder / "0.png", ns=(10**9, 10**9))  # a touched file invalidates the memo
+    assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
+    subset = metrics._reference("folder", **{**kwargs, "ref_count": 4})
+    assert subset[1] == 4 and subset[3] != content
+    # A damaged memo (a power loss mid-write) is hashed again and rewritten, never taken as the content hash.
+    memos = [p for p in (tmp_path / "memo").glob("content-*.txt") if p.read_text().strip() == content]
+    memo = max(memos, key=lambda p: p.stat().st_mtime_ns)  # the current files' (the touched file made a new one)
+    for damaged in (content[:7] + "\n", "", "\x00" * 65):
+        memo.write_text(damaged)
+        decoded.clear()
+        assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
+        assert memo.read_text().strip() == content
+
+
+def _damage(path: Path, how: str) -> None:
+    """What a power loss can leave of a file torch-fidelity renamed into place without an fsync."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+
+
+def _reference_files(cache_dir: Path, ref_key: str) -> tuple[Path, Path]:
+    """The cached FID statistics and reference features (torch-fidelity's names under our key)."""
+    stem = cache_dir / "reference" / f"{ref_key}-{EXTRACTOR_NAME}"
+    return Path(f"{stem}-stat-fid-{FEATURE_FID}.pt"), Path(f"{stem}-features-{FEATURE_FID}.pt")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+@pytest.mark.parametrize("kind", ["stat-fid", "features"])
+def test_a_damaged_reference_cache_is_recomputed(
+    cache_dir: Path, test_u8: torch.Tensor, capsys: pytest.CaptureFixture, kind: str, how: str
+) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid", "kid"), ref_count=555)
+    first = compute_metrics(test_u8, **kwargs)
+    stat_file, features_file = _reference_files(cache_dir, first["ref_key"])
+    stat, features = (torch.load(p, weights_only=False) for p in (stat_file, features_file))
+    damaged = stat_file if kind == "stat-fid" else features_file
+    _damage(damaged, how)
+    capsys.readouterr()
+    second = compute_metrics(test_u8, **kwargs)  # no exception: the damaged file is recomputed
+    assert second["fid"] == first["fid"]  # the same statistics of the same features, exactly
+    assert second["kid_mean"] == pytest.approx(first["kid_mean"], rel=1e-6, abs=1e-9)
+    same = ("extractor", "extractor_sha256", "ref_key", "ref_count", "n")
+    assert {k: second[k] for k in same} == {k: first[k] for k in same}
+    assert second["ref_sha256"] == file_sha256(stat_file)
+    # The damaged file is rewritten with what it held.
+    rewritten = torch.load(damaged, weights_only=False)
+    if kind == "stat-fid":
+        assert np.array_equal(rewritten["mu"], stat["mu"]) and np.array_equal(rewritten["sigma"], stat["sigma"])
+    else:
+        assert rewritten.shape == features.shape == (555, features.shape[1])
+        assert torch.allclose(rewritten, features, rtol=1e-5, atol=1e-6)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and damaged.name in lines[0], lines
+    # Healed: the next call reads the cache silently.
+    assert compute_metrics(test_u8, **kwargs)["fid"] == first["fid"]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_cache_file_that_cannot_be_removed_is_one_line(
+    cache_dir: Path, test_u8: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=556)
+    first = compute_metrics(test_u8, **kwargs)
+    stat_file = _reference_files(cache_dir, first["ref_key"])[0]
+    _damage(stat_file, "empty")
+    real_unlink = Path.unlink
+
+    def refuse(self: Path, *args, **kwargs) -> None:
+        if self == stat_file:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    one_line_error(lambda: compute_metrics(test_u8, **kwargs), str(stat_file), "Permission denied", "delete it")
+    monkeypatch.undo()
+    assert compute_metrics(test_u8, **kwargs)["fid"] == first["fid"]  # heals once it can
+
+
+def test_cli_metrics_heals_a_damaged_reference_cache(
+    cache_dir: Path, test_u8: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from bench.cli import main
+
+    write_pngs(tmp_path / "s", test_u8[:60])
+    argv = ["metrics", str(tmp_path / "s"), "--dataset", "digits", "--metric", "fid", "--metric", "kid"]
+    argv += ["--json", "--device", "cpu", "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    stat_file, features_file = _reference_files(cache_dir, first["ref_key"])
+    _damage(stat_file, "truncated")  # was: a RuntimeError traceback, exit 1
+    _damage(features_file, "empty")  # was: EOFError -> "interrupted; rerun...", exit 130
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert second["kid_mean"] == pytest.approx(first["kid_mean"], rel=1e-6, abs=1e-9)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "Traceback" not in err, err
+    assert stat_file.name in lines[0] and features_file.name in lines[0]
