@@ -49,8 +49,8 @@ PY ?= $(BIN)/python
 bench-gpu:
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda.py
 	$(PY) -m bench.perf --device cuda
-	$(PY) -m bench.perf_profile --device cuda --preset cifar10 --batch 128 \
-		> "$$($(PY) -c 'from bench.perf import default_out; print(default_out("cuda"))')/profile_cuda.txt"
+	$(PY) -m bench.perf.profile --device cuda --preset cifar10 --batch 128 \
+		> "$$($(PY) -c 'from bench.perf.run import default_out; print(default_out("cuda"))')/profile_cuda.txt"
 
 train-digits: $(STAMP)
 	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume

@@ -50,7 +50,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _check_wandb(mode: str | None) -> None:
     """Refuse an unknown --wandb mode before any work (the trackers would only warn, cell after cell)."""
-    from bench.tracking import MODES
+    from bench.tracking.wandb_run import MODES
 
     if mode is not None and mode.strip().lower() not in MODES:
         raise DDIMError(f"unknown --wandb mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -184,7 +184,7 @@ def train(
 
 
 def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
-    from bench.tracking import make_tracker
+    from bench.tracking.wandb_run import make_tracker
     from ddim.training import train as run_training
 
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs and shows progress
@@ -276,7 +276,7 @@ def classifier(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
-    from bench.classifier import ensure_classifier
+    from bench.metrics.classifier import ensure_classifier
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
@@ -308,7 +308,7 @@ def metrics(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score a folder of samples: FID, IS and KID through torch-fidelity."""
-    from bench.metrics import compute_metrics_from_folder
+    from bench.metrics.fidelity import compute_metrics_from_folder
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
@@ -357,7 +357,7 @@ def sweep(
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing."""
     from dataclasses import asdict
 
-    from bench.sweep import resolve_spec, run_sweep
+    from bench.sweep.runner import resolve_spec, run_sweep
 
     _check_wandb(wandb)
     tokens = [*(overrides or []), *([f"device={device}"] if device is not None else [])]  # twice → one-line error
@@ -384,7 +384,7 @@ def report(
     wandb: str | None = typer.Option(None, help=WANDB_HELP),
 ) -> None:
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results."""
-    from bench.sweep import make_report
+    from bench.sweep.runner import make_report
 
     _check_wandb(wandb)
     path = make_report(name, storage=storage, out=out, compare_paper=compare_paper, wandb=wandb)

@@ -48,7 +48,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def train_u8() -> torch.Tensor:
     """The digits training split as uint8 images."""
-    from bench.classifier import load_labelled_uint8
+    from bench.metrics.classifier import load_labelled_uint8
 
     return load_labelled_uint8("digits")[0]
 
@@ -56,7 +56,7 @@ def train_u8() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def test_u8() -> torch.Tensor:
     """The digits test split as uint8 images."""
-    from bench.classifier import load_labelled_uint8
+    from bench.metrics.classifier import load_labelled_uint8
 
     return load_labelled_uint8("digits", split="test")[0]
 
@@ -64,7 +64,7 @@ def test_u8() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def fid_vs_train(cache_dir: Path, test_u8: torch.Tensor) -> dict:
     """FID and IS of the test split against the training split, computed once per session."""
-    from bench.metrics import compute_metrics
+    from bench.metrics.fidelity import compute_metrics
 
     return compute_metrics(test_u8, dataset="digits", cache_dir=cache_dir, metrics=("fid", "isc"))
 

@@ -1,4 +1,4 @@
-"""Tests for bench.classifier: the digits classifier used as an offline FID / IS / KID feature extractor."""
+"""Tests for bench.metrics.classifier: the digits classifier used as an offline FID / IS / KID feature extractor."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.classifier as classifier
-from bench.classifier import (
+import bench.metrics.classifier as classifier
+from bench.metrics.classifier import (
     EXTRACTOR_NAME,
     FEATURE_FID,
     FEATURE_ISC,
@@ -24,7 +24,7 @@ from bench.classifier import (
     register_feature_extractor,
     train_classifier,
 )
-from bench.metrics import file_sha256
+from bench.metrics.fidelity import file_sha256
 from ddim.errors import DDIMError
 
 

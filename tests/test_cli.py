@@ -347,7 +347,7 @@ def test_checkpoint_round_trips_through_sample(run_dir: Path) -> None:
 
 def test_train_logs_to_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No W&B server here: the run goes offline under <run-dir>/wandb and holds loss, lr and the grid."""
-    from bench.tracking import read_offline_run
+    from bench.tracking.wandb_run import read_offline_run
 
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--run-dir", "run", *TINY_TRAIN[:-2], "--wandb", "offline"]

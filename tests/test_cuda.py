@@ -63,7 +63,7 @@ def test_cuda_sampling_matches_cpu(run) -> None:
 
 
 def test_metrics_on_cuda_equal_cpu(tmp_path) -> None:
-    from bench.metrics import compute_metrics, to_uint8
+    from bench.metrics.fidelity import compute_metrics, to_uint8
     from ddim import data
 
     x = to_uint8(data.load_dataset("digits", split="test").images[:200])

@@ -1,4 +1,4 @@
-"""Tests for bench.metrics: the uint8 rule, the pure Fréchet distance and the torch-fidelity wrapper.
+"""Tests for bench.metrics.fidelity: the uint8 rule, the pure Fréchet distance and the torch-fidelity wrapper.
 
 Everything runs offline on the bundled digits with the classifier extractor; Inception runs on a
 randomly initialised weights file (its numbers mean nothing, the plumbing is what is checked).
@@ -18,10 +18,10 @@ import torch
 from metrics_helpers import one_line_error, write_pngs
 from PIL import Image
 
-import bench.metrics as metrics
+import bench.metrics.fidelity as metrics
 import ddim.data
-from bench.classifier import EXTRACTOR_NAME, FEATURE_FID, feature_extractor_class, load_labelled_uint8
-from bench.metrics import (
+from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID, feature_extractor_class, load_labelled_uint8
+from bench.metrics.fidelity import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     compute_metrics,
@@ -175,7 +175,7 @@ def test_fid_of_noise_is_large(cache_dir: Path, fid_vs_train: dict) -> None:
 def test_fid_equals_frechet_distance_of_our_own_features(
     cache_dir: Path, train_u8: torch.Tensor, test_u8: torch.Tensor, fid_vs_train: dict
 ) -> None:
-    from bench.classifier import ensure_classifier
+    from bench.metrics.classifier import ensure_classifier
 
     path, info = ensure_classifier("digits", cache_dir=cache_dir)
     assert fid_vs_train["extractor_sha256"] == info["sha256"]
@@ -201,7 +201,7 @@ def test_custom_extractor_is_used_end_to_end(
 ) -> None:
     from torch_fidelity.metric_isc import isc_features_to_metric
 
-    from bench.classifier import ensure_classifier
+    from bench.metrics.classifier import ensure_classifier
 
     seen: list[tuple] = []
     cls = feature_extractor_class()
@@ -417,7 +417,7 @@ def test_tensor_sha256_sees_content_shape_and_dtype() -> None:
 
 def test_importing_bench_metrics_is_cheap() -> None:
     code = (
-        "import sys, bench.metrics, bench.classifier; "
+        "import sys, bench.metrics.fidelity, bench.metrics.classifier; "
         "bad = [m for m in ('torch_fidelity', 'typer', 'wandb', 'optuna') if m in sys.modules]; "
         "assert not bad, bad"
     )

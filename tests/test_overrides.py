@@ -1,10 +1,10 @@
-"""bench.overrides: key=value parsing, YAML sweep files, every malformed form -> one-line DDIMError."""
+"""bench.sweep.overrides: key=value parsing, YAML sweep files, every malformed form -> one-line DDIMError."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.overrides import KEYS, Cell, Range, SweepSpec, load_config, merge, parse_overrides, per_dataset
+from bench.sweep.overrides import KEYS, Cell, Range, SweepSpec, load_config, merge, parse_overrides, per_dataset
 from ddim import sampling
 from ddim.errors import DDIMError
 

@@ -1,10 +1,12 @@
-"""bench.paper (the DDIM paper's published numbers) and bench.plots' Pareto front."""
+"""bench.report.paper (the DDIM paper's published numbers) and bench.report.plots' Pareto front."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import paper, plots
+from bench.report import paper
+
+from bench.report import plots
 from ddim.errors import DDIMError
 
 

@@ -1,4 +1,4 @@
-"""Tests for the optimised UNet (exactness) and the benchmark code (bench.perf*); nothing here is timed.
+"""Tests for the optimised UNet (exactness) and the benchmark code (bench.perf.run*); nothing here is timed.
 
 The optimised ``ddim.unet`` (fused q/k/v product, in-place SiLU and residual adds, SiLU(temb) once,
 cached embedding frequencies) is checked against a plain functional reference of the official
@@ -17,8 +17,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import perf, perf_jobs, perf_models, perf_timing
-from bench.perf_models import RunSettings
+from bench.perf import run as perf
+
+from bench.perf import jobs as perf_jobs
+
+from bench.perf import models as perf_models
+
+from bench.perf import timing as perf_timing
+from bench.perf.models import RunSettings
 from ddim.errors import DDIMError
 from ddim.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
 

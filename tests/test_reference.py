@@ -1,4 +1,4 @@
-"""Tests for bench.reference and the reference cache: its key covers every input, a second call hits
+"""Tests for bench.metrics.reference and the reference cache: its key covers every input, a second call hits
 it, file-backed references are hashed once, and a damaged cache file is recomputed, not a traceback.
 Offline, on the bundled digits with the classifier extractor."""
 
@@ -14,10 +14,10 @@ import torch
 from metrics_helpers import one_line_error, write_pngs
 from PIL import Image
 
-import bench.metrics as metrics
+import bench.metrics.fidelity as metrics
 import ddim.data
-from bench.classifier import EXTRACTOR_NAME, FEATURE_FID
-from bench.metrics import compute_metrics, file_sha256, reference_key, tensor_sha256, to_uint8
+from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
+from bench.metrics.fidelity import compute_metrics, file_sha256, reference_key, tensor_sha256, to_uint8
 
 # ---- the reference cache ----
 

@@ -1,4 +1,4 @@
-"""bench.report / bench.paper / bench.plots: golden structure (not golden numbers) of the report.
+"""bench.report.write / bench.report.paper / bench.report.plots: golden structure (not golden numbers) of the report.
 
 The records are synthetic; every expectation (best per column, mean ± std, NFE) is computed here
 from the records, independently of the report code. No torch.
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import paper
-from bench.report import write_report
-from bench.report_docs import read_results_csv
-from bench.tables import CSV_LEADING, tex_escape
+from bench.report import paper
+from bench.report.write import write_report
+from bench.report.docs import read_results_csv
+from bench.report.tables import CSV_LEADING, tex_escape
 from ddim.errors import DDIMError
 
 SCHEDULES = ("quad", "uniform")
@@ -489,7 +489,7 @@ def test_standalone_tex_compiles(built, tmp_path):
 
 def test_no_heavy_imports():
     code = (
-        "import sys, bench.report, bench.paper, bench.plots; "
+        "import sys, bench.report.write, bench.report.paper, bench.report.plots; "
         "bad = [m for m in ('torch', 'wandb', 'optuna', 'typer', 'matplotlib') if m in sys.modules]; "
         "print(bad); sys.exit(bool(bad))"
     )

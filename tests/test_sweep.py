@@ -1,4 +1,4 @@
-"""bench.sweep / bench.store: grids exactly once across worker processes on one SQLite store, killed
+"""bench.sweep.runner / bench.store.storage: grids exactly once across worker processes on one SQLite store, killed
 workers retried, failed cells recorded, W&B offline and failing, common random numbers, reports.
 
 A tiny checkpoint (2 training steps of the digits preset) keeps every cell well under a second; the
@@ -21,9 +21,11 @@ import torch
 from optuna.trial import TrialState
 from sweep_helpers import spec_of, url
 
-from bench import store, sweep
-from bench.overrides import Cell
-from bench.sweep import Evaluator, load_results, make_report, resolve_spec, run_sweep
+from bench.store import storage as store
+
+from bench.sweep import runner as sweep
+from bench.sweep.overrides import Cell
+from bench.sweep.runner import Evaluator, load_results, make_report, resolve_spec, run_sweep
 from ddim import sampling
 from ddim.errors import DDIMError
 
@@ -104,7 +106,7 @@ def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
 _RUNNER = """
 import sys, torch
 torch.set_num_threads(1)
-from bench.sweep import resolve_spec, run_sweep
+from bench.sweep.runner import resolve_spec, run_sweep
 spec = resolve_spec(sys.argv[3:])
 run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled", progress=False, heartbeat=1)
 """
@@ -224,7 +226,7 @@ def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- tracking
 def test_wandb_offline_cell_runs(ckpt, cache, work):
-    from bench.tracking import read_offline_run
+    from bench.tracking.wandb_run import read_offline_run
 
     spec = spec_of(ckpt, cache, "steps=2", "eta=0", "n=20", "batch=8", "interpolation=false", name="w")
     run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1)
@@ -246,7 +248,7 @@ def wandb_lines(capfd) -> list[str]:
 
 
 def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, capfd):
-    from bench import tracking
+    from bench.tracking import wandb_run as tracking
 
     def no_init(*a, **k):
         raise RuntimeError("W&B is down")

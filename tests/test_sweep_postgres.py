@@ -22,8 +22,8 @@ import pytest
 from sweep_helpers import spec_of
 from test_sweep import _RUNNER, ROOT, _kill_mid_cell, complete_cells
 
-from bench import store
-from bench.sweep import load_results, resolve_spec, run_sweep
+from bench.store import storage as store
+from bench.sweep.runner import load_results, resolve_spec, run_sweep
 
 
 def _binary(name: str) -> str | None:

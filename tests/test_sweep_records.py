@@ -1,4 +1,4 @@
-"""bench.store: what a report is built from when a sweep is run more than once, or a trial was stopped right
+"""bench.store.storage: what a report is built from when a sweep is run more than once, or a trial was stopped right
 after claiming its cell. Real (tiny) sweeps on a SQLite store, as in test_sweep.py; offline, CPU only.
 """
 
@@ -11,8 +11,8 @@ import optuna
 from optuna.trial import TrialState
 from sweep_helpers import spec_of, url
 
-from bench import store
-from bench.sweep import load_results, make_report, run_sweep
+from bench.store import storage as store
+from bench.sweep.runner import load_results, make_report, run_sweep
 
 FAST = ["steps=2", "eta=0", "n=20", "batch=10", "interpolation=false"]
 

@@ -1,4 +1,4 @@
-"""bench.tracking: offline runs round-trip through our .wandb reader; fallbacks are quick and quiet."""
+"""bench.tracking.wandb_run: offline runs round-trip through our .wandb reader; fallbacks are quick and quiet."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import tracking, tracking_log
+from bench.tracking import wandb_run as tracking
+
+from bench.tracking import offline_log as tracking_log
 from ddim.errors import DDIMError
 
 
@@ -297,7 +299,7 @@ def test_unknown_mode_is_a_ddim_error():
 
 def test_import_does_not_load_wandb():
     code = (
-        "import sys, bench.tracking as t; t.make_tracker('disabled'); t.default_mode(); "
+        "import sys, bench.tracking.wandb_run as t; t.make_tracker('disabled'); t.default_mode(); "
         "assert 'wandb' not in sys.modules, 'wandb imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

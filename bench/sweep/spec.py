@@ -1,6 +1,6 @@
 """The resolved sweep: ``SweepSpec``, its grid of ``Cell``s, and ``resolve_spec``, which checks it.
 
-``resolve_spec`` turns ``key=value`` overrides and a YAML sweep file (parsed by ``bench.overrides``;
+``resolve_spec`` turns ``key=value`` overrides and a YAML sweep file (parsed by ``bench.sweep.overrides``;
 command-line values win) into a frozen ``SweepSpec`` and validates everything before any work:
 ``steps`` ≤ T of the checkpoint, a loadable checkpoint whose image shape matches the dataset, enough
 samples for the metrics, the reference data, the Inception weights and the device. Each problem is a
@@ -179,9 +179,9 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
     a loadable checkpoint, known sampler / spacing / extractor, the reference data, the Inception
     weights when that extractor is used, and the device. Each problem is a one-line DDIMError.
     """
-    from bench import paper
-    from bench.metrics import ISC_SPLITS, default_extractor, resolve_inception_weights
-    from bench.overrides import (  # here, not at the top: bench.overrides imports this module
+    from bench.report import paper
+    from bench.metrics.fidelity import ISC_SPLITS, default_extractor, resolve_inception_weights
+    from bench.sweep.overrides import (  # here, not at the top: bench.sweep.overrides imports this module
         _example,
         load_config,
         merge,

@@ -1,15 +1,15 @@
-"""The measurements of ``bench.perf``, one function per job; each also runs as a fresh subprocess.
+"""The measurements of ``bench.perf.run``, one function per job; each also runs as a fresh subprocess.
 
 A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able dict. Run alone,
-``python -m bench.perf_jobs '<job json>'`` prints its result on the last line after ``PERF_RESULT``:
-``bench.perf`` starts one such process per memory measurement, so a peak RSS belongs to one model.
+``python -m bench.perf.jobs '<job json>'`` prints its result on the last line after ``PERF_RESULT``:
+``bench.perf.run`` starts one such process per memory measurement, so a peak RSS belongs to one model.
 
 - ``train``:  forward + backward + Adam step of ours and diffusers' twin, interleaved (or one
   model's peak memory when ``memory`` is set), and beside them ``convs``: the step's convolutions
   alone (forward + backward), whose time bounds what any exact rewrite of the rest could gain.
 - ``sample``: ``ddim.sampling.sample`` with ``SeededNoise`` at each (S, η), with ours and with
   diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
-- ``sweep``:  see ``bench.perf_sweep``.
+- ``sweep``:  see ``bench.perf.sweep``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.perf_models import (
+from bench.perf.models import (
     RunSettings,
     apply_backend_flags,
     auto_batch,
@@ -33,7 +33,7 @@ from bench.perf_models import (
     prepare,
     prepare_input,
 )
-from bench.perf_timing import PeakMemory, interleave, ratio, sync
+from bench.perf.timing import PeakMemory, interleave, ratio, sync
 from ddim import schedules
 from ddim.errors import DDIMError
 from ddim.sampling import SeededNoise, sample
@@ -295,7 +295,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if kind == "sample":
         return sample_job(job)
     if kind == "sweep":
-        from bench.perf_sweep import sweep_job
+        from bench.perf.sweep import sweep_job
 
         _setup(job)
         return sweep_job(job)

@@ -1,6 +1,6 @@
 """What FID compares against: the uint8 rule, content hashes, and the real-image reference with its cache key.
 
-Protocol (STYLE.md item 7; ``bench.metrics`` does the measuring):
+Protocol (STYLE.md item 7; ``bench.metrics.fidelity`` does the measuring):
 
 - ``to_uint8`` is the ONE conversion rule from [-1, 1] to 0..255, for samples and references.
 - The reference (torch-fidelity's input2) is the dataset's real images of ``split`` under that rule,
@@ -13,7 +13,7 @@ Protocol (STYLE.md item 7; ``bench.metrics`` does the measuring):
 - ``heal_reference_cache`` removes a cached entry torch-fidelity could not load (truncated, empty), so
   it is recomputed from the reference images instead of failing every later measurement.
 
-Importing this module needs only torch and numpy (``import bench.metrics`` stays cheap).
+Importing this module needs only torch and numpy (``import bench.metrics.fidelity`` stays cheap).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ win over the file's. Value forms:
 Every malformed token (``steps=``, ``steps=a``, ``=3``, ``steps``), out-of-range value
 (``steps=0``, ``eta=-1``, ``n=0``), unknown or repeated key raises ``DDIMError`` with one line
 naming the problem and the fix. Checks that need the checkpoint (``steps`` ≤ T) happen in
-``bench.spec.resolve_spec``. The sampler list is read from ``ddim.sampling.SAMPLERS`` at call
+``bench.sweep.spec.resolve_spec``. The sampler list is read from ``ddim.sampling.SAMPLERS`` at call
 time, so samplers added there are accepted here without a change.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.spec import Cell, Range, SweepSpec, resolve_spec  # Range is a parsed value; the rest re-exported
+from bench.sweep.spec import Cell, Range, SweepSpec, resolve_spec  # Range is a parsed value; the rest re-exported
 from ddim.errors import DDIMError
 
 __all__ = [
@@ -68,13 +68,13 @@ def _datasets() -> Sequence[str]:
 
 
 def _extractors() -> Sequence[str]:
-    from bench.metrics import EXTRACTORS
+    from bench.metrics.fidelity import EXTRACTORS
 
     return EXTRACTORS
 
 
 def _metrics() -> Sequence[str]:
-    from bench.metrics import METRICS
+    from bench.metrics.fidelity import METRICS
 
     return METRICS
 

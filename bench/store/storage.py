@@ -17,7 +17,7 @@ What is stored (everything JSON-able, readable with ``optuna-dashboard URL``):
   record field (metrics, NFE, wall time, images/s, grid paths, protocol hashes, device); a failed
   cell has ``error``.
 
-``load_results`` turns trials into the report's records (see ``bench.report``): PRUNED trials (a
+``load_results`` turns trials into the report's records (see ``bench.report.write``): PRUNED trials (a
 duplicate that yielded), WAITING ones and ones stopped before the cell's fields were recorded are
 skipped; a failure superseded by a later complete run of the same cell is dropped and counted in
 ``meta["superseded_trials"]``. ``meta["seeds"]`` is the union of the reported cells' seeds, and
@@ -291,8 +291,8 @@ def make_report(
     present here) is left out with a warning. With tracking on, the table and figures are logged
     as a ``report`` run in the sweep's W&B group.
     """
-    from bench.provenance import tracked
-    from bench.report import write_report
+    from bench.sweep.provenance import tracked
+    from bench.report.write import write_report
 
     records, meta, extras = load_results(name, storage)
     root = Path(meta.get("artifacts") or Path("ddimbench-sweeps") / name)

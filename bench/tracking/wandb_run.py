@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bench import tracking_log
+from bench.tracking import offline_log as tracking_log
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
@@ -465,7 +465,7 @@ def _log_has_exit(path: Path) -> bool:
 
 
 def read_offline_run(run_dir: str | Path) -> dict:
-    """Decode an offline run directory's ``run-<id>.wandb`` log; see ``bench.tracking_log``."""
+    """Decode an offline run directory's ``run-<id>.wandb`` log; see ``bench.tracking.offline_log``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     return tracking_log.decode_offline_run(run_dir, pb)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bench import paper
+from bench.report import paper
 from ddim.errors import DDIMError
 
 

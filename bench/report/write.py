@@ -2,11 +2,11 @@
 every cell, figures, copied sample grids, a manifest with hashes, a README and a self-contained
 index.html.
 
-Pure python + numpy; matplotlib and PIL are reached through ``bench.plots``. No torch, no optuna:
+Pure python + numpy; matplotlib and PIL are reached through ``bench.report.plots``. No torch, no optuna:
 the sweep module hands us plain record dicts. Everything written is a function of the inputs only
 (no clocks, sorted iteration), and every file is written atomically (temp file + ``os.replace``).
 
-Table conventions live in ``bench.tables`` (Song et al. 2020, Table 1 layout).
+Table conventions live in ``bench.report.tables`` (Song et al. 2020, Table 1 layout).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import paper, plots
-from bench.report_docs import html_doc, md_doc, record_order, results_csv
-from bench.tables import (
+from bench.report import paper
+
+from bench.report import plots
+from bench.report.docs import html_doc, md_doc, record_order, results_csv
+from bench.report.tables import (
     _PROTOCOL,
     _REQUIRED,
     _TEXT_FILES,

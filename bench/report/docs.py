@@ -2,7 +2,7 @@
 and the README.md / index.html pages (``md_doc`` / ``html_doc`` take the same list of sections).
 
 A section is ``(heading, kind, payload)``: ``kv`` ((key header, value header), rows), ``tables``
-(``bench.tables.Table`` objects), ``images`` ((caption, file name) pairs; index.html embeds them
+(``bench.report.tables.Table`` objects), ``images`` ((caption, file name) pairs; index.html embeds them
 as data URIs so the page stands alone) or a list of lines.
 """
 
@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, _md_escape, _num, table_html, table_md
+from bench.report.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, _md_escape, _num, table_html, table_md
 
 
 def _csv_value(v) -> str:

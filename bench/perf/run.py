@@ -1,7 +1,7 @@
 """``python -m bench.perf``: the performance benchmark (``make bench``) → ``reports/perf/``.
 
 Three measurements, each a ratio taken within one process by interleaving its candidates (see
-``bench.perf_timing``), plus the peak memory of each in a fresh subprocess:
+``bench.perf.timing``), plus the peak memory of each in a fresh subprocess:
 
 1. training throughput (forward + backward + Adam step) of our UNet against diffusers'
    ``UNet2DModel`` built to the same architecture, for the ``digits`` and ``cifar10`` presets;
@@ -76,8 +76,8 @@ def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
 
 
 def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
-    """The jobs of a run, in order; each is run by ``bench.perf_jobs.run_job``."""
-    from bench.perf_models import RunSettings
+    """The jobs of a run, in order; each is run by ``bench.perf.jobs.run_job``."""
+    from bench.perf.models import RunSettings
 
     cuda = device.startswith("cuda")
     settings = RunSettings(
@@ -110,13 +110,13 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
 
 
 def _run_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    from bench.perf_jobs import RESULT_TAG
+    from bench.perf.jobs import RESULT_TAG
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if job.get("threads"):
         env["OMP_NUM_THREADS"] = str(job["threads"])
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.perf_jobs", json.dumps(job)],
+        [sys.executable, "-m", "bench.perf.jobs", json.dumps(job)],
         capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
     for line in reversed(proc.stdout.splitlines()):
@@ -128,7 +128,7 @@ def _run_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any
 
 def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
     """A job in a fresh subprocess (``isolate``) or in this process; failures become ``{"error": ...}``."""
-    from bench.perf_jobs import run_job
+    from bench.perf.jobs import run_job
 
     start = time.perf_counter()
     if isolate:
@@ -184,8 +184,8 @@ def targets(sections: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results."""
-    from bench.perf_report import render
-    from bench.perf_timing import machine_info
+    from bench.perf.report import render
+    from bench.perf.timing import machine_info
     from ddim.runtime import atomic_write_json, atomic_write_text, resolve_device
 
     device = str(resolve_device(cfg.device))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.metrics import file_sha256, to_uint8
+from bench.metrics.fidelity import file_sha256, to_uint8
 from ddim.errors import DDIMError
 
 __all__ = [
@@ -76,7 +76,7 @@ class DigitClassifier(nn.Module):
 
     def penult_and_logits(self, x_uint8: Tensor) -> tuple[Tensor, Tensor]:
         """uint8 (N, C, H, W) -> (penult (N, 4w), logits (N, classes))."""
-        x = x_uint8.float() / 127.5 - 1  # the inverse of bench.metrics.to_uint8
+        x = x_uint8.float() / 127.5 - 1  # the inverse of bench.metrics.fidelity.to_uint8
         penult = self.features(x)
         return penult, self.head(penult)
 

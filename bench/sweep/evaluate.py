@@ -1,11 +1,11 @@
 """One sweep cell's work: sample it, measure it, save its images; and the sweep's extras.
 
 ``Evaluator`` holds one worker's model (the checkpoint is loaded once per process) and turns a
-``Cell`` into the trial's record fields (``bench.sweep`` stores them):
+``Cell`` into the trial's record fields (``bench.sweep.runner`` stores them):
 - common random numbers: sample i of seed block b starts from the seed ``seed_base + b·n + i``
   (``SeededNoise``: one generator per sample, so a sample depends neither on the batch size nor on
   the worker);
-- exactly n samples, converted with the one uint8 rule and measured in memory (``bench.metrics``);
+- exactly n samples, converted with the one uint8 rule and measured in memory (``bench.metrics.fidelity``);
   ``wall_s`` times sampling only; NFE comes from ``ddim.schedules.nfe``;
 - the cell's 8x8 grid and its 8-sample strip (the same seeds in every cell) under ``cells/``;
 - after the grid, the interpolation strip (section 5.3) and the inversion table (section 5.4).
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.metrics import to_uint8
-from bench.provenance import library_versions
-from bench.spec import Cell, SweepSpec
+from bench.metrics.fidelity import to_uint8
+from bench.sweep.provenance import library_versions
+from bench.sweep.spec import Cell, SweepSpec
 from ddim import sampling, schedules
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
-    from bench.sweep import Display
+    from bench.sweep.runner import Display
 
 __all__ = ["Evaluator", "device_name"]
 
@@ -70,7 +70,7 @@ class Evaluator:
 
     def evaluate(self, cell: Cell, display: Display) -> dict[str, Any]:
         """Sample a cell, save its grid and strip, measure it: the trial's record fields."""
-        from bench.metrics import compute_metrics
+        from bench.metrics.fidelity import compute_metrics
         from ddim.training import save_grid
 
         spec = self.spec
@@ -98,7 +98,7 @@ class Evaluator:
     @staticmethod
     def warm_metrics(spec: SweepSpec) -> None:
         """Build the extractor and the cached reference statistics once, before workers start."""
-        from bench.metrics import ISC_SPLITS, compute_metrics
+        from bench.metrics.fidelity import ISC_SPLITS, compute_metrics
         from ddim.data import dataset_info
 
         k, channels = max(ISC_SPLITS, min(spec.n, 64)), dataset_info(spec.dataset).channels

@@ -5,11 +5,11 @@ Protocol:
 - Samples are converted to uint8 with the ONE rule ``to_uint8`` before anything is measured, and
   are handed to torch-fidelity in memory (no PNG round trip). A short sample count is refused.
 - The reference (input2) is the dataset's real images of ``split``, converted with the same rule
-  (``bench.reference``). Its statistics are computed once and cached under a key made of dataset,
+  (``bench.metrics.reference``). Its statistics are computed once and cached under a key made of dataset,
   split, resolution, extractor, the extractor weights' sha256, the reference count and a content
   hash of the reference images, so a stale entry can never be reused (torch-fidelity's own cache
   name ignores all of these except the name we give it).
-- Two extractors: ``classifier`` (a small CNN trained on the dataset, see ``bench.classifier``;
+- Two extractors: ``classifier`` (a small CNN trained on the dataset, see ``bench.metrics.classifier``;
   works offline, the default for digits / MNIST) and ``inception`` (torch-fidelity's
   ``inception-v3-compat``, the paper's; its weights must be available locally).
 - Every result records the extractor, its weights' sha256, the reference key and the sha256 of
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.reference import (
+from bench.metrics.reference import (
     REF_SUBSET_SEED,
     _reference,
     _UInt8Images,
@@ -230,7 +230,7 @@ def compute_metrics(
         raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
     if not isinstance(samples, Tensor) or samples.dtype != torch.uint8 or samples.dim() != 4:
         got = f"{samples.dtype} {tuple(samples.shape)}" if isinstance(samples, Tensor) else type(samples).__name__
-        raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with bench.metrics.to_uint8")
+        raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with bench.metrics.fidelity.to_uint8")
     samples = samples.detach().cpu()
     n = len(samples)
     if n_expected is not None and n != n_expected:
@@ -244,7 +244,7 @@ def compute_metrics(
 
     # 1. The feature extractor and the sha256 of its weights (first: a missing file fails fast).
     if extractor == "classifier":
-        from bench.classifier import FEATURE_FID, ensure_classifier, register_feature_extractor
+        from bench.metrics.classifier import FEATURE_FID, ensure_classifier, register_feature_extractor
 
         weights, cinfo = ensure_classifier(
             dataset, data_root=data_root, cache_dir=cache_dir, device=device, resolution=resolution

@@ -4,8 +4,8 @@ The grid (digits, S × η cells of n samples each, FID/IS/KID with the classifie
 twice, each time with a fresh reference-statistics cache so the first cell computes the
 reference statistics and every later cell must hit the cache:
 
-- ``bench.sweep``: the real ``run_sweep`` (Optuna, SQLite, grids, the result store), one worker;
-- ``loop``: a bare loop of ``ddim.sampling.sample`` + ``bench.metrics.compute_metrics`` per cell,
+- ``bench.sweep.runner``: the real ``run_sweep`` (Optuna, SQLite, grids, the result store), one worker;
+- ``loop``: a bare loop of ``ddim.sampling.sample`` + ``bench.metrics.fidelity.compute_metrics`` per cell,
   the floor any harness pays.
 
 ``UNet.forward`` and the classifier extractor's ``forward`` are timed in place while the grid runs
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bench.perf_timing import PeakMemory, sync
+from bench.perf.timing import PeakMemory, sync
 from ddim.errors import DDIMError
 
 DATASET = "digits"
@@ -88,7 +88,7 @@ def _write_checkpoint(path: Path, preset_name: str) -> Path:
 
 def _fresh_cache(src: Path, dst: Path, device: str) -> dict[str, Any]:
     """A cache dir holding only the (trained once, cached) classifier: reference statistics start cold."""
-    from bench.classifier import ensure_classifier
+    from bench.metrics.classifier import ensure_classifier
 
     start = time.perf_counter()
     weights, info = ensure_classifier(DATASET, cache_dir=src, device=device)
@@ -101,7 +101,7 @@ def _fresh_cache(src: Path, dst: Path, device: str) -> dict[str, Any]:
 
 def _loop_grid(ck: Path, cells: list[tuple[int, float]], n: int, batch: int, cache: Path, device: str) -> None:
     """The faithful loop: per cell, sample n images in batches, then one compute_metrics call."""
-    from bench.metrics import compute_metrics, to_uint8
+    from bench.metrics.fidelity import compute_metrics, to_uint8
     from ddim import schedules
     from ddim.checkpoint import load_checkpoint
     from ddim.sampling import SeededNoise, sample
@@ -120,8 +120,8 @@ def _loop_grid(ck: Path, cells: list[tuple[int, float]], n: int, batch: int, cac
 
 
 def _sweep_grid(ck: Path, steps: list[int], etas: list[float], n: int, batch: int, root: Path, device: str) -> int:
-    """The grid through ``bench.sweep.run_sweep`` (one worker, no W&B, no progress bar)."""
-    from bench.sweep import resolve_spec, run_sweep
+    """The grid through ``bench.sweep.runner.run_sweep`` (one worker, no W&B, no progress bar)."""
+    from bench.sweep.runner import resolve_spec, run_sweep
 
     tokens = [f"checkpoint={ck}", f"steps={','.join(map(str, steps))}", f"eta={','.join(map(str, etas))}",
               f"n={n}", f"batch={batch}", f"cache_dir={root / 'cache'}", f"device={device}", "interpolation=false",
@@ -138,15 +138,15 @@ def _warm_imports(mode: str) -> float:
     import importlib
 
     start = time.perf_counter()
-    for name in ["torch_fidelity", "torch_fidelity.metrics", "bench.metrics"] + (
-        ["bench.sweep", "optuna"] if mode != "loop" else []
+    for name in ["torch_fidelity", "torch_fidelity.metrics", "bench.metrics.fidelity"] + (
+        ["bench.sweep.runner", "optuna"] if mode != "loop" else []
     ):
         importlib.import_module(name)
     return time.perf_counter() - start
 
 
 def _measure(mode: str, job: dict[str, Any], ck: Path, root: Path) -> dict[str, Any]:
-    from bench.classifier import feature_extractor_class
+    from bench.metrics.classifier import feature_extractor_class
     from ddim.data import load_dataset
     from ddim.unet import UNet
 
@@ -200,6 +200,6 @@ def sweep_job(job: dict[str, Any]) -> dict[str, Any]:
             out.update(_fresh_cache(Path(job.get("cache_dir", ".cache/ddimbench")), root / "cache", device))
             try:
                 out["runs"].append(_measure(mode, job, ck, root))
-            except (ImportError, DDIMError) as err:  # bench.sweep is optional here: record why it did not run
+            except (ImportError, DDIMError) as err:  # bench.sweep.runner is optional here: record why it did not run
                 out["runs"].append({"mode": mode, "error": f"{type(err).__name__}: {err}"})
     return out

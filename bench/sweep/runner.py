@@ -1,11 +1,11 @@
 """Sweeps: one Optuna study per sweep; each trial samples one cell, measures it and stores the result.
 
 Protocol (PAPER.md; LIBRARIES.md "Reproducible FID"):
-- a cell is sampled and measured by ``bench.cells.Evaluator``: common random numbers (sample i of
+- a cell is sampled and measured by ``bench.sweep.evaluate.Evaluator``: common random numbers (sample i of
   seed block b starts from the seed ``seed_base + b·n + i`` in every cell), exactly n samples
   measured in memory, ``wall_s`` timing sampling only; the checkpoint is loaded once per worker process;
 - each trial stores checkpoint sha256, extractor and its weights' sha256, reference key and sha256,
-  device and library versions (``bench.store`` lists what is where).
+  device and library versions (``bench.store.storage`` lists what is where).
 
 Grid mode: ``GridSampler`` over ``SweepSpec.cells()`` (η only for ddim; ddpm always runs all T steps).
 Every cell is measured exactly once, with any number of workers and machines on one storage:
@@ -41,12 +41,12 @@ from typing import Any
 
 import torch
 
-from bench import store
-from bench.cells import Evaluator, device_name
-from bench.overrides import parse_overrides
-from bench.provenance import meta_for, protocol_for, track_cell, track_summary
-from bench.spec import Cell, Range, SweepSpec, resolve_spec
-from bench.store import DEFAULT_STORAGE, load_results, make_report
+from bench.store import storage as store
+from bench.sweep.evaluate import Evaluator, device_name
+from bench.sweep.overrides import parse_overrides
+from bench.sweep.provenance import meta_for, protocol_for, track_cell, track_summary
+from bench.sweep.spec import Cell, Range, SweepSpec, resolve_spec
+from bench.store.storage import DEFAULT_STORAGE, load_results, make_report
 from ddim.errors import DDIMError
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Timing and memory primitives for ``bench.perf``: interleaved repeats, medians, peak memory, machine info.
+"""Timing and memory primitives for ``bench.perf.run``: interleaved repeats, medians, peak memory, machine info.
 
 Every comparison is measured in one process by interleaving its candidates (A B A B ...) and
 taking per-candidate medians, so load from other processes hits all candidates alike and cancels in
@@ -105,7 +105,7 @@ class PeakMemory:
 
     On Linux the peak RSS is reset at entry, so the figure is the block's own high-water mark;
     elsewhere it is the growth of the process's peak, meaningful only in a fresh process that has
-    done nothing heavy before (``bench.perf`` runs each memory measurement in its own subprocess).
+    done nothing heavy before (``bench.perf.run`` runs each memory measurement in its own subprocess).
     """
 
     def __init__(self, device: str | torch.device) -> None:

@@ -2,7 +2,7 @@
 
 Offline runs have no summary JSON in this wandb version, so tests and tools that need to know what
 was logged read the binary log itself. Part of tracking: the record types come from wandb's own
-protobuf definitions, which ``bench.tracking`` (the only wandb importer) passes in.
+protobuf definitions, which ``bench.tracking.wandb_run`` (the only wandb importer) passes in.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
     "files": [paths relative to files/]}``. W&B's own bookkeeping keys (``_step``, ``_runtime``,
     ``_timestamp``, ``_wandb``) are dropped; media values are W&B's reference dicts (``path`` etc.).
     ``exit_code`` is None while the run is unfinished (its log then ends early, which is allowed).
-    ``pb`` is wandb's ``wandb_internal_pb2`` module, handed in by ``bench.tracking`` (the only
+    ``pb`` is wandb's ``wandb_internal_pb2`` module, handed in by ``bench.tracking.wandb_run`` (the only
     module that imports wandb).
     """
     path = _find_log(Path(run_dir))

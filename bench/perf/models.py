@@ -1,4 +1,4 @@
-"""The models and device settings the performance benchmark compares (``bench.perf``).
+"""The models and device settings the performance benchmark compares (``bench.perf.run``).
 
 - ``diffusers_twin(config)``: diffusers' ``UNet2DModel`` built to the same architecture as our
   ``UNet(config)`` (channels, levels, blocks, attention resolutions, groups, dropout, the DDPM

@@ -3,7 +3,7 @@ and the W&B runs (one per cell, one summary per sweep).
 
 ``protocol_for`` is what must match for two runs to add cells to the same sweep; ``meta_for`` is the
 report's provenance, written when the study is created (a later run adds its command, device, commit
-and time beside it, and the report takes the seeds from the cells: see ``bench.store``). W&B logging
+and time beside it, and the report takes the seeds from the cells: see ``bench.store.storage``). W&B logging
 goes through ``tracked``: a failure there is one warning and never stops the sweep.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.store import _PROTOCOL_META, TABLE_COLUMNS, table_rows
+from bench.store.storage import _PROTOCOL_META, TABLE_COLUMNS, table_rows
 
 
 def library_versions() -> dict[str, str | None]:
@@ -57,7 +57,7 @@ def protocol_for(spec: Any, checkpoint_sha256: str) -> dict[str, Any]:
 
 
 def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> dict[str, Any]:
-    """The report's provenance, written when the study is created (see ``bench.report``); later runs of the
+    """The report's provenance, written when the study is created (see ``bench.report.write``); later runs of the
     sweep record their ``command``, ``device``, ``git_commit`` and ``created`` (``store.create_study``)."""
     from datetime import datetime, timezone
 
@@ -75,7 +75,7 @@ def tracked(mode: str | None, warn: Any, what: str, body: Any, **run: Any) -> No
     """Run ``body(tracker)`` in a fresh W&B run; any failure is one warning, never an exception."""
     if mode == "disabled":
         return
-    from bench.tracking import make_tracker
+    from bench.tracking.wandb_run import make_tracker
 
     try:
         with make_tracker(mode, **run) as tracker:
@@ -109,7 +109,7 @@ def track_summary(mode: str | None, spec: Any, records: list[dict], display: Any
         tr.log_table("cells", list(TABLE_COLUMNS), table_rows(records))
         tr.summary({s.lower(): sum(r["state"] == s for r in records) for s in ("COMPLETE", "FAIL")})
         if any(r.get("fid") is not None for r in records):
-            from bench.report import fid_vs_steps_png
+            from bench.report.write import fid_vs_steps_png
             from ddim.runtime import atomic_write
 
             png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")

@@ -1,7 +1,7 @@
-"""``python -m bench.perf_profile``: torch.profiler tables of one training step, ours vs diffusers' twin.
+"""``python -m bench.perf.profile``: torch.profiler tables of one training step, ours vs diffusers' twin.
 
 Profile before optimising: the table shows which operators a train step (forward + backward +
-Adam) spends its time in, per model, with the settings ``bench.perf`` uses on that device. The
+Adam) spends its time in, per model, with the settings ``bench.perf.run`` uses on that device. The
 findings are written up in ``reports/perf/profile.md``.
 """
 
@@ -13,8 +13,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.perf_jobs import _batch_data, _train_step, unet_config
-from bench.perf_models import RunSettings, apply_backend_flags, build, prepare
+from bench.perf.jobs import _batch_data, _train_step, unet_config
+from bench.perf.models import RunSettings, apply_backend_flags, build, prepare
 
 
 def profile_step(name: str, preset: str, batch: int, settings: RunSettings, steps: int = 3, rows: int = 20) -> str:
@@ -38,7 +38,7 @@ def profile_step(name: str, preset: str, batch: int, settings: RunSettings, step
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.perf_profile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="digits", help="UNet preset (or tiny)")
     p.add_argument("--batch", type=int, default=128, help="images per step, ≥ 1")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:i]")
