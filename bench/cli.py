@@ -357,7 +357,8 @@ def sweep(
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing."""
     from dataclasses import asdict
 
-    from bench.sweep.runner import resolve_spec, run_sweep
+    from bench.sweep.resolve import resolve_spec
+    from bench.sweep.runner import run_sweep
 
     _check_wandb(wandb)
     tokens = [*(overrides or []), *([f"device={device}"] if device is not None else [])]  # twice → one-line error
@@ -384,7 +385,7 @@ def report(
     wandb: str | None = typer.Option(None, help=WANDB_HELP),
 ) -> None:
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results."""
-    from bench.sweep.runner import make_report
+    from bench.report.build import make_report
 
     _check_wandb(wandb)
     path = make_report(name, storage=storage, out=out, compare_paper=compare_paper, wandb=wandb)

@@ -22,9 +22,9 @@ import torch
 from ddim import schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
+from ddim.images import save_grid, to_uint8
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
 from ddim.sampling import SeededNoise, check_args, check_eta, sample
-from ddim.training import save_grid
 
 MANIFEST = "samples.json"
 GRID = "grid.png"
@@ -96,7 +96,6 @@ def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
 
 def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest."""
-    from bench.metrics.fidelity import to_uint8
 
     device = resolve_device(cfg.device)
     ck = load_checkpoint(cfg.checkpoint)
@@ -177,5 +176,4 @@ def _write_grid(out: Path, names: list[str]) -> Path:
             arr = np.asarray(im, dtype=np.uint8)
         t = torch.from_numpy(arr.copy())
         imgs.append(t[None] if t.dim() == 2 else t.permute(2, 0, 1))
-    x = torch.stack(imgs).float() / 127.5 - 1  # back to [-1, 1] for save_grid
-    return save_grid(x, out / GRID, nrow=int(math.ceil(math.sqrt(len(imgs)))))
+    return save_grid(torch.stack(imgs), out / GRID, nrow=int(math.ceil(math.sqrt(len(imgs)))))

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ddim.errors import DDIMError
+from ddim.images import from_uint8
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
 
@@ -132,18 +133,13 @@ class ImageFileDataset(Dataset):
         # PIL's bilinear resize antialiases when shrinking, like torchvision's Resize on PIL images.
         img = img.crop(box).resize((res, res), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, H, W)
-        return _to_unit(pixels), -1
+        return from_uint8(pixels), -1
 
 
 def _centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return (left, top, left + side, top + side)
-
-
-def _to_unit(pixels: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return pixels.float() / 127.5 - 1.0
 
 
 def _resize_pixels(pixels: Tensor, resolution: int) -> Tensor:
@@ -159,7 +155,7 @@ def _resize_pixels(pixels: Tensor, resolution: int) -> Tensor:
 
 
 def _in_memory(pixels: Tensor, labels: Tensor, info: DatasetInfo) -> InMemoryDataset:
-    images = _to_unit(_resize_pixels(pixels, info.resolution))
+    images = from_uint8(_resize_pixels(pixels, info.resolution))
     return InMemoryDataset(images, labels.long(), info)
 
 

@@ -15,15 +15,12 @@ dropped, so what is on disk always describes the weights that a later run contin
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ddim.checkpoint import Checkpoint, check_compatible, list_checkpoints, load_checkpoint, remove_stale_temps
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write, atomic_write_json, atomic_write_text, write_error
+from ddim.runtime import atomic_write_json, atomic_write_text, write_error
 
 # TrainConfig fields a resumed run may change: run length, bookkeeping and speed settings. Everything
 # else (data, model, optimiser, schedule, seed, batch) defines the experiment and must stay the same.
@@ -167,22 +164,3 @@ def append_metrics(run_dir: str | Path, step: int, metrics: dict[str, float]) ->
             f.write(json.dumps({"step": step, **metrics}) + "\n")
     except OSError as exc:
         raise write_error("metrics", path, exc) from None
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Save (N, C, H, W) images in [-1, 1] as one PNG grid (atomic; an ``OSError`` propagates)."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    u8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pad = 1
-    canvas = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[:, y : y + h, x : x + w] = u8[i]
-    arr = canvas.permute(1, 2, 0).numpy()  # (H, W, C)
-    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
-    return atomic_write(path, lambda f: img.save(f, format="PNG"))

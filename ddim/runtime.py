@@ -143,9 +143,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+_SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a file, memoised per (real path, size, mtime) so 100 MB weights are hashed once."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_MEMO:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _SHA256_MEMO[key] = h.hexdigest()
+    return _SHA256_MEMO[key]

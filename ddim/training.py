@@ -57,16 +57,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddim import data as ddata
 from ddim import sampling, schedules
-from ddim.batches import DROPOUT, Batches, antithetic_t, step_seed
+from ddim.batches import DROPOUT, Batches, step_seed
 from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ddim.distributed import Context, shard
 from ddim.errors import DDIMError
-from ddim.rundir import append_metrics, open_run, save_grid, start_run
+from ddim.images import save_grid
+from ddim.rundir import append_metrics, open_run, start_run
 from ddim.runtime import numerics, write_error
 from ddim.train_config import TrainConfig
 from ddim.unet import UNet
 
-__all__ = ["TrainConfig", "TrainResult", "antithetic_t", "diffusion_loss", "save_grid", "train"]
+__all__ = ["TrainResult", "diffusion_loss", "train"]
 
 LogFn = Callable[[dict[str, float], int], None]
 

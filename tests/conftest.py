@@ -20,7 +20,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step digits checkpoint for the sweep tests: the weights hardly matter, the plumbing does."""
-    from ddim.training import TrainConfig, train
+    from ddim.train_config import TrainConfig
+    from ddim.training import train
 
     run = tmp_path_factory.mktemp("ckpt") / "run"
     cfg = TrainConfig(dataset="digits", max_steps=2, batch_size=8, run_dir=str(run), sample_every=0, save_every=2,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.sweep.runner import resolve_spec
+from bench.sweep.resolve import resolve_spec
 
 
 def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):

@@ -24,8 +24,8 @@ from bench.metrics.classifier import (
     register_feature_extractor,
     train_classifier,
 )
-from bench.metrics.fidelity import file_sha256
 from ddim.errors import DDIMError
+from ddim.runtime import sha256_file
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def test_accuracy_on_the_digits_test_split(digits_classifier, digits_test) -> No
     assert info["feature_dim"] == 128
     # The JSON next to the weights is the info, and it pins the weights' hash.
     assert json.loads(path.with_suffix(".json").read_text()) == info
-    assert info["sha256"] == file_sha256(path)
+    assert info["sha256"] == sha256_file(path)
     # Independent re-check of the recorded accuracy from the saved weights.
     model, _ = load_classifier(path)
     images, labels = digits_test
@@ -104,7 +104,7 @@ def test_corrupt_cache_entry_is_retrained(digits_classifier, tmp_path: Path, qui
     new_path, info = ensure_classifier("digits", cache_dir=tmp_path)
     assert quick_training == [0]
     assert new_path == folder / path.name
-    assert info["sha256"] == file_sha256(new_path) == json.loads(new_path.with_suffix(".json").read_text())["sha256"]
+    assert info["sha256"] == sha256_file(new_path) == json.loads(new_path.with_suffix(".json").read_text())["sha256"]
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
 
 

@@ -11,7 +11,8 @@ import torch
 
 from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -63,8 +64,9 @@ def test_cuda_sampling_matches_cpu(run) -> None:
 
 
 def test_metrics_on_cuda_equal_cpu(tmp_path) -> None:
-    from bench.metrics.fidelity import compute_metrics, to_uint8
+    from bench.metrics.fidelity import compute_metrics
     from ddim import data
+    from ddim.images import to_uint8
 
     x = to_uint8(data.load_dataset("digits", split="test").images[:200])
     kw = dict(dataset="digits", metrics=("fid",), cache_dir=tmp_path / "cache")

@@ -33,7 +33,8 @@ from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from ddim.data import load_dataset
 from ddim.distributed import Context, env_world, shard
 from ddim.errors import DDIMError
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 5e-5  # max abs difference of weights / EMA / Adam moments (see the module doc)
@@ -42,7 +43,8 @@ LOSS_RTOL = 1e-6
 SCRIPT = """
 import json, os, sys, torch
 torch.set_num_threads(1)
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 r = train(TrainConfig.from_dict(json.loads(sys.argv[1])), resume=sys.argv[2] == "resume")
 line = "RESULT " + json.dumps({"step": r.step, "interrupted": r.interrupted, "checkpoint": str(r.checkpoint)})
 os.write(1, (line + chr(10)).encode())

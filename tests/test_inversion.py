@@ -13,7 +13,8 @@ import torch
 
 from ddim import data, sampling, schedules
 from ddim.checkpoint import load_checkpoint
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,12 @@ from bench.metrics.fidelity import (
     compute_metrics,
     compute_metrics_from_folder,
     default_extractor,
-    file_sha256,
     frechet_distance,
     resolve_inception_weights,
     tensor_sha256,
-    to_uint8,
 )
+from ddim.images import to_uint8
+from ddim.runtime import sha256_file
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +190,7 @@ def test_fid_equals_frechet_distance_of_our_own_features(
     assert fid_vs_train["fid"] == pytest.approx(want, rel=1e-4, abs=1e-6)
     # The cached reference statistics are those of the train features.
     stats_file = cache_dir / "reference" / f"{fid_vs_train['ref_key']}-{EXTRACTOR_NAME}-stat-fid-{FEATURE_FID}.pt"
-    assert file_sha256(stats_file) == fid_vs_train["ref_sha256"]
+    assert sha256_file(stats_file) == fid_vs_train["ref_sha256"]
     stats = torch.load(stats_file, weights_only=False)
     assert np.allclose(stats["mu"], f_train.mean(0), rtol=1e-4, atol=1e-5)
     assert np.allclose(stats["sigma"], np.cov(f_train, rowvar=False), rtol=1e-3, atol=1e-5)
@@ -229,7 +229,7 @@ def test_custom_extractor_is_used_end_to_end(
     assert 1 < out["isc_mean"] <= 10
     # With no FID asked, ref_sha256 is the hash of the cached reference features.
     features_file = cache_dir / "reference" / f"{out['ref_key']}-{EXTRACTOR_NAME}-features-{FEATURE_FID}.pt"
-    assert file_sha256(features_file) == out["ref_sha256"]
+    assert sha256_file(features_file) == out["ref_sha256"]
     ref_features = torch.load(features_file, weights_only=False)
     assert ref_features.shape == (400, 128)
     # KID is the unbiased MMD² (cubic polynomial kernel) of our own penult features of the samples and of the
@@ -333,7 +333,7 @@ def test_inception_end_to_end_with_local_weights(
     kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("isc", "kid"), ref_count=10)
     out = compute_metrics(samples, extractor="inception", **kwargs)
     assert seen and all(s == (torch.uint8, (3, 16, 16)) for s in seen)  # 1 channel repeated to 3
-    assert out["extractor"] == "inception" and out["extractor_sha256"] == file_sha256(random_inception_weights)
+    assert out["extractor"] == "inception" and out["extractor_sha256"] == sha256_file(random_inception_weights)
     assert "-inception-" in out["ref_key"] and out["ref_count"] == 10 and out["n"] == 10
     assert all(np.isfinite(out[k]) for k in ("isc_mean", "kid_mean"))
     # Same count, other extractor: another key.

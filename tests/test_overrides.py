@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.sweep.overrides import KEYS, Cell, Range, SweepSpec, load_config, merge, parse_overrides, per_dataset
+from bench.sweep.overrides import KEYS, load_config, merge, parse_overrides, per_dataset
+from bench.sweep.spec import Cell, Range, SweepSpec
 from ddim import sampling
 from ddim.errors import DDIMError
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.report import paper
-
-from bench.report import plots
+from bench.report import paper, plots
 from ddim.errors import DDIMError
 
 

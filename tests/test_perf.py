@@ -17,12 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.perf import run as perf
-
 from bench.perf import jobs as perf_jobs
-
 from bench.perf import models as perf_models
-
+from bench.perf import run as perf
 from bench.perf import timing as perf_timing
 from bench.perf.models import RunSettings
 from ddim.errors import DDIMError
@@ -178,9 +175,9 @@ def test_bf16_autocast_and_channels_last_train_step_on_cpu() -> None:
         model = perf_models.prepare(perf_models.build(name, config).train(), settings)
         assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last) if name == "ours" else True
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        data = perf_jobs._batch_data(config, 4, settings)
+        data = perf_jobs.batch_data(config, 4, settings)
         assert data[0].is_contiguous(memory_format=torch.channels_last)
-        perf_jobs._train_step(model, opt, settings, data)
+        perf_jobs.train_step(model, opt, settings, data)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     # bf16 autocast stays close to float32 for our network.
     torch.manual_seed(0)
@@ -270,7 +267,7 @@ def test_conv_floor_replays_the_steps_convolutions_and_leaves_no_gradients() -> 
     settings = RunSettings()
     torch.manual_seed(0)
     model = UNet(perf_jobs.TINY).train()
-    data = perf_jobs._batch_data(perf_jobs.TINY, 4, settings)
+    data = perf_jobs.batch_data(perf_jobs.TINY, 4, settings)
     replay = perf_jobs.conv_floor(model, settings, data)
     seen: list[torch.nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m)) for m in model.modules()

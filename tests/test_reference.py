@@ -17,7 +17,10 @@ from PIL import Image
 import bench.metrics.fidelity as metrics
 import ddim.data
 from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
-from bench.metrics.fidelity import compute_metrics, file_sha256, reference_key, tensor_sha256, to_uint8
+from bench.metrics.fidelity import compute_metrics, reference_key, tensor_sha256
+from bench.metrics.reference import reference_stats
+from ddim.images import to_uint8
+from ddim.runtime import sha256_file
 
 # ---- the reference cache ----
 
@@ -94,15 +97,15 @@ def test_file_backed_reference_is_hashed_once(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(ddim.data.ImageFileDataset, "__getitem__", counting_getitem)
     kwargs = dict(data_root=folder, split="train", resolution=8, ref_count=None, memo_dir=tmp_path / "memo", rgb=False)
-    images, n, shape, content = metrics._reference("folder", **kwargs)
+    images, n, shape, content = reference_stats("folder", **kwargs)
     assert (n, shape, len(decoded)) == (6, (3, 8, 8), 6)
     # The streamed hash is tensor_sha256 of the stacked uint8 reference.
     assert content == tensor_sha256(torch.stack([images[i] for i in range(n)]))
     decoded.clear()
-    assert metrics._reference("folder", **kwargs)[3] == content and decoded == []  # memoised: nothing decoded
+    assert reference_stats("folder", **kwargs)[3] == content and decoded == []  # memoised: nothing decoded
     os.utime(folder / "0.png", ns=(10**9, 10**9))  # a touched file invalidates the memo
-    assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
-    subset = metrics._reference("folder", **{**kwargs, "ref_count": 4})
+    assert reference_stats("folder", **kwargs)[3] == content and len(decoded) == 6
+    subset = reference_stats("folder", **{**kwargs, "ref_count": 4})
     assert subset[1] == 4 and subset[3] != content
     # A damaged memo (a power loss mid-write) is hashed again and rewritten, never taken as the content hash.
     memos = [p for p in (tmp_path / "memo").glob("content-*.txt") if p.read_text().strip() == content]
@@ -110,7 +113,7 @@ def test_file_backed_reference_is_hashed_once(tmp_path: Path, monkeypatch: pytes
     for damaged in (content[:7] + "\n", "", "\x00" * 65):
         memo.write_text(damaged)
         decoded.clear()
-        assert metrics._reference("folder", **kwargs)[3] == content and len(decoded) == 6
+        assert reference_stats("folder", **kwargs)[3] == content and len(decoded) == 6
         assert memo.read_text().strip() == content
 
 
@@ -143,7 +146,7 @@ def test_a_damaged_reference_cache_is_recomputed(
     assert second["kid_mean"] == pytest.approx(first["kid_mean"], rel=1e-6, abs=1e-9)
     same = ("extractor", "extractor_sha256", "ref_key", "ref_count", "n")
     assert {k: second[k] for k in same} == {k: first[k] for k in same}
-    assert second["ref_sha256"] == file_sha256(stat_file)
+    assert second["ref_sha256"] == sha256_file(stat_file)
     # The damaged file is rewritten with what it held.
     rewritten = torch.load(damaged, weights_only=False)
     if kind == "stat-fid":

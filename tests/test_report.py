@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from bench.report import paper
-from bench.report.write import write_report
 from bench.report.docs import read_results_csv
 from bench.report.tables import CSV_LEADING, tex_escape
+from bench.report.write import write_report
 from ddim.errors import DDIMError
 
 SCHEDULES = ("quad", "uniform")

@@ -19,13 +19,15 @@ from tiny import tiny_config
 
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from ddim.errors import DDIMError
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 r = train(TrainConfig.from_dict(json.loads(sys.argv[1])))
 print(json.dumps({"step": r.step, "interrupted": r.interrupted, "checkpoint": str(r.checkpoint)}))
 """

@@ -1,4 +1,4 @@
-"""bench.sweep.runner / bench.store.storage: grids exactly once across worker processes on one SQLite store, killed
+"""bench.sweep.runner / bench.store: grids exactly once across worker processes on one SQLite store, killed
 workers retried, failed cells recorded, W&B offline and failing, common random numbers, reports.
 
 A tiny checkpoint (2 training steps of the digits preset) keeps every cell well under a second; the
@@ -21,11 +21,14 @@ import torch
 from optuna.trial import TrialState
 from sweep_helpers import spec_of, url
 
-from bench.store import storage as store
-
-from bench.sweep import runner as sweep
-from bench.sweep.overrides import Cell
-from bench.sweep.runner import Evaluator, load_results, make_report, resolve_spec, run_sweep
+from bench.console import Display
+from bench.report.build import make_report
+from bench.store.storage import open_storage
+from bench.store.study import load_results
+from bench.sweep.evaluate import Evaluator
+from bench.sweep.resolve import resolve_spec
+from bench.sweep.runner import run_sweep
+from bench.sweep.spec import Cell
 from ddim import sampling
 from ddim.errors import DDIMError
 
@@ -34,7 +37,7 @@ GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]
 
 
 def complete_cells(storage: str, name: str) -> list[str]:
-    study = optuna.load_study(study_name=name, storage=store.open_storage(storage))
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
     return [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
 
 
@@ -106,7 +109,8 @@ def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
 _RUNNER = """
 import sys, torch
 torch.set_num_threads(1)
-from bench.sweep.runner import resolve_spec, run_sweep
+from bench.sweep.resolve import resolve_spec
+from bench.sweep.runner import run_sweep
 spec = resolve_spec(sys.argv[3:])
 run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled", progress=False, heartbeat=1)
 """
@@ -118,7 +122,7 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
     The worker is stopped (SIGSTOP) before its trial is read again, so the cell cannot finish between
     the check and the signal.
     """
-    rdb, end = store.open_storage(storage), time.monotonic() + deadline_s
+    rdb, end = open_storage(storage), time.monotonic() + deadline_s
     while time.monotonic() < end:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else "sweep ended before a kill"
         try:
@@ -188,7 +192,7 @@ def test_unwritable_artifacts_fail_before_the_study_exists(ckpt, cache, work):
     spec = replace(spec_of(ckpt, cache, "steps=2", "n=20", name="art"), artifacts=str(blocker / "sub"))
     with pytest.raises(DDIMError, match="artifacts=.* cannot be created"):
         run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
-    assert "art" not in optuna.study.get_all_study_names(store.open_storage(url(work)))
+    assert "art" not in optuna.study.get_all_study_names(open_storage(url(work)))
 
 
 def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
@@ -248,6 +252,7 @@ def wandb_lines(capfd) -> list[str]:
 
 
 def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, capfd):
+    from bench.tracking import sweep_runs
     from bench.tracking import wandb_run as tracking
 
     def no_init(*a, **k):
@@ -279,8 +284,8 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
     (line,) = wandb_lines(capfd)
     assert line.startswith("warning: W&B") and line.endswith("tracking disabled")
     assert "offline init failed: RuntimeError: W&B is down" in line
-    # A tracker that raises on every call: one warning per W&B run (provenance.tracked), none repeated.
-    monkeypatch.setattr(tracking, "make_tracker", lambda *a, **k: Exploding())
+    # A tracker that raises on every call: one warning per W&B run (sweep_runs.tracked), none repeated.
+    monkeypatch.setattr(sweep_runs, "make_tracker", lambda *a, **k: Exploding())
     spec = spec_of(ckpt, cache, "steps=3", *tokens, name="wf2")
     assert run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1).complete == 2
     lines = wandb_lines(capfd)
@@ -297,7 +302,7 @@ def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
     a, b = Evaluator(spec, "x"), Evaluator(other, "x")
     (u1, _), (u2, _) = a.generate(cell), b.generate(cell)
     assert torch.equal(u1, u2)  # a sample depends only on its seed, not on the batch size
-    r1, r2 = a.evaluate(cell, sweep.Display(False)), b.evaluate(cell, sweep.Display(False))
+    r1, r2 = a.evaluate(cell, Display(False)), b.evaluate(cell, Display(False))
     for k in ("fid", "isc_mean", "kid_mean", "seeds", "nfe"):  # the same samples: the same record, exactly
         assert r1[k] == r2[k], k
     assert r1["seeds"] == "0-19" and r1["nfe"] == 3
@@ -408,7 +413,7 @@ def test_unreachable_storage_and_unknown_sweep(ckpt, cache, work):
     with pytest.raises(DDIMError, match=r"no sweep named 'nope': the store .* does not exist"):
         load_results("nope", url(work))  # and no empty database file is left behind
     assert not (work / "sweeps.db").exists()
-    store.open_storage(url(work))
+    open_storage(url(work))
     with pytest.raises(DDIMError, match=r"no sweep named 'nope' in sqlite:///.* run `ddimbench sweep name=nope"):
         make_report("nope", storage=url(work))
 

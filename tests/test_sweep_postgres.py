@@ -22,8 +22,10 @@ import pytest
 from sweep_helpers import spec_of
 from test_sweep import _RUNNER, ROOT, _kill_mid_cell, complete_cells
 
-from bench.store import storage as store
-from bench.sweep.runner import load_results, resolve_spec, run_sweep
+from bench.store.storage import open_storage
+from bench.store.study import load_results
+from bench.sweep.resolve import resolve_spec
+from bench.sweep.runner import run_sweep
 
 
 def _binary(name: str) -> str | None:
@@ -103,7 +105,7 @@ def test_killed_worker_on_postgres_is_retried(ckpt, cache, tmp_path, monkeypatch
     assert proc.wait(timeout=180) == 0  # the surviving worker retried the dead one's cell
     cells = complete_cells(pg_url, "pg-kill")
     assert len(cells) == 4 and len(set(cells)) == 4
-    study = optuna.load_study(study_name="pg-kill", storage=store.open_storage(pg_url))
+    study = optuna.load_study(study_name="pg-kill", storage=open_storage(pg_url))
     assert study.trials[killed].state.name == "FAIL"
     # The same command again (as on another machine) finds nothing missing.
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""bench.store.storage: what a report is built from when a sweep is run more than once, or a trial was stopped right
+"""bench.store: what a report is built from when a sweep is run more than once, or a trial was stopped right
 after claiming its cell. Real (tiny) sweeps on a SQLite store, as in test_sweep.py; offline, CPU only.
 """
 
@@ -11,8 +11,11 @@ import optuna
 from optuna.trial import TrialState
 from sweep_helpers import spec_of, url
 
-from bench.store import storage as store
-from bench.sweep.runner import load_results, make_report, run_sweep
+from bench.report.build import make_report
+from bench.store.plan import cell_plan
+from bench.store.storage import open_storage
+from bench.store.study import load_results
+from bench.sweep.runner import run_sweep
 
 FAST = ["steps=2", "eta=0", "n=20", "batch=10", "interpolation=false"]
 
@@ -49,7 +52,7 @@ def test_caption_and_provenance_cover_every_run(ckpt, cache, work):
 def _stopped_trial(storage: str, name: str, cell: str, **attrs) -> int:
     """A trial that claimed ``cell`` and stopped before recording the cell's fields: FAIL, as the heartbeat or
     an interrupt leaves it."""
-    study = optuna.load_study(study_name=name, storage=store.open_storage(storage))
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
     trial = study.ask()
     for key, value in {"cell": cell, "run": "stopped", **attrs}.items():
         trial.set_user_attr(key, value)
@@ -70,8 +73,8 @@ def test_trial_stopped_before_its_cell_fields_is_no_result(ckpt, cache, work):
     out = make_report("st", storage=url(work), wandb="disabled")  # no "result record lacks 'sampler'"
     assert "S = 2" in (out / "table.md").read_text(encoding="utf-8")
     # The claim alone still makes the cell one to retry, and the next run measures it.
-    trials = optuna.load_study(study_name="st", storage=store.open_storage(url(work))).trials
-    plan = store.cell_plan(trials, [done, todo], "next")
+    trials = optuna.load_study(study_name="st", storage=open_storage(url(work))).trials
+    plan = cell_plan(trials, [done, todo], "next")
     assert plan.done == 1 and plan.retry == [todo] and not plan.fresh
     assert sweep(full, work).complete == 2
     records, _, _ = load_results("st", url(work))

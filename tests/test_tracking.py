@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.tracking import wandb_run as tracking
-
 from bench.tracking import offline_log as tracking_log
+from bench.tracking import wandb_run as tracking
 from ddim.errors import DDIMError
 
 

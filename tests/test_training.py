@@ -23,7 +23,8 @@ import ddim.training as training
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from ddim.errors import DDIMError
 from ddim.runtime import sha256_file
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 from ddim.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys, time, torch
 torch.set_num_threads(1)
-from ddim.training import TrainConfig, train
+from ddim.train_config import TrainConfig
+from ddim.training import train
 pace = (lambda step, metrics: time.sleep(0.02)) if sys.argv[3] == "slow" else None
 r = train(TrainConfig.from_dict(json.loads(sys.argv[1])), resume=sys.argv[2] == "resume", progress=pace)
 print(json.dumps({"step": r.step, "interrupted": r.interrupted, "checkpoint": str(r.checkpoint)}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ddim.training import TrainConfig
+from ddim.train_config import TrainConfig
 
 # A 2-level, 8-channel UNet without attention: a training step takes milliseconds on one CPU thread.
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_groups=4)

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.metrics.fidelity import file_sha256, to_uint8
 from ddim.errors import DDIMError
+from ddim.images import from_uint8, to_uint8
+from ddim.runtime import sha256_file
 
 __all__ = [
     "EXTRACTOR_NAME",
@@ -76,7 +77,7 @@ class DigitClassifier(nn.Module):
 
     def penult_and_logits(self, x_uint8: Tensor) -> tuple[Tensor, Tensor]:
         """uint8 (N, C, H, W) -> (penult (N, 4w), logits (N, classes))."""
-        x = x_uint8.float() / 127.5 - 1  # the inverse of bench.metrics.fidelity.to_uint8
+        x = from_uint8(x_uint8)
         penult = self.features(x)
         return penult, self.head(penult)
 
@@ -214,7 +215,7 @@ def ensure_classifier(
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             meta = {}
-        if meta.get("sha256") == file_sha256(path):
+        if meta.get("sha256") == sha256_file(path):
             return path, meta
 
     # 1. Train on the train split (as uint8, exactly what the extractor will see).
@@ -250,7 +251,7 @@ def ensure_classifier(
         "accuracy": accuracy,
         "train_seconds": round(seconds, 2),
         "torch": torch.__version__,
-        "sha256": file_sha256(path),
+        "sha256": sha256_file(path),
     }
     _atomic_write(meta_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return path, meta

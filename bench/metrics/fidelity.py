@@ -33,16 +33,15 @@ from torch import Tensor
 
 from bench.metrics.reference import (
     REF_SUBSET_SEED,
-    _reference,
-    _UInt8Images,
-    file_sha256,
+    UInt8Images,
     first_line,
     heal_reference_cache,
     reference_key,
+    reference_stats,
     tensor_sha256,
-    to_uint8,
 )
 from ddim.errors import DDIMError
+from ddim.runtime import sha256_file
 
 __all__ = [
     "EXTRACTORS",
@@ -53,13 +52,11 @@ __all__ = [
     "compute_metrics",
     "compute_metrics_from_folder",
     "default_extractor",
-    "file_sha256",
     "frechet_distance",
     "read_png_folder",
     "reference_key",
     "resolve_inception_weights",
     "tensor_sha256",
-    "to_uint8",
 ]
 
 EXTRACTORS = ("classifier", "inception")
@@ -230,7 +227,7 @@ def compute_metrics(
         raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
     if not isinstance(samples, Tensor) or samples.dtype != torch.uint8 or samples.dim() != 4:
         got = f"{samples.dtype} {tuple(samples.shape)}" if isinstance(samples, Tensor) else type(samples).__name__
-        raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with bench.metrics.fidelity.to_uint8")
+        raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with ddim.images.to_uint8")
     samples = samples.detach().cpu()
     n = len(samples)
     if n_expected is not None and n != n_expected:
@@ -257,7 +254,7 @@ def compute_metrics(
         fe_name, fe_layer, weights_sha = register_feature_extractor(), FEATURE_FID, cinfo["sha256"]
     else:
         weights = resolve_inception_weights(inception_weights)
-        fe_name, fe_layer, weights_sha = INCEPTION_NAME, INCEPTION_LAYER_FID, file_sha256(weights)
+        fe_name, fe_layer, weights_sha = INCEPTION_NAME, INCEPTION_LAYER_FID, sha256_file(weights)
         _check_inception_weights(weights, weights_sha)
 
     # 2. The reference: real images of the split under the same uint8 rule (binary metrics only).
@@ -265,7 +262,7 @@ def compute_metrics(
     ref_root = cache_dir / "reference"
     ref_key, kwargs = None, {}
     if "fid" in metrics or "kid" in metrics:
-        input2, ref_n, ref_shape, content = _reference(
+        input2, ref_n, ref_shape, content = reference_stats(
             dataset, data_root=data_root, split=split, resolution=resolution, ref_count=ref_count,
             memo_dir=ref_root, rgb=rgb,
         )  # fmt: skip
@@ -294,7 +291,7 @@ def compute_metrics(
 
     with device_ctx:
         raw = torch_fidelity.calculate_metrics(
-            input1=_UInt8Images(samples, rgb=rgb),
+            input1=UInt8Images(samples, rgb=rgb),
             fid="fid" in metrics,
             isc="isc" in metrics,
             kid="kid" in metrics,
@@ -315,7 +312,7 @@ def compute_metrics(
     if ref_key is not None:
         # torch-fidelity's file names: <cache_name>-<extractor>-stat-fid-<layer> / -features-<layer>
         kind = "stat-fid" if "fid" in metrics else "features"
-        ref_sha = file_sha256(ref_root / f"{ref_key}-{fe_name}-{kind}-{fe_layer}.pt")
+        ref_sha = sha256_file(ref_root / f"{ref_key}-{fe_name}-{kind}-{fe_layer}.pt")
     out.update(
         extractor=extractor,
         extractor_sha256=weights_sha,

@@ -2,7 +2,7 @@
 
 Protocol (STYLE.md item 7; ``bench.metrics.fidelity`` does the measuring):
 
-- ``to_uint8`` is the ONE conversion rule from [-1, 1] to 0..255, for samples and references.
+- ``ddim.images.to_uint8`` is the ONE conversion rule from [-1, 1] to 0..255, for samples and references.
 - The reference (torch-fidelity's input2) is the dataset's real images of ``split`` under that rule,
   or a fixed-seed random subset of ``ref_count`` of them (``REF_SUBSET_SEED``).
 - Its identity is a content hash of those uint8 images (``tensor_sha256``); file-backed datasets are
@@ -34,35 +34,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ddim.errors import DDIMError
+from ddim.images import to_uint8
+from ddim.runtime import sha256_file
 
-__all__ = ["REF_SUBSET_SEED", "file_sha256", "reference_key", "tensor_sha256", "to_uint8"]
+__all__ = ["REF_SUBSET_SEED", "reference_key", "tensor_sha256"]
 
 REF_SUBSET_SEED = 0  # fixed: a reference subset (ref_count) is part of the protocol
 
 
-# --- the uint8 rule and content hashes -----------------------------------------------------------
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Images in [-1, 1] -> uint8 0..255: the ONE conversion rule, for samples and references."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-_FILE_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so 100 MB weights are hashed once."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    memo_key = (real, st.st_size, st.st_mtime_ns)
-    if memo_key not in _FILE_SHA_MEMO:
-        digest = hashlib.sha256()
-        with open(real, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_SHA_MEMO[memo_key] = digest.hexdigest()
-    return _FILE_SHA_MEMO[memo_key]
+# --- content hashes -----------------------------------------------------------
 
 
 def tensor_sha256(x: Tensor) -> str:
@@ -86,7 +66,7 @@ def _subset_index(n: int, ref_count: int | None) -> Tensor | None:
 # --- the reference images ------------------------------------------------------------------------
 
 
-class _UInt8Images(Dataset):
+class UInt8Images(Dataset):
     """In-memory uint8 images for torch-fidelity; ``rgb`` repeats 1 channel to 3 (for Inception)."""
 
     def __init__(self, images: Tensor, rgb: bool = False) -> None:
@@ -118,7 +98,7 @@ class _DecodedUInt8(Dataset):
         return img.repeat(3, 1, 1) if self.rgb else img
 
 
-def _reference(
+def reference_stats(
     dataset: str,
     *,
     data_root: Any,
@@ -141,7 +121,7 @@ def _reference(
     index = _subset_index(len(ds), ref_count)
     if hasattr(ds, "images"):
         images = to_uint8(ds.images if index is None else ds.images[index])
-        return _UInt8Images(images, rgb=rgb), len(images), tuple(images.shape[1:]), tensor_sha256(images)
+        return UInt8Images(images, rgb=rgb), len(images), tuple(images.shape[1:]), tensor_sha256(images)
 
     chosen = list(range(len(ds))) if index is None else index.tolist()
     if not chosen:
@@ -180,7 +160,7 @@ def _files_fingerprint(paths: Sequence[Any], chosen: list[int], shape: tuple[int
     for i in chosen:
         st = os.stat(paths[i])
         files.append((str(paths[i]), st.st_size, st.st_mtime_ns))
-    parts = [shape, PIL.__version__, file_sha256(ddim.data.__file__), files]
+    parts = [shape, PIL.__version__, sha256_file(ddim.data.__file__), files]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

@@ -70,7 +70,7 @@ def _setup(job: dict[str, Any]) -> RunSettings:
     return settings
 
 
-def _batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[torch.Tensor, ...]:
+def batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[torch.Tensor, ...]:
     """A fixed noisy batch: x_t = √ᾱ x₀ + √(1−ᾱ) ε with antithetic-free uniform t (as the trainer draws)."""
     g = torch.Generator().manual_seed(0)
     shape = (batch, config.in_channels, config.resolution, config.resolution)
@@ -81,7 +81,7 @@ def _batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[
     return prepare_input(x_t, settings), prepare_input(eps, settings), t.to(settings.device)
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: RunSettings, data: tuple) -> None:
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: RunSettings, data: tuple) -> None:
     x_t, eps, t = data
     with autocast(settings):
         eps_pred = model(x_t, t)
@@ -137,7 +137,7 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
     settings = _setup(job)
     config, batch = unet_config(job["preset"]), int(job["batch"])
     names = list(job.get("models", ["ours", "diffusers"]))
-    data = _batch_data(config, batch, settings)
+    data = batch_data(config, batch, settings)
     if job.get("memory"):
         (name,) = names
         with PeakMemory(settings.device) as mem:
@@ -145,7 +145,7 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
             model = prepare(build(name, config).train(), settings)
             opt = torch.optim.Adam(model.parameters(), lr=2e-4)
             for _ in range(2):
-                _train_step(model, opt, settings, data)
+                train_step(model, opt, settings, data)
         return {"model": name, "peak_mb": round(mem.mb, 1), "memory_kind": mem.kind}
 
     models, fns, params = {}, {}, {}
@@ -156,7 +156,7 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         model = prepare(model, settings)
         opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         models[name] = (model, opt)
-        fns[name] = lambda m=model, o=opt: _train_step(m, o, settings, data)
+        fns[name] = lambda m=model, o=opt: train_step(m, o, settings, data)
     floor = None
     if "ours" in models and job.get("floor", True):
         eager = getattr(models["ours"][0], "_orig_mod", models["ours"][0])  # record through compiled wrappers too

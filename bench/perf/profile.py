@@ -13,7 +13,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.perf.jobs import _batch_data, _train_step, unet_config
+from bench.perf.jobs import batch_data, train_step, unet_config
 from bench.perf.models import RunSettings, apply_backend_flags, build, prepare
 
 
@@ -23,14 +23,14 @@ def profile_step(name: str, preset: str, batch: int, settings: RunSettings, step
     torch.manual_seed(0)
     model = prepare(build(name, config).train(), settings)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-    data = _batch_data(config, batch, settings)
+    data = batch_data(config, batch, settings)
     cuda = settings.device.startswith("cuda")
     for _ in range(2):  # warm-up: allocator, cuDNN autotuning, lazy init
-        _train_step(model, opt, settings, data)
+        train_step(model, opt, settings, data)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            _train_step(model, opt, settings, data)
+            train_step(model, opt, settings, data)
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"

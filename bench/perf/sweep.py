@@ -101,9 +101,10 @@ def _fresh_cache(src: Path, dst: Path, device: str) -> dict[str, Any]:
 
 def _loop_grid(ck: Path, cells: list[tuple[int, float]], n: int, batch: int, cache: Path, device: str) -> None:
     """The faithful loop: per cell, sample n images in batches, then one compute_metrics call."""
-    from bench.metrics.fidelity import compute_metrics, to_uint8
+    from bench.metrics.fidelity import compute_metrics
     from ddim import schedules
     from ddim.checkpoint import load_checkpoint
+    from ddim.images import to_uint8
     from ddim.sampling import SeededNoise, sample
 
     checkpoint = load_checkpoint(ck)
@@ -121,7 +122,8 @@ def _loop_grid(ck: Path, cells: list[tuple[int, float]], n: int, batch: int, cac
 
 def _sweep_grid(ck: Path, steps: list[int], etas: list[float], n: int, batch: int, root: Path, device: str) -> int:
     """The grid through ``bench.sweep.runner.run_sweep`` (one worker, no W&B, no progress bar)."""
-    from bench.sweep.runner import resolve_spec, run_sweep
+    from bench.sweep.resolve import resolve_spec
+    from bench.sweep.runner import run_sweep
 
     tokens = [f"checkpoint={ck}", f"steps={','.join(map(str, steps))}", f"eta={','.join(map(str, etas))}",
               f"n={n}", f"batch={batch}", f"cache_dir={root / 'cache'}", f"device={device}", "interpolation=false",

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.report.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, _md_escape, _num, table_html, table_md
+from bench.report.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, as_number, md_escape, table_html, table_md
 
 
 def _csv_value(v) -> str:
@@ -29,7 +29,7 @@ def _csv_value(v) -> str:
 
 
 def record_order(r: Mapping) -> tuple:
-    eta = _num(r.get("eta"))
+    eta = as_number(r.get("eta"))
     return (str(r["schedule"]), str(r["sampler"]), (eta is not None, round(eta or 0.0, 6)), int(r["steps"]),
             int(r["seed_block"]), int(r["number"]))  # fmt: skip
 
@@ -63,13 +63,13 @@ def md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
         out += [f"## {heading}", ""]
         if kind == "kv":
             (a, b), rows = payload
-            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in rows]
+            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in rows]
         elif kind == "tables":
             out += [table_md(t) for t in payload]
         elif kind == "images":
-            out += [f"![{_md_escape(cap)}]({name})\n\n*{_md_escape(cap)}*\n" for cap, name in payload]
+            out += [f"![{md_escape(cap)}]({name})\n\n*{md_escape(cap)}*\n" for cap, name in payload]
         else:
-            out += [f"- {_md_escape(line)}" for line in payload]
+            out += [f"- {md_escape(line)}" for line in payload]
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

@@ -48,10 +48,10 @@ CSV_LEADING = (
 )  # fmt: skip
 INT_FIELDS = frozenset({"number", "steps", "seed_block", "nfe", "n"})
 FLOAT_FIELDS = frozenset({"eta", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s"})
-_REQUIRED = ("number", "state", "sampler", "steps", "schedule", "seed_block")
-_PROTOCOL = ("checkpoint_sha256", "extractor", "extractor_sha256", "ref_key", "ref_sha256", "device")
+REQUIRED_FIELDS = ("number", "state", "sampler", "steps", "schedule", "seed_block")
+PROTOCOL_FIELDS = ("checkpoint_sha256", "extractor", "extractor_sha256", "ref_key", "ref_sha256", "device")
 _SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
-_TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
+TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
 
 CellKey = tuple[str, paper.RowKey, int]  # (schedule, row, S)
 
@@ -79,34 +79,34 @@ class Table:
     fmt: str = ".2f"
 
 
-def _num(v) -> float | None:
+def as_number(v) -> float | None:
     return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
 
 
-def _eta_str(eta: float) -> str:
+def eta_str(eta: float) -> str:
     s = f"{eta:g}"
     return s if any(c in s for c in ".en") else s + ".0"
 
 
-def _row_label(row: paper.RowKey) -> str:
+def row_label(row: paper.RowKey) -> str:
     sampler, eta = row
-    return f"η = {_eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
+    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
 
 
-def _row_order(row: paper.RowKey) -> tuple:
+def row_order(row: paper.RowKey) -> tuple:
     sampler, eta = row
     return (0, eta, "") if sampler == "ddim" else (1, 0.0, "") if sampler == "sigma_hat" else (2, 0.0, sampler)
 
 
-def _schedule_order(s: str) -> tuple:
+def schedule_order(s: str) -> tuple:
     return (_SCHEDULE_ORDER.index(s), "") if s in _SCHEDULE_ORDER else (len(_SCHEDULE_ORDER), s)
 
 
 def _cell_key(r: Mapping) -> CellKey:
-    return (str(r["schedule"]), paper.row_key(str(r["sampler"]), _num(r.get("eta"))), int(r["steps"]))
+    return (str(r["schedule"]), paper.row_key(str(r["sampler"]), as_number(r.get("eta"))), int(r["steps"]))
 
 
-def _select(records: Sequence[Mapping], warnings: list[str]) -> dict[CellKey, dict[int, Mapping]]:
+def select_cells(records: Sequence[Mapping], warnings: list[str]) -> dict[CellKey, dict[int, Mapping]]:
     """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
     (a retry supersedes the failure before it)."""
     cells: dict[CellKey, dict[int, Mapping]] = {}
@@ -122,11 +122,11 @@ def _select(records: Sequence[Mapping], warnings: list[str]) -> dict[CellKey, di
     return cells
 
 
-def _cell(blocks: Mapping[int, Mapping], metric: Metric, steps: int) -> Cell:
+def table_cell(blocks: Mapping[int, Mapping], metric: Metric, steps: int) -> Cell:
     values, nfes, failed = [], set(), 0
     for b in sorted(blocks):
         r = blocks[b]
-        v = _num(r.get(metric.field))
+        v = as_number(r.get(metric.field))
         if r["state"] == "COMPLETE" and v is not None and math.isfinite(v):
             values.append(v * metric.scale)
             if r.get("nfe") is not None:
@@ -191,13 +191,13 @@ def build_tables(
 ) -> list[Table]:
     """The Table 1-style blocks: metric outer, schedule inner."""
     tables = []
-    schedules = sorted({k[0] for k in cells}, key=_schedule_order)
+    schedules = sorted({k[0] for k in cells}, key=schedule_order)
     for metric in metrics:
         for sched in schedules:
             keys = [k for k in cells if k[0] == sched]
-            rows = sorted({k[1] for k in keys}, key=_row_order)
+            rows = sorted({k[1] for k in keys}, key=row_order)
             steps = sorted({k[2] for k in keys})
-            ours = [[_cell(cells.get((sched, row, s), {}), metric, s) for row in rows] for s in steps]
+            ours = [[table_cell(cells.get((sched, row, s), {}), metric, s) for row in rows] for s in steps]
             multi = sorted({c.blocks for col in ours for c in col if c.blocks > 1})
             columns = _mark_best(ours, metric.lower_is_better, ".2f")
             heads = tuple(f"S = {s}" for s in steps)
@@ -213,7 +213,7 @@ def build_tables(
                     caption=_caption(metric, sched, meta, multi, compare if metric.key == "fid" else None),
                     corner="η / sampler",
                     groups=tuple(groups),
-                    rows=tuple(zip([_row_label(r) for r in rows], _transpose(columns), strict=True)),
+                    rows=tuple(zip([row_label(r) for r in rows], _transpose(columns), strict=True)),
                 )
             )
     return tables
@@ -246,7 +246,7 @@ def inversion_table(rows: Sequence[Mapping]) -> Table:
     )
 
 
-def _slug(s: str) -> str:
+def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-") or "x"
 
 
@@ -274,11 +274,11 @@ def tex_escape(text: str) -> str:
     return _TEX_RE.sub(lambda m: _TEX_MAP[m.group()], str(text))
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     return str(text).replace("|", r"\|").replace("\n", " ")
 
 
-MD = _Flavor(_md_escape, " ± ", "—", "**{}**")
+MD = _Flavor(md_escape, " ± ", "—", "**{}**")
 TEX = _Flavor(tex_escape, r" $\pm$ ", "---", r"\textbf{{{}}}")
 HTML = _Flavor(html.escape, " ± ", "—", "<b>{}</b>")
 
@@ -300,10 +300,10 @@ def _heads(t: Table, fl: _Flavor, prefix: bool) -> list[str]:
 
 def table_md(t: Table) -> str:
     n = sum(len(hs) for _, hs in t.groups)
-    lines = [f"### {_md_escape(t.title)}", "", "| " + " | ".join([_md_escape(t.corner), *_heads(t, MD, True)]) + " |"]
+    lines = [f"### {md_escape(t.title)}", "", "| " + " | ".join([md_escape(t.corner), *_heads(t, MD, True)]) + " |"]
     lines.append("|---|" + "---:|" * n)
     for label, cells in t.rows:
-        lines.append("| " + " | ".join([_md_escape(label), *(cell_text(c, t.fmt, MD) for c in cells)]) + " |")
+        lines.append("| " + " | ".join([md_escape(label), *(cell_text(c, t.fmt, MD) for c in cells)]) + " |")
     return "\n".join([*lines, "", t.caption, ""])
 
 

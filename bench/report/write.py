@@ -23,28 +23,26 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import paper
-
-from bench.report import plots
+from bench.report import paper, plots
 from bench.report.docs import html_doc, md_doc, record_order, results_csv
 from bench.report.tables import (
-    _PROTOCOL,
-    _REQUIRED,
-    _TEXT_FILES,
     METRICS,
+    PROTOCOL_FIELDS,
+    REQUIRED_FIELDS,
+    TEXT_FILES,
     CellKey,
     Metric,
-    _cell,
-    _eta_str,
-    _num,
-    _row_label,
-    _row_order,
-    _schedule_order,
-    _select,
-    _slug,
+    as_number,
     build_tables,
+    eta_str,
     inversion_table,
+    row_label,
+    row_order,
+    schedule_order,
+    select_cells,
+    slug,
     standalone_tex,
+    table_cell,
     table_md,
     table_tex,
 )
@@ -98,9 +96,9 @@ def _jsonable(v):
 
 # ---------------------------------------------------------------------------------------- figures
 def _grid_name(r: Mapping, suffix: str) -> str:
-    sampler, eta = paper.row_key(str(r["sampler"]), _num(r.get("eta")))
-    e = f"_eta{_eta_str(eta)}" if sampler == "ddim" else ""
-    return f"{_slug(r['schedule'])}_{_slug(sampler)}{e}_S{int(r['steps'])}_b{int(r['seed_block'])}{suffix}"
+    sampler, eta = paper.row_key(str(r["sampler"]), as_number(r.get("eta")))
+    e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
+    return f"{slug(r['schedule'])}_{slug(sampler)}{e}_S{int(r['steps'])}_b{int(r['seed_block'])}{suffix}"
 
 
 def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, list]:
@@ -111,23 +109,23 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, 
         groups.setdefault((sched, row), []).append(s)
     multi = len({k[0] for k in groups}) > 1
     by_steps, by_time = [], []
-    for sched, row in sorted(groups, key=lambda k: (_schedule_order(k[0]), _row_order(k[1]))):
-        label = _row_label(row) + (f" ({sched})" if multi else "")
+    for sched, row in sorted(groups, key=lambda k: (schedule_order(k[0]), row_order(k[1]))):
+        label = row_label(row) + (f" ({sched})" if multi else "")
         pts, tpts = [], []
         for s in sorted(groups[(sched, row)]):
             blocks = cells[(sched, row, s)]
-            c = _cell(blocks, fid, s)
+            c = table_cell(blocks, fid, s)
             if c.status != "value":
                 continue
             pts.append((s, c.mean, c.std or 0.0))
             cost = [
                 1.0 / ips
                 for r in blocks.values()
-                if r["state"] == "COMPLETE" and (ips := _num(r.get("images_per_s"))) and ips > 0
+                if r["state"] == "COMPLETE" and (ips := as_number(r.get("images_per_s"))) and ips > 0
             ]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
-        kw = {"label": label, "group": sched, "colour_key": _row_label(row)}
+        kw = {"label": label, "group": sched, "colour_key": row_label(row)}
         if pts:
             by_steps.append(plots.Series(x=[p[0] for p in pts], y=[p[1] for p in pts], yerr=[p[2] for p in pts], **kw))
         if tpts:
@@ -138,14 +136,14 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, 
 
 def fid_vs_steps_png(records: Sequence[Mapping], title: str = "FID vs sampling steps") -> bytes | None:
     """The report's FID-vs-S figure for ``records`` alone (e.g. for the sweep's W&B summary run)."""
-    by_steps, _ = _plot_series(_select(_validate(records), []))
+    by_steps, _ = _plot_series(select_cells(_validate(records), []))
     return plots.fid_vs_steps_png(by_steps, title=title) if by_steps else None
 
 
 def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: Path) -> list:
     """Per schedule, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []
-    for sched in sorted({k[0] for k in cells}, key=_schedule_order):
+    for sched in sorted({k[0] for k in cells}, key=schedule_order):
         etas = sorted({k[1][1] for k in cells if k[0] == sched and k[1][0] == "ddim"})
         for eta in etas:
             with_strip = {
@@ -163,7 +161,7 @@ def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: 
                 if b == block:
                     _read_input(root, with_strip[(s, b)]["strip"], "sample strip")
                     rows.append((f"S = {s}", root / with_strip[(s, b)]["strip"]))
-            sections.append((f"DDIM eta = {_eta_str(eta)}, {sched} spacing, seed block {block}", rows))
+            sections.append((f"DDIM eta = {eta_str(eta)}, {sched} spacing, seed block {block}", rows))
             break
     return sections
 
@@ -173,10 +171,10 @@ def _validate(records: Sequence[Mapping]) -> list[Mapping]:
     if not records:
         raise DDIMError("no result records to report; run the sweep first or point at the right study")
     for i, r in enumerate(records):
-        for key in _REQUIRED:
+        for key in REQUIRED_FIELDS:
             if r.get(key) is None:
                 raise DDIMError(f"result record {i} lacks '{key}'; regenerate the records with the sweep module")
-        if r["sampler"] == "ddim" and _num(r.get("eta")) is None:
+        if r["sampler"] == "ddim" and as_number(r.get("eta")) is None:
             raise DDIMError(f"trial #{r['number']} is a ddim cell without eta; store eta for every ddim trial")
     return list(records)
 
@@ -186,18 +184,18 @@ def _pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metr
     if unknown:
         raise DDIMError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     chosen = [METRICS[m] for m in names]
-    present = [m for m in chosen if any(_num(r.get(m.field)) is not None for r in records)]
+    present = [m for m in chosen if any(as_number(r.get(m.field)) is not None for r in records)]
     return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
 
 
 def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) -> list[str]:
     out = []
     for r in sorted(records, key=lambda r: int(r["number"])):
-        for key in _PROTOCOL:
+        for key in PROTOCOL_FIELDS:
             if r.get(key) is not None and meta.get(key) is not None and r[key] != meta[key]:
                 out.append(f"trial #{r['number']}: {key} {r[key]!r} differs from the sweep's {meta[key]!r}")
-        n = _num(r.get("n"))
-        if r["state"] == "COMPLETE" and n is not None and _num(meta.get("n")) and n < float(meta["n"]):
+        n = as_number(r.get("n"))
+        if r["state"] == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):
             out.append(f"trial #{r['number']}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
     if compare and meta.get("dataset"):
         try:
@@ -227,13 +225,13 @@ def _provenance(meta: Mapping) -> list[tuple[str, str]]:
 
 
 def _cell_name(r: Mapping) -> str:
-    sampler, eta = paper.row_key(str(r["sampler"]), _num(r.get("eta")))
-    return f"{r['schedule']} {_row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
+    sampler, eta = paper.row_key(str(r["sampler"]), as_number(r.get("eta")))
+    return f"{r['schedule']} {row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
 
 
 _OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                    "interpolation.png")  # fmt: skip
-_REPORT_FILES = frozenset((*_TEXT_FILES, *_OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
+_REPORT_FILES = frozenset((*TEXT_FILES, *_OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
 
 
 def _previous_outputs(out: Path) -> dict[str, str | None]:
@@ -301,14 +299,14 @@ def write_report(
     compare = paper.canonical(compare_paper) if compare_paper else None
     extras = dict(extras or {})
     warnings = _warnings(records, meta, compare)
-    cells = _select(records, warnings)
+    cells = select_cells(records, warnings)
     previous = _previous_outputs(out)  # read before anything is overwritten
     written: dict[str, Path] = {}
     hashes: dict[str, str] = {}
 
     def put(name: str, data: bytes | str) -> None:
         written[name] = _write(out / name, data)
-        if name in _TEXT_FILES or name == "README.md":
+        if name in TEXT_FILES or name == "README.md":
             hashes[name] = _sha(data)
 
     # 1. Tables and the CSV.
@@ -333,7 +331,7 @@ def write_report(
 
     # 3. Sample grids under deterministic names (stale ones of the previous report are removed at the end).
     grids: dict[int, str] = {}
-    for key in sorted(cells, key=lambda k: (_schedule_order(k[0]), _row_order(k[1]), k[2])):
+    for key in sorted(cells, key=lambda k: (schedule_order(k[0]), row_order(k[1]), k[2])):
         for b in sorted(cells[key]):
             r = cells[key][b]
             if r.get("grid"):

@@ -19,21 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.metrics.fidelity import to_uint8
 from bench.sweep.provenance import library_versions
 from bench.sweep.spec import Cell, SweepSpec
 from ddim import sampling, schedules
 from ddim.errors import DDIMError
+from ddim.images import save_grid, to_uint8
 
 if TYPE_CHECKING:
-    from bench.sweep.runner import Display
+    from bench.console import Display
 
 __all__ = ["Evaluator", "device_name"]
-
-
-def _as_float(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 back to [-1, 1]; ``to_uint8`` of the result gives the same bytes (for saving grids)."""
-    return u8.float() / 127.5 - 1
 
 
 class Evaluator:
@@ -71,15 +66,14 @@ class Evaluator:
     def evaluate(self, cell: Cell, display: Display) -> dict[str, Any]:
         """Sample a cell, save its grid and strip, measure it: the trial's record fields."""
         from bench.metrics.fidelity import compute_metrics
-        from ddim.training import save_grid
 
         spec = self.spec
         batches = -(-spec.n // spec.batch)
         display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.schedule)))
         u8, wall = self.generate(cell, lambda *_: display.step())
         grid, strip = f"cells/{cell.slug}.png", f"cells/{cell.slug}-strip.png"
-        save_grid(_as_float(u8[:64]), self.root / grid)
-        save_grid(_as_float(u8[:8]), self.root / strip, nrow=8)  # same seeds in every cell: consistency rows
+        save_grid(u8[:64], self.root / grid)
+        save_grid(u8[:8], self.root / strip, nrow=8)  # same seeds in every cell: consistency rows
         display.phase("metrics")
         m = compute_metrics(u8, dataset=spec.dataset, data_root=spec.data_root, resolution=self.shape[-1],
                             extractor=spec.extractor, metrics=spec.metrics, n_expected=spec.n,
@@ -113,8 +107,6 @@ class Evaluator:
     def extras(self, study: Any, display: Display) -> dict[str, Any]:
         """Interpolation strip (slerp of two seeds' x_T, η = 0, largest S; section 5.3) and, when
         asked, the inversion table (section 5.4, Table 2), stored as the study's ``extras``."""
-        from ddim.training import save_grid
-
         spec = self.spec
         steps = (
             sorted(spec.steps) if isinstance(spec.steps, tuple) else sorted({int(spec.steps.lo), int(spec.steps.hi)})

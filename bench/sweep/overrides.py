@@ -27,13 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.sweep.spec import Cell, Range, SweepSpec, resolve_spec  # Range is a parsed value; the rest re-exported
+from bench.sweep.spec import Range  # a parsed lo..hi value
 from ddim.errors import DDIMError
 
-__all__ = [
-    "KEYS", "Cell", "Key", "Range", "SweepSpec", "load_config", "merge", "parse_overrides", "parse_value",
-    "per_dataset", "resolve_spec",
-]  # fmt: skip
+__all__ = ["KEYS", "Key", "example", "load_config", "merge", "parse_overrides", "parse_value", "per_dataset"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def _example(name: str) -> str:
+def example(name: str) -> str:
     k = KEYS[name]
     if k.example:
         return k.example
@@ -130,17 +127,17 @@ def _scalar(name: str, text: str) -> Any:
     k = KEYS[name]
     text = text.strip()
     if not text:
-        raise DDIMError(f"{name} has an empty value; write e.g. {_example(name)}")
+        raise DDIMError(f"{name} has an empty value; write e.g. {example(name)}")
     if k.kind == "int":
         if not re.fullmatch(r"[+-]?\d+", text):
-            raise DDIMError(f"{name}={text!r} is not an integer; write e.g. {_example(name)}")
+            raise DDIMError(f"{name}={text!r} is not an integer; write e.g. {example(name)}")
         value: Any = int(text)
     elif k.kind == "float":
         if not _NUMBER.match(text):
-            raise DDIMError(f"{name}={text!r} is not a number; write e.g. {_example(name)}")
+            raise DDIMError(f"{name}={text!r} is not a number; write e.g. {example(name)}")
         value = float(text)
         if not math.isfinite(value):
-            raise DDIMError(f"{name}={text!r} is not finite; write e.g. {_example(name)}")
+            raise DDIMError(f"{name}={text!r} is not finite; write e.g. {example(name)}")
     elif k.kind == "bool":
         low = text.lower()
         if low not in _TRUE + _FALSE:
@@ -155,7 +152,7 @@ def _scalar(name: str, text: str) -> Any:
         return text
     if k.minimum is not None and value < k.minimum:
         bound = f"≥ {k.minimum:g}"
-        raise DDIMError(f"{name}={text} is out of range: {name} must be {bound}; write e.g. {_example(name)}")
+        raise DDIMError(f"{name}={text} is out of range: {name} must be {bound}; write e.g. {example(name)}")
     return value
 
 
@@ -166,7 +163,7 @@ def parse_value(name: str, text: str) -> Any:
     k = KEYS[name]
     text = text.strip()
     if not text:
-        raise DDIMError(f"{name}= has no value; write e.g. {_example(name)}")
+        raise DDIMError(f"{name}= has no value; write e.g. {example(name)}")
     if ".." in text and k.ranged:  # paths like checkpoint=../run are plain values
         lo_text, _, hi_text = text.partition("..")
         if "," in text:
@@ -177,7 +174,7 @@ def parse_value(name: str, text: str) -> Any:
         return Range(lo, hi)
     parts = text.split(",")
     if len(parts) > 1 and not k.is_list:
-        raise DDIMError(f"{name}={text}: {name} takes one value, not a list; write e.g. {_example(name)}")
+        raise DDIMError(f"{name}={text}: {name} takes one value, not a list; write e.g. {example(name)}")
     values = [_scalar(name, p) for p in parts]
     if not k.is_list:
         return values[0]
@@ -205,7 +202,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
         if name not in KEYS:
             raise _unknown_key(name)
         if name in out:
-            raise DDIMError(f"{name} is given twice; give it once, e.g. {_example(name)}")
+            raise DDIMError(f"{name} is given twice; give it once, e.g. {example(name)}")
         out[name] = parse_value(name, text)
     return out
 
@@ -213,13 +210,13 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 def _yaml_text(name: str, value: Any, where: str) -> str:
     """A YAML value as override text: lists joined with commas, scalars as written."""
     if value is None:
-        raise DDIMError(f"{where}: {name} has no value; write e.g. {_example(name)}")
+        raise DDIMError(f"{where}: {name} has no value; write e.g. {example(name)}")
     if isinstance(value, (list, tuple)):
         if any(isinstance(v, (list, tuple, dict)) or v is None for v in value):
-            raise DDIMError(f"{where}: {name} must be a flat list of values; write e.g. {_example(name)}")
+            raise DDIMError(f"{where}: {name} must be a flat list of values; write e.g. {example(name)}")
         return ",".join(_yaml_scalar(v) for v in value)
     if isinstance(value, dict):
-        raise DDIMError(f"{where}: {name} cannot be a mapping; write e.g. {_example(name)}")
+        raise DDIMError(f"{where}: {name} cannot be a mapping; write e.g. {example(name)}")
     return _yaml_scalar(value)
 
 

@@ -1,18 +1,14 @@
-"""What a sweep records besides its cells: provenance (library versions, git commit, protocol, meta)
-and the W&B runs (one per cell, one summary per sweep).
+"""What a sweep records besides its cells: provenance (library versions, git commit, protocol, meta).
 
 ``protocol_for`` is what must match for two runs to add cells to the same sweep; ``meta_for`` is the
 report's provenance, written when the study is created (a later run adds its command, device, commit
-and time beside it, and the report takes the seeds from the cells: see ``bench.store.storage``). W&B logging
-goes through ``tracked``: a failure there is one warning and never stops the sweep.
+and time beside it, and the report takes the seeds from the cells: see ``bench.store.study``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from bench.store.storage import _PROTOCOL_META, TABLE_COLUMNS, table_rows
 
 
 def library_versions() -> dict[str, str | None]:
@@ -69,53 +65,3 @@ def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> di
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": list(spec.metrics),
         "mode": spec.search or "grid", "artifacts": spec.artifacts,
     }  # fmt: skip
-
-
-def tracked(mode: str | None, warn: Any, what: str, body: Any, **run: Any) -> None:
-    """Run ``body(tracker)`` in a fresh W&B run; any failure is one warning, never an exception."""
-    if mode == "disabled":
-        return
-    from bench.tracking.wandb_run import make_tracker
-
-    try:
-        with make_tracker(mode, **run) as tracker:
-            body(tracker)
-    except Exception as exc:
-        warn(f"W&B: logging {what} failed ({type(exc).__name__}: {exc}); the sweep goes on")
-
-
-def track_cell(mode: str | None, spec: Any, cell: Any, result: dict, display: Any) -> None:
-    """One run per cell in the sweep's group: config = cell + protocol, summary = metrics, the grid."""
-    root = Path(spec.artifacts)
-    config = {**cell.fields(), "n": spec.n, "seeds": result.get("seeds"), "dataset": spec.dataset,
-              "T": spec.T, "checkpoint": spec.checkpoint, "nfe": result.get("nfe")}  # fmt: skip
-    config.update({k: result.get(k) for k in _PROTOCOL_META + ("extractor", "device")})
-    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-    def body(tr: Any) -> None:
-        tr.log(numbers)
-        tr.summary({**numbers, **({"error": result["error"]} if result.get("error") else {})})
-        if result.get("grid"):
-            tr.log_image("samples", root / result["grid"], caption=cell.label)
-
-    tracked(mode, display.warn, f"cell {cell.label}", body, name=f"{spec.name}-{cell.slug}", group=spec.name,
-             job_type="sweep-cell", config=config, dir=root)  # fmt: skip
-
-
-def track_summary(mode: str | None, spec: Any, records: list[dict], display: Any) -> None:
-    """The sweep's summary run: every cell as a ``wandb.Table`` and the FID-vs-steps figure."""
-
-    def body(tr: Any) -> None:
-        tr.log_table("cells", list(TABLE_COLUMNS), table_rows(records))
-        tr.summary({s.lower(): sum(r["state"] == s for r in records) for s in ("COMPLETE", "FAIL")})
-        if any(r.get("fid") is not None for r in records):
-            from bench.report.write import fid_vs_steps_png
-            from ddim.runtime import atomic_write
-
-            png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")
-            if png is not None:
-                path = atomic_write(Path(spec.artifacts) / "fid_vs_steps.png", lambda f: f.write(png))
-                tr.log_image("fid_vs_steps", path)
-
-    tracked(mode, display.warn, "the sweep summary", body, name=f"{spec.name}-summary", group=spec.name,
-             job_type="sweep-summary", config=spec.to_dict(), dir=Path(spec.artifacts))  # fmt: skip

@@ -41,18 +41,16 @@ from typing import Any
 
 import torch
 
-from bench.store import storage as store
+from bench.console import Display
+from bench.report.write import fid_vs_steps_png
+from bench.store.plan import cell_plan
+from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
+from bench.store.study import create_study, load_study, records_of
 from bench.sweep.evaluate import Evaluator, device_name
-from bench.sweep.overrides import parse_overrides
-from bench.sweep.provenance import meta_for, protocol_for, track_cell, track_summary
-from bench.sweep.spec import Cell, Range, SweepSpec, resolve_spec
-from bench.store.storage import DEFAULT_STORAGE, load_results, make_report
+from bench.sweep.provenance import meta_for, protocol_for
+from bench.sweep.spec import Cell, Range, SweepSpec
+from bench.tracking.sweep_runs import track_cell, track_summary
 from ddim.errors import DDIMError
-
-__all__ = [
-    "DEFAULT_STORAGE", "Cell", "Evaluator", "Range", "SweepSpec", "SweepSummary", "load_results", "make_report",
-    "parse_overrides", "resolve_spec", "run_sweep",
-]  # fmt: skip
 
 HEARTBEAT_S = 10  # seconds between heartbeats; a trial is stale after store.GRACE_FACTOR of them
 POLL_S = 1.0
@@ -71,67 +69,6 @@ class SweepSummary:
     artifacts: str = ""
 
 
-class Display:
-    """Progress on stderr: cells done / total with ETA, the current cell and its sampling steps.
-
-    A live rich bar on a terminal, otherwise one line per finished cell; ``enabled=False`` silences
-    both. Warnings always print.
-    """
-
-    def __init__(self, enabled: bool, total: int = 0, title: str = "", live: bool = True) -> None:
-        from rich.console import Console
-
-        self.console, self.bar, self.label = Console(stderr=True), None, ""
-        # Worker processes (live=False) print lines only where the parent shows no live bar.
-        self.enabled = enabled and (live or not self.console.is_terminal)
-        if self.enabled and live and self.console.is_terminal:
-            from rich import progress as rp
-
-            columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                       rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn())  # fmt: skip
-            self.bar = rp.Progress(*columns, console=self.console)
-            self.cells_task = self.bar.add_task(title, total=total)
-            self.step_task = self.bar.add_task("", total=1, visible=False)
-            self.note_task = self.bar.add_task("", total=None, visible=False)  # text only: running cells, extras
-            self.bar.start()
-
-    def cells(self, done: int, total: int) -> None:
-        if self.bar:
-            self.bar.update(self.cells_task, completed=done, total=total)
-
-    def note(self, text: str) -> None:
-        """A line of text under the bar (the cells other workers run, the extras being made)."""
-        if self.bar:
-            self.bar.update(self.step_task, visible=False)
-            self.bar.update(self.note_task, description=f"  {text}"[:150], visible=bool(text))
-
-    def cell_start(self, label: str, steps: int) -> None:
-        self.label = label
-        if self.bar:
-            self.bar.update(self.note_task, visible=False)
-            self.bar.reset(self.step_task, total=steps, description=f"  {label}: sampling", visible=True)
-
-    def step(self) -> None:
-        if self.bar:
-            self.bar.advance(self.step_task)
-
-    def phase(self, text: str) -> None:
-        if self.bar:
-            self.bar.update(self.step_task, description=f"  {self.label}: {text}")
-
-    def done(self, line: str) -> None:
-        if self.enabled:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    def warn(self, line: str) -> None:
-        self.console.print(f"warning: {line}", markup=False, highlight=False, style="yellow", soft_wrap=True)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-            self.bar = None
-
-
 class _Worker:
     """One process's loop over the store: pick a cell (or a search point), claim it, measure it."""
 
@@ -140,7 +77,7 @@ class _Worker:
         import optuna
 
         self.spec, self.token, self.ev, self.display, self.wandb = spec, token, ev, display, wandb
-        self.rdb = store.open_storage(url, heartbeat)
+        self.rdb = open_storage(url, heartbeat)
         self.grid = spec.search is None
         self.cells = {c.key: c for c in spec.cells()} if self.grid else {}
         self.keys = list(self.cells)
@@ -234,7 +171,7 @@ class _Worker:
         while True:
             trials = self.trials()
             if self.grid:
-                plan = store.cell_plan(trials, self.keys, self.token)
+                plan = cell_plan(trials, self.keys, self.token)
                 self.display.cells(plan.done + plan.failed, len(self.keys))
                 if plan.waiting or (plan.fresh and not self.study.sampler.is_exhausted(self.study)):
                     pass  # Optuna pops the queued trial first, else GridSampler picks an unvisited cell
@@ -278,6 +215,16 @@ def _summary_line(cell: Cell, r: dict) -> str:
     names = {"fid": "FID", "isc_mean": "IS", "kid_mean": "KID"}
     scores = ", ".join(f"{name} {r[k]:.4g}" for k, name in names.items() if r.get(k) is not None)
     return f"{cell.label}: {scores}; {r['wall_s']:.1f} s sampling, {r['images_per_s']:.1f} img/s, NFE {r['nfe']}"
+
+
+def _summary_figure(spec: SweepSpec, records: list[dict]) -> Path | None:
+    """FID vs steps for the W&B summary run, saved beside the sweep's artifacts (None without FID)."""
+    from ddim.runtime import atomic_write
+
+    png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")
+    if png is None:
+        return None
+    return atomic_write(Path(spec.artifacts) / "fid_vs_steps.png", lambda f: f.write(png))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -325,7 +272,7 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
     procs = [ctx.Process(target=_worker_main, args=(*args, i, progress), name=f"sweep-{i}") for i in range(workers)]
     for p in procs:
         p.start()
-    rdb = store.open_storage(url)
+    rdb = open_storage(url)
     study_id = rdb.get_study_id_from_name(spec.name)
     labels = {c.key: c.label for c in spec.cells()} if spec.search is None else {}
     keys = list(labels)
@@ -333,7 +280,7 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
         while any(p.is_alive() for p in procs):
             trials = rdb.get_all_trials(study_id, deepcopy=False)
             if keys:
-                plan = store.cell_plan(trials, keys, token)
+                plan = cell_plan(trials, keys, token)
                 display.cells(plan.done + plan.failed, len(keys))
                 display.note(f"running: {'; '.join(labels[k] for k in plan.running)}" if plan.running else "")
             else:
@@ -381,7 +328,7 @@ def run_sweep(
     device = device_name(resolve_device(spec.device))
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
     # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
-    store.open_storage(url, heartbeat)
+    open_storage(url, heartbeat)
     root = Path(spec.artifacts)
     for folder, key in ((root, "artifacts"), (Path(spec.cache_dir), "cache_dir")):
         try:
@@ -390,7 +337,7 @@ def run_sweep(
             raise DDIMError(
                 f"{key}={folder} cannot be created ({exc.strerror or exc}); choose another {key}="
             ) from None
-    study = store.create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
+    study = create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
     atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
     study.set_user_attr("spec", spec.to_dict())
     token = uuid.uuid4().hex[:12]
@@ -404,11 +351,12 @@ def run_sweep(
                 _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
             else:
                 _run_workers(spec, url, heartbeat, token, wandb, workers, sha, display, progress)
-            study = store.load_study(spec.name, url)
+            study = load_study(spec.name, url)
             if spec.interpolation or spec.inversion:
                 (ev or Evaluator(spec, sha)).extras(study, display)
-            records, _ = store.records_of(study)
-            track_summary(wandb, spec, records, display)
+            records, _ = records_of(study)
+            figure = _summary_figure(spec, records) if wandb != "disabled" else None
+            track_summary(wandb, spec, records, display, figure)
         finally:
             display.close()
 
@@ -421,4 +369,4 @@ def run_sweep(
     ours = [r for r in records if mine is None or cell_of(r) in mine]
     complete = len({cell_of(r) for r in ours if r["state"] == "COMPLETE"})
     failed = len({cell_of(r) for r in ours if r["state"] == "FAIL"})
-    return SweepSummary(spec.name, store.safe_url(url), complete, failed, records, total, spec.artifacts)
+    return SweepSummary(spec.name, safe_url(url), complete, failed, records, total, spec.artifacts)

@@ -1,23 +1,13 @@
-"""The resolved sweep: ``SweepSpec``, its grid of ``Cell``s, and ``resolve_spec``, which checks it.
-
-``resolve_spec`` turns ``key=value`` overrides and a YAML sweep file (parsed by ``bench.sweep.overrides``;
-command-line values win) into a frozen ``SweepSpec`` and validates everything before any work:
-``steps`` ≤ T of the checkpoint, a loadable checkpoint whose image shape matches the dataset, enough
-samples for the metrics, the reference data, the Inception weights and the device. Each problem is a
-one-line ``DDIMError``.
-"""
+"""The resolved sweep: ``SweepSpec`` and its grid of ``Cell``s (``bench.sweep.resolve`` builds and checks it)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ddim.errors import DDIMError
 
-__all__ = ["Cell", "Range", "SweepSpec", "resolve_spec"]
+__all__ = ["Cell", "Range", "SweepSpec"]
 
 
 @dataclass(frozen=True)
@@ -139,132 +129,3 @@ class SweepSpec:
         """First and last seed of a block."""
         first = self.seed_base + block * self.n
         return first, first + self.n - 1
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "interpolation", "inversion",
-            "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
-
-
-def _check_folder(key: str, path: str) -> None:
-    """``path`` must be (or be creatable as) a folder: its first existing ancestor is a writable folder."""
-    import os
-
-    p = Path(path).absolute()
-    existing = next(a for a in (p, *p.parents) if a.exists())
-    if not existing.is_dir():
-        raise DDIMError(f"{key}={path} cannot be a folder: {existing} is a file; choose another {key}=")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DDIMError(f"{key}={path} is not writable ({existing}); choose another {key}=")
-
-
-def _check_eta(spec: SweepSpec, alpha_bar: Any) -> None:
-    """Every ddim cell's η must keep eq. 12 valid at its timesteps (η ≤ 1 always does): refused up front,
-    so a grid never stores a cell that could only fail."""
-    from ddim import sampling, schedules
-
-    for cell in spec.cells():
-        if cell.sampler == "ddim" and cell.eta is not None and cell.eta > 1:
-            sampling.check_eta(alpha_bar, schedules.timesteps(cell.steps, spec.T, cell.schedule), cell.eta)
-
-
-def _as_tuple(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
-
-
-def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, search: str | None = None) -> SweepSpec:
-    """Parse overrides (and a YAML file; command-line values win) into a checked ``SweepSpec``.
-
-    Everything is validated before any work: malformed values, ``steps`` ≤ T of the checkpoint,
-    a loadable checkpoint, known sampler / spacing / extractor, the reference data, the Inception
-    weights when that extractor is used, and the device. Each problem is a one-line DDIMError.
-    """
-    from bench.report import paper
-    from bench.metrics.fidelity import ISC_SPLITS, default_extractor, resolve_inception_weights
-    from bench.sweep.overrides import (  # here, not at the top: bench.sweep.overrides imports this module
-        _example,
-        load_config,
-        merge,
-        parse_overrides,
-        parse_value,
-        per_dataset,
-    )
-    from ddim.checkpoint import load_checkpoint
-    from ddim.data import dataset_info, load_dataset
-    from ddim.runtime import resolve_device
-
-    values = merge(load_config(config) if config else {}, parse_overrides(tokens))
-    if search is not None:
-        values["search"] = parse_value("search", search)
-    # 1. The checkpoint decides T, the dataset and the image shape.
-    if not values.get("checkpoint"):
-        raise DDIMError("no checkpoint given; add checkpoint=RUN_DIR (a training run directory or a .pt file)")
-    ck = load_checkpoint(values["checkpoint"], map_location="cpu")
-    T, shape = ck.diffusion.T, (ck.unet.in_channels, ck.unet.resolution)
-    dataset = values.get("dataset") or ck.dataset.get("name")
-    if not dataset:
-        raise DDIMError(f"checkpoint {ck.path} does not name its dataset; add dataset=NAME")
-    info = dataset_info(dataset, ck.dataset.get("resolution") if dataset == ck.dataset.get("name") else None)
-    if (info.channels, info.resolution) != shape:
-        raise DDIMError(
-            f"the checkpoint makes {shape[0]}x{shape[1]}px images but {dataset} is {info.channels}x{info.resolution}px;"
-            " pass the dataset the model was trained on"
-        )
-    # 2. Axes and scalars, with defaults; the spacing may be given per dataset.
-    name = values.get("name") or (Path(config).stem if config else "sweep")
-    if not _NAME.match(name):
-        raise DDIMError(f"name={name!r} must be letters, digits, '.', '_' or '-' (it names folders); e.g. name=my-grid")
-    schedule = per_dataset(values.get("schedule", [paper.SPACING.get(dataset, "uniform")]), dataset)
-    mode = values.get("search")
-    kw = {k: _as_tuple(values[k]) for k in _SCALARS if k in values}
-    spec = SweepSpec(
-        name=name,
-        checkpoint=str(ck.path),
-        dataset=dataset,
-        T=T,
-        resolution=shape[1],
-        seeds=_as_tuple(values.get("seeds", [0])),
-        steps=_as_tuple(values.get("steps", [10, 20, 50, 100])),
-        eta=_as_tuple(values.get("eta", [0.0])),
-        schedule=tuple(schedule),
-        sampler=_as_tuple(values.get("sampler", ["ddim"])),
-        extractor=values.get("extractor") or default_extractor(dataset),
-        metrics=_as_tuple(values.get("metrics", ["fid", "isc", "kid"])),
-        search=mode,
-        artifacts=str(values.get("artifacts") or Path("ddimbench-sweeps") / name),
-        config=None if config is None else str(config),
-        **kw,
-    )
-    # 3. Checks that need the checkpoint or cross two keys.
-    top = spec.steps.hi if isinstance(spec.steps, Range) else max(spec.steps)
-    if top > T:
-        raise DDIMError(f"steps={top} exceeds the checkpoint's T = {T}; use steps between 1 and {T}")
-    if mode is None:
-        for key in ("steps", "eta"):
-            if isinstance(getattr(spec, key), Range):
-                raise DDIMError(
-                    f"{key}={getattr(spec, key)} is a range; ranges need --search pareto, a grid needs a list"
-                    f" (e.g. {_example(key)})"
-                )
-        _check_eta(spec, ck.alpha_bar())  # also builds the grid: colliding η values are refused here
-    elif "fid" not in spec.metrics:
-        raise DDIMError("search mode minimises FID; include fid in metrics=")
-    elif "ddim" in spec.sampler and (spec.eta.hi if isinstance(spec.eta, Range) else max(spec.eta)) > 1:
-        raise DDIMError(f"eta={spec.eta} goes above 1, where eq. 12 can break; search eta within 0..1")
-    if "isc" in spec.metrics and spec.n < ISC_SPLITS:
-        raise DDIMError(
-            f"n={spec.n} is too few for IS (needs ≥ {ISC_SPLITS} samples); raise n or drop isc from metrics="
-        )
-    if spec.n < 2 and ({"fid", "kid"} & set(spec.metrics)):
-        raise DDIMError(f"n={spec.n} is too few for FID/KID (needs ≥ 2 samples); raise n")
-    resolve_device(spec.device)
-    last = spec.seed_range(max(spec.seeds.hi if isinstance(spec.seeds, Range) else max(spec.seeds), 0))[1]
-    if last > 2**32 - 1:  # torch's CPU generator keeps 32 bits: seeds 2³² apart would repeat the same noise
-        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^32 − 1; use a smaller seed_base")
-    _check_folder("artifacts", spec.artifacts)
-    _check_folder("cache_dir", spec.cache_dir)
-    if spec.extractor == "inception":
-        resolve_inception_weights(spec.inception_weights)
-    if {"fid", "kid"} & set(spec.metrics) or spec.inversion:
-        load_dataset(dataset, root=spec.data_root, split="train", resolution=info.resolution)  # data present?
-    return spec

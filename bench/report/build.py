@@ -1,0 +1,57 @@
+"""``make_report``: a sweep's report from its store (no recomputation), logged to W&B as a ``report`` run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.console import warn
+from bench.report.write import write_report
+from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+from bench.tracking.sweep_runs import tracked
+
+
+def make_report(
+    name: str,
+    *,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    compare_paper: str | None = None,
+    wandb: str | None = None,
+) -> Path:
+    """Write ``reports/<name>/`` (or ``out``) from the stored results; returns the folder.
+
+    Sample grids are read from the sweep's artifacts folder; a grid made on another machine (not
+    present here) is left out with a warning. With tracking on, the table and figures are logged
+    as a ``report`` run in the sweep's W&B group.
+    """
+    records, meta, extras = load_results(name, storage)
+    root = Path(meta.get("artifacts") or Path("ddimbench-sweeps") / name)
+    missing = 0
+    for r in records:
+        for key in ("grid", "strip"):
+            if r.get(key) and not (root / r[key]).is_file():
+                r[key], missing = None, missing + 1
+    if extras.get("interpolation") and not (root / extras["interpolation"]).is_file():
+        extras.pop("interpolation")
+        missing += 1
+    if missing:
+        warn(
+            f"{missing} sample image(s) of {name!r} are not under {root} (made on another machine?); "
+            "the report leaves them out"
+        )
+    folder = Path(out) if out is not None else Path("reports") / name
+    metrics = meta.get("metrics") or ("fid", "isc", "kid")
+    written = write_report(
+        records, meta, folder, root=root, extras=extras, compare_paper=compare_paper, metrics=metrics
+    )
+
+    def body(tracker: Any) -> None:
+        tracker.log_table("results", list(TABLE_COLUMNS), table_rows(records))
+        for rel, path in written.items():
+            if rel.endswith(".png") and "/" not in rel:  # the figures, not every grid
+                tracker.log_image(rel.removesuffix(".png"), path)
+
+    tracked(wandb, warn, "the report", body, name=f"{name}-report", group=name, job_type="report", config=meta,
+             dir=root)  # fmt: skip
+    return folder

@@ -1,0 +1,182 @@
+"""The sweep's schema in Optuna: the study's user attributes, and trials read back as records.
+
+- study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint
+  sha256, n, seeds, dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance:
+  command, git commit, versions, device, ... of the run that created the study), ``run:<time>-<id>``
+  (command, device, git commit and time of each later run), ``spec`` (the latest run's resolved
+  config) and ``extras`` (interpolation strip, inversion table);
+- trial user attributes: ``cell`` (the cell's canonical key, also the claim that makes a cell run
+  once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, and on completion every
+  record field (metrics, NFE, wall time, images/s, grid paths, protocol hashes, device); a failed
+  cell has ``error``.
+
+``load_results`` turns trials into the report's records: PRUNED trials (a duplicate that yielded),
+WAITING ones and ones stopped before the cell's fields were recorded are skipped; a failure superseded
+by a later complete run of the same cell is dropped and counted in ``meta["superseded_trials"]``.
+``meta["seeds"]`` is the union of the reported cells' seeds, and ``meta["runs"]``/``meta["last_run"]``
+name the runs after the first.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
+from ddim.errors import DDIMError
+
+if TYPE_CHECKING:
+    import optuna
+
+RECORD_FIELDS = (
+    "sampler", "steps", "eta", "schedule", "seed_block", "nfe", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std",
+    "wall_s", "images_per_s", "n", "seeds", "grid", "strip", "error", "checkpoint_sha256", "extractor",
+    "extractor_sha256", "ref_key", "ref_sha256", "device",
+)  # fmt: skip
+TABLE_COLUMNS = ("number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "fid", "isc_mean",
+                 "kid_mean", "wall_s", "images_per_s", "error")  # fmt: skip
+PROTOCOL_META = ("checkpoint_sha256", "extractor_sha256", "ref_key", "ref_sha256")
+_CELL_FIELDS = ("sampler", "steps", "schedule", "seed_block")  # set with "eta" right after the claim ("cell")
+_RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
+_RUN_FIELDS = ("command", "device", "git_commit", "created")
+KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
+
+
+def load_study(name: str, storage: str | None, heartbeat: int | None = None, sampler: Any = None) -> optuna.Study:
+    """An existing study, or a DDIMError that says how to create it."""
+    import optuna
+
+    url = storage or DEFAULT_STORAGE
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:///") and path and path != ":memory:" and not Path(path).exists():
+        raise DDIMError(f"no sweep named {name!r}: the store {path} does not exist; run `ddimbench sweep "
+                        f"name={name} ...` first, or pass the --storage it was run with")  # fmt: skip
+    st = open_storage(url, heartbeat)
+    try:
+        return optuna.load_study(study_name=name, storage=st, sampler=sampler)
+    except KeyError:
+        shown = safe_url(storage or DEFAULT_STORAGE)
+        raise DDIMError(f"no sweep named {name!r} in {shown}; run `ddimbench sweep name={name} ...` first") from None
+
+
+def create_study(
+    name: str, storage: str | None, heartbeat: int, protocol: Mapping[str, Any], meta: Mapping[str, Any]
+) -> optuna.Study:
+    """Create the sweep's study once (or load it) and check that it is the same experiment.
+
+    Grid sweeps minimise one value (FID); searches minimise (FID, cost). A study made with another
+    checkpoint, n, seeds, extractor, metrics or mode is refused: its cells would not be comparable.
+    """
+    import optuna
+
+    st = open_storage(storage, heartbeat)
+    directions = ["minimize", "minimize"] if protocol["mode"] == "pareto" else ["minimize"]
+    study = None
+    for attempt in range(3):
+        try:
+            study = optuna.create_study(study_name=name, storage=st, directions=directions, load_if_exists=True)
+            break
+        except Exception as exc:  # a concurrent creation by another machine: load it on the next try
+            if attempt == 2:
+                where = safe_url(storage or DEFAULT_STORAGE)
+                raise DDIMError(
+                    f"cannot create sweep {name!r} in {where} ({type(exc).__name__}); check --storage"
+                ) from None
+            time.sleep(0.5 + attempt)
+    assert study is not None
+    old = study.user_attrs.get("protocol")
+    if old is None:
+        study.set_user_attr("protocol", dict(protocol))
+        study.set_user_attr("meta", dict(meta))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["fid", "cost"] if protocol["mode"] == "pareto" else ["fid"])
+    else:
+        for key, value in protocol.items():
+            if old.get(key) != value:
+                raise DDIMError(
+                    f"sweep {name!r} was run with {key}={old.get(key)!r}, not {value!r}; "
+                    "rerun with the same settings or choose another name="
+                )
+        # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
+        # started at once on several machines cannot overwrite each other), named so that keys sort by time.
+        run = {k: meta.get(k) for k in _RUN_FIELDS}
+        study.set_user_attr(f"{_RUN_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
+    return study
+
+
+def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    ua = trial.user_attrs
+    if not ua.get("cell") or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
+        return None
+    # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
+    # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
+    if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
+        return None
+    rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+    values = {**ua, **(ua.get("result") or {})}  # the measurements are stored as one "result" attribute
+    rec.update({k: values.get(k) for k in RECORD_FIELDS})
+    if trial.state.name == "FAIL" and not rec["error"]:
+        rec["error"] = KILLED
+    return rec
+
+
+def records_of(study: optuna.Study) -> tuple[list[dict[str, Any]], int]:
+    """(records, number of superseded failures) of a study, ordered by trial number."""
+    trials = study.get_trials(deepcopy=False)
+    complete = {t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("cell")}
+    kept, superseded = [], 0
+    for t in trials:
+        cell = t.user_attrs.get("cell")
+        if cell and t.state.name in ("FAIL", "RUNNING") and cell in complete:
+            superseded += 1  # a try of a cell measured since (also one stopped before its fields were recorded)
+        elif (r := _record(t)) is not None:
+            kept.append(r)
+    if len(study.directions) == 2:
+        front = {t.number for t in study.best_trials}
+        for r in kept:
+            r["pareto"] = r["number"] in front
+    return kept, superseded
+
+
+def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dict, dict]:
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation)."""
+    study = load_study(name, storage)
+    records, superseded = records_of(study)
+    meta = dict(study.user_attrs.get("meta", {}))
+    # Protocol hashes known only after the first measured cell: take them from the cells.
+    for key in PROTOCOL_META:
+        if meta.get(key) is None:
+            meta[key] = next((r[key] for r in records if r["state"] == "COMPLETE" and r.get(key)), None)
+    # The seeds behind the reported cells (the first run's meta names only that run's seed blocks).
+    seeds = _seeds_text(r.get("seeds") for r in records)
+    if seeds:
+        meta["seeds"] = seeds
+    runs = [v for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
+    if runs:
+        meta["runs"] = 1 + len(runs)
+        meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
+    if superseded:
+        meta["superseded_trials"] = superseded
+    extras = {k: v for k, v in dict(study.user_attrs.get("extras", {})).items() if k != "key"}
+    return records, meta, extras
+
+
+def _seeds_text(ranges: Any) -> str | None:
+    """The union of per-cell seed ranges, ordered like ``provenance.seeds_text``: ``0-19, 20-39``."""
+
+    def order(text: str) -> tuple:
+        m = re.fullmatch(r"(\d+)-(\d+)", text)
+        return (0, int(m[1]), int(m[2]), "") if m else (1, 0, 0, text)
+
+    return ", ".join(sorted({str(x) for x in ranges if x}, key=order)) or None
+
+
+def table_rows(records: list[dict]) -> list[list]:
+    """Rows of ``TABLE_COLUMNS`` for a W&B table."""
+    return [[r.get(c) for c in TABLE_COLUMNS] for r in records]

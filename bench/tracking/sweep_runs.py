@@ -1,0 +1,54 @@
+"""The sweep's W&B runs: one per cell and one summary per sweep, in the sweep's group.
+
+Every run goes through ``tracked``: a failure there is one warning and never stops the sweep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.store.study import PROTOCOL_META, TABLE_COLUMNS, table_rows
+from bench.tracking.wandb_run import make_tracker
+
+
+def tracked(mode: str | None, warn: Any, what: str, body: Any, **run: Any) -> None:
+    """Run ``body(tracker)`` in a fresh W&B run; any failure is one warning, never an exception."""
+    if mode == "disabled":
+        return
+    try:
+        with make_tracker(mode, **run) as tracker:
+            body(tracker)
+    except Exception as exc:
+        warn(f"W&B: logging {what} failed ({type(exc).__name__}: {exc}); the sweep goes on")
+
+
+def track_cell(mode: str | None, spec: Any, cell: Any, result: dict, display: Any) -> None:
+    """One run per cell in the sweep's group: config = cell + protocol, summary = metrics, the grid."""
+    root = Path(spec.artifacts)
+    config = {**cell.fields(), "n": spec.n, "seeds": result.get("seeds"), "dataset": spec.dataset,
+              "T": spec.T, "checkpoint": spec.checkpoint, "nfe": result.get("nfe")}  # fmt: skip
+    config.update({k: result.get(k) for k in PROTOCOL_META + ("extractor", "device")})
+    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def body(tr: Any) -> None:
+        tr.log(numbers)
+        tr.summary({**numbers, **({"error": result["error"]} if result.get("error") else {})})
+        if result.get("grid"):
+            tr.log_image("samples", root / result["grid"], caption=cell.label)
+
+    tracked(mode, display.warn, f"cell {cell.label}", body, name=f"{spec.name}-{cell.slug}", group=spec.name,
+             job_type="sweep-cell", config=config, dir=root)  # fmt: skip
+
+
+def track_summary(mode: str | None, spec: Any, records: list[dict], display: Any, figure: Path | None) -> None:
+    """The sweep's summary run: every cell as a ``wandb.Table`` and the FID-vs-steps figure (a PNG file)."""
+
+    def body(tr: Any) -> None:
+        tr.log_table("cells", list(TABLE_COLUMNS), table_rows(records))
+        tr.summary({s.lower(): sum(r["state"] == s for r in records) for s in ("COMPLETE", "FAIL")})
+        if figure is not None:
+            tr.log_image("fid_vs_steps", figure)
+
+    tracked(mode, display.warn, "the sweep summary", body, name=f"{spec.name}-summary", group=spec.name,
+             job_type="sweep-summary", config=spec.to_dict(), dir=Path(spec.artifacts))  # fmt: skip
