@@ -58,7 +58,7 @@ train-digits: $(STAMP)
 train-mnist: $(STAMP)
 	$(DDIM) train --dataset mnist --data-root data --max-steps 50000 --batch-size 128 --run-dir runs/mnist --resume
 
-# The paper's configs (PAPER.md, "Models"): lr 2e-4, batch 128, EMA 0.9999; DDPM trained 800k steps on
+# The paper's configs (Appendix D.1, after DDPM): lr 2e-4, batch 128, EMA 0.9999; DDPM trained 800k steps on
 # CIFAR10 and 500k on CelebA. Data: data/cifar-10-batches-py, data/celebA/img_align_celeba.
 train-cifar10: $(STAMP)
 	$(DDIM) train --dataset cifar10 --data-root data --max-steps 800000 --batch-size 128 --lr 2e-4 \

@@ -1,6 +1,6 @@
 """Algorithm 1 (DDPM's L_simple): the ε-prediction loss, and a resumable, data-parallel train loop.
 
-As in the official code (PAPER.md; ermongroup/ddim ``runners/diffusion.py``, ``functions/losses.py``):
+As in the paper's Algorithm 1 and the official code (ermongroup/ddim ``runners/diffusion.py``, ``functions/losses.py``):
 Adam (lr 2e-4, eps 1e-8), grad-norm clip 1.0, batch 128, random horizontal flip where the dataset
 allows it, data in [-1, 1], antithetic t (B//2 + 1 free draws t, the rest T−1−t of the first ones),
 squared error summed over pixels and averaged over images, an EMA of the weights with μ = ``ema_decay``
@@ -10,7 +10,7 @@ Deliberate deviations (defaults), because our runs are short: thousands of steps
 thousands behind the paper's models.
 
 - Linear lr warm-up over ``warmup`` steps (default 100; ``warmup=0`` gives the official constant lr).
-  The official DDIM code has no warm-up and no lr schedule, and PAPER.md lists none.
+  The official DDIM code has no warm-up and no lr schedule, and the paper (Appendix D.1) names none.
 - The EMA decay ramps: update n (0-based) uses d = min(μ, (1+n)/(10+n)) (TensorFlow's ``num_updates``
   rule), so ema₁ = 0.1·θ₀ + 0.9·θ₁ and ema₂ = (2/11)·ema₁ + (9/11)·θ₂. The official EMA uses the fixed
   μ from the first update, so after 2000 steps it still holds 0.9999²⁰⁰⁰ ≈ 82% of the random

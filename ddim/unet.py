@@ -94,7 +94,7 @@ PRESETS: dict[str, UNetConfig] = {
         num_groups=8,
     ),
     "mnist": UNetConfig(resolution=32, in_channels=1, ch=64, ch_mult=(1, 2, 2), attn_resolutions=(16,)),
-    # The three official DDIM configs (PAPER.md "Models"); cifar10 is DDPM's 35.7M-parameter model.
+    # The official DDIM configs (paper Appendix D.1, after DDPM); cifar10 is DDPM's 35.7M-parameter model.
     "cifar10": UNetConfig(resolution=32, ch_mult=(1, 2, 2, 2)),
     "celeba": UNetConfig(resolution=64, ch_mult=(1, 2, 2, 2, 4)),
     "lsun": UNetConfig(resolution=256, ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0),

@@ -1,4 +1,4 @@
-"""FID / IS / KID under a written protocol (STYLE.md item 7), on top of torch-fidelity.
+"""FID / IS / KID under a written protocol (the paper's Table 1 measure), on top of torch-fidelity.
 
 Protocol:
 

@@ -1,6 +1,6 @@
 """What FID compares against: the uint8 rule, content hashes, and the real-image reference with its cache key.
 
-Protocol (STYLE.md item 7; ``bench.metrics.fidelity`` does the measuring):
+Protocol (FID as in Table 1 of the paper, measured by ``bench.metrics.fidelity``):
 
 - ``ddim.images.to_uint8`` is the ONE conversion rule from [-1, 1] to 0..255, for samples and references.
 - The reference (torch-fidelity's input2) is the dataset's real images of ``split`` under that rule,

@@ -1,6 +1,6 @@
 """Sweeps: one Optuna study per sweep; each trial samples one cell, measures it and stores the result.
 
-Protocol (PAPER.md; LIBRARIES.md "Reproducible FID"):
+Protocol (section 5 of the paper; FID over exactly n samples from common seeds):
 - a cell is sampled and measured by ``bench.sweep.evaluate.Evaluator``: common random numbers (sample i of
   seed block b starts from the seed ``seed_base + b·n + i`` in every cell), exactly n samples
   measured in memory, ``wall_s`` timing sampling only; the checkpoint is loaded once per worker process;
@@ -12,7 +12,7 @@ Every cell is measured exactly once, with any number of workers and machines on 
 1. a trial first claims its cell (the ``cell`` user attribute), then reads the store and yields
    (PRUNED) if any other RUNNING or COMPLETE trial holds the cell. Because each claims before it
    reads, two trials can never both go on (at worst both yield and the cell is re-enqueued). This
-   also absorbs GridSampler's duplicate-cell race (LIBRARIES.md);
+   also absorbs GridSampler's race, where two workers can be handed the same unvisited cell;
 2. Optuna's heartbeat marks a dead worker's trial stale; a waiting worker fails it
    (``fail_stale_trials``) and re-enqueues the cell, up to store.MAX_ATTEMPTS times per run;
 3. a cell whose evaluation raised is FAIL with a one-line ``error`` and is not retried in that
