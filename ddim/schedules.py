@@ -103,20 +103,3 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     if not (out.numel() == S and bool((out[:-1] > out[1:]).all()) and 0 <= int(out[-1]) and int(out[0]) < T):
         raise DDIMError(f"{spacing} spacing cannot give {S} distinct timesteps in [0, {T}); choose another spacing")
     return out
-
-
-def nfe(S: int, T: int = 1000, spacing: str = "uniform", sampler: str = "ddim") -> int:
-    """Network evaluations one sample costs (``ddim.sampling.SAMPLERS``; see ``ddim.solvers`` for the solvers).
-
-    S for ``ddim``, ``sigma_hat`` and ``dpmpp_2m`` on every spacing; T for full DDPM ancestral; ``plms`` spends
-    one extra evaluation on its improved-Euler first step (S ≥ 2); ``pndm`` spends three extra on each of its
-    min(3, S − 1) Runge–Kutta warm-up steps.
-    """
-    if sampler == "ddpm":
-        return T
-    n = int(timesteps(S, T, spacing).numel())
-    if sampler == "plms":
-        return n + min(1, n - 1)
-    if sampler == "pndm":
-        return n + 3 * min(3, n - 1)
-    return n

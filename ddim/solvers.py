@@ -2,9 +2,9 @@
 
 Conventions are those of ``ddim.sampling``: ᾱ_t is the cumulative product of (1 − β) (the DDIM paper's α_t),
 τ = ``timesteps`` is strictly decreasing and walked as pairs (τ_i, τ_{i−1}), then one last step to ᾱ = 1
-(written t = −1), whose output is a data prediction x̂₀, as DDIM's last step is. All three are deterministic:
-they draw no noise, and ``sampling.sample`` ignores η for them. Network evaluations per sample
-(``schedules.nfe``): ``dpmpp_2m`` S, ``plms`` S + 1 (S ≥ 2), ``pndm`` S + 3·min(3, S − 1).
+(``ddim.steps.walk``), whose output is a data prediction x̂₀, as DDIM's last step is. All three are deterministic:
+they draw no noise and take no η. Network evaluations per sample
+(``sampling.nfe``): ``dpmpp_2m`` S, ``plms`` S + 1 (S ≥ 2), ``pndm`` S + 3·min(3, S − 1).
 
 DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), data-prediction form::
 
@@ -37,14 +37,13 @@ PNDM (Liu et al. 2022, arXiv 2202.09778) splits a step into a transfer part φ a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from ddim.errors import DDIMError
-from ddim.sampling import Model, StepCallback, _eval, _pairs, predict_x0
+from ddim.steps import Model, StepCallback, eval_eps, host_alpha_bar, predict_x0, walk
 
-__all__ = ["SOLVERS", "dpmpp_2m", "plms", "plms_transfer", "pndm"]
+__all__ = ["dpmpp_2m", "plms", "plms_transfer", "pndm"]
 
 # Adams–Bashforth weights, newest ε first (PNDM eq. 13 is the order-4 row).
 _ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
@@ -53,13 +52,6 @@ _ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
     3: (23 / 12, -16 / 12, 5 / 12),
     4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 }
-
-
-def _host_alpha_bar(alpha_bar: torch.Tensor, timesteps: torch.Tensor) -> list[float]:
-    """ᾱ as host floats (no device syncs in the loop); the first timestep must exist in the table."""
-    if len(timesteps) and int(timesteps[0]) >= len(alpha_bar):
-        raise DDIMError(f"timestep {int(timesteps[0])} is outside the model's T = {len(alpha_bar)}")
-    return [float(a) for a in alpha_bar]
 
 
 def _vp(ab: float) -> tuple[float, float, float]:
@@ -81,16 +73,15 @@ def dpmpp_2m(
 
     One network evaluation per timestep. ``callback(i, τ_i, x_{τ_{i−1}}, x̂₀_i)`` after each step.
     """
-    ab = _host_alpha_bar(alpha_bar, timesteps)
     x = x_T
     x0_last: torch.Tensor | None = None  # x̂₀ of the previous step
     h_last = 0.0
-    for i, (t, t_prev) in enumerate(_pairs(timesteps)):
-        alpha_s, sigma_s, lam_s = _vp(ab[t])
-        alpha_t, sigma_t, lam_t = _vp(ab[t_prev] if t_prev >= 0 else 1.0)
+    for step in walk(host_alpha_bar(alpha_bar), timesteps):
+        alpha_s, sigma_s, lam_s = _vp(step.ab_t)
+        alpha_t, sigma_t, lam_t = _vp(step.ab_prev)
         h = lam_t - lam_s
         # 1. data prediction from the ε-model.
-        x0 = predict_x0(x, _eval(model, x, t), ab[t])
+        x0 = predict_x0(x, eval_eps(model, x, step.t), step.ab_t)
         if sigma_t == 0.0:
             # 2a. last step, to σ = 0: first order, which is x̂₀ itself.
             x = x0
@@ -105,7 +96,7 @@ def dpmpp_2m(
             x = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * d
         x0_last, h_last = x0, h
         if callback is not None:
-            callback(i, t, x, x0)
+            callback(step.i, step.t, x, x0)
     return x
 
 
@@ -119,11 +110,11 @@ def _prk_eps(model: Model, x: torch.Tensor, e1: torch.Tensor, t: int, t_prev: in
     """ε′ of one pseudo Runge–Kutta step t → t_prev (PNDM eq. 12); three more network evaluations."""
     t_mid = (t + t_prev) // 2
     x1 = plms_transfer(x, e1, ab[t], ab[t_mid])
-    e2 = _eval(model, x1, t_mid)
+    e2 = eval_eps(model, x1, t_mid)
     x2 = plms_transfer(x, e2, ab[t], ab[t_mid])
-    e3 = _eval(model, x2, t_mid)
+    e3 = eval_eps(model, x2, t_mid)
     x3 = plms_transfer(x, e3, ab[t], ab[t_prev])
-    e4 = _eval(model, x3, t_prev)
+    e4 = eval_eps(model, x3, t_prev)
     return (e1 + 2.0 * e2 + 2.0 * e3 + e4) / 6.0
 
 
@@ -145,21 +136,20 @@ def plms(
     """
     if warmup not in ("heun", "prk"):
         raise DDIMError(f"warmup must be 'heun' or 'prk', got {warmup!r}")
-    ab = _host_alpha_bar(alpha_bar, timesteps)
-    pairs = _pairs(timesteps)
+    ab = host_alpha_bar(alpha_bar)
+    steps = walk(ab, timesteps)
     # Warm-up steps never include the last step to ᾱ = 1 (it has no midpoint timestep).
-    n_prk = min(3, len(pairs) - 1) if warmup == "prk" else 0
+    n_prk = min(3, len(steps) - 1) if warmup == "prk" else 0
     history: list[torch.Tensor] = []  # ε at the accepted points, oldest first
     x = x_T
-    for i, (t, t_prev) in enumerate(pairs):
-        ab_t, ab_prev = ab[t], (ab[t_prev] if t_prev >= 0 else 1.0)
-        eps = _eval(model, x, t)
+    for i, t, t_prev, ab_t, ab_prev in steps:
+        eps = eval_eps(model, x, t)
         if i < n_prk:
-            # 1a. F-PNDM warm-up: pseudo Runge–Kutta.
+            # 1a. F-PNDM warm-up: pseudo Runge–Kutta (never the final step, so t_prev is a timestep).
             eps_prime = _prk_eps(model, x, eps, t, t_prev, ab)
-        elif warmup == "heun" and not history and t_prev >= 0:
+        elif warmup == "heun" and not history and t_prev is not None:
             # 1b. PLMS warm-up: pseudo improved Euler (predict with ε, correct with ε at the prediction).
-            eps_prime = (eps + _eval(model, plms_transfer(x, eps, ab_t, ab_prev), t_prev)) / 2.0
+            eps_prime = (eps + eval_eps(model, plms_transfer(x, eps, ab_t, ab_prev), t_prev)) / 2.0
         else:
             # 1c. pseudo linear multistep: Adams–Bashforth of the highest order the history allows.
             recent = [eps, *reversed(history[-3:])]  # newest first
@@ -183,7 +173,3 @@ def pndm(
 ) -> torch.Tensor:
     """F-PNDM: ``plms`` with the pseudo Runge–Kutta warm-up (PNDM eqs. 9, 12, 13)."""
     return plms(model, x_T, alpha_bar, timesteps, warmup="prk", callback=callback)
-
-
-Solver = Callable[..., torch.Tensor]
-SOLVERS: dict[str, Solver] = {"dpmpp_2m": dpmpp_2m, "plms": plms, "pndm": pndm}

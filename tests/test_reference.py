@@ -14,7 +14,6 @@ import torch
 from metrics_helpers import one_line_error, write_pngs
 from PIL import Image
 
-import bench.metrics.fidelity as metrics
 import ddim.data
 from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
 from bench.metrics.fidelity import compute_metrics, reference_key, tensor_sha256

@@ -68,7 +68,7 @@ def test_every_spacing_has_length_order_and_range(spacing, S):
         return torch.zeros_like(x)
 
     sampling.sample(model, torch.zeros(1, 1, 1, 1, dtype=torch.float64), AB_LINEAR, ts)
-    assert called == ts.tolist() and schedules.nfe(S, T, spacing) == len(called) == S
+    assert called == ts.tolist() and sampling.nfe(S, T) == len(called) == S
 
 
 def test_uniform_and_quad_equal_official_code_where_it_is_well_defined():

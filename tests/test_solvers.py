@@ -7,6 +7,7 @@ import torch
 
 from ddim import sampling, schedules, solvers
 from ddim.errors import DDIMError
+from ddim.steps import ddim_step
 
 # diffusers' DPM scheduler trips a numpy-2 DeprecationWarning in its own set_timesteps.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -132,7 +133,7 @@ def test_plms_and_pndm_match_diffusers(sampler, spacing, diffusers_spacing, S):
     theirs = run_diffusers(sch, model, x_T.clone())
     assert ours.abs().max() > 1.0
     torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
-    assert counted.calls == len(sch.timesteps) == schedules.nfe(S, T, spacing, sampler)
+    assert counted.calls == len(sch.timesteps) == sampling.nfe(S, T, sampler)
 
 
 @pytest.mark.parametrize("sampler", [*SOLVER_NAMES, "ddim"])
@@ -141,13 +142,13 @@ def test_plms_and_pndm_match_diffusers(sampler, spacing, diffusers_spacing, S):
 def test_nfe_counts_model_calls(sampler, spacing, S):
     counted = Counting(PerturbedEps(c=1))
     sampling.sample(counted, x_T_for(c=1), AB, schedules.timesteps(S, T, spacing), sampler=sampler)
-    assert counted.calls == schedules.nfe(S, T, spacing, sampler)
+    assert counted.calls == sampling.nfe(S, T, sampler)
 
 
 def test_nfe_formulas():
-    assert [schedules.nfe(S, T, "uniform", "dpmpp_2m") for S in (1, 10, 50)] == [1, 10, 50]
-    assert [schedules.nfe(S, T, "uniform", "plms") for S in (1, 2, 10, 50)] == [1, 3, 11, 51]
-    assert [schedules.nfe(S, T, "uniform", "pndm") for S in (1, 2, 3, 4, 10, 50)] == [1, 5, 9, 13, 19, 59]
+    assert [sampling.nfe(S, T, "dpmpp_2m") for S in (1, 10, 50)] == [1, 10, 50]
+    assert [sampling.nfe(S, T, "plms") for S in (1, 2, 10, 50)] == [1, 3, 11, 51]
+    assert [sampling.nfe(S, T, "pndm") for S in (1, 2, 3, 4, 10, 50)] == [1, 5, 9, 13, 19, 59]
 
 
 def _flow_then_denoise(x_T, ts, mu, s2):
@@ -184,7 +185,7 @@ def test_plms_transfer_is_the_ddim_eta0_step(t, t_prev):
     g = torch.Generator().manual_seed(2)
     x, eps = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
     ab_t, ab_prev = float(AB[t]), float(AB[t_prev])
-    ddim, _ = sampling.ddim_step(x, eps, ab_t, ab_prev, sigma=0.0)
+    ddim, _ = ddim_step(x, eps, ab_t, ab_prev, sigma=0.0)
     torch.testing.assert_close(solvers.plms_transfer(x, eps, ab_t, ab_prev), ddim, atol=1e-12, rtol=0)
 
 

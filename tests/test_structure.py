@@ -93,14 +93,20 @@ def test_bench_stages_import_downwards_only() -> None:
 
 def test_store_and_report_boundaries() -> None:
     """The store imports nothing else from bench; the report reads records and imports nothing of the sweep."""
-    store = [f"{m} -> {t}" for m in GRAPH if _stage(m) == "store" for t in GRAPH[m] if _stage(t) not in ("store", "ddim")]
+    store = [
+        f"{m} -> {t}" for m in GRAPH if _stage(m) == "store" for t in GRAPH[m] if _stage(t) not in ("store", "ddim")
+    ]
     report = [f"{m} -> {t}" for m in GRAPH if _stage(m) == "report" for t in GRAPH[m] if _stage(t) == "sweep"]
     assert not store and not report, store + report
 
 
 @pytest.mark.parametrize(
     "library, allowed",
-    [("typer", ("bench.cli",)), ("wandb", ("bench.tracking",)), ("optuna", ("bench.store", "bench.sweep", "bench.cli"))],
+    [
+        ("typer", ("bench.cli",)),
+        ("wandb", ("bench.tracking",)),
+        ("optuna", ("bench.store", "bench.sweep", "bench.cli")),
+    ],
 )
 def test_heavy_libraries_are_imported_where_they_belong(library: str, allowed: tuple[str, ...]) -> None:
     bad = []

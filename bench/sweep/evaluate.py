@@ -6,7 +6,7 @@
   (``SeededNoise``: one generator per sample, so a sample depends neither on the batch size nor on
   the worker);
 - exactly n samples, converted with the one uint8 rule and measured in memory (``bench.metrics.fidelity``);
-  ``wall_s`` times sampling only; NFE comes from ``ddim.schedules.nfe``;
+  ``wall_s`` times sampling only; NFE comes from ``ddim.sampling.nfe``;
 - the cell's 8x8 grid and its 8-sample strip (the same seeds in every cell) under ``cells/``;
 - after the grid, the interpolation strip (section 5.3) and the inversion table (section 5.4).
 """
@@ -81,7 +81,7 @@ class Evaluator:
                             inception_weights=spec.inception_weights)  # fmt: skip
         first, last = spec.seed_range(cell.seed_block)
         return {
-            "nfe": schedules.nfe(cell.steps, self.T, cell.schedule, cell.sampler),
+            "nfe": sampling.nfe(cell.steps, self.T, cell.sampler),
             **{k: m.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
             "wall_s": wall, "images_per_s": spec.n / max(wall, 1e-9), "n": spec.n, "seeds": f"{first}-{last}",
             "grid": grid, "strip": strip, "checkpoint_sha256": self.sha256, "extractor": m["extractor"],
