@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ddim import schedules
+from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.images import save_grid, to_uint8
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
-from ddim.sampling import SeededNoise, check_args, check_eta, nfe, sample
+from ddim.sampling import SeededNoise, check_args, check_eta, sample
 
 MANIFEST = "samples.json"
 GRID = "grid.png"
@@ -104,7 +104,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     ts = _timesteps(cfg, T)
     if cfg.sampler == "ddim":
         check_eta(ck.alpha_bar(), ts, cfg.eta)  # before any folder or manifest is written
-    nfe = nfe(cfg.steps, T, cfg.sampler)
+    nfe = sampling.nfe(cfg.steps, T, cfg.sampler)
     sha = ck.sha256()
     out = Path(cfg.out)
     try:

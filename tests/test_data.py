@@ -163,7 +163,7 @@ def test_cifar10_missing(tmp_path: Path) -> None:
 
 # ---- CelebA (synthetic 178x218 aligned jpgs) ----
 
-# The official crop (the DDIM/DDPM CelebA pipeline): 128x128 centred at x = 89, y = 121, i.e. rows 121 ± 64, columns 89 ± 64.
+# The official crop (DDIM/DDPM CelebA pipeline): 128x128 centred at x = 89, y = 121: rows 121 ± 64, cols 89 ± 64.
 # Written out here rather than imported, so a wrong box in ddim.data cannot also move the test's marker.
 CROP_ROWS, CROP_COLS = slice(57, 185), slice(25, 153)
 
