@@ -19,7 +19,8 @@ import yaml
 
 from ddim import sampling, schedules
 from ddim.checkpoint import DiffusionConfig, load_checkpoint
-from ddim.convert import diffusers_to_ours, from_diffusers, from_official, import_weights
+from ddim.convert import from_official, import_weights
+from ddim.diffusers_weights import diffusers_to_ours, from_diffusers
 from ddim.errors import DDIMError
 from ddim.unet import UNet, UNetConfig, preset
 

@@ -201,13 +201,13 @@ def test_diffusers_twin_has_our_architecture() -> None:
 
 
 def test_diffusers_twin_computes_our_function() -> None:
-    from ddim import convert
+    from ddim.diffusers_weights import diffusers_to_ours
 
     torch.manual_seed(0)
     config = tiny(ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))
     twin = perf_models.diffusers_twin(config).eval()
     ours = UNet(config).eval()
-    ours.load_state_dict(convert.diffusers_to_ours(twin.unet.state_dict(), config))
+    ours.load_state_dict(diffusers_to_ours(twin.unet.state_dict(), config))
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
     with torch.no_grad():
         torch.testing.assert_close(ours(x, t), twin(x, t), atol=1e-5, rtol=1e-4)

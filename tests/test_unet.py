@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from ddim.convert import diffusers_to_ours
+from ddim.diffusers_weights import diffusers_to_ours
 from ddim.errors import DDIMError
 from ddim.unet import PRESETS, UNet, UNetConfig, preset, timestep_embedding
 

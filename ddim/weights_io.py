@@ -1,0 +1,50 @@
+"""Reading pretrained weights as tensors only, and checking that they fit a UNet config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.errors import DDIMError
+from ddim.unet import UNet, UNetConfig
+
+StateDict = dict[str, torch.Tensor]
+
+
+def listing(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # names and shapes only, no memory
+        return {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
+
+
+def load_tensors(path: Path) -> Any:
+    """Tensors (or containers of tensors) from a .safetensors or torch file, never executing pickled code."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise DDIMError(f"reading {path.name} needs the safetensors package; pip install safetensors") from None
+    except Exception as exc:  # truncated / foreign / non-tensor pickles raise many types
+        raise DDIMError(f"cannot read weights from {path} ({type(exc).__name__}); is it a tensor file?") from None
+
+
+def check_fit(sd: StateDict, expected: dict[str, tuple[int, ...]], src: Path, names: dict[str, str]) -> None:
+    """One-line error for missing / unexpected / wrongly shaped weights (``names``: ours -> source key)."""
+    missing = [names.get(k, k) for k in expected if k not in sd]
+    wrong = [f"{names.get(k, k)} {tuple(sd[k].shape)}≠{s}" for k, s in expected.items() if k in sd and sd[k].shape != s]
+    unexpected = [k for k in sd if k not in expected]
+    problems = [
+        f"{label} {listing(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
+    if problems:
+        raise DDIMError(f"weights in {src} do not fit the UNet described by its config: {'; '.join(problems)}")
