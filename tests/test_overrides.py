@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.store.cell import Cell
 from bench.sweep.overrides import KEYS, load_config, merge, parse_overrides, per_dataset
-from bench.sweep.spec import Cell, Range, SweepSpec
+from bench.sweep.spec import Range, SweepSpec
 from ddim import sampling
 from ddim.errors import DDIMError
 

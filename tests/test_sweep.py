@@ -23,12 +23,12 @@ from sweep_helpers import spec_of, url
 
 from bench.console import Display
 from bench.report.build import make_report
+from bench.store.cell import Cell
 from bench.store.storage import open_storage
 from bench.store.study import load_results
 from bench.sweep.evaluate import Evaluator
 from bench.sweep.resolve import resolve_spec
 from bench.sweep.runner import run_sweep
-from bench.sweep.spec import Cell
 from ddim import sampling
 from ddim.errors import DDIMError
 

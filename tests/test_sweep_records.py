@@ -79,3 +79,31 @@ def test_trial_stopped_before_its_cell_fields_is_no_result(ckpt, cache, work):
     assert sweep(full, work).complete == 2
     records, _, _ = load_results("st", url(work))
     assert sorted((r["state"], r["steps"]) for r in records) == [("COMPLETE", 2), ("COMPLETE", 3)]
+
+
+def test_grid_trials_carry_native_params_and_one_attribute_per_metric(ckpt, cache, work):
+    """What optuna-dashboard sees: a grid cell's S, η, sampler, spacing and seed block as real Optuna
+    params (numbers as numbers), and each metric as its own user attribute."""
+    spec = spec_of(ckpt, cache, "steps=2,3", "eta=0,0.5", "sampler=ddim,sigma_hat", "n=20", "batch=10",
+                   "interpolation=false", name="native")  # fmt: skip
+    assert sweep(spec, work).complete == len(spec.cells()) == 6
+    study = optuna.load_study(study_name="native", storage=url(work))  # plain Optuna, none of our code
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 6
+    seen = set()
+    for t in done:
+        assert isinstance(t.params["steps"], int) and isinstance(t.params["seed_block"], int)
+        assert t.params["sampler"] in ("ddim", "sigma_hat") and t.params["schedule"] == "uniform"
+        if t.params["sampler"] == "ddim":
+            assert isinstance(t.params["eta"], float) and t.params["eta"] in (0.0, 0.5)
+        else:
+            assert "eta" not in t.params  # σ̂ has no η: a conditional param, as Optuna expects
+        for k in ("fid", "isc_mean", "kid_mean", "nfe", "wall_s"):
+            assert isinstance(t.user_attrs[k], (int, float)), k
+        assert t.value == t.user_attrs["fid"]  # the objective is the FID
+        assert t.user_attrs["nfe"] == t.params["steps"]
+        seen.add((t.params["sampler"], t.params["steps"], t.params.get("eta")))
+    assert seen == {("ddim", s, e) for s in (2, 3) for e in (0.0, 0.5)} | {("sigma_hat", s, None) for s in (2, 3)}
+    # The report reads the same trials back.
+    records, _, _ = load_results("native", url(work))
+    assert {(r["sampler"], r["steps"], r["eta"]) for r in records} == seen

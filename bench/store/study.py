@@ -5,10 +5,16 @@
   command, git commit, versions, device, ... of the run that created the study), ``run:<time>-<id>``
   (command, device, git commit and time of each later run), ``spec`` (the latest run's resolved
   config) and ``extras`` (interpolation strip, inversion table);
+- trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``schedule``
+  (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
+  ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
+  (``enqueue_cell``) whose params are read back through the suggest API (``queued_cell``);
 - trial user attributes: ``cell`` (the cell's canonical key, also the claim that makes a cell run
-  once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, and on completion every
-  record field (metrics, NFE, wall time, images/s, grid paths, protocol hashes, device); a failed
-  cell has ``error``.
+  once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, each metric as its own
+  attribute (``METRIC_ATTRS``: fid, isc_mean, isc_std, kid_mean, kid_std, nfe, wall_s,
+  images_per_s), the rest of the record (grid paths, seeds, protocol hashes, device) as ``result``;
+  a failed cell has ``error``. Stores of the previous release (one categorical ``cell-<hash>``
+  param, every metric inside ``result``) are read the same way.
 
 ``load_results`` turns trials into the report's records: PRUNED trials (a duplicate that yielded),
 WAITING ones and ones stopped before the cell's fields were recorded are skipped; a failure superseded
@@ -27,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.store.cell import Cell
 from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
 from ddim.errors import DDIMError
 
@@ -90,6 +97,8 @@ def create_study(
             time.sleep(0.5 + attempt)
     assert study is not None
     old = study.user_attrs.get("protocol")
+    if "param_choices" not in study.user_attrs:  # fixed for the study's life: Optuna's categorical choices never change
+        study.set_user_attr("param_choices", _param_choices())
     if old is None:
         study.set_user_attr("protocol", dict(protocol))
         study.set_user_attr("meta", dict(meta))
@@ -180,3 +189,86 @@ def _seeds_text(ranges: Any) -> str | None:
 def table_rows(records: list[dict]) -> list[list]:
     """Rows of ``TABLE_COLUMNS`` for a W&B table."""
     return [[r.get(c) for c in TABLE_COLUMNS] for r in records]
+
+
+# ----------------------------------------------------------------------------- writing a cell's trial
+METRIC_ATTRS = ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "nfe", "wall_s", "images_per_s")
+
+
+def _param_choices() -> dict[str, list[str]]:
+    from ddim.sampling import SAMPLERS
+    from ddim.schedules import SPACINGS
+
+    return {"sampler": list(SAMPLERS), "schedule": list(SPACINGS)}
+
+
+def cell_params(cell: Cell) -> dict[str, Any]:
+    """The Optuna params of a cell (η only where the sampler has one)."""
+    out: dict[str, Any] = {"sampler": cell.sampler, "schedule": cell.schedule, "steps": cell.steps}
+    if cell.eta is not None:
+        out["eta"] = cell.eta
+    return {**out, "seed_block": cell.seed_block}
+
+
+def enqueue_cell(study: optuna.Study, cell: Cell) -> None:
+    """Queue a grid cell as a trial whose params are the cell's; the next free worker pops it."""
+    study.enqueue_trial(cell_params(cell), user_attrs={"cell": cell.key})
+
+
+def queued_cell(trial: optuna.Trial, T: int) -> Cell | None:
+    """The grid cell a popped trial was queued for (None for a trial nobody queued), with its params set
+    through the suggest API so the trial carries S, η, ... as numbers."""
+    key = trial.user_attrs.get("cell")
+    if not key:
+        return None
+    want = Cell.from_key(key)
+    choices = trial.study.user_attrs.get("param_choices") or _param_choices()
+    for name in ("sampler", "schedule"):
+        if getattr(want, name) not in choices[name]:
+            raise DDIMError(
+                f"this sweep's store predates {name} {getattr(want, name)!r}; run it under a new name="
+            )
+    sampler = trial.suggest_categorical("sampler", choices["sampler"])
+    schedule = trial.suggest_categorical("schedule", choices["schedule"])
+    steps = trial.suggest_int("steps", 1, max(T, want.steps))
+    eta = None if want.eta is None else trial.suggest_float("eta", 0.0, max(1.0, want.eta))
+    block = trial.suggest_int("seed_block", 0, max(1, want.seed_block))
+    got = Cell(sampler, schedule, steps, eta, block)
+    if got.key != key:
+        raise DDIMError(f"queued trial #{trial.number} holds {got.key!r}, not its cell {key!r}; rerun the sweep")
+    return got
+
+
+def claim(trial: optuna.Trial, cell: Cell, attrs: Mapping[str, Any]) -> int | None:
+    """Claim ``cell`` for ``trial``, then read the store: the number of another live or finished holder
+    (this trial must yield), or None. Claiming before reading means two trials never both go on."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("cell", cell.key)
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    holders = [
+        t.number
+        for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+        if t.number != trial.number and t.user_attrs.get("cell") == cell.key
+    ]
+    if holders:
+        return min(holders)
+    for k, v in {**attrs, **cell.fields()}.items():
+        trial.set_user_attr(k, v)
+    return None
+
+
+def save_result(trial: optuna.Trial, result: Mapping[str, Any]) -> None:
+    """A measured cell: each metric its own attribute, the rest of the record as ``result``."""
+    for k in METRIC_ATTRS:
+        if result.get(k) is not None:
+            trial.set_user_attr(k, result[k])
+    trial.set_user_attr("result", {k: v for k, v in result.items() if k not in METRIC_ATTRS})
+
+
+def save_error(trial: optuna.Trial, message: str, interrupted: bool = False) -> None:
+    """A cell that failed (``interrupted``: stopped by Ctrl-C / SIGTERM, not its own fault, so retried)."""
+    if interrupted:
+        trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("error", message)

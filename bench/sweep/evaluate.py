@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.store.cell import Cell
 from bench.sweep.provenance import library_versions
-from bench.sweep.spec import Cell, SweepSpec
+from bench.sweep.spec import SweepSpec
 from ddim import sampling, schedules
 from ddim.errors import DDIMError
 from ddim.images import save_grid, to_uint8

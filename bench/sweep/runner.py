@@ -7,12 +7,13 @@ Protocol (section 5 of the paper; FID over exactly n samples from common seeds):
 - each trial stores checkpoint sha256, extractor and its weights' sha256, reference key and sha256,
   device and library versions (``bench.store.storage`` lists what is where).
 
-Grid mode: ``GridSampler`` over ``SweepSpec.cells()`` (η only for ddim; ddpm always runs all T steps).
-Every cell is measured exactly once, with any number of workers and machines on one storage:
+Grid mode: every cell of ``SweepSpec.cells()`` (η only for ddim; ddpm always runs all T steps) is an
+enqueued trial whose Optuna params are the cell's (``bench.store.study.enqueue_cell``). Every cell is
+measured exactly once, with any number of workers and machines on one storage:
 1. a trial first claims its cell (the ``cell`` user attribute), then reads the store and yields
    (PRUNED) if any other RUNNING or COMPLETE trial holds the cell. Because each claims before it
    reads, two trials can never both go on (at worst both yield and the cell is re-enqueued). This
-   also absorbs GridSampler's race, where two workers can be handed the same unvisited cell;
+   also absorbs the race of two workers queueing the same missing cell;
 2. Optuna's heartbeat marks a dead worker's trial stale; a waiting worker fails it
    (``fail_stale_trials``) and re-enqueues the cell, up to store.MAX_ATTEMPTS times per run;
 3. a cell whose evaluation raised is FAIL with a one-line ``error`` and is not retried in that
@@ -25,7 +26,6 @@ image) with ``objective=time``, over ranges; the Pareto front is ``study.best_tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import signal
@@ -43,12 +43,22 @@ import torch
 
 from bench.console import Display
 from bench.report.write import fid_vs_steps_png
+from bench.store.cell import Cell
 from bench.store.plan import cell_plan
 from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
-from bench.store.study import create_study, load_study, records_of
+from bench.store.study import (
+    claim,
+    create_study,
+    enqueue_cell,
+    load_study,
+    queued_cell,
+    records_of,
+    save_error,
+    save_result,
+)
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.provenance import meta_for, protocol_for
-from bench.sweep.spec import Cell, Range, SweepSpec
+from bench.sweep.spec import Range, SweepSpec
 from bench.tracking.sweep_runs import track_cell, track_summary
 from ddim.errors import DDIMError
 
@@ -81,12 +91,9 @@ class _Worker:
         self.grid = spec.search is None
         self.cells = {c.key: c for c in spec.cells()} if self.grid else {}
         self.keys = list(self.cells)
-        # The param name carries the grid's hash: a changed grid gets its own categorical space.
-        self.param = "cell-" + hashlib.sha1("\n".join(self.keys).encode()).hexdigest()[:8]
-        if self.grid:
-            sampler: Any = optuna.samplers.GridSampler({self.param: self.keys}, seed=0)  # same seed everywhere
-        else:
-            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        # A grid runs only queued trials (a trial nobody queued is pruned at once); a search samples with TPE.
+        search = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        sampler: Any = optuna.samplers.RandomSampler(seed=seed) if self.grid else search
         self.study = optuna.load_study(study_name=spec.name, storage=self.rdb, sampler=sampler)
         self.study_id = self.rdb.get_study_id_from_name(spec.name)
 
@@ -117,35 +124,30 @@ class _Worker:
         try:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("interrupted", True)  # a stop, not the cell's fault: retried like a kill
-                trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell")
+            with contextlib.suppress(Exception):  # a stop, not the cell's fault: retried like a kill
+                save_error(trial, "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell", True)
             raise
 
     def _objective(self, trial: Any) -> float | tuple[float, float]:
         import optuna
-        from optuna.trial import TrialState
 
-        cell = self.cells[trial.suggest_categorical(self.param, self.keys)] if self.grid else self._suggest(trial)
+        cell = queued_cell(trial, self.spec.T) if self.grid else self._suggest(trial)
+        if cell is None:  # another worker popped the queued trial first: nothing to measure
+            raise optuna.TrialPruned("no queued cell")
         # 1. Claim, then read: yield to any other live or finished holder of the cell.
-        trial.set_user_attr("cell", cell.key)
-        rivals = [t.number for t in self.trials(TrialState.RUNNING, TrialState.COMPLETE)
-                  if t.number != trial.number and t.user_attrs.get("cell") == cell.key]  # fmt: skip
-        if rivals:
-            raise optuna.TrialPruned(f"cell held by trial #{min(rivals)}")
-        attrs = {"run": self.token, "pid": os.getpid(), "host": socket.gethostname(), **cell.fields()}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        holder = claim(trial, cell, {"run": self.token, "pid": os.getpid(), "host": socket.gethostname()})
+        if holder is not None:
+            raise optuna.TrialPruned(f"cell held by trial #{holder}")
         # 2. Sample and measure; an error is stored with the trial (FAIL) and shown in one line.
         try:
             result = self.ev.evaluate(cell, self.display)
         except Exception as exc:
             msg = _one_line(exc)
-            trial.set_user_attr("error", msg)
+            save_error(trial, msg)
             self.display.warn(f"cell {cell.label} failed: {msg}")
             track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
             raise
-        trial.set_user_attr("result", result)  # one write: each attribute is a storage commit
+        save_result(trial, result)
         track_cell(self.wandb, self.spec, cell, result, self.display)
         self.display.done(_summary_line(cell, result))
         fid = result.get("fid")
@@ -173,11 +175,11 @@ class _Worker:
             if self.grid:
                 plan = cell_plan(trials, self.keys, self.token)
                 self.display.cells(plan.done + plan.failed, len(self.keys))
-                if plan.waiting or (plan.fresh and not self.study.sampler.is_exhausted(self.study)):
-                    pass  # Optuna pops the queued trial first, else GridSampler picks an unvisited cell
+                if plan.waiting:
+                    pass  # Optuna pops a queued trial first
                 elif plan.fresh or plan.retry:
                     key = random.choice(plan.fresh + plan.retry)  # racing workers: the duplicate yields
-                    self.study.enqueue_trial({self.param: key}, user_attrs={"cell": key})
+                    enqueue_cell(self.study, self.cells[key])
                 elif plan.running:
                     self._wait()
                     continue

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.store.cell import Cell
 from ddim.errors import DDIMError
 
-__all__ = ["Cell", "Range", "SweepSpec"]
+__all__ = ["Range", "SweepSpec"]
 
 
 @dataclass(frozen=True)
@@ -19,40 +20,6 @@ class Range:
 
     def __str__(self) -> str:
         return f"{self.lo:g}..{self.hi:g}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One setting of the grid: sampler, spacing, S, η (ddim only, else None) and seed block."""
-
-    sampler: str
-    schedule: str
-    steps: int
-    eta: float | None
-    seed_block: int
-
-    @property
-    def key(self) -> str:
-        """Canonical text identity, stored as the trial's ``cell`` user attribute."""
-        eta = "-" if self.eta is None else f"{self.eta:g}"
-        return (
-            f"sampler={self.sampler} schedule={self.schedule} steps={self.steps} eta={eta} seed_block={self.seed_block}"
-        )
-
-    def fields(self) -> dict[str, Any]:
-        """The record fields of the cell."""
-        return {k: getattr(self, k) for k in ("sampler", "steps", "eta", "schedule", "seed_block")}
-
-    @property
-    def slug(self) -> str:
-        """A file name stem for the cell's images."""
-        eta = "" if self.eta is None else f"_eta{self.eta:g}"
-        return f"{self.schedule}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
-
-    @property
-    def label(self) -> str:
-        what = f"η={self.eta:g}" if self.sampler == "ddim" else self.sampler
-        return f"{what} S={self.steps} {self.schedule} block {self.seed_block}"
 
 
 @dataclass(frozen=True)
