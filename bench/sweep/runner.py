@@ -19,7 +19,8 @@ Every cell is measured exactly once, with any number of workers and machines on 
    run; running the command again (a new run token) retries failed and missing cells and skips
    complete ones.
 Search mode (``search=pareto``): multi-objective TPE minimising (FID, NFE), or (FID, seconds per
-image) with ``objective=time``, over ranges; the Pareto front is ``study.best_trials``.
+image) with ``objective=time``, over ranges (``trailing`` spacing unless ``schedule=`` says otherwise:
+it starts at T − 1 for any S); the Pareto front is ``study.best_trials`` (shown by ``bench.report.front``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from bench.console import Display
 from bench.report.write import fid_vs_steps_png
 from bench.store.plan import cell_plan
 from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
-from bench.store.study import create_study, load_study, records_of
+from bench.store.study import create_study, load_study, records_of, shown
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.provenance import meta_for, protocol_for
 from bench.sweep.spec import Cell, Range, SweepSpec
@@ -212,7 +213,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _summary_line(cell: Cell, r: dict) -> str:
-    names = {"fid": "FID", "isc_mean": "IS", "kid_mean": "KID"}
+    names = {"fid": "FID", "isc_mean": "IS", "kid_mean_x1e3": "KID ×10³"}  # KID ×10³ as in every output
+    r = shown(r)
     scores = ", ".join(f"{name} {r[k]:.4g}" for k, name in names.items() if r.get(k) is not None)
     return f"{cell.label}: {scores}; {r['wall_s']:.1f} s sampling, {r['images_per_s']:.1f} img/s, NFE {r['nfe']}"
 
