@@ -326,13 +326,16 @@ def metrics(
             cache_dir=cache_dir,
             inception_weights=inception_weights,
         )
+    from bench.store.study import shown
+
+    result = shown(result)  # KID ×10³ (kid_mean_x1e3), as in the tables, results.csv and W&B
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
-    for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std"):
+    for key in ("fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3"):
         if result.get(key) is not None:
-            typer.echo(f"{key:10s} {result[key]:.6g}")
-    typer.echo(f"{'n':10s} {result.get('n')}   extractor {result.get('extractor')}")
+            typer.echo(f"{key:13s} {result[key]:.6g}")
+    typer.echo(f"{'n':13s} {result.get('n')}   extractor {result.get('extractor')}")
 
 
 # --- sweep and report -----------------------------------------------------------------------------
@@ -367,6 +370,11 @@ def sweep(
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=_command_line())
+    if spec.search:
+        from bench.report.front import front_lines
+
+        for line in front_lines(summary.records, spec.objective):
+            _say(line)
     _say(
         f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
         f"(store {summary.storage}); next: ddimbench report {summary.name}"
@@ -378,17 +386,39 @@ def sweep(
 @app.command()
 @guarded
 def report(
-    name: str = typer.Argument(..., help="Sweep name (as given by name=... to `ddimbench sweep`)."),
+    names: list[str] = typer.Argument(
+        ..., metavar="NAME", help="Sweep name(s) (name=... of `ddimbench sweep`); several: one combined Table 1."
+    ),
     storage: str | None = typer.Option(None, help="Optuna storage URL of the sweep (default: the local SQLite file)."),
-    out: str | None = typer.Option(None, help="Output folder (default: reports/<name>)."),
-    compare_paper: str | None = typer.Option(None, help="Show the paper's numbers beside ours: cifar10 or celeba."),
+    out: str | None = typer.Option(None, help="Output folder (default: reports/<name>, reports/<A>+<B> for several)."),
+    compare_paper: list[str] | None = typer.Option(
+        None,
+        help="Show the paper's FID beside the sweep of that dataset: cifar10 or celeba (repeat for several sweeps).",
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --compare-paper: show the paper's columns even for another dataset "
+        "or extractor, labelled as not comparable.",
+    ),  # fmt: skip
     wandb: str | None = typer.Option(None, help=WANDB_HELP),
 ) -> None:
-    """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results."""
+    """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results; several
+    sweeps make one Table 1 with a column block per dataset; a Pareto search is shown as its front."""
     from bench.report.build import make_report
 
     _check_wandb(wandb)
-    path = make_report(name, storage=storage, out=out, compare_paper=compare_paper, wandb=wandb)
+    names = list(dict.fromkeys(names))
+    compare = list(compare_paper or [])
+    if len(names) == 1:
+        if len(compare) > 1:
+            raise DDIMError(f"one sweep, {len(compare)} --compare-paper datasets; give the one of {names[0]}'s dataset")
+        path = make_report(names[0], storage=storage, out=out, compare_paper=compare[0] if compare else None,
+                           force=force, wandb=wandb)  # fmt: skip
+    else:
+        from bench.report.multi import make_combined_report
+
+        path = make_combined_report(names, storage=storage, out=out, compare_paper=compare, force=force, wandb=wandb)
     _say(f"report written to {path} (open {Path(path) / 'index.html'})")
 
 

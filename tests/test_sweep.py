@@ -242,6 +242,9 @@ def test_wandb_offline_cell_runs(ckpt, cache, work):
     assert cell["config"]["checkpoint_sha256"] and cell["config"]["extractor"] == "classifier"
     (record,) = load_results("w", url(work))[0]
     assert cell["summary"]["fid"] == pytest.approx(record["fid"]) and cell["history"][0]["nfe"] == 2
+    # KID in W&B on the scale of the tables, results.csv and the terminal: ×10³, named so.
+    assert "kid_mean" not in cell["summary"] and record["kid_mean"] is not None
+    assert cell["summary"]["kid_mean_x1e3"] == pytest.approx(record["kid_mean"] * 1000)
     assert any("samples" in f for f in cell["files"]) and any("cells" in f for f in summary["files"])
     assert any("fid_vs_steps" in f for f in summary["files"])  # the summary run's FID-vs-steps figure
 

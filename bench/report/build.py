@@ -17,6 +17,7 @@ def make_report(
     storage: str | None = None,
     out: str | Path | None = None,
     compare_paper: str | None = None,
+    force: bool = False,
     wandb: str | None = None,
 ) -> Path:
     """Write ``reports/<name>/`` (or ``out``) from the stored results; returns the folder.
@@ -43,7 +44,7 @@ def make_report(
     folder = Path(out) if out is not None else Path("reports") / name
     metrics = meta.get("metrics") or ("fid", "isc", "kid")
     written = write_report(
-        records, meta, folder, root=root, extras=extras, compare_paper=compare_paper, metrics=metrics
+        records, meta, folder, root=root, extras=extras, compare_paper=compare_paper, metrics=metrics, force=force
     )
 
     def body(tracker: Any) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.report.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, as_number, md_escape, table_html, table_md
+from bench.store.study import shown
 
 
 def _csv_value(v) -> str:
@@ -34,19 +35,22 @@ def record_order(r: Mapping) -> tuple:
             int(r["seed_block"]), int(r["number"]))  # fmt: skip
 
 
-def results_csv(records: Sequence[Mapping]) -> str:
-    """Every record, every field; leading columns fixed, the rest alphabetical; rows in table order."""
-    rest = sorted({k for r in records for k in r} - set(CSV_LEADING))
+def results_csv(records: Sequence[Mapping], leading: Sequence[str] = ()) -> str:
+    """Every record, every field (KID ×10³, ``bench.report.tables.shown``); the ``leading`` columns, then the fixed
+    ones, then the rest alphabetically; rows in table order."""
+    head = (*leading, *CSV_LEADING)
+    rows = [shown(r) for r in sorted(records, key=lambda r: (str(r.get("sweep", "")), record_order(r)))]
+    rest = sorted({k for r in rows for k in r} - set(head))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_LEADING, *rest])
-    for r in sorted(records, key=record_order):
-        w.writerow([_csv_value(r.get(k)) for k in (*CSV_LEADING, *rest)])
+    w.writerow([*head, *rest])
+    for r in rows:
+        w.writerow([_csv_value(r.get(k)) for k in (*head, *rest)])
     return buf.getvalue()
 
 
 def read_results_csv(path: str | os.PathLike) -> list[dict]:
-    """Read results.csv back: "" -> None, known int/float fields typed, everything else a string."""
+    """Read results.csv back as written (KID ×10³): "" -> None, known int/float fields typed, the rest strings."""
 
     def typed(k: str, v: str):
         if v == "":

@@ -133,3 +133,41 @@ def spacing(dataset: str) -> str:
 def inversion_mse(steps: int) -> float | None:
     """The paper's Table 2 reconstruction error at S = ``steps``, or None where it has none."""
     return INVERSION_MSE.get(int(steps))
+
+
+def _same_dataset(paper_ds: str, dataset: str | None) -> bool:
+    try:
+        return dataset is not None and canonical(str(dataset)) == canonical(paper_ds)
+    except DDIMError:
+        return False
+
+
+def mismatch(paper_ds: str, dataset: str | None, extractor: str | None) -> str | None:
+    """What makes a sweep of ``dataset`` scored with ``extractor`` features incomparable with the paper's
+    ``paper_ds`` numbers (Table 1/3: that dataset, Inception FID), e.g. "digits scored with classifier
+    features"; None when it is comparable."""
+    if _same_dataset(paper_ds, dataset) and str(extractor or "").startswith("inception"):
+        return None
+    return f"{dataset or 'an unnamed dataset'} scored with {extractor or 'unknown'} features"
+
+
+def comparison(paper_ds: str, sweep: str, dataset: str | None, extractor: str | None, force: bool) -> tuple[str, str]:
+    """(column-group title, caption note) for the paper's ``paper_ds`` FID shown beside a sweep.
+
+    A sweep of another dataset or feature extractor is refused (DDIMError) unless ``force``; then its
+    paper columns are titled as another dataset's and the caption says they are not comparable.
+    """
+    why = mismatch(paper_ds, dataset, extractor)
+    if why is None:
+        return f"paper ({paper_ds})", ""
+    if not force:
+        raise DDIMError(
+            f"--compare-paper {paper_ds}: the paper's numbers are {paper_ds} with Inception FID, but sweep {sweep!r} "
+            f"is {why}; compare a {paper_ds} sweep made with extractor=inception, or add --force to show them "
+            "labelled as another dataset's"
+        )
+    other = "Inception features" if _same_dataset(paper_ds, dataset) else "another dataset"
+    return (
+        f"paper ({paper_ds}: {other}, not comparable)",
+        f"These columns are the paper's {paper_ds} Inception FID, not this sweep's {why}: not comparable.",
+    )

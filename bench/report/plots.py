@@ -1,5 +1,5 @@
-"""Report figures as PNG bytes: FID vs S, FID vs sampling cost (with its Pareto front), and the
-paper's "same x_T, different S" consistency figure.
+"""Report figures as PNG bytes: FID vs S, FID vs sampling cost (with its Pareto front), a search's
+Pareto front on the cost it minimised, and the paper's "same x_T, different S" consistency figure.
 
 Every function takes plain data and returns PNG bytes; the caller decides where they go (and
 writes them atomically). matplotlib is imported lazily and only through its object API (Figure +
@@ -134,6 +134,31 @@ def fid_vs_time_png(series: Sequence[Series], *, title: str = "FID vs sampling c
     _finish(ax, title, "sampling cost (seconds per image, measured)", "FID ↓")
     if series:
         ax.legend(fontsize=7, loc="upper right", frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def pareto_png(x: Sequence[float], y: Sequence[float], front: Sequence[int], notes: Sequence[str], *,
+               xlabel: str, title: str) -> bytes:  # fmt: skip
+    """A search's trials as points (FID against the cost it minimised, log x), the Pareto front ``front``
+    (indices, cost ascending) as a black step line with its points ringed and annotated by ``notes``."""
+    fig, ax = _figure()
+    ax.scatter(list(x), list(y), s=14, color="tab:blue", alpha=0.6, label="trials")
+    if front:
+        fx, fy = [x[i] for i in front], [y[i] for i in front]
+        ax.step(fx, fy, where="post", color="black", linewidth=1.0, linestyle="--", label="Pareto front")
+        ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
+        for i in front:
+            ax.annotate(notes[i], (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    _log_y_if_wide(ax, [Series(label="", x=list(x), y=list(y))])
+    _finish(ax, title, xlabel, "FID ↓")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # "3", not "3×10⁰", on a short log axis
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    if len(x):
+        ax.legend(fontsize=7, loc="best", frameon=False)
     fig.tight_layout()
     return _png(fig)
 

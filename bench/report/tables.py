@@ -1,9 +1,11 @@
 """Paper-style tables (Song et al. 2020, Table 1) from sweep records: cells, best-per-column, md/tex/html.
 
 Rows are η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending;
-one table per metric and timestep schedule. A cell is the mean over seed blocks (± std, ddof = 1, when
-there are several); the best mean per column is bold (compared at display precision, so visible ties
-are all bold). "failed" and "—" never count. Pure python: no torch, no optuna.
+one table per metric and timestep schedule (``combined_tables``: one per metric, a column block per
+sweep and schedule, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
+over seed blocks (± std, ddof = 1, when there are several); the best mean per column is bold
+(compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
+python: no torch, no optuna.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from bench.report import paper
+from bench.store.study import KID_SCALE
 from ddim.errors import DDIMError
 
 
@@ -38,16 +41,19 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "fid": Metric("fid", "FID", "fid", True),
     "isc": Metric("isc", "IS", "isc_mean", False),
-    "kid": Metric("kid", "KID", "kid_mean", True, 1000.0),
+    "kid": Metric("kid", "KID", "kid_mean", True, KID_SCALE),
 }
+
 
 # results.csv: these columns first (the cell's identity, then its numbers), the rest alphabetically.
 CSV_LEADING = (
     "number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds",
-    "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s", "error", "grid", "strip",
+    "fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s", "images_per_s", "error", "grid",
+    "strip",
 )  # fmt: skip
 INT_FIELDS = frozenset({"number", "steps", "seed_block", "nfe", "n"})
-FLOAT_FIELDS = frozenset({"eta", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s"})
+FLOAT_FIELDS = frozenset({"eta", "fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s",
+                          "images_per_s"})  # fmt: skip
 REQUIRED_FIELDS = ("number", "state", "sampler", "steps", "schedule", "seed_block")
 PROTOCOL_FIELDS = ("checkpoint_sha256", "extractor", "extractor_sha256", "ref_key", "ref_sha256", "device")
 _SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
@@ -77,6 +83,11 @@ class Table:
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group title, column headers)
     rows: tuple[tuple[str, tuple[Cell, ...]], ...]  # (row label, one cell per column of all groups)
     fmt: str = ".2f"
+    col_fmts: tuple[str, ...] = ()  # one format per column where they differ (else ``fmt`` for all)
+    every_head: bool = False  # md: name the group in every column header (else in all but the first group's)
+
+    def cells_text(self, cells: Sequence[Cell], fl: _Flavor) -> list[str]:
+        return [cell_text(c, self.col_fmts[i] if self.col_fmts else self.fmt, fl) for i, c in enumerate(cells)]
 
 
 def as_number(v) -> float | None:
@@ -158,29 +169,75 @@ def _span(counts: list[int]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
-def _caption(metric: Metric, schedule: str, meta: Mapping, multi: list[int], paper_ds: str | None) -> str:
+LEGEND = ("Bold: best per column. NFE shown where it differs from S. "
+           "failed: the run or metric failed; —: not run or still running.")  # fmt: skip
+
+
+def blocks_note(multi: Sequence[int]) -> str:
+    """The caption's sentence on seed blocks (``multi``: the block counts above one)."""
+    if not multi:
+        return "One seed block per cell."
+    return (f"Cells with ± give mean ± std (ddof = 1) over {_span(sorted(multi))} "
+            "seed blocks (disjoint seeds); the others are one block.")  # fmt: skip
+
+
+def paper_note_text(paper_ds: str, schedule: str, note: str) -> str:
+    """The caption's "Paper: ..." sentence for the paper's ``paper_ds`` columns beside a ``schedule`` block."""
+    ps = paper.spacing(paper_ds)
+    used = f" (this block uses {schedule})." if ps != schedule else "."
+    text = f"Paper: {paper.SOURCE[paper_ds]}, {paper_ds}, 50k samples, {ps} spacing{used}"
+    return f"{text} {note}" if note else text
+
+
+def _caption(metric: Metric, schedule: str, meta: Mapping, multi: Sequence[int], paper_ds: str | None,
+             note: str = "") -> str:  # fmt: skip
     sense = "lower" if metric.lower_is_better else "higher"
     n, seeds, dataset = meta.get("n"), meta.get("seeds"), meta.get("dataset")
     where = (f" on {dataset}" if dataset else "") + f", {schedule} timestep spacing"
     count = (f", {n} samples per cell" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
-    parts = [
-        f"{metric.header} ({sense} is better){where}{count}.",
-        (
-            f"Cells with ± give mean ± std (ddof = 1) over {_span(multi)} "
-            "seed blocks (disjoint seeds); the others are one block."
-            if multi
-            else "One seed block per cell."
-        ),
-        "Bold: best per column. NFE shown where it differs from S. "
-        "failed: the run or metric failed; —: not run or still running.",
-    ]
+    parts = [f"{metric.header} ({sense} is better){where}{count}.", blocks_note(multi), LEGEND]
     if paper_ds:
-        ps = paper.spacing(paper_ds)
-        parts.append(
-            f"Paper: {paper.SOURCE[paper_ds]}, {paper_ds}, 50k samples, {ps} spacing"
-            + (f" (this block uses {schedule})." if ps != schedule else ".")
-        )
+        parts.append(paper_note_text(paper_ds, schedule, note))
     return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One column group of a table: one sweep's cells on one timestep spacing, optionally followed by the
+    paper's numbers for ``paper`` (a dataset of ``bench.report.paper``) under ``paper_title``."""
+
+    title: str
+    schedule: str
+    cells: Mapping[CellKey, Mapping[int, Mapping]]  # the sweep's cells (those on ``schedule`` are used)
+    meta: Mapping = field(default_factory=dict)
+    paper: str | None = None
+    paper_title: str = ""
+    paper_note: str = ""  # appended to the caption's "Paper: ..." sentence
+
+    def rows(self) -> set[paper.RowKey]:
+        return {k[1] for k in self.cells if k[0] == self.schedule}
+
+    def columns(self, rows: Sequence[paper.RowKey], metric: Metric) -> tuple[list, list, set[int]]:
+        """(column groups, columns of cells, seed-block counts above one) of this block for ``metric``."""
+        steps = sorted({k[2] for k in self.cells if k[0] == self.schedule})
+        ours = [[table_cell(self.cells.get((self.schedule, row, s), {}), metric, s) for row in rows] for s in steps]
+        multi = {c.blocks for col in ours for c in col if c.blocks > 1}
+        columns = _mark_best(ours, metric.lower_is_better, ".2f")
+        heads = tuple(f"S = {s}" for s in steps)
+        groups = [(self.title, heads)]
+        if self.paper and metric.key == "fid":
+            ref = [[_paper_cell(paper.fid(self.paper, row[0], row[1], s)) for row in rows] for s in steps]
+            columns += _mark_best(ref, True, ".2f")
+            groups.append((self.paper_title or f"paper ({self.paper})", heads))
+        return groups, columns, multi
+
+
+def row_table(title: str, label: str, caption: str, rows: Sequence[paper.RowKey], groups: list, columns: list,
+              every_head: bool = False) -> Table:  # fmt: skip
+    """A Table of η / sampler rows (``rows``) and the column ``groups`` / ``columns`` built for them."""
+    return Table(title=title, label=label, caption=caption, corner="η / sampler", groups=tuple(groups),
+                 rows=tuple(zip([row_label(r) for r in rows], _transpose(columns), strict=True)),
+                 every_head=every_head)  # fmt: skip
 
 
 def build_tables(
@@ -188,34 +245,21 @@ def build_tables(
     meta: Mapping,
     metrics: Sequence[Metric],
     compare: str | None,
+    paper_title: str = "",
+    paper_note: str = "",
 ) -> list[Table]:
-    """The Table 1-style blocks: metric outer, schedule inner."""
+    """The Table 1-style blocks of one sweep: metric outer, schedule inner; ``compare``: the paper's dataset
+    whose FID columns go beside ours (under ``paper_title``, default "paper (<dataset>)")."""
     tables = []
-    schedules = sorted({k[0] for k in cells}, key=schedule_order)
     for metric in metrics:
-        for sched in schedules:
-            keys = [k for k in cells if k[0] == sched]
-            rows = sorted({k[1] for k in keys}, key=row_order)
-            steps = sorted({k[2] for k in keys})
-            ours = [[table_cell(cells.get((sched, row, s), {}), metric, s) for row in rows] for s in steps]
-            multi = sorted({c.blocks for col in ours for c in col if c.blocks > 1})
-            columns = _mark_best(ours, metric.lower_is_better, ".2f")
-            heads = tuple(f"S = {s}" for s in steps)
-            groups = [("this run", heads)]
-            if compare and metric.key == "fid":
-                ref = [[_paper_cell(paper.fid(compare, row[0], row[1], s)) for row in rows] for s in steps]
-                columns += _mark_best(ref, True, ".2f")
-                groups.append((f"paper ({compare})", heads))
-            tables.append(
-                Table(
-                    title=f"{metric.header} — {sched} spacing",
-                    label=f"tab:{metric.key}-{re.sub(r'[^A-Za-z0-9]+', '-', sched)}",
-                    caption=_caption(metric, sched, meta, multi, compare if metric.key == "fid" else None),
-                    corner="η / sampler",
-                    groups=tuple(groups),
-                    rows=tuple(zip([row_label(r) for r in rows], _transpose(columns), strict=True)),
-                )
-            )
+        for sched in sorted({k[0] for k in cells}, key=schedule_order):
+            block = Block("this run", sched, cells, meta, compare, paper_title, paper_note)
+            rows = sorted(block.rows(), key=row_order)
+            groups, columns, multi = block.columns(rows, metric)
+            ref = compare if metric.key == "fid" else None
+            label = f"tab:{metric.key}-{re.sub(r'[^A-Za-z0-9]+', '-', sched)}"
+            caption = _caption(metric, sched, meta, sorted(multi), ref, paper_note)
+            tables.append(row_table(f"{metric.header} — {sched} spacing", label, caption, rows, groups, columns))
     return tables
 
 
@@ -295,7 +339,8 @@ def cell_text(c: Cell, fmt: str, fl: _Flavor) -> str:
 
 def _heads(t: Table, fl: _Flavor, prefix: bool) -> list[str]:
     """Column headers; ``prefix`` names the group in each header (md has no spanning header row)."""
-    return [fl.esc(f"{g} {h}" if prefix and i and g else h) for i, (g, hs) in enumerate(t.groups) for h in hs]
+    named = [g if prefix and (i or t.every_head) else "" for i, (g, _) in enumerate(t.groups)]
+    return [fl.esc(f"{n} {h}" if n else h) for n, (_, hs) in zip(named, t.groups, strict=True) for h in hs]
 
 
 def table_md(t: Table) -> str:
@@ -303,7 +348,7 @@ def table_md(t: Table) -> str:
     lines = [f"### {md_escape(t.title)}", "", "| " + " | ".join([md_escape(t.corner), *_heads(t, MD, True)]) + " |"]
     lines.append("|---|" + "---:|" * n)
     for label, cells in t.rows:
-        lines.append("| " + " | ".join([md_escape(label), *(cell_text(c, t.fmt, MD) for c in cells)]) + " |")
+        lines.append("| " + " | ".join([md_escape(label), *t.cells_text(cells, MD)]) + " |")
     return "\n".join([*lines, "", t.caption, ""])
 
 
@@ -322,7 +367,7 @@ def table_tex(t: Table) -> str:
         lines += [" & ".join(["", *spans]) + r" \\", " ".join(rules)]
     lines += [" & ".join([tex_escape(t.corner), *_heads(t, TEX, False)]) + r" \\", r"\midrule"]
     for label, cells in t.rows:
-        lines.append(" & ".join([tex_escape(label), *(cell_text(c, t.fmt, TEX) for c in cells)]) + r" \\")
+        lines.append(" & ".join([tex_escape(label), *t.cells_text(cells, TEX)]) + r" \\")
     return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
 
 
@@ -333,7 +378,7 @@ def table_html(t: Table) -> str:
         out.append(f"<tr><th></th>{spans}</tr>")
     out.append("<tr>" + "".join(f"<th>{h}</th>" for h in [html.escape(t.corner), *_heads(t, HTML, False)]) + "</tr>")
     for label, cells in t.rows:
-        tds = "".join(f"<td>{cell_text(c, t.fmt, HTML)}</td>" for c in cells)
+        tds = "".join(f"<td>{text}</td>" for text in t.cells_text(cells, HTML))
         out.append(f"<tr><th>{html.escape(label)}</th>{tds}</tr>")
     return "\n".join([*out, "</table>"])
 

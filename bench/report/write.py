@@ -6,30 +6,26 @@ Pure python + numpy; matplotlib and PIL are reached through ``bench.report.plots
 the sweep module hands us plain record dicts. Everything written is a function of the inputs only
 (no clocks, sorted iteration), and every file is written atomically (temp file + ``os.replace``).
 
-Table conventions live in ``bench.report.tables`` (Song et al. 2020, Table 1 layout).
+Table conventions live in ``bench.report.tables`` (Song et al. 2020, Table 1 layout). A Pareto search is shown
+as its front (``bench.report.front``); several sweeps in one Table 1 are ``bench.report.multi``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import math
-import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bench.report import paper, plots
+from bench.report import front, paper, plots
 from bench.report.docs import html_doc, md_doc, record_order, results_csv
+from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     METRICS,
     PROTOCOL_FIELDS,
     REQUIRED_FIELDS,
-    TEXT_FILES,
     CellKey,
     Metric,
     as_number,
@@ -46,52 +42,16 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
+from bench.store.study import shown
 from ddim.errors import DDIMError
 
 
 # ------------------------------------------------------------------------------------------- files
-def _write(path: Path, data: bytes | str) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _read_input(root: Path, rel: str, what: str) -> bytes:
     path = root / rel
     if not path.is_file():
         raise DDIMError(f"{what} {path} not found; pass root= the folder the sweep's relative paths start from")
     return path.read_bytes()
-
-
-def _sha(data: bytes | str) -> str:
-    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
-
-
-def _jsonable(v):
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, bool | str):
-        return v
-    if isinstance(v, numbers.Integral):
-        return int(v)
-    if isinstance(v, numbers.Real):
-        return float(v) if math.isfinite(v) else None
-    return str(v)
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -136,7 +96,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, 
 
 def fid_vs_steps_png(records: Sequence[Mapping], title: str = "FID vs sampling steps") -> bytes | None:
     """The report's FID-vs-S figure for ``records`` alone (e.g. for the sweep's W&B summary run)."""
-    by_steps, _ = _plot_series(select_cells(_validate(records), []))
+    by_steps, _ = _plot_series(select_cells(validate_records(records), []))
     return plots.fid_vs_steps_png(by_steps, title=title) if by_steps else None
 
 
@@ -167,7 +127,8 @@ def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: 
 
 
 # ------------------------------------------------------------------------------------ the report
-def _validate(records: Sequence[Mapping]) -> list[Mapping]:
+def validate_records(records: Sequence[Mapping]) -> list[Mapping]:
+    """The records, or a DDIMError naming the first that lacks a field the tables need."""
     if not records:
         raise DDIMError("no result records to report; run the sweep first or point at the right study")
     for i, r in enumerate(records):
@@ -179,7 +140,8 @@ def _validate(records: Sequence[Mapping]) -> list[Mapping]:
     return list(records)
 
 
-def _pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metric]:
+def pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metric]:
+    """The metrics ``names`` that some record has a number for (unknown names are a DDIMError)."""
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise DDIMError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
@@ -188,7 +150,8 @@ def _pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metr
     return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
 
 
-def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) -> list[str]:
+def warnings_of(records: Sequence[Mapping], meta: Mapping, compare: str | None) -> list[str]:
+    """The report's warnings: protocol fields that differ between cells, short cells, a forced paper comparison."""
     out = []
     for r in sorted(records, key=lambda r: int(r["number"])):
         for key in PROTOCOL_FIELDS:
@@ -197,13 +160,8 @@ def _warnings(records: Sequence[Mapping], meta: Mapping, compare: str | None) ->
         n = as_number(r.get("n"))
         if r["state"] == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):
             out.append(f"trial #{r['number']}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
-    if compare and meta.get("dataset"):
-        try:
-            same = paper.canonical(str(meta["dataset"])) == compare
-        except DDIMError:
-            same = False
-        if not same:
-            out.append(f"comparing a {meta['dataset']} sweep with the paper's {compare} numbers")
+    if compare and (why := paper.mismatch(compare, meta.get("dataset"), meta.get("extractor"))):
+        out.append(f"the paper's {compare} numbers (Inception FID) are shown beside a sweep of {why} (--force)")
     return out
 
 
@@ -212,7 +170,8 @@ _META_ORDER = ("name", "dataset", "command", "git_commit", "device", "T", "check
                "last_run")  # fmt: skip
 
 
-def _provenance(meta: Mapping) -> list[tuple[str, str]]:
+def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
+    """(field, value) rows of a sweep's provenance, in a fixed order (nested fields as ``key.sub``)."""
     keys = [k for k in _META_ORDER if k in meta] + sorted(k for k in meta if k not in _META_ORDER)
     rows = []
     for k in keys:
@@ -229,54 +188,6 @@ def _cell_name(r: Mapping) -> str:
     return f"{r['schedule']} {row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
 
 
-_OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
-                   "interpolation.png")  # fmt: skip
-_REPORT_FILES = frozenset((*TEXT_FILES, *_OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
-
-
-def _previous_outputs(out: Path) -> dict[str, str | None]:
-    """{relative name: sha256 or None} of the files the previous report in ``out`` wrote, from its manifest.json.
-
-    Only names a report writes are taken (a top-level report file or ``grids/<file>``), so a missing, unreadable
-    or hand-edited manifest can never name anything else; without a manifest nothing is known and nothing is.
-    """
-    try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(manifest, dict):
-        return {}
-    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    images = manifest.get("images") if isinstance(manifest.get("images"), list) else []
-    cells = manifest.get("cells") if isinstance(manifest.get("cells"), list) else []
-    grids = [c.get("grid") for c in cells if isinstance(c, dict)]  # a grid may be saved as another format than PNG
-    names: dict[str, str | None] = {n: None for n in (*images, *grids) if isinstance(n, str)}
-    names.update({n: h if isinstance(h, str) else None for n, h in files.items()})
-    return {n: h for n, h in names.items() if _report_name(n)}
-
-
-def _report_name(name: str) -> bool:
-    parts = name.split("/")
-    if len(parts) == 1:
-        return name in _REPORT_FILES
-    leaf = parts[-1]
-    return len(parts) == 2 and parts[0] == "grids" and bool(leaf) and not leaf.startswith(".") and "\\" not in leaf
-
-
-def _remove_stale(out: Path, previous: Mapping[str, str | None], written: Mapping[str, Path]) -> None:
-    """Delete what the previous report wrote and this one did not (e.g. the grid of a cell that is gone, the
-    inversion table of a sweep that no longer has one): left, it would contradict the rest. A file with a
-    recorded hash is deleted only while it still holds what the report wrote; nothing else is ever touched."""
-    for name, sha in sorted(previous.items()):
-        path = out / name
-        if name in written or path.is_symlink() or not path.is_file():
-            continue
-        if sha is not None and _sha(path.read_bytes()) != sha:
-            continue  # replaced since (by someone else): not ours to delete
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 def write_report(
     records: Sequence[Mapping],
     meta: Mapping,
@@ -286,31 +197,41 @@ def write_report(
     extras: Mapping | None = None,
     compare_paper: str | None = None,
     metrics: Sequence[str] = ("fid", "isc", "kid"),
+    force: bool = False,
 ) -> dict[str, Path]:
     """Write the report for one sweep into ``out_dir``; return {relative name: path} of every file.
 
     ``records`` are the sweep's per-trial dicts, ``meta`` its provenance, ``root`` the folder the
-    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from. Raises DDIMError
-    for empty or malformed records, an unknown metric or paper dataset, or a missing image file.
+    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from. A Pareto search
+    (``meta["mode"] == "pareto"``) is shown as its front (table and figure) on the cost it minimised
+    instead of an η × S grid. Raises DDIMError for empty or malformed records, an unknown metric or
+    paper dataset, a paper comparison with another dataset or extractor (unless ``force``), or a
+    missing image file.
     """
     out, root = Path(out_dir), Path(root)
-    records = _validate(records)
-    chosen = _pick_metrics(metrics, records)
+    records = validate_records(records)
+    chosen = pick_metrics(metrics, records)
+    search = meta.get("mode") == "pareto"
     compare = paper.canonical(compare_paper) if compare_paper else None
+    if compare and search:
+        raise DDIMError(f"--compare-paper {compare}: a Pareto search has no η × S table to set beside the paper's; "
+                        "compare a grid sweep")  # fmt: skip
+    paper_title, paper_note = (
+        paper.comparison(compare, str(meta.get("name", "")), meta.get("dataset"), meta.get("extractor"), force)
+        if compare
+        else ("", "")
+    )
     extras = dict(extras or {})
-    warnings = _warnings(records, meta, compare)
+    warnings = warnings_of(records, meta, compare)
     cells = select_cells(records, warnings)
-    previous = _previous_outputs(out)  # read before anything is overwritten
-    written: dict[str, Path] = {}
-    hashes: dict[str, str] = {}
-
-    def put(name: str, data: bytes | str) -> None:
-        written[name] = _write(out / name, data)
-        if name in TEXT_FILES or name == "README.md":
-            hashes[name] = _sha(data)
+    w = ReportWriter(out)
+    put = w.put
 
     # 1. Tables and the CSV.
-    tables = build_tables(cells, meta, chosen, compare)
+    if search:
+        tables = [front.front_table(records, meta, chosen)]
+    else:
+        tables = build_tables(cells, meta, chosen, compare, paper_title, paper_note)
     inv = inversion_table(extras["inversion"]) if extras.get("inversion") else None
     tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
     put("table.md", "\n".join(table_md(t) for t in tables))
@@ -322,13 +243,14 @@ def write_report(
     put("results.csv", results_csv(records))
 
     # 2. Figures from the numbers.
-    by_steps, by_time = _plot_series(cells)
     name = meta.get("name", "")
+    by_steps, by_time = _plot_series(cells) if not search else ([], [])
     if by_steps:
         put("fid_vs_steps.png", plots.fid_vs_steps_png(by_steps, title=f"{name}: FID vs sampling steps".strip(": ")))
     if by_time:
         put("fid_vs_time.png", plots.fid_vs_time_png(by_time, title=f"{name}: FID vs sampling cost".strip(": ")))
-
+    if search and (png := front.front_png(records, meta)):
+        put("pareto_front.png", png)
     # 3. Sample grids under deterministic names (stale ones of the previous report are removed at the end).
     grids: dict[int, str] = {}
     for key in sorted(cells, key=lambda k: (schedule_order(k[0]), row_order(k[1]), k[2])):
@@ -355,18 +277,23 @@ def write_report(
         for cap, f in (
             ("FID vs sampling steps S (error bars: std over seed blocks)", "fid_vs_steps.png"),
             ("FID vs measured seconds per image; dashed: Pareto front", "fid_vs_time.png"),
+            (
+                f"FID vs {front.OBJECTIVES[front.objective_of(meta)][0]} of every trial of the search (the two values "
+                "it minimised); dashed: its Pareto front",
+                "pareto_front.png",
+            ),
             (consistency, "consistency.png"),
             ("Interpolation: slerp between two x_T, decoded with η = 0", "interpolation.png"),
         )
-        if f in written
+        if f in w.written
     ]
     failed = [
         f"trial #{r['number']} ({_cell_name(r)}): {r.get('error') or 'failed without a message'}"
         for r in sorted(records, key=record_order)
         if r["state"] == "FAIL" or (r["state"] == "COMPLETE" and r.get("error"))
     ]
-    sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), _provenance(meta)))]
-    sections.append(("Results", "tables", tables))
+    sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), provenance_rows(meta)))]
+    sections.append(("Pareto front" if search else "Results", "tables", tables))
     if inv is not None:
         sections.append(("Inversion", "tables", [inv]))
     if figures:
@@ -378,7 +305,7 @@ def write_report(
         sections.append(("Failed cells", "list", failed))
     if warnings:
         sections.append(("Warnings", "list", warnings))
-    sections.append(("Files", "kv", (("file", "sha256"), sorted(hashes.items()))))
+    sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
     title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
     put("README.md", md_doc(title, sections))
 
@@ -388,7 +315,7 @@ def write_report(
             "state": r["state"],
             "params": {k: r.get(k) for k in ("sampler", "eta", "steps", "schedule", "seed_block")},
             "nfe": r.get("nfe"),
-            "metrics": {k: r.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
+            "metrics": shown({k: r.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")}),
             "timing": {k: r.get(k) for k in ("wall_s", "images_per_s")},
             "n": r.get("n"),
             "seeds": r.get("seeds"),
@@ -400,13 +327,12 @@ def write_report(
     manifest = {
         "meta": meta,
         "cells": cell_rows,
-        "files": hashes,
-        "images": sorted(n for n in written if n.endswith(".png")),
+        "files": w.hashes,
+        "images": sorted(n for n in w.written if n.endswith(".png")),
         "metrics": [m.key for m in chosen],
         "compare_paper": compare,
         "warnings": warnings,
     }
-    put("manifest.json", json.dumps(_jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+    put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
     put("index.html", html_doc(title, sections, out))
-    _remove_stale(out, previous, written)
-    return dict(sorted(written.items()))
+    return w.finish()

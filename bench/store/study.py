@@ -25,6 +25,7 @@ name the runs after the first.
 
 from __future__ import annotations
 
+import numbers
 import re
 import time
 import uuid
@@ -45,8 +46,13 @@ RECORD_FIELDS = (
     "wall_s", "images_per_s", "n", "seeds", "grid", "strip", "error", "checkpoint_sha256", "extractor",
     "extractor_sha256", "ref_key", "ref_sha256", "device",
 )  # fmt: skip
+# KID has one scale wherever it leaves the store: ×10³ (tables, results.csv, manifest.json, the terminal and
+# W&B), named so in every header and key; the store keeps torch-fidelity's raw value (``kid_mean``).
+KID_SCALE = 1000.0
+KID_SHOWN = {"kid_mean": "kid_mean_x1e3", "kid_std": "kid_std_x1e3"}  # record field -> shown field
+# The W&B tables' columns (``table_rows``): KID ×10³, as everywhere it is shown.
 TABLE_COLUMNS = ("number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "fid", "isc_mean",
-                 "kid_mean", "wall_s", "images_per_s", "error")  # fmt: skip
+                 "kid_mean_x1e3", "wall_s", "images_per_s", "error")  # fmt: skip
 PROTOCOL_META = ("checkpoint_sha256", "extractor_sha256", "ref_key", "ref_sha256")
 _CELL_FIELDS = ("sampler", "steps", "schedule", "seed_block")  # set with "eta" right after the claim ("cell")
 _RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
@@ -158,6 +164,8 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
     study = load_study(name, storage)
     records, superseded = records_of(study)
     meta = dict(study.user_attrs.get("meta", {}))
+    if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
+        meta["objective"] = (study.user_attrs.get("protocol", {}).get("space") or {}).get("objective")
     # Protocol hashes known only after the first measured cell: take them from the cells.
     for key in PROTOCOL_META:
         if meta.get(key) is None:
@@ -186,9 +194,21 @@ def _seeds_text(ranges: Any) -> str | None:
     return ", ".join(sorted({str(x) for x in ranges if x}, key=order)) or None
 
 
+def shown(values: Mapping) -> dict:
+    """``values`` (a record or a metrics result) as every output shows it: KID ×10³ under its shown name."""
+    out = {}
+    for k, v in values.items():
+        if k in KID_SHOWN:
+            real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+            out[KID_SHOWN[k]] = float(v) * KID_SCALE if real else None
+        else:
+            out[k] = v
+    return out
+
+
 def table_rows(records: list[dict]) -> list[list]:
-    """Rows of ``TABLE_COLUMNS`` for a W&B table."""
-    return [[r.get(c) for c in TABLE_COLUMNS] for r in records]
+    """Rows of ``TABLE_COLUMNS`` for a W&B table (KID ×10³, ``shown``)."""
+    return [[row.get(c) for c in TABLE_COLUMNS] for row in map(shown, records)]
 
 
 # ----------------------------------------------------------------------------- writing a cell's trial

@@ -64,4 +64,5 @@ def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> di
         "ref_key": None, "ref_sha256": None, "n": spec.n, "seeds": seeds_text(spec),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": list(spec.metrics),
         "mode": spec.search or "grid", "artifacts": spec.artifacts,
+        **({"objective": spec.objective} if spec.search else {}),
     }  # fmt: skip

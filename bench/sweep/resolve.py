@@ -82,8 +82,11 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
     name = values.get("name") or (Path(config).stem if config else "sweep")
     if not _NAME.match(name):
         raise DDIMError(f"name={name!r} must be letters, digits, '.', '_' or '-' (it names folders); e.g. name=my-grid")
-    schedule = per_dataset(values.get("schedule", [paper.SPACING.get(dataset, "uniform")]), dataset)
     mode = values.get("search")
+    # A grid defaults to the paper's spacing (quad for CIFAR10, else uniform); a search, whose S is arbitrary,
+    # to trailing: it starts at t = T − 1 for every S (uniform can start far below it when T % S ≠ 0).
+    default = "trailing" if mode else paper.SPACING.get(dataset, "uniform")
+    schedule = per_dataset(values.get("schedule", [default]), dataset)
     kw = {k: _as_tuple(values[k]) for k in _SCALARS if k in values}
     spec = SweepSpec(
         name=name,

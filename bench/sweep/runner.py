@@ -20,7 +20,8 @@ measured exactly once, with any number of workers and machines on one storage:
    run; running the command again (a new run token) retries failed and missing cells and skips
    complete ones.
 Search mode (``search=pareto``): multi-objective TPE minimising (FID, NFE), or (FID, seconds per
-image) with ``objective=time``, over ranges; the Pareto front is ``study.best_trials``.
+image) with ``objective=time``, over ranges (``trailing`` spacing unless ``schedule=`` says otherwise:
+it starts at T − 1 for any S); the Pareto front is ``study.best_trials`` (shown by ``bench.report.front``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from bench.store.study import (
     records_of,
     save_error,
     save_result,
+    shown,
 )
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.provenance import meta_for, protocol_for
@@ -214,7 +216,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _summary_line(cell: Cell, r: dict) -> str:
-    names = {"fid": "FID", "isc_mean": "IS", "kid_mean": "KID"}
+    names = {"fid": "FID", "isc_mean": "IS", "kid_mean_x1e3": "KID ×10³"}  # KID ×10³ as in every output
+    r = shown(r)
     scores = ", ".join(f"{name} {r[k]:.4g}" for k, name in names.items() if r.get(k) is not None)
     return f"{cell.label}: {scores}; {r['wall_s']:.1f} s sampling, {r['images_per_s']:.1f} img/s, NFE {r['nfe']}"
 

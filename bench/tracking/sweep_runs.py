@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.store.study import PROTOCOL_META, TABLE_COLUMNS, table_rows
+from bench.store.study import PROTOCOL_META, TABLE_COLUMNS, shown, table_rows
 from bench.tracking.wandb_run import make_tracker
 
 
@@ -29,7 +29,7 @@ def track_cell(mode: str | None, spec: Any, cell: Any, result: dict, display: An
     config = {**cell.fields(), "n": spec.n, "seeds": result.get("seeds"), "dataset": spec.dataset,
               "T": spec.T, "checkpoint": spec.checkpoint, "nfe": result.get("nfe")}  # fmt: skip
     config.update({k: result.get(k) for k in PROTOCOL_META + ("extractor", "device")})
-    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {k: v for k, v in shown(result).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     def body(tr: Any) -> None:
         tr.log(numbers)

@@ -1,0 +1,221 @@
+"""One report from several grid sweeps: Table 1 as the paper prints it (Song et al. 2020, Table 1: the
+CIFAR10 and CelebA blocks side by side, rows η = 0.0 / 0.2 / 0.5 / 1.0 and σ̂, columns S), in md, tex
+and html, with every cell of every sweep in one results.csv.
+
+Each sweep on each timestep spacing is one column group (titled by its dataset); ``compare_paper``
+adds the paper's FID for a dataset beside the sweep of that dataset, refused for another dataset or
+feature extractor unless ``force`` (``bench.report.paper.comparison``). Single-sweep reports (figures,
+grids, inversion) stay ``bench.report.write.write_report``'s. No torch, no optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.console import warn
+from bench.report import paper
+from bench.report.docs import html_doc, md_doc, results_csv
+from bench.report.files import ReportWriter, jsonable
+from bench.report.tables import (
+    LEGEND,
+    Block,
+    Metric,
+    Table,
+    blocks_note,
+    paper_note_text,
+    row_order,
+    row_table,
+    schedule_order,
+    select_cells,
+    standalone_tex,
+    table_md,
+    table_tex,
+)
+from bench.report.write import pick_metrics, provenance_rows, validate_records, warnings_of
+from bench.store.study import shown
+from ddim.errors import DDIMError
+
+Sweep = tuple[str, Sequence[Mapping], Mapping]  # (name, records, meta)
+
+
+def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
+    """{sweep name: paper dataset}: each paper dataset goes beside the sweeps of that dataset, or, where no
+    sweep has it, beside every sweep (which ``paper.comparison`` then refuses unless forced)."""
+    out: dict[str, str] = {}
+    for ds in dict.fromkeys(paper.canonical(c) for c in compare):
+        same = [name for name, _, meta in sweeps if paper.mismatch(ds, meta.get("dataset"), "inception") is None]
+        for name in same or [name for name, _, _ in sweeps]:
+            if name in out:
+                raise DDIMError(f"sweep {name!r} would sit beside both the paper's {out[name]} and {ds} numbers; "
+                                "give one --compare-paper per dataset of the sweeps")  # fmt: skip
+            out[name] = ds
+    return out
+
+
+def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str]) -> list[Block]:
+    datasets = Counter(str(meta.get("dataset") or name) for name, _, meta in sweeps)
+    blocks = []
+    for name, records, meta in sweeps:
+        mine: list[str] = []
+        cells = select_cells(records, mine)
+        ds, ex = meta.get("dataset"), meta.get("extractor")
+        ref = pairs.get(name)
+        title, note = paper.comparison(ref, name, ds, ex, force) if ref else ("", "")
+        mine += warnings_of(records, meta, ref)
+        warnings += [f"{name}: {w}" for w in mine]
+        schedules = sorted({k[0] for k in cells}, key=schedule_order)
+        for sched in schedules:
+            head = str(ds or name) + (f", {sched}" if len(schedules) > 1 else "")
+            head += f" ({name})" if datasets[str(ds or name)] > 1 else ""
+            blocks.append(Block(head, sched, cells, meta, ref, title, note))
+    return blocks
+
+
+def combined_tables(blocks: Sequence[Block], metrics: Sequence[Metric]) -> list[Table]:
+    """Table 1 as the paper prints it: per metric one table, rows η then σ̂ (the union of the blocks' rows),
+    one column group of S per block (e.g. CIFAR10 | CelebA), each followed by its paper group if any."""
+    rows = sorted(set().union(*(b.rows() for b in blocks)), key=row_order)
+    tables = []
+    for metric in metrics:
+        groups, columns, multi = [], [], set()
+        for b in blocks:
+            g, c, m = b.columns(rows, metric)
+            groups, columns, multi = groups + g, columns + c, multi | m
+        sense = "lower" if metric.lower_is_better else "higher"
+        about = []
+        for b in blocks:
+            n, seeds, ex = b.meta.get("n"), b.meta.get("seeds"), b.meta.get("extractor")
+            about.append(f"{b.title}: sweep {b.meta.get('name', '?')}, {b.schedule} timestep spacing"
+                         + (f", {n} samples per cell" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
+                         + (f", {ex} features" if ex else "") + ".")  # fmt: skip
+        parts = [f"{metric.header} ({sense} is better).", *about, blocks_note(sorted(multi)), LEGEND]
+        if metric.key == "fid":
+            parts += [paper_note_text(b.paper, b.schedule, b.paper_note) for b in blocks if b.paper]
+        title = f"{metric.header} — {' / '.join(b.title for b in blocks)}"
+        tables.append(row_table(title, f"tab:{metric.key}", " ".join(parts), rows, groups, columns, every_head=True))
+    return tables
+
+
+def write_combined_report(
+    sweeps: Sequence[Sweep],
+    out_dir: str | os.PathLike,
+    *,
+    compare_paper: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Write one report of several grid sweeps into ``out_dir``; return {relative name: path} of every file.
+
+    ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them. Raises DDIMError for a
+    repeated or empty sweep, a Pareto search, malformed records, an unknown metric, or a paper comparison
+    with another dataset or extractor (unless ``force``).
+    """
+    names = [name for name, _, _ in sweeps]
+    if len(names) != len(set(names)):
+        raise DDIMError(f"sweep {next(n for n in names if names.count(n) > 1)!r} is named twice; name each sweep once")
+    checked = []
+    for name, records, meta in sweeps:
+        if meta.get("mode") == "pareto":
+            raise DDIMError(f"{name!r} is a Pareto search, not an η × S grid; report it alone: ddimbench report {name}")
+        try:
+            checked.append((name, validate_records(records), meta))
+        except DDIMError as exc:
+            raise DDIMError(f"sweep {name!r}: {exc}") from None
+    every = [r for _, records, _ in checked for r in records]
+    wanted = metrics or [m for m in ("fid", "isc", "kid") if any(m in (meta.get("metrics") or ("fid", "isc", "kid"))
+                                                                 for _, _, meta in checked)]  # fmt: skip
+    chosen = pick_metrics(wanted, every)
+    warnings: list[str] = []
+    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings)
+    tables = combined_tables(blocks, chosen)
+    w = ReportWriter(Path(out_dir))
+    tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
+    w.put("table.md", "\n".join(table_md(t) for t in tables))
+    w.put("table.tex", tex)
+    w.put("table_standalone.tex", standalone_tex(tex))
+    rows = [{"sweep": name, "dataset": meta.get("dataset"), **r} for name, records, meta in checked for r in records]
+    w.put("results.csv", results_csv(rows, leading=("sweep", "dataset")))
+
+    overview = [
+        (name, f"{meta.get('dataset')}, {meta.get('extractor')} features, n = {meta.get('n')}, checkpoint "
+               f"sha256 {str(meta.get('checkpoint_sha256'))[:12]}…")
+        for name, _, meta in checked
+    ]  # fmt: skip
+    sections: list[tuple[str, str, object]] = [("Sweeps", "kv", (("sweep", "what"), overview))]
+    sections.append(("Results", "tables", tables))
+    for name, _, meta in checked:
+        sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
+    if warnings:
+        sections.append(("Warnings", "list", warnings))
+    sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+    title = f"DDIM benchmark report: {' + '.join(names)}"
+    w.put("README.md", md_doc(title, sections))
+    manifest = {
+        "sweeps": {name: meta for name, _, meta in checked},
+        "cells": [
+            shown(
+                {
+                    k: r.get(k)
+                    for k in (
+                        "sweep",
+                        "number",
+                        "state",
+                        "schedule",
+                        "sampler",
+                        "eta",
+                        "steps",
+                        "seed_block",
+                        "nfe",
+                        "fid",
+                        "isc_mean",
+                        "isc_std",
+                        "kid_mean",
+                        "kid_std",
+                    )
+                }
+            )
+            for r in rows
+        ],  # fmt: skip
+        "files": w.hashes,
+        "metrics": [m.key for m in chosen],
+        "compare_paper": {b.title: b.paper for b in blocks if b.paper},
+        "warnings": warnings,
+    }
+    w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+    w.put("index.html", html_doc(title, sections, w.out))
+    return w.finish()
+
+
+def make_combined_report(
+    names: Sequence[str],
+    *,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    compare_paper: Sequence[str] = (),
+    force: bool = False,
+    wandb: str | None = None,
+) -> Path:
+    """Load the sweeps ``names`` from the store and write their combined report (default folder
+    ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run."""
+    from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+    from bench.tracking.sweep_runs import tracked
+
+    sweeps = []
+    for name in dict.fromkeys(names):
+        records, meta, _ = load_results(name, storage)
+        sweeps.append((name, records, meta))
+    folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
+    write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
+
+    def body(tracker: Any) -> None:
+        rows = [[name, *row] for name, records, _ in sweeps for row in table_rows(list(records))]
+        tracker.log_table("results", ["sweep", *TABLE_COLUMNS], rows)
+
+    tracked(wandb, warn, "the report", body, name=f"{'+'.join(dict.fromkeys(names))}-report", group="reports",
+            job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=folder)  # fmt: skip
+    return folder

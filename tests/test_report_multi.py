@@ -1,0 +1,165 @@
+"""`ddimbench report A B --out DIR`: Table 1 as the paper prints it, one column block per dataset, and
+`--compare-paper` refused for a sweep of another dataset or extractor (or labelled as such with --force).
+
+One real digits sweep on the tiny test checkpoint, and a CIFAR10 "sweep" written straight into a second
+store (the trials a CIFAR10 sweep stores, with made-up FIDs): the report only reads stores, so how the
+numbers were measured does not matter here, and no CIFAR10 model or Inception weights are needed.
+Offline, CPU only.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sweep_helpers import spec_of
+
+from bench.cli import main
+from bench.report import paper
+from bench.store import study as store
+from bench.sweep.runner import run_sweep
+from bench.sweep.spec import Cell
+
+STEPS = (10, 20)
+CIFAR = {("ddim", 0.0): (15.0, 8.0), ("ddim", 0.5): (17.5, 9.25), ("sigma_hat", None): (300.0, 120.0)}
+
+
+def fake_sweep(storage: str, name: str, dataset: str, extractor: str, schedule: str = "quad") -> None:
+    """A grid sweep's study as ``run_sweep`` leaves it (protocol, meta, one COMPLETE trial per cell)."""
+    protocol = {"mode": "grid", "checkpoint_sha256": "c1fa", "n": 50000, "seed_base": 0, "dataset": dataset,
+                "extractor": extractor, "metrics": ["fid", "kid"], "T": 1000}  # fmt: skip
+    meta = {"name": name, "dataset": dataset, "extractor": extractor, "n": 50000, "T": 1000, "mode": "grid",
+            "metrics": ["fid", "kid"], "checkpoint_sha256": "c1fa", "seeds": "0-49999"}  # fmt: skip
+    study = store.create_study(name, storage, 0, protocol, meta)
+    for (sampler, eta), fids in CIFAR.items():
+        for steps, fid in zip(STEPS, fids, strict=True):
+            cell = Cell(sampler, schedule, steps, eta, 0)
+            trial = study.ask()
+            for key, value in {"cell": cell.key, **cell.fields()}.items():
+                trial.set_user_attr(key, value)
+            result = {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.0001, "nfe": steps, "n": 50000,
+                      "seeds": "0-49999", "wall_s": steps * 10.0, "images_per_s": 5000 / steps,
+                      "extractor": extractor, "checkpoint_sha256": "c1fa", "device": "cpu"}  # fmt: skip
+            trial.set_user_attr("result", result)
+            study.tell(trial, fid, state=TrialState.COMPLETE)
+
+
+@pytest.fixture(scope="module")
+def stores(ckpt, cache, tmp_path_factory) -> Path:
+    """``dg``: a real digits grid (η = 0, 1 and σ̂ at S = 10, 20); ``cf``: a CIFAR10 grid (η = 0, 0.5, σ̂,
+    quad spacing, Inception features); ``cc``: CIFAR10 scored with the classifier."""
+    work = tmp_path_factory.mktemp("multi")
+    url = f"sqlite:///{work / 'sweeps.db'}"
+    spec = spec_of(ckpt, cache, "steps=10,20", "eta=0,1", "sampler=ddim,sigma_hat", "n=20", "batch=10",
+                   "metrics=fid,kid", "interpolation=false", f"artifacts={work / 'dg'}", name="dg")  # fmt: skip
+    assert run_sweep(spec, storage=url, wandb="disabled", progress=False, heartbeat=1).complete == 6
+    fake_sweep(url, "cf", "cifar10", "inception")
+    fake_sweep(url, "cc", "cifar10", "classifier")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return work
+
+
+def run(argv: list, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def md_tables(text: str) -> dict[str, tuple[list[str], dict[str, list[str]]]]:
+    """{title: (header cells, {row label: cells})} of every table in a table.md."""
+    out = {}
+    for block in text.split("### ")[1:]:
+        title, *lines = block.splitlines()
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+        out[title] = (rows[0], {r[0]: r[1:] for r in rows[2:]})
+    return out
+
+
+def test_combined_report_has_one_block_per_dataset(stores: Path, capsys) -> None:
+    url, out = f"sqlite:///{stores / 'sweeps.db'}", stores / "t1"
+    argv = ["report", "dg", "cf", "--storage", url, "--out", out, "--compare-paper", "cifar10", "--wandb", "disabled"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    tables = md_tables((out / "table.md").read_text(encoding="utf-8"))
+    assert list(tables) == ["FID ↓ — digits / cifar10", "KID ×10³ ↓ — digits / cifar10"]  # one table per metric
+    heads, rows = tables["FID ↓ — digits / cifar10"]
+    blocks = ("digits", "cifar10", "paper (cifar10)")
+    assert heads == ["η / sampler", *(f"{b} S = {s}" for b in blocks for s in STEPS)]
+    assert list(rows) == ["η = 0.0", "η = 0.5", "η = 1.0", "σ̂"]  # the paper's row order, the union of both
+    assert rows["η = 0.5"][:2] == ["—", "—"] and rows["η = 1.0"][2:4] == ["—", "—"]  # each sweep's own rows
+    assert [c.strip("*") for c in rows["η = 0.0"][2:4]] == ["15.00", "8.00"]
+    assert [c.strip("*") for c in rows["σ̂"][4:]] == [f"{paper.fid('cifar10', 'sigma_hat', None, s):.2f}" for s in STEPS]
+    assert all(re.fullmatch(r"\**\d+\.\d\d\**", c) for c in rows["η = 0.0"][:2])  # digits measured
+    kid_heads, kid_rows = tables["KID ×10³ ↓ — digits / cifar10"]
+    assert len(kid_heads) == 1 + 4 and [c.strip("*") for c in kid_rows["η = 0.0"][2:]] == ["15.00", "8.00"]
+    # The same blocks in LaTeX (spanning headers) and in the page.
+    tex = (out / "table.tex").read_text(encoding="utf-8")
+    assert tex.count(r"\begin{tabular}") == 2
+    assert r"\multicolumn{2}{c}{digits} & \multicolumn{2}{c}{cifar10} & \multicolumn{2}{c}{paper (cifar10)}" in tex
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert '<th colspan="2">digits</th><th colspan="2">cifar10</th>' in page
+    assert (out / "table_standalone.tex").read_text(encoding="utf-8").startswith("\\documentclass{article}")
+    # Every cell of both sweeps in one CSV, named by sweep and dataset, KID ×10³.
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert sorted({(r["sweep"], r["dataset"]) for r in lines}) == [("cf", "cifar10"), ("dg", "digits")]
+    assert len(lines) == 12 and "kid_mean" not in lines[0]
+    assert {float(r["kid_mean_x1e3"]) for r in lines if r["sweep"] == "cf"} == {float(f) for v in CIFAR.values()
+                                                                              for f in v}  # fmt: skip
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "## Provenance: dg" in readme and "## Provenance: cf" in readme
+
+
+def test_compare_paper_refuses_another_dataset_or_extractor(stores: Path, capsys) -> None:
+    url = f"sqlite:///{stores / 'sweeps.db'}"
+    cases = [
+        (["dg", "--compare-paper", "cifar10"], "is digits scored with classifier features"),
+        (["cc", "--compare-paper", "cifar10"], "is cifar10 scored with classifier features"),
+        (["dg", "cf", "--compare-paper", "celeba"], "is digits scored with classifier features"),
+    ]
+    for args, words in cases:
+        out = stores / "refused"
+        code, _, err = run(["report", *args, "--storage", url, "--out", out, "--wandb", "disabled"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err and "--force" in err, err
+        assert not out.exists()  # refused before anything is written
+    # --force shows them, labelled as another dataset's and not comparable.
+    out = stores / "forced"
+    argv = ["report", "dg", "--compare-paper", "cifar10", "--force", "--storage", url, "--out", out]
+    code, _, err = run([*argv, "--wandb", "disabled"], capsys)
+    assert code == 0, err
+    heads, rows = md_tables((out / "table.md").read_text(encoding="utf-8"))["FID ↓ — uniform spacing"]
+    assert heads[3:] == [f"paper (cifar10: another dataset, not comparable) S = {s}" for s in STEPS]
+    assert [c.strip("*") for c in rows["η = 0.0"][2:]] == ["13.36", "6.84"]
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "not this sweep's digits scored with classifier features: not comparable" in table
+
+
+def test_single_sweep_report_keeps_its_layout(stores: Path, capsys) -> None:
+    url, out = f"sqlite:///{stores / 'sweeps.db'}", stores / "single"
+    code, _, err = run(["report", "cf", "--storage", url, "--out", out, "--compare-paper", "cifar10",
+                        "--wandb", "disabled"], capsys)  # fmt: skip
+    assert code == 0, err
+    tables = md_tables((out / "table.md").read_text(encoding="utf-8"))
+    heads, rows = tables["FID ↓ — quad spacing"]
+    assert heads == ["η / sampler", "S = 10", "S = 20", "paper (cifar10) S = 10", "paper (cifar10) S = 20"]
+    assert rows["η = 0.0"][2] == "**13.36**"
+
+
+def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
+    from bench.report.multi import write_combined_report
+    from ddim.errors import DDIMError
+
+    rec = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 10, "schedule": "uniform",
+           "seed_block": 0, "fid": 5.0, "nfe": 10}  # fmt: skip
+    grid, search = {"name": "g", "mode": "grid"}, {"name": "p", "mode": "pareto"}
+    with pytest.raises(DDIMError, match="'p' is a Pareto search, not an η × S grid; report it alone"):
+        write_combined_report([("g", [rec], grid), ("p", [rec], search)], tmp_path / "o")
+    with pytest.raises(DDIMError, match="'g' is named twice"):
+        write_combined_report([("g", [rec], grid), ("g", [rec], grid)], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    code, _, err = run(["report", "g", "--compare-paper", "cifar10", "--compare-paper", "celeba"], capsys)
+    assert code == 2 and "one sweep, 2 --compare-paper datasets" in err and len(err.strip().splitlines()) == 1
