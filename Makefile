@@ -10,7 +10,7 @@ DDIM   := $(BIN)/ddimbench
 WANDB  ?= offline
 DEMO_STEPS ?= 2000
 
-.PHONY: install test lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 train-celeba
+.PHONY: install test test-fast lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 train-celeba
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (subprocesses, kills, torchrun, PostgreSQL).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check ddim bench tests

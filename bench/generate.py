@@ -24,7 +24,7 @@ from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.images import save_grid, to_uint8
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
-from ddim.sampling import SeededNoise, check_args, check_eta, sample
+from ddim.sampling import MAX_SEED, SeededNoise, check_args, check_eta, sample
 
 MANIFEST = "samples.json"
 GRID = "grid.png"
@@ -67,7 +67,6 @@ class SampleConfig:
             schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
 
 
-MAX_SEED = 2**32 - 1  # torch's CPU generator (mt19937) keeps 32 bits: seeds 2³² apart draw the same noise
 
 
 def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:

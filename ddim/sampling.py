@@ -49,6 +49,8 @@ from ddim.steps import (
     walk,
 )
 
+MAX_SEED = 2**32 - 1  # torch's CPU generator (mt19937) keeps 32 bits: seeds 2³² apart draw the same noise
+
 
 class SeededNoise:
     """Per-sample Gaussian streams: sample i draws x_T and then each z from ``Generator(seed_i)``.

@@ -309,6 +309,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
         assert code == 0 and "Usage" in out and "--" in out, command
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_in_a_fresh_process(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cli", "sample", "--checkpoint", str(tmp_path / "none")],

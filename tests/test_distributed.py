@@ -37,6 +37,7 @@ from ddim.train_config import TrainConfig
 from ddim.training import train
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # torchrun ranks in subprocesses
 ATOL = 5e-5  # max abs difference of weights / EMA / Adam moments (see the module doc)
 LOSS_RTOL = 1e-6
 # Both ranks share torchrun's stdout: one os.write per line (atomic below PIPE_BUF) keeps lines whole.

@@ -315,6 +315,7 @@ def test_sweep_overhead_job_reference_computed_once(tmp_path) -> None:
         assert run["network_calls"] >= 2 * 2 and 0 < run["network_s"] + run["extractor_s"] < run["wall_s"]
 
 
+@pytest.mark.slow
 def test_memory_job_in_a_fresh_subprocess() -> None:
     job = {"kind": "train", "settings": RunSettings().to_dict(), "threads": 1, "preset": "tiny", "batch": 4,
            "memory": True, "models": ["ours"]}  # fmt: skip

@@ -49,6 +49,7 @@ def _folder_config(run_dir: Path, data: Path, **overrides) -> TrainConfig:
                        batch_size=4, **overrides)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_checkpoints_despite_loader_workers(tmp_path):
     """Slurm pre-emption and systemd signal every process of the job, loader workers included: the workers
     must leave the signal to the main process, which checkpoints and exits cleanly."""

@@ -91,6 +91,7 @@ def test_shipped_sweep_files_resolve(ckpt, cache):
 
 
 # ----------------------------------------------------------------------------- exactly once, workers
+@pytest.mark.slow
 def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
     spec = spec_of(ckpt, cache, *GRID, "interpolation=false")
     summary = run_sweep(spec, workers=2, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
@@ -150,6 +151,7 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
 @pytest.mark.parametrize(
     "workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM), (2, signal.SIGTERM)]
 )
+@pytest.mark.slow
 def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     tokens = [f"checkpoint={ckpt}", f"cache_dir={cache}", "name=k", "steps=8,9", "eta=0,1", "n=24", "batch=12",
               "interpolation=false"]  # fmt: skip

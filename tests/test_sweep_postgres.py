@@ -27,6 +27,8 @@ from bench.store.study import load_results
 from bench.sweep.resolve import resolve_spec
 from bench.sweep.runner import run_sweep
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server and worker processes
+
 
 def _binary(name: str) -> str | None:
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))

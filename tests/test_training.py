@@ -170,6 +170,7 @@ def test_ema_follows_the_ramped_decay_rule(tmp_path, ema_decay):
 # --- exact resume --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference):
     cfg = tiny(tmp_path / "run", max_steps=40, save_every=4, log_every=4)
     delay = random.Random().uniform(0.0, 0.5)  # the run has >= 36 x 20 ms left after its first checkpoint
@@ -187,6 +188,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference
     assert _losses(cfg.run_dir) == _losses(reference.parents[1]), f"delay {delay:.3f}s"
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path, reference):
     cfg = tiny(tmp_path / "run", max_steps=40, save_every=4, log_every=4)
     handler = signal.getsignal(signal.SIGINT)
@@ -204,6 +206,7 @@ def test_sigint_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path, r
     _assert_same_weights(resumed.checkpoint, reference)
 
 
+@pytest.mark.slow
 def test_second_sigint_aborts_at_once(tmp_path):
     def interrupt(step, metrics):
         os.kill(os.getpid(), signal.SIGINT)
@@ -213,6 +216,7 @@ def test_second_sigint_aborts_at_once(tmp_path):
         train(tiny(tmp_path / "run", max_steps=10), progress=interrupt)
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_subprocess_checkpoints_and_exits_cleanly(tmp_path):
     cfg = tiny(tmp_path / "run", max_steps=100_000, save_every=1000, log_every=2)
     proc = _spawn(cfg)
@@ -413,6 +417,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     assert train(cfg, resume=True).step == 20  # the run continues from step 5 once there is space
 
 
+@pytest.mark.slow
 def test_killed_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     cfg = tiny(tmp_path / "run", max_steps=6, save_every=3)
     train(tiny(tmp_path / "run", max_steps=3, save_every=3))

@@ -60,6 +60,7 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
     from ddim.checkpoint import load_checkpoint
     from ddim.data import dataset_info, load_dataset
     from ddim.runtime import resolve_device
+    from ddim.sampling import MAX_SEED
 
     values = merge(load_config(config) if config else {}, parse_overrides(tokens))
     if search is not None:
@@ -130,7 +131,7 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
         raise DDIMError(f"n={spec.n} is too few for FID/KID (needs ≥ 2 samples); raise n")
     resolve_device(spec.device)
     last = spec.seed_range(max(spec.seeds.hi if isinstance(spec.seeds, Range) else max(spec.seeds), 0))[1]
-    if last > 2**32 - 1:  # torch's CPU generator keeps 32 bits: seeds 2³² apart would repeat the same noise
+    if last > MAX_SEED:
         raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^32 − 1; use a smaller seed_base")
     _check_folder("artifacts", spec.artifacts)
     _check_folder("cache_dir", spec.cache_dir)
