@@ -38,6 +38,7 @@ from ddim.errors import DDIMError
 from ddim.steps import (
     Model,
     NoiseFn,
+    Step,
     StepCallback,
     ancestral_step,
     ddim_sigma,
@@ -78,6 +79,31 @@ class SeededNoise:
         return self._draw().to(x.dtype)
 
 
+def _run(
+    model: Model,
+    x_T: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    timesteps: torch.Tensor,
+    step_fn: Callable[[torch.Tensor, torch.Tensor, Step, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]],
+    draws: Callable[[Step], bool],
+    noise: NoiseFn | None,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """The loop of the one-evaluation-per-step samplers: ε at τ_i, z where ``draws(step)``, then ``step_fn``."""
+    x = x_T
+    for step in walk(host_alpha_bar(alpha_bar), timesteps):
+        eps = eval_eps(model, x, step.t)
+        z = None
+        if draws(step):
+            if noise is None:
+                raise ValueError("this sampler draws fresh noise: pass a noise source (e.g. SeededNoise)")
+            z = noise(step.i, x)
+        x, x0 = step_fn(x, eps, step, z)
+        if callback is not None:
+            callback(step.i, step.t, x, x0)
+    return x
+
+
 @torch.no_grad()
 def ddim(
     model: Model,
@@ -91,17 +117,14 @@ def ddim(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """The generalised DDIM sampler (eq. 12, σ(η) from eq. 16) from x_T along τ, then to ᾱ = 1."""
-    x = x_T
-    for step in walk(host_alpha_bar(alpha_bar), timesteps):
-        eps = eval_eps(model, x, step.t)
-        sigma = ddim_sigma(step.ab_t, step.ab_prev, eta)
-        z = noise(step.i, x) if sigma > 0 and noise is not None else None
-        if sigma > 0 and z is None:
-            raise ValueError("sampling with eta > 0 needs a noise source")
-        x, x0 = ddim_step(x, eps, step.ab_t, step.ab_prev, sigma, z, clip_x0)
-        if callback is not None:
-            callback(step.i, step.t, x, x0)
-    return x
+
+    def sigma(s: Step) -> float:
+        return ddim_sigma(s.ab_t, s.ab_prev, eta)
+
+    def step_fn(x: torch.Tensor, eps: torch.Tensor, s: Step, z: torch.Tensor | None) -> tuple:
+        return ddim_step(x, eps, s.ab_t, s.ab_prev, sigma(s), z, clip_x0)
+
+    return _run(model, x_T, alpha_bar, timesteps, step_fn, lambda s: sigma(s) > 0, noise, callback)
 
 
 @torch.no_grad()
@@ -117,16 +140,11 @@ def ancestral(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral steps over τ: posterior mean from x̂₀, std σ̂ (``"large"``) or √β̃ (``"posterior"``)."""
-    x = x_T
-    for step in walk(host_alpha_bar(alpha_bar), timesteps):
-        eps = eval_eps(model, x, step.t)
-        z = noise(step.i, x) if not step.final and noise is not None else None
-        if not step.final and z is None:
-            raise ValueError("ancestral sampling needs a noise source")
-        x, x0 = ancestral_step(x, eps, step.ab_t, step.ab_prev, variance, z, clip_x0)
-        if callback is not None:
-            callback(step.i, step.t, x, x0)
-    return x
+
+    def step_fn(x: torch.Tensor, eps: torch.Tensor, s: Step, z: torch.Tensor | None) -> tuple:
+        return ancestral_step(x, eps, s.ab_t, s.ab_prev, variance, z, clip_x0)
+
+    return _run(model, x_T, alpha_bar, timesteps, step_fn, lambda s: not s.final, noise, callback)
 
 
 @dataclass(frozen=True)
