@@ -21,10 +21,9 @@ from torch.utils.data import Dataset
 
 from ddim.errors import DDIMError
 from ddim.images import from_uint8
+from ddim.names import DATASETS, canonical_dataset
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
-
-DATASETS = ("digits", "mnist", "cifar10", "celeba", "folder")
 
 # name -> (channels, default resolution, hflip recommended, valid splits)
 _SPECS: dict[str, tuple[int, int, bool, tuple[str, ...]]] = {
@@ -59,7 +58,9 @@ class DatasetInfo:
 
 
 def dataset_info(name: str, resolution: int | None = None) -> DatasetInfo:
-    """Channels, resolution (``resolution`` or the dataset's default) and flip policy of ``name``."""
+    """Channels, resolution (``resolution`` or the dataset's default) and flip policy of ``name``
+    (case-insensitive: ``MNIST`` and ``CelebA`` work too)."""
+    name = canonical_dataset(name)
     if name not in _SPECS:
         raise DDIMError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     channels, default_res, hflip, _ = _SPECS[name]
@@ -81,6 +82,7 @@ def load_dataset(
     ``folder`` treats ``root`` itself as a (recursive) image folder. ``download`` fetches MNIST /
     CIFAR-10 through torchvision when their files are missing.
     """
+    name = canonical_dataset(name)
     info = dataset_info(name, resolution)
     splits = _SPECS[name][3]
     if split not in splits:

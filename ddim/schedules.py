@@ -31,9 +31,7 @@ import numpy as np
 import torch
 
 from ddim.errors import DDIMError
-
-BETA_SCHEDULES = ("linear", "quad", "const", "jsd", "sigmoid", "cosine")
-SPACINGS = ("uniform", "quad", "trailing", "linspace")
+from ddim.names import BETA_SCHEDULES, SPACINGS
 
 
 def betas(name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
