@@ -27,6 +27,7 @@ from ddim.runtime import atomic_write_json, atomic_write_text, write_error
 RESUMABLE_CHANGES = frozenset(
     {
         "max_steps",
+        "epochs",
         "save_every",
         "keep",
         "sample_every",
@@ -55,7 +56,7 @@ def _plain(v: Any) -> Any:
 # Compared after resolution by ``check_compatible`` (the UNet, resolution): an explicit value equal to the
 # preset's default is the same experiment as leaving it unset.
 RESOLVED_ELSEWHERE = frozenset(
-    {"resolution", "preset", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups"}
+    {"resolution", "channels", "preset", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups"}
 )
 
 
@@ -164,3 +165,21 @@ def append_metrics(run_dir: str | Path, step: int, metrics: dict[str, float]) ->
             f.write(json.dumps({"step": step, **metrics}) + "\n")
     except OSError as exc:
         raise write_error("metrics", path, exc) from None
+
+
+RUNS = Path("runs")  # where `ddimbench train` puts runs by default (runs/<dataset>)
+
+
+def newest_run(root: str | Path = RUNS) -> Path | None:
+    """The run directory under ``root`` whose newest checkpoint was written last (None if there is none):
+    the run a sweep uses when no checkpoint is named."""
+    root = Path(root)
+    runs = []
+    for run in sorted(root.iterdir()) if root.is_dir() else []:
+        found = list_checkpoints(run) if run.is_dir() else []
+        if found:
+            try:
+                runs.append((found[-1][1].stat().st_mtime, run))
+            except OSError:  # removed meanwhile (keep= pruning by a running training)
+                continue
+    return max(runs)[1] if runs else None

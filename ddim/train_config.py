@@ -3,18 +3,23 @@
 Each field is one CLI option of ``ddimbench train`` (``--max-steps`` for ``max_steps``). The UNet is
 a preset (named after the dataset unless ``preset`` is given) with optional per-field overrides
 (``ch``, ``ch_mult``, ...), so a test or a quick experiment can shrink the model without a new preset.
+
+The run length is ``max_steps`` optimiser steps, or ``epochs`` passes over the training split (the
+unit of the trainer this project grew from): batches are drawn per step (``ddim.batches``), so epoch
+k ends at step ceil(k · n_train / batch_size) and ``max_steps`` becomes the end of the last epoch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ddim import data as ddata
 from ddim import schedules
 from ddim.checkpoint import DiffusionConfig
 from ddim.errors import DDIMError
+from ddim.names import canonical_dataset
 from ddim.runtime import resolve_device
 from ddim.unet import PRESETS, UNetConfig, preset
 
@@ -45,7 +50,8 @@ class TrainConfig:
     """Everything a training run depends on; written to ``<run_dir>/config.json``."""
 
     # --- data ---
-    dataset: str = "digits"  # digits | mnist | cifar10 | celeba | folder
+    dataset: str = "digits"  # digits | mnist | cifar10 | celeba | folder (any case: MNIST, CelebA)
+    channels: int | None = None  # image channels; only a check: must be the dataset's (1 for mnist)
     data_root: str = "data"  # where dataset files live (``folder``: the image folder itself)
     resolution: int | None = None  # image side in pixels; None: the dataset's default
     download: bool = False  # let torchvision fetch MNIST / CIFAR-10 into data_root
@@ -65,6 +71,7 @@ class TrainConfig:
     beta_end: float = 0.02  # β_T (linear, quad, const, sigmoid)
     # --- optimisation ---
     max_steps: int = 2000  # optimiser steps to train to (a resumed run continues up to it)
+    epochs: int | None = None  # instead of max_steps: passes over the training split (see ``with_epochs``)
     batch_size: int = 128  # global batch: images per optimiser step over all ranks
     lr: float | None = None  # Adam learning rate after warm-up; None: the preset's (DEFAULT_LR)
     warmup: int = 100  # steps of linear lr warm-up (0: none)
@@ -72,7 +79,7 @@ class TrainConfig:
     ema_decay: float = 0.9999  # EMA decay, with the (1+n)/(10+n) ramp so short runs get a useful EMA
     seed: int = 0  # seed of the init and of every step's data, noise and dropout
     # --- run directory ---
-    run_dir: str = "runs/digits"
+    run_dir: str | None = None  # None: runs/<dataset>
     save_every: int = 500  # checkpoint every N steps (and at the end and on SIGINT/SIGTERM)
     keep: int = 2  # checkpoints kept on disk (the newest ones)
     log_every: int = 25  # log mean loss, lr, grad norm and images/s every N steps
@@ -89,6 +96,9 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels, no TF32 / cuDNN autotune: bit-exact CUDA resume
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
+        if self.run_dir is None:
+            object.__setattr__(self, "run_dir", f"runs/{self.dataset}")
         # JSON and the CLI give lists or "1,2,2"; keep tuples so configs compare and hash.
         for name in ("ch_mult", "attn_resolutions"):
             object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
@@ -138,6 +148,15 @@ class TrainConfig:
             raise DDIMError(f"--grid-steps {self.grid_steps} exceeds T = {self.T}")
         if self.compile and not self.compile_backend:
             raise DDIMError("--compile-backend must name a torch.compile backend (e.g. inductor)")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):  # fmt: skip
+            raise DDIMError(f"--epochs must be an integer ≥ 1, got {self.epochs!r}")
+        info = ddata.dataset_info(self.dataset, self.resolution)
+        if self.channels is not None and self.channels != info.channels:
+            raise DDIMError(
+                f"--channels {self.channels} does not match {self.dataset}, which has {info.channels} channel"
+                f"{'s' if info.channels > 1 else ''}; drop --channels or pass --channels {info.channels}"
+            )
         schedules.betas(self.beta_schedule, 2)  # raises on an unknown name
         resolve_device(self.device)
         self.unet_config()  # raises on an unknown preset or a bad override
@@ -156,6 +175,25 @@ class TrainConfig:
             "resolution": resolution or info.resolution,
         }
         return UNetConfig.from_dict(d)
+
+    def with_epochs(self, n_train: int) -> TrainConfig:
+        """With ``epochs`` set: the config with ``max_steps = ceil(epochs · n_train / batch_size)``."""
+        if self.epochs is None:
+            return self
+        return replace(self, max_steps=math.ceil(self.epochs * n_train / self.batch_size))
+
+    def resolved(self) -> TrainConfig:
+        """``with_epochs`` for the training split on disk (loads it: a missing dataset is a one-line error)."""
+        if self.epochs is None:
+            return self
+        train_set = ddata.load_dataset(self.dataset, self.data_root, "train", self.resolution, self.download)
+        return self.with_epochs(len(train_set))
+
+    def epoch_ends(self, n_train: int) -> set[int]:
+        """The steps that end epoch 1, 2, …, ``epochs`` (``ceil(k · n_train / batch_size)``); empty without epochs."""
+        if self.epochs is None:
+            return set()
+        return {math.ceil(k * n_train / self.batch_size) for k in range(1, self.epochs + 1)}
 
     def diffusion(self) -> DiffusionConfig:
         return DiffusionConfig(self.beta_schedule, self.T, self.beta_start, self.beta_end)

@@ -18,6 +18,8 @@ thousands behind the paper's models.
 - ``digits`` (not a paper dataset) defaults to lr 1e-3 (``train_config.DEFAULT_LR``).
 - Each step draws B image indices with replacement (``ddim.batches``) instead of walking epochs of a
   shuffled loader, so that a step's batch is a pure function of (seed, step) and resume is exact.
+  ``epochs`` therefore counts images, not passes: epoch k ends at step ceil(k·N/B) of N training
+  images (``TrainConfig.with_epochs``), where an EMA sample grid is written.
 - ᾱ is the float64 product cast to float32 (``ddim.schedules``), not the official float32 product.
 
 Guarantees (tested in tests/test_training.py and tests/test_distributed.py):
@@ -194,6 +196,8 @@ def _train(
     # 0. Rank 0 decides fresh vs resume and reads the checkpoint; every rank gets the same one.
     ck = ctx.share(lambda: open_run(run_dir, resume=resume, train=cfg.to_dict(), expect=expect))
     ds = ddata.load_dataset(cfg.dataset, cfg.data_root, "train", cfg.resolution, cfg.download)
+    cfg = cfg.with_epochs(len(ds))  # --epochs: max_steps = the end of the last epoch
+    epoch_ends = cfg.epoch_ends(len(ds))  # a sample grid at each (the seed trainer's per-epoch outputs)
     fingerprint = ddata.data_fingerprint(ds)  # --data-root may move between runs; the images may not change
     if ck is not None and ck.dataset.get("fingerprint") not in (None, fingerprint):
         raise DDIMError(
@@ -320,8 +324,8 @@ def _train(
                     progress(step, {"loss": last_loss, "lr": lr})
                 stopping = ctx.any(stop.signal is not None)  # a signal on any rank stops all at this step
                 at_save = step % cfg.save_every == 0 or step == cfg.max_steps or stopping
-                at_grid = bool(cfg.sample_every) and not stopping
-                at_grid = at_grid and (step % cfg.sample_every == 0 or step == cfg.max_steps)
+                at_grid = bool(cfg.sample_every) and (step % cfg.sample_every == 0 or step == cfg.max_steps)
+                at_grid = (at_grid or step in epoch_ends) and not stopping
                 if (at_save or at_grid) and not at_log:
                     monitor.check(ctx, last_ckpt)
                 if at_save:
