@@ -1,9 +1,19 @@
-"""What the harness prints on stderr: warnings (one printer) and the progress display of long work."""
+"""What the harness prints on stderr: warnings (one printer) and the progress display of long work.
+
+Progress is a live rich bar on a terminal. When stderr is not a terminal (``ddimbench train ... 2>
+train.log``, a batch job) a live bar would print nothing until the end, so the same displays print
+plain lines instead: ``LazyBar`` (train, sample) at the first update, then every ``LINE_EVERY_S``
+seconds and at the end, e.g. ``train: step 1200/2000 (60%), loss 0.0312, 950 images/s, ETA 1m24s``;
+the sweep's ``Display`` one line per finished cell and the count of cells done.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
+
+from rich.console import Console
 
 
 def warn(line: str, console: Any = None) -> None:
@@ -22,16 +32,16 @@ def warn(line: str, console: Any = None) -> None:
 class Display:
     """Progress on stderr: cells done / total with ETA, the current cell and its sampling steps.
 
-    A live rich bar on a terminal, otherwise one line per finished cell; ``enabled=False`` silences
-    both. Warnings always print.
+    A live rich bar on a terminal, otherwise one line per finished cell and (``LazyBar``'s plain lines)
+    the count of cells done with an ETA; ``enabled=False`` silences both. Warnings always print.
     """
 
     def __init__(self, enabled: bool, total: int = 0, title: str = "", live: bool = True) -> None:
-        from rich.console import Console
-
         self.console, self.bar, self.label = Console(stderr=True), None, ""
         # Worker processes (live=False) print lines only where the parent shows no live bar.
         self.enabled = enabled and (live or not self.console.is_terminal)
+        plain = self.enabled and live and not self.console.is_terminal  # the process that counts cells
+        self.lines = LazyBar(title, self.console, unit="cells", every_s=0) if plain else None
         if self.enabled and live and self.console.is_terminal:
             from rich import progress as rp
 
@@ -44,6 +54,8 @@ class Display:
             self.bar.start()
 
     def cells(self, done: int, total: int) -> None:
+        if self.lines:
+            self.lines.update(done, total)
         if self.bar:
             self.bar.update(self.cells_task, completed=done, total=total)
 
@@ -78,3 +90,84 @@ class Display:
         if self.bar:
             self.bar.stop()
             self.bar = None
+
+
+LINE_EVERY_S = 30.0  # seconds between plain progress lines in a log
+
+
+def duration(seconds: float) -> str:
+    """``95`` → ``1m35s``; ``4000`` → ``1h06m``."""
+    s = max(0, int(round(seconds)))
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class LazyBar:
+    """A one-task progress display that appears on the first update, so input errors print alone.
+
+    ``fields`` are preformatted texts (``loss="loss 0.031"``), shown as columns of the live bar and
+    joined into the plain lines; ``unit`` names the count in those lines (``step`` → ``step 12/100``);
+    ``every_s``: the least time between two plain lines (0: a line whenever the count changes).
+    """
+
+    def __init__(self, description: str, console: Console, *, unit: str = "", every_s: float | None = None,
+                 **fields: str) -> None:  # fmt: skip
+        self.description, self.console, self.unit, self.fields = description, console, unit, fields
+        self.every_s = LINE_EVERY_S if every_s is None else every_s
+        self.plain = not console.is_terminal
+        self.bar: Any = None  # a rich Progress once shown
+        self.task: Any = None
+        self.start: tuple[float, int] | None = None  # (time, count) at the first update: the rate's origin
+        self.last_line: tuple[float, int] | None = None
+
+    def update(self, completed: int, total: int | None = None, ready: bool = True, **fields: str) -> None:
+        """Show ``completed`` of ``total``; ``ready=False``: not worth a plain line yet (no loss or rate to show)."""
+        self.fields.update(fields)
+        if self.plain:
+            self._line(completed, total, ready)
+            return
+        if self.bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            columns = [TextColumn("{task.fields[%s]}" % k) for k in self.fields]  # noqa: UP031 (rich's braces)
+            head = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+            tail = (TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar = Progress(*head, *columns, *tail, console=self.console, transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total, **self.fields)
+        self.bar.update(self.task, completed=completed, total=total, **self.fields)
+
+    def _line(self, completed: int, total: int | None, ready: bool) -> None:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, completed)
+        finished = total is not None and completed >= total
+        if not (ready or finished):
+            return
+        if self.last_line is not None:
+            if self.last_line[1] == completed or (now - self.last_line[0] < self.every_s and not finished):
+                return
+        self.last_line = (now, completed)
+        count = f"{self.unit} {completed}" if self.unit else str(completed)
+        parts = [f"{self.description}: {count}" + (f"/{total} ({100 * completed / total:.0f}%)" if total else "")]
+        parts += [text for text in self.fields.values() if text]
+        t0, c0 = self.start
+        if total and not finished and completed > c0:
+            parts.append(f"ETA {duration((total - completed) * (now - t0) / (completed - c0))}")
+        parts.append(f"elapsed {duration(now - t0)}")
+        self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,117 @@
+"""How much memory a training run will need at its peak, and how much the machine has (checked before a run).
+
+A configuration that cannot fit is otherwise found out late: the kernel kills the process (after the
+data has loaded and nothing was saved) or CUDA runs out at the first step. The estimate is
+``fixed + per_image · batch`` bytes:
+
+- ``per_image``: the activations autograd keeps for the backward pass of one image, counted exactly
+  with ``saved_tensors_hooks`` on the ``meta`` device (where nothing is allocated);
+- ``fixed``: the weights, their EMA, gradients and Adam's two moments (5 copies of the parameters)
+  plus ``RUNTIME_BYTES`` for the libraries themselves.
+
+Against the peak RSS of float32 CPU training steps (digits, cifar10 and celeba presets, batches 4-128)
+the estimate was within 20 % (low by up to 0.2 GB): a warning, never a refusal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ddim.unet import UNet, UNetConfig
+
+if TYPE_CHECKING:
+    from ddim.train_config import TrainConfig
+
+RUNTIME_BYTES = 1 << 29  # torch, numpy and the data pipeline (CPU); the CUDA context is comparable
+PARAM_COPIES = 5  # weights, EMA, gradients, Adam's m and v
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    fixed: int  # bytes that do not depend on the batch
+    per_image: int  # bytes per image of the batch (this process's share of it)
+
+    def peak(self, batch: int) -> int:
+        return self.fixed + self.per_image * batch
+
+    def largest_batch(self, available: int) -> int:
+        """The largest batch whose estimate fits in ``available`` bytes (0: none does)."""
+        return max(0, (available - self.fixed) // max(self.per_image, 1))
+
+
+def estimate_training(config: UNetConfig) -> MemoryEstimate:
+    """The estimate for training a UNet of ``config`` in float32 (see the module doc)."""
+    with torch.device("meta"):
+        model = UNet(config)
+        x = torch.zeros(1, config.in_channels, config.resolution, config.resolution)
+        t = torch.zeros(1, dtype=torch.long)
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, torch.Tensor] = {}  # by identity: a tensor two operations keep is counted once
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in params:
+            saved[id(tensor)] = tensor
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x, t)
+    activations = sum(v.numel() * v.element_size() for v in saved.values())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return MemoryEstimate(RUNTIME_BYTES + PARAM_COPIES * weights, activations)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory this process can still take: free CUDA memory, or on the CPU the smaller of the kernel's
+    MemAvailable and the cgroup's (container's) limit minus its usage; None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit.isdigit():
+            found.append(int(limit) - int((cgroup / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def training_warning(cfg: TrainConfig) -> str | None:
+    """One line when the estimated peak of training ``cfg`` exceeds what its device has (else None):
+    the estimate, what is available, and the batch that would fit."""
+    from ddim.runtime import resolve_device
+
+    device = resolve_device(cfg.device)
+    have = available_bytes(device)
+    if have is None:
+        return None
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # under torchrun: this rank's share of the batch
+    estimate = estimate_training(cfg.unet_config())
+    need = estimate.peak(-(-cfg.batch_size // world))
+    if need <= have:
+        return None
+    fits = estimate.largest_batch(have) * world
+    lower = f"lower --batch-size (about {fits} fits)" if fits else "use a smaller model (--preset, --ch)"
+    gpu = " or train on a GPU" if device.type == "cpu" else ""
+    return (
+        f"this run needs about {gigabytes(need)} of memory at its peak (batch {cfg.batch_size}, "
+        f"{cfg.unet_config().resolution} px), more than the {gigabytes(have)} available on {device}; "
+        f"{lower}{gpu}"
+    )
