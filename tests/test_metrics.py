@@ -303,14 +303,20 @@ def test_missing_inception_weights_offline(
     one_line_error(lambda: resolve_inception_weights(tmp_path / "nope.pth"), "nope.pth", "--inception-weights")
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(tmp_path / "nope2.pth"))
     one_line_error(lambda: resolve_inception_weights(), "nope2.pth")
-    # A file in $TORCH_HOME/hub/checkpoints/ is found; one that is not Inception's weights is refused.
+    # A file in $TORCH_HOME/hub/checkpoints/ must be torch-fidelity's (sha256); a named file that is not
+    # Inception's weights is refused when loaded.
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
     hub = tmp_path / "empty-torch-home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / INCEPTION_WEIGHTS_FILE).write_bytes(b"not a checkpoint")
-    assert resolve_inception_weights() == hub / INCEPTION_WEIGHTS_FILE
+    one_line_error(lambda: resolve_inception_weights(), "is not torch-fidelity's", "delete it")
+    named = tmp_path / "weights.pth"
+    named.write_bytes(b"not a checkpoint")
+    call = lambda: compute_metrics(  # noqa: E731
+        test_u8, dataset="digits", extractor="inception", cache_dir=tmp_path / "c", inception_weights=named
+    )
     one_line_error(call, "cannot read Inception weights", "--inception-weights FILE")
-    torch.save({"fc.weight": torch.zeros(10, 2048)}, hub / INCEPTION_WEIGHTS_FILE)
+    torch.save({"fc.weight": torch.zeros(10, 2048)}, named)
     one_line_error(call, "not torch-fidelity's Inception-v3", "--inception-weights FILE")
 
 

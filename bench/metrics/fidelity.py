@@ -31,6 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.metrics import EXTRACTORS, METRICS, inception
+from bench.metrics.inception import WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV
+from bench.metrics.inception import WEIGHTS_FILE as INCEPTION_WEIGHTS_FILE
 from bench.metrics.reference import (
     REF_SUBSET_SEED,
     UInt8Images,
@@ -59,12 +62,8 @@ __all__ = [
     "tensor_sha256",
 ]
 
-EXTRACTORS = ("classifier", "inception")
-METRICS = ("fid", "isc", "kid")
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name
 INCEPTION_LAYER_FID = "2048"  # torch-fidelity's default FID/KID layer for it
-INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_ENV = "DDIMBENCH_INCEPTION_WEIGHTS"
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small N
 ISC_SPLITS = 10  # torch-fidelity's default; IS needs at least this many samples
 _BATCH_SIZE = {"classifier": 256, "inception": 64}
@@ -138,10 +137,11 @@ def _check_inception_weights(path: Path, sha256: str) -> None:
     _CHECKED_INCEPTION.add(sha256)
 
 
-def resolve_inception_weights(inception_weights: str | os.PathLike | None = None) -> Path:
+def resolve_inception_weights(inception_weights: str | os.PathLike | None = None, download: bool = False) -> Path:
     """A local Inception weights file: the argument, $DDIMBENCH_INCEPTION_WEIGHTS or the torch hub cache.
 
-    Never downloads: torch-fidelity would fetch from GitHub and fail (or hang) offline.
+    Downloads only with ``download`` (into the hub cache, sha256-checked: ``bench.metrics.inception``);
+    otherwise torch-fidelity would fetch the file itself, unchecked, and fail (or hang) offline.
     """
     given = inception_weights or os.environ.get(INCEPTION_WEIGHTS_ENV) or None
     if given is not None:
@@ -152,14 +152,12 @@ def resolve_inception_weights(inception_weights: str | os.PathLike | None = None
                 f"(or {INCEPTION_WEIGHTS_ENV})"
             )
         return path
-    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    if not path.is_file():
-        raise DDIMError(
-            f"Inception weights are not available offline; pass --inception-weights FILE, set "
-            f"{INCEPTION_WEIGHTS_ENV}=FILE, or put {INCEPTION_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints/ "
-            f"(here {path.parent})"
-        )
-    return path
+    path = inception.cache_path()
+    if path.is_file():
+        return inception.verified(path)
+    if download:
+        return inception.fetch(path)
+    raise DDIMError(f"Inception weights not found; {inception.where_to_put(path)}")
 
 
 def _device_context(device: str) -> contextlib.AbstractContextManager:
