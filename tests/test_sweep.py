@@ -68,14 +68,15 @@ def test_resolve_refuses_before_any_work(ckpt, cache, tokens, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_resolve_checkpoint_missing_or_corrupt(tmp_path, cache):
+def test_resolve_checkpoint_missing_or_corrupt(tmp_path, cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: no default checkpoint either
     with pytest.raises(DDIMError, match="does not exist"):
         resolve_spec([f"checkpoint={tmp_path / 'nope'}"])
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(DDIMError, match="corrupt"):
         resolve_spec([f"checkpoint={bad}"])
-    with pytest.raises(DDIMError, match="no checkpoint given"):
+    with pytest.raises(DDIMError, match="no checkpoint= given and no training run under runs/"):
         resolve_spec(["steps=10"])
 
 

@@ -23,11 +23,11 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.sweep.spec import Range  # a parsed lo..hi value
+from bench.sweep.spec import Range, SweepSpec  # Range: a parsed lo..hi value
 from ddim.errors import DDIMError
 
 __all__ = ["KEYS", "Key", "example", "load_config", "merge", "parse_overrides", "parse_value", "per_dataset"]
@@ -77,8 +77,16 @@ def _metrics() -> Sequence[str]:
 
 
 KEYS: dict[str, Key] = {
-    "name": Key("str", "sweep name: the study in the storage and reports/<name>/", example="name=digits-grid"),
-    "checkpoint": Key("str", "run directory or .pt checkpoint file", example="checkpoint=runs/digits"),
+    "name": Key(
+        "str",
+        "sweep name: the study in the storage and reports/<name>/ (default: the --config file's name, else sweep)",
+        example="name=digits-grid",
+    ),  # fmt: skip
+    "checkpoint": Key(
+        "str",
+        "run directory or .pt checkpoint file (default: the newest run under runs/)",
+        example="checkpoint=runs/digits",
+    ),  # fmt: skip
     "dataset": Key("choice", "reference dataset (default: the checkpoint's)", choices=_datasets),
     "data_root": Key("str", "folder holding the datasets", example="data_root=data"),
     "n": Key("int", "samples per cell (the paper: 50000)", minimum=1, example="n=1000"),
@@ -87,7 +95,9 @@ KEYS: dict[str, Key] = {
     "seed_base": Key("int", "first seed of block 0", minimum=0, example="seed_base=0"),
     "steps": Key("int", "sampling steps S (≤ T)", True, True, minimum=1, example="steps=10,20,50"),
     "eta": Key("float", "DDIM η (eq. 16, ≤ 1 or where eq. 12 holds)", True, True, minimum=0.0, example="eta=0,0.5,1"),
-    "schedule": Key("choice", "timestep spacing of τ", True, choices=_spacings),
+    "schedule": Key(
+        "choice", "timestep spacing of τ (default: the paper's for the dataset, else uniform)", True, choices=_spacings
+    ),  # fmt: skip
     "sampler": Key("choice", "sampler", True, choices=_samplers),
     "extractor": Key("choice", "feature extractor (default: per dataset)", choices=_extractors),
     "metrics": Key("choice", "metrics to compute", True, choices=_metrics),
@@ -99,11 +109,35 @@ KEYS: dict[str, Key] = {
     "inversion": Key("bool", "measure η = 0 inversion error per S (Table 2)", example="inversion=true"),
     "inversion_n": Key("int", "real images used for the inversion table", minimum=1, example="inversion_n=64"),
     "cache_dir": Key("str", "cache for reference statistics and the classifier", example="cache_dir=.cache/ddimbench"),
-    "inception_weights": Key("str", "local Inception weights file", example="inception_weights=pt_inception.pth"),
+    "inception_weights": Key(
+        "str",
+        "Inception weights file (default: $DDIMBENCH_INCEPTION_WEIGHTS, else the torch hub cache)",
+        example="inception_weights=pt_inception.pth",
+    ),  # fmt: skip
     "artifacts": Key("str", "folder for sample grids (default ddimbench-sweeps/<name>)", example="artifacts=out"),
 }
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(_default_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe_keys() -> list[tuple[str, str]]:
+    """``(key=default, help)`` for every key, for ``ddimbench sweep --help``: the default is ``SweepSpec``'s
+    (what ``resolve_spec`` uses) unless the key's help says how it is chosen per sweep."""
+    out = []
+    for name, k in KEYS.items():
+        field = SweepSpec.__dataclass_fields__.get(name)
+        default = None if field is None or "default" in k.help else field.default
+        static = default not in (None, "", MISSING)
+        out.append((f"{name}={_default_text(default)}" if static else name, k.help))
+    return out
 
 
 def example(name: str) -> str:
@@ -145,9 +179,10 @@ def _scalar(name: str, text: str) -> Any:
         return low in _TRUE
     elif k.kind == "choice":
         options = tuple(k.choices()) if k.choices else ()
-        if text not in options:
+        match = [o for o in options if o.lower() == text.lower()]  # any case: dataset=MNIST
+        if not match:
             raise DDIMError(f"unknown {name} {text!r}; choose from {', '.join(options)}")
-        return text
+        return match[0]
     else:
         return text
     if k.minimum is not None and value < k.minimum:

@@ -9,7 +9,7 @@ weights and the device. Each problem is a one-line ``DDIMError``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,27 @@ def _as_tuple(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, search: str | None = None) -> SweepSpec:
+def resolve_spec(
+    tokens: Sequence[str],
+    config: str | Path | None = None,
+    *,
+    search: str | None = None,
+    download: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> SweepSpec:
     """Parse overrides (and a YAML file; command-line values win) into a checked ``SweepSpec``.
 
     Everything is validated before any work: malformed values, ``steps`` ≤ T of the checkpoint,
     a loadable checkpoint, known sampler / spacing / extractor, the reference data, the Inception
     weights when that extractor is used, and the device. Each problem is a one-line DDIMError.
+    Without ``checkpoint=`` the newest training run under runs/ is used and ``note`` says which.
+    ``download`` fetches missing reference data (MNIST, CIFAR-10) and Inception weights first.
     """
     from bench.metrics.fidelity import ISC_SPLITS, default_extractor, resolve_inception_weights
     from bench.report import paper
     from ddim.checkpoint import load_checkpoint
     from ddim.data import dataset_info, load_dataset
+    from ddim.rundir import RUNS, newest_run
     from ddim.runtime import resolve_device
     from ddim.sampling import MAX_SEED
 
@@ -67,7 +77,15 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
         values["search"] = parse_value("search", search)
     # 1. The checkpoint decides T, the dataset and the image shape.
     if not values.get("checkpoint"):
-        raise DDIMError("no checkpoint given; add checkpoint=RUN_DIR (a training run directory or a .pt file)")
+        run = newest_run()
+        if run is None:
+            raise DDIMError(
+                f"no checkpoint= given and no training run under {RUNS}/; train one first (`ddimbench train`, "
+                "or `make demo`) or add checkpoint=RUN_DIR (a run directory or a .pt file)"
+            )
+        values["checkpoint"] = str(run)
+        if note is not None:
+            note(f"no checkpoint= given: using {run}, the newest training run under {RUNS}/")
     ck = load_checkpoint(values["checkpoint"], map_location="cpu")
     T, shape = ck.diffusion.T, (ck.unet.in_channels, ck.unet.resolution)
     dataset = values.get("dataset") or ck.dataset.get("name")
@@ -95,13 +113,13 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
         dataset=dataset,
         T=T,
         resolution=shape[1],
-        seeds=_as_tuple(values.get("seeds", [0])),
-        steps=_as_tuple(values.get("steps", [10, 20, 50, 100])),
-        eta=_as_tuple(values.get("eta", [0.0])),
+        seeds=_as_tuple(values.get("seeds", SweepSpec.seeds)),
+        steps=_as_tuple(values.get("steps", SweepSpec.steps)),
+        eta=_as_tuple(values.get("eta", SweepSpec.eta)),
         schedule=tuple(schedule),
-        sampler=_as_tuple(values.get("sampler", ["ddim"])),
+        sampler=_as_tuple(values.get("sampler", SweepSpec.sampler)),
         extractor=values.get("extractor") or default_extractor(dataset),
-        metrics=_as_tuple(values.get("metrics", ["fid", "isc", "kid"])),
+        metrics=_as_tuple(values.get("metrics", SweepSpec.metrics)),
         search=mode,
         artifacts=str(values.get("artifacts") or Path("ddimbench-sweeps") / name),
         config=None if config is None else str(config),
@@ -136,7 +154,7 @@ def resolve_spec(tokens: Sequence[str], config: str | Path | None = None, *, sea
     _check_folder("artifacts", spec.artifacts)
     _check_folder("cache_dir", spec.cache_dir)
     if spec.extractor == "inception":
-        resolve_inception_weights(spec.inception_weights)
-    if {"fid", "kid"} & set(spec.metrics) or spec.inversion:
-        load_dataset(dataset, root=spec.data_root, split="train", resolution=info.resolution)  # data present?
+        resolve_inception_weights(spec.inception_weights, download=download)
+    if {"fid", "kid"} & set(spec.metrics) or spec.inversion:  # data present?
+        load_dataset(dataset, root=spec.data_root, split="train", resolution=info.resolution, download=download)
     return spec
