@@ -10,7 +10,8 @@ DDIM   := $(BIN)/ddimbench
 WANDB  ?= offline
 DEMO_STEPS ?= 2000
 
-.PHONY: install test test-fast lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 train-celeba
+.PHONY: install test test-fast lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 \
+	train-celeba sweep report
 
 install: $(STAMP)
 
@@ -59,8 +60,10 @@ bench-gpu:
 train-digits: $(STAMP)
 	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume
 
+# The seed trainer's run (`train.py --dataset mnist --epochs 6 --channels 1`): 6 epochs of the 60k training
+# images at batch 128 (2813 steps), a sample grid per epoch in runs/mnist/samples/. Data: data/MNIST/raw/.
 train-mnist: $(STAMP)
-	$(DDIM) train --dataset mnist --data-root data --max-steps 50000 --batch-size 128 --run-dir runs/mnist --resume
+	$(DDIM) train --dataset mnist --epochs 6 --channels 1 --data-root data --resume --wandb $(WANDB)
 
 # The paper's configs (Appendix D.1, after DDPM): lr 2e-4, batch 128, EMA 0.9999; DDPM trained 800k steps on
 # CIFAR10 and 500k on CelebA. Data: data/cifar-10-batches-py, data/celebA/img_align_celeba.
@@ -71,6 +74,18 @@ train-cifar10: $(STAMP)
 train-celeba: $(STAMP)
 	$(DDIM) train --dataset celeba --data-root data --max-steps 500000 --batch-size 128 --lr 2e-4 \
 		--save-every 5000 --sample-every 10000 --run-dir runs/celeba --resume
+
+# The users' own commands: a sweep of the newest training run under runs/ (or CHECKPOINT=runs/x), then its
+# paper-style report in reports/$(NAME)/. WANDB=online for W&B dashboards (offline runs sync later).
+SWEEP      ?= steps=10,20,50,100 eta=0,0.5,1
+CHECKPOINT ?=
+NAME       ?= sweep
+
+sweep: $(STAMP)
+	$(DDIM) sweep $(SWEEP) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) name=$(NAME) --wandb $(WANDB)
+
+report: $(STAMP)
+	$(DDIM) report $(NAME) --wandb $(WANDB)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -2,7 +2,9 @@
 
 Every command parses its options into a config, calls one library function and maps ``DDIMError``
 (and unwritable paths) to one line on stderr and exit code 2, without a traceback. Long work shows a
-rich progress bar on stderr.
+rich progress bar on stderr, or plain progress lines when stderr is a log (``bench.progress``).
+Named choices (datasets, samplers, spacings, extractors, W&B modes) are typed as ``Literal``s of the
+library's own name lists, so ``--help`` and shell completion show them.
 """
 
 from __future__ import annotations
@@ -12,30 +14,60 @@ import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.cli_text import (
+    DEVICE_HELP,
+    DEVICE_METAVAR,
+    DOWNLOAD_HELP,
+    INCEPTION_HELP,
+    WANDB_HELP,
+    sweep_keys,
+    usage_line,
+    version_text,
+)
+from bench.metrics import EXTRACTORS, METRICS
+from bench.progress import LazyBar
+from bench.tracking.wandb_run import MODES
 from ddim.errors import DDIMError
+from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
 
 app = typer.Typer(
     name="ddimbench",
     help="DDIM (Song et al. 2020): train, sample, score and benchmark diffusion models.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = Console(stderr=True)
 
-DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
-WANDB_HELP = "W&B mode: online, offline or disabled (default: online when a W&B key is configured, else offline)."
+# The library's name lists as option types: --help shows them, shells complete them, any case is accepted.
+Dataset = Literal[DATASETS]
+Spacing = Literal[SPACINGS]
+Sampler = Literal[SAMPLERS]
+BetaSchedule = Literal[BETA_SCHEDULES]
+Extractor = Literal[EXTRACTORS]
+WandbMode = Literal[MODES]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """DDIM (Song et al. 2020): train, sample, score and benchmark diffusion models."""
 
 
 def _say(text: str) -> None:
@@ -82,42 +114,6 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def _progress(*columns: Any) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *columns,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-
-
-class LazyBar:
-    """A one-task progress bar that appears on the first update, so input errors print alone."""
-
-    def __init__(self, description: str, *columns: Any, **fields: Any) -> None:
-        self.description, self.columns, self.fields = description, columns, fields
-        self.bar: Progress | None = None
-        self.task: Any = None
-
-    def update(self, completed: int, total: int | None = None, **fields: Any) -> None:
-        if self.bar is None:
-            self.bar = _progress(*self.columns)
-            self.bar.start()
-            self.task = self.bar.add_task(self.description, total=total, **self.fields)
-        self.bar.update(self.task, completed=completed, total=total, **fields)
-
-    def __enter__(self) -> LazyBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _command_line() -> str:
     return shlex.join(["ddimbench", *sys.argv[1:]])
 
@@ -128,9 +124,10 @@ def _command_line() -> str:
 @app.command()
 @guarded
 def train(
-    dataset: str = typer.Option("digits", help="digits (embedded), mnist, cifar10, celeba or folder."),
+    dataset: Dataset = typer.Option("digits", case_sensitive=False, help="digits is embedded; any case (CelebA)."),
     data_root: str = typer.Option("data", help="Where dataset files live (folder: the image folder itself)."),
     resolution: int | None = typer.Option(None, min=4, help="Image side in pixels (default: the dataset's)."),
+    channels: int | None = typer.Option(None, min=1, help="Image channels: only checked against the dataset's."),
     preset: str | None = typer.Option(
         None, help="UNet preset: digits, mnist, cifar10, celeba, lsun (default: dataset's)."
     ),
@@ -140,25 +137,32 @@ def train(
     attn_resolutions: str | None = typer.Option(None, help='Override the preset: attention resolutions, "" = none.'),
     dropout: float | None = typer.Option(None, help="Override the preset: dropout in residual blocks, in [0, 1)."),
     num_groups: int | None = typer.Option(None, help="Override the preset: GroupNorm groups."),
-    run_dir: str = typer.Option("runs/digits", help="Run folder: config.json, metrics.jsonl, checkpoints/, samples/."),
-    max_steps: int = typer.Option(2000, min=1, help="Optimiser steps to train to (a resumed run continues up to it)."),
+    run_dir: str | None = typer.Option(None, help="Run folder (default runs/<dataset>): config, log, checkpoints."),
+    max_steps: int | None = typer.Option(
+        None, min=1, help="Optimiser steps to train to (default 2000; a resumed run continues up to it)."
+    ),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Instead of --max-steps: passes over the training split, a sample grid at each end."
+    ),
     batch_size: int = typer.Option(128, min=1, help="Global batch size (images per step)."),
     lr: float | None = typer.Option(None, help="Adam lr after warm-up, > 0 (default: 1e-3 for digits, else 2e-4)."),
     warmup: int = typer.Option(100, min=0, help="Steps of linear learning-rate warm-up."),
     grad_clip: float = typer.Option(1.0, help="Clip the gradient's global norm to this (0: no clipping)."),
     ema_decay: float = typer.Option(0.9999, help="EMA decay in [0, 1) (with the (1+n)/(10+n) ramp)."),
-    beta_schedule: str = typer.Option("linear", help="β schedule: linear, quad, const, jsd, sigmoid, cosine."),
+    beta_schedule: BetaSchedule = typer.Option("linear", case_sensitive=False, help="β schedule."),
     T: int = typer.Option(1000, "--T", min=1, help="Diffusion steps T."),
     beta_start: float = typer.Option(1e-4, help="β_1."),
     beta_end: float = typer.Option(0.02, help="β_T."),
     seed: int = typer.Option(0, min=0, help="Seed of the init and of every step's data/noise draw."),
     save_every: int = typer.Option(500, min=1, help="Checkpoint every N steps (and at the end / on SIGINT/SIGTERM)."),
     keep: int = typer.Option(2, min=1, help="Checkpoints kept on disk (the newest)."),
-    sample_every: int = typer.Option(500, min=0, help="A fixed-seed EMA sample grid every N steps (0: never)."),
+    sample_every: int | None = typer.Option(
+        None, min=0, help="A fixed-seed EMA sample grid every N steps (0: never; default 500, with --epochs 0)."
+    ),
     grid_size: int = typer.Option(64, min=1, help="Images per grid."),
     grid_steps: int = typer.Option(20, min=1, help="DDIM steps (η = 0) for the grids."),
     log_every: int = typer.Option(25, min=1, help="Log loss, lr, grad norm and throughput every N steps."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
     bf16: bool = typer.Option(True, help="bf16 autocast on CUDA (ignored on CPU)."),
     channels_last: bool = typer.Option(False, help="NHWC weights and activations (measure: helps big nets on GPUs)."),
     tf32: bool = typer.Option(True, help="TF32 matmuls and convolutions on CUDA."),
@@ -168,15 +172,20 @@ def train(
     num_workers: int = typer.Option(2, min=0, help="Data loader processes for file-backed datasets."),
     download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its newest checkpoint."),
-    wandb: str | None = typer.Option(None, help=WANDB_HELP),
+    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
     dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
 ) -> None:
     """Train an ε-model with Algorithm 1 (resumable; Ctrl-C / SIGTERM checkpoints and exits)."""
     from ddim.training import TrainConfig
 
+    if epochs is not None and max_steps is not None:
+        raise DDIMError("--epochs and --max-steps both given; pass one (an epoch is N_train / --batch-size steps)")
+    if sample_every is None:
+        sample_every = 0 if epochs is not None else 500  # with --epochs: a grid at each epoch's end only
     values = {k: v for k, v in locals().items() if k not in ("resume", "wandb", "dry_run", "TrainConfig")}
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict({k: v for k, v in values.items() if v is not None})  # None: the config's default
     cfg.validate()
+    cfg = cfg.resolved()  # --epochs → max_steps, from the size of the training split
     if dry_run:
         typer.echo(json.dumps(cfg.to_dict(), indent=2))
         return
@@ -184,47 +193,14 @@ def train(
 
 
 def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
-    from bench.tracking.wandb_run import make_tracker
-    from ddim.training import train as run_training
+    from bench.train_run import train_tracked
 
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs and shows progress
-    tracker = make_tracker(
-        wandb if rank == 0 else "disabled",
-        name=Path(cfg.run_dir).name,
-        job_type="train",
-        config=cfg.to_dict(),
-        dir=cfg.run_dir,
-        group="train",
-        lazy=True,  # no run for a command that fails before training starts (missing data, refused resume)
-    )
-    columns = (TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"))
-    with tracker, LazyBar("train", *columns, loss="…", speed="") as bar:
-        state: dict[str, Any] = {"t": None, "step": None}
-
-        def progress(step: int, metrics: dict) -> None:
-            now = time.perf_counter()
-            speed = ""
-            if state["t"] is not None and step > state["step"]:
-                speed = f"{(step - state['step']) / max(now - state['t'], 1e-9):.2f} it/s"
-            state["t"], state["step"] = now, step
-            loss = metrics.get("loss")
-            if rank != 0:
-                return
-            bar.update(step, cfg.max_steps, loss=f"{loss:.4g}" if loss is not None else "…", speed=speed)
-
-        result = run_training(
-            cfg,
-            resume=resume,
-            log=tracker.log,
-            on_grid=lambda path, step: tracker.log_image("samples", str(path), step=step),
-            progress=progress,
-        )
-        tracker.summary({"step": result.step, "loss": result.last_loss})
+    result = train_tracked(cfg, resume, wandb, err)
     where = result.checkpoint or cfg.run_dir
     if result.interrupted:
         _say(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
-    if rank != 0:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
     _say(f"done: step {result.step}{loss}, checkpoint {where}")
@@ -241,12 +217,14 @@ def sample(
     n: int = typer.Option(64, "-n", "--n", help="Number of samples (exactly this many PNG files)."),
     steps: int = typer.Option(50, help="S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm)."),
     eta: float = typer.Option(0.0, help="η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds)."),
-    schedule: str = typer.Option("uniform", help="Timestep spacing: uniform, quad, trailing, linspace."),
-    sampler: str = typer.Option("ddim", help="ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline."),
+    schedule: Spacing = typer.Option("uniform", case_sensitive=False, help="Timestep spacing τ (section 4.2)."),
+    sampler: Sampler = typer.Option(
+        "ddim", case_sensitive=False, help="ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline."
+    ),
     seed: int = typer.Option(0, help="Sample i uses seed + i (its pixels depend only on that seed)."),
     batch_size: int = typer.Option(64, help="Samples per network call (does not change any sample)."),
     clip_x0: bool | None = typer.Option(None, help="Clamp x̂₀ to [-1, 1] (default: as the official code)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
     dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
 ) -> None:
     """Write exactly n samples as PNG files (plus grid.png) into --out; rerun to resume."""
@@ -258,7 +236,7 @@ def sample(
     if dry_run:
         typer.echo(json.dumps(asdict(cfg), indent=2))
         return
-    with LazyBar("sample") as bar:
+    with LazyBar("sample", err) as bar:
         manifest = generate(cfg, progress=bar.update)
     _say(f"wrote {n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {out}")
 
@@ -269,17 +247,24 @@ def sample(
 @app.command()
 @guarded
 def classifier(
-    dataset: str = typer.Option("digits", help="Dataset with labels: digits, mnist, cifar10."),
+    dataset: Dataset = typer.Option(
+        "digits", case_sensitive=False, help="A dataset with labels (digits, mnist, cifar10)."
+    ),
     data_root: str = typer.Option("data", help="Where dataset files live."),
     resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
     cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for the classifier and reference statistics."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
+    download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
 ) -> None:
     """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
     from bench.metrics.classifier import ensure_classifier
+    from ddim.data import load_dataset
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
+    if download:
+        for split in ("train", "test"):
+            load_dataset(dataset, data_root, split, resolution, download=True)
     with err.status(f"classifier for {dataset} (trained on first use)…"):
         path, info = ensure_classifier(
             dataset, data_root=data_root, cache_dir=cache_dir, device=dev, resolution=resolution
@@ -295,23 +280,34 @@ def classifier(
 @guarded
 def metrics(
     folder: str = typer.Argument(..., help="Folder of PNG samples (a `ddimbench sample` folder or any PNGs)."),
-    dataset: str = typer.Option(..., help="Reference dataset: digits, mnist, cifar10, celeba, folder."),
+    dataset: Dataset = typer.Option(..., case_sensitive=False, help="Reference dataset."),
     data_root: str = typer.Option("data", help="Where dataset files live."),
     split: str = typer.Option("train", help="Reference split."),
     resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
-    extractor: str | None = typer.Option(None, help="classifier or inception (default: classifier for digits/mnist)."),
-    metric: list[str] = typer.Option(["fid", "isc", "kid"], "--metric", help="fid, isc, kid (repeat the option)."),
+    extractor: Extractor | None = typer.Option(
+        None, case_sensitive=False, help="Feature extractor (default: classifier for digits/mnist, else inception)."
+    ),
+    metric: list[str] = typer.Option(  # typer takes no list of Literal: the choices go into the metavar
+        list(METRICS), "--metric", metavar="<" + "|".join(METRICS) + ">", help="A metric (repeat the option)."
+    ),
     n: int | None = typer.Option(None, "-n", "--n", help="Refuse to score unless exactly n samples are found."),
-    inception_weights: str | None = typer.Option(None, help="Inception weights file ($DDIMBENCH_INCEPTION_WEIGHTS)."),
+    inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP),
+    download: bool = typer.Option(False, help=DOWNLOAD_HELP),
     cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for reference statistics and the classifier."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score a folder of samples: FID, IS and KID through torch-fidelity."""
-    from bench.metrics.fidelity import compute_metrics_from_folder
+    from bench.metrics.fidelity import compute_metrics_from_folder, default_extractor, resolve_inception_weights
+    from ddim.data import load_dataset
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
+    if download:  # fetch what is missing before scoring: the reference images and the Inception weights
+        if {"fid", "kid"} & set(metric):
+            load_dataset(dataset, data_root, split, resolution, download=True)
+        if (extractor or default_extractor(dataset)) == "inception":
+            resolve_inception_weights(inception_weights, download=True)
     with err.status("computing metrics…"):
         result = compute_metrics_from_folder(
             folder,
@@ -341,7 +337,7 @@ def metrics(
 # --- sweep and report -----------------------------------------------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(context_settings={"allow_extra_args": False}, epilog=sweep_keys())
 @guarded
 def sweep(
     overrides: list[str] | None = typer.Argument(
@@ -353,19 +349,26 @@ def sweep(
     search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
     workers: int = typer.Option(1, min=1, help="Worker processes on this machine."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
-    wandb: str | None = typer.Option(None, help=WANDB_HELP),
-    device: str | None = typer.Option(None, help=DEVICE_HELP + " Same as device=... (default: auto)."),
+    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
+    device: str | None = typer.Option(
+        None, metavar=DEVICE_METAVAR, help=DEVICE_HELP + " Same as device=... (default: auto)."
+    ),
+    inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
+    download: bool = typer.Option(False, help=DOWNLOAD_HELP),
     dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
 ) -> None:
-    """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing."""
+    """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
+
+    Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from dataclasses import asdict
 
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import run_sweep
 
     _check_wandb(wandb)
-    tokens = [*(overrides or []), *([f"device={device}"] if device is not None else [])]  # twice → one-line error
-    spec = resolve_spec(tokens, config, search=search)
+    options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
+    tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
+    spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
@@ -401,7 +404,7 @@ def report(
         help="With --compare-paper: show the paper's columns even for another dataset "
         "or extractor, labelled as not comparable.",
     ),  # fmt: skip
-    wandb: str | None = typer.Option(None, help=WANDB_HELP),
+    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
 ) -> None:
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results; several
     sweeps make one Table 1 with a column block per dataset; a Pareto search is shown as its front."""
@@ -431,7 +434,7 @@ def import_weights(
     src: str = typer.Argument(..., help="A diffusers UNet2DModel/pipeline folder, Hub name or official .ckpt."),
     out: str = typer.Option(..., help="Run directory to write our checkpoint into (must hold none yet)."),
     fmt: str = typer.Option("auto", "--format", help="auto, diffusers or official."),
-    dataset: str | None = typer.Option(None, help="What the model generates (for metrics), e.g. cifar10 or celeba."),
+    dataset: Dataset | None = typer.Option(None, case_sensitive=False, help="What the model generates (for metrics)."),
     preset: str | None = typer.Option(None, help="Our preset supplying resolution/dropout for official weights."),
     config: str | None = typer.Option(None, help="The official YAML (e.g. cifar10.yml) for official weights."),
     T: int | None = typer.Option(None, "--T", help="Diffusion steps T when the source does not say (default 1000)."),
@@ -446,24 +449,22 @@ def import_weights(
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: returns the exit code (0 ok, 1 failed cells, 2 bad input, 130 interrupted).
 
-    Usage errors (unknown option, bad type) are one line too, not click's framed box.
+    Usage errors (unknown option, bad type) are one line too, not click's framed box. A bare
+    ``ddimbench`` prints the help and exits 0.
     """
     from typer.exceptions import TyperException
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=argv, prog_name="ddimbench", standalone_mode=False)
+        rv = command.main(args=args or ["--help"], prog_name="ddimbench", standalone_mode=False)
     except typer.Abort:
         _say("interrupted; rerun the same command to resume")
         return 130
     except TyperException as exc:  # click's usage and parameter errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(
-            f"[bold red]error:[/] {escape(' '.join(message.split()))}; see `ddimbench --help`",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err.print(f"[bold red]error:[/] {escape(usage_line(message))}", highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0
 

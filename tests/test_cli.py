@@ -166,8 +166,11 @@ def _corrupt(tmp: Path, run_dir: Path) -> Path:
 
 
 BAD_INPUT = {
-    "unknown dataset": (["train", "--dataset", "imagenet"], "unknown dataset"),
-    "unknown beta schedule": (["train", "--beta-schedule", "exp", "--dry-run"], "unknown beta schedule 'exp'"),
+    "unknown dataset": (["train", "--dataset", "imagenet"], "unknown --dataset 'imagenet'; choose one of digits"),
+    "unknown beta schedule": (
+        ["train", "--beta-schedule", "exp", "--dry-run"],
+        "unknown --beta-schedule 'exp'; choose one of linear",
+    ),
     "missing mnist files": (
         ["train", "--dataset", "mnist", "--data-root", "{tmp}/nodata", "--run-dir", "{tmp}/r"],
         "MNIST not found: expected",
@@ -179,11 +182,11 @@ BAD_INPUT = {
     "unknown option": (["sample", "--checkpoint", "{run}", "--bogus"], "--bogus"),
     "unknown spacing": (
         ["sample", "--checkpoint", "{run}", "--schedule", "cubic", "--out", "{tmp}/o"],
-        "unknown timestep schedule 'cubic'",
+        "unknown --schedule 'cubic'; choose one of uniform",
     ),
     "unknown sampler": (
         ["sample", "--checkpoint", "{run}", "--sampler", "euler", "--out", "{tmp}/o"],
-        "unknown sampler 'euler'",
+        "unknown --sampler 'euler'; choose one of ddim",
     ),
     "steps zero": (
         ["sample", "--checkpoint", "{run}", "--steps", "0", "--out", "{tmp}/o"],
@@ -216,8 +219,8 @@ BAD_INPUT = {
         "--eta applies to the ddim sampler only",
     ),
     "sweep: value with brackets": (["sweep", "schedule=[uniform]", "checkpoint={run}"], "'[uniform]'"),
-    "sweep: unknown --wandb": (["sweep", "steps=2", "checkpoint={run}", "--wandb", "bogus"], "unknown --wandb mode"),
-    "report: unknown --wandb": (["report", "x", "--wandb", "bogus"], "unknown --wandb mode 'bogus'"),
+    "sweep: unknown --wandb": (["sweep", "steps=2", "checkpoint={run}", "--wandb", "bogus"], "unknown --wandb 'bogus'"),
+    "report: unknown --wandb": (["report", "x", "--wandb", "bogus"], "unknown --wandb 'bogus'; choose one of online"),
     "sweep: artifacts under a file": (["sweep", "checkpoint={run}", "artifacts={tmp}/afile/sub"], "afile is a file"),
     "sweep: colliding etas": (["sweep", "eta=0.1234567,0.1234568", "checkpoint={run}"], "name the same cell"),
     "sweep: seeds past 2^32": (
@@ -268,7 +271,7 @@ BAD_INPUT = {
     "metrics of a missing folder": (["metrics", "{tmp}/none", "--dataset", "digits"], "does not exist"),
     "metrics with unknown extractor": (
         ["metrics", "{tmp}", "--dataset", "digits", "--extractor", "clip"],
-        "unknown extractor 'clip'",
+        "unknown --extractor 'clip'; choose one of classifier, inception",
     ),
 }
 
