@@ -2,7 +2,7 @@
 
 Every command parses its options into a config, calls one library function and maps ``DDIMError``
 (and unwritable paths) to one line on stderr and exit code 2, without a traceback. Long work shows a
-rich progress bar on stderr, or plain progress lines when stderr is a log (``bench.progress``).
+rich progress bar on stderr, or plain progress lines when stderr is a log (``bench.console``).
 Named choices (datasets, samplers, spacings, extractors, W&B modes) are typed as ``Literal``s of the
 library's own name lists, so ``--help`` and shell completion show them.
 """
@@ -22,18 +22,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.cli_text import (
+from bench.console import (
     DEVICE_HELP,
     DEVICE_METAVAR,
     DOWNLOAD_HELP,
     INCEPTION_HELP,
     WANDB_HELP,
-    sweep_keys,
+    LazyBar,
     usage_line,
     version_text,
 )
 from bench.metrics import EXTRACTORS, METRICS
-from bench.progress import LazyBar
+from bench.sweep.overrides import describe_keys
 from bench.tracking.wandb_run import MODES
 from ddim.errors import DDIMError
 from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
@@ -193,7 +193,7 @@ def train(
 
 
 def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
-    from bench.train_run import train_tracked
+    from bench.tracking.training import train_tracked
 
     result = train_tracked(cfg, resume, wandb, err)
     where = result.checkpoint or cfg.run_dir
@@ -337,7 +337,13 @@ def metrics(
 # --- sweep and report -----------------------------------------------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": False}, epilog=sweep_keys())
+def _sweep_keys() -> str:
+    """The sweep keys with their defaults, from the code's own list (``bench.sweep.overrides.describe_keys``)."""
+    lines = [f"[bold]{escape(key)}[/] — {escape(text)}" for key, text in describe_keys()]
+    return "Sweep keys (KEY=VALUES; lists a,b,c; ranges lo..hi with --search):\n" + "\n".join(lines)
+
+
+@app.command(context_settings={"allow_extra_args": False}, epilog=_sweep_keys())
 @guarded
 def sweep(
     overrides: list[str] | None = typer.Argument(

@@ -1,4 +1,5 @@
-"""What the harness prints on stderr: warnings (one printer) and the progress display of long work.
+"""What the harness prints on stderr: warnings (one printer), the progress display of long work, and the
+command line's texts that need no Typer (option help, usage errors as one line, the version).
 
 Progress is a live rich bar on a terminal. When stderr is not a terminal (``ddimbench train ... 2>
 train.log``, a batch job) a live bar would print nothing until the end, so the same displays print
@@ -9,11 +10,21 @@ the sweep's ``Display`` one line per finished cell and the count of cells done.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
 
 from rich.console import Console
+
+from ddim.names import DEVICES
+
+# The command line's option help that names more than one command's choices.
+DEVICE_METAVAR = "<" + "|".join((*DEVICES, "cuda:N")) + ">"  # cuda:N is not a fixed list: checked by the library
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+WANDB_HELP = "W&B mode (default: online when a W&B key is configured, else offline)."
+INCEPTION_HELP = "Inception weights file (default: $DDIMBENCH_INCEPTION_WEIGHTS, else torch-fidelity's, hub cache)."
+DOWNLOAD_HELP = "Fetch what is missing first: MNIST / CIFAR-10 into --data-root, torch-fidelity's Inception weights."
 
 
 def warn(line: str, console: Any = None) -> None:
@@ -171,3 +182,21 @@ class LazyBar:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ddimbench {version('ddimbench')}"
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "ddimbench (not installed; run `make install`)"
+
+
+def usage_line(message: str) -> str:
+    """click's usage error as one line; a value outside a choice list reads like the library's own refusals."""
+    message = " ".join(message.split())
+    m = re.fullmatch(r"Invalid value for '([^']+)': (?:Value error, )?('.*') is not one of (.*?)\.?", message)
+    if m:
+        return f"unknown {m[1]} {m[2]}; choose one of {m[3].replace(chr(39), '')}"
+    return f"{message}; see `ddimbench --help`"

@@ -102,13 +102,14 @@ def test_sweep_help_lists_every_key_with_the_code_default(capsys: pytest.Capture
 
 def test_sweep_help_follows_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """The listing is computed from SweepSpec: change a default there and the help changes."""
-    from bench.cli_text import sweep_keys
+    from bench.sweep.overrides import describe_keys
 
     fields = dict(SweepSpec.__dataclass_fields__)
     changed = copy.copy(fields["n"])
     changed.default = 777
     monkeypatch.setattr(SweepSpec, "__dataclass_fields__", {**fields, "n": changed})
-    assert "n=777" in sweep_keys() and "n=1000" not in sweep_keys()
+    listed = dict(describe_keys())
+    assert "n=777" in listed and "n=1000" not in listed
 
 
 # --- Inception weights: the flags the messages name exist; offline, the message says which file where ----

@@ -21,7 +21,7 @@ import pytest
 from test_data import make_mnist
 from tiny import TINY, tiny_config
 
-import bench.sweep.spec
+import bench.sweep.resolve
 from bench.cli import main
 from ddim.rundir import newest_run
 from ddim.training import train
@@ -49,10 +49,10 @@ def test_used_by_lines_run_verbatim(
     (work / ".cache" / "ddimbench").symlink_to(cache, target_is_directory=True)  # the session's classifier
 
     @dataclasses.dataclass(frozen=True)
-    class SmallSpec(bench.sweep.spec.SweepSpec):
+    class SmallSpec(bench.sweep.resolve.SweepSpec):
         n: int = 20  # the default n=1000 × 12 cells takes minutes on the test machine; the command is verbatim
 
-    monkeypatch.setattr(bench.sweep.spec, "SweepSpec", SmallSpec)
+    monkeypatch.setattr(bench.sweep.resolve, "SweepSpec", SmallSpec)
     code, _, err = run(["sweep", "steps=10,20,50,100", "eta=0,0.5,1"], capsys)
     assert code == 0, err
     assert "no checkpoint= given: using runs/digits, the newest training run under runs/" in err
@@ -190,7 +190,7 @@ def test_progress_lines_carry_throughput_and_eta(monkeypatch: pytest.MonkeyPatch
 
     from rich.console import Console
 
-    import bench.progress as progress
+    import bench.console as progress
 
     clock = iter([-10.0, 0.0, 10.0, 20.0, 60.0, 61.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))

@@ -43,9 +43,9 @@ def where_to_put(path: Path) -> str:
 def verified(path: Path) -> Path:
     """``path`` if it holds exactly torch-fidelity's file (by sha256), else a one-line ``DDIMError``: the
     cache location promises the paper's extractor (a file passed with --inception-weights is the user's)."""
-    from bench.metrics.reference import file_sha256
+    from ddim.runtime import sha256_file
 
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != WEIGHTS_SHA256:
         raise DDIMError(
             f"{path} is not torch-fidelity's {WEIGHTS_FILE} (sha256 {digest[:16]}…, expected {WEIGHTS_SHA256[:16]}…); "

@@ -245,9 +245,7 @@ def queued_cell(trial: optuna.Trial, T: int) -> Cell | None:
     choices = trial.study.user_attrs.get("param_choices") or _param_choices()
     for name in ("sampler", "schedule"):
         if getattr(want, name) not in choices[name]:
-            raise DDIMError(
-                f"this sweep's store predates {name} {getattr(want, name)!r}; run it under a new name="
-            )
+            raise DDIMError(f"this sweep's store predates {name} {getattr(want, name)!r}; run it under a new name=")
     sampler = trial.suggest_categorical("sampler", choices["sampler"])
     schedule = trial.suggest_categorical("schedule", choices["schedule"])
     steps = trial.suggest_int("steps", 1, max(T, want.steps))
