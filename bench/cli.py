@@ -258,13 +258,12 @@ def classifier(
 ) -> None:
     """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
     from bench.metrics.classifier import ensure_classifier
-    from ddim.data import load_dataset
+    from ddim.data import fetch_dataset
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
     if download:
-        for split in ("train", "test"):
-            load_dataset(dataset, data_root, split, resolution, download=True)
+        fetch_dataset(dataset, data_root)
     with err.status(f"classifier for {dataset} (trained on first use)…"):
         path, info = ensure_classifier(
             dataset, data_root=data_root, cache_dir=cache_dir, device=dev, resolution=resolution
@@ -299,13 +298,12 @@ def metrics(
 ) -> None:
     """Score a folder of samples: FID, IS and KID through torch-fidelity."""
     from bench.metrics.fidelity import compute_metrics_from_folder, default_extractor, resolve_inception_weights
-    from ddim.data import load_dataset
+    from ddim.data import fetch_dataset
     from ddim.runtime import resolve_device
 
     dev = str(resolve_device(device))
     if download:  # fetch what is missing before scoring: the reference images and the Inception weights
-        if {"fid", "kid"} & set(metric):
-            load_dataset(dataset, data_root, split, resolution, download=True)
+        fetch_dataset(dataset, data_root)
         if (extractor or default_extractor(dataset)) == "inception":
             resolve_inception_weights(inception_weights, download=True)
     with err.status("computing metrics…"):

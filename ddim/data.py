@@ -23,7 +23,7 @@ from ddim.errors import DDIMError
 from ddim.images import from_uint8
 from ddim.names import DATASETS, canonical_dataset
 
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
+__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "fetch_dataset", "load_dataset"]
 
 # name -> (channels, default resolution, hflip recommended, valid splits)
 _SPECS: dict[str, tuple[int, int, bool, tuple[str, ...]]] = {
@@ -97,6 +97,14 @@ def load_dataset(
     if name == "celeba":
         return _load_celeba(root, split, info)
     return _load_folder(root, info)
+
+
+def fetch_dataset(name: str, root: str | Path = "data") -> None:
+    """Download what is missing of a dataset torchvision can fetch (MNIST, CIFAR-10) into ``root``;
+    other datasets are left alone (their loaders say where the files go)."""
+    name = canonical_dataset(name)
+    if name in ("mnist", "cifar10"):
+        load_dataset(name, root, "train", download=True)  # torchvision fetches both splits
 
 
 class InMemoryDataset(Dataset):

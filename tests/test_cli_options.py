@@ -208,3 +208,28 @@ def test_help_version_and_completion_need_no_torch() -> None:
     )
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+
+
+@pytest.mark.parametrize("command", [["metrics", "."], ["classifier"]])
+def test_download_flag_fetches_the_data_first(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    import ddim.data
+    from ddim.errors import DDIMError
+
+    def fetch(name: str, root: str) -> None:
+        raise DDIMError(f"fetching {name} into {root}")
+
+    monkeypatch.setattr(ddim.data, "fetch_dataset", fetch)
+    code, _, err = run([*command, "--dataset", "MNIST", "--data-root", tmp_path, "--download"], capsys)
+    assert code == 2 and f"fetching mnist into {tmp_path}" in err, err
+
+
+def test_fetch_dataset_downloads_only_what_torchvision_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ddim.data
+
+    calls = []
+    monkeypatch.setattr(ddim.data, "load_dataset", lambda name, root, split, download=False: calls.append(name))
+    for name in ("MNIST", "cifar10", "celeba", "digits", "folder"):
+        ddim.data.fetch_dataset(name, "data")
+    assert calls == ["mnist", "cifar10"]
