@@ -233,3 +233,14 @@ def test_fetch_dataset_downloads_only_what_torchvision_can(monkeypatch: pytest.M
     for name in ("MNIST", "cifar10", "celeba", "digits", "folder"):
         ddim.data.fetch_dataset(name, "data")
     assert calls == ["mnist", "cifar10"]
+
+
+def test_the_torch_free_names_are_the_librarys() -> None:
+    """The CLI lists ddim.names without importing torch; the sampler names must be the registry's."""
+    import ddim.data
+    import ddim.names
+    import ddim.sampling
+    import ddim.schedules
+
+    assert ddim.names.SAMPLERS == tuple(ddim.sampling.REGISTRY)
+    assert ddim.data.DATASETS is ddim.names.DATASETS and ddim.schedules.SPACINGS is ddim.names.SPACINGS
