@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.store.untrusted import safe_url
 from ddim.errors import DDIMError
 
 app = typer.Typer(
@@ -40,11 +41,11 @@ WANDB_HELP = "W&B mode: online, offline or disabled (default: online when a W&B 
 
 def _say(text: str) -> None:
     """One status line on stderr, printed literally: paths and values may contain [brackets]."""
-    err.print(text, markup=False, highlight=False, soft_wrap=True)
+    err.print(safe_url(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(safe_url(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -119,7 +120,8 @@ class LazyBar:
 
 
 def _command_line() -> str:
-    return shlex.join(["ddimbench", *sys.argv[1:]])
+    """The command as typed, with any password in a URL argument masked (it is stored and reported)."""
+    return shlex.join(["ddimbench", *(safe_url(a) for a in sys.argv[1:])])
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     except TyperException as exc:  # click's usage and parameter errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err.print(
-            f"[bold red]error:[/] {escape(' '.join(message.split()))}; see `ddimbench --help`",
+            f"[bold red]error:[/] {escape(safe_url(' '.join(message.split())))}; see `ddimbench --help`",
             highlight=False,
             soft_wrap=True,
         )
