@@ -172,3 +172,99 @@ def test_a_cifar_batch_holding_code_is_refused_unrun(tmp_path: Path, capsys: pyt
     code, err = cli([*argv, "--wandb", "disabled", "--device", "cpu"], capsys)
     assert code == 2 and not marker.exists()
     assert_one_line(err, "data_batch_3", "refused")
+
+
+# ---- a sweep store names folders and files: confined to the sweep's artifacts folder ----
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path.read_bytes()
+
+
+def _store(work: Path, name: str, grids: list, artifacts: str, extras: dict | None = None) -> str:
+    """A study as another tool (or a hostile database user) could write it: cells whose stored image paths
+    are ``grids``, provenance naming ``artifacts`` as the sweep's folder."""
+    import optuna
+
+    url = f"sqlite:///{work / 'doctored.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=url)
+    study.set_user_attr("meta", {"name": name, "dataset": "digits", "n": 20, "artifacts": artifacts})
+    if extras:
+        study.set_user_attr("extras", extras)
+    for i, grid in enumerate(grids):
+        result = {"fid": 1.0 + i, "n": 20, "nfe": 2 + i, "seeds": "0-19", "grid": grid, "strip": grid}
+        attrs = {"cell": f"c{i}", "sampler": "ddim", "steps": 2 + i, "schedule": "uniform", "seed_block": 0,
+                 "eta": 0.0, "result": result}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=1.0 + i,
+                                                  user_attrs=attrs))  # fmt: skip
+    return url
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/path", "a/b", ".hidden", ""])
+def test_report_refuses_a_study_name_that_is_a_path(
+    work: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    url = _store(work, name or "placeholder", [], "ddimbench-sweeps/x")
+    inner = work / "a" / "b"
+    inner.mkdir(parents=True)
+    monkeypatch.chdir(inner)  # reports/../../x would be work/x
+    for names in ([name], ["placeholder", name]):  # one sweep, or one of several in a combined report
+        code, err = cli(["report", *names, "--storage", url, "--wandb", "disabled"], capsys)
+        assert code == 2
+        assert_one_line(err, "sweep name", "letters, digits")
+        assert sorted(p.name for p in work.iterdir()) == ["a", "doctored.db"] and list(inner.iterdir()) == []
+
+
+def test_report_reads_only_pngs_inside_the_sweeps_artifacts_folder(work: Path, capsys: pytest.CaptureFixture) -> None:
+    root = work / "ddimbench-sweeps" / "g"
+    (root / "sweep.json").parent.mkdir(parents=True)
+    (root / "sweep.json").write_text('{"name": "g"}')
+    genuine = _png(root / "cells" / "ok.png", (10, 200, 30))
+    secret = _png(work / "outside" / "secret.png", (250, 1, 2))
+    (root / "cells" / "link.png").symlink_to(work / "outside" / "secret.png")
+    grids = ["cells/ok.png", "/etc/hostname", str(work / "outside" / "secret.png"), "../../outside/secret.png",
+             "cells/link.png", "sweep.json", "cells/missing.png"]  # fmt: skip
+    url = _store(work, "g", grids, str(root), extras={"interpolation": "../../outside/secret.png"})
+    code, err = cli(["report", "g", "--storage", url, "--wandb", "disabled"], capsys)
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "warning" in line]  # 6 bad × (grid, strip) + interpolation
+    assert (
+        warning.startswith("warning: 13 sample image(s)")
+        and "not PNG files under" in warning
+        and "Traceback" not in err
+    )
+    report = work / "reports" / "g"
+    assert [p.read_bytes() for p in (report / "grids").iterdir()] == [genuine]
+    assert not (report / "interpolation.png").exists()
+    hostname = Path("/etc/hostname").read_bytes() if Path("/etc/hostname").is_file() else secret
+    for path in report.rglob("*"):
+        assert not path.is_file() or (secret not in path.read_bytes() and hostname not in path.read_bytes()), path
+
+
+def test_report_ignores_an_artifacts_folder_that_is_not_a_sweeps(work: Path, capsys: pytest.CaptureFixture) -> None:
+    """The store names a folder without the sweep's sweep.json (e.g. /etc): nothing is read from it."""
+    elsewhere = work / "elsewhere"
+    _png(elsewhere / "cells" / "ok.png", (10, 200, 30))
+    url = _store(work, "g", ["cells/ok.png"], str(elsewhere))
+    code, err = cli(["report", "g", "--storage", url, "--wandb", "disabled"], capsys)
+    assert code == 0 and "2 sample image(s)" in err and "ddimbench-sweeps/g" in err
+    assert not (work / "reports" / "g" / "grids").exists()
+
+
+def test_write_report_reads_no_file_outside_its_root(tmp_path: Path) -> None:
+    """The library entry point refuses too (``make_report`` leaves such paths out before calling it)."""
+    from bench.report.write import write_report
+
+    _png(tmp_path / "outside.png", (250, 1, 2))
+    _png(tmp_path / "root" / "in.png", (1, 2, 3))
+    record = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 2, "schedule": "uniform",
+              "seed_block": 0, "fid": 1.0, "grid": "../outside.png"}  # fmt: skip
+    for grid in ("../outside.png", str(tmp_path / "outside.png")):
+        call = lambda g=grid: write_report([{**record, "grid": g}], {}, tmp_path / "out", root=tmp_path / "root")  # noqa: E731
+        one_line_error(call, "not found as a PNG file under")
+    assert write_report([{**record, "grid": "in.png"}], {}, tmp_path / "out", root=tmp_path / "root")
