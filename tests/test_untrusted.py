@@ -268,3 +268,27 @@ def test_write_report_reads_no_file_outside_its_root(tmp_path: Path) -> None:
         call = lambda g=grid: write_report([{**record, "grid": g}], {}, tmp_path / "out", root=tmp_path / "root")  # noqa: E731
         one_line_error(call, "not found as a PNG file under")
     assert write_report([{**record, "grid": "in.png"}], {}, tmp_path / "out", root=tmp_path / "root")
+
+
+# ---- a doctored checkpoint: its stored settings pass train's rules, its weights are finite ----
+
+
+@pytest.mark.parametrize("case", ["beta_end=2.0", "unknown dataset", "NaN EMA"])
+def test_sample_refuses_a_doctored_checkpoint(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str):
+    """Through the CLI: was a ZeroDivisionError / ValueError traceback, or black PNGs and exit 0."""
+    from ddim.checkpoint import resolve_checkpoint, save_checkpoint
+
+    state = torch.load(resolve_checkpoint(ckpt), weights_only=True)
+    state.pop("format")
+    if case == "beta_end=2.0":
+        state["diffusion"]["beta_end"] = 2.0
+    elif case == "unknown dataset":
+        state["dataset"]["name"] = "imagenet"
+    else:
+        for v in state["ema"].values():
+            v.fill_(float("nan"))
+    path = save_checkpoint(tmp_path / "doctored.pt", state)
+    out = tmp_path / "samples"
+    code, err = cli(["sample", "--checkpoint", path, "-n", 2, "--steps", 2, "--out", out, "--device", "cpu"], capsys)
+    assert code == 2 and not out.exists()
+    assert_one_line(err, str(path))
