@@ -33,6 +33,7 @@ from bench.console import (
     version_text,
 )
 from bench.metrics import EXTRACTORS, METRICS
+from bench.store.untrusted import safe_url
 from bench.sweep.overrides import describe_keys
 from bench.tracking.wandb_run import MODES
 from ddim.errors import DDIMError
@@ -72,11 +73,11 @@ def _root(
 
 def _say(text: str) -> None:
     """One status line on stderr, printed literally: paths and values may contain [brackets]."""
-    err.print(text, markup=False, highlight=False, soft_wrap=True)
+    err.print(safe_url(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(safe_url(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -115,7 +116,8 @@ def guarded(fn: Callable) -> Callable:
 
 
 def _command_line() -> str:
-    return shlex.join(["ddimbench", *sys.argv[1:]])
+    """The command as typed, with any password in a URL argument masked (it is stored and reported)."""
+    return shlex.join(["ddimbench", *(safe_url(a) for a in sys.argv[1:])])
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TyperException as exc:  # click's usage and parameter errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(f"[bold red]error:[/] {escape(usage_line(message))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(safe_url(usage_line(message)))}", highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0
 

@@ -67,8 +67,6 @@ class SampleConfig:
             schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
 
 
-
-
 def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:
     if cfg.sampler == "ddpm":  # ancestral DDPM always walks all T steps
         return torch.arange(T - 1, -1, -1)

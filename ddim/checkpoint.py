@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from ddim import schedules
+from ddim.data import dataset_info
 from ddim.errors import DDIMError
 from ddim.runtime import atomic_write, sha256_file, write_error
 from ddim.unet import UNet, UNetConfig
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 FORMAT = "ddimbench-checkpoint-v1"
+MAX_T = 100_000  # the ᾱ table and every timestep list are O(T); the paper's models use T = 1000
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _TEMP = re.compile(r"^\.step-\d+\.pt\..*\.tmp$")  # what atomic_write leaves if killed mid-write
 
@@ -50,6 +53,23 @@ class DiffusionConfig:
 
     def alpha_bar(self) -> torch.Tensor:
         return schedules.alpha_bar(self.beta_schedule, self.T, self.beta_start, self.beta_end)
+
+    def problem(self, name: Callable[[str], str] = str) -> str | None:
+        """Why this forward process is unusable (None when it is fine): the one rule per field that
+        ``train`` applies to its settings and the loader to a checkpoint's. ``name`` spells a field
+        (``train`` says ``--beta-end``). β must lie in (0, 1) (eq. 1 of the paper's forward process:
+        ᾱ_t = ∏(1 − β_s) must stay in (0, 1))."""
+        T, lo, hi = self.T, self.beta_start, self.beta_end
+        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
+            return f"{name('T')} must be an integer in 1..{MAX_T}, got {T!r}"
+        try:
+            schedules.betas(self.beta_schedule, 2)  # raises on an unknown name
+        except DDIMError as exc:
+            return str(exc)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
+        if not (numbers and 0 < lo <= hi < 1):  # NaN fails too
+            return f"need 0 < {name('beta_start')} ≤ {name('beta_end')} < 1, got {lo!r}, {hi!r}"
+        return None
 
 
 @dataclass
@@ -139,6 +159,23 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return state
 
 
+def _check_settings(path: Path, diffusion: DiffusionConfig, state: dict[str, Any]) -> None:
+    """A checkpoint's stored settings pass the rules ``train`` applies (a doctored file would otherwise
+    divide by zero, allocate without bound or fail deep inside sampling). Imported weights
+    (``ddim.convert``) may name a dataset of their own: only a trained checkpoint's must be one of ours."""
+    problem, dataset = diffusion.problem(), state.get("dataset")
+    if problem is None and dataset is not None:
+        if not isinstance(dataset, dict) or not isinstance(dataset.get("name", ""), str):
+            problem = f"dataset {dataset!r} is not a mapping with a name"
+        elif dataset.get("name") is not None and "imported" not in state:
+            try:
+                dataset_info(dataset["name"], dataset.get("resolution"))
+            except DDIMError as exc:
+                problem = str(exc)
+    if problem is not None:
+        raise DDIMError(f"checkpoint {path} holds settings train refuses ({problem}); the file is damaged or edited")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory → its newest checkpoint file."""
     p = Path(path)
@@ -169,6 +206,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model_sd = state["model"]
     except (KeyError, TypeError, ValueError, DDIMError) as exc:
         raise DDIMError(f"checkpoint {p} is missing or has a malformed field ({exc}); it is damaged") from None
+    _check_settings(p, diffusion, state)
     named = _NAME.match(p.name)
     if named and int(named.group(1)) != step:  # the run's newest file and pruning go by the name
         raise DDIMError(f"checkpoint {p} holds step {step} but its name says step {int(named.group(1))}; "
@@ -179,6 +217,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for name, sd in (("model", model_sd), ("ema", state.get("ema"))):
         if (sd is not None or name == "model") and not _weights_match(sd, expected):
             raise DDIMError(f"checkpoint {p}: {name} weights do not match its UNet config; the file is damaged")
+        bad = next((k for k, v in (sd or {}).items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:  # sampling would give black images without a word
+            raise DDIMError(f"checkpoint {p}: {name} weights hold NaN or infinite values ({bad}); "
+                            "use an earlier checkpoint of the run")  # fmt: skip
     return Checkpoint(
         path=p,
         step=step,

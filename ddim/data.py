@@ -7,11 +7,13 @@ Random horizontal flips are left to the trainer (``dataset.info.hflip`` says whe
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -217,6 +219,28 @@ def _load_mnist(root: Path, split: str, info: DatasetInfo, download: bool) -> In
     return _in_memory(mnist.data[:, None], mnist.targets, info)  # data: (N, 28, 28) uint8
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 python batch: dicts, lists, strings/bytes and numpy arrays, nothing else.
+
+    The batches are pickles by format, and a plain ``pickle.load`` calls whatever a doctored file
+    names. Only numpy's array reconstruction, ``ndarray`` and ``dtype`` (under the names numpy 1 and 2
+    pickle them with) and ``_codecs.encode`` (how protocol-2 pickles spell bytes) may be looked up.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        reconstruct = np.zeros(1).__reduce__()[0]  # numpy's own, whatever module it lives in
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): codecs.encode,
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds: refused")
+        return allowed[module, name]
+
+
 def _load_cifar10(root: Path, split: str, info: DatasetInfo, download: bool) -> InMemoryDataset:
     folder = root / "cifar-10-batches-py"
     files = [folder / n for n in (*_CIFAR_TRAIN, "test_batch")]
@@ -236,7 +260,7 @@ def _load_cifar10(root: Path, split: str, info: DatasetInfo, download: bool) -> 
     for path in wanted:
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+                batch = _CifarUnpickler(f, encoding="latin1").load()
             pixels.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # (n, C, H, W)
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
         except Exception as err:

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ddim import data as ddata
-from ddim import schedules
 from ddim.checkpoint import DiffusionConfig
 from ddim.errors import DDIMError
 from ddim.names import canonical_dataset
@@ -116,12 +115,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``DDIMError`` for any setting out of bounds (cheap: loads no data)."""
-        if self.dataset not in ddata.DATASETS:
-            raise DDIMError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(ddata.DATASETS)}")
+        ddata.dataset_info(self.dataset)  # raises on an unknown dataset
         at_least = {
             "max_steps": 1,
             "batch_size": 1,
-            "T": 1,
             "save_every": 1,
             "keep": 1,
             "grid_size": 1,
@@ -142,8 +139,8 @@ class TrainConfig:
             raise DDIMError(f"--grad-clip must be a finite number ≥ 0 (0: no clipping), got {self.grad_clip!r}")
         if not 0 <= self.ema_decay < 1:
             raise DDIMError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise DDIMError(f"need 0 < --beta-start ≤ --beta-end < 1, got {self.beta_start!r}, {self.beta_end!r}")
+        if problem := self.diffusion().problem(lambda field: f"--{field.replace('_', '-')}"):
+            raise DDIMError(problem)
         if self.grid_steps > self.T:
             raise DDIMError(f"--grid-steps {self.grid_steps} exceeds T = {self.T}")
         if self.compile and not self.compile_backend:
@@ -157,7 +154,6 @@ class TrainConfig:
                 f"--channels {self.channels} does not match {self.dataset}, which has {info.channels} channel"
                 f"{'s' if info.channels > 1 else ''}; drop --channels or pass --channels {info.channels}"
             )
-        schedules.betas(self.beta_schedule, 2)  # raises on an unknown name
         resolve_device(self.device)
         self.unet_config()  # raises on an unknown preset or a bad override
 

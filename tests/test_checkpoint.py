@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 from dataclasses import asdict
 
 import pytest
@@ -182,6 +183,45 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     with pytest.raises(DDIMError, match="do not match its UNet config") as info:
         load_checkpoint(save_checkpoint(tmp_path / "c.pt", payload))
     _one_line(info)
+
+
+DOCTORED = {
+    "beta_end=2.0": (lambda p: p["diffusion"].update(beta_end=2.0), "need 0 < beta_start ≤ beta_end < 1"),
+    "beta_start=nan": (lambda p: p["diffusion"].update(beta_start=float("nan")), "need 0 < beta_start"),
+    "T=1e9": (lambda p: p["diffusion"].update(T=10**9), "T must be an integer in 1..100000"),
+    "T=1e9 float": (lambda p: p["diffusion"].update(T=1e9), "T must be an integer"),
+    "T=0": (lambda p: p["diffusion"].update(T=0), "T must be an integer"),
+    "unknown schedule": (lambda p: p["diffusion"].update(beta_schedule="zigzag"), "unknown beta schedule"),
+    "unknown dataset": (lambda p: p["dataset"].update(name="imagenet"), "unknown dataset 'imagenet'"),
+    "bad resolution": (lambda p: p["dataset"].update(resolution=-3), "resolution must be a positive integer"),
+    "NaN EMA": (lambda p: p["ema"]["conv_out.weight"].fill_(float("nan")), "ema weights hold NaN or infinite values"),
+    "inf model": (lambda p: p["model"]["temb.dense.0.bias"].fill_(float("inf")), "model weights hold NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", DOCTORED)
+def test_doctored_settings_and_weights_are_refused(tmp_path, case):
+    """A checkpoint whose stored settings train would refuse, or whose weights are not finite: one line naming
+    the file (these were a ZeroDivisionError, a ValueError, a memory runaway and black PNGs)."""
+    doctor, needle = DOCTORED[case]
+    payload = _payload(step=1)
+    assert {"conv_out.weight", "temb.dense.0.bias"} <= set(payload["ema"])
+    doctor(payload)
+    path = save_checkpoint(tmp_path / "c.pt", payload)
+    with pytest.raises(DDIMError, match=re.escape(needle)) as info:
+        load_checkpoint(path)
+    assert str(path) in _one_line(info)
+
+
+def test_checkpoint_and_train_share_each_rule(tmp_path):
+    """The loader's refusal is train's: the same rule, phrased for train's options."""
+    from ddim.train_config import TrainConfig
+
+    for diffusion, option in (({"beta_end": 2.0}, "--beta-end"), ({"T": 10**9}, "--T must be an integer in 1..100000")):
+        with pytest.raises(DDIMError, match=re.escape(option)):
+            TrainConfig(**diffusion, run_dir=str(tmp_path)).validate()
+    with pytest.raises(DDIMError, match="unknown dataset 'imagenet'"):
+        TrainConfig(dataset="imagenet", run_dir=str(tmp_path)).validate()
 
 
 def test_check_compatible(tmp_path):

@@ -31,6 +31,7 @@ from bench.metrics.fidelity import (
     resolve_inception_weights,
     tensor_sha256,
 )
+from bench.metrics.reference import load_plain
 from ddim.images import to_uint8
 from ddim.runtime import sha256_file
 
@@ -191,7 +192,7 @@ def test_fid_equals_frechet_distance_of_our_own_features(
     # The cached reference statistics are those of the train features.
     stats_file = cache_dir / "reference" / f"{fid_vs_train['ref_key']}-{EXTRACTOR_NAME}-stat-fid-{FEATURE_FID}.pt"
     assert sha256_file(stats_file) == fid_vs_train["ref_sha256"]
-    stats = torch.load(stats_file, weights_only=False)
+    stats = load_plain(stats_file)
     assert np.allclose(stats["mu"], f_train.mean(0), rtol=1e-4, atol=1e-5)
     assert np.allclose(stats["sigma"], np.cov(f_train, rowvar=False), rtol=1e-3, atol=1e-5)
 
@@ -230,7 +231,7 @@ def test_custom_extractor_is_used_end_to_end(
     # With no FID asked, ref_sha256 is the hash of the cached reference features.
     features_file = cache_dir / "reference" / f"{out['ref_key']}-{EXTRACTOR_NAME}-features-{FEATURE_FID}.pt"
     assert sha256_file(features_file) == out["ref_sha256"]
-    ref_features = torch.load(features_file, weights_only=False)
+    ref_features = load_plain(features_file)
     assert ref_features.shape == (400, 128)
     # KID is the unbiased MMD² (cubic polynomial kernel) of our own penult features of the samples and of the
     # reference subset (the fixed-seed random 400 train images), up to torch-fidelity's averaging over subsets.

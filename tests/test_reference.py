@@ -17,7 +17,7 @@ from PIL import Image
 import ddim.data
 from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
 from bench.metrics.fidelity import compute_metrics, reference_key, tensor_sha256
-from bench.metrics.reference import reference_stats
+from bench.metrics.reference import load_plain, reference_stats
 from ddim.images import to_uint8
 from ddim.runtime import sha256_file
 
@@ -136,7 +136,7 @@ def test_a_damaged_reference_cache_is_recomputed(
     kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid", "kid"), ref_count=555)
     first = compute_metrics(test_u8, **kwargs)
     stat_file, features_file = _reference_files(cache_dir, first["ref_key"])
-    stat, features = (torch.load(p, weights_only=False) for p in (stat_file, features_file))
+    stat, features = (load_plain(p) for p in (stat_file, features_file))
     damaged = stat_file if kind == "stat-fid" else features_file
     _damage(damaged, how)
     capsys.readouterr()
@@ -147,7 +147,7 @@ def test_a_damaged_reference_cache_is_recomputed(
     assert {k: second[k] for k in same} == {k: first[k] for k in same}
     assert second["ref_sha256"] == sha256_file(stat_file)
     # The damaged file is rewritten with what it held.
-    rewritten = torch.load(damaged, weights_only=False)
+    rewritten = load_plain(damaged)
     if kind == "stat-fid":
         assert np.array_equal(rewritten["mu"], stat["mu"]) and np.array_equal(rewritten["sigma"], stat["sigma"])
     else:

@@ -39,9 +39,12 @@ from bench.metrics.reference import (
     UInt8Images,
     first_line,
     heal_reference_cache,
+    load_plain,
+    load_problem,
     reference_key,
     reference_stats,
     tensor_sha256,
+    weights_only_loads,
 )
 from ddim.errors import DDIMError
 from ddim.runtime import sha256_file
@@ -120,15 +123,14 @@ _CHECKED_INCEPTION: set[str] = set()
 
 
 def _check_inception_weights(path: Path, sha256: str) -> None:
-    """Load the file once (per content) as torch-fidelity will, so a bad file is a one-line error."""
+    """Load the file once (per content), tensors only as torch-fidelity will: a bad file is one line."""
     if sha256 in _CHECKED_INCEPTION:
         return
     fix = f"pass --inception-weights FILE with torch-fidelity's {INCEPTION_WEIGHTS_FILE}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # as torch-fidelity loads it
+        state = load_plain(path)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DDIMError(f"cannot read Inception weights {str(path)!r} ({reason}); {fix}") from None
+        raise DDIMError(f"cannot read Inception weights {str(path)!r} ({load_problem(e)}); {fix}") from None
     fc = state.get("fc.weight") if isinstance(state, dict) else None
     if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
         raise DDIMError(
@@ -287,7 +289,7 @@ def compute_metrics(
     # 4. One torch-fidelity call; samples are never cached (input1 has no cache name).
     import torch_fidelity
 
-    with device_ctx:
+    with device_ctx, weights_only_loads():  # its torch.load calls ask for weights_only=False
         raw = torch_fidelity.calculate_metrics(
             input1=UInt8Images(samples, rgb=rgb),
             fid="fid" in metrics,

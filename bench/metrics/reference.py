@@ -12,6 +12,9 @@ Protocol (FID as in Table 1 of the paper, measured by ``bench.metrics.fidelity``
   be reused.
 - ``heal_reference_cache`` removes a cached entry torch-fidelity could not load (truncated, empty), so
   it is recomputed from the reference images instead of failing every later measurement.
+- Files are untrusted: ``load_plain`` reads tensors and numpy arrays only (``torch.load`` with
+  ``weights_only=True``), and ``weights_only_loads`` makes torch-fidelity's own loads (it asks for
+  ``weights_only=False``) do the same, so a doctored cache or weights file never runs code.
 
 Importing this module needs only torch and numpy (``import bench.metrics.fidelity`` stays cheap).
 """
@@ -22,9 +25,11 @@ import contextlib
 import glob
 import hashlib
 import os
+import pickle
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +177,63 @@ def reference_key(
     return f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
 
 
+# --- untrusted files: tensors and numpy arrays only, never pickled code --------------------------
+
+
+def numpy_array_globals() -> list[Any]:
+    """What a pickled numpy array names (torch-fidelity keeps FID statistics as numpy arrays): its
+    reconstruction function, ``ndarray``, ``dtype`` and the dtype classes whose state it sets. Nothing
+    in them calls arbitrary code: an array's data is raw bytes, or (object arrays) items unpickled
+    under the same restrictions."""
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy's own, whatever module it lives in this version
+    dtypes = {type(np.dtype(t)) for t in set(np.sctypeDict.values())} - {np.dtype}
+    return [reconstruct, np.ndarray, np.dtype, *sorted(dtypes, key=str)]
+
+
+def load_plain(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """A torch file holding tensors, numpy arrays, numbers, strings and containers only.
+
+    ``weights_only=True``: a pickle naming anything else raises ``pickle.UnpicklingError`` and
+    nothing in it runs.
+    """
+    with warnings.catch_warnings(), torch.serialization.safe_globals(numpy_array_globals()):
+        warnings.simplefilter("ignore")  # a foreign pickle's protocol warning is noise: it is refused
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why ``load_plain`` failed, in one line; a refused pickle is named by the object it would have looked up
+    or built (e.g. ``builtins.exec``): it holds code, not only tensors and arrays."""
+    found = None
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = str(exc).split("WeightsUnpickler error:")[-1]
+        found = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([\w.]+)|but got <class '([\w.]+)'>", detail)
+    if found:
+        return (
+            f"it names {next(g for g in found.groups() if g)}, not only tensors and arrays: pickled code that "
+            "could run, refused unloaded"
+        )
+    return first_line(exc)
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside is weights-only with numpy arrays allowed, including torch-fidelity's
+    (it loads its cache and the Inception weights with ``weights_only=False``): what we checked with
+    ``load_plain`` is then also what it reads, even if a file changed in between."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with torch.serialization.safe_globals(numpy_array_globals()):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 # --- the reference cache: a damaged file is recomputed, not a traceback ----------------------------
 
 _GOOD_CACHE_FILES: set[tuple[str, int, int]] = set()
@@ -180,6 +242,8 @@ _GOOD_CACHE_FILES: set[tuple[str, int, int]] = set()
 def first_line(exc: BaseException, limit: int = 100) -> str:
     """The exception's first line, up to its first sentence and ``limit`` characters (torch's are long)."""
     text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # torch's weights-only refusal: its reason follows a long preamble
+        text = text.split("WeightsUnpickler error:")[-1].strip()
     line = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -187,20 +251,20 @@ def first_line(exc: BaseException, limit: int = 100) -> str:
 def _cache_file_problem(path: Path, ref_n: int) -> str | None:
     """Why torch-fidelity could not use this cached reference file, or None when it can.
 
-    Loads it as torch-fidelity does; checks the shape of what it holds too: FID statistics are
-    ``{"mu": (D,), "sigma": (D, D)}`` numpy arrays, features a ``(ref_n, D)`` tensor. A file that
-    passed is memoised by (path, size, mtime) so a sweep loads it once per process.
+    Loads it as torch-fidelity will (weights-only, see ``weights_only_loads``), and checks the shape of
+    what it holds: FID statistics are ``{"mu": (D,), "sigma": (D, D)}`` numpy arrays, features a
+    ``(ref_n, D)`` tensor. A file that passed is memoised by (path, size, mtime) so a sweep loads it once per process.
     """
     try:
         st = path.stat()
         memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
         if memo in _GOOD_CACHE_FILES:
             return None
-        # As torch-fidelity loads it, but memory-mapped: a zip cut short fails at once, and a 50k × 2048 features
-        # file is not read into memory just to be checked.
-        item = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # a truncated zip, an empty file (EOFError), a folder, no permission...
-        return first_line(e)
+        # Memory-mapped: a zip cut short fails at once, and a 50k × 2048 features file is not read into memory
+        # just to be checked.
+        item = load_plain(path, mmap=True)
+    except Exception as e:  # a truncated zip, an empty file (EOFError), a folder, no permission, a doctored file
+        return load_problem(e)
     if "-stat-fid-" in path.name:
         mu, sigma = (item.get(k) if isinstance(item, dict) else None for k in ("mu", "sigma"))
         ok = isinstance(mu, np.ndarray) and isinstance(sigma, np.ndarray) and mu.ndim == 1

@@ -8,6 +8,7 @@ from typing import Any
 from bench.console import warn
 from bench.report.write import write_report
 from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.sweep_runs import tracked
 
 
@@ -22,23 +23,26 @@ def make_report(
 ) -> Path:
     """Write ``reports/<name>/`` (or ``out``) from the stored results; returns the folder.
 
-    Sample grids are read from the sweep's artifacts folder; a grid made on another machine (not
-    present here) is left out with a warning. With tracking on, the table and figures are logged
-    as a ``report`` run in the sweep's W&B group.
+    Sample grids are read from the sweep's artifacts folder, and only PNG files inside it (the store is
+    untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is left
+    out with a warning. With tracking on, the table and figures are logged as a ``report`` run in the
+    sweep's W&B group.
     """
+    check_name(name, "sweep name ")  # it names the report's folder
     records, meta, extras = load_results(name, storage)
-    root = Path(meta.get("artifacts") or Path("ddimbench-sweeps") / name)
+    root = artifacts_root(name, meta)
     missing = 0
     for r in records:
         for key in ("grid", "strip"):
-            if r.get(key) and not (root / r[key]).is_file():
+            if r.get(key) and artifact_file(root, r[key]) is None:
                 r[key], missing = None, missing + 1
-    if extras.get("interpolation") and not (root / extras["interpolation"]).is_file():
-        extras.pop("interpolation")
-        missing += 1
+    for key in ("interpolation", "consistency"):
+        if extras.get(key) and artifact_file(root, extras[key]) is None:
+            extras.pop(key)
+            missing += 1
     if missing:
         warn(
-            f"{missing} sample image(s) of {name!r} are not under {root} (made on another machine?); "
+            f"{missing} sample image(s) of {name!r} are not PNG files under {root} (made on another machine?); "
             "the report leaves them out"
         )
     folder = Path(out) if out is not None else Path("reports") / name

@@ -203,8 +203,11 @@ def make_combined_report(
     """Load the sweeps ``names`` from the store and write their combined report (default folder
     ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run."""
     from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+    from bench.store.untrusted import check_name
     from bench.tracking.sweep_runs import tracked
 
+    for name in names:
+        check_name(name, "sweep name ")  # the names make the report's folder
     sweeps = []
     for name in dict.fromkeys(names):
         records, meta, _ = load_results(name, storage)

@@ -43,14 +43,18 @@ from bench.report.tables import (
     table_tex,
 )
 from bench.store.study import shown
+from bench.store.untrusted import artifact_file
 from ddim.errors import DDIMError
 
 
 # ------------------------------------------------------------------------------------------- files
 def _read_input(root: Path, rel: str, what: str) -> bytes:
-    path = root / rel
-    if not path.is_file():
-        raise DDIMError(f"{what} {path} not found; pass root= the folder the sweep's relative paths start from")
+    path = artifact_file(root, rel)  # a PNG inside root, never a file elsewhere that a record names
+    if path is None:
+        raise DDIMError(
+            f"{what} {str(rel)!r} not found as a PNG file under {root}; pass root= the folder the sweep's relative "
+            "paths start from"
+        )
     return path.read_bytes()
 
 

@@ -9,11 +9,11 @@ is described in ``bench.store.study``.
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from bench.store.untrusted import safe_url, url_password
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
@@ -21,11 +21,6 @@ if TYPE_CHECKING:
 
 DEFAULT_STORAGE = "sqlite:///ddimbench-sweeps.db"
 GRACE_FACTOR = 4  # a trial is stale after GRACE_FACTOR heartbeats without a beat
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 _OPEN: dict[tuple[str, int | None], Any] = {}
@@ -54,6 +49,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     fix = "check --storage (e.g. postgresql+psycopg2://user:pw@host/db) or omit it for the local SQLite file"
     if "://" not in url:
         raise DDIMError(f"storage {shown!r} is not a database URL; {fix}")
+    if "@" in (url_password(url) or ""):  # SQLAlchemy ends the password at the first "@": the rest becomes the host
+        raise DDIMError(f"storage {shown}: the password holds a raw '@'; write it as %40 (user:p%40ss@host)")
     if url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 60}}  # several local workers share one file
     else:
@@ -81,7 +78,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
             ) from None
         except Exception as exc:  # sqlalchemy raises many kinds: OperationalError, ArgumentError, ...
             text = str(exc).strip().splitlines()
-            reason = f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+            reason = f"{type(exc).__name__}: {safe_url(text[0])[:160]}" if text else type(exc).__name__
             # Two processes creating the tables at once race ("already exists"): retry.
             if "already exists" in reason and attempt < 2:
                 time.sleep(0.5 + attempt)

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
-from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
+from bench.store.storage import DEFAULT_STORAGE, open_storage
+from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
@@ -160,10 +161,15 @@ def records_of(study: optuna.Study) -> tuple[list[dict[str, Any]], int]:
 
 
 def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dict, dict]:
-    """(records, meta, extras) of a sweep, straight from the store (no recomputation)."""
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation).
+
+    Every string is passed through ``redact``: a study written before credentials were masked (or by
+    another tool) cannot put a password into a report or a W&B run.
+    """
     study = load_study(name, storage)
     records, superseded = records_of(study)
-    meta = dict(study.user_attrs.get("meta", {}))
+    records = redact(records)
+    meta = redact(dict(study.user_attrs.get("meta", {})))
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
         meta["objective"] = (study.user_attrs.get("protocol", {}).get("space") or {}).get("objective")
     # Protocol hashes known only after the first measured cell: take them from the cells.
@@ -174,13 +180,13 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
     seeds = _seeds_text(r.get("seeds") for r in records)
     if seeds:
         meta["seeds"] = seeds
-    runs = [v for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
+    runs = [redact(v) for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
     if runs:
         meta["runs"] = 1 + len(runs)
         meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
     if superseded:
         meta["superseded_trials"] = superseded
-    extras = {k: v for k, v in dict(study.user_attrs.get("extras", {})).items() if k != "key"}
+    extras = {k: v for k, v in redact(dict(study.user_attrs.get("extras", {}))).items() if k != "key"}
     return records, meta, extras
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.store.cell import Cell
+from bench.store.untrusted import artifact_file
 from bench.sweep.provenance import library_versions
 from bench.sweep.spec import SweepSpec
 from ddim import sampling, schedules
@@ -115,7 +116,7 @@ class Evaluator:
         key = {"steps": steps, "schedule": spec.schedule[0], "interpolation": spec.interpolation,
                "inversion": spec.inversion, "inversion_n": spec.inversion_n}  # fmt: skip
         old = study.user_attrs.get("extras") or {}
-        if old.get("key") == key and (not old.get("interpolation") or (self.root / old["interpolation"]).is_file()):
+        if old.get("key") == key and (not old.get("interpolation") or artifact_file(self.root, old["interpolation"])):
             return old
         out: dict[str, Any] = {"key": key}
         ts = {s: schedules.timesteps(s, self.T, spec.schedule[0]) for s in steps}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.store.untrusted import safe_url
+
 
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries a result depends on (read from package metadata: nothing imported)."""
@@ -58,7 +60,7 @@ def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> di
     from datetime import datetime, timezone
 
     return {
-        "name": spec.name, "command": command, "git_commit": _git_commit(), "versions": library_versions(),
+        "name": spec.name, "command": safe_url(command), "git_commit": _git_commit(), "versions": library_versions(),
         "device": device, "dataset": spec.dataset, "T": spec.T, "checkpoint": spec.checkpoint,
         "checkpoint_sha256": checkpoint_sha256, "extractor": spec.extractor, "extractor_sha256": None,
         "ref_key": None, "ref_sha256": None, "n": spec.n, "seeds": seeds_text(spec),

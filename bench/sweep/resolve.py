@@ -8,16 +8,15 @@ weights and the device. Each problem is a one-line ``DDIMError``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.store.untrusted import check_name
 from bench.sweep.overrides import example, load_config, merge, parse_overrides, parse_value, per_dataset
 from bench.sweep.spec import Range, SweepSpec
 from ddim.errors import DDIMError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "interpolation", "inversion",
             "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
 
@@ -99,8 +98,7 @@ def resolve_spec(
         )
     # 2. Axes and scalars, with defaults; the spacing may be given per dataset.
     name = values.get("name") or (Path(config).stem if config else "sweep")
-    if not _NAME.match(name):
-        raise DDIMError(f"name={name!r} must be letters, digits, '.', '_' or '-' (it names folders); e.g. name=my-grid")
+    check_name(name)
     mode = values.get("search")
     # A grid defaults to the paper's spacing (quad for CIFAR10, else uniform); a search, whose S is arbitrary,
     # to trailing: it starts at t = T − 1 for every S (uniform can start far below it when T % S ≠ 0).

@@ -46,7 +46,7 @@ from bench.console import Display
 from bench.report.write import fid_vs_steps_png
 from bench.store.cell import Cell
 from bench.store.plan import cell_plan
-from bench.store.storage import DEFAULT_STORAGE, open_storage, safe_url
+from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
     claim,
     create_study,
@@ -58,6 +58,7 @@ from bench.store.study import (
     save_result,
     shown,
 )
+from bench.store.untrusted import safe_url
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.provenance import meta_for, protocol_for
 from bench.sweep.spec import Range, SweepSpec

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from bench.store.untrusted import safe_url
 from bench.tracking import offline_log as tracking_log
 from ddim.errors import DDIMError
 
@@ -190,7 +191,7 @@ class WandbTracker(Tracker):
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
         import wandb
 
-        data = [list(row) for row in rows]
+        data = [_plain(list(row)) for row in rows]
         self._guarded("log_table", lambda: self._run.log({key: wandb.Table(columns=list(columns), data=data)}))
 
     def summary(self, values: dict) -> None:
@@ -428,6 +429,8 @@ def _init_run(wandb: Any, mode: str, dir: Path, init_args: dict) -> Any:
         reinit="create_new",  # every make_tracker is a new run, even with one still open
         use_dot_wandb=False,  # always <dir>/wandb
         init_timeout=ONLINE_INIT_TIMEOUT_S,
+        x_disable_meta=True,  # no system metadata: it holds sys.argv (a --storage password) and the git remote
+        save_code=False,
     )
     # mode= on every call: WANDB_MODE is read once per process.
     return wandb.init(mode=mode, dir=str(dir), settings=settings, **init_args)
@@ -441,20 +444,20 @@ def _one_line(exc: BaseException) -> str:
 
 def _plain(value: Any) -> Any:
     """JSON-friendly copy: numpy/torch values to Python numbers and lists, dataclasses to dicts,
-    anything else (Paths, dtypes) to str."""
+    anything else (Paths, dtypes) to str; every string with its URL passwords masked (``safe_url``)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {safe_url(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value  # a str falls through to the masked str() below
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
+        return _plain(value.item())  # a numpy str_ is masked too
     if hasattr(value, "tolist"):  # numpy arrays, tensors
         return value.tolist()
     if hasattr(value, "__dataclass_fields__"):
         return _plain({f: getattr(value, f) for f in value.__dataclass_fields__})
-    return str(value)
+    return safe_url(str(value))
 
 
 def _log_has_exit(path: Path) -> bool:
