@@ -1,10 +1,9 @@
 """The ``ddimbench`` command line (the only module that imports Typer).
 
-Every command parses its options into a config, calls one library function and maps ``DDIMError``
-(and unwritable paths) to one line on stderr and exit code 2, without a traceback. Long work shows a
-rich progress bar on stderr, or plain progress lines when stderr is a log (``bench.console``).
-Named choices (datasets, samplers, spacings, extractors, W&B modes) are typed as ``Literal``s of the
-library's own name lists, so ``--help`` and shell completion show them.
+Every command parses its options into a config, calls one library function and maps ``DDIMError`` (and
+unwritable paths) to one line on stderr and exit code 2, without a traceback. Progress goes to stderr
+(``bench.console``). Named choices are ``Literal``s of the library's own name lists (``--help`` and shell
+completion show them); ``train``'s options are the fields of ``TrainConfig`` (``config_options``).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from bench.sweep.overrides import describe_keys
 from bench.tracking.wandb_run import MODES
 from ddim.errors import DDIMError
 from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
+from ddim.train_config import TrainConfig
 
 app = typer.Typer(
     name="ddimbench",
@@ -81,14 +81,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _check_wandb(mode: str | None) -> None:
-    """Refuse an unknown --wandb mode before any work (the trackers would only warn, cell after cell)."""
-    from bench.tracking.wandb_run import MODES
-
-    if mode is not None and mode.strip().lower() not in MODES:
-        raise DDIMError(f"unknown --wandb mode {mode!r}; choose one of {', '.join(MODES)}")
-
-
 def guarded(fn: Callable) -> Callable:
     """Map our errors and OS write failures to one line + exit 2; Ctrl-C to exit 130."""
 
@@ -123,69 +115,58 @@ def _command_line() -> str:
 # --- train ----------------------------------------------------------------------------------------
 
 
+def config_options(cls: type, **special: dict[str, Any]) -> Callable:
+    """Give a command one option per field of the frozen config ``cls``, after its own parameters: the
+    field's name, type, default and help (the field's metadata), so the options cannot drift from the
+    config they fill. ``special[field]`` overrides: ``type`` (choices; tuples are typed as text),
+    ``flags`` (option names), ``default`` (None: the command decides), ``metavar``."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+
+    def wrap(fn: Callable) -> Callable:
+        params, kw = [], inspect.Parameter.KEYWORD_ONLY
+        for f in dataclasses.fields(cls):
+            sp = special.get(f.name, {})
+            option = typer.Option(sp.get("default", f.default), *sp.get("flags", ()), help=f.metadata.get("help"),
+                                  metavar=sp.get("metavar"), case_sensitive=False)  # fmt: skip
+            kind = sp.get("type", hints[f.name])
+            params.append(inspect.Parameter(f.name, kw, default=option, annotation=kind))
+        own = [q.replace(kind=kw) for q in inspect.signature(fn).parameters.values() if q.kind != q.VAR_KEYWORD]
+        fn.__signature__ = inspect.Signature([*params, *own])
+        fn.__annotations__ = {q.name: q.annotation for q in [*params, *own]}
+        return fn
+
+    return wrap
+
+
 @app.command()
 @guarded
+@config_options(
+    TrainConfig,
+    dataset={"type": Dataset},
+    beta_schedule={"type": BetaSchedule},
+    ch_mult={"type": str | None},
+    attn_resolutions={"type": str | None},
+    T={"flags": ("--T",)},
+    device={"metavar": DEVICE_METAVAR},
+    max_steps={"default": None},  # None: decided below (--epochs changes both)
+    sample_every={"default": None},
+)
 def train(
-    dataset: Dataset = typer.Option("digits", case_sensitive=False, help="digits is embedded; any case (CelebA)."),
-    data_root: str = typer.Option("data", help="Where dataset files live (folder: the image folder itself)."),
-    resolution: int | None = typer.Option(None, min=4, help="Image side in pixels (default: the dataset's)."),
-    channels: int | None = typer.Option(None, min=1, help="Image channels: only checked against the dataset's."),
-    preset: str | None = typer.Option(
-        None, help="UNet preset: digits, mnist, cifar10, celeba, lsun (default: dataset's)."
-    ),
-    ch: int | None = typer.Option(None, help="Override the preset: base channels."),
-    ch_mult: str | None = typer.Option(None, help='Override the preset: channel multipliers per level, e.g. "1,2,2".'),
-    num_res_blocks: int | None = typer.Option(None, help="Override the preset: residual blocks per level."),
-    attn_resolutions: str | None = typer.Option(None, help='Override the preset: attention resolutions, "" = none.'),
-    dropout: float | None = typer.Option(None, help="Override the preset: dropout in residual blocks, in [0, 1)."),
-    num_groups: int | None = typer.Option(None, help="Override the preset: GroupNorm groups."),
-    run_dir: str | None = typer.Option(None, help="Run folder (default runs/<dataset>): config, log, checkpoints."),
-    max_steps: int | None = typer.Option(
-        None, min=1, help="Optimiser steps to train to (default 2000; a resumed run continues up to it)."
-    ),
-    epochs: int | None = typer.Option(
-        None, min=1, help="Instead of --max-steps: passes over the training split, a sample grid at each end."
-    ),
-    batch_size: int = typer.Option(128, min=1, help="Global batch size (images per step)."),
-    lr: float | None = typer.Option(None, help="Adam lr after warm-up, > 0 (default: 1e-3 for digits, else 2e-4)."),
-    warmup: int = typer.Option(100, min=0, help="Steps of linear learning-rate warm-up."),
-    grad_clip: float = typer.Option(1.0, help="Clip the gradient's global norm to this (0: no clipping)."),
-    ema_decay: float = typer.Option(0.9999, help="EMA decay in [0, 1) (with the (1+n)/(10+n) ramp)."),
-    beta_schedule: BetaSchedule = typer.Option("linear", case_sensitive=False, help="β schedule."),
-    T: int = typer.Option(1000, "--T", min=1, help="Diffusion steps T."),
-    beta_start: float = typer.Option(1e-4, help="β_1."),
-    beta_end: float = typer.Option(0.02, help="β_T."),
-    seed: int = typer.Option(0, min=0, help="Seed of the init and of every step's data/noise draw."),
-    save_every: int = typer.Option(500, min=1, help="Checkpoint every N steps (and at the end / on SIGINT/SIGTERM)."),
-    keep: int = typer.Option(2, min=1, help="Checkpoints kept on disk (the newest)."),
-    sample_every: int | None = typer.Option(
-        None, min=0, help="A fixed-seed EMA sample grid every N steps (0: never; default 500, with --epochs 0)."
-    ),
-    grid_size: int = typer.Option(64, min=1, help="Images per grid."),
-    grid_steps: int = typer.Option(20, min=1, help="DDIM steps (η = 0) for the grids."),
-    log_every: int = typer.Option(25, min=1, help="Log loss, lr, grad norm and throughput every N steps."),
-    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
-    bf16: bool = typer.Option(True, help="bf16 autocast on CUDA (ignored on CPU)."),
-    channels_last: bool = typer.Option(False, help="NHWC weights and activations (measure: helps big nets on GPUs)."),
-    tf32: bool = typer.Option(True, help="TF32 matmuls and convolutions on CUDA."),
-    compile: bool = typer.Option(False, help="torch.compile the training step."),
-    compile_backend: str = typer.Option("inductor", help="torch.compile backend (aot_eager compiles fast)."),
-    deterministic: bool = typer.Option(False, help="Deterministic kernels (no TF32, no cuDNN autotune)."),
-    num_workers: int = typer.Option(2, min=0, help="Data loader processes for file-backed datasets."),
-    download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its newest checkpoint."),
     wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
     dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
+    **fields: Any,
 ) -> None:
     """Train an ε-model with Algorithm 1 (resumable; Ctrl-C / SIGTERM checkpoints and exits)."""
-    from ddim.training import TrainConfig
-
-    if epochs is not None and max_steps is not None:
+    if fields["epochs"] is not None and fields["max_steps"] is not None:
         raise DDIMError("--epochs and --max-steps both given; pass one (an epoch is N_train / --batch-size steps)")
-    if sample_every is None:
-        sample_every = 0 if epochs is not None else 500  # with --epochs: a grid at each epoch's end only
-    values = {k: v for k, v in locals().items() if k not in ("resume", "wandb", "dry_run", "TrainConfig")}
-    cfg = TrainConfig.from_dict({k: v for k, v in values.items() if v is not None})  # None: the config's default
+    if fields["sample_every"] is None:
+        fields["sample_every"] = 0 if fields["epochs"] is not None else 500  # --epochs: a grid at each epoch end
+    cfg = TrainConfig.from_dict({k: v for k, v in fields.items() if v is not None})  # None: the config's default
     cfg.validate()
     cfg = cfg.resolved()  # --epochs → max_steps, from the size of the training split
     if dry_run:
@@ -259,22 +240,16 @@ def classifier(
     download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
 ) -> None:
     """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
-    from bench.metrics.classifier import ensure_classifier
+    from bench.metrics.classifier import ensure_classifier, summary_line
     from ddim.data import fetch_dataset
     from ddim.runtime import resolve_device
 
-    dev = str(resolve_device(device))
     if download:
         fetch_dataset(dataset, data_root)
     with err.status(f"classifier for {dataset} (trained on first use)…"):
-        path, info = ensure_classifier(
-            dataset, data_root=data_root, cache_dir=cache_dir, device=dev, resolution=resolution
-        )
-    acc = info.get("accuracy")
-    _say(
-        f"classifier {path} (sha256 {info['sha256'][:12]}…), test accuracy "
-        f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}"
-    )
+        path, info = ensure_classifier(dataset, data_root=data_root, cache_dir=cache_dir,
+                                       device=str(resolve_device(device)), resolution=resolution)  # fmt: skip
+    _say(summary_line(path, info))
 
 
 @app.command()
@@ -299,39 +274,15 @@ def metrics(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score a folder of samples: FID, IS and KID through torch-fidelity."""
-    from bench.metrics.fidelity import compute_metrics_from_folder, default_extractor, resolve_inception_weights
-    from ddim.data import fetch_dataset
+    from bench.metrics.folder import result_lines, score_folder
     from ddim.runtime import resolve_device
 
-    dev = str(resolve_device(device))
-    if download:  # fetch what is missing before scoring: the reference images and the Inception weights
-        fetch_dataset(dataset, data_root)
-        if (extractor or default_extractor(dataset)) == "inception":
-            resolve_inception_weights(inception_weights, download=True)
     with err.status("computing metrics…"):
-        result = compute_metrics_from_folder(
-            folder,
-            dataset=dataset,
-            data_root=data_root,
-            split=split,
-            resolution=resolution,
-            extractor=extractor,
-            metrics=metric,
-            n_expected=n,
-            device=dev,
-            cache_dir=cache_dir,
-            inception_weights=inception_weights,
-        )
-    from bench.store.study import shown
-
-    result = shown(result)  # KID ×10³ (kid_mean_x1e3), as in the tables, results.csv and W&B
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, sort_keys=True))
-        return
-    for key in ("fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3"):
-        if result.get(key) is not None:
-            typer.echo(f"{key:13s} {result[key]:.6g}")
-    typer.echo(f"{'n':13s} {result.get('n')}   extractor {result.get('extractor')}")
+        result = score_folder(folder, dataset=dataset, download=download, data_root=data_root, split=split,
+                              resolution=resolution, extractor=extractor, metrics=metric, n_expected=n,
+                              device=str(resolve_device(device)), cache_dir=cache_dir,
+                              inception_weights=inception_weights)  # fmt: skip
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else "\n".join(result_lines(result)))
 
 
 # --- sweep and report -----------------------------------------------------------------------------
@@ -371,7 +322,6 @@ def sweep(
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import run_sweep
 
-    _check_wandb(wandb)
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
@@ -406,28 +356,16 @@ def report(
     ),
     force: bool = typer.Option(
         False,
-        "--force",
-        help="With --compare-paper: show the paper's columns even for another dataset "
-        "or extractor, labelled as not comparable.",
-    ),  # fmt: skip
+        help="With --compare-paper: show the paper's columns even for another "
+        "dataset or extractor, labelled as not comparable.",
+    ),
     wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
 ) -> None:
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results; several
     sweeps make one Table 1 with a column block per dataset; a Pareto search is shown as its front."""
-    from bench.report.build import make_report
+    from bench.report.build import make_reports
 
-    _check_wandb(wandb)
-    names = list(dict.fromkeys(names))
-    compare = list(compare_paper or [])
-    if len(names) == 1:
-        if len(compare) > 1:
-            raise DDIMError(f"one sweep, {len(compare)} --compare-paper datasets; give the one of {names[0]}'s dataset")
-        path = make_report(names[0], storage=storage, out=out, compare_paper=compare[0] if compare else None,
-                           force=force, wandb=wandb)  # fmt: skip
-    else:
-        from bench.report.multi import make_combined_report
-
-        path = make_combined_report(names, storage=storage, out=out, compare_paper=compare, force=force, wandb=wandb)
+    path = make_reports(names, storage=storage, out=out, compare_paper=compare_paper, force=force, wandb=wandb)
     _say(f"report written to {path} (open {Path(path) / 'index.html'})")
 
 

@@ -3,7 +3,7 @@
 Sample ``i`` is drawn from seed ``seed + i`` (``ddim.sampling.SeededNoise``), so its pixels depend
 only on its seed: batch size, device order and interruptions do not change it. The folder gets
 ``000000.png`` … , a ``grid.png`` of the first 64 and ``samples.json`` (settings, checkpoint
-sha256 and the file list). ``bench.metrics.fidelity.read_png_folder`` reads exactly the listed files when
+sha256 and the file list). ``bench.metrics.folder.read_png_folder`` reads exactly the listed files when
 that manifest is there, so the grid is never scored. Rerunning the same command skips samples
 already written; a different setting into the same folder is refused rather than mixed.
 """

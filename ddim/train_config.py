@@ -12,15 +12,18 @@ k ends at step ceil(k · n_train / batch_size) and ``max_steps`` becomes the end
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
-from ddim import data as ddata
-from ddim.checkpoint import DiffusionConfig
 from ddim.errors import DDIMError
 from ddim.names import canonical_dataset
-from ddim.runtime import resolve_device
-from ddim.unet import PRESETS, UNetConfig, preset
+
+if TYPE_CHECKING:
+    from ddim.checkpoint import DiffusionConfig
+    from ddim.unet import UNetConfig
+
+# The fields and their help import nothing heavy (``ddimbench train --help`` builds its options from
+# them without torch); the methods that need the data, the UNet or the device import them when called.
 
 # Learning rate when none is given: the paper's 2e-4 (DDPM/DDIM configs), except the small digits UNet,
 # which learns clean digits in 2000 steps at 1e-3 and only blurry ones at 2e-4 (README, the demo).
@@ -44,55 +47,64 @@ def _int_tuple(name: str, value: Any) -> tuple[int, ...] | None:
         raise DDIMError(f"--{name.replace('_', '-')} must be comma-separated integers, got {value!r}") from None
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its one-line help (``ddimbench train`` shows it for the option of that name)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; written to ``<run_dir>/config.json``."""
 
     # --- data ---
-    dataset: str = "digits"  # digits | mnist | cifar10 | celeba | folder (any case: MNIST, CelebA)
-    channels: int | None = None  # image channels; only a check: must be the dataset's (1 for mnist)
-    data_root: str = "data"  # where dataset files live (``folder``: the image folder itself)
-    resolution: int | None = None  # image side in pixels; None: the dataset's default
-    download: bool = False  # let torchvision fetch MNIST / CIFAR-10 into data_root
-    num_workers: int = 2  # loader processes for file-backed datasets (celeba, folder); 0: in-process
+    dataset: str = _opt("digits", "Dataset (digits is embedded); any case: MNIST, CelebA.")
+    channels: int | None = _opt(None, "Image channels: only checked against the dataset's.")
+    data_root: str = _opt("data", "Where dataset files live (folder: the image folder itself).")
+    resolution: int | None = _opt(None, "Image side in pixels (default: the dataset's).")
+    download: bool = _opt(False, "Let torchvision download MNIST/CIFAR-10 into --data-root.")
+    num_workers: int = _opt(2, "Data loader processes for file-backed datasets.")
     # --- model: a preset plus optional overrides of its fields ---
-    preset: str | None = None  # UNet preset; None: the preset named like the dataset
-    ch: int | None = None  # base channel count
-    ch_mult: tuple[int, ...] | None = None  # channel multiplier per resolution level
-    num_res_blocks: int | None = None  # residual blocks per level
-    attn_resolutions: tuple[int, ...] | None = None  # resolutions with self-attention (() : none)
-    dropout: float | None = None  # dropout in the residual blocks
-    num_groups: int | None = None  # GroupNorm groups (must divide every channel count)
+    preset: str | None = _opt(None, "UNet preset: digits, mnist, cifar10, celeba, lsun (default: dataset's).")
+    ch: int | None = _opt(None, "Override the preset: base channels.")
+    ch_mult: tuple[int, ...] | None = _opt(None, 'Override the preset: channel multipliers per level, e.g. "1,2,2".')
+    num_res_blocks: int | None = _opt(None, "Override the preset: residual blocks per level.")
+    attn_resolutions: tuple[int, ...] | None = _opt(None, 'Override the preset: attention resolutions, "" = none.')
+    dropout: float | None = _opt(None, "Override the preset: dropout in residual blocks, in [0, 1).")
+    num_groups: int | None = _opt(None, "Override the preset: GroupNorm groups.")
     # --- diffusion ---
-    beta_schedule: str = "linear"  # linear | quad | const | jsd | sigmoid | cosine
-    T: int = 1000  # diffusion steps
-    beta_start: float = 1e-4  # β_1 (linear, quad, sigmoid)
-    beta_end: float = 0.02  # β_T (linear, quad, const, sigmoid)
+    beta_schedule: str = _opt("linear", "β schedule.")
+    T: int = _opt(1000, "Diffusion steps T.")
+    beta_start: float = _opt(1e-4, "β_1.")
+    beta_end: float = _opt(0.02, "β_T.")
     # --- optimisation ---
-    max_steps: int = 2000  # optimiser steps to train to (a resumed run continues up to it)
-    epochs: int | None = None  # instead of max_steps: passes over the training split (see ``with_epochs``)
-    batch_size: int = 128  # global batch: images per optimiser step over all ranks
-    lr: float | None = None  # Adam learning rate after warm-up; None: the preset's (DEFAULT_LR)
-    warmup: int = 100  # steps of linear lr warm-up (0: none)
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    ema_decay: float = 0.9999  # EMA decay, with the (1+n)/(10+n) ramp so short runs get a useful EMA
-    seed: int = 0  # seed of the init and of every step's data, noise and dropout
+    max_steps: int = _opt(2000, "Optimiser steps to train to (default 2000; a resumed run continues up to it).")
+    epochs: int | None = _opt(
+        None, "Instead of --max-steps: passes over the training split, a sample grid at each end."
+    )
+    batch_size: int = _opt(128, "Global batch size (images per step).")
+    lr: float | None = _opt(None, "Adam lr after warm-up, > 0 (default: 1e-3 for digits, else 2e-4).")
+    warmup: int = _opt(100, "Steps of linear learning-rate warm-up.")
+    grad_clip: float = _opt(1.0, "Clip the gradient's global norm to this (0: no clipping).")
+    ema_decay: float = _opt(0.9999, "EMA decay in [0, 1) (with the (1+n)/(10+n) ramp).")
+    seed: int = _opt(0, "Seed of the init and of every step's data/noise draw.")
     # --- run directory ---
-    run_dir: str | None = None  # None: runs/<dataset>
-    save_every: int = 500  # checkpoint every N steps (and at the end and on SIGINT/SIGTERM)
-    keep: int = 2  # checkpoints kept on disk (the newest ones)
-    log_every: int = 25  # log mean loss, lr, grad norm and images/s every N steps
-    sample_every: int = 500  # an EMA sample grid every N steps (0: never)
-    grid_size: int = 64  # images per grid
-    grid_steps: int = 20  # DDIM steps (η = 0, uniform spacing) per grid
+    run_dir: str | None = _opt(None, "Run folder (default runs/<dataset>): config, log, checkpoints.")
+    save_every: int = _opt(500, "Checkpoint every N steps (and at the end / on SIGINT/SIGTERM).")
+    keep: int = _opt(2, "Checkpoints kept on disk (the newest).")
+    log_every: int = _opt(25, "Log loss, lr, grad norm and throughput every N steps.")
+    sample_every: int = _opt(
+        500, "A fixed-seed EMA sample grid every N steps (0: never; default 500, with --epochs 0)."
+    )
+    grid_size: int = _opt(64, "Images per grid.")
+    grid_steps: int = _opt(20, "DDIM steps (η = 0) for the grids.")
     # --- device and speed (none of these changes the experiment; all may change on resume) ---
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)
-    bf16: bool = True  # bf16 autocast of the forward pass on CUDA (ignored on the CPU)
-    channels_last: bool = False  # NHWC weights and activations (helps big conv nets on GPUs; measure)
-    tf32: bool = True  # TF32 tensor cores for fp32 matmuls/convs on CUDA
-    compile: bool = False  # torch.compile the training forward/backward (first steps are slow: compiling)
-    compile_backend: str = "inductor"  # torch.compile backend (``aot_eager`` compiles fast, for debugging)
-    deterministic: bool = False  # deterministic kernels, no TF32 / cuDNN autotune: bit-exact CUDA resume
+    device: str = _opt("auto", "Auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK).")
+    bf16: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU).")
+    channels_last: bool = _opt(False, "NHWC weights and activations (measure: helps big nets on GPUs).")
+    tf32: bool = _opt(True, "TF32 matmuls and convolutions on CUDA.")
+    compile: bool = _opt(False, "torch.compile the training step.")
+    compile_backend: str = _opt("inductor", "torch.compile backend (aot_eager compiles fast).")
+    deterministic: bool = _opt(False, "Deterministic kernels (no TF32, no cuDNN autotune).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
@@ -115,6 +127,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``DDIMError`` for any setting out of bounds (cheap: loads no data)."""
+        from ddim import data as ddata
+        from ddim.runtime import resolve_device
+
         ddata.dataset_info(self.dataset)  # raises on an unknown dataset
         at_least = {
             "max_steps": 1,
@@ -159,6 +174,9 @@ class TrainConfig:
 
     def unet_config(self, channels: int | None = None, resolution: int | None = None) -> UNetConfig:
         """The preset's UNetConfig with this config's overrides; channels and resolution from the data."""
+        from ddim import data as ddata
+        from ddim.unet import PRESETS, UNetConfig, preset
+
         name = self.preset or (self.dataset if self.dataset in PRESETS else None)
         if name is None:
             raise DDIMError(f"dataset {self.dataset!r} has no preset of its own; pass --preset ({', '.join(PRESETS)})")
@@ -180,6 +198,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """``with_epochs`` for the training split on disk (loads it: a missing dataset is a one-line error)."""
+        from ddim import data as ddata
+
         if self.epochs is None:
             return self
         train_set = ddata.load_dataset(self.dataset, self.data_root, "train", self.resolution, self.download)
@@ -192,4 +212,6 @@ class TrainConfig:
         return {math.ceil(k * n_train / self.batch_size) for k in range(1, self.epochs + 1)}
 
     def diffusion(self) -> DiffusionConfig:
+        from ddim.checkpoint import DiffusionConfig
+
         return DiffusionConfig(self.beta_schedule, self.T, self.beta_start, self.beta_end)

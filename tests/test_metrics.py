@@ -25,12 +25,12 @@ from bench.metrics.fidelity import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     compute_metrics,
-    compute_metrics_from_folder,
     default_extractor,
     frechet_distance,
     resolve_inception_weights,
     tensor_sha256,
 )
+from bench.metrics.folder import compute_metrics_from_folder, read_png_folder
 from bench.metrics.reference import load_plain
 from ddim.images import to_uint8
 from ddim.runtime import sha256_file
@@ -357,7 +357,7 @@ def test_metrics_from_a_png_folder_equal_in_memory(cache_dir: Path, test_u8: tor
     samples = test_u8[:60]
     write_pngs(tmp_path / "samples", samples)
     (tmp_path / "samples" / "notes.txt").write_text("ignored")
-    assert torch.equal(metrics.read_png_folder(tmp_path / "samples"), samples)
+    assert torch.equal(read_png_folder(tmp_path / "samples"), samples)
     got = compute_metrics_from_folder(
         tmp_path / "samples", dataset="digits", cache_dir=cache_dir, metrics=("fid",), n_expected=60
     )
@@ -400,7 +400,7 @@ def test_an_unreadable_png_is_named(
     bad = folder / "000005.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a PNG at all\n" * 8)
-    one_line_error(lambda: metrics.read_png_folder(folder), str(bad), "not a readable PNG", "regenerate or remove it")
+    one_line_error(lambda: read_png_folder(folder), str(bad), "not a readable PNG", "regenerate or remove it")
     argv = ["metrics", str(folder), "--dataset", "digits", "--metric", "fid", "--device", "cpu"]
     code = main([*argv, "--cache-dir", str(tmp_path / "cache")])
     out, err = capsys.readouterr()

@@ -314,3 +314,10 @@ def register_feature_extractor() -> str:
     elif current is not cls:  # this module was reloaded: registering again would raise
         FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] = cls
     return EXTRACTOR_NAME
+
+
+def summary_line(path: Any, info: dict[str, Any]) -> str:
+    """What ``ddimbench classifier`` prints: the file, its hash and its test accuracy."""
+    acc = info.get("accuracy")
+    accuracy = "n/a" if acc is None else f"{100 * acc:.2f}%"
+    return f"classifier {path} (sha256 {info['sha256'][:12]}…), test accuracy {accuracy}"

@@ -21,7 +21,6 @@ torch-fidelity is imported lazily: importing this module only needs torch, numpy
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,6 @@ from bench.metrics.inception import WEIGHTS_FILE as INCEPTION_WEIGHTS_FILE
 from bench.metrics.reference import (
     REF_SUBSET_SEED,
     UInt8Images,
-    first_line,
     heal_reference_cache,
     load_plain,
     load_problem,
@@ -56,10 +54,8 @@ __all__ = [
     "METRICS",
     "REF_SUBSET_SEED",
     "compute_metrics",
-    "compute_metrics_from_folder",
     "default_extractor",
     "frechet_distance",
-    "read_png_folder",
     "reference_key",
     "resolve_inception_weights",
     "tensor_sha256",
@@ -322,96 +318,3 @@ def compute_metrics(
         n=n,
     )
     return out
-
-
-def _listed_samples(folder: Path) -> list[Path] | None:
-    """The files named by a ``ddimbench sample`` manifest (``samples.json``), or None without one."""
-    manifest = folder / "samples.json"
-    if not manifest.is_file():
-        return None
-    try:
-        info = json.loads(manifest.read_text(encoding="utf-8"))
-        names = [str(n) for n in info["files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise DDIMError(f"{manifest} is damaged; rerun `ddimbench sample` into that folder") from None
-    if not info.get("complete", False):
-        raise DDIMError(f"{folder} holds an unfinished `ddimbench sample` run; rerun the same command to finish it")
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise DDIMError(f"{folder} lacks {len(missing)} listed samples (e.g. {missing[0]}); rerun `ddimbench sample`")
-    return [folder / n for n in names]
-
-
-def _image_error(exc: BaseException) -> str:
-    """A short reason for a PIL failure (without the path PIL repeats)."""
-    from PIL import UnidentifiedImageError
-
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image PIL can identify"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return first_line(exc)
-
-
-def read_png_folder(folder: str | os.PathLike) -> Tensor:
-    """The PNGs directly in ``folder`` (sorted by name) as uint8 (N, C, H, W); nothing is resized.
-
-    A folder written by ``ddimbench sample`` is read through its manifest: exactly the listed
-    samples (its grid image is not a sample).
-    """
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DDIMError(f"sample folder {str(folder)!r} does not exist; pass the folder the samples were written to")
-    files = _listed_samples(folder)
-    if files is None:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
-    if not files:
-        raise DDIMError(f"no .png files in {str(folder)!r}; pass the folder the samples were written to")
-    images = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                if im.mode not in ("L", "RGB"):
-                    raise DDIMError(f"{path} has PNG mode {im.mode}; samples must be 8-bit grayscale (L) or RGB")
-                arr = np.asarray(im, dtype=np.uint8)  # decodes: a truncated file fails here
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-            raise DDIMError(f"{path} is not a readable PNG ({_image_error(e)}); regenerate or remove it") from None
-        img = torch.from_numpy(arr.copy())
-        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)  # (C, H, W)
-        if images and img.shape != images[0].shape:
-            raise DDIMError(
-                f"{path} is {tuple(img.shape)} (C, H, W) but {files[0].name} is {tuple(images[0].shape)}; "
-                f"all samples must share one size"
-            )
-        images.append(img)
-    return torch.stack(images)
-
-
-def compute_metrics_from_folder(
-    folder: str | os.PathLike,
-    *,
-    dataset: str,
-    resolution: int | None = None,
-    extractor: str | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """``compute_metrics`` on the PNG samples in ``folder``; their size must match the dataset's.
-
-    Every other keyword (``metrics``, ``n_expected``, ``device``, ``cache_dir``, ...) is
-    ``compute_metrics``'s.
-    """
-    from ddim.data import dataset_info
-
-    if extractor is not None and extractor not in EXTRACTORS:  # refuse before reading thousands of files
-        raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
-    samples = read_png_folder(folder)
-    info = dataset_info(dataset, resolution=resolution)
-    want = (info.channels, info.resolution, info.resolution)
-    if tuple(samples.shape[1:]) != want:
-        raise DDIMError(
-            f"samples in {str(folder)!r} are {tuple(samples.shape[1:])} (C, H, W) but {dataset} is {want}; "
-            f"pass the matching --dataset/--resolution (nothing is resized)"
-        )
-    return compute_metrics(samples, dataset=dataset, resolution=resolution, extractor=extractor, **kwargs)

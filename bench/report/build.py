@@ -10,6 +10,7 @@ from bench.report.write import write_report
 from bench.store.study import TABLE_COLUMNS, load_results, table_rows
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.sweep_runs import tracked
+from ddim.errors import DDIMError
 
 
 def make_report(
@@ -60,3 +61,19 @@ def make_report(
     tracked(wandb, warn, "the report", body, name=f"{name}-report", group=name, job_type="report", config=meta,
              dir=root)  # fmt: skip
     return folder
+
+
+def make_reports(
+    names: list[str], *, storage: str | None, out: str | None, compare_paper: list[str] | None, force: bool,
+    wandb: str | None,
+) -> Path:  # fmt: skip
+    """``ddimbench report NAME...``: one sweep's report, or one Table 1 combining several sweeps."""
+    from bench.report.multi import make_combined_report
+
+    names, compare = list(dict.fromkeys(names)), list(compare_paper or [])
+    if len(names) > 1:
+        return make_combined_report(names, storage=storage, out=out, compare_paper=compare, force=force, wandb=wandb)
+    if len(compare) > 1:
+        raise DDIMError(f"one sweep, {len(compare)} --compare-paper datasets; give the one of {names[0]}'s dataset")
+    return make_report(names[0], storage=storage, out=out, compare_paper=compare[0] if compare else None,
+                       force=force, wandb=wandb)  # fmt: skip
