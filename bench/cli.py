@@ -369,6 +369,24 @@ def report(
     _say(f"report written to {path} (open {Path(path) / 'index.html'})")
 
 
+@app.command()
+@guarded
+def dashboard(
+    name: str = typer.Argument(..., metavar="NAME", help="Sweep name (name=... of `ddimbench sweep`)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL of the sweep (default: the local SQLite file)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int | None = typer.Option(None, min=0, max=65535, help="Port (default: 8080 when free, else a free one)."),
+) -> None:
+    """Serve optuna-dashboard over a sweep's store: its cells (S, η, FID, metrics) and sample grids; Ctrl-C stops."""
+    from bench.report.dashboard import serve
+
+    try:
+        serve(name, storage=storage, host=host, port=port, say=_say)
+    except KeyboardInterrupt:
+        _say("dashboard stopped")
+        raise typer.Exit(130) from None
+
+
 # --- foreign weights ------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.console import warn
 from bench.report.write import write_report
+from bench.store.artifacts import fetch_missing
 from bench.store.study import TABLE_COLUMNS, load_results, table_rows
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.sweep_runs import tracked
@@ -25,13 +26,15 @@ def make_report(
     """Write ``reports/<name>/`` (or ``out``) from the stored results; returns the folder.
 
     Sample grids are read from the sweep's artifacts folder, and only PNG files inside it (the store is
-    untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is left
-    out with a warning. With tracking on, the table and figures are logged as a ``report`` run in the
-    sweep's W&B group.
+    untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is fetched
+    from the sweep's artifact store (``bench.store.artifacts``), and left out with a warning when the
+    store does not have it either. With tracking on, the table and figures are logged as a ``report``
+    run in the sweep's W&B group.
     """
     check_name(name, "sweep name ")  # it names the report's folder
     records, meta, extras = load_results(name, storage)
     root = artifacts_root(name, meta)
+    fetch_missing(name, storage, records, root)
     missing = 0
     for r in records:
         for key in ("grid", "strip"):
@@ -43,8 +46,8 @@ def make_report(
             missing += 1
     if missing:
         warn(
-            f"{missing} sample image(s) of {name!r} are not PNG files under {root} (made on another machine?); "
-            "the report leaves them out"
+            f"{missing} sample image(s) of {name!r} are not PNG files under {root}, nor in its artifact store "
+            "(made on another machine? share the store with DDIMBENCH_ARTIFACT_STORE); the report leaves them out"
         )
     folder = Path(out) if out is not None else Path("reports") / name
     metrics = meta.get("metrics") or ("fid", "isc", "kid")

@@ -44,6 +44,7 @@ import torch
 
 from bench.console import Display
 from bench.report.write import fid_vs_steps_png
+from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
 from bench.store.plan import cell_plan
 from bench.store.storage import DEFAULT_STORAGE, open_storage
@@ -99,6 +100,7 @@ class _Worker:
         sampler: Any = optuna.samplers.RandomSampler(seed=seed) if self.grid else search
         self.study = optuna.load_study(study_name=spec.name, storage=self.rdb, sampler=sampler)
         self.study_id = self.rdb.get_study_id_from_name(spec.name)
+        self.images = open_store(spec.artifacts, create=True)  # each cell's grid, for optuna-dashboard and reports
 
     def trials(self, *states: Any) -> list:
         """Fresh from the database (not Optuna's per-process trial cache)."""
@@ -151,6 +153,10 @@ class _Worker:
             track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
             raise
         save_result(trial, result)
+        try:
+            upload_images(trial, self.images, self.spec.artifacts, result)
+        except Exception as exc:  # the cell is measured and its grid is on this disk: a warning, not a failure
+            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({_one_line(exc)})")
         track_cell(self.wandb, self.spec, cell, result, self.display)
         self.display.done(_summary_line(cell, result))
         fid = result.get("fid")
@@ -343,6 +349,7 @@ def run_sweep(
             raise DDIMError(
                 f"{key}={folder} cannot be created ({exc.strerror or exc}); choose another {key}="
             ) from None
+    open_store(root, create=True)  # an unwritable $DDIMBENCH_ARTIFACT_STORE is refused before the study exists
     study = create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
     atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
     study.set_user_attr("spec", spec.to_dict())
