@@ -10,7 +10,7 @@ DDIM   := $(BIN)/ddimbench
 WANDB  ?= offline
 DEMO_STEPS ?= 2000
 
-.PHONY: install test test-fast lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 \
+.PHONY: install browser test test-fast lint format demo bench bench-gpu clean train-digits train-mnist train-cifar10 \
 	train-celeba sweep report
 
 install: $(STAMP)
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The browser tests (tests/test_browser.py) drive Debian's headless Chromium; in CI they fail without it.
+browser:
+	@test -x /usr/bin/chromium || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "note: no /usr/bin/chromium (apt-get install chromium); the browser tests skip outside CI"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked slow (subprocesses, kills, torchrun, PostgreSQL).
