@@ -13,6 +13,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from bench.store.guard import ATTEMPTS, backoff, lost_creation_race
 from bench.store.untrusted import safe_url, url_password
 from ddim.errors import DDIMError
 
@@ -63,7 +64,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     beat = {}
     if heartbeat:
         beat = {"heartbeat_interval": int(heartbeat), "grace_period": GRACE_FACTOR * int(heartbeat)}
-    for attempt in range(3):
+    for attempt in range(ATTEMPTS):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat options
@@ -79,9 +80,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
         except Exception as exc:  # sqlalchemy raises many kinds: OperationalError, ArgumentError, ...
             text = str(exc).strip().splitlines()
             reason = f"{type(exc).__name__}: {safe_url(text[0])[:160]}" if text else type(exc).__name__
-            # Two processes creating the tables at once race ("already exists"): retry.
-            if "already exists" in reason and attempt < 2:
-                time.sleep(0.5 + attempt)
+            if lost_creation_race(exc) and attempt < ATTEMPTS - 1:
+                _OPEN.pop(memo, None)
+                time.sleep(backoff(attempt))
                 continue
             raise DDIMError(f"cannot open sweep storage {shown} ({reason}); {fix}") from None
     raise AssertionError("unreachable")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
+from bench.store.guard import ATTEMPTS, backoff
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
@@ -91,17 +92,17 @@ def create_study(
     st = open_storage(storage, heartbeat)
     directions = ["minimize", "minimize"] if protocol["mode"] == "pareto" else ["minimize"]
     study = None
-    for attempt in range(3):
+    for attempt in range(ATTEMPTS):
         try:
             study = optuna.create_study(study_name=name, storage=st, directions=directions, load_if_exists=True)
             break
         except Exception as exc:  # a concurrent creation by another machine: load it on the next try
-            if attempt == 2:
+            if attempt == ATTEMPTS - 1:
                 where = safe_url(storage or DEFAULT_STORAGE)
                 raise DDIMError(
                     f"cannot create sweep {name!r} in {where} ({type(exc).__name__}); check --storage"
                 ) from None
-            time.sleep(0.5 + attempt)
+            time.sleep(backoff(attempt))
     assert study is not None
     old = study.user_attrs.get("protocol")
     if "param_choices" not in study.user_attrs:  # fixed for the study's life: Optuna's categorical choices never change
