@@ -81,6 +81,17 @@ def _holds_run(run_dir: Path) -> bool:
     return (run_dir / "config.json").exists() or bool(list_checkpoints(run_dir))
 
 
+def _refuse_foreign(run_dir: Path) -> None:
+    """A folder without a run's config.json is not a run of ours: refuse it when it holds what a run would rewrite
+    (a metrics.jsonl, samples/ or checkpoints/), since starting there truncates the log and deletes grids."""
+    if (run_dir / "config.json").exists():
+        return
+    found = [name for name in ("metrics.jsonl", "samples", "checkpoints") if (run_dir / name).exists()]
+    if found:
+        raise DDIMError(f"{run_dir} holds {', '.join(found)} but no run's config.json, so it is not a ddimbench run; "
+                        "choose another --run-dir or move them away")  # fmt: skip
+
+
 def open_run(
     run_dir: str | Path,
     *,
@@ -98,6 +109,7 @@ def open_run(
     if not resume:
         if _holds_run(run_dir):
             raise DDIMError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        _refuse_foreign(run_dir)
         return None
     found = list_checkpoints(run_dir)
     if found:
@@ -114,6 +126,7 @@ def open_run(
         check_compatible(ck, **expect, hint="use the original settings or a new --run-dir")
         check_same_experiment(ck.train, train, ck.path, skip=RESOLVED_ELSEWHERE)
         return ck
+    _refuse_foreign(run_dir)
     config = run_dir / "config.json"
     if config.exists():
         try:

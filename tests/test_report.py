@@ -296,9 +296,6 @@ def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
     out = tmp_path / "user"
     mine = {"grids/notes.txt": b"x\n", "interpolation.png": b"keep\n", "consistency.png": b"mine\n",
             "notes.md": b"my notes\n"}  # fmt: skip
-    for name, data in mine.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(data)
 
     def survived() -> dict[str, bytes | None]:
         return {name: (out / name).read_bytes() if (out / name).is_file() else None for name in mine}
@@ -306,7 +303,9 @@ def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
     plain = [{**r, "strip": None} for r in records]  # no strips and no extras: no consistency/interpolation figure
     written = write_report(plain, meta, out, root=root, extras={})
     assert "interpolation.png" not in written and "consistency.png" not in written
-    assert survived() == mine  # a first report into a folder with no manifest of ours deletes nothing
+    for name, data in mine.items():  # the user adds files of their own to the report's folder
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
     write_report(plain, meta, out, root=root, extras={})
     assert survived() == mine  # nor does a rerun: the manifest names only the report's own files
     # A cell gone from the records: its grid (listed in the previous manifest) goes, the user's files stay.
@@ -326,15 +325,54 @@ def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
     (tmp_path / "outside.txt").write_bytes(b"outside\n")
     write_report(fewer, meta, out, root=root, extras={})
     assert survived() == mine and (tmp_path / "outside.txt").is_file()
-    (out / "manifest.json").write_text("{not json", encoding="utf-8")
-    write_report(fewer, meta, out, root=root, extras={})
+    (out / "manifest.json").write_text("{not json", encoding="utf-8")  # no longer a report's folder: refused
+    with pytest.raises(DDIMError, match="no report wrote"):
+        write_report(fewer, meta, out, root=root, extras={})
     assert survived() == mine
     # A report file replaced since (hash no longer the manifest's) is not the report's to delete either.
+    other = tmp_path / "other"
+    write_report(records, meta, other, root=root, extras=extras)
+    (other / "inversion.md").write_text("edited by hand\n", encoding="utf-8")
+    write_report(fewer, meta, other, root=root, extras={})
+    assert (other / "inversion.md").read_text(encoding="utf-8") == "edited by hand\n"
+    assert not (other / "inversion.tex").exists() and not (other / "interpolation.png").exists()
+
+
+@pytest.mark.parametrize("foreign", ["README.md", "results.csv", "manifest.json", "grids/x.png"])
+def test_report_refuses_a_folder_with_files_no_report_wrote(built, tmp_path, foreign):
+    """``--out .`` in a project must not replace its README.md (issue 14): refused, nothing written."""
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "project"
+    (out / foreign).parent.mkdir(parents=True)
+    (out / foreign).write_text("the project's own\n", encoding="utf-8")
+    (out / "setup.py").write_text("pass\n", encoding="utf-8")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(DDIMError, match=f"no report wrote \\({re.escape(foreign.split('/')[0])}"):
+        write_report(records, meta, out, root=root, extras=extras)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / foreign).read_text(encoding="utf-8") == "the project's own\n"
+    # Unrelated files of other names are no obstacle; once the report's, the folder takes reruns.
+    (out / foreign).unlink()
     write_report(records, meta, out, root=root, extras=extras)
-    (out / "inversion.md").write_text("edited by hand\n", encoding="utf-8")
-    write_report(fewer, meta, out, root=root, extras={})
-    assert (out / "inversion.md").read_text(encoding="utf-8") == "edited by hand\n"
-    assert not (out / "inversion.tex").exists() and not (out / "interpolation.png").exists()
+    write_report(records, meta, out, root=root, extras=extras)
+    assert (out / "setup.py").read_text(encoding="utf-8") == "pass\n"
+
+
+def test_report_killed_before_its_manifest_can_be_rerun(built, tmp_path, monkeypatch):
+    """The first thing a report writes into a new folder is a manifest that claims it, so a rerun is not refused."""
+    import bench.report.write as report
+
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "out"
+    real = report.build_tables
+    monkeypatch.setattr(report, "build_tables", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        write_report(records, meta, out, root=root, extras=extras)
+    out.mkdir(exist_ok=True)
+    (out / "README.md").write_text("half a report\n", encoding="utf-8")  # as if killed after the README
+    monkeypatch.setattr(report, "build_tables", real)
+    write_report(records, meta, out, root=root, extras=extras)
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["cells"]
 
 
 def test_manifest(built):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench.report.tables import TEXT_FILES
+from ddim.errors import DDIMError
 
 OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                   "interpolation.png", "pareto_front.png")  # fmt: skip
@@ -60,17 +61,49 @@ def jsonable(v):
     return str(v)
 
 
+def _our_manifest(out: Path) -> dict | None:
+    """``out``'s manifest.json when a report wrote it (its keys and their types say so), else None."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    return manifest if isinstance(manifest.get("cells"), list) else None
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` a report's folder, or refuse (before anything is written) when it holds files of the names a
+    report writes that no report wrote, e.g. a project's README.md for ``--out .``: they would be replaced.
+
+    A folder is a report's once it holds a report manifest; a first report writes a stub one before anything
+    else, so a report killed half-way can be rerun into the same folder.
+    """
+    if _our_manifest(out) is not None:
+        return
+    names = sorted({*_REPORT_FILES, "manifest.json", "index.html"})
+    foreign = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    grids = out / "grids"
+    if (grids.is_dir() and any(grids.iterdir())) or (grids.exists() and not grids.is_dir()):
+        foreign.append("grids/")
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise DDIMError(
+            f"{out} holds files a report would replace that no report wrote ({listed}); "
+            "choose another --out or move them away"
+        )
+    stub = {"cells": [], "files": {}, "images": [], "complete": False}
+    write_file(out / "manifest.json", json.dumps(stub, sort_keys=True, indent=2) + "\n")
+
+
 def _previous_outputs(out: Path) -> dict[str, str | None]:
     """{relative name: sha256 or None} of the files the previous report in ``out`` wrote, from its manifest.json.
 
     Only names a report writes are taken (a top-level report file or ``grids/<file>``), so a missing, unreadable
     or hand-edited manifest can never name anything else; without a manifest nothing is known and nothing is.
     """
-    try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(manifest, dict):
+    manifest = _our_manifest(out)
+    if manifest is None:
         return {}
     files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     images = manifest.get("images") if isinstance(manifest.get("images"), list) else []
@@ -105,11 +138,13 @@ def _remove_stale(out: Path, previous: Mapping[str, str | None], written: Mappin
 
 class ReportWriter:
     """One report folder being written: ``put`` each file, then ``finish`` (removes the previous report's
-    leftovers, returns {relative name: path} of every file written)."""
+    leftovers, returns {relative name: path} of every file written). Refused, before anything is written, in a
+    folder holding files of the names a report writes that no report wrote."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.previous = _previous_outputs(out)  # read before anything is overwritten
+        _claim(out)  # refuses a folder holding files of our names that no report wrote
         self.written: dict[str, Path] = {}
         self.hashes: dict[str, str] = {}
 
