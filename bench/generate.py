@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.images import save_grid, to_uint8
+from ddim.memory import check_disk, check_memory
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
 from ddim.sampling import MAX_SEED, SeededNoise, check_args, check_eta, sample
 
@@ -102,8 +104,9 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     if cfg.sampler == "ddim":
         check_eta(ck.alpha_bar(), ts, cfg.eta)  # before any folder or manifest is written
     nfe = sampling.nfe(cfg.steps, T, cfg.sampler)
-    sha = ck.sha256()
     out = Path(cfg.out)
+    check_room(cfg.n, out, (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution))
+    sha = ck.sha256()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -161,6 +164,32 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         }
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+BOOKKEEPING_BYTES = 200  # memory per sample for its file name, the to-do list and the manifest's JSON text
+
+
+def _written(out: Path, n: int) -> int:
+    """How many of samples 0..n-1 are already in ``out`` (counted from the folder, without listing all n names)."""
+    if not out.is_dir():
+        return 0
+    count = 0
+    with os.scandir(out) as entries:
+        for e in entries:
+            stem, dot, ext = e.name.partition(".")
+            count += ext == "png" and len(stem) >= 6 and stem.isdigit() and int(stem) < n
+    return count
+
+
+def check_room(n: int, out: Path, shape: tuple[int, int, int]) -> None:
+    """Refuse ``n`` samples of ``shape`` that cannot fit, before the folder is made: the disk must hold the PNGs
+    still missing (each at most its raw bytes plus PNG framing), and memory the list of all n file names.
+    Sampling itself holds one batch at a time, so it does not grow with n."""
+    c, h, w = shape
+    png = c * h * w + h + (c * h * w) // 16000 * 5 + 256  # raw rows + filter bytes + stored zlib blocks + chunks
+    fix = "use a smaller -n or another --out"
+    check_disk(f"-n {n}", out, n - _written(out, n), png, fix)
+    check_memory(f"-n {n}", n * BOOKKEEPING_BYTES, "use a smaller -n")
 
 
 def _write_grid(out: Path, names: list[str]) -> Path:

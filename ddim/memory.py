@@ -1,4 +1,5 @@
-"""How much memory a training run will need at its peak, and how much the machine has (checked before a run).
+"""How much memory a training run will need at its peak, and how much memory and disk the machine has (checked
+before a run; ``check_memory`` / ``check_disk`` refuse sizes that cannot fit).
 
 A configuration that cannot fit is otherwise found out late: the kernel kills the process (after the
 data has loaded and nothing was saved) or CUDA runs out at the first step. The estimate is
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ddim.errors import DDIMError
 from ddim.unet import UNet, UNetConfig
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ def available_bytes(device: torch.device) -> int | None:
     return min(found) if found else None
 
 
-def gigabytes(n: int) -> str:
+def gigabytes(n: float) -> str:
     return f"{n / 2**30:.1f} GB"
 
 
@@ -115,3 +117,36 @@ def training_warning(cfg: TrainConfig) -> str | None:
         f"{cfg.unet_config().resolution} px), more than the {gigabytes(have)} available on {device}; "
         f"{lower}{gpu}"
     )
+
+
+def free_disk(path: str | Path) -> tuple[int, int, int | None]:
+    """(free bytes, block size, free inodes or None where the filesystem has no inode limit) where ``path``
+    is or would be created (its nearest existing ancestor)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize, max(st.f_frsize, 1), st.f_favail if st.f_files else None
+
+
+def check_memory(what: str, need: float, fix: str) -> None:
+    """Refuse, in one line, work whose estimated host memory ``need`` exceeds what this process can take."""
+    have = available_bytes(torch.device("cpu"))
+    if have is not None and need > have:
+        raise DDIMError(f"{what} needs about {gigabytes(need)} of memory, more than the {gigabytes(have)} "
+                        f"available; {fix}")  # fmt: skip
+
+
+def check_disk(what: str, path: str | Path, files: int, bytes_per_file: int, fix: str) -> None:
+    """Refuse, in one line, writing ``files`` files of up to ``bytes_per_file`` each under ``path`` when the
+    disk cannot hold them (each file takes whole blocks, and one inode where the filesystem counts them)."""
+    if files <= 0:
+        return
+    free, block, inodes = free_disk(path)
+    need = files * (-(-bytes_per_file // block) * block)
+    if need > free:
+        raise DDIMError(f"{what} needs about {gigabytes(need)} of disk under {path}, more than the "
+                        f"{gigabytes(free)} free; {fix}")  # fmt: skip
+    if inodes is not None and files > inodes:
+        raise DDIMError(f"{what} needs {files} files under {path}, more than the filesystem's {inodes} free "
+                        f"inodes; {fix}")  # fmt: skip

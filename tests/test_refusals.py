@@ -9,6 +9,7 @@ import pytest
 
 from bench.cli import main
 
+pytestmark = pytest.mark.timeout(120)  # a refusal that does not happen must not run for the suite's 600 s
 TINY = ["--max-steps", "2", "--batch-size", "4", "--sample-every", "0", "--wandb", "disabled", "--device", "cpu"]
 
 
@@ -48,3 +49,59 @@ def test_train_into_a_folder_with_unrelated_files_of_other_names_still_runs(tmp_
     code, err = run(["train", "--run-dir", run_dir, *TINY], capsys)
     assert code == 0, err
     assert (run_dir / "notes.txt").read_text(encoding="utf-8") == "plan\n" and (run_dir / "config.json").is_file()
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """16 GB of memory and 50 GB of disk (4 KiB blocks, a million inodes), whatever this machine has."""
+    import ddim.memory
+
+    monkeypatch.setattr(ddim.memory, "available_bytes", lambda device: 16 * 10**9)
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (50 * 10**9, 4096, 10**6))
+
+
+def test_train_refuses_a_T_that_cannot_fit(tmp_path, capsys, small_machine):
+    run_dir = tmp_path / "run"
+    code, err = run(["train", "--run-dir", run_dir, "--T", 1_000_000_000, *TINY], capsys)
+    one_line(code, err, "--T", "1000000000")
+    assert not run_dir.exists()  # no config.json to block the next try
+
+
+@pytest.mark.parametrize(("n", "words"), [(1_000_000_000, ("disk", "smaller -n")), (2_000_000, ("inodes",))])
+def test_sample_refuses_an_n_whose_files_cannot_fit(ckpt, tmp_path, capsys, small_machine, n, words):
+    out = tmp_path / "samples"
+    code, err = run(["sample", "--checkpoint", ckpt, "-n", n, "--out", out, "--steps", 2, "--device", "cpu"], capsys)
+    one_line(code, err, f"-n {n}", *words)
+    assert not out.exists()
+
+
+def test_sample_refuses_an_n_whose_file_list_cannot_fit_in_memory(ckpt, tmp_path, capsys, monkeypatch):
+    import ddim.memory
+
+    monkeypatch.setattr(ddim.memory, "available_bytes", lambda device: 10**9)
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (10**15, 4096, None))
+    out = tmp_path / "samples"
+    code, err = run(["sample", "--checkpoint", ckpt, "-n", 10**8, "--out", out, "--steps", 2], capsys)
+    one_line(code, err, "-n 100000000", "memory")
+    assert not out.exists()
+
+
+def test_sample_counts_only_the_missing_files_against_the_disk(ckpt, tmp_path, capsys, monkeypatch):
+    import ddim.memory
+
+    args = ["sample", "--checkpoint", ckpt, "-n", 6, "--out", tmp_path / "s", "--steps", 2, "--device", "cpu"]
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (10**9, 4096, 6))
+    assert run(args, capsys)[0] == 0
+    (tmp_path / "s" / "000005.png").unlink()
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (10**9, 4096, 1))  # room for the one missing
+    assert run(args, capsys)[0] == 0
+
+
+def test_sweep_refuses_an_n_whose_cells_cannot_fit(ckpt, cache, work, capsys, small_machine):
+    tokens = [f"checkpoint={ckpt}", f"cache_dir={work / 'cache'}", "steps=2", "eta=0", "n=1000000000"]
+    code, err = run(["sweep", *tokens, "--wandb", "disabled"], capsys)
+    one_line(code, err, "n=1000000000", "memory", "smaller n=")
+    assert list(work.iterdir()) == []  # no store, no artifacts, no cache
+    code, err = run(["sweep", *tokens[:-1], "n=1000000", "--workers", "4", "--wandb", "disabled"], capsys)
+    one_line(code, err, "4 workers", "fewer --workers")
+    assert list(work.iterdir()) == []

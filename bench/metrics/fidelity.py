@@ -66,6 +66,9 @@ INCEPTION_LAYER_FID = "2048"  # torch-fidelity's default FID/KID layer for it
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small N
 ISC_SPLITS = 10  # torch-fidelity's default; IS needs at least this many samples
 _BATCH_SIZE = {"classifier": 256, "inception": 64}
+# Memory per scored sample: its features as float32 plus the float64 copies FID's covariance and KID make
+# (Inception: 2048 pool features + 1008 logits; the classifier: 128 + 10), rounded up.
+FEATURE_BYTES = {"classifier": 4 * 1024, "inception": 48 * 1024}
 _FIDELITY_KEYS = {
     "frechet_inception_distance": "fid",
     "inception_score_mean": "isc_mean",

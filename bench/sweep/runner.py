@@ -314,6 +314,19 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
         )
 
 
+def _check_memory(spec: SweepSpec, workers: int) -> None:
+    """Refuse an n whose cells cannot fit before anything is stored: each worker holds a cell's n samples
+    (uint8) and their features at once to score them."""
+    from bench.metrics.fidelity import FEATURE_BYTES
+    from ddim.data import dataset_info
+    from ddim.memory import check_memory
+
+    per_sample = dataset_info(spec.dataset).channels * spec.resolution**2 + FEATURE_BYTES.get(spec.extractor, 0)
+    fix = "use a smaller n= (or fewer --workers)" if workers > 1 else "use a smaller n="
+    check_memory(f"n={spec.n} per cell" + (f" in each of {workers} workers" if workers > 1 else ""),
+                 spec.n * per_sample * workers, fix)  # fmt: skip
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -335,6 +348,7 @@ def run_sweep(
 
     if workers < 1:
         raise DDIMError(f"--workers must be ≥ 1, got {workers}")
+    _check_memory(spec, workers)
     url = storage or DEFAULT_STORAGE
     sha = sha256_file(spec.checkpoint)
     device = device_name(resolve_device(spec.device))
