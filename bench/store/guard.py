@@ -1,8 +1,15 @@
-"""What opening a sweep store guards against: concurrent first starts racing to create the tables."""
+"""What opening a sweep store guards against: concurrent first starts racing to create the tables, SQLite
+files that are not a sweep store (empty, another program's database, damaged), and full disks."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import uuid
+from pathlib import Path
+
+from ddim.errors import DDIMError
 
 ATTEMPTS = 8  # openers of fresh storage that lose the race to create its tables retry this often
 # What a creation race looks like: PostgreSQL's CREATE TYPE/TABLE ("already exists", UniqueViolation on
@@ -26,3 +33,94 @@ def lost_creation_race(exc: BaseException) -> bool:
 def backoff(attempt: int) -> float:
     """Seconds before retry ``attempt``: doubling from 0.1 s, with jitter so that the losers spread out."""
     return min(0.1 * 2**attempt, 3.0) * (0.5 + random.random())
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+_OPTUNA_TABLES = frozenset({"studies", "trials", "alembic_version"})
+
+
+def prepare_sqlite(path: Path, shown: str) -> None:
+    """Refuse a file that is not a sweep store (a zero-byte file, another program's SQLite database, a damaged
+    or non-SQLite file) before Optuna writes its tables into it; create a missing store atomically: the tables
+    are made in a private file which is then linked into place, so an opener never sees a half-made store
+    and concurrent first starts cannot race on the schema."""
+    import sqlite3
+
+    move = f"move {path} aside (a new sweep creates a fresh store) or pass the --storage the sweep used"
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise DDIMError(f"cannot open sweep storage {shown}: the folder {path.parent} does not exist; create it "
+                            "or choose another --storage")  # fmt: skip
+        _create_sqlite(path, shown)
+        return
+    if path.is_file() and path.stat().st_size == 0:
+        raise DDIMError(f"{path} is an empty file, not a sweep store; {move}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        if disk_full(exc):
+            raise DDIMError(
+                f"cannot read sweep storage {path}: the disk is full ({exc}); free space and rerun"
+            ) from None
+        raise DDIMError(f"{path} is not a readable SQLite database ({exc}: damaged or another kind of file); "
+                        f"{move}") from None  # fmt: skip
+    if not _OPTUNA_TABLES <= tables:
+        raise DDIMError(f"{path} is another program's SQLite database, not a sweep store (its tables: "
+                        f"{', '.join(sorted(tables)[:4]) or 'none'}); {move}")  # fmt: skip
+
+
+def _create_sqlite(path: Path, shown: str) -> None:
+    import optuna
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        made = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+        made.engine.dispose()
+        try:
+            os.link(tmp, path)  # fails when another opener made the store first: theirs is used
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    except DDIMError:
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).strip()[:160]}"
+        if disk_full(exc):
+            raise DDIMError(f"cannot create sweep storage {shown}: the disk is full ({reason}); free space on the "
+                            f"disk that holds {path.parent} and rerun") from None  # fmt: skip
+        raise DDIMError(f"cannot create sweep storage {shown} ({reason}); choose another --storage") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+_DISK_FULL_WORDS = ("database or disk is full", "no space left on device", "disk quota exceeded", "diskfull",
+                    "could not extend file")  # fmt: skip
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a full disk or quota: OSError ENOSPC/EDQUOT, SQLite's
+    SQLITE_FULL, PostgreSQL's DiskFull."""
+    import errno
+
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = f"{type(seen).__name__}: {seen}".lower()
+        if any(word in text for word in _DISK_FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -41,7 +41,7 @@ def cell_plan(trials: list, keys: list[str], token: str) -> CellPlan:
 
     by_cell: dict[str, list] = {}
     for t in trials:
-        if t.user_attrs.get("cell"):
+        if isinstance(t.user_attrs.get("cell"), str):
             by_cell.setdefault(t.user_attrs["cell"], []).append(t)
     plan = CellPlan()
     for key in keys:

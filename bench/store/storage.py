@@ -13,7 +13,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from bench.store.guard import ATTEMPTS, backoff, lost_creation_race
+from bench.store.guard import ATTEMPTS, backoff, disk_full, lost_creation_race, prepare_sqlite, sqlite_path
 from bench.store.untrusted import safe_url, url_password
 from ddim.errors import DDIMError
 
@@ -50,6 +50,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     fix = "check --storage (e.g. postgresql+psycopg2://user:pw@host/db) or omit it for the local SQLite file"
     if "://" not in url:
         raise DDIMError(f"storage {shown!r} is not a database URL; {fix}")
+    sqlite_file = sqlite_path(url)
+    if sqlite_file is not None:
+        fix = f"check the SQLite file {sqlite_file} and its folder, or pass the --storage the sweep used"
     if "@" in (url_password(url) or ""):  # SQLAlchemy ends the password at the first "@": the rest becomes the host
         raise DDIMError(f"storage {shown}: the password holds a raw '@'; write it as %40 (user:p%40ss@host)")
     if url.startswith("sqlite"):
@@ -61,6 +64,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     memo = (url, heartbeat or None)
     if memo in _OPEN:  # one engine (and connection pool) per storage and process
         return _OPEN[memo]
+    if sqlite_file is not None:
+        prepare_sqlite(sqlite_file, shown)
     beat = {}
     if heartbeat:
         beat = {"heartbeat_interval": int(heartbeat), "grace_period": GRACE_FACTOR * int(heartbeat)}
@@ -80,6 +85,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
         except Exception as exc:  # sqlalchemy raises many kinds: OperationalError, ArgumentError, ...
             text = str(exc).strip().splitlines()
             reason = f"{type(exc).__name__}: {safe_url(text[0])[:160]}" if text else type(exc).__name__
+            if disk_full(exc):
+                raise DDIMError(f"cannot open sweep storage {shown}: the disk is full ({reason}); free space on "
+                                "the disk that holds it and rerun") from None  # fmt: skip
             if lost_creation_race(exc) and attempt < ATTEMPTS - 1:
                 _OPEN.pop(memo, None)
                 time.sleep(backoff(attempt))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import sys
 import time
 import uuid
 import warnings
@@ -129,31 +130,57 @@ def create_study(
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     ua = trial.user_attrs
-    if not ua.get("cell") or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
+    if not isinstance(ua.get("cell"), str) or not ua["cell"] or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
         return None
     # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
     # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
     if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
         return None
     rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-    values = {**ua, **(ua.get("result") or {})}  # the measurements are stored as one "result" attribute
+    result = ua.get("result")
+    values = {**ua, **(result if isinstance(result, dict) else {})}  # the measurements: one "result" attribute
     rec.update({k: values.get(k) for k in RECORD_FIELDS})
     if trial.state.name == "FAIL" and not rec["error"]:
         rec["error"] = KILLED
     return rec
 
 
-def records_of(study: optuna.Study) -> tuple[list[dict[str, Any]], int]:
-    """(records, number of superseded failures) of a study, ordered by trial number."""
+_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("sampler", "schedule"), (str,)),
+    **dict.fromkeys(("steps", "seed_block", "nfe", "n"), (int,)),
+    **dict.fromkeys(("eta", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s"),
+                    (int, float)),
+}  # fmt: skip
+_TEXT = ("seeds", "grid", "strip", "error", "checkpoint_sha256", "extractor", "extractor_sha256", "ref_key",
+         "ref_sha256", "device")  # fmt: skip
+
+
+def _malformed(rec: Mapping[str, Any]) -> str | None:
+    """The first field of a record whose stored value has the wrong type (a store edited by hand or by another
+    program), or None. Numbers may be missing (None)."""
+    for key, kinds in _TYPES.items():
+        v = rec.get(key)
+        if v is not None and key in rec and (isinstance(v, bool) or not isinstance(v, kinds)):
+            return key
+    return next((k for k in _TEXT if rec.get(k) is not None and not isinstance(rec[k], str)), None)
+
+
+def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(records, number of superseded failures) of a study, ordered by trial number. A trial whose stored fields
+    have the wrong types is left out; its number is appended to ``malformed``."""
     trials = study.get_trials(deepcopy=False)
-    complete = {t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("cell")}
+    cells = {t.number: c for t in trials if isinstance(c := t.user_attrs.get("cell"), str) and c}
+    complete = {cells[t.number] for t in trials if t.state.name == "COMPLETE" and t.number in cells}
     kept, superseded = [], 0
     for t in trials:
-        cell = t.user_attrs.get("cell")
+        cell = cells.get(t.number)
         if cell and t.state.name in ("FAIL", "RUNNING") and cell in complete:
             superseded += 1  # a try of a cell measured since (also one stopped before its fields were recorded)
         elif (r := _record(t)) is not None:
-            kept.append(r)
+            if _malformed(r) is None:
+                kept.append(r)
+            elif malformed is not None:
+                malformed.append(t.number)
     if len(study.directions) == 2:
         front = {t.number for t in study.best_trials}
         for r in kept:
@@ -168,9 +195,15 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
     another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
-    records, superseded = records_of(study)
+    malformed: list[int] = []
+    records, superseded = records_of(study, malformed)
+    if malformed:
+        listed = ", ".join(f"#{n}" for n in malformed[:5]) + (", …" if len(malformed) > 5 else "")
+        print(f"warning: {len(malformed)} trial(s) of {name!r} hold fields of the wrong type (edited store?) and "
+              f"are left out: {listed}", file=sys.stderr)  # fmt: skip
     records = redact(records)
-    meta = redact(dict(study.user_attrs.get("meta", {})))
+    meta = study.user_attrs.get("meta")
+    meta = redact(dict(meta)) if isinstance(meta, dict) else {}
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
         meta["objective"] = (study.user_attrs.get("protocol", {}).get("space") or {}).get("objective")
     # Protocol hashes known only after the first measured cell: take them from the cells.
@@ -187,7 +220,8 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
         meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
     if superseded:
         meta["superseded_trials"] = superseded
-    extras = {k: v for k, v in redact(dict(study.user_attrs.get("extras", {}))).items() if k != "key"}
+    extras = study.user_attrs.get("extras")
+    extras = {k: v for k, v in redact(dict(extras)).items() if k != "key"} if isinstance(extras, dict) else {}
     return records, meta, extras
 
 

@@ -169,7 +169,7 @@ def _scalar(name: str, text: str) -> Any:
     elif k.kind == "float":
         if not _NUMBER.match(text):
             raise DDIMError(f"{name}={text!r} is not a number; write e.g. {example(name)}")
-        value = float(text)
+        value = float(text) + 0.0  # -0 is 0: one cell, one key
         if not math.isfinite(value):
             raise DDIMError(f"{name}={text!r} is not finite; write e.g. {example(name)}")
     elif k.kind == "bool":
@@ -261,6 +261,30 @@ def _yaml_scalar(v: Any) -> str:
     return str(v)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader() -> type:
+    """yaml's SafeLoader, except that a mapping repeating a key is an error (YAML says keys are unique; PyYAML
+    keeps the last silently), as a key repeated on the command line is."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool):
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if key in seen:
+                    raise _DuplicateKey(f"{key} is given twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML sweep file into typed values (same keys and checks as ``parse_overrides``).
 
@@ -274,7 +298,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise DDIMError(f"sweep config {str(p)!r} not found; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise DDIMError(f"sweep config {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except _DuplicateKey as exc:
+        raise DDIMError(f"sweep config {p}: {exc}; give each key once") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -289,6 +317,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         try:
             if name not in KEYS:
                 raise _unknown_key(name)
+            if name in out:  # e.g. seed-base and seed_base
+                raise DDIMError(f"{name} is given twice; give it once, e.g. {example(name)}")
             if name == "schedule" and isinstance(value, dict):
                 out[name] = {str(ds): parse_value(name, _yaml_text(name, v, str(p))) for ds, v in value.items()}
             else:

@@ -46,6 +46,7 @@ from bench.console import Display
 from bench.report.write import fid_vs_steps_png
 from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
+from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
@@ -61,6 +62,7 @@ from bench.store.study import (
 )
 from bench.store.untrusted import safe_url
 from bench.sweep.evaluate import Evaluator, device_name
+from bench.sweep.guard import check_memory_fits, disk_message, one_line, store_errors
 from bench.sweep.provenance import meta_for, protocol_for
 from bench.sweep.spec import Range, SweepSpec
 from bench.tracking.sweep_runs import track_cell, track_summary
@@ -101,6 +103,7 @@ class _Worker:
         self.study = optuna.load_study(study_name=spec.name, storage=self.rdb, sampler=sampler)
         self.study_id = self.rdb.get_study_id_from_name(spec.name)
         self.images = open_store(spec.artifacts, create=True)  # each cell's grid, for optuna-dashboard and reports
+        self.url, self.disk_full = url, ""  # a full disk stops the worker (every later cell would fail too)
 
     def trials(self, *states: Any) -> list:
         """Fresh from the database (not Optuna's per-process trial cache)."""
@@ -147,8 +150,9 @@ class _Worker:
         try:
             result = self.ev.evaluate(cell, self.display)
         except Exception as exc:
-            msg = _one_line(exc)
-            save_error(trial, msg)
+            msg = one_line(exc)
+            self.disk_full = msg if disk_full(exc) else ""  # not the cell's fault: stop; a rerun retries it
+            save_error(trial, msg, interrupted=bool(self.disk_full))
             self.display.warn(f"cell {cell.label} failed: {msg}")
             track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
             raise
@@ -156,7 +160,7 @@ class _Worker:
         try:
             upload_images(trial, self.images, self.spec.artifacts, result)
         except Exception as exc:  # the cell is measured and its grid is on this disk: a warning, not a failure
-            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({_one_line(exc)})")
+            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({one_line(exc)})")
         track_cell(self.wandb, self.spec, cell, result, self.display)
         self.display.done(_summary_line(cell, result))
         fid = result.get("fid")
@@ -210,16 +214,13 @@ class _Worker:
                 self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.display.warn("another worker declared this worker's trial dead (late heartbeat); it is retried")
+            if self.disk_full:
+                raise DDIMError(disk_message(self.disk_full, self.url, self.spec))
 
 
 def _finite(v: Any) -> float:
     v = float("inf") if v is None else float(v)
     return float("inf") if v != v else v  # Optuna refuses NaN; an unmeasurable cell ranks last
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def _summary_line(cell: Cell, r: dict) -> str:
@@ -314,19 +315,6 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
         )
 
 
-def _check_memory(spec: SweepSpec, workers: int) -> None:
-    """Refuse an n whose cells cannot fit before anything is stored: each worker holds a cell's n samples
-    (uint8) and their features at once to score them."""
-    from bench.metrics.fidelity import FEATURE_BYTES
-    from ddim.data import dataset_info
-    from ddim.memory import check_memory
-
-    per_sample = dataset_info(spec.dataset).channels * spec.resolution**2 + FEATURE_BYTES.get(spec.extractor, 0)
-    fix = "use a smaller n= (or fewer --workers)" if workers > 1 else "use a smaller n="
-    check_memory(f"n={spec.n} per cell" + (f" in each of {workers} workers" if workers > 1 else ""),
-                 spec.n * per_sample * workers, fix)  # fmt: skip
-
-
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -344,12 +332,18 @@ def run_sweep(
     online / offline / disabled, None for online when a key is configured else offline; W&B
     failures never stop the sweep. Returns the store's records after the run.
     """
-    from ddim.runtime import atomic_write_json, resolve_device, sha256_file
-
     if workers < 1:
         raise DDIMError(f"--workers must be ≥ 1, got {workers}")
-    _check_memory(spec, workers)
+    check_memory_fits(spec, workers)
     url = storage or DEFAULT_STORAGE
+    with store_errors(url, spec):
+        return _run_sweep(spec, workers, url, wandb, progress, command, heartbeat)
+
+
+def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progress: bool, command: str,
+               heartbeat: int) -> SweepSummary:  # fmt: skip
+    from ddim.runtime import atomic_write_json, resolve_device, sha256_file
+
     sha = sha256_file(spec.checkpoint)
     device = device_name(resolve_device(spec.device))
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
