@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("WANDB_SILENT", "true")
     args = sys.argv[1:] if argv is None else list(argv)
+    if "WANDB_MODE" in os.environ:
+        from bench.tracking.wandb_run import check_mode_env
+
+        check_mode_env(lambda line: _say(f"warning: {line}"))  # once, before any worker inherits it
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=args or ["--help"], prog_name="ddimbench", standalone_mode=False)

@@ -283,14 +283,31 @@ def default_mode() -> str:
     return "online" if _api_key_configured() else "offline"
 
 
-def _probe(host: str, port: int, timeout: float) -> str | None:
-    """DNS + TCP connect within ``timeout`` s (in a thread: DNS has no timeout); None if it connects."""
+def _probe(host: str, port: int, timeout: float, tls: bool = False) -> str | None:
+    """DNS, TCP connect and a first answer within ``timeout`` s in all (in a thread: DNS has no timeout); None
+    if the server answers. The answer is a TLS handshake (``tls``) or any reply to a HEAD request: a server
+    that accepts connections and never answers would otherwise cost wandb's whole init timeout per process."""
+    import ssl
+
     error = [f"no answer within {timeout:g} s"]
 
     def connect() -> None:
+        start = time.monotonic()
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                error[0] = f"it accepts connections but sends no answer within {timeout:g} s"
+                sock.settimeout(max(0.05, timeout - (time.monotonic() - start)))
+                if tls:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # an answer is enough here
+                    ctx.wrap_socket(sock, server_hostname=host or None).close()
+                else:
+                    sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii", "replace"))
+                    if not sock.recv(1):
+                        raise ConnectionResetError("the server closed the connection without an answer")
             error[0] = ""
+        except TimeoutError:
+            pass  # the message set above says where it stopped
         except OSError as exc:
             error[0] = _one_line(exc)
 
@@ -318,17 +335,40 @@ def _server_problem(base_url: str) -> str | None:
 
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    tls = parts.scheme == "https"
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
         proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         host, port = proxy_parts.hostname or "", proxy_parts.port or 80
-    if error := _probe(host, port, REACHABILITY_TIMEOUT_S):
+        tls = proxy_parts.scheme == "https"
+    if error := _probe(host, port, REACHABILITY_TIMEOUT_S, tls):
         _online_failures[base_url] = f"cannot reach {host}:{port} ({error})"
         return _online_failures[base_url]
     return None
 
 
 # -- building a tracker ---------------------------------------------------------------------------
+
+
+_WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb itself accepts
+_env_warned: set[str] = set()
+
+
+def check_mode_env(warn: Callable[[str], None] = _warn_stderr) -> None:
+    """Drop a ``WANDB_MODE`` that wandb would reject (``bogus``, empty) with one warning naming it.
+
+    wandb validates the variable on import and then refuses to start any run, so a bad value silently
+    disabled tracking even with an explicit ``--wandb``. Our mode (the option, else ``default_mode()``) is
+    passed to every run anyway; removing the variable from this process's environment also keeps it from
+    the sweep's worker processes.
+    """
+    value = os.environ.get("WANDB_MODE")
+    if value is None or value.strip().lower() in _WANDB_MODES:
+        return
+    del os.environ["WANDB_MODE"]
+    if value not in _env_warned:
+        _env_warned.add(value)
+        warn(f"W&B: ignoring WANDB_MODE={value!r} (not one of {', '.join(MODES)}); --wandb or the default applies")
 
 
 def _quiet_wandb() -> Any:
@@ -371,6 +411,7 @@ def make_tracker(
         return LazyTracker(lambda: make_tracker(requested, warn=warn, **args))
 
     reasons: list[str] = []
+    check_mode_env(warn)
     try:
         wandb = _quiet_wandb()
     except Exception as exc:

@@ -1,0 +1,88 @@
+"""W&B settings from the environment and servers that misbehave (issue 14, item 9): the explicit mode wins, a
+bad WANDB_MODE costs one warning naming it, and a server that accepts connections but never answers costs
+seconds once, not wandb's whole init timeout, and leaves no run folder of its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from test_tracking import Warnings, fresh_fallback_state, no_credentials  # noqa: F401
+
+from bench.cli import main
+from bench.tracking import wandb_run as tracking
+
+pytestmark = pytest.mark.timeout(90)  # the bug this guards against costs ~54 s per run
+
+
+@pytest.mark.parametrize("value", ["bogus", ""])
+def test_a_bad_wandb_mode_variable_warns_once_and_the_explicit_mode_wins(tmp_path, monkeypatch, value):
+    monkeypatch.setattr(tracking, "_env_warned", set())
+    monkeypatch.setenv("WANDB_MODE", value)
+    warnings = Warnings()
+    trackers = [tracking.make_tracker("offline", dir=tmp_path / str(i), warn=warnings) for i in range(2)]
+    for t in trackers:
+        t.log({"a": 1.0}, step=0)
+        t.finish()
+    assert [t.mode for t in trackers] == ["offline", "offline"]
+    assert all(list((tmp_path / str(i) / "wandb").glob("offline-run-*")) for i in range(2))
+    assert len(warnings) == 1 and f"WANDB_MODE={value!r}" in warnings[0], warnings
+
+
+def test_the_cli_warns_once_about_wandb_mode(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "_env_warned", set())
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    run_dir = tmp_path / "run"
+    argv = ["train", "--run-dir", str(run_dir), "--max-steps", "1", "--batch-size", "2", "--sample-every", "0",
+            "--device", "cpu", "--wandb", "offline"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("WANDB_MODE") == 1 and err.count("warning") == 1, err
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.usefixtures("no_credentials")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_server_that_never_answers_costs_one_short_probe(tmp_path, monkeypatch, silent_server, scheme):
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setattr(tracking, "_wandb_base_url", lambda wandb: f"{scheme}://127.0.0.1:{silent_server}")
+    monkeypatch.setattr(tracking, "REACHABILITY_TIMEOUT_S", 1.0)
+    warnings = Warnings()
+    start = time.perf_counter()
+    trackers = [tracking.make_tracker("online", dir=tmp_path, warn=warnings) for _ in range(2)]
+    elapsed = time.perf_counter() - start
+    for t in trackers:
+        t.finish()
+    assert [t.mode for t in trackers] == ["offline", "offline"] and elapsed < 15
+    assert len(warnings) == 1 and "no answer" in warnings[0], warnings
+    runs = sorted(p.name for p in (tmp_path / "wandb").iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(runs) == 2 and all(name.startswith("offline-run-") for name in runs), runs
