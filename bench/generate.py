@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -123,6 +124,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
+    _remove_stale_temps(out)
     manifest = {
         "format": "ddimbench-samples-v1",
         "checkpoint": cfg.checkpoint,
@@ -164,6 +166,17 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         }
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+# The temp files ``atomic_write`` makes for our files (``.000012.png.<random>.tmp``): a killed run leaves them.
+_OUR_TEMP = re.compile(r"\.(\d{6,}\.png|grid\.png|samples\.json)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete the half-written files of an interrupted run into ``out`` (a folder known to be ours)."""
+    for p in out.iterdir():
+        if _OUR_TEMP.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 BOOKKEEPING_BYTES = 200  # memory per sample for its file name, the to-do list and the manifest's JSON text

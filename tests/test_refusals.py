@@ -105,3 +105,16 @@ def test_sweep_refuses_an_n_whose_cells_cannot_fit(ckpt, cache, work, capsys, sm
     code, err = run(["sweep", *tokens[:-1], "n=1000000", "--workers", "4", "--wandb", "disabled"], capsys)
     one_line(code, err, "4 workers", "fewer --workers")
     assert list(work.iterdir()) == []
+
+
+def test_a_rerun_of_sample_removes_the_temp_files_a_killed_run_left(ckpt, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sample", "--checkpoint", ckpt, "-n", 3, "--out", out, "--steps", 2, "--device", "cpu"]
+    assert run(args, capsys)[0] == 0
+    ours = [".000001.png.k2j4l5t_.tmp", ".samples.json.abc123.tmp", ".grid.png.x9.tmp", ".1000000.png.zz.tmp"]
+    theirs = [".notes.txt.abc.tmp", ".000001.png.tmp", "000001.png.abc.tmp"]
+    for name in ours + theirs:
+        (out / name).write_bytes(b"half")
+    assert run(args, capsys)[0] == 0
+    left = sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+    assert left == sorted(theirs)
