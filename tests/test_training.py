@@ -445,9 +445,12 @@ def test_speed_options_train_the_same_model(tmp_path, options):
     other = train(tiny(tmp_path / "other", max_steps=4, log_every=1, **options))
     a, b = _losses(tmp_path / "base"), _losses(tmp_path / "other")
     assert a.keys() == b.keys()
-    assert all(abs(a[k] - b[k]) <= 1e-4 * abs(a[k]) for k in a), (a, b)
+    assert all(abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) for k in a), (a, b)
     wa, wb = (load_checkpoint(r.checkpoint).state["model"] for r in (base, other))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-3) for k in wa)
+    # Measured on CPU: channels_last 5.4e-6 (other summation order in the convolutions), compile and
+    # deterministic 0; a step moves weights by up to lr = 1e-3, so 5e-5 is 10x the measured gap and 1/20 of a step.
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst <= 5e-5, worst
 
 
 def test_resume_may_change_speed_options(tmp_path):
