@@ -256,9 +256,10 @@ def test_custom_extractor_is_used_end_to_end(
 # ---- refusals ----
 
 
-def test_short_count_is_refused(test_u8: torch.Tensor, tmp_path: Path) -> None:
-    call = lambda: compute_metrics(test_u8[:100], dataset="digits", n_expected=101, cache_dir=tmp_path / "c")  # noqa: E731
-    one_line_error(call, "100 samples", "101 were asked")
+@pytest.mark.parametrize("asked", [101, 99], ids=["fewer", "more"])
+def test_a_count_other_than_asked_is_refused(test_u8: torch.Tensor, tmp_path: Path, asked: int) -> None:
+    call = lambda: compute_metrics(test_u8[:100], dataset="digits", n_expected=asked, cache_dir=tmp_path / "c")  # noqa: E731
+    one_line_error(call, "100 samples", f"{asked} were asked")
     assert not (tmp_path / "c").exists()  # refused before any work
 
 
@@ -362,11 +363,14 @@ def test_metrics_from_a_png_folder_equal_in_memory(cache_dir: Path, test_u8: tor
         tmp_path / "samples", dataset="digits", cache_dir=cache_dir, metrics=("fid",), n_expected=60
     )
     assert got == compute_metrics(samples, dataset="digits", cache_dir=cache_dir, metrics=("fid",))
-    one_line_error(
-        lambda: compute_metrics_from_folder(tmp_path / "samples", dataset="digits", cache_dir=cache_dir, n_expected=61),
-        "60",
-        "61",
-    )
+    for asked in (61, 59):  # fewer files than asked, and more
+        one_line_error(
+            lambda a=asked: compute_metrics_from_folder(
+                tmp_path / "samples", dataset="digits", cache_dir=cache_dir, n_expected=a
+            ),
+            "60",
+            str(asked),
+        )
 
 
 def test_png_folder_mismatches_are_refused(test_u8: torch.Tensor, tmp_path: Path) -> None:
