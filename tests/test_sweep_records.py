@@ -107,3 +107,32 @@ def test_grid_trials_carry_native_params_and_one_attribute_per_metric(ckpt, cach
     # The report reads the same trials back.
     records, _, _ = load_results("native", url(work))
     assert {(r["sampler"], r["steps"], r["eta"]) for r in records} == seen
+
+
+def test_a_cell_already_measured_is_not_measured_again_without_any_race(ckpt, cache, work, monkeypatch):
+    """The claim check itself, made deterministic: the worker's first look at the store is stale (as when
+    another machine finished the cell a moment ago), so it queues a measured cell again; the trial must see
+    the complete holder and yield (PRUNED) without sampling, and the cell stays stored once."""
+    import bench.sweep.runner as runner
+    from bench.sweep.evaluate import Evaluator
+
+    spec = spec_of(ckpt, cache, *FAST, name="once")
+    sweep(spec, work)
+    (key,) = (c.key for c in spec.cells())
+    real, calls = cell_plan, {"plan": 0, "evaluate": 0}
+
+    def stale_once(trials, keys, token):
+        plan = real(trials, keys, token)
+        calls["plan"] += 1
+        if calls["plan"] == 1:  # the first look misses the completed trial
+            plan.done, plan.fresh = plan.done - 1, [key]
+        return plan
+
+    monkeypatch.setattr(runner, "cell_plan", stale_once)
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self, *a: calls.update(evaluate=calls["evaluate"] + 1)
+                        or evaluate(self, *a))  # fmt: skip
+    sweep(spec, work)
+    trials = optuna.load_study(study_name="once", storage=open_storage(url(work))).trials
+    states = sorted(t.state.name for t in trials if t.user_attrs.get("cell") == key)
+    assert states == ["COMPLETE", "PRUNED"] and calls["evaluate"] == 0, (states, calls)
