@@ -99,6 +99,7 @@ def test_sample_writes_exactly_n_pngs_and_a_grid(run_dir: Path, tmp_path: Path, 
         assert im.size == (16, 16) and im.mode == "L"
 
 
+@pytest.mark.timeout(120)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_sample_pixels_depend_only_on_the_seed(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Batch size, a checkpoint file vs its run dir, and an interrupted-then-resumed run change nothing."""
     ckpt = run_dir / "checkpoints" / "step-0000012.pt"

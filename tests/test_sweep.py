@@ -93,6 +93,7 @@ def test_shipped_sweep_files_resolve(ckpt, cache):
 
 # ----------------------------------------------------------------------------- exactly once, workers
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
     spec = spec_of(ckpt, cache, *GRID, "interpolation=false")
     summary = run_sweep(spec, workers=2, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
@@ -149,6 +150,7 @@ def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = s
     raise AssertionError("no running cell to kill")
 
 
+@pytest.mark.timeout(240)  # a rerun that never ends fails here, not at the suite's 600 s
 @pytest.mark.parametrize(
     "workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM), (2, signal.SIGTERM)]
 )
@@ -198,6 +200,7 @@ def test_unwritable_artifacts_fail_before_the_study_exists(ckpt, cache, work):
     assert "art" not in optuna.study.get_all_study_names(open_storage(url(work)))
 
 
+@pytest.mark.timeout(240)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
     real = sampling.sample
 

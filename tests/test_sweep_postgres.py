@@ -97,6 +97,7 @@ def test_two_workers_on_postgres_every_cell_once(ckpt, cache, tmp_path, monkeypa
     assert len(records) == 4 and meta["n"] == 20
 
 
+@pytest.mark.timeout(240)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_killed_worker_on_postgres_is_retried(ckpt, cache, tmp_path, monkeypatch, pg_url):  # noqa: F811
     tokens = [f"checkpoint={ckpt}", f"cache_dir={cache}", "name=pg-kill", "steps=8,9", "eta=0,1", "n=24",
               "batch=12", "interpolation=false"]  # fmt: skip

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from sweep_helpers import spec_of, url
 
@@ -17,6 +18,7 @@ from bench.store.storage import open_storage
 from bench.store.study import load_results
 from bench.sweep.runner import run_sweep
 
+pytestmark = pytest.mark.timeout(240)  # every test reruns a sweep: one that never ends fails here, not at 600 s
 FAST = ["steps=2", "eta=0", "n=20", "batch=10", "interpolation=false"]
 
 

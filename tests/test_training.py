@@ -171,6 +171,7 @@ def test_ema_follows_the_ramped_decay_rule(tmp_path, ema_decay):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference):
     cfg = tiny(tmp_path / "run", max_steps=40, save_every=4, log_every=4)
     delay = random.Random().uniform(0.0, 0.5)  # the run has >= 36 x 20 ms left after its first checkpoint
@@ -189,6 +190,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_sigint_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path, reference):
     cfg = tiny(tmp_path / "run", max_steps=40, save_every=4, log_every=4)
     handler = signal.getsignal(signal.SIGINT)
@@ -234,6 +236,7 @@ def test_resume_on_a_fresh_directory_starts_a_new_run(tmp_path):
     assert train(tiny(tmp_path / "run", max_steps=3), resume=True).step == 3
 
 
+@pytest.mark.timeout(120)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_resume_of_a_finished_run_does_nothing_more(tmp_path):
     cfg = tiny(tmp_path / "run", max_steps=5)
     first = train(cfg)
@@ -418,6 +421,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # a rerun that never ends fails here, not at the suite's 600 s
 def test_killed_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     cfg = tiny(tmp_path / "run", max_steps=6, save_every=3)
     train(tiny(tmp_path / "run", max_steps=3, save_every=3))
