@@ -34,7 +34,7 @@ from bench.console import (
 from bench.metrics import EXTRACTORS, METRICS
 from bench.store.untrusted import safe_url
 from bench.sweep.overrides import describe_keys
-from bench.tracking.wandb_run import MODES
+from bench.tracking.reach import MODES
 from ddim.errors import DDIMError
 from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
     args = sys.argv[1:] if argv is None else list(argv)
     if "WANDB_MODE" in os.environ:
-        from bench.tracking.wandb_run import check_mode_env
+        from bench.tracking.reach import check_mode_env
 
         check_mode_env(lambda line: _say(f"warning: {line}"))  # once, before any worker inherits it
     command = typer.main.get_command(app)

@@ -83,7 +83,7 @@ def test_resolve_checkpoint_missing_or_corrupt(tmp_path, cache, monkeypatch):
 def test_shipped_sweep_files_resolve(ckpt, cache):
     quick = resolve_spec([f"checkpoint={ckpt}"], ROOT / "sweeps" / "quick.yaml")
     assert quick.name == "digits-demo" and quick.steps == (10, 20, 50) and quick.n == 500
-    assert len(quick.cells()) == 9  # 3 S × (η = 0, 1, σ̂)
+    assert len(quick.cells()) == 27 and quick.seeds == (0, 1, 2)  # 3 S × (η = 0, 1, σ̂) × 3 seed blocks
     table1 = resolve_spec([f"checkpoint={ckpt}", "n=100"], ROOT / "sweeps" / "paper-table1.yaml")
     assert table1.n == 100  # the command line wins over the file
     assert table1.steps == (10, 20, 50, 100, 1000) and table1.eta == (0.0, 0.2, 0.5, 1.0)
@@ -261,7 +261,7 @@ def wandb_lines(capfd) -> list[str]:
 
 
 def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, capfd):
-    from bench.tracking import sweep_runs
+    from bench.tracking import reach, sweep_runs
     from bench.tracking import wandb_run as tracking
 
     def no_init(*a, **k):
@@ -274,9 +274,9 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
         log_image = log_table = summary = log
 
     # No key (online is unavailable) and a fresh process-wide memory of fallbacks already reported.
-    monkeypatch.setattr(tracking, "_api_key_configured", lambda: False)
+    monkeypatch.setattr(reach, "api_key_configured", lambda: False)
     monkeypatch.setattr(tracking, "_fallback_warnings", set())
-    monkeypatch.setattr(tracking, "_online_failures", {})
+    monkeypatch.setattr(reach, "online_failures", {})
     tokens = ("eta=0,1", "n=20", "batch=8", "interpolation=false")
     capfd.readouterr()
     # README: "one warning, logs go offline to ./wandb (`wandb sync` later) ...": once for 2 cells + summary.

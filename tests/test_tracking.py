@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench.tracking import offline_log as tracking_log
+from bench.tracking import reach
 from bench.tracking import wandb_run as tracking
 from ddim.errors import DDIMError
 
@@ -30,7 +31,7 @@ class Warnings(list):
 @pytest.fixture(autouse=True)
 def fresh_fallback_state(monkeypatch):
     """Each test starts as a new process would: no remembered online failure, no warning shown."""
-    monkeypatch.setattr(tracking, "_online_failures", {})
+    monkeypatch.setattr(reach, "online_failures", {})
     monkeypatch.setattr(tracking, "_fallback_warnings", set())
 
 
@@ -171,7 +172,7 @@ def test_out_of_order_step_warns_once(tmp_path):
 
 
 def test_online_without_key_falls_back_to_offline(tmp_path, no_credentials):
-    assert tracking.default_mode() == "offline"
+    assert reach.default_mode() == "offline"
     warnings = Warnings()
     start = time.perf_counter()
     tracker = tracking.make_tracker("online", dir=tmp_path / "runs", warn=warnings)
@@ -186,11 +187,11 @@ def test_online_without_key_falls_back_to_offline(tmp_path, no_credentials):
 def test_default_mode_sees_netrc_and_env(no_credentials, monkeypatch):
     netrc = no_credentials / ".netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
-    assert tracking.default_mode() == "online"
+    assert reach.default_mode() == "online"
     netrc.unlink()
-    assert tracking.default_mode() == "offline"
+    assert reach.default_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert tracking.default_mode() == "online"
+    assert reach.default_mode() == "online"
 
 
 def test_online_with_bogus_key_and_no_network_falls_back(tmp_path, no_credentials, monkeypatch):
@@ -210,7 +211,7 @@ def test_failed_online_is_remembered_for_the_next_runs(tmp_path, no_credentials,
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setattr(tracking, "_wandb_base_url", lambda wandb: "https://127.0.0.1:9")
     probes = []
-    monkeypatch.setattr(tracking, "_probe", lambda *args: probes.append(args) or "refused")
+    monkeypatch.setattr(reach, "probe", lambda *args: probes.append(args) or "refused")
     warnings = Warnings()
     trackers = [tracking.make_tracker("online", dir=tmp_path, warn=warnings) for _ in range(3)]
     for tracker in trackers:
@@ -223,7 +224,7 @@ def test_failed_online_is_remembered_for_the_next_runs(tmp_path, no_credentials,
 def test_online_init_failure_is_bounded(tmp_path, no_credentials, monkeypatch):
     """Past the probe, wandb's own online init fails (no network here, or a bogus key) in bounded time."""
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.setattr(tracking, "_server_problem", lambda base_url: None)
+    monkeypatch.setattr(reach, "server_problem", lambda base_url: None)
     monkeypatch.setattr(tracking, "ONLINE_INIT_TIMEOUT_S", 3.0)
     warnings = Warnings()
     start = time.perf_counter()
@@ -298,7 +299,8 @@ def test_unknown_mode_is_a_ddim_error():
 
 def test_import_does_not_load_wandb():
     code = (
-        "import sys, bench.tracking.wandb_run as t; t.make_tracker('disabled'); t.default_mode(); "
+        "import sys, bench.tracking.wandb_run as t, bench.tracking.reach as r; "
+        "t.make_tracker('disabled'); r.default_mode(); "
         "assert 'wandb' not in sys.modules, 'wandb imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -12,6 +12,7 @@ import pytest
 from test_tracking import Warnings, fresh_fallback_state, no_credentials  # noqa: F401
 
 from bench.cli import main
+from bench.tracking import reach
 from bench.tracking import wandb_run as tracking
 
 pytestmark = pytest.mark.timeout(90)  # the bug this guards against costs ~54 s per run
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.timeout(90)  # the bug this guards against costs ~54 s 
 
 @pytest.mark.parametrize("value", ["bogus", ""])
 def test_a_bad_wandb_mode_variable_warns_once_and_the_explicit_mode_wins(tmp_path, monkeypatch, value):
-    monkeypatch.setattr(tracking, "_env_warned", set())
+    monkeypatch.setattr(reach, "env_warned", set())
     monkeypatch.setenv("WANDB_MODE", value)
     warnings = Warnings()
     trackers = [tracking.make_tracker("offline", dir=tmp_path / str(i), warn=warnings) for i in range(2)]
@@ -32,7 +33,7 @@ def test_a_bad_wandb_mode_variable_warns_once_and_the_explicit_mode_wins(tmp_pat
 
 
 def test_the_cli_warns_once_about_wandb_mode(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tracking, "_env_warned", set())
+    monkeypatch.setattr(reach, "env_warned", set())
     monkeypatch.setenv("WANDB_MODE", "bogus")
     run_dir = tmp_path / "run"
     argv = ["train", "--run-dir", str(run_dir), "--max-steps", "1", "--batch-size", "2", "--sample-every", "0",
@@ -75,7 +76,7 @@ def silent_server():
 def test_a_server_that_never_answers_costs_one_short_probe(tmp_path, monkeypatch, silent_server, scheme):
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setattr(tracking, "_wandb_base_url", lambda wandb: f"{scheme}://127.0.0.1:{silent_server}")
-    monkeypatch.setattr(tracking, "REACHABILITY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(reach, "REACHABILITY_TIMEOUT_S", 1.0)
     warnings = Warnings()
     start = time.perf_counter()
     trackers = [tracking.make_tracker("online", dir=tmp_path, warn=warnings) for _ in range(2)]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from bench.store.guard import disk_full
 from bench.store.untrusted import safe_url
 from bench.sweep.spec import SweepSpec
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, one_line
 
 
 def check_memory_fits(spec: SweepSpec, workers: int) -> None:
@@ -23,11 +23,6 @@ def check_memory_fits(spec: SweepSpec, workers: int) -> None:
     fix = "use a smaller n= (or fewer --workers)" if workers > 1 else "use a smaller n="
     check_memory(f"n={spec.n} per cell" + (f" in each of {workers} workers" if workers > 1 else ""),
                  spec.n * per_sample * workers, fix)  # fmt: skip
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def disk_message(reason: str, url: str, spec: SweepSpec) -> str:
@@ -44,8 +39,8 @@ def store_errors(url: str, spec: SweepSpec) -> Iterator[None]:
         raise
     except Exception as exc:
         if disk_full(exc):
-            raise DDIMError(disk_message(one_line(exc), url, spec)) from None
+            raise DDIMError(disk_message(one_line(exc, 300), url, spec)) from None
         if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "sqlite3", "psycopg2", "psycopg"):
             raise
-        raise DDIMError(f"the sweep store {safe_url(url)} failed ({one_line(exc)[:200]}); rerun the same "
+        raise DDIMError(f"the sweep store {safe_url(url)} failed ({one_line(exc, 300)[:200]}); rerun the same "
                         "command to finish the sweep (measured cells are kept)") from None  # fmt: skip

@@ -62,11 +62,11 @@ from bench.store.study import (
 )
 from bench.store.untrusted import safe_url
 from bench.sweep.evaluate import Evaluator, device_name
-from bench.sweep.guard import check_memory_fits, disk_message, one_line, store_errors
+from bench.sweep.guard import check_memory_fits, disk_message, store_errors
 from bench.sweep.provenance import meta_for, protocol_for
 from bench.sweep.spec import Range, SweepSpec
 from bench.tracking.sweep_runs import track_cell, track_summary
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, one_line
 
 HEARTBEAT_S = 10  # seconds between heartbeats; a trial is stale after store.GRACE_FACTOR of them
 POLL_S = 1.0
@@ -150,7 +150,7 @@ class _Worker:
         try:
             result = self.ev.evaluate(cell, self.display)
         except Exception as exc:
-            msg = one_line(exc)
+            msg = one_line(exc, 300)
             self.disk_full = msg if disk_full(exc) else ""  # not the cell's fault: stop; a rerun retries it
             save_error(trial, msg, interrupted=bool(self.disk_full))
             self.display.warn(f"cell {cell.label} failed: {msg}")
@@ -160,7 +160,7 @@ class _Worker:
         try:
             upload_images(trial, self.images, self.spec.artifacts, result)
         except Exception as exc:  # the cell is measured and its grid is on this disk: a warning, not a failure
-            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({one_line(exc)})")
+            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({one_line(exc, 300)})")
         track_cell(self.wandb, self.spec, cell, result, self.display)
         self.display.done(_summary_line(cell, result))
         fid = result.get("fid")

@@ -9,21 +9,18 @@ uploaded later with ``wandb sync``. ``read_offline_run`` decodes a run's binary 
 
 from __future__ import annotations
 
-import configparser
-import netrc
-import os
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from bench.console import warn as _warn_stderr
 from bench.store.untrusted import safe_url
 from bench.tracking import offline_log as tracking_log
-from ddim.errors import DDIMError
+from bench.tracking import reach
+from bench.tracking.reach import MODES
+from ddim.errors import DDIMError, one_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,15 +28,8 @@ if TYPE_CHECKING:
 
     ImageLike = str | Path | np.ndarray | Figure
 
-MODES = ("online", "offline", "disabled")
-REACHABILITY_TIMEOUT_S = 3.0  # budget for the DNS + TCP probe before an online init
 ONLINE_INIT_TIMEOUT_S = 30.0  # wandb's own default (90 s) is too long to wait on a dead network
 FINISH_FLUSH_TIMEOUT_S = 10.0  # bound on waiting for wandb-core to write the end of the run log
-_WANDB_CLOUD_HOST = "api.wandb.ai"
-
-
-def _warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)  # the CLI's "warning: " convention
 
 
 class Tracker:
@@ -175,7 +165,7 @@ class WandbTracker(Tracker):
             call()
         except Exception as exc:
             self._active = False
-            self._warn_once("failure", f"W&B: {what} failed ({_one_line(exc)}); tracking off for this run")
+            self._warn_once("failure", f"W&B: {what} failed ({one_line(exc)}); tracking off for this run")
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._check_step(step)
@@ -223,152 +213,13 @@ class WandbTracker(Tracker):
                 time.sleep(0.005)
         except Exception as exc:
             if was_active:
-                self._warn_once("failure", f"W&B: finish failed ({_one_line(exc)})")
+                self._warn_once("failure", f"W&B: finish failed ({one_line(exc)})")
 
 
 # -- choosing a mode ------------------------------------------------------------------------------
 
 
-def _config_dir_settings() -> list[Path]:
-    """W&B settings files, global then workspace (the workspace one wins)."""
-    cfg = os.environ.get("WANDB_CONFIG_DIR")
-    global_file = Path(cfg).expanduser() / "settings" if cfg else Path("~/.config/wandb/settings").expanduser()
-    return [global_file, Path("wandb") / "settings"]
-
-
-def _settings_value(name: str) -> str | None:
-    value = None
-    for path in _config_dir_settings():
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(path)
-            value = parser.get("default", name, fallback=value)
-        except (OSError, configparser.Error):
-            continue
-    return value or None
-
-
-def _configured_base_url() -> str | None:
-    return os.environ.get("WANDB_BASE_URL") or _settings_value("base_url")
-
-
-def _netrc_path() -> Path:
-    if env := os.environ.get("NETRC"):
-        return Path(env).expanduser()
-    for name in ("~/.netrc", "~/_netrc"):
-        if (path := Path(name).expanduser()).exists():
-            return path
-    return Path("~/.netrc").expanduser()
-
-
-def _api_key_configured() -> bool:
-    """Whether W&B would find credentials: env, the netrc entry for the server, or settings files."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    base = _configured_base_url()
-    hosts = {urlsplit(base).netloc} if base else set()
-    if base is None or "wandb.ai" in base or "forge.coreweave.com" in base:
-        hosts.add(_WANDB_CLOUD_HOST)  # the cloud's key is stored under api.wandb.ai
-    try:
-        entries = netrc.netrc(str(_netrc_path()))
-        if any((auth := entries.authenticators(h)) and auth[2] for h in hosts):
-            return True
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return _settings_value("api_key") is not None
-
-
-def default_mode() -> str:
-    """``"online"`` when a W&B key is configured (env, ~/.netrc, settings file), else ``"offline"``."""
-    return "online" if _api_key_configured() else "offline"
-
-
-def _probe(host: str, port: int, timeout: float, tls: bool = False) -> str | None:
-    """DNS, TCP connect and a first answer within ``timeout`` s in all (in a thread: DNS has no timeout); None
-    if the server answers. The answer is a TLS handshake (``tls``) or any reply to a HEAD request: a server
-    that accepts connections and never answers would otherwise cost wandb's whole init timeout per process."""
-    import ssl
-
-    error = [f"no answer within {timeout:g} s"]
-
-    def connect() -> None:
-        start = time.monotonic()
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
-                error[0] = f"it accepts connections but sends no answer within {timeout:g} s"
-                sock.settimeout(max(0.05, timeout - (time.monotonic() - start)))
-                if tls:
-                    ctx = ssl.create_default_context()
-                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # an answer is enough here
-                    ctx.wrap_socket(sock, server_hostname=host or None).close()
-                else:
-                    sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii", "replace"))
-                    if not sock.recv(1):
-                        raise ConnectionResetError("the server closed the connection without an answer")
-            error[0] = ""
-        except TimeoutError:
-            pass  # the message set above says where it stopped
-        except OSError as exc:
-            error[0] = _one_line(exc)
-
-    thread = threading.Thread(target=connect, name="wandb-reachability", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return error[0] or None
-
-
-_online_failures: dict[str, str] = {}  # base URL -> why online failed earlier in this process
-_fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
-
-
-def _server_problem(base_url: str) -> str | None:
-    """Why an online init would fail or hang, or None if a key is set and the server answers.
-
-    A failed probe or online init is remembered for the process, so a sweep's later runs go
-    offline at once instead of probing (and warning) again for every cell.
-    """
-    if not _api_key_configured():
-        return "no W&B API key found (set WANDB_API_KEY or run `wandb login`)"
-    if base_url in _online_failures:
-        return _online_failures[base_url]
-    import urllib.request
-
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    tls = parts.scheme == "https"
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
-        tls = proxy_parts.scheme == "https"
-    if error := _probe(host, port, REACHABILITY_TIMEOUT_S, tls):
-        _online_failures[base_url] = f"cannot reach {host}:{port} ({error})"
-        return _online_failures[base_url]
-    return None
-
-
 # -- building a tracker ---------------------------------------------------------------------------
-
-
-_WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb itself accepts
-_env_warned: set[str] = set()
-
-
-def check_mode_env(warn: Callable[[str], None] = _warn_stderr) -> None:
-    """Drop a ``WANDB_MODE`` that wandb would reject (``bogus``, empty) with one warning naming it.
-
-    wandb validates the variable on import and then refuses to start any run, so a bad value silently
-    disabled tracking even with an explicit ``--wandb``. Our mode (the option, else ``default_mode()``) is
-    passed to every run anyway; removing the variable from this process's environment also keeps it from
-    the sweep's worker processes.
-    """
-    value = os.environ.get("WANDB_MODE")
-    if value is None or value.strip().lower() in _WANDB_MODES:
-        return
-    del os.environ["WANDB_MODE"]
-    if value not in _env_warned:
-        _env_warned.add(value)
-        warn(f"W&B: ignoring WANDB_MODE={value!r} (not one of {', '.join(MODES)}); --wandb or the default applies")
 
 
 def _quiet_wandb() -> Any:
@@ -392,7 +243,7 @@ def make_tracker(
     warn: Callable[[str], None] = _warn_stderr,
     lazy: bool = False,
 ) -> Tracker:
-    """Start a run in ``mode`` (None: ``default_mode()``), falling back online -> offline -> disabled.
+    """Start a run in ``mode`` (None: ``reach.default_mode()``), falling back online -> offline -> disabled.
 
     A fallback costs one line through ``warn`` (once per process for the same reason); nothing
     raises except an unknown mode (``DDIMError``). Online is tried only when a key is configured
@@ -401,7 +252,7 @@ def make_tracker(
     ``<dir>/wandb/``; every call starts a new run, so finish each one. ``lazy``: start the run only
     when something is first logged (``LazyTracker``).
     """
-    requested = default_mode() if mode is None else str(mode).strip().lower()
+    requested = reach.default_mode() if mode is None else str(mode).strip().lower()
     if requested not in MODES:
         raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
     if requested == "disabled":
@@ -411,11 +262,11 @@ def make_tracker(
         return LazyTracker(lambda: make_tracker(requested, warn=warn, **args))
 
     reasons: list[str] = []
-    check_mode_env(warn)
+    reach.check_mode_env(warn)
     try:
         wandb = _quiet_wandb()
     except Exception as exc:
-        warn(f"W&B: cannot load wandb ({_one_line(exc)}); tracking disabled")
+        warn(f"W&B: cannot load wandb ({one_line(exc)}); tracking disabled")
         return NullTracker()
 
     init_args = dict(
@@ -431,20 +282,23 @@ def make_tracker(
         try:
             if attempt == "online":
                 base_url = _wandb_base_url(wandb)
-                if problem := _server_problem(base_url):
+                if problem := reach.server_problem(base_url):
                     reasons.append(f"online mode unavailable: {problem}")
                     continue
             tracker = WandbTracker(_init_run(wandb, attempt, Path(dir), init_args), attempt, warn)
         except Exception as exc:
-            reasons.append(f"{attempt} init failed: {_one_line(exc)}")
+            reasons.append(f"{attempt} init failed: {one_line(exc)}")
             if attempt == "online" and base_url:
-                _online_failures[base_url] = f"online init failed earlier ({_one_line(exc)})"
+                reach.online_failures[base_url] = f"online init failed earlier ({one_line(exc)})"
             continue
         if reasons:
             _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} (`wandb sync` uploads it)")
         return tracker
     _warn_fallback(warn, reasons, "tracking disabled")
     return NullTracker()
+
+
+_fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
 
 
 def _warn_fallback(warn: Callable[[str], None], reasons: list[str], outcome: str) -> None:
@@ -475,12 +329,6 @@ def _init_run(wandb: Any, mode: str, dir: Path, init_args: dict) -> Any:
     )
     # mode= on every call: WANDB_MODE is read once per process.
     return wandb.init(mode=mode, dir=str(dir), settings=settings, **init_args)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _plain(value: Any) -> Any:

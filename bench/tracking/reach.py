@@ -1,0 +1,164 @@
+"""Whether W&B can go online: credentials configured (env, netrc, settings files), a server that answers
+within a few seconds, and a usable ``WANDB_MODE``.
+
+The probe is ours for a measured reason: on a dead network wandb's own init waits 90 s per run (30 s
+with our timeout), a DNS + TCP + first-answer probe says so in 3 s. Credentials are read the way
+wandb reads them, without importing wandb (an import costs seconds and every sweep cell asks).
+"""
+
+from __future__ import annotations
+
+import configparser
+import netrc
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.console import warn as warn_line
+from ddim.errors import one_line
+
+MODES = ("online", "offline", "disabled")
+REACHABILITY_TIMEOUT_S = 3.0  # budget for the DNS + TCP probe before an online init
+_WANDB_CLOUD_HOST = "api.wandb.ai"
+
+
+def _config_dir_settings() -> list[Path]:
+    """W&B settings files, global then workspace (the workspace one wins)."""
+    cfg = os.environ.get("WANDB_CONFIG_DIR")
+    global_file = Path(cfg).expanduser() / "settings" if cfg else Path("~/.config/wandb/settings").expanduser()
+    return [global_file, Path("wandb") / "settings"]
+
+
+def _settings_value(name: str) -> str | None:
+    value = None
+    for path in _config_dir_settings():
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+            value = parser.get("default", name, fallback=value)
+        except (OSError, configparser.Error):
+            continue
+    return value or None
+
+
+def configured_base_url() -> str | None:
+    return os.environ.get("WANDB_BASE_URL") or _settings_value("base_url")
+
+
+def _netrc_path() -> Path:
+    if env := os.environ.get("NETRC"):
+        return Path(env).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        if (path := Path(name).expanduser()).exists():
+            return path
+    return Path("~/.netrc").expanduser()
+
+
+def api_key_configured() -> bool:
+    """Whether W&B would find credentials: env, the netrc entry for the server, or settings files."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    base = configured_base_url()
+    hosts = {urlsplit(base).netloc} if base else set()
+    if base is None or "wandb.ai" in base or "forge.coreweave.com" in base:
+        hosts.add(_WANDB_CLOUD_HOST)  # the cloud's key is stored under api.wandb.ai
+    try:
+        entries = netrc.netrc(str(_netrc_path()))
+        if any((auth := entries.authenticators(h)) and auth[2] for h in hosts):
+            return True
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return _settings_value("api_key") is not None
+
+
+def default_mode() -> str:
+    """``"online"`` when a W&B key is configured (env, ~/.netrc, settings file), else ``"offline"``."""
+    return "online" if api_key_configured() else "offline"
+
+
+def probe(host: str, port: int, timeout: float, tls: bool = False) -> str | None:
+    """DNS, TCP connect and a first answer within ``timeout`` s in all (in a thread: DNS has no timeout); None
+    if the server answers. The answer is a TLS handshake (``tls``) or any reply to a HEAD request: a server
+    that accepts connections and never answers would otherwise cost wandb's whole init timeout per process."""
+    import ssl
+
+    error = [f"no answer within {timeout:g} s"]
+
+    def connect() -> None:
+        start = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                error[0] = f"it accepts connections but sends no answer within {timeout:g} s"
+                sock.settimeout(max(0.05, timeout - (time.monotonic() - start)))
+                if tls:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # an answer is enough here
+                    ctx.wrap_socket(sock, server_hostname=host or None).close()
+                else:
+                    sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii", "replace"))
+                    if not sock.recv(1):
+                        raise ConnectionResetError("the server closed the connection without an answer")
+            error[0] = ""
+        except TimeoutError:
+            pass  # the message set above says where it stopped
+        except OSError as exc:
+            error[0] = one_line(exc)
+
+    thread = threading.Thread(target=connect, name="wandb-reachability", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return error[0] or None
+
+
+online_failures: dict[str, str] = {}  # base URL -> why online failed earlier in this process
+
+
+def server_problem(base_url: str) -> str | None:
+    """Why an online init would fail or hang, or None if a key is set and the server answers.
+
+    A failed probe or online init is remembered for the process, so a sweep's later runs go
+    offline at once instead of probing (and warning) again for every cell.
+    """
+    if not api_key_configured():
+        return "no W&B API key found (set WANDB_API_KEY or run `wandb login`)"
+    if base_url in online_failures:
+        return online_failures[base_url]
+    import urllib.request
+
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    tls = parts.scheme == "https"
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
+        tls = proxy_parts.scheme == "https"
+    if error := probe(host, port, REACHABILITY_TIMEOUT_S, tls):
+        online_failures[base_url] = f"cannot reach {host}:{port} ({error})"
+        return online_failures[base_url]
+    return None
+
+
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb itself accepts
+env_warned: set[str] = set()
+
+
+def check_mode_env(warn: Callable[[str], None] = warn_line) -> None:
+    """Drop a ``WANDB_MODE`` that wandb would reject (``bogus``, empty) with one warning naming it.
+
+    wandb validates the variable on import and then refuses to start any run, so a bad value silently
+    disabled tracking even with an explicit ``--wandb``. Our mode (the option, else ``default_mode()``) is
+    passed to every run anyway; removing the variable from this process's environment also keeps it from
+    the sweep's worker processes.
+    """
+    value = os.environ.get("WANDB_MODE")
+    if value is None or value.strip().lower() in WANDB_MODES:
+        return
+    del os.environ["WANDB_MODE"]
+    if value not in env_warned:
+        env_warned.add(value)
+        warn(f"W&B: ignoring WANDB_MODE={value!r} (not one of {', '.join(MODES)}); --wandb or the default applies")
