@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +27,15 @@ from bench.console import (
     INCEPTION_HELP,
     WANDB_HELP,
     LazyBar,
+    error_message,
     usage_line,
     version_text,
 )
 from bench.metrics import EXTRACTORS, METRICS
-from bench.store.untrusted import safe_url
+from bench.sample_config import SampleConfig
+from bench.store.untrusted import command_line, safe_url
 from bench.sweep.overrides import describe_keys
-from bench.tracking.reach import MODES
+from bench.tracking.reach import MODES, check_mode_env
 from ddim.errors import DDIMError
 from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
@@ -82,37 +83,19 @@ def _fail(message: str) -> typer.Exit:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Map our errors and OS write failures to one line + exit 2; Ctrl-C to exit 130."""
+    """Map our errors, OS failures and truncated files to one line + exit 2; Ctrl-C to exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DDIMError as exc:
-            raise _fail(str(exc)) from None
-        except PermissionError as exc:
-            raise _fail(f"permission denied: {exc.filename}; choose a writable location") from None
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise _fail(f"{reason}{where}; check the path, permissions and free space") from None
-        except EOFError as exc:  # a truncated file read by a library; click would report it as an interrupt
-            raise _fail(
-                f"a file ended early while reading ({exc or 'EOFError'}); a cache or input file is truncated"
-            ) from None
+        except (DDIMError, OSError, EOFError) as exc:
+            raise _fail(error_message(exc)) from None
         except KeyboardInterrupt:
             _say("interrupted; rerun the same command to resume")
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def _command_line() -> str:
-    """The command as typed, with any password in a URL argument masked (it is stored and reported)."""
-    return shlex.join(["ddimbench", *(safe_url(a) for a in sys.argv[1:])])
-
-
-# --- train ----------------------------------------------------------------------------------------
 
 
 def config_options(cls: type, **special: dict[str, Any]) -> Callable:
@@ -130,7 +113,8 @@ def config_options(cls: type, **special: dict[str, Any]) -> Callable:
         params, kw = [], inspect.Parameter.KEYWORD_ONLY
         for f in dataclasses.fields(cls):
             sp = special.get(f.name, {})
-            option = typer.Option(sp.get("default", f.default), *sp.get("flags", ()), help=f.metadata.get("help"),
+            default = sp.get("default", ... if f.default is dataclasses.MISSING else f.default)  # ...: required
+            option = typer.Option(default, *sp.get("flags", ()), help=f.metadata.get("help"),
                                   metavar=sp.get("metavar"), case_sensitive=False)  # fmt: skip
             kind = sp.get("type", hints[f.name])
             params.append(inspect.Parameter(f.name, kw, default=option, annotation=kind))
@@ -189,42 +173,30 @@ def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
     _say(f"done: step {result.step}{loss}, checkpoint {where}")
 
 
-# --- sample ---------------------------------------------------------------------------------------
-
-
 @app.command()
 @guarded
+@config_options(
+    SampleConfig,
+    n={"flags": ("-n", "--n")},
+    schedule={"type": Spacing},
+    sampler={"type": Sampler},
+    device={"metavar": DEVICE_METAVAR},
+)
 def sample(
-    checkpoint: str = typer.Option(..., help="A run directory (its newest checkpoint) or a checkpoint .pt file."),
-    out: str = typer.Option("samples", help="Folder for the n PNGs, grid.png and samples.json."),
-    n: int = typer.Option(64, "-n", "--n", help="Number of samples (exactly this many PNG files)."),
-    steps: int = typer.Option(50, help="S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm)."),
-    eta: float = typer.Option(0.0, help="η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds)."),
-    schedule: Spacing = typer.Option("uniform", case_sensitive=False, help="Timestep spacing τ (section 4.2)."),
-    sampler: Sampler = typer.Option(
-        "ddim", case_sensitive=False, help="ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline."
-    ),
-    seed: int = typer.Option(0, help="Sample i uses seed + i (its pixels depend only on that seed)."),
-    batch_size: int = typer.Option(64, help="Samples per network call (does not change any sample)."),
-    clip_x0: bool | None = typer.Option(None, help="Clamp x̂₀ to [-1, 1] (default: as the official code)."),
-    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
-    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
+    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."), **fields: Any
 ) -> None:
     """Write exactly n samples as PNG files (plus grid.png) into --out; rerun to resume."""
     from dataclasses import asdict
 
-    from bench.generate import SampleConfig, generate
+    from bench.generate import generate
 
-    cfg = SampleConfig(checkpoint, out, n, steps, eta, schedule, sampler, seed, batch_size, device, clip_x0)
+    cfg = SampleConfig(**fields)
     if dry_run:
         typer.echo(json.dumps(asdict(cfg), indent=2))
         return
     with LazyBar("sample", err) as bar:
         manifest = generate(cfg, progress=bar.update)
-    _say(f"wrote {n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {out}")
-
-
-# --- classifier and metrics -----------------------------------------------------------------------
+    _say(f"wrote {cfg.n} samples (NFE {manifest['settings']['nfe']} each) and {manifest['grid']} to {cfg.out}")
 
 
 @app.command()
@@ -285,9 +257,6 @@ def metrics(
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else "\n".join(result_lines(result)))
 
 
-# --- sweep and report -----------------------------------------------------------------------------
-
-
 def _sweep_keys() -> str:
     """The sweep keys with their defaults, from the code's own list (``bench.sweep.overrides.describe_keys``)."""
     lines = [f"[bold]{escape(key)}[/] — {escape(text)}" for key, text in describe_keys()]
@@ -319,6 +288,7 @@ def sweep(
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from dataclasses import asdict
 
+    from bench.report.front import summary_lines
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import run_sweep
 
@@ -328,16 +298,9 @@ def sweep(
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
-    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=_command_line())
-    if spec.search:
-        from bench.report.front import front_lines
-
-        for line in front_lines(summary.records, spec.objective):
-            _say(line)
-    _say(
-        f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
-        f"(store {summary.storage}); next: ddimbench report {summary.name}"
-    )
+    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=command_line())
+    for line in summary_lines(summary, spec):
+        _say(line)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -387,9 +350,6 @@ def dashboard(
         raise typer.Exit(130) from None
 
 
-# --- foreign weights ------------------------------------------------------------------------------
-
-
 @app.command("import-weights")
 @guarded
 def import_weights(
@@ -418,10 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("WANDB_SILENT", "true")
     args = sys.argv[1:] if argv is None else list(argv)
-    if "WANDB_MODE" in os.environ:
-        from bench.tracking.reach import check_mode_env
-
-        check_mode_env(lambda line: _say(f"warning: {line}"))  # once, before any worker inherits it
+    check_mode_env(lambda line: _say(f"warning: {line}"))  # a bad WANDB_MODE: once, before any worker inherits it
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=args or ["--help"], prog_name="ddimbench", standalone_mode=False)

@@ -200,3 +200,15 @@ def usage_line(message: str) -> str:
     if m:
         return f"unknown {m[1]} {m[2]}; choose one of {m[3].replace(chr(39), '')}"
     return f"{message}; see `ddimbench --help`"
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line the CLI prints for an error a user can act on (ours, the OS's, a truncated file)."""
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename}; choose a writable location"
+    if isinstance(exc, OSError) and not isinstance(exc, EOFError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or str(exc) or type(exc).__name__}{where}; check the path, permissions and free space"
+    if isinstance(exc, EOFError):  # a truncated file read by a library; click would report it as an interrupt
+        return f"a file ended early while reading ({exc or 'EOFError'}); a cache or input file is truncated"
+    return str(exc)

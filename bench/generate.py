@@ -16,58 +16,25 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from bench.sample_config import SampleConfig
 from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory
 from ddim.runtime import atomic_write, atomic_write_json, resolve_device
-from ddim.sampling import MAX_SEED, SeededNoise, check_args, check_eta, sample
+from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"
 GRID = "grid.png"
 GRID_COUNT = 64
 
 Progress = Callable[[int, int], None]  # (samples done, total)
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """One sampling job; written to ``<out>/samples.json``."""
-
-    checkpoint: str
-    out: str = "samples"
-    n: int = 64
-    steps: int = 50
-    eta: float = 0.0
-    schedule: str = "uniform"
-    sampler: str = "ddim"
-    seed: int = 0
-    batch_size: int = 64
-    device: str = "auto"
-    clip_x0: bool | None = None  # None: the official default for the sampler
-
-    def validate(self, T: int) -> None:
-        if self.n < 1:
-            raise DDIMError(f"-n must be ≥ 1, got {self.n}")
-        if self.batch_size < 1:
-            raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.seed < 0:
-            raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
-        if self.seed + self.n - 1 > MAX_SEED:  # sample i uses seed + i
-            raise DDIMError(
-                f"--seed {self.seed} with -n {self.n} exceeds the largest seed {MAX_SEED}; use a smaller seed"
-            )
-        check_args(self.sampler, self.eta, self.clip_x0)  # an unknown sampler is named first
-        if self.sampler != "ddim" and self.eta != 0:
-            raise DDIMError(f"--eta applies to the ddim sampler only; drop it for --sampler {self.sampler}")
-        if self.sampler != "ddpm":
-            schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
 
 
 def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bench.report import paper, plots
 from bench.report.tables import Cell, Metric, Table, as_number, eta_str, row_label
@@ -120,3 +121,10 @@ def front_png(records: Sequence[Mapping], meta: Mapping) -> bytes | None:
              for r in done]  # fmt: skip
     title = f"{meta.get('name', '')}: Pareto front, FID vs {name}".strip(": ")
     return plots.pareto_png(x, y, idx, notes, xlabel=f"{name} (the cost the search minimised)", title=title)
+
+
+def summary_lines(summary: Any, spec: Any) -> list[str]:
+    """What ``ddimbench sweep`` prints at the end: a search's front, then the count and what to run next."""
+    lines = front_lines(summary.records, spec.objective) if spec.search else []
+    return [*lines, f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
+                    f"(store {summary.storage}); next: ddimbench report {summary.name}"]  # fmt: skip

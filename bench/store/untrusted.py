@@ -97,3 +97,11 @@ def artifacts_root(name: str, meta: Mapping[str, Any]) -> Path:
         return Path(named) if (Path(named) / "sweep.json").is_file() else default
     except OSError:  # a name too long for the file system, ...
         return default
+
+
+def command_line() -> str:
+    """The command as typed, with any password in a URL argument masked (it is stored and reported)."""
+    import shlex
+    import sys
+
+    return shlex.join(["ddimbench", *(safe_url(a) for a in sys.argv[1:])])

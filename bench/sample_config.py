@@ -1,0 +1,53 @@
+"""``SampleConfig``: one ``ddimbench sample`` job, written to ``<out>/samples.json``.
+
+Each field is one option of ``ddimbench sample`` with its help in the field's metadata; the module
+imports nothing heavy, so ``--help`` and shell completion stay quick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddim.errors import DDIMError
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One sampling job; written to ``<out>/samples.json``."""
+
+    checkpoint: str = field(metadata={"help": "A run directory (its newest checkpoint) or a checkpoint .pt file."})
+    out: str = _opt("samples", "Folder for the n PNGs, grid.png and samples.json.")
+    n: int = _opt(64, "Number of samples (exactly this many PNG files).")
+    steps: int = _opt(50, "S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm).")
+    eta: float = _opt(0.0, "η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds).")
+    schedule: str = _opt("uniform", "Timestep spacing τ (section 4.2).")
+    sampler: str = _opt("ddim", "ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline.")
+    seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
+    batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
+    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda.")
+    clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
+
+    def validate(self, T: int) -> None:
+        from ddim import schedules
+        from ddim.sampling import MAX_SEED, check_args
+
+        if self.n < 1:
+            raise DDIMError(f"-n must be ≥ 1, got {self.n}")
+        if self.batch_size < 1:
+            raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
+        if self.seed + self.n - 1 > MAX_SEED:  # sample i uses seed + i
+            raise DDIMError(
+                f"--seed {self.seed} with -n {self.n} exceeds the largest seed {MAX_SEED}; use a smaller seed"
+            )
+        check_args(self.sampler, self.eta, self.clip_x0)  # an unknown sampler is named first
+        if self.sampler != "ddim" and self.eta != 0:
+            raise DDIMError(f"--eta applies to the ddim sampler only; drop it for --sampler {self.sampler}")
+        if self.sampler != "ddpm":
+            schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
