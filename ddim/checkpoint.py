@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ddim import schedules
 from ddim.data import dataset_info
 from ddim.errors import DDIMError
 from ddim.runtime import atomic_write, sha256_file, write_error
+from ddim.schedules import DiffusionConfig
 from ddim.unet import UNet, UNetConfig
 
 __all__ = [
     "Checkpoint",
-    "DiffusionConfig",
     "check_compatible",
     "checkpoint_path",
     "list_checkpoints",
@@ -37,39 +35,8 @@ __all__ = [
 ]
 
 FORMAT = "ddimbench-checkpoint-v1"
-MAX_T = 100_000  # the ᾱ table and every timestep list are O(T); the paper's models use T = 1000
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _TEMP = re.compile(r"^\.step-\d+\.pt\..*\.tmp$")  # what atomic_write leaves if killed mid-write
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The forward process a model was trained with; sampling must use the same ᾱ table."""
-
-    beta_schedule: str = "linear"
-    T: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-    def alpha_bar(self) -> torch.Tensor:
-        return schedules.alpha_bar(self.beta_schedule, self.T, self.beta_start, self.beta_end)
-
-    def problem(self, name: Callable[[str], str] = str) -> str | None:
-        """Why this forward process is unusable (None when it is fine): the one rule per field that
-        ``train`` applies to its settings and the loader to a checkpoint's. ``name`` spells a field
-        (``train`` says ``--beta-end``). β must lie in (0, 1) (eq. 1 of the paper's forward process:
-        ᾱ_t = ∏(1 − β_s) must stay in (0, 1))."""
-        T, lo, hi = self.T, self.beta_start, self.beta_end
-        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
-            return f"{name('T')} must be an integer in 1..{MAX_T}, got {T!r}"
-        try:
-            schedules.betas(self.beta_schedule, 2)  # raises on an unknown name
-        except DDIMError as exc:
-            return str(exc)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
-        if not (numbers and 0 < lo <= hi < 1):  # NaN fails too
-            return f"need 0 < {name('beta_start')} ≤ {name('beta_end')} < 1, got {lo!r}, {hi!r}"
-        return None
 
 
 @dataclass

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from ddim.checkpoint import DiffusionConfig, checkpoint_path, list_checkpoints, save_checkpoint
+from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ddim.data import DATASETS, DatasetInfo, dataset_info
 from ddim.diffusers_weights import from_diffusers
 from ddim.errors import DDIMError
 from ddim.runtime import atomic_write_json
+from ddim.schedules import DiffusionConfig
 from ddim.unet import PRESETS, UNetConfig
 from ddim.unet import preset as unet_preset
 from ddim.weights_io import StateDict, check_fit, expected_shapes, load_tensors

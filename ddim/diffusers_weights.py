@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ddim.checkpoint import DiffusionConfig
 from ddim.errors import DDIMError
+from ddim.schedules import DiffusionConfig
 from ddim.unet import UNetConfig
 from ddim.weights_io import StateDict, check_fit, expected_shapes, listing, load_tensors
 

@@ -1,4 +1,5 @@
-"""β / ᾱ schedules and timestep sub-sequences τ (DDIM paper, appendix D.2).
+"""The forward process (``DiffusionConfig``: β schedule, T), its ᾱ, and timestep sub-sequences τ (DDIM
+paper, eq. 1 and appendix D.2).
 
 Notation: the paper's α_t is the cumulative product ᾱ_t = ∏_{s≤t} (1 − β_s); code says ``alpha_bar``.
 Both β and the product ᾱ are computed in float64 and only cast at use: training casts ᾱ to float32,
@@ -26,6 +27,8 @@ official code deviates from that we document the rule instead of silently costin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -101,3 +104,36 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     if not (out.numel() == S and bool((out[:-1] > out[1:]).all()) and 0 <= int(out[-1]) and int(out[0]) < T):
         raise DDIMError(f"{spacing} spacing cannot give {S} distinct timesteps in [0, {T}); choose another spacing")
     return out
+
+
+MAX_T = 100_000  # the ᾱ table and every timestep list are O(T); the paper's models use T = 1000
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process a model was trained with; sampling must use the same ᾱ table."""
+
+    beta_schedule: str = "linear"
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def alpha_bar(self) -> torch.Tensor:
+        return alpha_bar(self.beta_schedule, self.T, self.beta_start, self.beta_end)
+
+    def problem(self, name: Callable[[str], str] = str) -> str | None:
+        """Why this forward process is unusable (None when it is fine): the one rule per field that
+        ``train`` applies to its settings and the loader to a checkpoint's. ``name`` spells a field
+        (``train`` says ``--beta-end``). β must lie in (0, 1) (eq. 1 of the paper's forward process:
+        ᾱ_t = ∏(1 − β_s) must stay in (0, 1))."""
+        T, lo, hi = self.T, self.beta_start, self.beta_end
+        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
+            return f"{name('T')} must be an integer in 1..{MAX_T}, got {T!r}"
+        try:
+            betas(self.beta_schedule, 2)  # raises on an unknown name
+        except DDIMError as exc:
+            return str(exc)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
+        if not (numbers and 0 < lo <= hi < 1):  # NaN fails too
+            return f"need 0 < {name('beta_start')} ≤ {name('beta_end')} < 1, got {lo!r}, {hi!r}"
+        return None

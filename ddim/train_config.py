@@ -19,7 +19,7 @@ from ddim.errors import DDIMError
 from ddim.names import canonical_dataset
 
 if TYPE_CHECKING:
-    from ddim.checkpoint import DiffusionConfig
+    from ddim.schedules import DiffusionConfig
     from ddim.unet import UNetConfig
 
 # The fields and their help import nothing heavy (``ddimbench train --help`` builds its options from
@@ -212,6 +212,6 @@ class TrainConfig:
         return {math.ceil(k * n_train / self.batch_size) for k in range(1, self.epochs + 1)}
 
     def diffusion(self) -> DiffusionConfig:
-        from ddim.checkpoint import DiffusionConfig
+        from ddim.schedules import DiffusionConfig
 
         return DiffusionConfig(self.beta_schedule, self.T, self.beta_start, self.beta_end)

@@ -18,10 +18,11 @@ import torch
 import yaml
 
 from ddim import sampling, schedules
-from ddim.checkpoint import DiffusionConfig, load_checkpoint
+from ddim.checkpoint import load_checkpoint
 from ddim.convert import from_official, import_weights
 from ddim.diffusers_weights import diffusers_to_ours, from_diffusers
 from ddim.errors import DDIMError
+from ddim.schedules import DiffusionConfig
 from ddim.unet import UNet, UNetConfig, preset
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")

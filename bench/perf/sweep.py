@@ -69,8 +69,9 @@ def patched(cls: type, meter: Meter) -> Iterator[None]:
 
 
 def _write_checkpoint(path: Path, preset_name: str) -> Path:
-    from ddim.checkpoint import DiffusionConfig, save_checkpoint
+    from ddim.checkpoint import save_checkpoint
     from ddim.data import dataset_info
+    from ddim.schedules import DiffusionConfig
     from ddim.unet import UNet, preset
 
     torch.manual_seed(0)
