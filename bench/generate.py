@@ -25,9 +25,10 @@ from bench.sample_config import SampleConfig
 from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
+from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory
-from ddim.runtime import atomic_write, atomic_write_json, resolve_device
+from ddim.runtime import resolve_device
 from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"

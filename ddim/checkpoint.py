@@ -20,7 +20,7 @@ import torch
 
 from ddim.data import dataset_info
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write, sha256_file, write_error
+from ddim.files import atomic_write, sha256_file, write_error
 from ddim.schedules import DiffusionConfig
 from ddim.unet import UNet, UNetConfig
 

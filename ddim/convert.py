@@ -25,7 +25,7 @@ from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ddim.data import DATASETS, DatasetInfo, dataset_info
 from ddim.diffusers_weights import from_diffusers
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write_json
+from ddim.files import atomic_write_json
 from ddim.schedules import DiffusionConfig
 from ddim.unet import PRESETS, UNetConfig
 from ddim.unet import preset as unet_preset

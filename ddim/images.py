@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ddim.runtime import atomic_write
+from ddim.files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ddim.checkpoint import Checkpoint, check_compatible, list_checkpoints, load_checkpoint, remove_stale_temps
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write_json, atomic_write_text, write_error
+from ddim.files import atomic_write_json, atomic_write_text, write_error
 
 # TrainConfig fields a resumed run may change: run length, bookkeeping and speed settings. Everything
 # else (data, model, optimiser, schedule, seed, batch) defines the experiment and must stay the same.

@@ -63,9 +63,10 @@ from ddim.batches import DROPOUT, Batches, step_seed
 from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ddim.distributed import Context, shard
 from ddim.errors import DDIMError
+from ddim.files import write_error
 from ddim.images import save_grid
 from ddim.rundir import append_metrics, open_run, start_run
-from ddim.runtime import numerics, write_error
+from ddim.runtime import numerics
 from ddim.train_config import TrainConfig
 from ddim.unet import UNet
 

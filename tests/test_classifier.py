@@ -25,7 +25,7 @@ from bench.metrics.classifier import (
     train_classifier,
 )
 from ddim.errors import DDIMError
-from ddim.runtime import sha256_file
+from ddim.files import sha256_file
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,8 @@ from bench.metrics.fidelity import (
 )
 from bench.metrics.folder import compute_metrics_from_folder, read_png_folder
 from bench.metrics.reference import load_plain
+from ddim.files import sha256_file
 from ddim.images import to_uint8
-from ddim.runtime import sha256_file
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ import ddim.data
 from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
 from bench.metrics.fidelity import compute_metrics, reference_key, tensor_sha256
 from bench.metrics.reference import load_plain, reference_stats
+from ddim.files import sha256_file
 from ddim.images import to_uint8
-from ddim.runtime import sha256_file
 
 # ---- the reference cache ----
 

@@ -1,4 +1,4 @@
-"""ddim.runtime: device resolution, numerics settings, atomic writes and their one-line errors."""
+"""ddim.runtime (device resolution, numerics settings) and ddim.files (atomic writes, their one-line errors)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ddim.errors import DDIMError
-from ddim.runtime import atomic_write, atomic_write_json, numerics, resolve_device, sha256_file, write_error
+from ddim.files import atomic_write, atomic_write_json, sha256_file, write_error
+from ddim.runtime import numerics, resolve_device
 
 
 def _leftovers(folder) -> list[str]:

@@ -22,7 +22,7 @@ from tiny import tiny_config
 import ddim.training as training
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from ddim.errors import DDIMError
-from ddim.runtime import sha256_file
+from ddim.files import sha256_file
 from ddim.train_config import TrainConfig
 from ddim.training import train
 from ddim.unet import UNet

@@ -76,7 +76,7 @@ def test_genuine_inception_weights_pass_the_check(tmp_path: Path, test_u8: torch
     """A tensors-only file of the right shape gets past the weights check (the end-to-end run with such a
     file is test_metrics.py::test_inception_end_to_end_with_local_weights)."""
     from bench.metrics import fidelity
-    from ddim.runtime import sha256_file
+    from ddim.files import sha256_file
 
     path = tmp_path / fidelity.INCEPTION_WEIGHTS_FILE
     torch.save({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}, path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddim.errors import DDIMError
+from ddim.files import atomic_write, sha256_file
 from ddim.images import from_uint8, to_uint8
-from ddim.runtime import sha256_file
 
 __all__ = [
     "EXTRACTOR_NAME",
@@ -161,18 +160,6 @@ def _train(images: Tensor, labels: Tensor, *, seed: int, device: str, steps: int
     return model.eval().cpu()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_classifier(path: str | os.PathLike, device: str = "cpu") -> tuple[DigitClassifier, dict[str, Any]]:
     """A trained classifier and its config from a file written by ``ensure_classifier``."""
     try:
@@ -237,7 +224,7 @@ def ensure_classifier(
         accuracy, test_count = None, 0
     cfg = {"channels": int(train_x.shape[1]), "num_classes": int(train_y.max()) + 1, "width": WIDTH}
     blob = {"format": FORMAT, "config": cfg, "state_dict": model.state_dict()}
-    _atomic_write(path, lambda f: torch.save(blob, f))
+    atomic_write(path, lambda f: torch.save(blob, f))
     meta = {
         "format": FORMAT,
         "dataset": dataset,
@@ -253,7 +240,7 @@ def ensure_classifier(
         "torch": torch.__version__,
         "sha256": sha256_file(path),
     }
-    _atomic_write(meta_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    atomic_write(meta_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return path, meta
 
 

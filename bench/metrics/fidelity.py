@@ -45,7 +45,7 @@ from bench.metrics.reference import (
     weights_only_loads,
 )
 from ddim.errors import DDIMError
-from ddim.runtime import sha256_file
+from ddim.files import sha256_file
 
 __all__ = [
     "EXTRACTORS",

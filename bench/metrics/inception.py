@@ -43,7 +43,7 @@ def where_to_put(path: Path) -> str:
 def verified(path: Path) -> Path:
     """``path`` if it holds exactly torch-fidelity's file (by sha256), else a one-line ``DDIMError``: the
     cache location promises the paper's extractor (a file passed with --inception-weights is the user's)."""
-    from ddim.runtime import sha256_file
+    from ddim.files import sha256_file
 
     digest = sha256_file(path)
     if digest != WEIGHTS_SHA256:

@@ -27,7 +27,6 @@ import hashlib
 import os
 import pickle
 import re
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,9 +37,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bench.console import warn
 from ddim.errors import DDIMError
+from ddim.files import atomic_write_text, sha256_file
 from ddim.images import to_uint8
-from ddim.runtime import sha256_file
 
 __all__ = ["REF_SUBSET_SEED", "reference_key", "tensor_sha256"]
 
@@ -147,10 +147,7 @@ def reference_stats(
         digest.update(plain[i].contiguous().numpy().tobytes())
     content = digest.hexdigest()
     if memo is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(content + "\n")
-        os.replace(tmp, memo)
+        atomic_write_text(memo, content + "\n")
     return decoded, len(chosen), shape, content
 
 
@@ -300,9 +297,7 @@ def heal_reference_cache(ref_root: Path, prefix: str, ref_n: int) -> None:
             ) from None
         removed.append(f"{path.name} ({reason})")
     if removed:
-        print(
-            f"warning: removed unreadable cached reference files from {ref_root} and recomputing them from the "
-            f"reference images: {'; '.join(removed)}",
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"removed unreadable cached reference files from {ref_root} and recomputing them from the "
+            f"reference images: {'; '.join(removed)}"
         )

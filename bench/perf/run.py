@@ -186,7 +186,8 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results."""
     from bench.perf.report import render
     from bench.perf.timing import machine_info
-    from ddim.runtime import atomic_write_json, atomic_write_text, resolve_device
+    from ddim.files import atomic_write_json, atomic_write_text
+    from ddim.runtime import resolve_device
 
     device = str(resolve_device(cfg.device))
     if device == "cuda":

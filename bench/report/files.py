@@ -10,13 +10,12 @@ import hashlib
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from bench.report.tables import TEXT_FILES
 from ddim.errors import DDIMError
+from ddim.files import atomic_write
 
 OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                   "interpolation.png", "pareto_front.png")  # fmt: skip
@@ -25,22 +24,9 @@ _REPORT_FILES = frozenset((*TEXT_FILES, *OPTIONAL_FILES, "README.md"))  # top-le
 
 
 def write_file(path: Path, data: bytes | str) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (``ddim.files.atomic_write``: temp file, fsync, ``os.replace``)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(payload))
 
 
 def sha(data: bytes | str) -> str:

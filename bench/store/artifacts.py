@@ -106,7 +106,7 @@ def fetch_missing(
         if not store_path(root).is_dir():
             return 0
         store = open_store(root)
-    from ddim.runtime import atomic_write
+    from ddim.files import atomic_write
 
     rdb = open_storage(storage)
     study_id = rdb.get_study_id_from_name(name)

@@ -232,7 +232,7 @@ def _summary_line(cell: Cell, r: dict) -> str:
 
 def _summary_figure(spec: SweepSpec, records: list[dict]) -> Path | None:
     """FID vs steps for the W&B summary run, saved beside the sweep's artifacts (None without FID)."""
-    from ddim.runtime import atomic_write
+    from ddim.files import atomic_write
 
     png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")
     if png is None:
@@ -342,7 +342,8 @@ def run_sweep(
 
 def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progress: bool, command: str,
                heartbeat: int) -> SweepSummary:  # fmt: skip
-    from ddim.runtime import atomic_write_json, resolve_device, sha256_file
+    from ddim.files import atomic_write_json, sha256_file
+    from ddim.runtime import resolve_device
 
     sha = sha256_file(spec.checkpoint)
     device = device_name(resolve_device(spec.device))
