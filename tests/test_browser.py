@@ -55,7 +55,7 @@ def test_report_index_html_in_chromium(swept, tmp_path):
     shown = {row[0]: row[1:] for row in fid[1:]}
     assert set(shown) == {"η = 0.0", "η = 1.0"}
     for r in records:
-        assert shown[f"η = {r['eta']:.1f}"][[2, 3].index(r["steps"])] == f"{r['fid']:.2f}"
+        assert shown[f"η = {r.cell.eta:.1f}"][[2, 3].index(r.cell.steps)] == f"{r.scores.fid:.2f}"
     decoded = {img.get("alt", ""): int(img.get("data-natural-width", "0")) for img in page.images}
     chart = [w for alt, w in decoded.items() if alt.startswith("FID vs sampling steps")]
     assert chart and chart[0] > 100  # the FID-vs-S figure is drawn, not a broken image
@@ -84,21 +84,21 @@ def test_dashboard_in_chromium(swept, tmp_path):
         head = [_clean(h) for h in table[0]]
         rows = [dict(zip(head, row)) for row in table[1:]]
         assert len(rows) == 4 and {"Number", "State", "Value", "Param eta", "Param steps"} <= set(head)
-        by_number = {r["number"]: r for r in records}
+        by_number = {r.number: r for r in records}
         for row in rows:
             r = by_number[int(row["Number"])]
             assert row["State"] == "Complete"
-            assert int(row["Param steps"]) == r["steps"] and float(row["Param eta"]) == r["eta"]
-            assert float(row["Value"].replace(",", "")) == pytest.approx(r["fid"], rel=1e-3)
+            assert int(row["Param steps"]) == r.cell.steps and float(row["Param eta"]) == r.cell.eta
+            assert float(row["Value"].replace(",", "")) == pytest.approx(r.scores.fid, rel=1e-3)
         # The trial list: the selected trial's sample grid is an image served from the artifact store.
         page = Page(run_chromium(tmp_path, f"{study}/trials", "--dump-dom", budget_ms=15000))
-        grids = {Path(r["grid"]).name: r for r in records}
+        grids = {Path(r.measured.grid).name: r for r in records}
         shown = [img for img in page.images if img.get("alt") in grids]
         assert shown, f"no sample grid image; images {page.images}"
         base = study.split("/dashboard/")[0]
         with urllib.request.urlopen(base + shown[0]["src"], timeout=30) as resp:
             data = resp.read()
-        assert data == (folder / "artifacts" / grids[shown[0]["alt"]]["grid"]).read_bytes()
+        assert data == (folder / "artifacts" / grids[shown[0]["alt"]].measured.grid).read_bytes()
         shot = tmp_path / "dashboard.png"
         run_chromium(tmp_path, f"{study}/trials", f"--screenshot={shot}", "--window-size=1200,900", budget_ms=15000)
         with Image.open(shot) as im:

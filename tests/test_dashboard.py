@@ -5,6 +5,7 @@ Tiny sweeps on a SQLite store, offline, CPU only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -94,9 +95,12 @@ def test_what_the_store_returns_is_confined_and_must_be_a_png(ckpt, cache, work)
     records, _, _ = load_results("conf", url(work))
     (rec,) = records
     # A record naming a path outside the artifacts folder is never written, whatever the store holds.
-    evil = [{**rec, "grid": f"../{Path(rec['grid']).name}", "strip": "/tmp/x.png"}]
+    grid = Path(rec.measured.grid).name
+    evil = [
+        dataclasses.replace(rec, measurement=dataclasses.replace(rec.measured, grid=f"../{grid}", strip="/tmp/x.png"))
+    ]
     assert fetch_missing("conf", url(work), evil, root) == 0
-    assert not (root.parent / Path(rec["grid"]).name).exists()
+    assert not (root.parent / grid).exists()
     # An artifact that is not a PNG is not taken.
     store = optuna.artifacts.FileSystemArtifactStore(store_path(root))
     for p in store_path(root).iterdir():
@@ -157,7 +161,7 @@ def test_dashboard_serves_the_sweep_and_stops_on_ctrl_c(ckpt, cache, work):
         assert {("steps", "2", integer), ("steps", "3", integer), ("eta", "0.0", real)} <= got
         assert all(t["values"] and isinstance(t["values"][0], float) for t in trials)  # the FID
         # The grid of each trial, served from the artifact store, is the file the sweep wrote.
-        grids = {Path(g).name: (Path(spec.artifacts) / g).read_bytes() for g in (r["grid"] for r in
+        grids = {Path(g).name: (Path(spec.artifacts) / g).read_bytes() for g in (r.measured.grid for r in
                  load_results("served", url(work))[0])}  # fmt: skip
         for t in trials:
             art = next(a for a in t["artifacts"] if a["filename"] in grids)

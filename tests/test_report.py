@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sweep_helpers import as_records
 
 from bench.report import paper
-from bench.report.docs import read_results_csv
-from bench.report.tables import CSV_LEADING, tex_escape
+from bench.report.tables import tex_escape
 from bench.report.write import write_report
 from ddim.errors import DDIMError
 
@@ -141,7 +141,7 @@ def built(tmp_path_factory):
     records, meta = make_records(root)
     extras = make_extras(root)
     out = tmp_path_factory.mktemp("reports") / "synthetic"
-    written = write_report(records, meta, out, root=root, extras=extras)
+    written = write_report(as_records(records), meta, out, root=root, extras=extras)
     return records, meta, root, extras, out, written
 
 
@@ -241,50 +241,62 @@ def test_metric_absent_everywhere_is_omitted(tmp_path):
     records, meta = make_records(tmp_path / "root")
     for r in records:
         r["kid_mean"] = r["kid_std"] = None
-    write_report(records, meta, tmp_path / "out", root=tmp_path / "root")
+    write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "root")
     md = (tmp_path / "out/table.md").read_text(encoding="utf-8")
     assert "KID" not in md and "FID" in md and "IS ↑" in md
 
 
+# results.csv's header: the trial and its cell, the measured values (KID ×10³), error, images, then the rest
+# alphabetically; the digits-demo report's committed results.csv has exactly these columns.
+CSV_HEADER = [
+    "number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid", "isc_mean",
+    "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s", "images_per_s", "error", "grid", "strip",
+    "checkpoint_sha256", "device", "extractor", "extractor_sha256", "ref_key", "ref_sha256",
+]  # fmt: skip
+
+
 def test_csv_round_trips(built):
     records, _, _, _, out, _ = built
-    rows = read_results_csv(out / "results.csv")
-    assert len(rows) == len(records)
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     with open(out / "results.csv", newline="", encoding="utf-8") as f:
         header = next(csv.reader(f))
-    assert tuple(header[: len(CSV_LEADING)]) == CSV_LEADING
-    assert header[len(CSV_LEADING) :] == sorted(header[len(CSV_LEADING) :])
-    by_number = {r["number"]: r for r in rows}
-    assert "kid_mean" not in header and "kid_std" not in header  # one KID scale: ×10³, named in the header
+    assert header == CSV_HEADER and len(rows) == len(records)
+    by_number = {int(r["number"]): r for r in rows}
     for rec in records:
         back = by_number[rec["number"]]
         for key, value in rec.items():
             if key in ("kid_mean", "kid_std"):
                 key, value = f"{key}_x1e3", None if value is None else value * 1000.0
-            assert back[key] == value, (rec["number"], key)
-    order = [
-        (r["schedule"], r["sampler"], r["eta"] is not None, r["eta"] or 0, r["steps"], r["seed_block"]) for r in rows
-    ]
+            text = back[key]  # read back with the type the record holds: "" is None
+            assert (None if text == "" else type(value)(text) if value is not None else text) == value, (key, rec)
+    order = [(r["schedule"], r["sampler"], r["eta"] != "", float(r["eta"] or 0), int(r["steps"]),
+              int(r["seed_block"])) for r in rows]  # fmt: skip
     assert order == sorted(order)
+
+
+def test_csv_header_is_the_committed_demo_reports():
+    with open(Path(__file__).resolve().parents[1] / "reports/digits-demo/results.csv", encoding="utf-8") as f:
+        assert next(csv.reader(f)) == CSV_HEADER
 
 
 def test_two_runs_byte_identical(built, tmp_path):
     records, meta, root, extras, out, written = built
-    again = write_report(records, meta, tmp_path / "synthetic", root=root, extras=extras)
+    again = write_report(as_records(records), meta, tmp_path / "synthetic", root=root, extras=extras)
     assert sorted(again) == sorted(written)
     for name in (*DETERMINISTIC, "index.html"):
         assert (tmp_path / "synthetic" / name).read_bytes() == (out / name).read_bytes(), name
-    write_report(records, meta, out, root=root, extras=extras)  # rerun in place: no temp files left
+    write_report(as_records(records), meta, out, root=root, extras=extras)  # rerun in place: no temp files left
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_rewrite_without_optional_inputs_removes_their_files(built, tmp_path):
     records, meta, root, extras, _, _ = built
     out = tmp_path / "again"
-    write_report(records, meta, out, root=root, extras=extras)
+    write_report(as_records(records), meta, out, root=root, extras=extras)
     assert (out / "inversion.md").is_file() and (out / "interpolation.png").is_file()
     plain = [{**r, "strip": None} for r in records]  # no strips: no consistency figure
-    written = write_report(plain, meta, out, root=root, extras={})
+    written = write_report(as_records(plain), meta, out, root=root, extras={})
     for name in ("inversion.md", "inversion.tex", "interpolation.png", "consistency.png"):
         assert name not in written and not (out / name).exists(), name
     assert "inversion" not in (out / "README.md").read_text(encoding="utf-8").lower()
@@ -301,17 +313,17 @@ def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
         return {name: (out / name).read_bytes() if (out / name).is_file() else None for name in mine}
 
     plain = [{**r, "strip": None} for r in records]  # no strips and no extras: no consistency/interpolation figure
-    written = write_report(plain, meta, out, root=root, extras={})
+    written = write_report(as_records(plain), meta, out, root=root, extras={})
     assert "interpolation.png" not in written and "consistency.png" not in written
     for name, data in mine.items():  # the user adds files of their own to the report's folder
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
-    write_report(plain, meta, out, root=root, extras={})
+    write_report(as_records(plain), meta, out, root=root, extras={})
     assert survived() == mine  # nor does a rerun: the manifest names only the report's own files
     # A cell gone from the records: its grid (listed in the previous manifest) goes, the user's files stay.
     gone = next(r for r in plain if r["grid"])
     fewer = [r for r in plain if r is not gone]
-    again = write_report(fewer, meta, out, root=root, extras={})
+    again = write_report(as_records(fewer), meta, out, root=root, extras={})
     (stale,) = {n for n in written if n.startswith("grids/")} - set(again)
     assert not (out / stale).exists() and survived() == mine
     assert sorted(f"grids/{p.name}" for p in (out / "grids").iterdir()) == sorted(
@@ -323,17 +335,17 @@ def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
     manifest["files"]["notes.md"] = hashlib.sha256(mine["notes.md"]).hexdigest()
     (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     (tmp_path / "outside.txt").write_bytes(b"outside\n")
-    write_report(fewer, meta, out, root=root, extras={})
+    write_report(as_records(fewer), meta, out, root=root, extras={})
     assert survived() == mine and (tmp_path / "outside.txt").is_file()
     (out / "manifest.json").write_text("{not json", encoding="utf-8")  # no longer a report's folder: refused
     with pytest.raises(DDIMError, match="no report wrote"):
-        write_report(fewer, meta, out, root=root, extras={})
+        write_report(as_records(fewer), meta, out, root=root, extras={})
     assert survived() == mine
     # A report file replaced since (hash no longer the manifest's) is not the report's to delete either.
     other = tmp_path / "other"
-    write_report(records, meta, other, root=root, extras=extras)
+    write_report(as_records(records), meta, other, root=root, extras=extras)
     (other / "inversion.md").write_text("edited by hand\n", encoding="utf-8")
-    write_report(fewer, meta, other, root=root, extras={})
+    write_report(as_records(fewer), meta, other, root=root, extras={})
     assert (other / "inversion.md").read_text(encoding="utf-8") == "edited by hand\n"
     assert not (other / "inversion.tex").exists() and not (other / "interpolation.png").exists()
 
@@ -348,13 +360,13 @@ def test_report_refuses_a_folder_with_files_no_report_wrote(built, tmp_path, for
     (out / "setup.py").write_text("pass\n", encoding="utf-8")
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     with pytest.raises(DDIMError, match=f"no report wrote \\({re.escape(foreign.split('/')[0])}"):
-        write_report(records, meta, out, root=root, extras=extras)
+        write_report(as_records(records), meta, out, root=root, extras=extras)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert (out / foreign).read_text(encoding="utf-8") == "the project's own\n"
     # Unrelated files of other names are no obstacle; once the report's, the folder takes reruns.
     (out / foreign).unlink()
-    write_report(records, meta, out, root=root, extras=extras)
-    write_report(records, meta, out, root=root, extras=extras)
+    write_report(as_records(records), meta, out, root=root, extras=extras)
+    write_report(as_records(records), meta, out, root=root, extras=extras)
     assert (out / "setup.py").read_text(encoding="utf-8") == "pass\n"
 
 
@@ -367,11 +379,11 @@ def test_report_killed_before_its_manifest_can_be_rerun(built, tmp_path, monkeyp
     real = report.build_tables
     monkeypatch.setattr(report, "build_tables", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        write_report(records, meta, out, root=root, extras=extras)
+        write_report(as_records(records), meta, out, root=root, extras=extras)
     out.mkdir(exist_ok=True)
     (out / "README.md").write_text("half a report\n", encoding="utf-8")  # as if killed after the README
     monkeypatch.setattr(report, "build_tables", real)
-    write_report(records, meta, out, root=root, extras=extras)
+    write_report(as_records(records), meta, out, root=root, extras=extras)
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["cells"]
 
 
@@ -412,7 +424,7 @@ def test_grids_consistency_interpolation_inversion_readme_html(built):
 
 def test_compare_paper(tmp_path):
     records, meta = make_records(tmp_path / "root")
-    write_report(records, meta, tmp_path / "out", root=tmp_path / "root", compare_paper="cifar10")
+    write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "root", compare_paper="cifar10")
     blocks = parse_md((tmp_path / "out/table.md").read_text(encoding="utf-8"))
     heads, rows = blocks[title_of("fid", "quad")]
     assert heads[3:] == [f"paper (cifar10) S = {s}" for s in STEPS]
@@ -437,7 +449,7 @@ def test_compare_paper(tmp_path):
 def test_user_errors(tmp_path, kwargs, message):
     records, meta = make_records(tmp_path / "root")
     with pytest.raises(DDIMError, match=message):
-        write_report(records, meta, tmp_path / "out", root=tmp_path / "root", **kwargs)
+        write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "root", **kwargs)
 
 
 def test_missing_inputs_raise(tmp_path):
@@ -445,16 +457,16 @@ def test_missing_inputs_raise(tmp_path):
     with pytest.raises(DDIMError, match="no result records"):
         write_report([], meta, tmp_path / "out")
     with pytest.raises(DDIMError, match="not found"):
-        write_report(records, meta, tmp_path / "out", root=tmp_path / "elsewhere")
+        write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "elsewhere")
     bad = [dict(records[0], schedule=None)]
     with pytest.raises(DDIMError, match="lacks 'schedule'"):
-        write_report(bad, meta, tmp_path / "out", root=tmp_path / "root")
+        write_report(as_records(bad), meta, tmp_path / "out", root=tmp_path / "root")
 
 
 def test_protocol_mismatch_is_reported(tmp_path):
     records, meta = make_records(tmp_path / "root")
     records[0]["ref_sha256"] = "stale"
-    write_report(records, meta, tmp_path / "out", root=tmp_path / "root")
+    write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "root")
     warnings = json.loads((tmp_path / "out/manifest.json").read_text(encoding="utf-8"))["warnings"]
     assert any("ref_sha256" in w and "#0" in w for w in warnings)
 
@@ -500,7 +512,9 @@ def test_tex_structure(built, tmp_path):
     tex = (out / "table.tex").read_text(encoding="utf-8")
     assert r"dpmpp\_2m" in tex and r"$\hat{\sigma}$" in tex and r"$\eta$ = 0.0" in tex and r"\textbf{" in tex
     records, meta = make_records(tmp_path / "root")
-    write_report(records, meta, tmp_path / "cmp", root=tmp_path / "root", compare_paper="celeba", force=True)
+    write_report(
+        as_records(records), meta, tmp_path / "cmp", root=tmp_path / "root", compare_paper="celeba", force=True
+    )
     check_tex_structure((tmp_path / "cmp/table.tex").read_text(encoding="utf-8"))
 
 

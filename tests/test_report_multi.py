@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sweep_helpers import spec_of
+from sweep_helpers import as_record, spec_of
 
 from bench.cli import main
 from bench.report import paper
@@ -153,8 +153,8 @@ def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
     from bench.report.multi import write_combined_report
     from ddim.errors import DDIMError
 
-    rec = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 10, "schedule": "uniform",
-           "seed_block": 0, "fid": 5.0, "nfe": 10}  # fmt: skip
+    rec = as_record({"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 10,
+                     "schedule": "uniform", "seed_block": 0, "fid": 5.0, "nfe": 10})  # fmt: skip
     grid, search = {"name": "g", "mode": "grid"}, {"name": "p", "mode": "pareto"}
     with pytest.raises(DDIMError, match="'p' is a Pareto search, not an η × S grid; report it alone"):
         write_combined_report([("g", [rec], grid), ("p", [rec], search)], tmp_path / "o")

@@ -24,6 +24,7 @@ from sweep_helpers import spec_of, url
 from bench.console import Display
 from bench.report.build import make_report
 from bench.store.cell import Cell
+from bench.store.record import columns
 from bench.store.storage import open_storage
 from bench.store.study import load_results
 from bench.sweep.evaluate import Evaluator
@@ -174,7 +175,7 @@ def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     if sig == signal.SIGTERM:  # pre-emption: marked failed at once, like Ctrl-C
         assert "interrupted" in study.trials[killed].user_attrs["error"]
     records, meta, _ = load_results("k", url(work))
-    assert len(records) == 4 and all(r["state"] == "COMPLETE" for r in records)  # the killed try is superseded
+    assert len(records) == 4 and all(r.state == "COMPLETE" for r in records)  # the killed try is superseded
     assert meta["superseded_trials"] >= 1 and summary.complete == 4
 
 
@@ -218,12 +219,12 @@ def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
     )
     summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
     assert summary.complete == 2 and summary.failed == 2
-    failed = [r for r in summary.records if r["state"] == "FAIL"]
-    assert {r["eta"] for r in failed} == {1.0} and all("RuntimeError: boom at eta=1" in r["error"] for r in failed)
+    failed = [r for r in summary.records if r.state == "FAIL"]
+    assert {r.cell.eta for r in failed} == {1.0} and all("RuntimeError: boom at eta=1" in r.error for r in failed)
     # A second run retries them and they fail again: still 2 failed cells (4 failed trials).
     second = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
     assert second.complete == 2 and second.failed == 2
-    assert sum(r["state"] == "FAIL" for r in second.records) == 4
+    assert sum(r.state == "FAIL" for r in second.records) == 4
     out = make_report("f", storage=url(work), wandb="disabled")
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "failed" in table and "boom at eta=1" in (out / "README.md").read_text(encoding="utf-8")
@@ -247,10 +248,10 @@ def test_wandb_offline_cell_runs(ckpt, cache, work):
     assert cell["config"]["steps"] == 2 and cell["config"]["eta"] == 0.0 and cell["config"]["n"] == 20
     assert cell["config"]["checkpoint_sha256"] and cell["config"]["extractor"] == "classifier"
     (record,) = load_results("w", url(work))[0]
-    assert cell["summary"]["fid"] == pytest.approx(record["fid"]) and cell["history"][0]["nfe"] == 2
+    assert cell["summary"]["fid"] == pytest.approx(record.scores.fid) and cell["history"][0]["nfe"] == 2
     # KID in W&B on the scale of the tables, results.csv and the terminal: ×10³, named so.
-    assert "kid_mean" not in cell["summary"] and record["kid_mean"] is not None
-    assert cell["summary"]["kid_mean_x1e3"] == pytest.approx(record["kid_mean"] * 1000)
+    assert "kid_mean" not in cell["summary"] and record.scores.kid_mean is not None
+    assert cell["summary"]["kid_mean_x1e3"] == pytest.approx(record.scores.kid_mean * 1000)
     assert any("samples" in f for f in cell["files"]) and any("cells" in f for f in summary["files"])
     assert any("fid_vs_steps" in f for f in summary["files"])  # the summary run's FID-vs-steps figure
 
@@ -312,9 +313,9 @@ def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
     (u1, _), (u2, _) = a.generate(cell), b.generate(cell)
     assert torch.equal(u1, u2)  # a sample depends only on its seed, not on the batch size
     r1, r2 = a.evaluate(cell, Display(False)), b.evaluate(cell, Display(False))
-    for k in ("fid", "isc_mean", "kid_mean", "seeds", "nfe"):  # the same samples: the same record, exactly
-        assert r1[k] == r2[k], k
-    assert r1["seeds"] == "0-19" and r1["nfe"] == 3
+    for k in ("fid", "isc_mean", "kid_mean"):  # the same samples: the same scores, exactly
+        assert getattr(r1.scores, k) == getattr(r2.scores, k), k
+    assert r1.seeds == r2.seeds == "0-19" and r1.nfe == r2.nfe == 3
     # Seed block 1 uses the next n seeds (seed_base + 1·n + i): block 0 of a sweep starting n seeds later.
     block1 = a.generate(Cell("ddim", "uniform", 3, 1.0, 1))[0]
     shifted = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=8", "seed_base=20"), "x")
@@ -351,17 +352,18 @@ def test_load_results_and_report(ckpt, cache, work):
     run_sweep(spec, storage=url(work), wandb="disabled", progress=False, command="ddimbench sweep ...", heartbeat=1)
     records, meta, extras = load_results("r", url(work))
     assert len(records) == 6  # 2 S × (η = 0, 1, σ̂)
-    assert {(r["sampler"], r["eta"]) for r in records} == {("ddim", 0.0), ("ddim", 1.0), ("sigma_hat", None)}
+    assert {(r.cell.sampler, r.cell.eta) for r in records} == {("ddim", 0.0), ("ddim", 1.0), ("sigma_hat", None)}
     for r in records:
-        assert r["nfe"] == r["steps"] and r["n"] == 20 and r["wall_s"] > 0 and r["device"] == "cpu"
-        assert r["extractor_sha256"] and r["ref_sha256"] and r["checkpoint_sha256"] == meta["checkpoint_sha256"]
+        m, p = r.measured, r.measured.protocol
+        assert m.nfe == r.cell.steps and m.n == 20 and m.wall_s > 0 and p.device == "cpu"
+        assert p.extractor_sha256 and p.ref_sha256 and p.checkpoint_sha256 == meta["checkpoint_sha256"]
     assert meta["command"] == "ddimbench sweep ..." and meta["versions"]["optuna"] == optuna.__version__
-    assert meta["ref_key"] == records[0]["ref_key"] and meta["seeds"] == "0-19"
+    assert meta["ref_key"] == records[0].measured.protocol.ref_key and meta["seeds"] == "0-19"
     assert extras["interpolation"] == "extras/interpolation.png" and [x["steps"] for x in extras["inversion"]] == [2, 3]
     want = inversion_mse(spec, [2, 3])
     for row in extras["inversion"]:
         assert 0 <= row["mse"] <= 1 and row["mse"] == pytest.approx(want[row["steps"]], rel=1e-5)
-    json.dumps([records, meta, extras])  # JSON-able, straight from the store
+    json.dumps([[columns(r) for r in records], meta, extras])  # JSON-able, straight from the store
     out = make_report("r", storage=url(work), wandb="disabled")
     assert out == Path("reports") / "r"
     table = (work / out / "table.md").read_text(encoding="utf-8")
@@ -400,16 +402,16 @@ def test_search_pareto(ckpt, cache, work):
     summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
     assert summary.complete == 3
     records = load_results("p", url(work))[0]
-    assert all(2 <= r["steps"] <= 6 and 0 <= r["eta"] <= 1 for r in records)
+    assert all(2 <= r.cell.steps <= 6 and 0 <= r.cell.eta <= 1 for r in records)
     # The flagged front is exactly the non-dominated records in (FID, NFE), both minimised (brute force).
-    done = [r for r in records if r["state"] == "COMPLETE"]
-    assert len(done) == 3 and all(isinstance(r["pareto"], bool) for r in records)
+    done = [(r.number, r.scores.fid, r.measured.nfe) for r in records if r.state == "COMPLETE"]
+    assert len(done) == 3 and all(isinstance(r.pareto, bool) for r in records)
 
-    def dominates(p: dict, q: dict) -> bool:
-        return p["fid"] <= q["fid"] and p["nfe"] <= q["nfe"] and (p["fid"], p["nfe"]) != (q["fid"], q["nfe"])
+    def dominates(p: tuple, q: tuple) -> bool:
+        return p[1] <= q[1] and p[2] <= q[2] and p[1:] != q[1:]
 
-    front = {r["number"] for r in done if not any(dominates(o, r) for o in done)}
-    assert front and {r["number"] for r in records if r["pareto"]} == front
+    front = {r[0] for r in done if not any(dominates(o, r) for o in done)}
+    assert front and {r.number for r in records if r.pareto} == front
 
 
 # --------------------------------------------------------------------------------------- bad inputs

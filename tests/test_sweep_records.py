@@ -33,7 +33,7 @@ def test_caption_and_provenance_cover_every_run(ckpt, cache, work):
     assert meta["seeds"] == "0-19" and meta["command"] == first and "runs" not in meta and "last_run" not in meta
     sweep(spec_of(ckpt, cache, *FAST, "seeds=0,1", name="sb"), work, second)
     records, meta, _ = load_results("sb", url(work))
-    assert sorted(r["seeds"] for r in records) == ["0-19", "20-39"]
+    assert sorted(r.measured.seeds for r in records) == ["0-19", "20-39"]
     assert meta["seeds"] == "0-19, 20-39"  # the seeds of the reported cells, not of the first run alone
     assert meta["command"] == first and meta["runs"] == 2  # the first run's provenance, and the latest run's
     assert meta["last_run"]["command"] == second and meta["last_run"]["device"] == "cpu"
@@ -69,8 +69,8 @@ def test_trial_stopped_before_its_cell_fields_is_no_result(ckpt, cache, work):
     bare = _stopped_trial(url(work), "st", todo)  # only the claim and the run token
     partial = _stopped_trial(url(work), "st", done, pid=1, host="h", sampler="ddim", steps=2)  # stopped mid-way
     records, meta, _ = load_results("st", url(work))
-    assert [(r["state"], r["steps"]) for r in records] == [("COMPLETE", 2)]
-    assert {bare, partial}.isdisjoint(r["number"] for r in records)
+    assert [(r.state, r.cell.steps) for r in records] == [("COMPLETE", 2)]
+    assert {bare, partial}.isdisjoint(r.number for r in records)
     assert meta["superseded_trials"] == 1  # the stopped try of the measured cell; the other cell is just not run
     out = make_report("st", storage=url(work), wandb="disabled")  # no "result record lacks 'sampler'"
     assert "S = 2" in (out / "table.md").read_text(encoding="utf-8")
@@ -80,7 +80,7 @@ def test_trial_stopped_before_its_cell_fields_is_no_result(ckpt, cache, work):
     assert plan.done == 1 and plan.retry == [todo] and not plan.fresh
     assert sweep(full, work).complete == 2
     records, _, _ = load_results("st", url(work))
-    assert sorted((r["state"], r["steps"]) for r in records) == [("COMPLETE", 2), ("COMPLETE", 3)]
+    assert sorted((r.state, r.cell.steps) for r in records) == [("COMPLETE", 2), ("COMPLETE", 3)]
 
 
 def test_grid_trials_carry_native_params_and_one_attribute_per_metric(ckpt, cache, work):
@@ -108,7 +108,7 @@ def test_grid_trials_carry_native_params_and_one_attribute_per_metric(ckpt, cach
     assert seen == {("ddim", s, e) for s in (2, 3) for e in (0.0, 0.5)} | {("sigma_hat", s, None) for s in (2, 3)}
     # The report reads the same trials back.
     records, _, _ = load_results("native", url(work))
-    assert {(r["sampler"], r["steps"], r["eta"]) for r in records} == seen
+    assert {(r.cell.sampler, r.cell.steps, r.cell.eta) for r in records} == seen
 
 
 def test_a_cell_already_measured_is_not_measured_again_without_any_race(ckpt, cache, work, monkeypatch):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from metrics_helpers import one_line_error, write_pngs
+from sweep_helpers import as_record
 
 from bench.cli import main
 from bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV, compute_metrics
@@ -265,9 +266,10 @@ def test_write_report_reads_no_file_outside_its_root(tmp_path: Path) -> None:
     record = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 2, "schedule": "uniform",
               "seed_block": 0, "fid": 1.0, "grid": "../outside.png"}  # fmt: skip
     for grid in ("../outside.png", str(tmp_path / "outside.png")):
-        call = lambda g=grid: write_report([{**record, "grid": g}], {}, tmp_path / "out", root=tmp_path / "root")  # noqa: E731
+        call = lambda g=grid: write_report([as_record({**record, "grid": g})], {}, tmp_path / "out",  # noqa: E731
+                                           root=tmp_path / "root")  # fmt: skip
         one_line_error(call, "not found as a PNG file under")
-    assert write_report([{**record, "grid": "in.png"}], {}, tmp_path / "out", root=tmp_path / "root")
+    assert write_report([as_record({**record, "grid": "in.png"})], {}, tmp_path / "out", root=tmp_path / "root")
 
 
 # ---- a doctored checkpoint: its stored settings pass train's rules, its weights are finite ----

@@ -111,19 +111,21 @@ def compute_metrics_from_folder(
 
 def score_folder(folder: str | os.PathLike, *, dataset: str, download: bool = False, **kwargs: Any) -> dict[str, Any]:
     """``ddimbench metrics``: fetch what is missing when ``download`` (the reference images, the Inception
-    weights), then ``compute_metrics_from_folder``; KID shown ×10³ as everywhere else (``shown``)."""
-    from bench.store.study import shown
+    weights), then ``compute_metrics_from_folder``; KID shown ×10³ as everywhere else (``Scores.shown``)."""
+    from bench.store.record import Scores
     from ddim.data import fetch_dataset
 
     if download:
         fetch_dataset(dataset, kwargs.get("data_root", "data"))
         if (kwargs.get("extractor") or default_extractor(dataset)) == "inception":
             resolve_inception_weights(kwargs.get("inception_weights"), download=True)
-    return shown(compute_metrics_from_folder(folder, dataset=dataset, **kwargs))
+    scores, rest = Scores.split(compute_metrics_from_folder(folder, dataset=dataset, **kwargs))
+    return {**rest, **{k: v for k, v in scores.shown().items() if v is not None}}
 
 
 def result_lines(result: dict[str, Any]) -> list[str]:
     """The terminal lines of a ``score_folder`` result."""
-    lines = [f"{k:13s} {result[k]:.6g}" for k in ("fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3")
-             if result.get(k) is not None]  # fmt: skip
+    from bench.store.record import Scores
+
+    lines = [f"{k:13s} {result[k]:.6g}" for k in Scores().shown() if result.get(k) is not None]
     return [*lines, f"{'n':13s} {result.get('n')}   extractor {result.get('extractor')}"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from bench.console import warn
 from bench.report.write import write_report
 from bench.store.artifacts import fetch_missing
-from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+from bench.store.record import table
+from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.sweep_runs import tracked
 from ddim.errors import DDIMError
@@ -36,10 +38,17 @@ def make_report(
     root = artifacts_root(name, meta)
     fetch_missing(name, storage, records, root)
     missing = 0
-    for r in records:
-        for key in ("grid", "strip"):
-            if r.get(key) and artifact_file(root, r[key]) is None:
-                r[key], missing = None, missing + 1
+
+    def present(rel: str | None) -> str | None:
+        nonlocal missing
+        if rel and artifact_file(root, rel) is None:
+            rel, missing = None, missing + 1
+        return rel
+
+    for i, r in enumerate(records):
+        if (m := r.measurement) is not None:
+            records[i] = dataclasses.replace(r, measurement=dataclasses.replace(m, grid=present(m.grid),
+                                                                                strip=present(m.strip)))  # fmt: skip
     for key in ("interpolation", "consistency"):
         if extras.get(key) and artifact_file(root, extras[key]) is None:
             extras.pop(key)
@@ -56,7 +65,7 @@ def make_report(
     )
 
     def body(tracker: Any) -> None:
-        tracker.log_table("results", list(TABLE_COLUMNS), table_rows(records))
+        tracker.log_table("results", *table(records))
         for rel, path in written.items():
             if rel.endswith(".png") and "/" not in rel:  # the figures, not every grid
                 tracker.log_image(rel.removesuffix(".png"), path)

@@ -1,4 +1,4 @@
-"""The report's documents, rendered from plain records: ``results.csv`` (every cell, every field),
+"""The report's documents, rendered from the sweep's records: ``results.csv`` (every cell, every field),
 and the README.md / index.html pages (``md_doc`` / ``html_doc`` take the same list of sections).
 
 A section is ``(heading, kind, payload)``: ``kv`` ((key header, value header), rows), ``tables``
@@ -13,12 +13,12 @@ import csv
 import html
 import io
 import numbers
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bench.report.tables import CSV_LEADING, FLOAT_FIELDS, INT_FIELDS, as_number, md_escape, table_html, table_md
-from bench.store.study import shown
+from bench.report.tables import as_number, md_escape, table_html, table_md
+from bench.store.record import CellRecord, table
 
 
 def _csv_value(v) -> str:
@@ -29,36 +29,24 @@ def _csv_value(v) -> str:
     return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
 
 
-def record_order(r: Mapping) -> tuple:
-    eta = as_number(r.get("eta"))
-    return (str(r["schedule"]), str(r["sampler"]), (eta is not None, round(eta or 0.0, 6)), int(r["steps"]),
-            int(r["seed_block"]), int(r["number"]))  # fmt: skip
+def record_order(r: CellRecord) -> tuple:
+    eta = as_number(r.cell.eta)
+    return (r.cell.schedule, r.cell.sampler, (eta is not None, round(eta or 0.0, 6)), r.cell.steps, r.cell.seed_block,
+            r.number)  # fmt: skip
 
 
-def results_csv(records: Sequence[Mapping], leading: Sequence[str] = ()) -> str:
-    """Every record, every field (KID ×10³, ``bench.report.tables.shown``); the ``leading`` columns, then the fixed
-    ones, then the rest alphabetically; rows in table order."""
-    head = (*leading, *CSV_LEADING)
-    rows = [shown(r) for r in sorted(records, key=lambda r: (str(r.get("sweep", "")), record_order(r)))]
-    rest = sorted({k for r in rows for k in r} - set(head))
+def results_csv(records: Sequence[CellRecord], leading: Sequence[tuple[str, Sequence[Any]]] = ()) -> str:
+    """Every record, every field (``bench.store.record.columns``: KID ×10³), rows in table order; ``leading``:
+    (header, one value per record) columns put first, the rows ordered by them first (e.g. each record's sweep)."""
+    names, rows = table(records)
+    first = [[values[i] for _, values in leading] for i in range(len(records))]
+    order = sorted(range(len(records)), key=lambda i: ([str(v) for v in first[i]], record_order(records[i])))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*head, *rest])
-    for r in rows:
-        w.writerow([_csv_value(r.get(k)) for k in (*head, *rest)])
+    w.writerow([*(h for h, _ in leading), *names])
+    for i in order:
+        w.writerow([_csv_value(v) for v in (*first[i], *rows[i])])
     return buf.getvalue()
-
-
-def read_results_csv(path: str | os.PathLike) -> list[dict]:
-    """Read results.csv back as written (KID ×10³): "" -> None, known int/float fields typed, the rest strings."""
-
-    def typed(k: str, v: str):
-        if v == "":
-            return None
-        return int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:

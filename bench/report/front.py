@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.report import paper, plots
 from bench.report.tables import Cell, Metric, Table, as_number, eta_str, row_label
+from bench.store.record import CellRecord
 
 OBJECTIVES = {"nfe": ("NFE", ".0f"), "time": ("seconds per image", ".4g")}
 
@@ -25,42 +26,49 @@ def objective_of(meta: Mapping) -> str:
     return objective if objective in OBJECTIVES else "nfe"
 
 
-def cost(r: Mapping, objective: str) -> float | None:
+def cost(r: CellRecord, objective: str) -> float | None:
     """The cost of one record as the search measured it (NFE, or sampling seconds per image)."""
+    m = r.measured
     if objective == "time":
-        wall, n = as_number(r.get("wall_s")), as_number(r.get("n"))
+        wall, n = as_number(m.wall_s), as_number(m.n)
         return wall / n if wall is not None and n else None
-    return as_number(r.get("nfe"))
+    return as_number(m.nfe)
 
 
-def _measured(records: Sequence[Mapping], objective: str) -> list[Mapping]:
+def _fid(r: CellRecord) -> float:
+    """The FID of a measured record (``_measured``)."""
+    return float(r.scores.fid or 0.0)
+
+
+def _measured(records: Sequence[CellRecord], objective: str) -> list[CellRecord]:
     out = []
     for r in records:
-        fid, c = as_number(r.get("fid")), cost(r, objective)
-        if r.get("state") == "COMPLETE" and fid is not None and math.isfinite(fid) and c is not None:
+        fid, c = as_number(r.scores.fid), cost(r, objective)
+        if r.state == "COMPLETE" and fid is not None and math.isfinite(fid) and c is not None:
             out.append(r)
     return out
 
 
-def front(records: Sequence[Mapping], objective: str) -> list[Mapping]:
+def front(records: Sequence[CellRecord], objective: str) -> list[CellRecord]:
     """The complete records on the Pareto front of (FID, cost), cost ascending (then FID, then trial)."""
     done = _measured(records, objective)
-    if any("pareto" in r for r in records):
-        on = [r for r in done if r.get("pareto")]
+    if any(r.pareto is not None for r in records):
+        on = [r for r in done if r.pareto]
     else:
-        x, y = [cost(r, objective) for r in done], [float(r["fid"]) for r in done]
+        x, y = [cost(r, objective) for r in done], [_fid(r) for r in done]
         on = [done[i] for i in plots.pareto_front(x, y)]
-    return sorted(on, key=lambda r: (cost(r, objective), float(r["fid"]), int(r["number"])))
+    return sorted(on, key=lambda r: (cost(r, objective), _fid(r), r.number))
 
 
-def setting(r: Mapping) -> str:
+def setting(r: CellRecord) -> str:
     """The cell of a record in words: "η = 0.31, S = 12, trailing" (+ the seed block when not 0)."""
-    row = paper.row_key(str(r["sampler"]), as_number(r.get("eta")))
-    block = int(r.get("seed_block") or 0)
-    return f"{row_label(row)}, S = {int(r['steps'])}, {r['schedule']}" + (f", seed block {block}" if block else "")
+    c = r.cell
+    row = paper.row_key(c.sampler, as_number(c.eta))
+    block = c.seed_block
+    return f"{row_label(row)}, S = {c.steps}, {c.schedule}" + (f", seed block {block}" if block else "")
 
 
-def front_lines(records: Sequence[Mapping], objective: str) -> list[str]:
+def front_lines(records: Sequence[CellRecord], objective: str) -> list[str]:
     """What the terminal prints at the end of a search: the front's cells with their FID and cost."""
     name, fmt = OBJECTIVES[objective]
     on, done = front(records, objective), _measured(records, objective)
@@ -68,12 +76,12 @@ def front_lines(records: Sequence[Mapping], objective: str) -> list[str]:
         return ["Pareto front: no trial measured FID; nothing to show"]
     lines = [f"Pareto front (FID vs {name}, both minimised): {len(on)} of {len(done)} measured trials"]
     for r in on:
-        lines.append(f"  {name} {format(cost(r, objective), fmt)}  FID {float(r['fid']):.2f}  {setting(r)}"
-                     f"  (trial #{r['number']})")  # fmt: skip
+        lines.append(f"  {name} {format(cost(r, objective), fmt)}  FID {_fid(r):.2f}  {setting(r)}"
+                     f"  (trial #{r.number})")  # fmt: skip
     return lines
 
 
-def front_table(records: Sequence[Mapping], meta: Mapping, metrics: Sequence[Metric]) -> Table:
+def front_table(records: Sequence[CellRecord], meta: Mapping, metrics: Sequence[Metric]) -> Table:
     """The report's table of a search: one row per cell on the front, cost ascending; columns the cost, then
     the scores (KID ×10³ as everywhere)."""
     objective = objective_of(meta)
@@ -84,9 +92,9 @@ def front_table(records: Sequence[Mapping], meta: Mapping, metrics: Sequence[Met
     for r in on:
         cells = [Cell("value", cost(r, objective), blocks=1)]
         for m in scores:
-            v = as_number(r.get(m.field))
+            v = as_number(getattr(r.scores, m.field))
             cells.append(Cell("missing") if v is None else Cell("value", v * m.scale, blocks=1))
-        rows.append((f"#{r['number']}: {setting(r)}", tuple(cells)))
+        rows.append((f"#{r.number}: {setting(r)}", tuple(cells)))
     n, seeds, dataset = meta.get("n"), meta.get("seeds"), meta.get("dataset")
     count = (f" {n} samples per trial" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
     caption = (
@@ -107,18 +115,17 @@ def front_table(records: Sequence[Mapping], meta: Mapping, metrics: Sequence[Met
     )
 
 
-def front_png(records: Sequence[Mapping], meta: Mapping) -> bytes | None:
+def front_png(records: Sequence[CellRecord], meta: Mapping) -> bytes | None:
     """FID against the search's cost for every measured trial, the front drawn over them."""
     objective = objective_of(meta)
     name, _ = OBJECTIVES[objective]
     done = _measured(records, objective)
     if not done:
         return None
-    on = {int(r["number"]) for r in front(records, objective)}
-    x, y = [float(cost(r, objective)) for r in done], [float(r["fid"]) for r in done]
-    idx = sorted((i for i, r in enumerate(done) if int(r["number"]) in on), key=lambda i: (x[i], y[i]))
-    notes = [f"S={int(r['steps'])}" + (f" η={eta_str(float(r['eta']))}" if r.get("eta") is not None else "")
-             for r in done]  # fmt: skip
+    on = {r.number for r in front(records, objective)}
+    x, y = [float(cost(r, objective)) for r in done], [_fid(r) for r in done]
+    idx = sorted((i for i, r in enumerate(done) if r.number in on), key=lambda i: (x[i], y[i]))
+    notes = [f"S={r.cell.steps}" + (f" η={eta_str(r.cell.eta)}" if r.cell.eta is not None else "") for r in done]
     title = f"{meta.get('name', '')}: Pareto front, FID vs {name}".strip(": ")
     return plots.pareto_png(x, y, idx, notes, xlabel=f"{name} (the cost the search minimised)", title=title)
 

@@ -37,10 +37,10 @@ from bench.report.tables import (
     table_tex,
 )
 from bench.report.write import pick_metrics, provenance_rows, validate_records, warnings_of
-from bench.store.study import shown
+from bench.store.record import CellRecord, table
 from ddim.errors import DDIMError
 
-Sweep = tuple[str, Sequence[Mapping], Mapping]  # (name, records, meta)
+Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta)
 
 
 def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
@@ -138,8 +138,9 @@ def write_combined_report(
     w.put("table.md", "\n".join(table_md(t) for t in tables))
     w.put("table.tex", tex)
     w.put("table_standalone.tex", standalone_tex(tex))
-    rows = [{"sweep": name, "dataset": meta.get("dataset"), **r} for name, records, meta in checked for r in records]
-    w.put("results.csv", results_csv(rows, leading=("sweep", "dataset")))
+    every_sweep = [(name, meta.get("dataset")) for name, records, meta in checked for _ in records]
+    leading = (("sweep", [s for s, _ in every_sweep]), ("dataset", [d for _, d in every_sweep]))
+    w.put("results.csv", results_csv(every, leading=leading))
 
     overview = [
         (name, f"{meta.get('dataset')}, {meta.get('extractor')} features, n = {meta.get('n')}, checkpoint "
@@ -158,28 +159,16 @@ def write_combined_report(
     manifest = {
         "sweeps": {name: meta for name, _, meta in checked},
         "cells": [
-            shown(
-                {
-                    k: r.get(k)
-                    for k in (
-                        "sweep",
-                        "number",
-                        "state",
-                        "schedule",
-                        "sampler",
-                        "eta",
-                        "steps",
-                        "seed_block",
-                        "nfe",
-                        "fid",
-                        "isc_mean",
-                        "isc_std",
-                        "kid_mean",
-                        "kid_std",
-                    )
-                }
-            )
-            for r in rows
+            {
+                "sweep": name,
+                "number": r.number,
+                "state": r.state,
+                **r.cell.fields(),
+                "nfe": r.measured.nfe,
+                **r.scores.shown(),
+            }
+            for name, records, _ in checked
+            for r in records
         ],  # fmt: skip
         "files": w.hashes,
         "metrics": [m.key for m in chosen],
@@ -202,7 +191,7 @@ def make_combined_report(
 ) -> Path:
     """Load the sweeps ``names`` from the store and write their combined report (default folder
     ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run."""
-    from bench.store.study import TABLE_COLUMNS, load_results, table_rows
+    from bench.store.study import load_results
     from bench.store.untrusted import check_name
     from bench.tracking.sweep_runs import tracked
 
@@ -216,8 +205,9 @@ def make_combined_report(
     write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
 
     def body(tracker: Any) -> None:
-        rows = [[name, *row] for name, records, _ in sweeps for row in table_rows(list(records))]
-        tracker.log_table("results", ["sweep", *TABLE_COLUMNS], rows)
+        every = [(name, r) for name, records, _ in sweeps for r in records]
+        columns, rows = table([r for _, r in every])
+        tracker.log_table("results", ["sweep", *columns], [[name, *row] for (name, _), row in zip(every, rows)])
 
     tracked(wandb, warn, "the report", body, name=f"{'+'.join(dict.fromkeys(names))}-report", group="reports",
             job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=folder)  # fmt: skip

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from bench.report import paper
-from bench.store.study import KID_SCALE
+from bench.store.record import CellRecord, Scores
 from ddim.errors import DDIMError
 
 
@@ -28,7 +28,7 @@ from ddim.errors import DDIMError
 class Metric:
     key: str  # the name in ``metrics=``
     name: str
-    field: str  # the record field holding the value
+    field: str  # the ``Scores`` field holding the value
     lower_is_better: bool
     scale: float = 1.0
 
@@ -41,21 +41,9 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "fid": Metric("fid", "FID", "fid", True),
     "isc": Metric("isc", "IS", "isc_mean", False),
-    "kid": Metric("kid", "KID", "kid_mean", True, KID_SCALE),
+    "kid": Metric("kid", "KID", "kid_mean", True, Scores.scale("kid_mean")),
 }
 
-
-# results.csv: these columns first (the cell's identity, then its numbers), the rest alphabetically.
-CSV_LEADING = (
-    "number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds",
-    "fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s", "images_per_s", "error", "grid",
-    "strip",
-)  # fmt: skip
-INT_FIELDS = frozenset({"number", "steps", "seed_block", "nfe", "n"})
-FLOAT_FIELDS = frozenset({"eta", "fid", "isc_mean", "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s",
-                          "images_per_s"})  # fmt: skip
-REQUIRED_FIELDS = ("number", "state", "sampler", "steps", "schedule", "seed_block")
-PROTOCOL_FIELDS = ("checkpoint_sha256", "extractor", "extractor_sha256", "ref_key", "ref_sha256", "device")
 _SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
 TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
 
@@ -113,36 +101,34 @@ def schedule_order(s: str) -> tuple:
     return (_SCHEDULE_ORDER.index(s), "") if s in _SCHEDULE_ORDER else (len(_SCHEDULE_ORDER), s)
 
 
-def _cell_key(r: Mapping) -> CellKey:
-    return (str(r["schedule"]), paper.row_key(str(r["sampler"]), as_number(r.get("eta"))), int(r["steps"]))
+def _cell_key(r: CellRecord) -> CellKey:
+    return (r.cell.schedule, paper.row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
 
 
-def select_cells(records: Sequence[Mapping], warnings: list[str]) -> dict[CellKey, dict[int, Mapping]]:
+def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
     """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
     (a retry supersedes the failure before it)."""
-    cells: dict[CellKey, dict[int, Mapping]] = {}
-    for r in sorted(records, key=lambda r: int(r["number"])):
+    cells: dict[CellKey, dict[int, CellRecord]] = {}
+    for r in sorted(records, key=lambda r: r.number):
         blocks = cells.setdefault(_cell_key(r), {})
-        b, prev = int(r["seed_block"]), blocks.get(int(r["seed_block"]))
-        if prev is not None and prev["state"] == r["state"] == "COMPLETE":
-            warnings.append(
-                f"trials #{prev['number']} and #{r['number']} repeat one cell and seed block; using #{r['number']}"
-            )
-        if prev is None or r["state"] == "COMPLETE" or prev["state"] != "COMPLETE":
+        b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
+        if prev is not None and prev.state == r.state == "COMPLETE":
+            warnings.append(f"trials #{prev.number} and #{r.number} repeat one cell and seed block; using #{r.number}")
+        if prev is None or r.state == "COMPLETE" or prev.state != "COMPLETE":
             blocks[b] = r
     return cells
 
 
-def table_cell(blocks: Mapping[int, Mapping], metric: Metric, steps: int) -> Cell:
+def table_cell(blocks: Mapping[int, CellRecord], metric: Metric, steps: int) -> Cell:
     values, nfes, failed = [], set(), 0
     for b in sorted(blocks):
         r = blocks[b]
-        v = as_number(r.get(metric.field))
-        if r["state"] == "COMPLETE" and v is not None and math.isfinite(v):
+        v = as_number(getattr(r.scores, metric.field))
+        if r.state == "COMPLETE" and v is not None and math.isfinite(v):
             values.append(v * metric.scale)
-            if r.get("nfe") is not None:
-                nfes.add(int(r["nfe"]))
-        elif r["state"] == "FAIL" or (r["state"] == "COMPLETE" and (r.get("error") or v is not None)):
+            if r.measured.nfe is not None:
+                nfes.add(r.measured.nfe)
+        elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
             failed += 1  # a failed trial, an errored metric or a non-finite value
     if not values:
         return Cell("failed" if failed else "missing")
@@ -208,7 +194,7 @@ class Block:
 
     title: str
     schedule: str
-    cells: Mapping[CellKey, Mapping[int, Mapping]]  # the sweep's cells (those on ``schedule`` are used)
+    cells: Mapping[CellKey, Mapping[int, CellRecord]]  # the sweep's cells (those on ``schedule`` are used)
     meta: Mapping = field(default_factory=dict)
     paper: str | None = None
     paper_title: str = ""
@@ -241,7 +227,7 @@ def row_table(title: str, label: str, caption: str, rows: Sequence[paper.RowKey]
 
 
 def build_tables(
-    cells: Mapping[CellKey, Mapping[int, Mapping]],
+    cells: Mapping[CellKey, Mapping[int, CellRecord]],
     meta: Mapping,
     metrics: Sequence[Metric],
     compare: str | None,

@@ -3,8 +3,9 @@ every cell, figures, copied sample grids, a manifest with hashes, a README and a
 index.html.
 
 Pure python + numpy; matplotlib and PIL are reached through ``bench.report.plots``. No torch, no optuna:
-the sweep module hands us plain record dicts. Everything written is a function of the inputs only
-(no clocks, sorted iteration), and every file is written atomically (temp file + ``os.replace``).
+the store hands us typed records (``bench.store.record.CellRecord``). Everything written is a function of
+the inputs only (no clocks, sorted iteration), and every file is written atomically (temp file +
+``os.replace``).
 
 Table conventions live in ``bench.report.tables`` (Song et al. 2020, Table 1 layout). A Pareto search is shown
 as its front (``bench.report.front``); several sweeps in one Table 1 are ``bench.report.multi``'s.
@@ -12,6 +13,7 @@ as its front (``bench.report.front``); several sweeps in one Table 1 are ``bench
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,8 +26,6 @@ from bench.report.docs import html_doc, md_doc, record_order, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     METRICS,
-    PROTOCOL_FIELDS,
-    REQUIRED_FIELDS,
     CellKey,
     Metric,
     as_number,
@@ -42,7 +42,7 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.store.study import shown
+from bench.store.record import CellRecord
 from bench.store.untrusted import artifact_file
 from ddim.errors import DDIMError
 
@@ -59,13 +59,14 @@ def _read_input(root: Path, rel: str, what: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------- figures
-def _grid_name(r: Mapping, suffix: str) -> str:
-    sampler, eta = paper.row_key(str(r["sampler"]), as_number(r.get("eta")))
+def _grid_name(r: CellRecord, suffix: str) -> str:
+    c = r.cell
+    sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
     e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
-    return f"{slug(r['schedule'])}_{slug(sampler)}{e}_S{int(r['steps'])}_b{int(r['seed_block'])}{suffix}"
+    return f"{slug(c.schedule)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
 
-def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, list]:
+def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
     """Per (schedule, row): FID vs S and FID vs seconds per image, from the complete blocks."""
     fid = METRICS["fid"]
     groups: dict[tuple[str, paper.RowKey], list[int]] = {}
@@ -85,7 +86,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, 
             cost = [
                 1.0 / ips
                 for r in blocks.values()
-                if r["state"] == "COMPLETE" and (ips := as_number(r.get("images_per_s"))) and ips > 0
+                if r.state == "COMPLETE" and (ips := as_number(r.measured.images_per_s)) and ips > 0
             ]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
@@ -98,24 +99,24 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, Mapping]]) -> tuple[list, 
     return by_steps, by_time
 
 
-def fid_vs_steps_png(records: Sequence[Mapping], title: str = "FID vs sampling steps") -> bytes | None:
+def fid_vs_steps_png(records: Sequence[CellRecord], title: str = "FID vs sampling steps") -> bytes | None:
     """The report's FID-vs-S figure for ``records`` alone (e.g. for the sweep's W&B summary run)."""
     by_steps, _ = _plot_series(select_cells(validate_records(records), []))
     return plots.fid_vs_steps_png(by_steps, title=title) if by_steps else None
 
 
-def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: Path) -> list:
+def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], root: Path) -> list:
     """Per schedule, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []
     for sched in sorted({k[0] for k in cells}, key=schedule_order):
         etas = sorted({k[1][1] for k in cells if k[0] == sched and k[1][0] == "ddim"})
         for eta in etas:
             with_strip = {
-                (s, b): r
+                (s, b): r.measured.strip
                 for (sc, row, s), blocks in cells.items()
                 if sc == sched and row == ("ddim", eta)
                 for b, r in blocks.items()
-                if r.get("strip")
+                if r.measured.strip
             }
             if not with_strip:
                 continue
@@ -123,47 +124,47 @@ def _consistency_sections(cells: Mapping[CellKey, Mapping[int, Mapping]], root: 
             rows = []
             for s, b in sorted(with_strip):
                 if b == block:
-                    _read_input(root, with_strip[(s, b)]["strip"], "sample strip")
-                    rows.append((f"S = {s}", root / with_strip[(s, b)]["strip"]))
+                    _read_input(root, with_strip[(s, b)], "sample strip")
+                    rows.append((f"S = {s}", root / with_strip[(s, b)]))
             sections.append((f"DDIM eta = {eta_str(eta)}, {sched} spacing, seed block {block}", rows))
             break
     return sections
 
 
 # ------------------------------------------------------------------------------------ the report
-def validate_records(records: Sequence[Mapping]) -> list[Mapping]:
+def validate_records(records: Sequence[CellRecord]) -> list[CellRecord]:
     """The records, or a DDIMError naming the first that lacks a field the tables need."""
     if not records:
         raise DDIMError("no result records to report; run the sweep first or point at the right study")
     for i, r in enumerate(records):
-        for key in REQUIRED_FIELDS:
-            if r.get(key) is None:
-                raise DDIMError(f"result record {i} lacks '{key}'; regenerate the records with the sweep module")
-        if r["sampler"] == "ddim" and as_number(r.get("eta")) is None:
-            raise DDIMError(f"trial #{r['number']} is a ddim cell without eta; store eta for every ddim trial")
+        needed = {"number": r.number, "state": r.state, **r.cell.fields()}
+        for key in (k for k, v in needed.items() if v is None and k != "eta"):
+            raise DDIMError(f"result record {i} lacks '{key}'; regenerate the records with the sweep module")
+        if r.cell.sampler == "ddim" and as_number(r.cell.eta) is None:
+            raise DDIMError(f"trial #{r.number} is a ddim cell without eta; store eta for every ddim trial")
     return list(records)
 
 
-def pick_metrics(names: Sequence[str], records: Sequence[Mapping]) -> list[Metric]:
+def pick_metrics(names: Sequence[str], records: Sequence[CellRecord]) -> list[Metric]:
     """The metrics ``names`` that some record has a number for (unknown names are a DDIMError)."""
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise DDIMError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     chosen = [METRICS[m] for m in names]
-    present = [m for m in chosen if any(as_number(r.get(m.field)) is not None for r in records)]
+    present = [m for m in chosen if any(as_number(getattr(r.scores, m.field)) is not None for r in records)]
     return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
 
 
-def warnings_of(records: Sequence[Mapping], meta: Mapping, compare: str | None) -> list[str]:
+def warnings_of(records: Sequence[CellRecord], meta: Mapping, compare: str | None) -> list[str]:
     """The report's warnings: protocol fields that differ between cells, short cells, a forced paper comparison."""
     out = []
-    for r in sorted(records, key=lambda r: int(r["number"])):
-        for key in PROTOCOL_FIELDS:
-            if r.get(key) is not None and meta.get(key) is not None and r[key] != meta[key]:
-                out.append(f"trial #{r['number']}: {key} {r[key]!r} differs from the sweep's {meta[key]!r}")
-        n = as_number(r.get("n"))
-        if r["state"] == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):
-            out.append(f"trial #{r['number']}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
+    for r in sorted(records, key=lambda r: r.number):
+        for key, v in dataclasses.asdict(r.measured.protocol).items():
+            if v is not None and meta.get(key) is not None and v != meta[key]:
+                out.append(f"trial #{r.number}: {key} {v!r} differs from the sweep's {meta[key]!r}")
+        n = as_number(r.measured.n)
+        if r.state == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):
+            out.append(f"trial #{r.number}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
     if compare and (why := paper.mismatch(compare, meta.get("dataset"), meta.get("extractor"))):
         out.append(f"the paper's {compare} numbers (Inception FID) are shown beside a sweep of {why} (--force)")
     return out
@@ -187,13 +188,14 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
-def _cell_name(r: Mapping) -> str:
-    sampler, eta = paper.row_key(str(r["sampler"]), as_number(r.get("eta")))
-    return f"{r['schedule']} {row_label((sampler, eta))} S = {r['steps']} block {r['seed_block']}"
+def _cell_name(r: CellRecord) -> str:
+    c = r.cell
+    sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
+    return f"{c.schedule} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
 
 
 def write_report(
-    records: Sequence[Mapping],
+    records: Sequence[CellRecord],
     meta: Mapping,
     out_dir: str | os.PathLike,
     *,
@@ -205,7 +207,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write the report for one sweep into ``out_dir``; return {relative name: path} of every file.
 
-    ``records`` are the sweep's per-trial dicts, ``meta`` its provenance, ``root`` the folder the
+    ``records`` are the sweep's trials, ``meta`` its provenance, ``root`` the folder the
     records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from. A Pareto search
     (``meta["mode"] == "pareto"``) is shown as its front (table and figure) on the cost it minimised
     instead of an η × S grid. Raises DDIMError for empty or malformed records, an unknown metric or
@@ -260,10 +262,10 @@ def write_report(
     for key in sorted(cells, key=lambda k: (schedule_order(k[0]), row_order(k[1]), k[2])):
         for b in sorted(cells[key]):
             r = cells[key][b]
-            if r.get("grid"):
-                rel = "grids/" + _grid_name(r, Path(r["grid"]).suffix or ".png")
-                put(rel, _read_input(root, r["grid"], "sample grid"))
-                grids[int(r["number"])] = rel
+            if grid := r.measured.grid:
+                rel = "grids/" + _grid_name(r, Path(grid).suffix or ".png")
+                put(rel, _read_input(root, grid, "sample grid"))
+                grids[r.number] = rel
 
     # 4. Consistency (same x_T, different S) and interpolation figures.
     consistency = "Same x_T, different S: one row per S"
@@ -292,9 +294,9 @@ def write_report(
         if f in w.written
     ]
     failed = [
-        f"trial #{r['number']} ({_cell_name(r)}): {r.get('error') or 'failed without a message'}"
+        f"trial #{r.number} ({_cell_name(r)}): {r.error or 'failed without a message'}"
         for r in sorted(records, key=record_order)
-        if r["state"] == "FAIL" or (r["state"] == "COMPLETE" and r.get("error"))
+        if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
     ]
     sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), provenance_rows(meta)))]
     sections.append(("Pareto front" if search else "Results", "tables", tables))
@@ -303,7 +305,7 @@ def write_report(
     if figures:
         sections.append(("Figures", "images", figures))
     if grids:
-        by_number = {int(r["number"]): r for r in records}
+        by_number = {r.number: r for r in records}
         sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
     if failed:
         sections.append(("Failed cells", "list", failed))
@@ -315,16 +317,16 @@ def write_report(
 
     cell_rows = [
         {
-            "number": r["number"],
-            "state": r["state"],
-            "params": {k: r.get(k) for k in ("sampler", "eta", "steps", "schedule", "seed_block")},
-            "nfe": r.get("nfe"),
-            "metrics": shown({k: r.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")}),
-            "timing": {k: r.get(k) for k in ("wall_s", "images_per_s")},
-            "n": r.get("n"),
-            "seeds": r.get("seeds"),
-            "error": r.get("error"),
-            "grid": grids.get(int(r["number"])),
+            "number": r.number,
+            "state": r.state,
+            "params": r.cell.fields(),
+            "nfe": r.measured.nfe,
+            "metrics": r.scores.shown(),
+            "timing": {"wall_s": r.measured.wall_s, "images_per_s": r.measured.images_per_s},
+            "n": r.measured.n,
+            "seeds": r.measured.seeds,
+            "error": r.error,
+            "grid": grids.get(r.number),
         }
         for r in sorted(records, key=record_order)
     ]

@@ -14,10 +14,11 @@ and it is written only inside the artifacts folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from bench.store.record import CellRecord, Measurement
 from bench.store.storage import open_storage
 from bench.store.untrusted import PNG_SIGNATURE
 from ddim.errors import DDIMError
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 ENV = "DDIMBENCH_ARTIFACT_STORE"
 FOLDER = "optuna-artifacts"  # the default store, inside the sweep's artifacts folder
-IMAGE_KEYS = ("grid", "strip")  # the record fields naming a cell's images, relative to the artifacts folder
 MAX_BYTES = 64 << 20  # no sample grid is near this; a larger "grid" is not one
 
 
@@ -51,17 +51,13 @@ def open_store(artifacts: str | os.PathLike, create: bool = False) -> optuna.art
     return FileSystemArtifactStore(path)
 
 
-def upload_images(trial: optuna.Trial, store: Any, root: str | os.PathLike, result: Mapping[str, Any]) -> list[str]:
-    """Upload the cell's grid and strip (``result``'s relative paths under ``root``) as artifacts of ``trial``;
-    returns their artifact ids. Called right after ``bench.store.study.save_result``."""
+def upload_images(trial: optuna.Trial, store: Any, root: str | os.PathLike, measurement: Measurement) -> list[str]:
+    """Upload the cell's grid and strip (relative paths under ``root``) as artifacts of ``trial``; returns
+    their artifact ids. Called right after ``bench.store.study.save_result``."""
     from optuna.artifacts import upload_artifact
 
-    ids = []
-    for key in IMAGE_KEYS:
-        if result.get(key):
-            path = Path(root) / result[key]
-            ids.append(upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial))
-    return ids
+    paths = [Path(root) / rel for rel in measurement.images]
+    return [upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial) for p in paths]
 
 
 def _inside(root: Path, rel: Any) -> Path | None:
@@ -87,7 +83,7 @@ def _read_png(store: Any, artifact_id: str) -> bytes | None:
 
 
 def fetch_missing(
-    name: str, storage: str | None, records: Iterable[dict], root: str | os.PathLike, store: Any | None = None
+    name: str, storage: str | None, records: Iterable[CellRecord], root: str | os.PathLike, store: Any | None = None
 ) -> int:
     """Download from the artifact store each record's grid/strip that is not under ``root``; returns how many
     were written. Images the store does not hold (or holds as something other than a PNG) stay missing."""
@@ -96,10 +92,10 @@ def fetch_missing(
     root = Path(root)
     wanted: dict[int, list[tuple[str, Path]]] = {}
     for r in records:
-        for key in IMAGE_KEYS:
-            dest = _inside(root, r.get(key))
-            if dest is not None and not dest.is_file() and isinstance(r.get("number"), int):
-                wanted.setdefault(r["number"], []).append((dest.name, dest))
+        for rel in r.measured.images:
+            dest = _inside(root, rel)
+            if dest is not None and not dest.is_file():
+                wanted.setdefault(r.number, []).append((dest.name, dest))
     if not wanted:
         return 0
     if store is None:

@@ -42,8 +42,9 @@ class Cell:
         )
 
     def fields(self) -> dict[str, Any]:
-        """The record fields of the cell."""
-        return {k: getattr(self, k) for k in ("sampler", "steps", "eta", "schedule", "seed_block")}
+        """The cell's fields by name, in the order of the report's columns (``bench.store.record.columns``)."""
+        return {"schedule": self.schedule, "sampler": self.sampler, "eta": self.eta, "steps": self.steps,
+                "seed_block": self.seed_block}  # fmt: skip
 
     @property
     def slug(self) -> str:

@@ -12,23 +12,29 @@
 - trial user attributes: ``cell`` (the cell's canonical key, also the claim that makes a cell run
   once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, each metric as its own
   attribute (``METRIC_ATTRS``: fid, isc_mean, isc_std, kid_mean, kid_std, nfe, wall_s,
-  images_per_s), the rest of the record (grid paths, seeds, protocol hashes, device) as ``result``;
-  a failed cell has ``error``. Stores of the previous release (one categorical ``cell-<hash>``
-  param, every metric inside ``result``) are read the same way.
+  images_per_s), the rest of the ``bench.store.record.Measurement`` (grid paths, seeds, protocol hashes,
+  device, versions) as ``result``; a failed cell has ``error``. Stores of the previous release (one
+  categorical ``cell-<hash>`` param, every metric inside ``result``) are read the same way.
 
-``load_results`` turns trials into the report's records: PRUNED trials (a duplicate that yielded),
-WAITING ones and ones stopped before the cell's fields were recorded are skipped; a failure superseded
-by a later complete run of the same cell is dropped and counted in ``meta["superseded_trials"]``.
+``load_results`` turns trials into the report's records (``bench.store.record.CellRecord``, each attribute
+read by the dataclasses' field names and types; a trial with an ill-typed one is left out, with a one-line
+warning): PRUNED trials
+(a duplicate that yielded), WAITING ones and ones stopped before the cell's fields were recorded are
+skipped; a failure superseded by a later complete run of the same cell is dropped and counted in
+``meta["superseded_trials"]``.
 ``meta["seeds"]`` is the union of the reported cells' seeds, and ``meta["runs"]``/``meta["last_run"]``
 name the runs after the first.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import numbers
 import re
 import sys
 import time
+import typing
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -37,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff
+from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
@@ -44,19 +51,6 @@ from ddim.errors import DDIMError
 if TYPE_CHECKING:
     import optuna
 
-RECORD_FIELDS = (
-    "sampler", "steps", "eta", "schedule", "seed_block", "nfe", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std",
-    "wall_s", "images_per_s", "n", "seeds", "grid", "strip", "error", "checkpoint_sha256", "extractor",
-    "extractor_sha256", "ref_key", "ref_sha256", "device",
-)  # fmt: skip
-# KID has one scale wherever it leaves the store: ×10³ (tables, results.csv, manifest.json, the terminal and
-# W&B), named so in every header and key; the store keeps torch-fidelity's raw value (``kid_mean``).
-KID_SCALE = 1000.0
-KID_SHOWN = {"kid_mean": "kid_mean_x1e3", "kid_std": "kid_std_x1e3"}  # record field -> shown field
-# The W&B tables' columns (``table_rows``): KID ×10³, as everywhere it is shown.
-TABLE_COLUMNS = ("number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "fid", "isc_mean",
-                 "kid_mean_x1e3", "wall_s", "images_per_s", "error")  # fmt: skip
-PROTOCOL_META = ("checkpoint_sha256", "extractor_sha256", "ref_key", "ref_sha256")
 _CELL_FIELDS = ("sampler", "steps", "schedule", "seed_block")  # set with "eta" right after the claim ("cell")
 _RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
 _RUN_FIELDS = ("command", "device", "git_commit", "created")
@@ -128,7 +122,7 @@ def create_study(
     return study
 
 
-def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
     ua = trial.user_attrs
     if not isinstance(ua.get("cell"), str) or not ua["cell"] or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
         return None
@@ -136,36 +130,69 @@ def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
     if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
         return None
-    rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     result = ua.get("result")
-    values = {**ua, **(result if isinstance(result, dict) else {})}  # the measurements: one "result" attribute
-    rec.update({k: values.get(k) for k in RECORD_FIELDS})
-    if trial.state.name == "FAIL" and not rec["error"]:
-        rec["error"] = KILLED
-    return rec
+    result = result if isinstance(result, dict) else {}  # the rest of the measurement: one "result" attribute
+    values = redact({**ua, **result})
+    measured = bool(result) or any(ua.get(k) is not None for k in METRIC_ATTRS)
+    error = _value("error", values.get("error"), str)
+    if trial.state.name == "FAIL" and not error:
+        error = KILLED
+    return CellRecord(
+        number=trial.number,
+        state=trial.state.name,
+        cell=_typed(Cell, values),
+        measurement=_typed(Measurement, values) if measured else None,
+        error=error,
+    )
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("sampler", "schedule"), (str,)),
-    **dict.fromkeys(("steps", "seed_block", "nfe", "n"), (int,)),
-    **dict.fromkeys(("eta", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "wall_s", "images_per_s"),
-                    (int, float)),
-}  # fmt: skip
-_TEXT = ("seeds", "grid", "strip", "error", "checkpoint_sha256", "extractor", "extractor_sha256", "ref_key",
-         "ref_sha256", "device")  # fmt: skip
+class _Malformed(Exception):
+    """A stored attribute of the wrong type: a store edited by hand or by another program."""
 
 
-def _malformed(rec: Mapping[str, Any]) -> str | None:
-    """The first field of a record whose stored value has the wrong type (a store edited by hand or by another
-    program), or None. Numbers may be missing (None)."""
-    for key, kinds in _TYPES.items():
-        v = rec.get(key)
-        if v is not None and key in rec and (isinstance(v, bool) or not isinstance(v, kinds)):
-            return key
-    return next((k for k in _TEXT if rec.get(k) is not None and not isinstance(rec[k], str)), None)
+@functools.cache
+def _kinds(cls: type) -> dict[str, Any]:
+    """{field: the type it holds (a dataclass, int, float, str, bool or Mapping)} of a record dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        out[f.name] = kind if dataclasses.is_dataclass(kind) else typing.get_origin(kind) or kind
+    return out
 
 
-def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple[list[dict[str, Any]], int]:
+def _typed(cls: type, values: Mapping[str, Any]) -> Any:
+    """A record dataclass from a trial's attributes by field name (nested dataclasses from the same attributes)."""
+    kwargs = {}
+    for name, kind in _kinds(cls).items():
+        kwargs[name] = _typed(kind, values) if dataclasses.is_dataclass(kind) else _value(name, values.get(name), kind)
+    return cls(**kwargs)
+
+
+def _value(name: str, v: Any, kind: type) -> Any:
+    """A stored attribute as ``kind`` (None stays None; a whole float is an int), else ``_Malformed``."""
+    if v is None:
+        return None
+    real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+    if kind is float and real:
+        return float(v)
+    if kind is int and real and float(v).is_integer():
+        return int(v)
+    if (kind in (str, bool) and isinstance(v, kind)) or (kind is Mapping and isinstance(v, Mapping)):
+        return v
+    raise _Malformed(name)
+
+
+def _flat(obj: Any) -> dict[str, Any]:
+    """A record dataclass as its stored attributes: every leaf field by name (nested dataclasses inlined)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out.update(_flat(v) if dataclasses.is_dataclass(v) else {f.name: v})
+    return out
+
+
+def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple[list[CellRecord], int]:
     """(records, number of superseded failures) of a study, ordered by trial number. A trial whose stored fields
     have the wrong types is left out; its number is appended to ``malformed``."""
     trials = study.get_trials(deepcopy=False)
@@ -176,23 +203,26 @@ def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple
         cell = cells.get(t.number)
         if cell and t.state.name in ("FAIL", "RUNNING") and cell in complete:
             superseded += 1  # a try of a cell measured since (also one stopped before its fields were recorded)
-        elif (r := _record(t)) is not None:
-            if _malformed(r) is None:
+        else:
+            try:
+                r = _record(t)
+            except _Malformed:
+                if malformed is not None:
+                    malformed.append(t.number)
+                continue
+            if r is not None:
                 kept.append(r)
-            elif malformed is not None:
-                malformed.append(t.number)
     if len(study.directions) == 2:
         front = {t.number for t in study.best_trials}
-        for r in kept:
-            r["pareto"] = r["number"] in front
+        kept = [dataclasses.replace(r, pareto=r.number in front) for r in kept]
     return kept, superseded
 
 
-def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dict, dict]:
+def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord], dict, dict]:
     """(records, meta, extras) of a sweep, straight from the store (no recomputation).
 
-    Every string is passed through ``redact``: a study written before credentials were masked (or by
-    another tool) cannot put a password into a report or a W&B run.
+    Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
+    before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
     malformed: list[int] = []
@@ -201,17 +231,17 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[dict], dic
         listed = ", ".join(f"#{n}" for n in malformed[:5]) + (", …" if len(malformed) > 5 else "")
         print(f"warning: {len(malformed)} trial(s) of {name!r} hold fields of the wrong type (edited store?) and "
               f"are left out: {listed}", file=sys.stderr)  # fmt: skip
-    records = redact(records)
     meta = study.user_attrs.get("meta")
     meta = redact(dict(meta)) if isinstance(meta, dict) else {}
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
         meta["objective"] = (study.user_attrs.get("protocol", {}).get("space") or {}).get("objective")
     # Protocol hashes known only after the first measured cell: take them from the cells.
-    for key in PROTOCOL_META:
-        if meta.get(key) is None:
-            meta[key] = next((r[key] for r in records if r["state"] == "COMPLETE" and r.get(key)), None)
+    for f in dataclasses.fields(Protocol):
+        if meta.get(f.name) is None:
+            known = (getattr(r.measured.protocol, f.name) for r in records if r.state == "COMPLETE")
+            meta[f.name] = next((v for v in known if v), None)
     # The seeds behind the reported cells (the first run's meta names only that run's seed blocks).
-    seeds = _seeds_text(r.get("seeds") for r in records)
+    seeds = _seeds_text(r.measured.seeds for r in records)
     if seeds:
         meta["seeds"] = seeds
     runs = [redact(v) for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
@@ -235,25 +265,9 @@ def _seeds_text(ranges: Any) -> str | None:
     return ", ".join(sorted({str(x) for x in ranges if x}, key=order)) or None
 
 
-def shown(values: Mapping) -> dict:
-    """``values`` (a record or a metrics result) as every output shows it: KID ×10³ under its shown name."""
-    out = {}
-    for k, v in values.items():
-        if k in KID_SHOWN:
-            real = isinstance(v, numbers.Real) and not isinstance(v, bool)
-            out[KID_SHOWN[k]] = float(v) * KID_SCALE if real else None
-        else:
-            out[k] = v
-    return out
-
-
-def table_rows(records: list[dict]) -> list[list]:
-    """Rows of ``TABLE_COLUMNS`` for a W&B table (KID ×10³, ``shown``)."""
-    return [[row.get(c) for c in TABLE_COLUMNS] for row in map(shown, records)]
-
-
 # ----------------------------------------------------------------------------- writing a cell's trial
-METRIC_ATTRS = ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "nfe", "wall_s", "images_per_s")
+# Each its own trial attribute (optuna-dashboard shows them); the rest of a measurement is the ``result`` attribute.
+METRIC_ATTRS = (*(f.name for f in dataclasses.fields(Scores)), "nfe", "wall_s", "images_per_s")
 
 
 def _param_choices() -> dict[str, list[str]]:
@@ -318,12 +332,13 @@ def claim(trial: optuna.Trial, cell: Cell, attrs: Mapping[str, Any]) -> int | No
     return None
 
 
-def save_result(trial: optuna.Trial, result: Mapping[str, Any]) -> None:
-    """A measured cell: each metric its own attribute, the rest of the record as ``result``."""
+def save_result(trial: optuna.Trial, measurement: Measurement) -> None:
+    """A measured cell: each metric its own attribute, the rest of the measurement as ``result``."""
+    flat = _flat(measurement)
     for k in METRIC_ATTRS:
-        if result.get(k) is not None:
-            trial.set_user_attr(k, result[k])
-    trial.set_user_attr("result", {k: v for k, v in result.items() if k not in METRIC_ATTRS})
+        if flat[k] is not None:
+            trial.set_user_attr(k, flat[k])
+    trial.set_user_attr("result", {k: v for k, v in flat.items() if k not in METRIC_ATTRS})
 
 
 def save_error(trial: optuna.Trial, message: str, interrupted: bool = False) -> None:

@@ -1,7 +1,7 @@
 """One sweep cell's work: sample it, measure it, save its images; and the sweep's extras.
 
 ``Evaluator`` holds one worker's model (the checkpoint is loaded once per process) and turns a
-``Cell`` into the trial's record fields (``bench.sweep.runner`` stores them):
+``Cell`` into a ``bench.store.record.Measurement`` (``bench.sweep.runner`` stores it):
 - common random numbers: sample i of seed block b starts from the seed ``seed_base + b·n + i``
   (``SeededNoise``: one generator per sample, so a sample depends neither on the batch size nor on
   the worker);
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.store.cell import Cell
+from bench.store.record import Measurement, Protocol, Scores
 from bench.store.untrusted import artifact_file
 from bench.sweep.provenance import library_versions
 from bench.sweep.spec import SweepSpec
@@ -65,8 +66,8 @@ class Evaluator:
             out[lo:hi] = to_uint8(x).cpu()  # .cpu() also waits for the GPU
         return out, time.perf_counter() - start
 
-    def evaluate(self, cell: Cell, display: Display) -> dict[str, Any]:
-        """Sample a cell, save its grid and strip, measure it: the trial's record fields."""
+    def evaluate(self, cell: Cell, display: Display) -> Measurement:
+        """Sample a cell, save its grid and strip, measure it."""
         from bench.metrics.fidelity import compute_metrics
 
         spec = self.spec
@@ -82,14 +83,17 @@ class Evaluator:
                             device=str(self.device), cache_dir=spec.cache_dir,
                             inception_weights=spec.inception_weights)  # fmt: skip
         first, last = spec.seed_range(cell.seed_block)
-        return {
-            "nfe": sampling.nfe(cell.steps, self.T, cell.sampler),
-            **{k: m.get(k) for k in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std")},
-            "wall_s": wall, "images_per_s": spec.n / max(wall, 1e-9), "n": spec.n, "seeds": f"{first}-{last}",
-            "grid": grid, "strip": strip, "checkpoint_sha256": self.sha256, "extractor": m["extractor"],
-            "extractor_sha256": m["extractor_sha256"], "ref_key": m["ref_key"], "ref_sha256": m["ref_sha256"],
-            "device": self.device_name, "versions": self.versions,
-        }  # fmt: skip
+        protocol = Protocol(
+            checkpoint_sha256=self.sha256,
+            device=self.device_name,
+            extractor=m["extractor"],
+            extractor_sha256=m["extractor_sha256"],
+            ref_key=m["ref_key"],
+            ref_sha256=m["ref_sha256"],
+        )
+        return Measurement(nfe=sampling.nfe(cell.steps, self.T, cell.sampler), n=spec.n, seeds=f"{first}-{last}",
+                           scores=Scores.split(m)[0], wall_s=wall, images_per_s=spec.n / max(wall, 1e-9), grid=grid,
+                           strip=strip, protocol=protocol, versions=self.versions)  # fmt: skip
 
     @staticmethod
     def warm_metrics(spec: SweepSpec) -> None:

@@ -48,6 +48,7 @@ from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
+from bench.store.record import CellRecord, Measurement
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
     claim,
@@ -58,7 +59,6 @@ from bench.store.study import (
     records_of,
     save_error,
     save_result,
-    shown,
 )
 from bench.store.untrusted import safe_url
 from bench.sweep.evaluate import Evaluator, device_name
@@ -80,7 +80,7 @@ class SweepSummary:
     storage: str
     complete: int
     failed: int
-    records: list[dict] = field(default_factory=list)
+    records: list[CellRecord] = field(default_factory=list)
     total: int = 0  # cells of the grid, or trials asked for in search mode
     artifacts: str = ""
 
@@ -148,27 +148,26 @@ class _Worker:
             raise optuna.TrialPruned(f"cell held by trial #{holder}")
         # 2. Sample and measure; an error is stored with the trial (FAIL) and shown in one line.
         try:
-            result = self.ev.evaluate(cell, self.display)
+            got = self.ev.evaluate(cell, self.display)
         except Exception as exc:
             msg = one_line(exc, 300)
             self.disk_full = msg if disk_full(exc) else ""  # not the cell's fault: stop; a rerun retries it
             save_error(trial, msg, interrupted=bool(self.disk_full))
             self.display.warn(f"cell {cell.label} failed: {msg}")
-            track_cell(self.wandb, self.spec, cell, {"error": msg}, self.display)
+            track_cell(self.wandb, self.spec, cell, None, self.display, error=msg)
             raise
-        save_result(trial, result)
+        save_result(trial, got)
         try:
-            upload_images(trial, self.images, self.spec.artifacts, result)
+            upload_images(trial, self.images, self.spec.artifacts, got)
         except Exception as exc:  # the cell is measured and its grid is on this disk: a warning, not a failure
             self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({one_line(exc, 300)})")
-        track_cell(self.wandb, self.spec, cell, result, self.display)
-        self.display.done(_summary_line(cell, result))
-        fid = result.get("fid")
+        track_cell(self.wandb, self.spec, cell, got, self.display)
+        self.display.done(_summary_line(cell, got))
+        s = got.scores
         if self.grid:
-            value = next((v for v in (fid, result.get("kid_mean")) if v is not None), -(result.get("isc_mean") or 0))
-            return _finite(value)
-        cost = result["nfe"] if self.spec.objective == "nfe" else result["wall_s"] / self.spec.n
-        return _finite(fid), float(cost)
+            return _finite(next((v for v in (s.fid, s.kid_mean) if v is not None), -(s.isc_mean or 0)))
+        cost = got.nfe if self.spec.objective == "nfe" else got.wall_s / self.spec.n
+        return _finite(s.fid), float(cost)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _wait(self) -> None:
@@ -223,14 +222,14 @@ def _finite(v: Any) -> float:
     return float("inf") if v != v else v  # Optuna refuses NaN; an unmeasurable cell ranks last
 
 
-def _summary_line(cell: Cell, r: dict) -> str:
+def _summary_line(cell: Cell, m: Measurement) -> str:
     names = {"fid": "FID", "isc_mean": "IS", "kid_mean_x1e3": "KID ×10³"}  # KID ×10³ as in every output
-    r = shown(r)
-    scores = ", ".join(f"{name} {r[k]:.4g}" for k, name in names.items() if r.get(k) is not None)
-    return f"{cell.label}: {scores}; {r['wall_s']:.1f} s sampling, {r['images_per_s']:.1f} img/s, NFE {r['nfe']}"
+    shown = m.scores.shown()
+    scores = ", ".join(f"{name} {shown[k]:.4g}" for k, name in names.items() if shown[k] is not None)
+    return f"{cell.label}: {scores}; {m.wall_s:.1f} s sampling, {m.images_per_s:.1f} img/s, NFE {m.nfe}"
 
 
-def _summary_figure(spec: SweepSpec, records: list[dict]) -> Path | None:
+def _summary_figure(spec: SweepSpec, records: list[CellRecord]) -> Path | None:
     """FID vs steps for the W&B summary run, saved beside the sweep's artifacts (None without FID)."""
     from ddim.files import atomic_write
 
@@ -384,11 +383,8 @@ def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progr
 
     # Cells, not trials (a cell that failed in several runs is one failed cell), and in a grid only this
     # run's cells (the study may hold cells of earlier grids under the same name).
-    def cell_of(r: dict) -> str:
-        return Cell(r["sampler"], r["schedule"], int(r["steps"]), r.get("eta"), int(r["seed_block"])).key
-
     mine = {c.key for c in spec.cells()} if spec.search is None else None
-    ours = [r for r in records if mine is None or cell_of(r) in mine]
-    complete = len({cell_of(r) for r in ours if r["state"] == "COMPLETE"})
-    failed = len({cell_of(r) for r in ours if r["state"] == "FAIL"})
+    ours = [r for r in records if mine is None or r.cell.key in mine]
+    complete = len({r.cell.key for r in ours if r.state == "COMPLETE"})
+    failed = len({r.cell.key for r in ours if r.state == "FAIL"})
     return SweepSummary(spec.name, safe_url(url), complete, failed, records, total, spec.artifacts)

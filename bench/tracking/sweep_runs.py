@@ -5,10 +5,11 @@ Every run goes through ``tracked``: a failure there is one warning and never sto
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from bench.store.study import PROTOCOL_META, TABLE_COLUMNS, shown, table_rows
+from bench.store.record import NOT_MEASURED, CellRecord, Measurement, table
 from bench.tracking.wandb_run import make_tracker
 
 
@@ -23,30 +24,32 @@ def tracked(mode: str | None, warn: Any, what: str, body: Any, **run: Any) -> No
         warn(f"W&B: logging {what} failed ({type(exc).__name__}: {exc}); the sweep goes on")
 
 
-def track_cell(mode: str | None, spec: Any, cell: Any, result: dict, display: Any) -> None:
-    """One run per cell in the sweep's group: config = cell + protocol, summary = metrics, the grid."""
-    root = Path(spec.artifacts)
-    config = {**cell.fields(), "n": spec.n, "seeds": result.get("seeds"), "dataset": spec.dataset,
-              "T": spec.T, "checkpoint": spec.checkpoint, "nfe": result.get("nfe")}  # fmt: skip
-    config.update({k: result.get(k) for k in PROTOCOL_META + ("extractor", "device")})
-    numbers = {k: v for k, v in shown(result).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def track_cell(mode: str | None, spec: Any, cell: Any, measurement: Measurement | None, display: Any,
+               error: str | None = None) -> None:  # fmt: skip
+    """One run per cell in the sweep's group: config = cell + protocol, summary = the measured values (KID ×10³)
+    and the ``error`` of a failed cell, the grid."""
+    root, m = Path(spec.artifacts), measurement or NOT_MEASURED
+    config = {**cell.fields(), "n": spec.n, "seeds": m.seeds, "dataset": spec.dataset, "T": spec.T,
+              "checkpoint": spec.checkpoint, "nfe": m.nfe, **dataclasses.asdict(m.protocol)}  # fmt: skip
+    numbers = {k: v for k, v in m.summary().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     def body(tr: Any) -> None:
         tr.log(numbers)
-        tr.summary({**numbers, **({"error": result["error"]} if result.get("error") else {})})
-        if result.get("grid"):
-            tr.log_image("samples", root / result["grid"], caption=cell.label)
+        tr.summary({**numbers, **({"error": error} if error else {})})
+        if m.grid:
+            tr.log_image("samples", root / m.grid, caption=cell.label)
 
     tracked(mode, display.warn, f"cell {cell.label}", body, name=f"{spec.name}-{cell.slug}", group=spec.name,
              job_type="sweep-cell", config=config, dir=root)  # fmt: skip
 
 
-def track_summary(mode: str | None, spec: Any, records: list[dict], display: Any, figure: Path | None) -> None:
-    """The sweep's summary run: every cell as a ``wandb.Table`` and the FID-vs-steps figure (a PNG file)."""
+def track_summary(mode: str | None, spec: Any, records: list[CellRecord], display: Any, figure: Path | None) -> None:
+    """The sweep's summary run: every cell as a ``wandb.Table`` (the columns of results.csv) and the
+    FID-vs-steps figure (a PNG file)."""
 
     def body(tr: Any) -> None:
-        tr.log_table("cells", list(TABLE_COLUMNS), table_rows(records))
-        tr.summary({s.lower(): sum(r["state"] == s for r in records) for s in ("COMPLETE", "FAIL")})
+        tr.log_table("cells", *table(records))
+        tr.summary({s.lower(): sum(r.state == s for r in records) for s in ("COMPLETE", "FAIL")})
         if figure is not None:
             tr.log_image("fid_vs_steps", figure)
 
