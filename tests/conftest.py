@@ -84,3 +84,19 @@ def feature_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", spy)
     return calls
+
+
+# --- the W&B tests' (test_tracking.py, test_tracking_env.py) ---
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    """No key anywhere W&B looks: env, ~/.netrc, settings files (global and workspace)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home

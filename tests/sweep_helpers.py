@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from bench.store.cell import Cell
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
+from bench.store.storage import open_storage
 from bench.sweep.resolve import resolve_spec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):
@@ -38,3 +48,49 @@ def as_record(flat: Mapping[str, Any]) -> CellRecord:
 
 def as_records(flat: Sequence[Mapping[str, Any]]) -> list[CellRecord]:
     return [as_record(r) for r in flat]
+
+
+def complete_cells(storage: str, name: str) -> list[str]:
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    return [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+RUNNER = """
+import sys, torch
+torch.set_num_threads(1)
+from bench.sweep.resolve import resolve_spec
+from bench.sweep.runner import run_sweep
+spec = resolve_spec(sys.argv[3:])
+run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled", progress=False, heartbeat=1)
+"""
+
+
+def kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = signal.SIGKILL, deadline_s=120) -> int:
+    """Send ``sig`` to the worker of a RUNNING trial while it is frozen mid-cell; return the trial's number.
+
+    The worker is stopped (SIGSTOP) before its trial is read again, so the cell cannot finish between
+    the check and the signal.
+    """
+    rdb, end = open_storage(storage), time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "sweep ended before a kill"
+        try:
+            study = optuna.load_study(study_name=name, storage=rdb)
+        except KeyError:  # the study is not created yet
+            time.sleep(0.02)
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get("pid")
+            if pid is None or "sampler" not in t.user_attrs:  # not yet measuring: the claim is still being written
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            now = study.get_trials(deepcopy=False)[t.number]
+            # Still measuring: no result stored yet. (Stopped inside the final commits, the cell would finish
+            # after SIGCONT, before the signal's handler runs: the kill would miss.)
+            if now.state == TrialState.RUNNING and "result" not in now.user_attrs:
+                os.kill(pid, sig)
+                os.kill(pid, signal.SIGCONT)
+                return t.number
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("no running cell to kill")

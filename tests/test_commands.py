@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data import make_mnist
+from data_helpers import make_mnist
 from tiny import TINY, tiny_config
 
 import bench.sweep.resolve

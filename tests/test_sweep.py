@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from sweep_helpers import spec_of, url
+from sweep_helpers import ROOT, RUNNER, complete_cells, kill_mid_cell, spec_of, url
 
 from bench.console import Display
 from bench.report.build import make_report
@@ -33,13 +32,7 @@ from bench.sweep.runner import run_sweep
 from ddim import sampling
 from ddim.errors import DDIMError
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]
-
-
-def complete_cells(storage: str, name: str) -> list[str]:
-    study = optuna.load_study(study_name=name, storage=open_storage(storage))
-    return [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
 
 
 # ------------------------------------------------------------------------------------- resolve_spec
@@ -110,47 +103,6 @@ def test_two_workers_every_cell_exactly_once(ckpt, cache, work):
     assert again.complete == 4 and len(optuna.load_study(study_name="g", storage=url(work)).trials) == before
 
 
-_RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from bench.sweep.resolve import resolve_spec
-from bench.sweep.runner import run_sweep
-spec = resolve_spec(sys.argv[3:])
-run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled", progress=False, heartbeat=1)
-"""
-
-
-def _kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = signal.SIGKILL, deadline_s=120) -> int:
-    """Send ``sig`` to the worker of a RUNNING trial while it is frozen mid-cell; return the trial's number.
-
-    The worker is stopped (SIGSTOP) before its trial is read again, so the cell cannot finish between
-    the check and the signal.
-    """
-    rdb, end = open_storage(storage), time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "sweep ended before a kill"
-        try:
-            study = optuna.load_study(study_name=name, storage=rdb)
-        except KeyError:  # the study is not created yet
-            time.sleep(0.02)
-            continue
-        for t in study.get_trials(states=(TrialState.RUNNING,)):
-            pid = t.user_attrs.get("pid")
-            if pid is None or "sampler" not in t.user_attrs:  # not yet measuring: the claim is still being written
-                continue
-            os.kill(pid, signal.SIGSTOP)
-            now = study.get_trials(deepcopy=False)[t.number]
-            # Still measuring: no result stored yet. (Stopped inside the final commits, the cell would finish
-            # after SIGCONT, before the signal's handler runs: the kill would miss.)
-            if now.state == TrialState.RUNNING and "result" not in now.user_attrs:
-                os.kill(pid, sig)
-                os.kill(pid, signal.SIGCONT)
-                return t.number
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(0.02)
-    raise AssertionError("no running cell to kill")
-
-
 @pytest.mark.timeout(240)  # a rerun that never ends fails here, not at the suite's 600 s
 @pytest.mark.parametrize(
     "workers, sig", [(1, signal.SIGKILL), (2, signal.SIGKILL), (1, signal.SIGTERM), (2, signal.SIGTERM)]
@@ -160,9 +112,9 @@ def test_killed_worker_cell_is_retried(ckpt, cache, work, workers, sig):
     tokens = [f"checkpoint={ckpt}", f"cache_dir={cache}", "name=k", "steps=8,9", "eta=0,1", "n=24", "batch=12",
               "interpolation=false"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, url(work), str(workers), *tokens], cwd=work, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, url(work), str(workers), *tokens], cwd=work, env=env,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    killed = _kill_mid_cell(url(work), "k", proc, sig)
+    killed = kill_mid_cell(url(work), "k", proc, sig)
     proc.wait(timeout=180)  # one worker: the whole sweep died; two: the survivor retries the cell
     spec = resolve_spec(tokens)
     if workers == 2:  # within the same command, whether the worker was killed or interrupted

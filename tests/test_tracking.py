@@ -13,39 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.tracking import offline_log as tracking_log
 from bench.tracking import reach
 from bench.tracking import wandb_run as tracking
 from ddim.errors import DDIMError
-
-
-class Warnings(list):
-    """A ``warn`` callback that records its lines."""
-
-    def __call__(self, message: str) -> None:
-        assert "\n" not in message
-        self.append(message)
-
-
-@pytest.fixture(autouse=True)
-def fresh_fallback_state(monkeypatch):
-    """Each test starts as a new process would: no remembered online failure, no warning shown."""
-    monkeypatch.setattr(reach, "online_failures", {})
-    monkeypatch.setattr(tracking, "_fallback_warnings", set())
-
-
-@pytest.fixture
-def no_credentials(tmp_path, monkeypatch):
-    """No key anywhere W&B looks: env, ~/.netrc, settings files (global and workspace)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return home
 
 
 def _run(tmp_path: Path, **kwargs) -> tracking.Tracker:
