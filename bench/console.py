@@ -10,9 +10,12 @@ the sweep's ``Display`` one line per finished cell and the count of cells done.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -212,3 +215,22 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, EOFError):  # a truncated file read by a library; click would report it as an interrupt
         return f"a file ended early while reading ({exc or 'EOFError'}); a cache or input file is truncated"
     return str(exc)
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that stops the work as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (pre-emption, ``kill``) acts like Ctrl-C inside the block: long commands stop the same way."""
+    try:
+        old = signal.signal(signal.SIGTERM, raise_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -11,13 +11,12 @@ after the socket is closed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from bench.console import sigterm_interrupts
 from bench.store.artifacts import open_store, store_path
 from bench.store.storage import open_storage
 from bench.store.study import load_study
@@ -73,24 +72,6 @@ def _bind(host: str, port: int | None, app: Callable) -> WSGIServer:
     raise AssertionError("unreachable")
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM stops the server like Ctrl-C (the socket is closed, the command says so)."""
-    try:
-        old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def serve(
     name: str,
     storage: str | None = None,
@@ -111,7 +92,7 @@ def serve(
         url = f"http://{shown}:{server.server_port}/dashboard/studies/{study_id}"
         say(f"optuna-dashboard for sweep {name!r}: {url}")
         say(f"table of cells (S, η, FID, metrics): {url}/smartSelection; sample grids: {url}/trials; Ctrl-C stops")
-        with _sigterm_stops():
+        with sigterm_interrupts():  # SIGTERM stops the server like Ctrl-C
             server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()

@@ -35,14 +35,13 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.console import Display
+from bench.console import Display, raise_interrupt, sigterm_interrupts
 from bench.report.write import fid_vs_steps_png
 from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
@@ -239,29 +238,11 @@ def _summary_figure(spec: SweepSpec, records: list[CellRecord]) -> Path | None:
     return atomic_write(Path(spec.artifacts) / "fid_vs_steps.png", lambda f: f.write(png))
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (pre-emption) acts like Ctrl-C: the running cell is marked failed, not left running."""
-    try:
-        old = signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, threads: int,
                  sha: str, index: int, progress: bool) -> None:  # fmt: skip
     """Entry point of a spawned worker process: load the checkpoint once, then work the store."""
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         display = Display(progress, live=False)
         _Worker(spec, url, heartbeat, token, Evaluator(spec, sha), display, wandb, seed=index).run()
@@ -364,7 +345,7 @@ def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progr
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
     display = Display(progress, total, f"sweep {spec.name}")
-    with _sigterm_interrupts():
+    with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
             ev = None
             if workers == 1:
