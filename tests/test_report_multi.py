@@ -163,3 +163,13 @@ def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o").exists()
     code, _, err = run(["report", "g", "--compare-paper", "cifar10", "--compare-paper", "celeba"], capsys)
     assert code == 2 and "one sweep, 2 --compare-paper datasets" in err and len(err.strip().splitlines()) == 1
+
+
+def test_combined_report_keeps_its_wandb_run_out_of_the_report_folder(stores: Path, capsys, monkeypatch) -> None:
+    """The offline W&B run of a combined report lands beside the sweeps' artifacts, not in --out."""
+    monkeypatch.chdir(stores)
+    url, out = f"sqlite:///{stores / 'sweeps.db'}", stores / "t-wandb"
+    code, _, err = run(["report", "dg", "cf", "--storage", url, "--out", out, "--wandb", "offline"], capsys)
+    assert code == 0, err
+    assert (out / "table.md").is_file() and not (out / "wandb").exists()
+    assert list((stores / "ddimbench-sweeps" / "reports" / "wandb").glob("offline-run-*"))

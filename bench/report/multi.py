@@ -209,6 +209,8 @@ def make_combined_report(
         columns, rows = table([r for _, r in every])
         tracker.log_table("results", ["sweep", *columns], [[name, *row] for (name, _), row in zip(every, rows)])
 
+    # The offline run goes beside the sweeps' artifacts, not into the report folder (which holds only the report).
+    runs = Path("ddimbench-sweeps") / "reports"
     tracked(wandb, warn, "the report", body, name=f"{'+'.join(dict.fromkeys(names))}-report", group="reports",
-            job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=folder)  # fmt: skip
+            job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=runs)  # fmt: skip
     return folder
