@@ -100,3 +100,22 @@ def no_credentials(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return home
+
+
+# --- the report tests' synthetic report (test_report.py, test_report_files.py) ---
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A report written once per module from report_helpers' synthetic sweep."""
+    from report_helpers import make_extras, make_records
+    from sweep_helpers import as_records
+
+    from bench.report.write import write_report
+
+    root = tmp_path_factory.mktemp("sweep")
+    records, meta = make_records(root)
+    extras = make_extras(root)
+    out = tmp_path_factory.mktemp("reports") / "synthetic"
+    written = write_report(as_records(records), meta, out, root=root, extras=extras)
+    return records, meta, root, extras, out, written

@@ -18,131 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_helpers import (
+    METRIC_FIELDS,
+    SCHEDULES,
+    STEPS,
+    make_records,
+)
 from sweep_helpers import as_records
 
 from bench.report import paper
 from bench.report.tables import tex_escape
 from bench.report.write import write_report
 from ddim.errors import DDIMError
-
-SCHEDULES = ("quad", "uniform")
-ETAS = (0.0, 0.5, 1.0)
-STEPS = (10, 20, 50)
-FAILED = ("quad", "ddim", 0.5, 20)  # (schedule, sampler, eta, S) of the FAILED cell
-RUNNING = ("quad", "ddim", 1.0, 50)
-ODD_NFE = ("quad", "sigma_hat", None, 10)  # nfe != steps
-METRIC_FIELDS = {"fid": ("fid", 1.0, min), "isc": ("isc_mean", 1.0, max), "kid": ("kid_mean", 1000.0, min)}
-DETERMINISTIC = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "manifest.json", "README.md")
-
-
-def _png(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-def make_records(root: Path) -> tuple[list[dict], dict]:
-    """ddim η ∈ {0, 0.5, 1} × S ∈ {10, 20, 50} on two schedules, σ̂ and dpmpp_2m rows, two seed blocks
-    for η = 0, one FAILED and one RUNNING cell, one cell with nfe != steps, one tied column."""
-    rng = np.random.default_rng(0)
-    records: list[dict] = []
-
-    def add(schedule, sampler, eta, steps, block, **kw):
-        n = len(records)
-        key = (schedule, sampler, eta, steps)
-        state = "FAIL" if key == FAILED else "RUNNING" if key == RUNNING else "COMPLETE"
-        done = state == "COMPLETE"
-        fid = float(40.0 / steps * (1 + (eta or 0.0) * 2) + rng.random()) if done else None
-        rec = {
-            "number": n,
-            "state": state,
-            "sampler": sampler,
-            "steps": steps,
-            "eta": eta,
-            "schedule": schedule,
-            "seed_block": block,
-            "nfe": steps + 2 if key == ODD_NFE else steps,
-            "fid": fid,
-            "isc_mean": float(8 + rng.random()) if done else None,
-            "isc_std": 0.1 if done else None,
-            "kid_mean": float(0.01 * rng.random()) if done else None,
-            "kid_std": 0.001 if done else None,
-            "wall_s": steps * 0.5,
-            "images_per_s": 200.0 / steps,
-            "n": 100,
-            "seeds": f"{block * 100}-{block * 100 + 99}",
-            "grid": None,
-            "strip": None,
-            "error": "CUDA out of memory; retry with a smaller batch" if state == "FAIL" else None,
-            "checkpoint_sha256": "c0ffee",
-            "extractor": "inception-v3-compat",
-            "extractor_sha256": "beef",
-            "ref_key": "cifar10/train/32/inception/50000",
-            "ref_sha256": "f00d",
-            "device": "cpu",
-        }
-        if done:
-            rec["grid"] = f"samples/grid_{n}.png"
-            _png(root / rec["grid"], (24, 24), (n * 7 % 256, 80, 160))
-            if sampler == "ddim":
-                rec["strip"] = f"samples/strip_{n}.png"
-                _png(root / rec["strip"], (64, 8), (n * 7 % 256, 160, 80))
-        rec.update(kw)
-        records.append(rec)
-
-    for schedule in SCHEDULES:
-        for eta in ETAS:
-            for s in STEPS:
-                for block in (0, 1) if eta == 0.0 else (0,):
-                    add(schedule, "ddim", eta, s, block)
-        for s in STEPS:
-            add(schedule, "sigma_hat", None, s, 0)
-    for s in (10, 20):
-        add("uniform", "dpmpp_2m", None, s, 0)
-    # A tie at display precision in uniform S = 20: η = 0.5 equals η = 0.0's block mean.
-    tied = [r for r in records if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.0, 20)]
-    target = float(np.mean([r["fid"] for r in tied]))
-    for r in records:
-        if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.5, 20):
-            r["fid"] = target
-        if (r["schedule"], r["sampler"], r["steps"]) == ("uniform", "dpmpp_2m", 20):
-            r["fid"] = target - 0.004 + 10  # a worse row, away from the tie
-    meta = {
-        "name": "synthetic",
-        "command": "ddimbench sweep --name synthetic",
-        "git_commit": "0123abc",
-        "versions": {"numpy": np.__version__, "torch": "n/a"},
-        "device": "cpu",
-        "dataset": "cifar10",
-        "T": 1000,
-        "checkpoint": "ckpt/ema.pt",
-        "checkpoint_sha256": "c0ffee",
-        "extractor": "inception-v3-compat",
-        "extractor_sha256": "beef",
-        "ref_key": "cifar10/train/32/inception/50000",
-        "ref_sha256": "f00d",
-        "n": 100,
-        "seeds": "0-99",
-        "created": "2024-05-01T12:00:00",
-    }
-    return records, meta
-
-
-def make_extras(root: Path) -> dict:
-    _png(root / "extras/interp.png", (80, 8), (10, 20, 30))
-    return {
-        "interpolation": "extras/interp.png",
-        "inversion": [{"steps": 10, "mse": 0.0151}, {"steps": 50, "mse": 0.0021}],
-    }
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    records, meta = make_records(root)
-    extras = make_extras(root)
-    out = tmp_path_factory.mktemp("reports") / "synthetic"
-    written = write_report(as_records(records), meta, out, root=root, extras=extras)
-    return records, meta, root, extras, out, written
 
 
 # ------------------------------------------------------------------------------------ md parsing
@@ -278,113 +165,6 @@ def test_csv_round_trips(built):
 def test_csv_header_is_the_committed_demo_reports():
     with open(Path(__file__).resolve().parents[1] / "reports/digits-demo/results.csv", encoding="utf-8") as f:
         assert next(csv.reader(f)) == CSV_HEADER
-
-
-def test_two_runs_byte_identical(built, tmp_path):
-    records, meta, root, extras, out, written = built
-    again = write_report(as_records(records), meta, tmp_path / "synthetic", root=root, extras=extras)
-    assert sorted(again) == sorted(written)
-    for name in (*DETERMINISTIC, "index.html"):
-        assert (tmp_path / "synthetic" / name).read_bytes() == (out / name).read_bytes(), name
-    write_report(as_records(records), meta, out, root=root, extras=extras)  # rerun in place: no temp files left
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-
-
-def test_rewrite_without_optional_inputs_removes_their_files(built, tmp_path):
-    records, meta, root, extras, _, _ = built
-    out = tmp_path / "again"
-    write_report(as_records(records), meta, out, root=root, extras=extras)
-    assert (out / "inversion.md").is_file() and (out / "interpolation.png").is_file()
-    plain = [{**r, "strip": None} for r in records]  # no strips: no consistency figure
-    written = write_report(as_records(plain), meta, out, root=root, extras={})
-    for name in ("inversion.md", "inversion.tex", "interpolation.png", "consistency.png"):
-        assert name not in written and not (out / name).exists(), name
-    assert "inversion" not in (out / "README.md").read_text(encoding="utf-8").lower()
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(n for n in written if "/" not in n)
-
-
-def test_report_deletes_only_what_its_previous_report_wrote(built, tmp_path):
-    records, meta, root, extras, _, _ = built
-    out = tmp_path / "user"
-    mine = {"grids/notes.txt": b"x\n", "interpolation.png": b"keep\n", "consistency.png": b"mine\n",
-            "notes.md": b"my notes\n"}  # fmt: skip
-
-    def survived() -> dict[str, bytes | None]:
-        return {name: (out / name).read_bytes() if (out / name).is_file() else None for name in mine}
-
-    plain = [{**r, "strip": None} for r in records]  # no strips and no extras: no consistency/interpolation figure
-    written = write_report(as_records(plain), meta, out, root=root, extras={})
-    assert "interpolation.png" not in written and "consistency.png" not in written
-    for name, data in mine.items():  # the user adds files of their own to the report's folder
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(data)
-    write_report(as_records(plain), meta, out, root=root, extras={})
-    assert survived() == mine  # nor does a rerun: the manifest names only the report's own files
-    # A cell gone from the records: its grid (listed in the previous manifest) goes, the user's files stay.
-    gone = next(r for r in plain if r["grid"])
-    fewer = [r for r in plain if r is not gone]
-    again = write_report(as_records(fewer), meta, out, root=root, extras={})
-    (stale,) = {n for n in written if n.startswith("grids/")} - set(again)
-    assert not (out / stale).exists() and survived() == mine
-    assert sorted(f"grids/{p.name}" for p in (out / "grids").iterdir()) == sorted(
-        [n for n in again if n.startswith("grids/")] + ["grids/notes.txt"]
-    )
-    # A manifest edited to name files a report never writes (or garbage) never makes the report delete them.
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    manifest["images"] += ["notes.md", "../outside.txt", "grids/../notes.md", "grids/.."]
-    manifest["files"]["notes.md"] = hashlib.sha256(mine["notes.md"]).hexdigest()
-    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    (tmp_path / "outside.txt").write_bytes(b"outside\n")
-    write_report(as_records(fewer), meta, out, root=root, extras={})
-    assert survived() == mine and (tmp_path / "outside.txt").is_file()
-    (out / "manifest.json").write_text("{not json", encoding="utf-8")  # no longer a report's folder: refused
-    with pytest.raises(DDIMError, match="no report wrote"):
-        write_report(as_records(fewer), meta, out, root=root, extras={})
-    assert survived() == mine
-    # A report file replaced since (hash no longer the manifest's) is not the report's to delete either.
-    other = tmp_path / "other"
-    write_report(as_records(records), meta, other, root=root, extras=extras)
-    (other / "inversion.md").write_text("edited by hand\n", encoding="utf-8")
-    write_report(as_records(fewer), meta, other, root=root, extras={})
-    assert (other / "inversion.md").read_text(encoding="utf-8") == "edited by hand\n"
-    assert not (other / "inversion.tex").exists() and not (other / "interpolation.png").exists()
-
-
-@pytest.mark.parametrize("foreign", ["README.md", "results.csv", "manifest.json", "grids/x.png"])
-def test_report_refuses_a_folder_with_files_no_report_wrote(built, tmp_path, foreign):
-    """``--out .`` in a project must not replace its README.md (issue 14): refused, nothing written."""
-    records, meta, root, extras, _, _ = built
-    out = tmp_path / "project"
-    (out / foreign).parent.mkdir(parents=True)
-    (out / foreign).write_text("the project's own\n", encoding="utf-8")
-    (out / "setup.py").write_text("pass\n", encoding="utf-8")
-    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    with pytest.raises(DDIMError, match=f"no report wrote \\({re.escape(foreign.split('/')[0])}"):
-        write_report(as_records(records), meta, out, root=root, extras=extras)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
-    assert (out / foreign).read_text(encoding="utf-8") == "the project's own\n"
-    # Unrelated files of other names are no obstacle; once the report's, the folder takes reruns.
-    (out / foreign).unlink()
-    write_report(as_records(records), meta, out, root=root, extras=extras)
-    write_report(as_records(records), meta, out, root=root, extras=extras)
-    assert (out / "setup.py").read_text(encoding="utf-8") == "pass\n"
-
-
-def test_report_killed_before_its_manifest_can_be_rerun(built, tmp_path, monkeypatch):
-    """The first thing a report writes into a new folder is a manifest that claims it, so a rerun is not refused."""
-    import bench.report.write as report
-
-    records, meta, root, extras, _, _ = built
-    out = tmp_path / "out"
-    real = report.build_tables
-    monkeypatch.setattr(report, "build_tables", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        write_report(as_records(records), meta, out, root=root, extras=extras)
-    out.mkdir(exist_ok=True)
-    (out / "README.md").write_text("half a report\n", encoding="utf-8")  # as if killed after the README
-    monkeypatch.setattr(report, "build_tables", real)
-    write_report(as_records(records), meta, out, root=root, extras=extras)
-    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["cells"]
 
 
 def test_manifest(built):
