@@ -1,4 +1,5 @@
-"""Small runtime helpers shared by the library and the harness: devices, numerics settings, atomic writes."""
+"""Runtime helpers shared by the library and the harness: the device, and numerics settings (atomic
+writes and file hashes are in ``ddim.files``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from collections.abc import Iterator
 import torch
 
 from ddim.errors import DDIMError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -175,6 +175,8 @@ SAMPLERS = tuple(REGISTRY)
 
 def nfe(S: int, T: int = 1000, sampler: str = "ddim") -> int:
     """Network evaluations one sample costs with S timesteps (every spacing gives exactly S of them)."""
+    if sampler not in REGISTRY:
+        raise DDIMError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     info = REGISTRY[sampler]
     return T if info.all_steps else S + info.extra_evals(S)
 

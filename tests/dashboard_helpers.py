@@ -96,7 +96,7 @@ def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path:
         return path
-    message = "chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)"
+    message = "chromium is not installed (Debian: apt-get install -y chromium; `make test` installs it)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

@@ -1,7 +1,7 @@
 """What a person sees in a real browser: headless Chromium (Debian's ``chromium``, driven from its command line
 with ``--dump-dom`` / ``--screenshot``) on (a) a report's index.html and (b) a running ``ddimbench dashboard``
 (optuna-dashboard, a JavaScript app: the DOM is read after its scripts ran). In CI a missing Chromium fails
-these tests (.ci/run installs it); elsewhere it skips them. A tiny sweep on a SQLite store, offline, CPU only.
+these tests (`make test` installs it); elsewhere it skips them. A tiny sweep on a SQLite store, offline, CPU only.
 """
 
 from __future__ import annotations

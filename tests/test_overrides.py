@@ -23,7 +23,9 @@ def test_lists_ranges_scalars_and_types():
 
 
 def test_sampler_list_is_read_at_runtime(monkeypatch):
-    monkeypatch.setattr(sampling, "SAMPLERS", (*sampling.SAMPLERS, "newsolver"))
+    import ddim.names
+
+    monkeypatch.setattr(ddim.names, "SAMPLERS", (*sampling.SAMPLERS, "newsolver"))
     assert parse_overrides(["sampler=newsolver"]) == {"sampler": ["newsolver"]}
 
 

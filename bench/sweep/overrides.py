@@ -13,8 +13,8 @@ win over the file's. Value forms:
 Every malformed token (``steps=``, ``steps=a``, ``=3``, ``steps``), out-of-range value
 (``steps=0``, ``eta=-1``, ``n=0``), unknown or repeated key raises ``DDIMError`` with one line
 naming the problem and the fix. Checks that need the checkpoint (``steps`` ≤ T) happen in
-``bench.sweep.spec.resolve_spec``. The sampler list is read from ``ddim.sampling.SAMPLERS`` at call
-time, so samplers added there are accepted here without a change.
+``bench.sweep.resolve.resolve_spec``. The sampler list is ``ddim.names.SAMPLERS`` (the sampler
+registry's names, kept equal by a test), read without importing torch.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Key:
 
 
 def _samplers() -> Sequence[str]:
-    from ddim.sampling import SAMPLERS
+    from ddim.names import SAMPLERS
 
     return SAMPLERS
 

@@ -5,7 +5,7 @@ Protocol (section 5 of the paper; FID over exactly n samples from common seeds):
   seed block b starts from the seed ``seed_base + b·n + i`` in every cell), exactly n samples
   measured in memory, ``wall_s`` timing sampling only; the checkpoint is loaded once per worker process;
 - each trial stores checkpoint sha256, extractor and its weights' sha256, reference key and sha256,
-  device and library versions (``bench.store.storage`` lists what is where).
+  device and library versions (``bench.store.study`` lists what is where).
 
 Grid mode: every cell of ``SweepSpec.cells()`` (η only for ddim; ddpm always runs all T steps) is an
 enqueued trial whose Optuna params are the cell's (``bench.store.study.enqueue_cell``). Every cell is
