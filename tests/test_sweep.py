@@ -204,8 +204,8 @@ def test_wandb_offline_cell_runs(ckpt, cache, work):
     # KID in W&B on the scale of the tables, results.csv and the terminal: ×10³, named so.
     assert "kid_mean" not in cell["summary"] and record.scores.kid_mean is not None
     assert cell["summary"]["kid_mean_x1e3"] == pytest.approx(record.scores.kid_mean * 1000)
-    assert any("samples" in f for f in cell["files"]) and any("cells" in f for f in summary["files"])
-    assert any("fid_vs_steps" in f for f in summary["files"])  # the summary run's FID-vs-steps figure
+    assert any("samples" in f for f in cell["files"]) and any("results" in f for f in summary["files"])
+    assert "fid_vs_steps" in summary["charts"]  # the summary run's FID-vs-steps chart (tests/test_wandb_results.py)
 
 
 def wandb_lines(capfd) -> list[str]:

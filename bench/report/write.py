@@ -99,12 +99,6 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
     return by_steps, by_time
 
 
-def fid_vs_steps_png(records: Sequence[CellRecord], title: str = "FID vs sampling steps") -> bytes | None:
-    """The report's FID-vs-S figure for ``records`` alone (e.g. for the sweep's W&B summary run)."""
-    by_steps, _ = _plot_series(select_cells(validate_records(records), []))
-    return plots.fid_vs_steps_png(by_steps, title=title) if by_steps else None
-
-
 def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], root: Path) -> list:
     """Per schedule, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []

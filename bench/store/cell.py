@@ -53,6 +53,10 @@ class Cell:
         return f"{self.schedule}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
 
     @property
+    def row(self) -> str:
+        """The table row (and chart series) the cell belongs to: ``η=<eta>`` for DDIM, else the sampler."""
+        return f"η={self.eta:g}" if self.sampler == "ddim" else self.sampler
+
+    @property
     def label(self) -> str:
-        what = f"η={self.eta:g}" if self.sampler == "ddim" else self.sampler
-        return f"{what} S={self.steps} {self.schedule} block {self.seed_block}"
+        return f"{self.row} S={self.steps} {self.schedule} block {self.seed_block}"

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 
 from bench.console import Display, raise_interrupt, sigterm_interrupts
-from bench.report.write import fid_vs_steps_png
 from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
 from bench.store.guard import disk_full
@@ -228,16 +227,6 @@ def _summary_line(cell: Cell, m: Measurement) -> str:
     return f"{cell.label}: {scores}; {m.wall_s:.1f} s sampling, {m.images_per_s:.1f} img/s, NFE {m.nfe}"
 
 
-def _summary_figure(spec: SweepSpec, records: list[CellRecord]) -> Path | None:
-    """FID vs steps for the W&B summary run, saved beside the sweep's artifacts (None without FID)."""
-    from ddim.files import atomic_write
-
-    png = fid_vs_steps_png(records, title=f"{spec.name}: FID vs sampling steps")
-    if png is None:
-        return None
-    return atomic_write(Path(spec.artifacts) / "fid_vs_steps.png", lambda f: f.write(png))
-
-
 def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, threads: int,
                  sha: str, index: int, progress: bool) -> None:  # fmt: skip
     """Entry point of a spawned worker process: load the checkpoint once, then work the store."""
@@ -357,8 +346,7 @@ def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progr
             if spec.interpolation or spec.inversion:
                 (ev or Evaluator(spec, sha)).extras(study, display)
             records, _ = records_of(study)
-            figure = _summary_figure(spec, records) if wandb != "disabled" else None
-            track_summary(wandb, spec, records, display, figure)
+            track_summary(wandb, spec, records, display)
         finally:
             display.close()
 

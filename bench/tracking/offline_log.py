@@ -139,7 +139,8 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
 
     Returns ``{"run": {id, project, name, group, job_type, tags, exit_code}, "config": {...},
     "history": [{"step": n, key: value, ...}, ...] (ordered by step), "summary": {...},
-    "files": [paths relative to files/]}``. W&B's own bookkeeping keys (``_step``, ``_runtime``,
+    "files": [paths relative to files/], "charts": {key: panel}}`` (``charts``: the custom charts logged,
+    e.g. by ``wandb.plot.line``, with their ``panel_config``). W&B's own bookkeeping keys (``_step``, ``_runtime``,
     ``_timestamp``, ``_wandb``) are dropped; media values are W&B's reference dicts (``path`` etc.).
     ``exit_code`` is None while the run is unfinished (its log then ends early, which is allowed).
     ``pb`` is wandb's ``wandb_internal_pb2`` module, handed in by ``bench.tracking.wandb_run`` (the only
@@ -192,4 +193,5 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
         "history": history,
         "summary": _public(summary),
         "files": list(files),
+        "charts": (config.get("_wandb") or {}).get("visualize") or {},
     }

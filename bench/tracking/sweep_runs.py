@@ -9,7 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from bench.store.record import NOT_MEASURED, CellRecord, Measurement, table
+from bench.store.record import NOT_MEASURED, CellRecord, Measurement
+from bench.tracking.results import CHARTS, GRID_COLUMN, RESULTS_KEY, SERIES_KEY, results_table, series_table
 from bench.tracking.wandb_run import make_tracker
 
 
@@ -43,15 +44,19 @@ def track_cell(mode: str | None, spec: Any, cell: Any, measurement: Measurement 
              job_type="sweep-cell", config=config, dir=root)  # fmt: skip
 
 
-def track_summary(mode: str | None, spec: Any, records: list[CellRecord], display: Any, figure: Path | None) -> None:
-    """The sweep's summary run: every cell as a ``wandb.Table`` (the columns of results.csv) and the
-    FID-vs-steps figure (a PNG file)."""
+def track_summary(mode: str | None, spec: Any, records: list[CellRecord], display: Any) -> None:
+    """The sweep's summary run: every trial as the results ``wandb.Table`` (results.csv's columns and each cell's
+    sample grid as an image) and FID against S and against wall time as native line charts, one line per η or
+    sampler (``bench.tracking.results``)."""
+    root = Path(spec.artifacts)
 
     def body(tr: Any) -> None:
-        tr.log_table("cells", *table(records))
+        tr.log_table(RESULTS_KEY, *results_table(records, root), images=(GRID_COLUMN,))
+        columns, rows = series_table(records)
+        charts = [dataclasses.replace(c, title=f"{spec.name}: {c.title}") for c in CHARTS]
+        if rows:
+            tr.log_table(SERIES_KEY, columns, rows, charts=charts)
         tr.summary({s.lower(): sum(r.state == s for r in records) for s in ("COMPLETE", "FAIL")})
-        if figure is not None:
-            tr.log_image("fid_vs_steps", figure)
 
     tracked(mode, display.warn, "the sweep summary", body, name=f"{spec.name}-summary", group=spec.name,
-             job_type="sweep-summary", config=spec.to_dict(), dir=Path(spec.artifacts))  # fmt: skip
+             job_type="sweep-summary", config=spec.to_dict(), dir=root)  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +52,11 @@ class Tracker:
         """Log an image: a PNG/JPEG path, an (H, W[, C]) array, or a matplotlib figure."""
         raise NotImplementedError
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
-        """Log a table (e.g. FID per step count and eta)."""
+    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
+                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
+        """Log a table (e.g. FID per step count and eta). The columns named in ``images`` hold image files (or
+        None), shown as images; each of ``charts`` (``key``, ``x``, ``y``, ``stroke``, ``title``: a
+        ``bench.tracking.results.Chart``) is a native line chart of the table under its own key."""
         raise NotImplementedError
 
     def summary(self, values: dict) -> None:
@@ -84,7 +87,8 @@ class NullTracker(Tracker):
     def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
         pass
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
+                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
         pass
 
     def summary(self, values: dict) -> None:
@@ -114,8 +118,9 @@ class LazyTracker(Tracker):
     def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
         self._get().log_image(key, image, step, caption)
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
-        self._get().log_table(key, columns, rows)
+    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
+                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
+        self._get().log_table(key, columns, rows, images, charts)
 
     def summary(self, values: dict) -> None:
         self._get().summary(values)
@@ -178,11 +183,19 @@ class WandbTracker(Tracker):
         self._check_step(step)
         self._guarded("log_image", lambda: self._run.log({key: wandb.Image(data, caption=caption)}, step=step))
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
+                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
         import wandb
 
-        data = [_plain(list(row)) for row in rows]
-        self._guarded("log_table", lambda: self._run.log({key: wandb.Table(columns=list(columns), data=data)}))
+        def call() -> None:  # an unreadable image fails the guarded call, like any other W&B failure
+            pics = {columns.index(c) for c in images}
+            data = [[wandb.Image(str(v)) if i in pics and v is not None else _plain(v) for i, v in enumerate(row)]
+                    for row in rows]  # fmt: skip
+            table = wandb.Table(columns=list(columns), data=data)
+            lines = {c.key: wandb.plot.line(table, c.x, c.y, stroke=c.stroke, title=c.title) for c in charts}
+            self._run.log({key: table, **lines})
+
+        self._guarded("log_table", call)
 
     def summary(self, values: dict) -> None:
         self._guarded("summary", lambda: self._run.summary.update(_plain(values)))

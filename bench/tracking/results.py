@@ -1,0 +1,98 @@
+"""A sweep's results as native W&B objects, logged in its summary run (job type ``sweep-summary``).
+
+- ``results_table``: one row per stored trial with the columns of ``results.csv`` (``bench.store.record.table``:
+  the cell, NFE, n, seeds, every score with its std, KID ×10³, wall time, the protocol) plus the cell's 8x8
+  sample grid as an image column (``GRID_COLUMN``);
+- ``series_table``: one row per (series, S), the series being a row of the paper's Table 1 (Song et al. 2020,
+  section 5: DDIM at one η, or another sampler), with the spacing in its name when the sweep has several: FID
+  as the mean and std (ddof = 1) over seed blocks, NFE and the mean sampling wall time;
+- ``CHARTS``: the line charts W&B draws from ``series_table`` (``wandb.plot.line``, one line per series): FID
+  against S and against wall time, interactive in W&B.
+
+The keys here are the names the W&B Report (``bench.tracking.wandb_report``) points its panels at.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.store.record import CellRecord, table
+from bench.store.untrusted import artifact_file
+
+RESULTS_KEY = "results"  # the results table's key in the summary run
+GRID_COLUMN = "grid_image"  # its image column: the cell's sample grid
+SERIES_KEY = "fid_series"  # the table the charts are drawn from
+SERIES_COLUMNS = ("series", "schedule", "sampler", "eta", "steps", "nfe", "blocks", "fid", "fid_std", "wall_s")
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A line chart of ``series_table``: ``y`` against ``x``, one line per value of ``stroke``."""
+
+    key: str  # the chart's key in the run; W&B keeps its data under ``<key>_table``
+    x: str
+    y: str
+    title: str
+    stroke: str = "series"
+
+    @property
+    def table_key(self) -> str:
+        """Where W&B stores the chart's data (``wandb.plot`` logs a chart's table as ``<key>_table``)."""
+        return f"{self.key}_table"
+
+
+CHARTS = (
+    Chart("fid_vs_steps", "steps", "fid", "FID vs sampling steps S"),
+    Chart("fid_vs_wall_time", "wall_s", "fid", "FID vs sampling wall time (s)"),
+)
+
+
+def results_table(records: Sequence[CellRecord], root: str | Path) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of every record: ``record.table``'s columns, then ``GRID_COLUMN``, the path of the cell's
+    grid (a PNG inside the sweep's artifacts folder ``root``, never a file elsewhere that the store names) or
+    None."""
+    names, rows = table(records)
+    grids = [artifact_file(root, r.measured.grid) if r.measured.grid else None for r in records]
+    return [*names, GRID_COLUMN], [[*row, grid] for row, grid in zip(rows, grids, strict=True)]
+
+
+def _latest_complete(records: Sequence[CellRecord]) -> list[CellRecord]:
+    """One record per cell and seed block: the latest COMPLETE one with a finite FID."""
+    latest: dict[str, CellRecord] = {}
+    for r in sorted(records, key=lambda r: r.number):
+        fid = r.scores.fid
+        if r.state == "COMPLETE" and isinstance(fid, (int, float)) and math.isfinite(fid):
+            latest[r.cell.key] = r
+    return list(latest.values())
+
+
+def _series_order(r: CellRecord) -> tuple:
+    c = r.cell
+    return (c.schedule, c.sampler != "ddim", c.sampler, c.eta or 0.0, c.steps)
+
+
+def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[Any]]]:
+    """(``SERIES_COLUMNS``, one row per series and S) from the complete cells with a FID: ``fid`` is the mean
+    over seed blocks, ``fid_std`` their std (ddof = 1; None for one block), ``wall_s`` the mean sampling time of
+    a block. A series is the cell's row (``η=0.5``, ``sigma_hat``), plus its spacing when there are several."""
+    done = sorted(_latest_complete(records), key=_series_order)
+    several = len({r.cell.schedule for r in done}) > 1
+    groups: dict[tuple, list[CellRecord]] = {}
+    for r in done:
+        c = r.cell
+        groups.setdefault((c.schedule, c.sampler, c.eta, c.steps), []).append(r)
+    rows = []
+    for (schedule, sampler, eta, steps), blocks in groups.items():
+        fids = [float(r.scores.fid) for r in blocks]
+        walls = [float(w) for r in blocks if isinstance(w := r.measured.wall_s, (int, float))]
+        nfes = {r.measured.nfe for r in blocks} - {None}
+        series = blocks[0].cell.row + (f" {schedule}" if several else "")
+        rows.append([series, schedule, sampler, eta, steps, min(nfes) if nfes else None, len(fids),
+                     statistics.fmean(fids), statistics.stdev(fids) if len(fids) > 1 else None,
+                     statistics.fmean(walls) if walls else None])  # fmt: skip
+    return list(SERIES_COLUMNS), rows
