@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from bench.store.cell import Cell
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.storage import open_storage
+from bench.store.study import create_study
 from bench.sweep.resolve import resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +95,27 @@ def kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = si
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.02)
     raise AssertionError("no running cell to kill")
+
+
+STEPS = (10, 20)
+CIFAR = {("ddim", 0.0): (15.0, 8.0), ("ddim", 0.5): (17.5, 9.25), ("sigma_hat", None): (300.0, 120.0)}
+
+
+def fake_sweep(storage: str, name: str, dataset: str, extractor: str, schedule: str = "quad") -> None:
+    """A grid sweep's study as ``run_sweep`` leaves it (protocol, meta, one COMPLETE trial per cell)."""
+    protocol = {"mode": "grid", "checkpoint_sha256": "c1fa", "n": 50000, "seed_base": 0, "dataset": dataset,
+                "extractor": extractor, "metrics": ["fid", "kid"], "T": 1000}  # fmt: skip
+    meta = {"name": name, "dataset": dataset, "extractor": extractor, "n": 50000, "T": 1000, "mode": "grid",
+            "metrics": ["fid", "kid"], "checkpoint_sha256": "c1fa", "seeds": "0-49999"}  # fmt: skip
+    study = create_study(name, storage, 0, protocol, meta)
+    for (sampler, eta), fids in CIFAR.items():
+        for steps, fid in zip(STEPS, fids, strict=True):
+            cell = Cell(sampler, schedule, steps, eta, 0)
+            trial = study.ask()
+            for key, value in {"cell": cell.key, **cell.fields()}.items():
+                trial.set_user_attr(key, value)
+            result = {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.0001, "nfe": steps, "n": 50000,
+                      "seeds": "0-49999", "wall_s": steps * 10.0, "images_per_s": 5000 / steps,
+                      "extractor": extractor, "checkpoint_sha256": "c1fa", "device": "cpu"}  # fmt: skip
+            trial.set_user_attr("result", result)
+            study.tell(trial, fid, state=TrialState.COMPLETE)

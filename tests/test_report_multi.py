@@ -15,37 +15,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-from sweep_helpers import as_record, spec_of
+from sweep_helpers import CIFAR, STEPS, as_record, fake_sweep, spec_of
 
 from bench.cli import main
 from bench.report import paper
-from bench.store import study as store
 from bench.sweep.runner import run_sweep
-from bench.sweep.spec import Cell
-
-STEPS = (10, 20)
-CIFAR = {("ddim", 0.0): (15.0, 8.0), ("ddim", 0.5): (17.5, 9.25), ("sigma_hat", None): (300.0, 120.0)}
-
-
-def fake_sweep(storage: str, name: str, dataset: str, extractor: str, schedule: str = "quad") -> None:
-    """A grid sweep's study as ``run_sweep`` leaves it (protocol, meta, one COMPLETE trial per cell)."""
-    protocol = {"mode": "grid", "checkpoint_sha256": "c1fa", "n": 50000, "seed_base": 0, "dataset": dataset,
-                "extractor": extractor, "metrics": ["fid", "kid"], "T": 1000}  # fmt: skip
-    meta = {"name": name, "dataset": dataset, "extractor": extractor, "n": 50000, "T": 1000, "mode": "grid",
-            "metrics": ["fid", "kid"], "checkpoint_sha256": "c1fa", "seeds": "0-49999"}  # fmt: skip
-    study = store.create_study(name, storage, 0, protocol, meta)
-    for (sampler, eta), fids in CIFAR.items():
-        for steps, fid in zip(STEPS, fids, strict=True):
-            cell = Cell(sampler, schedule, steps, eta, 0)
-            trial = study.ask()
-            for key, value in {"cell": cell.key, **cell.fields()}.items():
-                trial.set_user_attr(key, value)
-            result = {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.0001, "nfe": steps, "n": 50000,
-                      "seeds": "0-49999", "wall_s": steps * 10.0, "images_per_s": 5000 / steps,
-                      "extractor": extractor, "checkpoint_sha256": "c1fa", "device": "cpu"}  # fmt: skip
-            trial.set_user_attr("result", result)
-            study.tell(trial, fid, state=TrialState.COMPLETE)
 
 
 @pytest.fixture(scope="module")
