@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.console import warn
-from bench.report.write import write_report
+from bench.report.docs import kv_md
+from bench.report.write import provenance_rows, write_report
 from bench.store.artifacts import fetch_missing
 from bench.store.record import table
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.sweep_runs import tracked
+from bench.tracking.wandb_report import record_report
 from ddim.errors import DDIMError
 
 
@@ -31,7 +33,8 @@ def make_report(
     untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is fetched
     from the sweep's artifact store (``bench.store.artifacts``), and left out with a warning when the
     store does not have it either. With tracking on, the table and figures are logged as a ``report``
-    run in the sweep's W&B group.
+    run in the sweep's W&B group, and the sweep's W&B Report is defined (``wandb_report.json`` in the folder)
+    and, online, published (``bench.tracking.wandb_report``).
     """
     check_name(name, "sweep name ")  # it names the report's folder
     records, meta, extras = load_results(name, storage)
@@ -69,6 +72,7 @@ def make_report(
         for rel, path in written.items():
             if rel.endswith(".png") and "/" not in rel:  # the figures, not every grid
                 tracker.log_image(rel.removesuffix(".png"), path)
+        record_report(tracker.mode, folder, [name], kv_md(("field", "value"), provenance_rows(meta)), warn)
 
     tracked(wandb, warn, "the report", body, name=f"{name}-report", group=name, job_type="report", config=meta,
              dir=root)  # fmt: skip

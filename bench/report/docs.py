@@ -49,13 +49,18 @@ def results_csv(records: Sequence[CellRecord], leading: Sequence[tuple[str, Sequ
     return buf.getvalue()
 
 
+def kv_md(headers: tuple[str, str], rows: Sequence[tuple[Any, Any]]) -> str:
+    """A two-column markdown table (e.g. the provenance): ``headers``, then one line per (key, value)."""
+    (a, b) = headers
+    return "\n".join([f"| {a} | {b} |", "|---|---|"] + [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in rows])
+
+
 def md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
     out = [f"# {title}", ""]
     for heading, kind, payload in sections:
         out += [f"## {heading}", ""]
         if kind == "kv":
-            (a, b), rows = payload
-            out += [f"| {a} | {b} |", "|---|---|"] + [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in rows]
+            out.append(kv_md(*payload))
         elif kind == "tables":
             out += [table_md(t) for t in payload]
         elif kind == "images":

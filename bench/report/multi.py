@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.console import warn
 from bench.report import paper
-from bench.report.docs import html_doc, md_doc, results_csv
+from bench.report.docs import html_doc, kv_md, md_doc, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     LEGEND,
@@ -190,10 +190,12 @@ def make_combined_report(
     wandb: str | None = None,
 ) -> Path:
     """Load the sweeps ``names`` from the store and write their combined report (default folder
-    ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run."""
+    ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run and the W&B Report of the
+    sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
     from bench.store.study import load_results
     from bench.store.untrusted import check_name
     from bench.tracking.sweep_runs import tracked
+    from bench.tracking.wandb_report import record_report
 
     for name in names:
         check_name(name, "sweep name ")  # the names make the report's folder
@@ -208,6 +210,9 @@ def make_combined_report(
         every = [(name, r) for name, records, _ in sweeps for r in records]
         columns, rows = table([r for _, r in every])
         tracker.log_table("results", ["sweep", *columns], [[name, *row] for (name, _), row in zip(every, rows)])
+        provenance = "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}"
+                                   for name, _, meta in sweeps)  # fmt: skip
+        record_report(tracker.mode, folder, list(dict.fromkeys(names)), provenance, warn)
 
     # The offline run goes beside the sweeps' artifacts, not into the report folder (which holds only the report).
     runs = Path("ddimbench-sweeps") / "reports"

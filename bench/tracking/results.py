@@ -24,6 +24,7 @@ from typing import Any
 from bench.store.record import CellRecord, table
 from bench.store.untrusted import artifact_file
 
+SAMPLES_KEY = "samples"  # each cell run's sample grid
 RESULTS_KEY = "results"  # the results table's key in the summary run
 GRID_COLUMN = "grid_image"  # its image column: the cell's sample grid
 SERIES_KEY = "fid_series"  # the table the charts are drawn from

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import NOT_MEASURED, CellRecord, Measurement
-from bench.tracking.results import CHARTS, GRID_COLUMN, RESULTS_KEY, SERIES_KEY, results_table, series_table
+from bench.tracking import results
 from bench.tracking.wandb_run import make_tracker
 
 
@@ -38,7 +38,7 @@ def track_cell(mode: str | None, spec: Any, cell: Any, measurement: Measurement 
         tr.log(numbers)
         tr.summary({**numbers, **({"error": error} if error else {})})
         if m.grid:
-            tr.log_image("samples", root / m.grid, caption=cell.label)
+            tr.log_image(results.SAMPLES_KEY, root / m.grid, caption=cell.label)
 
     tracked(mode, display.warn, f"cell {cell.label}", body, name=f"{spec.name}-{cell.slug}", group=spec.name,
              job_type="sweep-cell", config=config, dir=root)  # fmt: skip
@@ -51,11 +51,11 @@ def track_summary(mode: str | None, spec: Any, records: list[CellRecord], displa
     root = Path(spec.artifacts)
 
     def body(tr: Any) -> None:
-        tr.log_table(RESULTS_KEY, *results_table(records, root), images=(GRID_COLUMN,))
-        columns, rows = series_table(records)
-        charts = [dataclasses.replace(c, title=f"{spec.name}: {c.title}") for c in CHARTS]
+        tr.log_table(results.RESULTS_KEY, *results.results_table(records, root), images=(results.GRID_COLUMN,))
+        columns, rows = results.series_table(records)
+        charts = [dataclasses.replace(c, title=f"{spec.name}: {c.title}") for c in results.CHARTS]
         if rows:
-            tr.log_table(SERIES_KEY, columns, rows, charts=charts)
+            tr.log_table(results.SERIES_KEY, columns, rows, charts=charts)
         tr.summary({s.lower(): sum(r.state == s for r in records) for s in ("COMPLETE", "FAIL")})
 
     tracked(mode, display.warn, "the sweep summary", body, name=f"{spec.name}-summary", group=spec.name,

@@ -1,6 +1,6 @@
 """Experiment tracking: the Tracker interface, a no-op tracker, the W&B tracker, and a run-log reader.
 
-This is the only module that imports wandb, and it does so inside functions: importing it costs
+This is the only module that imports wandb (and wandb_report), and it does so inside functions: importing it costs
 nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
 tracker is guarded: a W&B failure becomes a single warning and the tracker turns into a no-op, so
 tracking never crashes the caller. Offline runs land in ``<dir>/wandb/offline-run-*`` and can be
