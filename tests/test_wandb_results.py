@@ -35,10 +35,11 @@ def _records(root: Path, schedules: tuple[str, ...] = ("uniform",)) -> list[Cell
                     n = len(out)
                     rel = f"cells/{n}.png"
                     Image.fromarray(np.full((4, 4, 3), n, np.uint8)).save(root / rel)
-                    m = Measurement(nfe=steps, n=50, seeds=f"{50 * block}-{50 * block + 49}",
-                                    scores=Scores(fid=_fid(eta, steps, block), isc_mean=2.0 + n, isc_std=0.1 * n,
-                                                  kid_mean=0.001 * n, kid_std=0.0001 * n),
-                                    wall_s=0.1 * steps + block, images_per_s=500.0 / (0.1 * steps + block), grid=rel)  # fmt: skip
+                    scores = Scores(fid=_fid(eta, steps, block), isc_mean=2.0 + n, isc_std=0.1 * n,
+                                    kid_mean=0.001 * n, kid_std=0.0001 * n)  # fmt: skip
+                    wall = 0.1 * steps + block
+                    m = Measurement(nfe=steps, n=50, seeds=f"{50 * block}-{50 * block + 49}", scores=scores,
+                                    wall_s=wall, images_per_s=50 / wall, grid=rel)  # fmt: skip
                     out.append(CellRecord(n, "COMPLETE", Cell("ddim", schedule, steps, eta, block), m))
     first = out[0]
     stale = CellRecord(-1, "COMPLETE", first.cell, Measurement(nfe=10, scores=Scores(fid=999.0), grid="../x.png"))
