@@ -78,7 +78,7 @@ def test_the_keys_the_report_names_are_the_ones_the_runs_log(tmp_path):
     cell = Cell("ddim", "uniform", 10, 0.0, 0)
     m = Measurement(nfe=10, n=20, seeds="0-19", scores=Scores(fid=3.0), wall_s=1.5, grid=_grid(tmp_path, "g.png"))
     spec = SimpleNamespace(name="demo", artifacts=str(tmp_path), n=20, dataset="digits", T=1000, checkpoint="ck",
-                           to_dict=lambda: {"name": "demo"})  # fmt: skip
+                           search=None, to_dict=lambda: {"name": "demo"})  # fmt: skip
     display = SimpleNamespace(warn=Warnings())
     track_cell("offline", spec, cell, m, display)
     track_summary("offline", spec, [CellRecord(0, "COMPLETE", cell, m)], display)

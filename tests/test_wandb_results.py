@@ -80,7 +80,7 @@ def test_series_table_one_line_per_eta(tmp_path):
 
 def test_summary_run_holds_the_table_and_charts(tmp_path):
     records = _records(tmp_path)
-    spec = SimpleNamespace(name="demo", artifacts=str(tmp_path), to_dict=lambda: {"name": "demo", "n": 50})
+    spec = SimpleNamespace(name="demo", artifacts=str(tmp_path), search=None, to_dict=lambda: {"name": "demo"})
     warnings = Warnings()
     track_summary("offline", spec, records, SimpleNamespace(warn=warnings))
     assert not warnings
@@ -112,3 +112,14 @@ def test_summary_run_holds_the_table_and_charts(tmp_path):
         assert panel["stringSettings"]["title"] == f"demo: {chart.title}"
         assert chart.table_key in json.dumps(panel["userQuery"])
         assert logged_table(chart.table_key) == series
+
+
+def test_a_search_summary_has_the_table_and_no_lines(tmp_path):
+    """A Pareto search's trials take any η: no FID-per-η lines, the results table all the same."""
+    spec = SimpleNamespace(name="s", artifacts=str(tmp_path), search="pareto", to_dict=lambda: {"name": "s"})
+    warnings = Warnings()
+    track_summary("offline", spec, _records(tmp_path), SimpleNamespace(warn=warnings))
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir)
+    assert not warnings and not run["charts"] and results.SERIES_KEY not in run["summary"]
+    assert run["summary"][results.RESULTS_KEY]["nrows"] == 10

@@ -46,15 +46,15 @@ def track_cell(mode: str | None, spec: Any, cell: Any, measurement: Measurement 
 
 def track_summary(mode: str | None, spec: Any, records: list[CellRecord], display: Any) -> None:
     """The sweep's summary run: every trial as the results ``wandb.Table`` (results.csv's columns and each cell's
-    sample grid as an image) and FID against S and against wall time as native line charts, one line per η or
-    sampler (``bench.tracking.results``)."""
+    sample grid as an image) and, for a grid, FID against S and against wall time as native line charts, one line
+    per η or sampler (``bench.tracking.results``); a search's trials (any η) make no lines."""
     root = Path(spec.artifacts)
 
     def body(tr: Any) -> None:
         tr.log_table(results.RESULTS_KEY, *results.results_table(records, root), images=(results.GRID_COLUMN,))
         columns, rows = results.series_table(records)
         charts = [dataclasses.replace(c, title=f"{spec.name}: {c.title}") for c in results.CHARTS]
-        if rows:
+        if rows and spec.search is None:
             tr.log_table(results.SERIES_KEY, columns, rows, charts=charts)
         tr.summary({s.lower(): sum(r.state == s for r in records) for s in ("COMPLETE", "FAIL")})
 
