@@ -65,6 +65,10 @@ def test_definition_names_the_sweeps_runs_and_their_keys():
     two = _definition(("a", "b"))
     assert _filters(two["runsets"]["cells"]["filters"])[("run", "group")] == ("IN", ["a", "b"])
     assert two["title"] == "ddimbench: a + b"
+    # A Pareto search's summary run has no FID-per-η lines: no chart panels point at them.
+    search = wandb_report.report_definition(["p"], project="proj", entity=None, table_md="", provenance_md="",
+                                            grid=False)  # fmt: skip
+    assert [p["type"] for p in _panels(search, "summary")] == ["table"] and _panels(search, "cells")
 
 
 def _grid(root: Path, rel: str) -> str:

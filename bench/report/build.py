@@ -72,7 +72,8 @@ def make_report(
         for rel, path in written.items():
             if rel.endswith(".png") and "/" not in rel:  # the figures, not every grid
                 tracker.log_image(rel.removesuffix(".png"), path)
-        record_report(tracker.mode, folder, [name], kv_md(("field", "value"), provenance_rows(meta)), warn)
+        provenance = kv_md(("field", "value"), provenance_rows(meta))
+        record_report(tracker.mode, folder, [name], provenance, warn, grid=meta.get("mode") != "pareto")
 
     tracked(wandb, warn, "the report", body, name=f"{name}-report", group=name, job_type="report", config=meta,
              dir=root)  # fmt: skip

@@ -39,11 +39,12 @@ def runset_filter(sweeps: Sequence[str], job_type: str) -> str:
 
 
 def report_definition(sweeps: Sequence[str], *, project: str, entity: str | None, table_md: str,
-                      provenance_md: str) -> dict[str, Any]:  # fmt: skip
+                      provenance_md: str, grid: bool = True) -> dict[str, Any]:  # fmt: skip
     """The Report of the sweeps ``sweeps`` (their names are their W&B groups) in ``project`` as JSON-able data.
 
     ``entity`` None: W&B's default entity, looked up only when publishing. ``table_md`` is the report's
-    table.md, ``provenance_md`` its provenance as a markdown table.
+    table.md, ``provenance_md`` its provenance as a markdown table. ``grid`` False (a Pareto search, whose summary
+    run has no FID-per-η lines): no chart panels.
     """
     name = " + ".join(sweeps)
     runsets = {
@@ -55,18 +56,19 @@ def report_definition(sweeps: Sequence[str], *, project: str, entity: str | None
         for c in CHARTS
     ]
 
-    def grid(runset: str, *panels: dict) -> dict:
+    def panels(runset: str, *panels: dict) -> dict:
         return {"type": "panel_grid", "runset": runset, "panels": list(panels)}
 
+    lines = [{"type": "h2", "text": "FID vs sampling steps S and vs wall time, one line per η"},
+             panels("summary", *charts)]  # fmt: skip
     blocks = [
         {"type": "h1", "text": "Results"},
         {"type": "markdown", "text": table_md},
-        {"type": "h2", "text": "FID vs sampling steps S and vs wall time, one line per η"},
-        grid("summary", *charts),
+        *(lines if grid else []),
         {"type": "h2", "text": "Every cell: metrics with their std, NFE, seeds, wall time and sample grid"},
-        grid("summary", {"type": "table", "key": RESULTS_KEY}),
+        panels("summary", {"type": "table", "key": RESULTS_KEY}),
         {"type": "h2", "text": "Sample grids, one per cell"},
-        grid("cells", {"type": "media", "title": "sample grids", "keys": [SAMPLES_KEY]}),
+        panels("cells", {"type": "media", "title": "sample grids", "keys": [SAMPLES_KEY]}),
         {"type": "h2", "text": "Provenance"},
         {"type": "markdown", "text": provenance_md},
     ]
@@ -184,15 +186,16 @@ def report_target(project: str | None = None, entity: str | None = None) -> tupl
 
 
 def record_report(mode: str, folder: Path, sweeps: Sequence[str], provenance_md: str, warn: Callable[[str], None],
-                  project: str | None = None, entity: str | None = None) -> None:  # fmt: skip
+                  project: str | None = None, entity: str | None = None, grid: bool = True) -> None:  # fmt: skip
     """In a report's W&B run (``mode``: the run's mode after fallbacks): save the Report's definition into the
     report folder (from its table.md), then publish it when the run is online. ``project`` / ``entity``: the
-    ``--wandb-project`` / ``--wandb-entity`` of the command, if any (``report_target``)."""
+    ``--wandb-project`` / ``--wandb-entity`` of the command, if any (``report_target``); ``grid``: as
+    ``report_definition``'s."""
     if mode not in ("online", "offline"):
         return
     project, entity = report_target(project, entity)
     table_md = (folder / "table.md").read_text(encoding="utf-8")
     definition = report_definition(sweeps, project=project, entity=entity, table_md=table_md,
-                                   provenance_md=provenance_md)  # fmt: skip
+                                   provenance_md=provenance_md, grid=grid)  # fmt: skip
     if save_definition(folder, definition, warn) is not None and mode == "online":
         publish(folder, warn)
