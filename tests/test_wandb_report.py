@@ -64,6 +64,11 @@ def test_definition_names_the_sweeps_runs_and_their_keys():
     # Several sweeps (a combined report): every sweep's group.
     two = _definition(("a", "b"))
     assert _filters(two["runsets"]["cells"]["filters"])[("run", "group")] == ("IN", ["a", "b"])
+    # ... and the charts once per sweep: two sweeps' lines share their names (η=0 in each).
+    for sweep in ("a", "b"):
+        assert [p["type"] for p in _panels(two, f"summary:{sweep}")] == ["line_chart", "line_chart"]
+        assert _filters(two["runsets"][f"summary:{sweep}"]["filters"])[("run", "group")] == ("=", sweep)
+    assert [p["type"] for p in _panels(two, "summary")] == ["table"]
     assert two["title"] == "ddimbench: a + b"
     # A Pareto search's summary run has no FID-per-η lines: no chart panels point at them.
     search = wandb_report.report_definition(["p"], project="proj", entity=None, table_md="", provenance_md="",

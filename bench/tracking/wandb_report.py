@@ -44,13 +44,17 @@ def report_definition(sweeps: Sequence[str], *, project: str, entity: str | None
 
     ``entity`` None: W&B's default entity, looked up only when publishing. ``table_md`` is the report's
     table.md, ``provenance_md`` its provenance as a markdown table. ``grid`` False (a Pareto search, whose summary
-    run has no FID-per-η lines): no chart panels.
+    run has no FID-per-η lines): no chart panels. Several sweeps: one grid of charts per sweep (runset
+    ``summary:<sweep>``), since their lines share names (η = 0 in each).
     """
     name = " + ".join(sweeps)
     runsets = {
         "summary": {"name": f"{name}: sweep summary", "filters": runset_filter(sweeps, "sweep-summary")},
         "cells": {"name": f"{name}: cells", "filters": runset_filter(sweeps, "sweep-cell")},
     }
+    if len(sweeps) > 1:
+        runsets.update({f"summary:{s}": {"name": f"{s}: sweep summary", "filters": runset_filter([s], "sweep-summary")}
+                        for s in sweeps})  # fmt: skip
     charts = [
         {"type": "line_chart", "title": c.title, "table_key": c.table_key, "x": c.x, "y": c.y, "stroke": c.stroke}
         for c in CHARTS
@@ -59,8 +63,8 @@ def report_definition(sweeps: Sequence[str], *, project: str, entity: str | None
     def panels(runset: str, *panels: dict) -> dict:
         return {"type": "panel_grid", "runset": runset, "panels": list(panels)}
 
-    lines = [{"type": "h2", "text": "FID vs sampling steps S and vs wall time, one line per η"},
-             panels("summary", *charts)]  # fmt: skip
+    lines = [{"type": "h2", "text": "FID vs sampling steps S and vs wall time, one line per η"}]
+    lines += [panels(key, *charts) for key in runsets if key.startswith("summary:")] or [panels("summary", *charts)]
     blocks = [
         {"type": "h1", "text": "Results"},
         {"type": "markdown", "text": table_md},
