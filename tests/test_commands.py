@@ -65,7 +65,7 @@ def test_used_by_lines_run_verbatim(
 
     code, _, err = run(["report", "sweep"], capsys)
     assert code == 0, err
-    for name in ("table.md", "table.tex", "index.html", "results.csv"):
+    for name in ("table.md", "table.tex", "index.html", "results.csv", "wandb_report.json"):  # + the W&B Report
         assert (work / "reports" / "sweep" / name).is_file(), name
 
 
