@@ -202,6 +202,12 @@ def test_publish_creates_then_updates_the_same_report(tmp_path, monkeypatch, sav
                     SimpleNamespace(display_name="ddimbench: demo", id="R7")]  # fmt: skip
     wandb_report.publish(tmp_path, warnings)
     assert saved[-1][0] == "R7" and not warnings
+    # A project without Reports yet (W&B's query fails): a new Report, which creates the project.
+    (tmp_path / wandb_report.DEFINITION_FILE).unlink()
+    wandb_report.save_definition(tmp_path, _definition(), warnings)
+    api.reports = lambda path: (_ for _ in ()).throw(ValueError("Could not find project me/proj"))
+    assert wandb_report.publish(tmp_path, warnings) == "https://wandb.test/me/NEW"
+    assert saved[-1][0] == "" and not warnings
 
 
 def test_publish_failures_are_one_warning(tmp_path, monkeypatch, saved):

@@ -144,11 +144,12 @@ def build_report(definition: dict[str, Any], wr: Any, entity: str) -> Any:
 
 
 def _existing_id(api: Any, entity: str, project: str, title: str) -> str:
-    """The id of the project's Report titled ``title`` ("" when there is none)."""
-    for r in api.reports(f"{entity}/{project}"):
-        if r.display_name == title:
-            return str(r.id)
-    return ""
+    """The id of the project's Report titled ``title`` ("" when there is none, or no such project yet: saving the
+    Report creates it)."""
+    try:
+        return next((str(r.id) for r in api.reports(f"{entity}/{project}") if r.display_name == title), "")
+    except Exception:  # a project that does not exist yet, a query W&B refuses: create the Report
+        return ""
 
 
 def publish(folder: Path, warn: Callable[[str], None]) -> str | None:
