@@ -11,6 +11,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wandb_scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """W&B's data, cache and artifact-staging folders inside the test's temp folder, not the user's home
+    (offline tables with images stage their files there)."""
+    root = tmp_path_factory.mktemp("wandb-home")
+    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):
+        os.environ[var] = str(root / var.lower())
+    return root
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One metrics cache per session: the digits classifier and reference statistics are built once."""
