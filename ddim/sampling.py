@@ -56,7 +56,10 @@ MAX_SEED = 2**32 - 1  # torch's CPU generator (mt19937) keeps 32 bits: seeds 2³
 class SeededNoise:
     """Per-sample Gaussian streams: sample i draws x_T and then each z from ``Generator(seed_i)``.
 
-    Streams live on the CPU so the same seed gives the same numbers on every device.
+    Streams live on the CPU so the same seed gives the same numbers on every device. Each draw writes
+    every stream's numbers straight into one (B, C, H, W) host buffer, in page-locked memory when the
+    device is CUDA, and copies it with one asynchronous host→device copy: the host then queues the next
+    step while the GPU computes this one (a copy from pageable memory would make it wait every step).
     """
 
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu"):
@@ -66,9 +69,10 @@ class SeededNoise:
         self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
 
     def _draw(self) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.shape, generator=g) for g in self._gens])  # (B, C, H, W)
-        if self.device.type == "cuda":
-            z = z.pin_memory()  # a pageable host→device copy is synchronous: the GPU would wait every step
+        # A fresh buffer per draw: the caching host allocator keeps a pinned block until its copy is done.
+        z = torch.empty((len(self._gens), *self.shape), pin_memory=self.device.type == "cuda")
+        for row, g in zip(z, self._gens):  # each row is contiguous: the same numbers as randn(shape, generator=g)
+            torch.randn(self.shape, generator=g, out=row)
         return z.to(self.device, non_blocking=True)
 
     def initial(self) -> torch.Tensor:
