@@ -28,7 +28,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory
-from ddim.runtime import resolve_device
+from ddim.runtime import compiled, resolve_device
 from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"
@@ -57,8 +57,9 @@ def _to_png_bytes(img: torch.Tensor) -> bytes:
 
 
 def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
-    """What fixes the pixels: the checkpoint's content (by sha256, however its path is spelt) and the sampler."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "out", "batch_size", "device")}
+    """What fixes the pixels: the checkpoint's content (by sha256, however its path is spelt) and the sampler
+    (the device and ``--compile`` change them only up to float rounding, like the batch's summation order)."""
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "out", "batch_size", "device", "compile")}
     return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
 
 
@@ -102,7 +103,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     }
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
-    model = ck.build_model(device)
+    model = compiled(ck.build_model(device), device, cfg.compile)
     alpha_bar = ck.alpha_bar()
     shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
     todo = [i for i in range(cfg.n) if not (out / names[i]).exists()]

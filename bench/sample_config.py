@@ -30,6 +30,7 @@ class SampleConfig:
     seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
     batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
     device: str = _opt("auto", "auto (CUDA when present), cpu or cuda.")
+    compile: bool | None = _opt(None, "torch.compile the network (default: per device, eager on the CPU).")
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
 
     def validate(self, T: int) -> None:

@@ -1,5 +1,5 @@
-"""Runtime helpers shared by the library and the harness: the device, and numerics settings (atomic
-writes and file hashes are in ``ddim.files``)."""
+"""Runtime helpers shared by the library and the harness: the device, numerics settings and whether the
+network is compiled (atomic writes and file hashes are in ``ddim.files``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from collections.abc import Iterator
 import torch
 
 from ddim.errors import DDIMError
+
+# ``torch.compile`` (inductor) by default, per device type, when ``--compile`` is not given: what was
+# measured faster (``make bench``, reports/perf/). CPU: eager (compiling the digits train step took 70 s
+# and its steady state was no faster than eager). CUDA: eager until a card's ``make bench-gpu`` measures
+# the compiled path (bench.perf's compile job); flip the entry when it wins there.
+COMPILE_DEFAULT: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,6 +35,22 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise DDIMError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     raise DDIMError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def use_compile(choice: bool | None, device: torch.device) -> bool:
+    """``--compile`` / ``--no-compile`` as given, else (None) the device type's ``COMPILE_DEFAULT``."""
+    return COMPILE_DEFAULT.get(device.type, False) if choice is None else bool(choice)
+
+
+def compiled(model: torch.nn.Module, device: torch.device, choice: bool | None,
+             backend: str = "inductor") -> torch.nn.Module:  # fmt: skip
+    """``model`` wrapped by ``torch.compile`` when ``use_compile(choice, device)``, else ``model`` itself.
+
+    The wrapper shares the model's parameters (its state dict keys gain ``_orig_mod.``: save the model,
+    not the wrapper). Compilation happens at the first call of each new input shape, so the first
+    call is slow; a compiled model's outputs match eager's up to float summation order.
+    """
+    return torch.compile(model, backend=backend) if use_compile(choice, device) else model
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ class TrainConfig:
     bf16: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = _opt(False, "NHWC weights and activations (measure: helps big nets on GPUs).")
     tf32: bool = _opt(True, "TF32 matmuls and convolutions on CUDA.")
-    compile: bool = _opt(False, "torch.compile the training step.")
+    compile: bool | None = _opt(None, "torch.compile the training step (default: per device, eager on the CPU).")
     compile_backend: str = _opt("inductor", "torch.compile backend (aot_eager compiles fast).")
     deterministic: bool = _opt(False, "Deterministic kernels (no TF32, no cuDNN autotune).")
 

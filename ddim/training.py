@@ -66,7 +66,7 @@ from ddim.errors import DDIMError
 from ddim.files import write_error
 from ddim.images import save_grid
 from ddim.rundir import append_metrics, open_run, start_run
-from ddim.runtime import numerics
+from ddim.runtime import compiled, numerics
 from ddim.train_config import TrainConfig
 from ddim.unet import UNet
 
@@ -229,8 +229,7 @@ def _train(
     net: Any = model
     if ctx.enabled:  # gradients all-reduced (averaged) across ranks inside backward()
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net, backend=cfg.compile_backend)
+    net = compiled(net, device, cfg.compile, cfg.compile_backend)  # the checkpoints save ``model``, not ``net``
     alpha_bar = diffusion.alpha_bar().to(device=device, dtype=torch.float32)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()

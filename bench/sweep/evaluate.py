@@ -39,12 +39,12 @@ class Evaluator:
 
     def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
         from ddim.checkpoint import load_checkpoint
-        from ddim.runtime import resolve_device
+        from ddim.runtime import compiled, resolve_device
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
         ck = load_checkpoint(spec.checkpoint, map_location="cpu")
-        self.model = ck.build_model(self.device)
+        self.model = compiled(ck.build_model(self.device), self.device, spec.compile)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
         self.root, self.versions = Path(spec.artifacts), library_versions()

@@ -105,6 +105,7 @@ KEYS: dict[str, Key] = {
     "trials": Key("int", "search mode: number of settings to try", minimum=1, example="trials=40"),
     "objective": Key("choice", "search mode: cost axis beside FID", choices=lambda: ("nfe", "time")),
     "device": Key("str", "auto, cpu, cuda or cuda:N", example="device=cuda"),
+    "compile": Key("bool", "torch.compile the network (default: per device, eager on the CPU)", example="compile=true"),
     "interpolation": Key("bool", "write the slerp interpolation strip at the end", example="interpolation=true"),
     "inversion": Key("bool", "measure η = 0 inversion error per S (Table 2)", example="inversion=true"),
     "inversion_n": Key("int", "real images used for the inversion table", minimum=1, example="inversion_n=64"),

@@ -51,6 +51,7 @@ class SweepSpec:
     trials: int = 20
     objective: str = "nfe"
     device: str = "auto"
+    compile: bool | None = None  # torch.compile the network; None: ddim.runtime.COMPILE_DEFAULT for the device
     interpolation: bool = True
     inversion: bool = False
     inversion_n: int = 64
