@@ -273,7 +273,8 @@ def sweep(
     ),
     config: str | None = typer.Option(None, "--config", help="YAML sweep definition (sweeps/*.yaml); KEY=VALUES win."),
     search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
-    workers: int = typer.Option(1, min=1, help="Worker processes on this machine."),
+    workers: int = typer.Option(1, min=1, help="Worker processes on this machine (one GPU each when several)."),
+    devices: str | None = typer.Option(None, metavar="LIST", help="The workers' devices, e.g. cuda:0,cuda:2."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
     wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
     device: str | None = typer.Option(
@@ -298,7 +299,7 @@ def sweep(
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
-    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=command_line())
+    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=command_line(), devices=devices)
     for line in summary_lines(summary, spec):
         _say(line)
     if summary.failed:

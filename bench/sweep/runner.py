@@ -27,6 +27,7 @@ it starts at T − 1 for any S); the Pareto front is ``study.best_trials`` (show
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -59,6 +60,7 @@ from bench.store.study import (
     save_result,
 )
 from bench.store.untrusted import safe_url
+from bench.sweep.devices import assign_devices
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.guard import check_memory_fits, disk_message, store_errors
 from bench.sweep.provenance import meta_for, protocol_for
@@ -242,16 +244,17 @@ def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
         sys.exit(130)
 
 
-def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, workers: int,
+def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, devices: list[str],
                  sha: str, display: Display, progress: bool) -> None:  # fmt: skip
-    """Spawn ``workers`` processes on the same store and show their progress from the store."""
+    """Spawn one process per entry of ``devices`` (its device) on the same store; show their progress."""
     import multiprocessing as mp
 
     Evaluator.warm_metrics(spec)  # the extractor and reference statistics are built once, not raced for
     ctx = mp.get_context("spawn")  # no forked torch / database state
-    threads = max(1, torch.get_num_threads() // workers)
-    args = (spec, url, heartbeat, token, wandb, threads, sha)
-    procs = [ctx.Process(target=_worker_main, args=(*args, i, progress), name=f"sweep-{i}") for i in range(workers)]
+    threads = max(1, torch.get_num_threads() // len(devices))
+    args = [(dataclasses.replace(spec, device=d), url, heartbeat, token, wandb, threads, sha, i, progress)
+            for i, d in enumerate(devices)]  # fmt: skip
+    procs = [ctx.Process(target=_worker_main, args=a, name=f"sweep-{a[7]}") for a in args]
     for p in procs:
         p.start()
     rdb = open_storage(url)
@@ -293,23 +296,27 @@ def run_sweep(
     progress: bool = True,
     command: str = "",
     heartbeat: int = HEARTBEAT_S,
+    devices: str | None = None,
 ) -> SweepSummary:
     """Run (or finish) the sweep ``spec`` in ``storage`` with ``workers`` local processes.
 
     ``storage``: an Optuna RDB URL (default ``sqlite:///ddimbench-sweeps.db`` in the working
     directory). The same call on other machines with the same ``storage`` shares the work. ``wandb``:
     online / offline / disabled, None for online when a key is configured else offline; W&B
-    failures never stop the sweep. Returns the store's records after the run.
+    failures never stop the sweep. ``devices``: the workers' devices, comma-separated, dealt out
+    round-robin (default: one GPU each when several are visible, ``bench.sweep.devices``). Returns the
+    store's records after the run.
     """
     if workers < 1:
         raise DDIMError(f"--workers must be ≥ 1, got {workers}")
     check_memory_fits(spec, workers)
+    placed = assign_devices(spec.device, workers, devices)
     url = storage or DEFAULT_STORAGE
     with store_errors(url, spec):
-        return _run_sweep(spec, workers, url, wandb, progress, command, heartbeat)
+        return _run_sweep(spec, placed, url, wandb, progress, command, heartbeat)
 
 
-def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progress: bool, command: str,
+def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None, progress: bool, command: str,
                heartbeat: int) -> SweepSummary:  # fmt: skip
     from ddim.files import atomic_write_json, sha256_file
     from ddim.runtime import resolve_device
@@ -337,11 +344,11 @@ def _run_sweep(spec: SweepSpec, workers: int, url: str, wandb: str | None, progr
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
             ev = None
-            if workers == 1:
-                ev = Evaluator(spec, sha)
+            if len(devices) == 1:
+                ev = Evaluator(dataclasses.replace(spec, device=devices[0]), sha)
                 _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
             else:
-                _run_workers(spec, url, heartbeat, token, wandb, workers, sha, display, progress)
+                _run_workers(spec, url, heartbeat, token, wandb, devices, sha, display, progress)
             study = load_study(spec.name, url)
             if spec.interpolation or spec.inversion:
                 (ev or Evaluator(spec, sha)).extras(study, display)

@@ -1,0 +1,52 @@
+"""Which device each local sweep worker runs on (``ddimbench sweep --workers N [--devices LIST]``).
+
+``worker_devices`` is a pure function of the sweep's ``device`` key, the worker count, the number of
+visible CUDA devices and the optional ``--devices`` list; ``assign_devices`` asks torch for that number.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ddim.errors import DDIMError
+
+__all__ = ["assign_devices", "worker_devices"]
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _parse(devices: str, visible: int) -> list[str]:
+    names = [d.strip().lower() for d in devices.split(",")]
+    for name in names:
+        if not _DEVICE.fullmatch(name):
+            raise DDIMError(f"--devices {devices}: {name!r} is not a device; list cpu or cuda:N, e.g. cuda:0,cuda:2")
+        index = 0 if name == "cuda" else int(name[5:]) if name.startswith("cuda:") else None
+        if index is not None and index >= visible:
+            raise DDIMError(f"--devices {devices}: {name} is not visible ({visible} CUDA device(s)); list others")
+    if len(set(names)) != len(names):
+        raise DDIMError(f"--devices {devices} repeats a device; list each once (workers share them round-robin)")
+    return names
+
+
+def worker_devices(device: str, workers: int, visible: int, devices: str | None = None) -> list[str]:
+    """The device of worker 0 … ``workers`` − 1.
+
+    ``devices`` (comma-separated, e.g. ``cuda:0,cuda:2``) are dealt out round-robin. Without it, a sweep
+    on ``auto`` or ``cuda`` with several visible GPUs puts worker i on ``cuda:(i mod visible)``; any
+    other ``device`` (``cpu``, one chosen ``cuda:N``, or one GPU or none) is every worker's.
+    """
+    if devices:
+        pool = _parse(devices, visible)
+    elif device in ("auto", "cuda") and visible > 1:
+        pool = [f"cuda:{i}" for i in range(visible)]
+    else:
+        pool = [device]
+    return [pool[i % len(pool)] for i in range(workers)]
+
+
+def assign_devices(device: str, workers: int, devices: str | None = None) -> list[str]:
+    """``worker_devices`` for the CUDA devices this process sees."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return worker_devices(device, workers, visible, devices)

@@ -1,0 +1,118 @@
+"""``sweep --workers N``: each worker on its own GPU when several are visible, ``--devices`` to choose them.
+No GPU is needed: the device count is faked, and the worker processes are recorded rather than started."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sweep_helpers import spec_of
+
+from bench.cli import main
+from bench.sweep import runner
+from bench.sweep.devices import assign_devices, worker_devices
+from ddim.errors import DDIMError
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "visible", "devices", "expected"),
+    [
+        ("auto", 4, 2, None, ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]),  # several GPUs: one each, round-robin
+        ("cuda", 3, 4, None, ["cuda:0", "cuda:1", "cuda:2"]),
+        ("auto", 2, 1, None, ["auto", "auto"]),  # one GPU (or none): all on it, as before
+        ("auto", 2, 0, None, ["auto", "auto"]),
+        ("cpu", 3, 4, None, ["cpu"] * 3),  # an explicit device is every worker's
+        ("cuda:1", 2, 4, None, ["cuda:1", "cuda:1"]),
+        ("auto", 3, 3, "cuda:0,cuda:2", ["cuda:0", "cuda:2", "cuda:0"]),  # the list wins, dealt out in turn
+        ("cpu", 2, 0, " CPU ", ["cpu", "cpu"]),
+        ("auto", 1, 8, None, ["cuda:0"]),
+    ],
+)
+def test_worker_devices(device, workers, visible, devices, expected) -> None:
+    assert worker_devices(device, workers, visible, devices) == expected
+
+
+@pytest.mark.parametrize(
+    ("devices", "match"),
+    [("cuda:2", "not visible"), ("gpu0", "not a device"), ("cuda:0,cuda:0", "repeats"), ("cuda", "not visible")],
+)
+def test_bad_device_lists_are_refused_in_one_line(devices, match) -> None:
+    with pytest.raises(DDIMError, match=match) as err:
+        worker_devices("auto", 2, 0 if devices == "cuda" else 2, devices)
+    assert "\n" not in str(err.value)
+
+
+def fake_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_assign_devices_counts_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, 3)
+    assert assign_devices("auto", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
+    fake_gpus(monkeypatch, 0)
+    assert assign_devices("auto", 2) == ["auto", "auto"]
+
+
+class FakeProcess:
+    started: list[tuple] = []
+
+    def __init__(self, target, args, name) -> None:
+        self.args, self.name, self.exitcode, self.pid = args, name, 0, None
+
+    def start(self) -> None:
+        FakeProcess.started.append(self.args)
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout=None) -> None:
+        pass
+
+
+class FakeContext:
+    Process = FakeProcess
+
+
+class FakeStorage:
+    def get_study_id_from_name(self, name):
+        return 0
+
+    def get_all_trials(self, study_id, deepcopy=False):
+        return []
+
+
+def test_each_worker_process_gets_its_own_device(monkeypatch, ckpt, cache) -> None:
+    import multiprocessing
+
+    spec = spec_of(ckpt, cache, "steps=2", "n=16", "batch=4")
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: FakeContext)
+    monkeypatch.setattr(runner.Evaluator, "warm_metrics", staticmethod(lambda spec: None))
+    monkeypatch.setattr(runner, "open_storage", lambda url, *a: FakeStorage())
+    FakeProcess.started = []
+    display = runner.Display(False, 1, "test")
+    runner._run_workers(spec, "sqlite://", 10, "tok", "disabled", ["cuda:1", "cuda:0", "cuda:1"], "0" * 64, display,
+                        False)  # fmt: skip
+    assert [a[0].device for a in FakeProcess.started] == ["cuda:1", "cuda:0", "cuda:1"]
+    assert [a[7] for a in FakeProcess.started] == [0, 1, 2]  # each its own index (its search seed)
+    assert all(a[0].steps == spec.steps for a in FakeProcess.started)  # otherwise the same spec
+
+
+def test_sweep_cli_passes_devices_and_run_sweep_places_workers(monkeypatch, ckpt, cache, capsys) -> None:
+    seen: dict = {}
+
+    def fake_run_sweep(spec, workers=1, devices=None, **kw):
+        seen.update(workers=workers, devices=devices)
+        raise DDIMError("stop here")
+
+    monkeypatch.setattr(runner, "run_sweep", fake_run_sweep)
+    args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--workers", "2"]
+    assert main([*args, "--devices", "cpu"]) == 2 and seen == {"workers": 2, "devices": "cpu"}
+    assert "stop here" in capsys.readouterr().err
+
+    placed: list = []
+    monkeypatch.undo()
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(runner, "_run_sweep", lambda spec, devices, *a: placed.append(devices))
+    runner.run_sweep(spec_of(ckpt, cache, "steps=2", "n=16"), workers=3)
+    runner.run_sweep(spec_of(ckpt, cache, "steps=2", "n=16"), workers=2, devices="cuda:1")
+    assert placed == [["cuda:0", "cuda:1", "cuda:0"], ["cuda:1", "cuda:1"]]
