@@ -17,10 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.perf import floor as perf_floor
 from bench.perf import jobs as perf_jobs
 from bench.perf import models as perf_models
 from bench.perf import run as perf
 from bench.perf import timing as perf_timing
+from bench.perf import workload as perf_workload
 from bench.perf.models import RunSettings
 from ddim.errors import DDIMError
 from ddim.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
@@ -175,9 +177,9 @@ def test_bf16_autocast_and_channels_last_train_step_on_cpu() -> None:
         model = perf_models.prepare(perf_models.build(name, config).train(), settings)
         assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last) if name == "ours" else True
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        data = perf_jobs.batch_data(config, 4, settings)
+        data = perf_workload.batch_data(config, 4, settings)
         assert data[0].is_contiguous(memory_format=torch.channels_last)
-        perf_jobs.train_step(model, opt, settings, data)
+        perf_workload.train_step(model, opt, settings, data)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     # bf16 autocast stays close to float32 for our network.
     torch.manual_seed(0)
@@ -219,7 +221,7 @@ def test_sampling_loops_never_synchronise_with_the_device(sampler: str) -> None:
     data-dependent branch) raises there, so passing means the GPU path queues every step without waiting."""
     from ddim import sampling, schedules
 
-    model = UNet(perf_jobs.TINY).to("meta").eval()
+    model = UNet(perf_workload.TINY).to("meta").eval()
     ab, ts = schedules.alpha_bar("linear", T=100), schedules.timesteps(5, T=100)
     noise = sampling.SeededNoise(range(3), (1, 8, 8), "meta")
     out = sampling.sample(model, noise.initial(), ab, ts, eta=1.0, sampler=sampler, noise=noise)
@@ -263,22 +265,39 @@ def test_interleave_runs_candidates_in_turn_and_peak_memory() -> None:
     assert perf_timing.ratio(2.0, 1.0) == 2.0 and math.isnan(perf_timing.ratio(1.0, 0.0))
 
 
-def test_conv_floor_replays_the_steps_convolutions_and_leaves_no_gradients() -> None:
+@pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
+def test_conv_floor_replays_the_networks_convolutions_in_both_formats(backward: bool) -> None:
     settings = RunSettings()
     torch.manual_seed(0)
-    model = UNet(perf_jobs.TINY).train()
-    data = perf_jobs.batch_data(perf_jobs.TINY, 4, settings)
-    replay = perf_jobs.conv_floor(model, settings, data)
+    model = UNet(perf_workload.TINY).train(backward)
+    data = perf_workload.batch_data(perf_workload.TINY, 4, settings)
     seen: list[torch.nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m)) for m in model.modules()
              if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
-    replay()
+    replays = perf_floor.floors(model, settings, data, backward=backward)  # records with the hooks on: not copied
     with torch.no_grad():
         model(data[0], data[2])
     for h in hooks:
         h.remove()
-    assert replay.calls == len(seen) // 2 and seen[: replay.calls] == seen[replay.calls :]  # same convs, same order
-    assert all(p.grad is None for p in model.parameters())
+    seen = seen[-replays["convs_nchw"].calls :]  # the last forward's calls
+    assert set(replays) == {"convs_nchw", "convs_nhwc"}
+    for name, replay in replays.items():
+        fmt = perf_floor.FORMATS[name.removeprefix("convs_")]
+        ran: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+        def note(m: torch.nn.Module, i: tuple, o: torch.Tensor, ran: list = ran) -> None:
+            ran.append((m, i[0]))
+
+        layer_hooks = [m.register_forward_hook(note) for m in replay.layers]
+        replay()
+        for h in layer_hooks:
+            h.remove()
+        assert len(seen) == len(ran) == replay.calls > 0  # every conv call of one forward, each once
+        for orig, (twin, x) in zip(seen, ran):  # same layers (copies), same order, in the replay's format
+            assert twin is not orig and torch.equal(twin.weight, orig.weight) and x.shape[1] == orig.in_channels
+            assert twin.weight.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt)
+        assert all(p.grad is None for m in replay.layers for p in m.parameters())
+    assert all(p.grad is None for p in model.parameters())  # the model is left untouched
 
 
 def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
@@ -291,16 +310,30 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     assert train["params"]["ours"] == train["params"]["diffusers"] and train["speedup_wall"] > 0
     assert set(train["memory"]) == {"ours", "diffusers"}
     # The convolution floor replays every conv module call of ours' forward (attention's 1x1 weights run as GEMMs).
-    unet = UNet(perf_jobs.TINY)
+    unet = UNet(perf_workload.TINY)
     attn = {id(m) for b in unet.modules() if isinstance(b, AttnBlock) for m in b.modules()}
     convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in attn]
     assert train["conv_calls"] == len(convs) and 0 < train["conv_share_ours"] < 1.2 and train["ceiling"] > 0
+    for row in (train, *saved["eval"]):  # both formats' floors; the faster one is the floor
+        floors = row["floor_s"]
+        assert set(floors) == {"nchw", "nhwc"} and floors[row["floor_format"]] == min(floors.values())
+        ours = row["times"]["ours"][row["basis"]]
+        assert row["floor_ratio"] == pytest.approx(ours / min(floors.values()))
+    (ev,) = saved["eval"]
+    assert ev["batch"] == 32 and ev["conv_calls"] == len(convs) and ev["speedup"] > 0  # the quick sweep's batch
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
-    assert {"train_speedup_tiny", "sampler_overhead_S10_eta0"} <= set(saved["targets"])
+    want = {"train_floor_ratio_tiny", "train_speedup_tiny", "eval_floor_ratio_tiny", "eval_speedup_tiny",
+            "sampler_overhead_S10_eta0"}  # fmt: skip
+    assert want <= set(saved["targets"])
+    for key in ("train_floor_ratio_tiny", "eval_floor_ratio_tiny"):
+        t = saved["targets"][key]
+        assert t["target"] == "≤ 1.15×" and t["met"] == (t["value"] <= 1.15)
+    t = saved["targets"]["train_speedup_tiny"]
+    assert t["met"] == (t["value"] >= train["ceiling"] / 1.15)
     readme = (tmp_path / "README.md").read_text()
     assert "## 1. Training throughput" in readme and "| tiny |" in readme and "## Targets" in readme
-    assert "ceiling" in readme
+    assert "ceiling" in readme and "floor channels_last (s)" in readme and "One network evaluation" in readme
     assert res["targets"] == saved["targets"]
 
 
@@ -313,6 +346,20 @@ def test_sweep_overhead_job_reference_computed_once(tmp_path) -> None:
         assert "error" not in run, run
         assert run["cells"] == 2 and run["reference_computed_once"] and len(run["reference_stat_files"]) == 1
         assert run["network_calls"] >= 2 * 2 and 0 < run["network_s"] + run["extractor_s"] < run["wall_s"]
+
+
+@pytest.mark.slow  # inductor compiles the tiny UNet's train step and its evaluation
+def test_compile_job_times_the_first_call_apart(tmp_path) -> None:
+    cfg = perf.PerfConfig(out=str(tmp_path), device="cpu", quick=True, isolate=False, only=("compile",),
+                          sample_preset="tiny")  # fmt: skip
+    res = perf.run(cfg)
+    (job,) = res["compile"]
+    assert [r["what"] for r in job["rows"]] == ["train step", "evaluation"], job
+    for r in job["rows"]:
+        steady = r["times"]["compiled"]["wall_s"]
+        assert r["first_call_s"] > steady and r["compile_s"] == pytest.approx(r["first_call_s"] - steady)
+        assert r["speedup"] > 0 and len(r["times"]["compiled"]["wall_all"]) == 1  # the first call is not a repeat
+    assert "## 3. `torch.compile`" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -336,4 +383,4 @@ def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert printed["config"]["only"] == ["train"]
     assert [j["kind"] for j in printed["jobs"]] == ["train"] * 6  # timing + 2 memory jobs per preset
     assert perf.main(["--only", "nope"]) == 2
-    assert "choose from train,sample,sweep" in capsys.readouterr().err
+    assert "choose from train,sample,compile,sweep" in capsys.readouterr().err

@@ -5,10 +5,12 @@ A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able
 ``bench.perf.run`` starts one such process per memory measurement, so a peak RSS belongs to one model.
 
 - ``train``:  forward + backward + Adam step of ours and diffusers' twin, interleaved (or one
-  model's peak memory when ``memory`` is set), and beside them ``convs``: the step's convolutions
-  alone (forward + backward), whose time bounds what any exact rewrite of the rest could gain.
+  model's peak memory when ``memory`` is set), and beside them the step's convolutions alone in
+  both memory formats (``bench.perf.floor``), whose time bounds what any exact rewrite of the rest could gain.
 - ``sample``: ``ddim.sampling.sample`` with ``SeededNoise`` at each (S, η), with ours and with
   diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
+- ``eval``, ``compile``: one network evaluation against its convolution floor, and the compiled
+  network against eager (``bench.perf.network``).
 - ``sweep``:  see ``bench.perf.sweep``.
 """
 
@@ -18,123 +20,25 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from bench.perf.models import (
-    RunSettings,
-    apply_backend_flags,
-    auto_batch,
-    autocast,
-    build,
-    n_params,
-    prepare,
-    prepare_input,
-)
+from bench.perf import floor
+from bench.perf.models import RunSettings, auto_batch, autocast, build, n_params, prepare, prepare_input
 from bench.perf.timing import PeakMemory, interleave, ratio, sync
+from bench.perf.workload import batch_data, setup, time_basis, train_step, unet_config
 from ddim import schedules
 from ddim.errors import DDIMError
 from ddim.sampling import SeededNoise, sample
-from ddim.unet import UNetConfig, preset
+from ddim.unet import UNetConfig
 
 RESULT_TAG = "PERF_RESULT "
-# A few-second stand-in for the presets, used by tests and --quick smoke runs.
-TINY = UNetConfig(resolution=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                  dropout=0.0, num_groups=4)  # fmt: skip
-
-
-def unet_config(name: str) -> UNetConfig:
-    """A ``ddim.unet`` preset, or ``tiny``."""
-    return TINY if name == "tiny" else preset(name)
-
-
-def time_basis(settings: RunSettings) -> str:
-    """The timing a ratio is taken from: process CPU time for one CPU thread, else wall time.
-
-    With one intra-op thread the process's CPU time is the time the work takes on a core it has to
-    itself: it leaves out the time spent waiting while other processes run, which on a shared
-    machine moves the wall time by 2x between repeats. With several threads (OpenMP workers spin)
-    or a GPU, only the wall time means what it says.
-    """
-    return "cpu_s" if not settings.device.startswith("cuda") and torch.get_num_threads() == 1 else "wall_s"
-
-
-def _setup(job: dict[str, Any]) -> RunSettings:
-    threads = int(job.get("threads", 0))
-    if threads > 0:
-        torch.set_num_threads(threads)
-    settings = RunSettings(**job["settings"])
-    apply_backend_flags(settings)
-    return settings
-
-
-def batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[torch.Tensor, ...]:
-    """A fixed noisy batch: x_t = √ᾱ x₀ + √(1−ᾱ) ε with antithetic-free uniform t (as the trainer draws)."""
-    g = torch.Generator().manual_seed(0)
-    shape = (batch, config.in_channels, config.resolution, config.resolution)
-    x0, eps = torch.rand(shape, generator=g) * 2 - 1, torch.randn(shape, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
-    ab = schedules.alpha_bar()[t].float()[:, None, None, None]
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    return prepare_input(x_t, settings), prepare_input(eps, settings), t.to(settings.device)
-
-
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: RunSettings, data: tuple) -> None:
-    x_t, eps, t = data
-    with autocast(settings):
-        eps_pred = model(x_t, t)
-    loss = (eps_pred.float() - eps).square().sum() / len(x_t)  # L_simple: summed over pixels, mean over images
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple) -> Callable[[], None]:
-    """The convolutions of one training step of ``model``, alone: a function that replays them.
-
-    One forward records every ``nn.Conv2d`` module call's input; the replay runs each of those
-    convolutions forward and backward (grad of the weight and bias, and of the input wherever the
-    real step needs it, i.e. everywhere but on the network's input) against a fixed upstream
-    gradient. Its time is what a step costs if everything but the convolutions were free, so
-    ``diffusers' step / replay`` is the largest speed-up any rewrite that keeps these convolutions
-    (same shapes, same kernels) can reach.
-    """
-    x_t, _, t = data
-    calls: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
-
-    def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        x = inputs[0].detach().clone(memory_format=torch.preserve_format)
-        x.requires_grad_(inputs[0] is not x_t)
-        calls.append((mod, x, torch.randn_like(out)))
-
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    hooks = [m.register_forward_hook(record) for m in convs]
-    try:
-        with torch.no_grad(), autocast(settings):
-            model(x_t, t)
-    finally:
-        for h in hooks:
-            h.remove()
-    params = [p for m in convs for p in m.parameters()]
-
-    def replay() -> None:
-        for mod, x, grad in calls:
-            with autocast(settings):
-                y = mod(x)
-            y.backward(grad)
-            x.grad = None
-        for p in params:
-            p.grad = None
-
-    replay.calls = len(calls)  # type: ignore[attr-defined]
-    return replay
 
 
 def train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Training throughput of ``job["models"]`` (interleaved), or the peak memory of one model."""
-    settings = _setup(job)
+    settings = setup(job)
     config, batch = unet_config(job["preset"]), int(job["batch"])
     names = list(job.get("models", ["ours", "diffusers"]))
     data = batch_data(config, batch, settings)
@@ -157,10 +61,8 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         models[name] = (model, opt)
         fns[name] = lambda m=model, o=opt: train_step(m, o, settings, data)
-    floor = None
-    if "ours" in models and job.get("floor", True):
-        eager = getattr(models["ours"][0], "_orig_mod", models["ours"][0])  # record through compiled wrappers too
-        floor = fns["convs"] = conv_floor(eager, settings, data)
+    replays = floor.floors(models["ours"][0], settings, data, backward=True) if "ours" in models else {}
+    fns.update(replays)
     times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}
     basis = out["basis"] = time_basis(settings)
@@ -170,11 +72,8 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
         out["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])
         out["speedup_cpu"] = ratio(times["diffusers"]["cpu_s"], times["ours"]["cpu_s"])
-    if floor is not None:
-        out["conv_calls"] = floor.calls  # type: ignore[attr-defined]
-        out["conv_share_ours"] = times["convs"][basis] / times["ours"][basis]
-        if "diffusers" in times:
-            out["ceiling"] = ratio(times["diffusers"][basis], times["convs"][basis])
+    if replays:
+        out.update(floor.summary(times, basis, replays))
     return out
 
 
@@ -264,7 +163,7 @@ def _sample_row(models: dict[str, torch.nn.Module], first: str, config: UNetConf
 
 def sample_job(job: dict[str, Any]) -> dict[str, Any]:
     """Sampling images/s at each (S, η) for ours and diffusers' twin, and the sampler's overhead."""
-    settings = _setup(job)
+    settings = setup(job)
     config = unet_config(job["preset"])
     names = list(job.get("models", ["ours", "diffusers"]))
     models = {}
@@ -294,10 +193,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return train_job(job)
     if kind == "sample":
         return sample_job(job)
+    if kind in ("eval", "compile"):
+        from bench.perf import network
+
+        return network.eval_job(job) if kind == "eval" else network.compile_job(job)
     if kind == "sweep":
         from bench.perf.sweep import sweep_job
 
-        _setup(job)
+        setup(job)
         return sweep_job(job)
     raise DDIMError(f"unknown benchmark job kind {kind!r}")
 

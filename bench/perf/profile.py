@@ -13,8 +13,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.perf.jobs import batch_data, train_step, unet_config
 from bench.perf.models import RunSettings, apply_backend_flags, build, prepare
+from bench.perf.workload import batch_data, train_step, unet_config
 
 
 def profile_step(name: str, preset: str, batch: int, settings: RunSettings, steps: int = 3, rows: int = 20) -> str:

@@ -1,13 +1,15 @@
 """``python -m bench.perf``: the performance benchmark (``make bench``) → ``reports/perf/``.
 
-Three measurements, each a ratio taken within one process by interleaving its candidates (see
+Four measurements, each a ratio taken within one process by interleaving its candidates (see
 ``bench.perf.timing``), plus the peak memory of each in a fresh subprocess:
 
 1. training throughput (forward + backward + Adam step) of our UNet against diffusers'
-   ``UNet2DModel`` built to the same architecture, for the ``digits`` and ``cifar10`` presets;
+   ``UNet2DModel`` built to the same architecture, for the ``digits`` and ``cifar10`` presets, and
+   the step over its convolution floor (``bench.perf.floor``, NCHW and channels_last);
 2. sampling images/s at S = 10 and 50 (η = 0 and 1) and the sampler's overhead over the bare
-   network evaluations it makes;
-3. a small digits sweep's wall time against its network-evaluation + feature-extraction time.
+   network evaluations it makes; one evaluation at the sweep's batch size over its convolution floor;
+3. ``torch.compile`` against eager (compile time apart, per-call time amortised);
+4. a small digits sweep's wall time against its network-evaluation + feature-extraction time.
 
 Writes ``results.json`` (machine, settings, every raw median and ratio) and ``README.md``.
 On CUDA (``--device auto`` picks it when present) the defaults are bf16 autocast, channels_last and
@@ -29,8 +31,10 @@ from typing import Any
 
 from ddim.errors import DDIMError
 
-SECTIONS = ("train", "sample", "sweep")
-TARGETS = {"train_speedup": 1.3, "sampler_overhead_pct": 2.0, "sweep_overhead_pct": 10.0}
+SECTIONS = ("train", "sample", "compile", "sweep")
+# The floor ratio's target is bench.perf.floor.TARGET; a speed-up's is the margin that target gives:
+# diffusers' time over the floor (the ceiling) / TARGET (≈ 1.25× for a ceiling of 1.44×).
+TARGETS = {"sampler_overhead_pct": 2.0, "sweep_overhead_pct": 10.0}
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,18 @@ class PerfConfig:
 
 
 def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
-    """Batches and repeats; CPU sizes keep the whole default run within ~10 minutes on 2 cores."""
+    """Batches and repeats; CPU sizes keep the whole default run within ~6 minutes on 2 quiet cores."""
     if cfg.quick:
         return {"train_batch": {"digits": 16, "cifar10": 2, "tiny": 8}, "train_reps": 2, "sample_batch": 8,
-                "sample_steps": (10,), "sample_reps": 2, "sweep": {"n": 32, "batch": 32, "steps": (5,),
-                "etas": (0.0, 1.0)}}  # fmt: skip
+                "sample_steps": (10,), "sample_reps": 2, "eval_reps": 2, "compile_reps": 1, "sweep": {"n": 32,
+                "batch": 32, "steps": (5,), "etas": (0.0, 1.0)}}  # fmt: skip
     if cuda:
         return {"train_batch": {"digits": 128, "cifar10": 128, "tiny": 64}, "train_reps": 10, "sample_batch": 0,
-                "sample_steps": (10, 50), "sample_reps": 3, "sweep": {"n": 1000, "batch": 500, "steps": (10, 20),
-                "etas": (0.0, 1.0)}}  # fmt: skip
+                "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 10, "compile_reps": 10, "sweep": {"n": 1000,
+                "batch": 500, "steps": (10, 20), "etas": (0.0, 1.0)}}  # fmt: skip
     return {"train_batch": {"digits": 128, "cifar10": 8, "tiny": 16}, "train_reps": 15, "sample_batch": 64,
-            "sample_steps": (10, 50), "sample_reps": 5, "sweep": {"n": 256, "batch": 128, "steps": (10, 20),
-            "etas": (0.0, 1.0)}}  # fmt: skip
+            "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 11, "compile_reps": 5, "sweep": {"n": 256,
+            "batch": 128, "steps": (10, 20), "etas": (0.0, 1.0)}}  # fmt: skip
 
 
 def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
@@ -96,11 +100,16 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
             reps = sizes["train_reps"] if name != "cifar10" or cuda else 5  # a cifar10 step takes seconds on a CPU
             jobs.append({**train, "reps": max(1, reps), "warmup": 3 if cfg.compile else 1})
             jobs += [{**train, "memory": True, "models": [m]} for m in ("ours", "diffusers")]
+    name = cfg.sample_preset or ("cifar10" if cuda else "digits")
+    eval_batch = sizes["sweep"]["batch"]  # the sweep's batch: what one sampling step evaluates
     if "sample" in cfg.only:
-        name = cfg.sample_preset or ("cifar10" if cuda else "digits")
         sample = {**base, "kind": "sample", "preset": name, "batch": sizes["sample_batch"], "etas": [0.0, 1.0]}
         jobs.append({**sample, "steps": list(sizes["sample_steps"]), "reps": sizes["sample_reps"]})
         jobs += [{**sample, "steps": [10], "memory": True, "models": [m]} for m in ("ours", "diffusers")]
+        jobs.append({**base, "kind": "eval", "preset": name, "batch": eval_batch, "reps": sizes["eval_reps"]})
+    if "compile" in cfg.only:
+        jobs.append({**base, "kind": "compile", "preset": name, "batch": sizes["train_batch"].get(name, 8),
+                     "eval_batch": eval_batch, "reps": sizes["compile_reps"]})  # fmt: skip
     if "sweep" in cfg.only:
         sweep = {**base, "kind": "sweep", "cache_dir": cfg.cache_dir, **sizes["sweep"]}
         jobs += [{**sweep, "modes": [mode]} for mode in cfg.sweep_modes]
@@ -144,12 +153,15 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
 
 def _collect(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Group job results by section: timing results with their memory results attached."""
-    out: dict[str, Any] = {"train": [], "sample": [], "sweep": []}
+    out: dict[str, Any] = {"train": [], "sample": [], "eval": [], "compile": [], "sweep": []}
     for job, res in zip(jobs, results):
         kind = job["kind"]
         if kind == "sweep":
             for run in res.get("runs", [res]):
                 out["sweep"].append({**{k: v for k, v in res.items() if k != "runs"}, **run})
+            continue
+        if kind in ("eval", "compile"):
+            out[kind].append(res)
             continue
         if not job.get("memory"):
             out[kind].append({**res, "memory": {}})
@@ -160,14 +172,26 @@ def _collect(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[
     return out
 
 
+def _floor_targets(out: dict[str, Any], kind: str, row: dict[str, Any]) -> None:
+    """A network's ratio to its convolution floor (≤ TARGET) and its speed-up over diffusers (≥ ceiling / TARGET)."""
+    from bench.perf.floor import TARGET
+
+    if "floor_ratio" in row:
+        value = row["floor_ratio"]
+        out[f"{kind}_floor_ratio_{row['preset']}"] = {"value": value, "target": f"≤ {TARGET}×", "met": value <= TARGET}
+    if "speedup" in row and "ceiling" in row:
+        value, goal = row["speedup"], row["ceiling"] / TARGET
+        out[f"{kind}_speedup_{row['preset']}"] = {"value": value, "target": f"≥ {goal:.2f}× (ceiling / {TARGET})",
+                                                  "met": value >= goal}  # fmt: skip
+
+
 def targets(sections: dict[str, Any]) -> dict[str, Any]:
     """Each target's measured value and whether it is met (None where not measured)."""
     out: dict[str, Any] = {}
     for row in sections["train"]:
-        if "speedup" in row:
-            value = row["speedup"]
-            out[f"train_speedup_{row['preset']}"] = {"value": value, "target": f"≥ {TARGETS['train_speedup']}",
-                                                     "met": value >= TARGETS["train_speedup"]}  # fmt: skip
+        _floor_targets(out, "train", row)
+    for row in sections.get("eval", []):
+        _floor_targets(out, "eval", row)
     for res in sections["sample"]:
         for row in res.get("rows", []):
             value = row.get("overhead_pct", row["overhead_pct_wall"])
@@ -246,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="NHWC memory format for both models (default: CUDA)")  # fmt: skip
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmul/conv on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (slow to start on a CPU)")
-    p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST", help="sections: train,sample,sweep")
+    p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST", help="sections: " + ",".join(SECTIONS))
     p.add_argument("--presets", default="digits,cifar10", metavar="LIST", help="UNet presets to train (or tiny)")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one subprocess per memory figure (default: on for the CPU, off for CUDA)")  # fmt: skip

@@ -1,0 +1,82 @@
+"""One network evaluation against its convolution floor, and the compiled network against eager.
+
+- ``eval``: one ε_θ(x_t, t) evaluation at the sweep's batch size (what each sampling step costs), of
+  ours and of diffusers' twin, interleaved with the evaluation's convolutions replayed alone in both
+  memory formats (``bench.perf.floor``): ours over the faster floor is the sampling target's ratio.
+- ``compile``: ours eager against ``torch.compile(ours)`` (inductor), for a training step and for one
+  evaluation. The first call of the compiled model compiles; it is timed on its own and left out of
+  the per-call medians, so *compile s* = first call − a steady call, and the speed-up is amortised.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from bench.perf import floor
+from bench.perf.models import build, prepare
+from bench.perf.timing import interleave, ratio, sync
+from bench.perf.workload import batch_data, evaluate, setup, time_basis, train_step, unet_config
+
+
+def eval_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation of ``job["models"]`` at ``job["batch"]``, interleaved with its convolution floors."""
+    settings = setup(job)
+    config, batch = unet_config(job["preset"]), int(job["batch"])
+    data = batch_data(config, batch, settings)
+    fns, models = {}, {}
+    for name in job.get("models", ["ours", "diffusers"]):
+        torch.manual_seed(0)
+        models[name] = model = prepare(build(name, config).eval(), settings)
+        fns[name] = lambda m=model: evaluate(m, settings, data)
+    replays = floor.floors(models["ours"], settings, data, backward=False)
+    times = interleave({**fns, **replays}, reps=int(job["reps"]), warmup=1, device=settings.device)
+    basis = time_basis(settings)
+    out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "times": times, "basis": basis}
+    out["images_per_s"] = {k: batch / times[k][basis] for k in fns}
+    if "diffusers" in fns:
+        out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
+    return {**out, **floor.summary(times, basis, replays)}
+
+
+def _first_call(fn: Any, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _compare(fns: dict[str, Any], what: str, batch: int, reps: int, settings: Any) -> dict[str, Any]:
+    """The compiled candidate's first call (it compiles) on its own, then both interleaved."""
+    first = _first_call(fns["compiled"], settings.device)
+    times = interleave(fns, reps=reps, warmup=1, device=settings.device)
+    basis = time_basis(settings)
+    return {"what": what, "batch": batch, "times": times, "basis": basis, "first_call_s": first,
+            "compile_s": max(0.0, first - times["compiled"]["wall_s"]),
+            "speedup": ratio(times["eager"][basis], times["compiled"][basis])}  # fmt: skip
+
+
+def compile_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Ours eager vs compiled: a training step at ``job["batch"]``, then one evaluation at ``job["eval_batch"]``."""
+    settings = replace(setup(job), compile=False)  # compiled here, once, beside its eager twin
+    config, backend, reps = unet_config(job["preset"]), job.get("backend", "inductor"), int(job["reps"])
+    torch.manual_seed(0)
+    eager = prepare(build("ours", config).train(), settings)
+    twin = copy.deepcopy(eager)
+    fast = torch.compile(twin, backend=backend)
+    batch, eval_batch = int(job["batch"]), int(job["eval_batch"])
+    data = batch_data(config, batch, settings)
+    opt_e, opt_c = (torch.optim.Adam(m.parameters(), lr=2e-4) for m in (eager, twin))
+    fns = {"eager": lambda: train_step(eager, opt_e, settings, data),
+           "compiled": lambda: train_step(fast, opt_c, settings, data)}  # fmt: skip
+    rows = [_compare(fns, "train step", batch, reps, settings)]
+    eager.eval(), twin.eval()  # the evaluation compiles anew: eval mode, no_grad, another batch
+    x = batch_data(config, eval_batch, settings)
+    fns = {"eager": lambda: evaluate(eager, settings, x), "compiled": lambda: evaluate(fast, settings, x)}
+    rows.append(_compare(fns, "evaluation", eval_batch, reps, settings))
+    return {"preset": job["preset"], "backend": backend, "rows": rows}

@@ -1,0 +1,74 @@
+"""What the benchmark's jobs run: the UNet configs, a fixed noisy batch, one training step, the time basis.
+
+Shared by ``bench.perf.jobs`` (training, sampling), ``bench.perf.network`` (one evaluation, compiled
+paths), ``bench.perf.floor`` users and ``bench.perf.profile``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.perf.models import RunSettings, apply_backend_flags, autocast, prepare_input
+from ddim import schedules
+from ddim.unet import UNetConfig, preset
+
+# A few-second stand-in for the presets, used by tests and --quick smoke runs.
+TINY = UNetConfig(resolution=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                  dropout=0.0, num_groups=4)  # fmt: skip
+
+
+def unet_config(name: str) -> UNetConfig:
+    """A ``ddim.unet`` preset, or ``tiny``."""
+    return TINY if name == "tiny" else preset(name)
+
+
+def time_basis(settings: RunSettings) -> str:
+    """The timing a ratio is taken from: process CPU time for one CPU thread, else wall time.
+
+    With one intra-op thread the process's CPU time is the time the work takes on a core it has to
+    itself: it leaves out the time spent waiting while other processes run, which on a shared
+    machine moves the wall time by 2x between repeats. With several threads (OpenMP workers spin)
+    or a GPU, only the wall time means what it says.
+    """
+    return "cpu_s" if not settings.device.startswith("cuda") and torch.get_num_threads() == 1 else "wall_s"
+
+
+def setup(job: dict[str, Any]) -> RunSettings:
+    """A job's thread count and backend flags applied; its ``RunSettings``."""
+    threads = int(job.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    settings = RunSettings(**job["settings"])
+    apply_backend_flags(settings)
+    return settings
+
+
+def batch_data(config: UNetConfig, batch: int, settings: RunSettings) -> tuple[torch.Tensor, ...]:
+    """A fixed noisy batch: x_t = √ᾱ x₀ + √(1−ᾱ) ε with antithetic-free uniform t (as the trainer draws)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, config.in_channels, config.resolution, config.resolution)
+    x0, eps = torch.rand(shape, generator=g) * 2 - 1, torch.randn(shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    ab = schedules.alpha_bar()[t].float()[:, None, None, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return prepare_input(x_t, settings), prepare_input(eps, settings), t.to(settings.device)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, settings: RunSettings, data: tuple) -> None:
+    """Forward, L_simple (Algorithm 1), backward, Adam step."""
+    x_t, eps, t = data
+    with autocast(settings):
+        eps_pred = model(x_t, t)
+    loss = (eps_pred.float() - eps).square().sum() / len(x_t)  # L_simple: summed over pixels, mean over images
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, settings: RunSettings, data: tuple) -> torch.Tensor:
+    """One network evaluation ε_θ(x_t, t), as the sampler makes it."""
+    with autocast(settings):
+        return model(data[0], data[2])
