@@ -28,7 +28,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory
-from ddim.runtime import compiled, resolve_device
+from ddim.runtime import compiled, resolve_device, use_compile
 from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"
@@ -126,7 +126,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
             progress(done, cfg.n)
     seconds = time.perf_counter() - start
     _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
-    manifest = {**manifest, "complete": True, "device": str(device)}
+    manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device)}
     if todo:
         manifest["last_run"] = {
             "samples": len(todo),

@@ -3,6 +3,8 @@ up to float summation order, for the sampler's network call and for a training s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from sweep_helpers import spec_of
@@ -74,10 +76,14 @@ def test_sample_and_sweep_compile_their_network_only_when_asked(monkeypatch, ckp
 
     seen: list[str] = []
     monkeypatch.setattr(torch, "compile", lambda model, backend="inductor": seen.append(type(model).__name__) or model)
+    manifests = {}
     for choice, out in ((None, "eager"), (True, "compiled")):
         generate(SampleConfig(checkpoint=str(ckpt), out=str(tmp_path / out), n=2, steps=2, device="cpu",
                               compile=choice))  # fmt: skip
+        manifests[out] = json.loads((tmp_path / out / "samples.json").read_text())
     assert seen == ["UNet"]  # the CPU default (None) stayed eager
+    assert manifests["eager"]["compiled"] is False and manifests["compiled"]["compiled"] is True
+    assert manifests["eager"]["settings"] == manifests["compiled"]["settings"]  # a rerun may switch it
     Evaluator(spec_of(ckpt, cache, "device=cpu"), "0" * 64)
     Evaluator(spec_of(ckpt, cache, "device=cpu", "compile=true"), "0" * 64)
     assert seen == ["UNet", "UNet"]

@@ -82,3 +82,25 @@ def test_pinned_noise_draws_equal_the_cpu_draws() -> None:
     draws = [(cpu.initial(), gpu.initial())] + [(cpu(i, x.cpu()), gpu(i, x)) for i in range(5)]
     for a, b in draws:  # asynchronous copies from page-locked buffers: every draw arrives intact
         assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+
+
+def test_compiled_sampling_on_cuda_matches_eager(run) -> None:
+    from ddim.runtime import compiled
+
+    _, result = run
+    ck = load_checkpoint(result.checkpoint)
+    ts, device = schedules.timesteps(5, ck.diffusion.T), torch.device("cuda")
+    out = []
+    for choice in (False, True):
+        model = compiled(ck.build_model(device), device, choice)
+        noise = sampling.SeededNoise(range(8), (1, 16, 16), device)
+        out.append(sampling.sample(model, noise.initial(), ck.alpha_bar(), ts, eta=1.0, noise=noise).cpu())
+    assert (out[0] - out[1]).abs().max() < 2e-2  # float summation order (and TF32) only
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_workers_spread_over_the_visible_gpus() -> None:
+    from bench.sweep.devices import assign_devices
+
+    n = torch.cuda.device_count()
+    assert assign_devices("auto", n) == [f"cuda:{i}" for i in range(n)]

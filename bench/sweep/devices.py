@@ -22,7 +22,8 @@ def _parse(devices: str, visible: int) -> list[str]:
             raise DDIMError(f"--devices {devices}: {name!r} is not a device; list cpu or cuda:N, e.g. cuda:0,cuda:2")
         index = 0 if name == "cuda" else int(name[5:]) if name.startswith("cuda:") else None
         if index is not None and index >= visible:
-            raise DDIMError(f"--devices {devices}: {name} is not visible ({visible} CUDA device(s)); list others")
+            seen = f"cuda:0 to cuda:{visible - 1}" if visible else "none"
+            raise DDIMError(f"--devices {devices}: {name} is not visible (CUDA devices here: {seen}); list those")
     if len(set(names)) != len(names):
         raise DDIMError(f"--devices {devices} repeats a device; list each once (workers share them round-robin)")
     return names
