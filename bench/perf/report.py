@@ -89,7 +89,8 @@ def _eval(rows: list[dict[str, Any]]) -> list[str]:
             continue
         basis = r.get("basis", "wall_s")
         t = r["times"]
-        table.append([r["preset"], r["batch"], t["ours"][basis], t["diffusers"][basis] if "diffusers" in t else None,
+        diffusers = f"{t['diffusers'][basis]:.4f}" if "diffusers" in t else "–"
+        table.append([r["preset"], r["batch"], f"{t['ours'][basis]:.4f}", diffusers,
                       f"**{r['speedup']:.2f}×**" if "speedup" in r else "–", *_floor_cells(r)])  # fmt: skip
     head = ["preset", "batch", "ours (s)", "diffusers (s)", "speedup", *_FLOOR_HEAD]
     return out + (_table(head, table) if table else [""])
@@ -104,8 +105,9 @@ def _compile(results: list[dict[str, Any]]) -> list[str]:
             continue
         for r in res["rows"]:
             t, basis = r["times"], r.get("basis", "wall_s")
-            table.append([res["preset"], r["what"], r["batch"], t["eager"][basis], t["compiled"][basis],
-                          f"**{r['speedup']:.2f}×**", f"{r['first_call_s']:.1f}", f"{r['compile_s']:.1f}"])  # fmt: skip
+            eager, fast = (f"{t[k][basis]:.4f}" for k in ("eager", "compiled"))
+            table.append([res["preset"], r["what"], r["batch"], eager, fast, f"**{r['speedup']:.2f}×**",
+                          f"{r['first_call_s']:.1f}", f"{r['compile_s']:.1f}"])  # fmt: skip
     head = ["preset", "call", "batch", "eager (s)", "compiled (s)", "compiled speedup", "first call (s)",
             "compile (s)"]  # fmt: skip
     if table:
