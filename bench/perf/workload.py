@@ -1,7 +1,7 @@
 """What the benchmark's jobs run: the UNet configs, a fixed noisy batch, one training step, the time basis.
 
-Shared by ``bench.perf.jobs`` (training, sampling), ``bench.perf.network`` (one evaluation, compiled
-paths), ``bench.perf.floor`` users and ``bench.perf.profile``.
+Shared by ``bench.perf.jobs`` (training, sampling), ``bench.perf.network`` (one evaluation, the
+compiled network) and ``bench.perf.profile``.
 """
 
 from __future__ import annotations
