@@ -319,6 +319,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
         assert set(floors) == {"nchw", "nhwc"} and floors[row["floor_format"]] == min(floors.values())
         ours = row["times"]["ours"][row["basis"]]
         assert row["floor_ratio"] == pytest.approx(ours / min(floors.values()))
+        by = row["floor_ratio_by_format"]  # ours measured in both formats (the run is NCHW)
+        assert set(by) == {"nchw", "nhwc"} and by["nchw"] == row["floor_ratio"] and by["nhwc"] > 0
+        assert "ours_nhwc" in row["times"]
     (ev,) = saved["eval"]
     assert ev["batch"] == 32 and ev["conv_calls"] == len(convs) and ev["speedup"] > 0  # the quick sweep's batch
     (sample,) = saved["sample"]

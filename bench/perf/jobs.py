@@ -61,7 +61,14 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         models[name] = (model, opt)
         fns[name] = lambda m=model, o=opt: train_step(m, o, settings, data)
-    replays = floor.floors(models["ours"][0], settings, data, backward=True) if "ours" in models else {}
+    replays = {}
+    if "ours" in models:
+        replays = floor.floors(models["ours"][0], settings, data, backward=True)
+        key, other = floor.other_format(settings)  # ours in the other memory format too
+        torch.manual_seed(0)
+        m = prepare(build("ours", config).train(), other)
+        o, d = torch.optim.Adam(m.parameters(), lr=2e-4), batch_data(config, batch, other)
+        fns[key] = lambda: train_step(m, o, other, d)
     fns.update(replays)
     times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}
@@ -73,7 +80,7 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         out["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])
         out["speedup_cpu"] = ratio(times["diffusers"]["cpu_s"], times["ours"]["cpu_s"])
     if replays:
-        out.update(floor.summary(times, basis, replays))
+        out.update(floor.summary(times, basis, replays, settings))
     return out
 
 

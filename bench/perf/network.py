@@ -34,13 +34,17 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
         models[name] = model = prepare(build(name, config).eval(), settings)
         fns[name] = lambda m=model: evaluate(m, settings, data)
     replays = floor.floors(models["ours"], settings, data, backward=False)
+    key, other = floor.other_format(settings)  # ours in the other memory format too
+    torch.manual_seed(0)
+    m, d = prepare(build("ours", config).eval(), other), batch_data(config, batch, other)
+    fns[key] = lambda: evaluate(m, other, d)
     times = interleave({**fns, **replays}, reps=int(job["reps"]), warmup=1, device=settings.device)
     basis = time_basis(settings)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "times": times, "basis": basis}
-    out["images_per_s"] = {k: batch / times[k][basis] for k in fns}
+    out["images_per_s"] = {k: batch / times[k][basis] for k in fns}  # ours, diffusers, ours in the other format
     if "diffusers" in fns:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
-    return {**out, **floor.summary(times, basis, replays)}
+    return {**out, **floor.summary(times, basis, replays, settings)}
 
 
 def _first_call(fn: Any, device: str) -> float:
