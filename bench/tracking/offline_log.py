@@ -137,10 +137,12 @@ def _find_log(run_dir: Path) -> Path:
 def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
     """Decode a run directory's ``run-<id>.wandb`` log (or that file itself).
 
-    Returns ``{"run": {id, project, name, group, job_type, tags, exit_code}, "config": {...},
+    Returns ``{"run": {id, project, entity, name, group, job_type, tags, exit_code}, "config": {...},
     "history": [{"step": n, key: value, ...}, ...] (ordered by step), "summary": {...},
-    "files": [paths relative to files/], "charts": {key: panel}}`` (``charts``: the custom charts logged,
-    e.g. by ``wandb.plot.line``, with their ``panel_config``). W&B's own bookkeeping keys (``_step``, ``_runtime``,
+    "files": [paths relative to files/], "charts": {key: panel}, "artifacts": {"logged": [...], "used": [...]}}``
+    (``charts``: the custom charts logged, e.g. by ``wandb.plot.line``, with their ``panel_config``; each artifact
+    ``{name, type, digest, aliases, files: {entry name: reference URI or ""}}``, used: logged with "use after
+    commit", or used by name). W&B's own bookkeeping keys (``_step``, ``_runtime``,
     ``_timestamp``, ``_wandb``) are dropped; media values are W&B's reference dicts (``path`` etc.).
     ``exit_code`` is None while the run is unfinished (its log then ends early, which is allowed).
     ``pb`` is wandb's ``wandb_internal_pb2`` module, handed in by ``bench.tracking.wandb_run`` (the only
@@ -156,6 +158,7 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
     summary: dict[str, Any] = {}
     rows: dict[int, dict[str, Any]] = {}
     files: dict[str, None] = {}
+    artifacts: dict[str, list] = {"logged": [], "used": []}
     _check_header(data, path)
     for raw in _records(data, path):
         record = pb.Record()
@@ -167,6 +170,7 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
                 run_info,
                 id=run.run_id,
                 project=run.project,
+                entity=run.entity,
                 name=run.display_name,
                 group=run.run_group,
                 job_type=run.job_type,
@@ -184,6 +188,14 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
             rows.setdefault(step, {}).update(_public(row))
         elif kind == "files":
             files.update(dict.fromkeys(f.path for f in record.files.files))
+        elif kind == "artifact":
+            art = record.artifact
+            entries = {e.path: e.ref for e in art.manifest.contents}
+            about = dict(name=art.name, type=art.type, digest=art.digest, aliases=list(art.aliases), files=entries)
+            artifacts["used" if art.use_after_commit else "logged"].append(about)
+        elif kind == "use_artifact":
+            art = record.use_artifact
+            artifacts["used"].append(dict(name=art.name, type=art.type, digest=None, aliases=[], files={}))
         elif kind == "exit":
             run_info["exit_code"] = record.exit.exit_code
     history = [{"step": step, **values} for step, values in sorted(rows.items())]
@@ -194,4 +206,5 @@ def decode_offline_run(run_dir: str | Path, pb: Any) -> dict:
         "summary": _public(summary),
         "files": list(files),
         "charts": (config.get("_wandb") or {}).get("visualize") or {},
+        "artifacts": artifacts,
     }

@@ -1,21 +1,20 @@
-"""Whether W&B can go online: credentials configured (env, netrc, settings files), a server that answers
-within a few seconds, and a usable ``WANDB_MODE``.
+"""Whether W&B can go online: credentials configured (W&B's own lookup), a server that answers within a
+few seconds, and a usable ``WANDB_MODE``.
 
-The probe is ours for a measured reason: on a dead network wandb's own init waits 90 s per run (30 s
-with our timeout), a DNS + TCP + first-answer probe says so in 3 s. Credentials are read the way
-wandb reads them, without importing wandb (an import costs seconds and every sweep cell asks).
+What stays hand-written, and why:
+- the reachability probe: on a dead network wandb's own init waits 90 s per run (30 s with our timeout),
+  a DNS + TCP + first-answer probe says so in 3 s;
+- the ``WANDB_MODE`` check: wandb validates the variable on import and then refuses every run, even one
+  with an explicit mode.
 """
 
 from __future__ import annotations
 
-import configparser
-import netrc
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.console import warn as warn_line
@@ -23,60 +22,26 @@ from ddim.errors import one_line
 
 MODES = ("online", "offline", "disabled")
 REACHABILITY_TIMEOUT_S = 3.0  # budget for the DNS + TCP probe before an online init
-_WANDB_CLOUD_HOST = "api.wandb.ai"
-
-
-def _config_dir_settings() -> list[Path]:
-    """W&B settings files, global then workspace (the workspace one wins)."""
-    cfg = os.environ.get("WANDB_CONFIG_DIR")
-    global_file = Path(cfg).expanduser() / "settings" if cfg else Path("~/.config/wandb/settings").expanduser()
-    return [global_file, Path("wandb") / "settings"]
-
-
-def _settings_value(name: str) -> str | None:
-    value = None
-    for path in _config_dir_settings():
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(path)
-            value = parser.get("default", name, fallback=value)
-        except (OSError, configparser.Error):
-            continue
-    return value or None
-
-
-def configured_base_url() -> str | None:
-    return os.environ.get("WANDB_BASE_URL") or _settings_value("base_url")
-
-
-def _netrc_path() -> Path:
-    if env := os.environ.get("NETRC"):
-        return Path(env).expanduser()
-    for name in ("~/.netrc", "~/_netrc"):
-        if (path := Path(name).expanduser()).exists():
-            return path
-    return Path("~/.netrc").expanduser()
 
 
 def api_key_configured() -> bool:
-    """Whether W&B would find credentials: env, the netrc entry for the server, or settings files."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    base = configured_base_url()
-    hosts = {urlsplit(base).netloc} if base else set()
-    if base is None or "wandb.ai" in base or "forge.coreweave.com" in base:
-        hosts.add(_WANDB_CLOUD_HOST)  # the cloud's key is stored under api.wandb.ai
+    """Whether W&B would find credentials (``WANDB_API_KEY``, an identity token file, the netrc entry for
+    its server, the settings files' ``api_key``): W&B's own lookup, asked not to prompt, verify or remember."""
     try:
-        entries = netrc.netrc(str(_netrc_path()))
-        if any((auth := entries.authenticators(h)) and auth[2] for h in hosts):
-            return True
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return _settings_value("api_key") is not None
+        import wandb
+        from wandb.sdk.lib import wbauth
+
+        base_url = wandb.setup(settings=wandb.Settings(silent=True)).settings.base_url
+        found = wbauth.authenticate_session(
+            host=base_url, source="ddimbench", prompt=False, verify=False, update_session=False
+        )
+    except Exception:  # a malformed key or an unreadable netrc: W&B could not log in with it either
+        return False
+    return found is not None
 
 
 def default_mode() -> str:
-    """``"online"`` when a W&B key is configured (env, ~/.netrc, settings file), else ``"offline"``."""
+    """``"online"`` when W&B finds a key (env, netrc, settings files), else ``"offline"``."""
     return "online" if api_key_configured() else "offline"
 
 

@@ -1,139 +1,36 @@
-"""Experiment tracking: the Tracker interface, a no-op tracker, the W&B tracker, and a run-log reader.
+"""Experiment tracking with W&B: ``make_tracker`` and the W&B tracker (the interface and the no-op
+trackers are in ``bench.tracking.tracker``), and a run-log reader.
 
-This is the only module that imports wandb (and wandb_report), and it does so inside functions: importing it costs
-nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
+wandb is imported inside functions only (here, in ``reach``, ``artifacts`` and ``wandb_report``): importing
+this costs nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
 tracker is guarded: a W&B failure becomes a single warning and the tracker turns into a no-op, so
-tracking never crashes the caller. Offline runs land in ``<dir>/wandb/offline-run-*`` and can be
-uploaded later with ``wandb sync``. ``read_offline_run`` decodes a run's binary ``.wandb`` log.
+tracking never crashes the caller. Offline runs land in ``<WANDB_DIR or dir>/wandb/offline-run-*`` and
+can be uploaded later with ``wandb sync``. ``read_offline_run`` decodes a run's binary ``.wandb`` log.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.console import warn as _warn_stderr
-from bench.store.untrusted import safe_url
+from bench.tracking import artifacts, reach
 from bench.tracking import offline_log as tracking_log
-from bench.tracking import reach
+from bench.tracking.conventions import WandbOptions, plain, wandb_options
 from bench.tracking.reach import MODES
+from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
 from ddim.errors import DDIMError, one_line
 
 if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    ImageLike = str | Path | np.ndarray | Figure
+    from bench.tracking.tracker import ImageLike
 
 ONLINE_INIT_TIMEOUT_S = 30.0  # wandb's own default (90 s) is too long to wait on a dead network
 FINISH_FLUSH_TIMEOUT_S = 10.0  # bound on waiting for wandb-core to write the end of the run log
-
-
-class Tracker:
-    """What the training loop and the sweep see; every method must be cheap and never raise."""
-
-    mode: str  # the mode actually in use after fallbacks
-    run_dir: Path | None  # local run directory, None when nothing is written
-
-    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log scalar metrics; with ``step``, rows at the same step are merged (steps must increase)."""
-        raise NotImplementedError
-
-    def log_image(
-        self,
-        key: str,
-        image: ImageLike,
-        step: int | None = None,
-        caption: str | None = None,
-    ) -> None:
-        """Log an image: a PNG/JPEG path, an (H, W[, C]) array, or a matplotlib figure."""
-        raise NotImplementedError
-
-    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
-                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
-        """Log a table (e.g. FID per step count and eta). The columns named in ``images`` hold image files (or
-        None), shown as images; each of ``charts`` (``key``, ``x``, ``y``, ``stroke``, ``title``: a
-        ``bench.tracking.results.Chart``) is a native line chart of the table under its own key."""
-        raise NotImplementedError
-
-    def summary(self, values: dict) -> None:
-        """Set run-summary values (final metrics)."""
-        raise NotImplementedError
-
-    def finish(self) -> None:
-        """End the run; idempotent. Later calls on this tracker do nothing."""
-        raise NotImplementedError
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-
-
-class NullTracker(Tracker):
-    """Tracking disabled: every call is a no-op and nothing touches the disk."""
-
-    def __init__(self) -> None:
-        self.mode = "disabled"
-        self.run_dir = None
-
-    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
-        pass
-
-    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
-                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
-        pass
-
-    def summary(self, values: dict) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-class LazyTracker(Tracker):
-    """Starts its run (``start()``) at the first call that records something, so a command that fails
-    before producing anything (a missing dataset, a refused resume) leaves no empty run behind."""
-
-    def __init__(self, start: Callable[[], Tracker]) -> None:
-        self._start, self._real, self._closed = start, None, False
-        self.mode, self.run_dir = "pending", None
-
-    def _get(self) -> Tracker:
-        if self._real is None and not self._closed:
-            self._real = self._start()
-            self.mode, self.run_dir = self._real.mode, self._real.run_dir
-        return self._real if self._real is not None else NullTracker()
-
-    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._get().log(metrics, step)
-
-    def log_image(self, key: str, image: ImageLike, step: int | None = None, caption: str | None = None) -> None:
-        self._get().log_image(key, image, step, caption)
-
-    def log_table(self, key: str, columns: list[str], rows: list[list], images: Sequence[str] = (),
-                  charts: Sequence[Any] = ()) -> None:  # fmt: skip
-        self._get().log_table(key, columns, rows, images, charts)
-
-    def summary(self, values: dict) -> None:
-        self._get().summary(values)
-
-    def finish(self) -> None:
-        self._closed = True
-        if self._real is not None:
-            self._real.finish()
-
-    def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        if self._real is not None:
-            self._real.__exit__(*exc)
 
 
 class WandbTracker(Tracker):
@@ -148,6 +45,9 @@ class WandbTracker(Tracker):
         self._last_step = -1
         self.mode = mode
         self.run_dir = Path(run.settings.sync_dir)
+        self._background = artifacts.Background(
+            lambda exc: self._warn_once("artifact", f"W&B: logging an artifact failed ({one_line(exc)})")
+        )
 
     def _warn_once(self, category: str, message: str) -> None:
         with self._lock:
@@ -189,7 +89,7 @@ class WandbTracker(Tracker):
 
         def call() -> None:  # an unreadable image fails the guarded call, like any other W&B failure
             pics = {columns.index(c) for c in images}
-            data = [[wandb.Image(str(v)) if i in pics and v is not None else _plain(v) for i, v in enumerate(row)]
+            data = [[wandb.Image(str(v)) if i in pics and v is not None else plain(v) for i, v in enumerate(row)]
                     for row in rows]  # fmt: skip
             table = wandb.Table(columns=list(columns), data=data)
             lines = {c.key: wandb.plot.line(table, c.x, c.y, stroke=c.stroke, title=c.title) for c in charts}
@@ -198,7 +98,23 @@ class WandbTracker(Tracker):
         self._guarded("log_table", call)
 
     def summary(self, values: dict) -> None:
-        self._guarded("summary", lambda: self._run.summary.update(_plain(values)))
+        self._guarded("summary", lambda: self._run.summary.update(plain(values)))
+
+    def log_artifact(self, name: str, kind: str, paths: list[Path], upload: bool, aliases: Iterable[str] = ()
+                     ) -> None:  # fmt: skip
+        import wandb
+
+        run, aliases = self._run, list(aliases)
+        if self._active and run is not None:
+            self._background.submit(lambda: run.log_artifact(artifacts.build(wandb, name, kind, paths, upload),
+                                                             aliases=aliases))  # fmt: skip
+
+    def use_artifact(self, name: str, kind: str, paths: list[Path], upload: bool = False) -> None:
+        import wandb
+
+        offline = self.mode == "offline"
+        self._guarded("use_artifact", lambda: artifacts.use(self._run, artifacts.build(wandb, name, kind, paths,
+                                                                                        upload), offline))  # fmt: skip
 
     def finish(self) -> None:
         self._end(exit_code=0)
@@ -209,6 +125,7 @@ class WandbTracker(Tracker):
     def _end(self, exit_code: int) -> None:
         if self._run is None:
             return
+        self._background.join()  # the artifacts logged so far belong to this run
         run, self._run, was_active = self._run, None, self._active
         self._active = False
         try:
@@ -229,9 +146,6 @@ class WandbTracker(Tracker):
                 self._warn_once("failure", f"W&B: finish failed ({one_line(exc)})")
 
 
-# -- choosing a mode ------------------------------------------------------------------------------
-
-
 # -- building a tracker ---------------------------------------------------------------------------
 
 
@@ -244,52 +158,66 @@ def _quiet_wandb() -> Any:
 
 
 def make_tracker(
-    mode: str | None,
+    mode: str | WandbOptions | None,
     *,
-    project: str = "ddimbench",
+    project: str | None = None,
     name: str | None = None,
     group: str | None = None,
     job_type: str | None = None,
     config: dict | None = None,
     dir: str | Path = ".",
     tags: Iterable[str] | None = None,
+    run_id: str | None = None,
+    metrics: dict[str, str] | None = None,
     warn: Callable[[str], None] = _warn_stderr,
+    note: Callable[[str], None] | None = None,
     lazy: bool = False,
 ) -> Tracker:
-    """Start a run in ``mode`` (None: ``reach.default_mode()``), falling back online -> offline -> disabled.
+    """Start a run in ``mode`` (``WandbOptions`` or a mode; None: ``WANDB_MODE``, else ``reach.default_mode()``),
+    falling back online -> offline -> disabled.
 
     A fallback costs one line through ``warn`` (once per process for the same reason); nothing
     raises except an unknown mode (``DDIMError``). Online is tried only when a key is configured
     and the server answers a TCP probe, then with a bounded ``init_timeout``; a failure is
     remembered, so a dead network costs seconds once, not minutes per run. Runs are written under
-    ``<dir>/wandb/``; every call starts a new run, so finish each one. ``lazy``: start the run only
-    when something is first logged (``LazyTracker``).
+    ``<WANDB_DIR or dir>/wandb/``, and the first offline run there says so once through ``note`` (default:
+    stderr) with the ``wandb sync`` command. Project, entity and tags come from the options
+    (``bench.tracking.conventions``) unless ``project``/``tags`` are given. ``run_id``: continue (or create)
+    that run (``resume="allow"``). ``metrics``: ``{key: "min" | "max"}`` summaries (``define_metric``).
+    ``lazy``: start the run only when something is first logged (``LazyTracker``).
     """
-    requested = reach.default_mode() if mode is None else str(mode).strip().lower()
+    opts = wandb_options(mode)
+    reach.check_mode_env(warn)  # before anything imports wandb
+    by_key = opts.mode is None
+    requested = reach.default_mode() if by_key else opts.mode
     if requested not in MODES:
         raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
     if requested == "disabled":
         return NullTracker()
     if lazy:
-        args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags)
-        return LazyTracker(lambda: make_tracker(requested, warn=warn, **args))
+        args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags,
+                    run_id=run_id, metrics=metrics, note=note)  # fmt: skip
+        return LazyTracker(lambda: make_tracker(replace(opts, wandb=requested), warn=warn, **args))
 
     reasons: list[str] = []
-    reach.check_mode_env(warn)
     try:
         wandb = _quiet_wandb()
     except Exception as exc:
         warn(f"W&B: cannot load wandb ({one_line(exc)}); tracking disabled")
         return NullTracker()
 
+    given = [tags] if isinstance(tags, str) else list(tags or [])
     init_args = dict(
-        project=project,
+        project=project or opts.project,
+        entity=opts.entity,
         name=name,
         group=group,
         job_type=job_type,
-        config=_plain(config or {}),
-        tags=[tags] if isinstance(tags, str) else list(tags) if tags is not None else None,
+        config=plain(config or {}),
+        tags=list(dict.fromkeys([*(opts.tags or []), *given])) or None,
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
+    where = opts.offline_dir(dir)
     for attempt in ("online", "offline") if requested == "online" else ("offline",):
         base_url = ""
         try:
@@ -298,20 +226,38 @@ def make_tracker(
                 if problem := reach.server_problem(base_url):
                     reasons.append(f"online mode unavailable: {problem}")
                     continue
-            tracker = WandbTracker(_init_run(wandb, attempt, Path(dir), init_args), attempt, warn)
+            run = _init_run(wandb, attempt, where, init_args)
+            for key, summary in (metrics or {}).items():
+                run.define_metric(key, summary=summary)
+            tracker = WandbTracker(run, attempt, warn)
         except Exception as exc:
             reasons.append(f"{attempt} init failed: {one_line(exc)}")
             if attempt == "online" and base_url:
                 reach.online_failures[base_url] = f"online init failed earlier ({one_line(exc)})"
             continue
+        runs = tracker.run_dir.parent
+        sync = f"upload later with `wandb sync {runs / 'offline-run-*'}`"
         if reasons:
-            _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} (`wandb sync` uploads it)")
+            _offline_said.add(runs)
+            _warn_fallback(warn, reasons, f"logging offline to {runs} ({sync})")
+        elif attempt == "offline" and runs not in _offline_said:
+            _offline_said.add(runs)
+            why = "no W&B API key found (set WANDB_API_KEY or run `wandb login`); " if by_key else ""
+            (note or _note_stderr)(f"W&B: {why}offline runs go to {runs}; {sync}")
         return tracker
     _warn_fallback(warn, reasons, "tracking disabled")
     return NullTracker()
 
 
 _fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
+_offline_said: set[Path] = set()  # offline run folders already named on stderr in this process
+
+
+def _note_stderr(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # a closed stderr must not stop the work
+        pass
 
 
 def _warn_fallback(warn: Callable[[str], None], reasons: list[str], outcome: str) -> None:
@@ -342,24 +288,6 @@ def _init_run(wandb: Any, mode: str, dir: Path, init_args: dict) -> Any:
     )
     # mode= on every call: WANDB_MODE is read once per process.
     return wandb.init(mode=mode, dir=str(dir), settings=settings, **init_args)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy: numpy/torch values to Python numbers and lists, dataclasses to dicts,
-    anything else (Paths, dtypes) to str; every string with its URL passwords masked (``safe_url``)."""
-    if isinstance(value, dict):
-        return {safe_url(str(k)): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value  # a str falls through to the masked str() below
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return _plain(value.item())  # a numpy str_ is masked too
-    if hasattr(value, "tolist"):  # numpy arrays, tensors
-        return value.tolist()
-    if hasattr(value, "__dataclass_fields__"):
-        return _plain({f: getattr(value, f) for f in value.__dataclass_fields__})
-    return safe_url(str(value))
 
 
 def _log_has_exit(path: Path) -> bool:
