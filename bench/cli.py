@@ -25,7 +25,6 @@ from bench.console import (
     DEVICE_METAVAR,
     DOWNLOAD_HELP,
     INCEPTION_HELP,
-    WANDB_HELP,
     LazyBar,
     error_message,
     usage_line,
@@ -35,7 +34,8 @@ from bench.metrics import EXTRACTORS, METRICS
 from bench.sample_config import SampleConfig
 from bench.store.untrusted import command_line, safe_url
 from bench.sweep.overrides import describe_keys
-from bench.tracking.reach import MODES, check_mode_env
+from bench.tracking.conventions import WandbOptions
+from bench.tracking.reach import check_mode_env
 from ddim.errors import DDIMError
 from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
@@ -56,7 +56,9 @@ Spacing = Literal[SPACINGS]
 Sampler = Literal[SAMPLERS]
 BetaSchedule = Literal[BETA_SCHEDULES]
 Extractor = Literal[EXTRACTORS]
-WandbMode = Literal[MODES]
+FORCE_HELP = (
+    "With --compare-paper: show the paper's columns even for another dataset or extractor, labelled as not comparable."
+)
 
 
 def _version(value: bool) -> None:
@@ -102,7 +104,7 @@ def config_options(cls: type, **special: dict[str, Any]) -> Callable:
     """Give a command one option per field of the frozen config ``cls``, after its own parameters: the
     field's name, type, default and help (the field's metadata), so the options cannot drift from the
     config they fill. ``special[field]`` overrides: ``type`` (choices; tuples are typed as text),
-    ``flags`` (option names), ``default`` (None: the command decides), ``metavar``."""
+    ``flags`` (option names), ``default`` (None: the command decides), ``metavar``, ``omit`` (no option)."""
     import dataclasses
     import inspect
     import typing
@@ -112,7 +114,8 @@ def config_options(cls: type, **special: dict[str, Any]) -> Callable:
     def wrap(fn: Callable) -> Callable:
         params, kw = [], inspect.Parameter.KEYWORD_ONLY
         for f in dataclasses.fields(cls):
-            sp = special.get(f.name, {})
+            if (sp := special.get(f.name, {})).get("omit"):
+                continue
             default = sp.get("default", ... if f.default is dataclasses.MISSING else f.default)  # ...: required
             option = typer.Option(default, *sp.get("flags", ()), help=f.metadata.get("help"),
                                   metavar=sp.get("metavar"), case_sensitive=False)  # fmt: skip
@@ -139,13 +142,14 @@ def config_options(cls: type, **special: dict[str, Any]) -> Callable:
     max_steps={"default": None},  # None: decided below (--epochs changes both)
     sample_every={"default": None},
 )
+@config_options(WandbOptions)
 def train(
-    resume: bool = typer.Option(False, help="Continue the run in --run-dir from its newest checkpoint."),
-    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
+    resume: bool = typer.Option(False, help="Continue --run-dir and its W&B run from the newest checkpoint."),
     dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
     **fields: Any,
 ) -> None:
     """Train an ε-model with Algorithm 1 (resumable; Ctrl-C / SIGTERM checkpoints and exits)."""
+    wandb = WandbOptions(**{k: fields.pop(k) for k in WandbOptions.__dataclass_fields__})
     if fields["epochs"] is not None and fields["max_steps"] is not None:
         raise DDIMError("--epochs and --max-steps both given; pass one (an epoch is N_train / --batch-size steps)")
     if fields["sample_every"] is None:
@@ -159,7 +163,7 @@ def train(
     _train(cfg, resume, wandb)
 
 
-def _train(cfg: Any, resume: bool, wandb: str | None) -> None:
+def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
     from bench.tracking.training import train_tracked
 
     result = train_tracked(cfg, resume, wandb, err)
@@ -265,6 +269,7 @@ def _sweep_keys() -> str:
 
 @app.command(context_settings={"allow_extra_args": False}, epilog=_sweep_keys())
 @guarded
+@config_options(WandbOptions, wandb_artifacts={"omit": True})
 def sweep(
     overrides: list[str] | None = typer.Argument(
         None,
@@ -276,13 +281,13 @@ def sweep(
     workers: int = typer.Option(1, min=1, help="Worker processes on this machine (one GPU each when several)."),
     devices: str | None = typer.Option(None, metavar="LIST", help="The workers' devices, e.g. cuda:0,cuda:2."),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
-    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
     device: str | None = typer.Option(
-        None, metavar=DEVICE_METAVAR, help=DEVICE_HELP + " Same as device=... (default: auto)."
+        None, metavar=DEVICE_METAVAR, help=DEVICE_HELP + " Or device=... (default: auto)."
     ),
     inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
     download: bool = typer.Option(False, help=DOWNLOAD_HELP),
     dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
+    **wb: Any,
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
 
@@ -299,7 +304,8 @@ def sweep(
     if dry_run:
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
-    summary = run_sweep(spec, workers=workers, storage=storage, wandb=wandb, command=command_line(), devices=devices)
+    summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
+                        devices=devices)  # fmt: skip
     for line in summary_lines(summary, spec):
         _say(line)
     if summary.failed:
@@ -308,6 +314,7 @@ def sweep(
 
 @app.command()
 @guarded
+@config_options(WandbOptions, wandb_artifacts={"omit": True})
 def report(
     names: list[str] = typer.Argument(
         ..., metavar="NAME", help="Sweep name(s) (name=... of `ddimbench sweep`); several: one combined Table 1."
@@ -315,20 +322,16 @@ def report(
     storage: str | None = typer.Option(None, help="Optuna storage URL of the sweep (default: the local SQLite file)."),
     out: str | None = typer.Option(None, help="Output folder (default: reports/<name>, reports/<A>+<B> for several)."),
     compare_paper: list[str] | None = typer.Option(
-        None,
-        help="Show the paper's FID beside the sweep of that dataset: cifar10 or celeba (repeat for several sweeps).",
+        None, help="Show the paper's FID beside the sweep of that dataset: cifar10 or celeba (repeat per sweep)."
     ),
-    force: bool = typer.Option(
-        False,
-        help="With --compare-paper: show the paper's columns even for another "
-        "dataset or extractor, labelled as not comparable.",
-    ),
-    wandb: WandbMode | None = typer.Option(None, case_sensitive=False, help=WANDB_HELP),
+    force: bool = typer.Option(False, help=FORCE_HELP),
+    **wb: Any,
 ) -> None:
     """Write tables (md, tex), CSV, plots, grids, manifest and index.html from stored sweep results; several
     sweeps make one Table 1 with a column block per dataset; a Pareto search is shown as its front."""
     from bench.report.build import make_reports
 
+    wandb = WandbOptions(**wb)
     path = make_reports(names, storage=storage, out=out, compare_paper=compare_paper, force=force, wandb=wandb)
     _say(f"report written to {path} (open {Path(path) / 'index.html'})")
 

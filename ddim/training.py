@@ -163,6 +163,7 @@ def train(
     log: LogFn | None = None,
     on_grid: Callable[[Path, int], None] | None = None,
     progress: Callable[[int, dict[str, float | None]], None] | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
     """Train ε_θ with Algorithm 1 up to ``cfg.max_steps`` optimiser steps (see the module doc).
 
@@ -170,7 +171,8 @@ def train(
     none); without it an existing run directory is refused. Callbacks run on rank 0 only:
     ``log(metrics, step)`` every ``log_every`` steps (mean loss and grad norm over the window, lr,
     images/s), ``progress(step, {"loss": last logged loss, "lr": lr})`` every step without waiting for
-    the GPU, ``on_grid(path, step)`` after each sample grid.
+    the GPU, ``on_grid(path, step)`` after each sample grid, ``on_checkpoint(path, step)`` after each
+    checkpoint is written (older ones beyond ``keep`` are already removed).
     """
     cfg.validate()
     with Context.from_env(cfg.device) as ctx:
@@ -178,7 +180,7 @@ def train(
         # torch.manual_seed reseeds every visible GPU, so fork_rng restores them all (not only the one used).
         gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
         with numerics(device, tf32=cfg.tf32, deterministic=cfg.deterministic), torch.random.fork_rng(gpus):
-            return _train(cfg, ctx, resume, log, on_grid, progress)
+            return _train(cfg, ctx, resume, log, on_grid, progress, on_checkpoint)
 
 
 def _train(
@@ -188,6 +190,7 @@ def _train(
     log: LogFn | None,
     on_grid: Callable[[Path, int], None] | None,
     progress: Callable[[int, dict[str, float | None]], None] | None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
     device, run_dir = ctx.device, Path(cfg.run_dir)
     part = shard(cfg.batch_size, ctx.rank, ctx.world)
@@ -264,6 +267,8 @@ def _train(
                 old.unlink(missing_ok=True)
             except OSError as exc:
                 raise write_error("old checkpoint", old, exc, verb="remove") from None
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint_path(run_dir, step), step)
 
     def write_grid() -> None:
         path = _grid(ema, cfg, alpha_bar, run_dir, step, device)

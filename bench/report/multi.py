@@ -190,11 +190,13 @@ def make_combined_report(
     wandb: str | None = None,
 ) -> Path:
     """Load the sweeps ``names`` from the store and write their combined report (default folder
-    ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run and the W&B Report of the
-    sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
+    ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run (grouped with the first
+    sweep) that uses the cells' ``samples`` artifacts and logs the folder as ``report-<A>+<B>``, and the W&B
+    Report of the sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
     from bench.store.study import load_results
-    from bench.store.untrusted import check_name
-    from bench.tracking.sweep_runs import tracked
+    from bench.store.untrusted import artifacts_root, check_name
+    from bench.tracking.conventions import wandb_options
+    from bench.tracking.sweep_runs import tracked, use_grids
     from bench.tracking.wandb_report import record_report
 
     for name in names:
@@ -206,16 +208,22 @@ def make_combined_report(
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
     write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
 
+    joined, opts = "+".join(dict.fromkeys(names)), wandb_options(wandb)
+
     def body(tracker: Any) -> None:
         every = [(name, r) for name, records, _ in sweeps for r in records]
         columns, rows = table([r for _, r in every])
         tracker.log_table("results", ["sweep", *columns], [[name, *row] for (name, _), row in zip(every, rows)])
+        for name, records, meta in sweeps:
+            use_grids(tracker, name, artifacts_root(name, meta), records)
         provenance = "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}"
                                    for name, _, meta in sweeps)  # fmt: skip
-        record_report(tracker.mode, folder, list(dict.fromkeys(names)), provenance, warn)
+        record_report(tracker.mode, folder, list(dict.fromkeys(names)), provenance, warn, project=opts.project,
+                      entity=opts.entity)  # fmt: skip
+        tracker.log_artifact(f"report-{joined}", "report", [folder], True)  # last: the folder is complete
 
     # The offline run goes beside the sweeps' artifacts, not into the report folder (which holds only the report).
     runs = Path("ddimbench-sweeps") / "reports"
-    tracked(wandb, warn, "the report", body, name=f"{'+'.join(dict.fromkeys(names))}-report", group="reports",
+    tracked(wandb, warn, "the report", body, key=("report", joined), name=f"{joined}-report", group=names[0],
             job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=runs)  # fmt: skip
     return folder

@@ -15,12 +15,31 @@ from typing import Any
 from rich.console import Console
 
 from bench.console import LazyBar
+from bench.tracking.conventions import (
+    WandbOptions,
+    model_artifact,
+    new_run_id,
+    read_run_id,
+    upload,
+    wandb_options,
+    write_run_id,
+)
+from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
 from ddim.train_config import TrainConfig
 from ddim.training import TrainResult
 
+# define_metric summaries: the best value of the run, not the last one.
+TRAIN_SUMMARIES = {"loss": "min", "mse": "min", "images_per_s": "max"}
 
-def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | None, console: Console) -> TrainResult:
-    """Train ``cfg`` (resolved: ``cfg.max_steps`` is the run's end), logging to W&B per ``wandb``."""
+
+def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | None, console: Console) -> TrainResult:
+    """Train ``cfg`` (resolved: ``cfg.max_steps`` is the run's end), logging to W&B per ``wandb``.
+
+    The run: group and job type "train", named after the run directory, config = ``cfg`` plus the resolved
+    model (``model``: the preset with its overrides). Its id is kept in the run directory, so ``--resume``
+    continues the same W&B run. Each checkpoint becomes a version of the ``model-<run dir name>`` artifact
+    (aliases ``step-<N>`` and ``latest``), uploaded or by reference per ``--wandb-artifacts``.
+    """
     from bench.tracking.wandb_run import make_tracker
     from ddim.memory import training_warning
     from ddim.training import train
@@ -29,15 +48,32 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | None, console: Co
     warning = training_warning(cfg) if rank == 0 else None
     if warning:
         console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    tracker = make_tracker(
-        wandb if rank == 0 else "disabled",
-        name=Path(cfg.run_dir).name,
-        job_type="train",
-        config=cfg.to_dict(),
-        dir=cfg.run_dir,
-        group="train",
-        lazy=True,  # no run for a command that fails before training starts (missing data, refused resume)
-    )
+    opts = wandb_options(wandb)
+    run_dir = Path(cfg.run_dir)
+    run_id = (read_run_id(run_dir) if resume else None) or new_run_id()
+
+    def start() -> Tracker:
+        started = make_tracker(
+            opts,
+            name=run_dir.name,
+            job_type="train",
+            config={**cfg.to_dict(), "model": cfg.unet_config().to_dict()},
+            dir=run_dir,
+            group="train",
+            run_id=run_id,
+            metrics=TRAIN_SUMMARIES,
+        )
+        if started.mode != "disabled":
+            write_run_id(run_dir, run_id)  # the run directory exists: training has started
+        return started
+
+    # Lazy: no run for a command that fails before training starts (missing data, refused resume).
+    tracker: Tracker = LazyTracker(start) if rank == 0 and opts.mode != "disabled" else NullTracker()
+
+    def on_checkpoint(path: Path, step: int) -> None:
+        tracker.log_artifact(model_artifact(path), "model", [path], upload(path, opts.wandb_artifacts),
+                             aliases=[f"step-{step}", "latest"])  # fmt: skip
+
     with tracker, LazyBar("train", console, unit="step", loss="loss …", speed="") as bar:
         state: dict[str, Any] = {"t": None, "step": None, "speed": ""}
 
@@ -61,6 +97,7 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | None, console: Co
             log=tracker.log,
             on_grid=lambda path, step: tracker.log_image("samples", str(path), step=step),
             progress=progress,
+            on_checkpoint=on_checkpoint,
         )
-        tracker.summary({"step": result.step, "loss": result.last_loss})
+        tracker.summary({"step": result.step, "final_loss": result.last_loss})  # "loss" holds its minimum
     return result

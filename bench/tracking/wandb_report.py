@@ -16,12 +16,12 @@ project's Report of the same title) instead of adding one.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.tracking.conventions import WandbOptions
 from bench.tracking.results import CHARTS, RESULTS_KEY, SAMPLES_KEY
 from ddim.errors import one_line
 from ddim.files import atomic_write_json
@@ -186,8 +186,8 @@ def publish(folder: Path, warn: Callable[[str], None]) -> str | None:
 def report_target(project: str | None = None, entity: str | None = None) -> tuple[str, str | None]:
     """The W&B project and entity of the Report: ``project`` > ``$WANDB_PROJECT`` > "ddimbench" (as the runs), and
     ``entity`` > ``$WANDB_ENTITY`` > None (W&B's default entity, looked up only when publishing)."""
-    return (project or os.environ.get("WANDB_PROJECT") or "ddimbench",
-            entity or os.environ.get("WANDB_ENTITY") or None)  # fmt: skip
+    opts = WandbOptions(wandb_project=project, wandb_entity=entity)  # the runs' own rule
+    return opts.project, opts.entity
 
 
 def record_report(mode: str, folder: Path, sweeps: Sequence[str], provenance_md: str, warn: Callable[[str], None],

@@ -239,7 +239,7 @@ def make_tracker(
         sync = f"upload later with `wandb sync {runs / 'offline-run-*'}`"
         if reasons:
             _offline_said.add(runs)
-            _warn_fallback(warn, reasons, f"logging offline to {runs} ({sync})")
+            _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} ({sync})")
         elif attempt == "offline" and runs not in _offline_said:
             _offline_said.add(runs)
             why = "no W&B API key found (set WANDB_API_KEY or run `wandb login`); " if by_key else ""
