@@ -32,6 +32,12 @@ from ddim.training import TrainResult
 TRAIN_SUMMARIES = {"loss": "min", "mse": "min", "images_per_s": "max"}
 
 
+def resolved_model(cfg: TrainConfig) -> dict:
+    """The UNet ``cfg`` trains: its preset with the overrides, channels and resolution from the data."""
+    unet = cfg.unet_config()
+    return {**unet.to_dict(), "out_channels": unet.out_ch}
+
+
 def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | None, console: Console) -> TrainResult:
     """Train ``cfg`` (resolved: ``cfg.max_steps`` is the run's end), logging to W&B per ``wandb``.
 
@@ -57,7 +63,7 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
             opts,
             name=run_dir.name,
             job_type="train",
-            config={**cfg.to_dict(), "model": cfg.unet_config().to_dict()},
+            config={**cfg.to_dict(), "model": resolved_model(cfg)},
             dir=run_dir,
             group="train",
             run_id=run_id,

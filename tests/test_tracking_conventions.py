@@ -1,0 +1,163 @@
+"""bench.tracking.conventions and the W&B layout it gives train, sweep and report (issue 12, items 1-2): flags beat
+W&B's variables, one line says where offline runs go, reruns update their runs, and lineage runs from the
+checkpoint through the cells to the report. Every check reads the offline runs back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
+
+from bench.cli import main
+from bench.tracking import conventions
+from bench.tracking import wandb_run as tracking
+from bench.tracking.conventions import WandbOptions
+
+TINY = ["--dataset", "digits", "--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", "",
+        "--num-groups", "4", "--batch-size", "8", "--save-every", "2", "--log-every", "2", "--sample-every", "0",
+        "--device", "cpu", "--num-workers", "0", "--wandb", "offline"]  # fmt: skip
+ENV = ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_TAGS", "WANDB_DIR")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ENV:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def offline_runs(root: Path) -> list[dict]:
+    """Every offline run under ``root``, read back, oldest first."""
+    folders = sorted(root.rglob("offline-run-*"), key=lambda p: p.name)
+    return [tracking.read_offline_run(f) for f in folders if f.is_dir()]
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+
+def test_flags_beat_the_environment_and_the_environment_beats_the_defaults(clean_env):
+    assert (WandbOptions().project, WandbOptions().entity, WandbOptions().tags) == ("ddimbench", None, None)
+    clean_env.setenv("WANDB_PROJECT", "env-p")
+    clean_env.setenv("WANDB_ENTITY", "env-e")
+    clean_env.setenv("WANDB_TAGS", "a, b")
+    clean_env.setenv("WANDB_MODE", "disabled")
+    env = WandbOptions()
+    assert (env.project, env.entity, env.tags, env.mode) == ("env-p", "env-e", ["a", "b"], "disabled")
+    flags = WandbOptions(wandb="offline", wandb_project="flag-p", wandb_entity="flag-e", wandb_tags="b,c")
+    assert (flags.project, flags.entity, flags.tags, flags.mode) == ("flag-p", "flag-e", ["a", "b", "c"], "offline")
+    clean_env.setenv("WANDB_MODE", "dryrun")  # wandb's old name for offline
+    assert WandbOptions().mode == "offline"
+    clean_env.setenv("WANDB_MODE", "bogus")
+    assert WandbOptions().mode is None  # the key decides (and check_mode_env warns)
+
+
+def test_an_offline_run_records_the_flags_not_the_environment(tmp_path, clean_env):
+    clean_env.setenv("WANDB_PROJECT", "env-p")
+    clean_env.setenv("WANDB_ENTITY", "env-e")
+    clean_env.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    opts = WandbOptions(wandb="offline", wandb_project="flag-p", wandb_entity="flag-e", wandb_tags="t1")
+    notes: list[str] = []
+    tracker = tracking.make_tracker(opts, dir=tmp_path / "beside", warn=Warnings(), note=notes.append, tags=["own"])
+    tracker.log({"a": 1.0}, step=0)
+    tracker.finish()
+    assert tracker.run_dir.parent == tmp_path / "elsewhere" / "wandb"  # WANDB_DIR wins over the default folder
+    run = tracking.read_offline_run(tracker.run_dir)["run"]
+    assert (run["project"], run["entity"], run["tags"]) == ("flag-p", "flag-e", ["t1", "own"])
+    without_flags = tracking.make_tracker("offline", dir=tmp_path, warn=Warnings(), note=notes.append)
+    without_flags.log({"a": 1.0}, step=0)
+    without_flags.finish()
+    run = tracking.read_offline_run(without_flags.run_dir)["run"]
+    assert (run["project"], run["entity"]) == ("env-p", "env-e")
+
+
+def test_the_offline_folder_is_named_once_with_its_sync_command(tmp_path, no_credentials, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the mode is decided by the key: none here
+    notes: list[str] = []
+    trackers = [tracking.make_tracker(None, dir=tmp_path, warn=Warnings(), note=notes.append) for _ in range(3)]
+    for t in trackers:
+        t.finish()
+    assert [t.mode for t in trackers] == ["offline"] * 3
+    (line,) = notes
+    assert "no W&B API key" in line and f"wandb sync {tmp_path / 'wandb'}" in line
+
+
+def test_the_run_id_file_is_untrusted(tmp_path):
+    assert conventions.read_run_id(tmp_path) is None
+    conventions.write_run_id(tmp_path, "abc123def456")
+    assert conventions.read_run_id(tmp_path) == "abc123def456"
+    for junk in ("../../etc", "ABC", "a" * 200, "abc 123", ""):
+        (tmp_path / conventions.RUN_ID_FILE).write_text(junk)
+        assert conventions.read_run_id(tmp_path) is None, junk
+
+
+def test_run_ids_are_deterministic_and_distinct():
+    one = conventions.run_id("p", None, "sweep-cell", "g", "a")
+    assert one == conventions.run_id("p", None, "sweep-cell", "g", "a")
+    keys = [("q", None, "sweep-cell", "g", "a"), ("p", "e", "sweep-cell", "g", "a"), ("p", None, "sweep-summary", "g"),
+            ("p", None, "report", "g")]  # fmt: skip
+    others = {conventions.run_id(*k) for k in keys}
+    assert one not in others and len(others) == 4
+
+
+def test_artifact_mode_decides_upload_by_size(tmp_path, monkeypatch):
+    small = tmp_path / "small.pt"
+    small.write_bytes(b"x" * 10)
+    assert conventions.upload(small, "auto") and conventions.upload(small, "upload")
+    assert not conventions.upload(small, "reference")
+    monkeypatch.setattr(conventions, "UPLOAD_LIMIT_BYTES", 5)
+    assert not conventions.upload(small, "auto")
+
+
+# -- the layout, end to end -------------------------------------------------------------------------
+
+
+def test_train_sweep_report_layout_and_lineage(work, cache, clean_env, capsys):
+    clean_env.setenv("WANDB_PROJECT", "x")
+
+    # train, then resume: the same W&B run, a model artifact version per checkpoint.
+    assert main(["train", "--run-dir", "run", "--max-steps", "2", *TINY]) == 0
+    run_id = conventions.read_run_id(work / "run")
+    assert run_id and main(["train", "--run-dir", "run", "--max-steps", "4", "--resume", *TINY]) == 0
+    capsys.readouterr()
+    trains = offline_runs(work / "run" / "wandb")
+    assert len(trains) == 2 and {t["run"]["id"] for t in trains} == {run_id}
+    first, resumed = trains
+    assert first["config"]["model"]["ch"] == 8 and first["config"]["model"]["ch_mult"] == [1, 2]
+    assert first["config"]["model"]["resolution"] == 16 and None not in first["config"]["model"].values()
+    assert isinstance(first["summary"]["loss"], dict) and "min" in first["summary"]["loss"]
+    logged = [a for t in trains for a in t["artifacts"]["logged"]]
+    assert [(a["name"], a["type"]) for a in logged] == [("model-run", "model")] * 2
+    assert [sorted(a["aliases"]) for a in logged] == [["latest", "step-2"], ["latest", "step-4"]]
+    newest = logged[-1]
+
+    # a 2x2 sweep on the newest checkpoint: four cell runs, each using that model version and the reference stats.
+    sweep = ["sweep", "checkpoint=run", f"cache_dir={cache}", "name=lin", "steps=2,3", "eta=0,1", "n=20", "batch=10",
+             "interpolation=false", "--wandb", "offline"]  # fmt: skip
+    assert main(sweep) == 0
+    err = capsys.readouterr().err
+    assert err.count("offline runs go to") == 1 and err.count("wandb sync") == 1, err
+    sweeps = work / "ddimbench-sweeps" / "lin"
+    runs = offline_runs(sweeps)
+    cells = [r for r in runs if r["run"]["job_type"] == "sweep-cell"]
+    assert len(cells) == 4 and len({c["run"]["id"] for c in cells}) == 4
+    for cell in cells:
+        used = {a["type"]: a for a in cell["artifacts"]["used"]}
+        assert (used["model"]["name"], used["model"]["digest"]) == (newest["name"], newest["digest"])
+        assert used["reference-stats"]["name"] == "reference-digits-classifier"
+        assert [a["type"] for a in cell["artifacts"]["logged"]] == ["samples"]
+    assert len({c["artifacts"]["used"][1]["digest"] for c in cells}) == 1  # one reference-stats version
+
+    # the report uses every cell's grid and logs its folder; reruns add no run id.
+    assert main(["report", "lin", "--wandb", "offline"]) == 0
+    ids = {r["run"]["id"] for r in offline_runs(sweeps)}
+    assert main(sweep) == 0 and main(["report", "lin", "--wandb", "offline"]) == 0
+    everything = offline_runs(work)
+    assert {r["run"]["id"] for r in offline_runs(sweeps)} == ids
+    assert {r["run"]["project"] for r in everything} == {"x"}
+    (report, *_) = [r for r in everything if r["run"]["job_type"] == "report"]
+    grids = {a["digest"] for c in cells for a in c["artifacts"]["logged"]}
+    assert {a["digest"] for a in report["artifacts"]["used"]} == grids and len(grids) == 4
+    mine = [(a["name"], a["type"]) for a in report["artifacts"]["logged"] if a["type"] != "run_table"]  # W&B's table
+    assert mine == [("report-lin", "report")]
+    assert report["run"]["group"] == "lin" and report["run"]["name"] == "lin-report"
