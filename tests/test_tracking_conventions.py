@@ -4,13 +4,14 @@ checkpoint through the cells to the report. Every check reads the offline runs b
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.cli import main
-from bench.tracking import conventions
+from bench.tracking import artifacts, conventions
 from bench.tracking import wandb_run as tracking
 from bench.tracking.conventions import WandbOptions
 
@@ -107,6 +108,47 @@ def test_artifact_mode_decides_upload_by_size(tmp_path, monkeypatch):
     assert not conventions.upload(small, "reference")
     monkeypatch.setattr(conventions, "UPLOAD_LIMIT_BYTES", 5)
     assert not conventions.upload(small, "auto")
+
+
+def test_logging_an_artifact_never_holds_up_the_caller_and_a_failure_is_one_warning(tmp_path, monkeypatch):
+    """A big checkpoint's hashing and copying runs in the background; finish() waits for it; a failed artifact
+    costs one warning and the run keeps logging."""
+    release, real = threading.Event(), artifacts.build
+
+    def slow_build(*args, **kwargs):
+        assert release.wait(60), "log_artifact waited for the artifact to be built"
+        if args[1] == "broken":
+            raise OSError("checkpoint vanished")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "build", slow_build)
+    ckpt = tmp_path / "step-0000002.pt"
+    ckpt.write_bytes(b"w" * 4096)
+    warnings = Warnings()
+    tracker = tracking.make_tracker("offline", dir=tmp_path, warn=warnings, note=lambda line: None)
+    tracker.log_artifact("broken", "model", [ckpt], True)
+    tracker.log_artifact("model-run", "model", [ckpt], True, aliases=["step-2", "latest"])
+    returned_first = not release.is_set()
+    release.set()
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.finish()
+    assert returned_first
+    run = tracking.read_offline_run(tracker.run_dir)
+    assert [a["name"] for a in run["artifacts"]["logged"]] == ["model-run"]
+    assert run["history"] == [{"step": 1, "loss": 1.0}]
+    assert len(warnings) == 1 and "checkpoint vanished" in warnings[0], warnings
+
+
+def test_the_train_command_takes_the_wandb_flags_over_the_environment(work, clean_env):
+    clean_env.setenv("WANDB_PROJECT", "env-p")
+    clean_env.setenv("WANDB_TAGS", "env-t")
+    argv = ["train", "--run-dir", "run", "--max-steps", "1", *TINY, "--wandb-project", "flag-p", "--wandb-tags", "a,b",
+            "--wandb-artifacts", "reference"]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = offline_runs(work / "run" / "wandb")
+    assert run["run"]["project"] == "flag-p" and run["run"]["tags"] == ["env-t", "a", "b"]
+    (model,) = run["artifacts"]["logged"]
+    assert model["files"] == {"step-0000001.pt": (work / "run" / "checkpoints" / "step-0000001.pt").as_uri()}
 
 
 # -- the layout, end to end -------------------------------------------------------------------------
