@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.console import LazyBar
+from bench.console import LazyBar, warn
 from bench.tracking.conventions import (
     WandbOptions,
     model_artifact,
@@ -25,6 +25,7 @@ from bench.tracking.conventions import (
     write_run_id,
 )
 from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
+from ddim.errors import one_line
 from ddim.train_config import TrainConfig
 from ddim.training import TrainResult
 
@@ -70,7 +71,10 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
             metrics=TRAIN_SUMMARIES,
         )
         if started.mode != "disabled":
-            write_run_id(run_dir, run_id)  # the run directory exists: training has started
+            try:  # the run directory exists: training has started
+                write_run_id(run_dir, run_id)
+            except OSError as exc:  # tracking never stops the work
+                warn(f"W&B: cannot keep the run id in {run_dir} ({one_line(exc)}); --resume will start a new W&B run")
         return started
 
     # Lazy: no run for a command that fails before training starts (missing data, refused resume).

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +196,7 @@ def make_tracker(
     if lazy:
         args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags,
                     run_id=run_id, metrics=metrics, note=note)  # fmt: skip
-        return LazyTracker(lambda: make_tracker(replace(opts, wandb=requested), warn=warn, **args))
+        return LazyTracker(lambda: make_tracker(opts, warn=warn, **args))
 
     reasons: list[str] = []
     try:
