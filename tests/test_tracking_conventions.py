@@ -139,6 +139,17 @@ def test_logging_an_artifact_never_holds_up_the_caller_and_a_failure_is_one_warn
     assert len(warnings) == 1 and "checkpoint vanished" in warnings[0], warnings
 
 
+def test_a_missing_artifact_file_costs_the_link_not_the_run(tmp_path):
+    warnings = Warnings()
+    tracker = tracking.make_tracker("offline", dir=tmp_path, warn=warnings, note=lambda line: None)
+    tracker.use_artifact("model-gone", "model", [tmp_path / "gone.pt"])
+    tracker.log({"fid": 3.0}, step=0)
+    tracker.finish()
+    run = tracking.read_offline_run(tracker.run_dir)
+    assert run["artifacts"]["used"] == [] and run["history"] == [{"step": 0, "fid": 3.0}]
+    assert len(warnings) == 1 and "model-gone" in warnings[0], warnings
+
+
 def test_the_train_command_takes_the_wandb_flags_over_the_environment(work, clean_env):
     clean_env.setenv("WANDB_PROJECT", "env-p")
     clean_env.setenv("WANDB_TAGS", "env-t")

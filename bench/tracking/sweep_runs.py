@@ -48,12 +48,12 @@ def track_cell(mode: str | WandbOptions | None, spec: Any, cell: Any, measuremen
     how = wandb_options(mode).wandb_artifacts
 
     def body(tr: Any) -> None:
+        tr.log(numbers)
+        tr.summary({**numbers, **({"error": error} if error else {})})
         tr.use_artifact(model_artifact(spec.checkpoint), "model", [Path(spec.checkpoint)])
         if stats := reference_files(spec, m):
             name = f"reference-{spec.dataset}-{spec.extractor}"
             tr.use_artifact(name, "reference-stats", stats, upload=upload(stats[0], how))
-        tr.log(numbers)
-        tr.summary({**numbers, **({"error": error} if error else {})})
         if m.grid:
             tr.log_image(results.SAMPLES_KEY, root / m.grid, caption=cell.label)
             tr.log_artifact(samples_artifact(spec.name, cell.slug), "samples", [root / m.grid], True)

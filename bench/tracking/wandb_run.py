@@ -111,9 +111,12 @@ class WandbTracker(Tracker):
     def use_artifact(self, name: str, kind: str, paths: list[Path], upload: bool = False) -> None:
         import wandb
 
-        offline = self.mode == "offline"
-        self._guarded("use_artifact", lambda: artifacts.use(self._run, artifacts.build(wandb, name, kind, paths,
-                                                                                        upload), offline))  # fmt: skip
+        if not self._active:
+            return
+        try:  # a missing file costs the lineage link, not the run: one warning, logging goes on
+            artifacts.use(self._run, artifacts.build(wandb, name, kind, paths, upload), self.mode == "offline")
+        except Exception as exc:
+            self._warn_once("artifact", f"W&B: using artifact {name} failed ({one_line(exc)})")
 
     def finish(self) -> None:
         self._end(exit_code=0)
