@@ -214,3 +214,18 @@ def test_train_sweep_report_layout_and_lineage(work, cache, clean_env, capsys):
     mine = [(a["name"], a["type"]) for a in report["artifacts"]["logged"] if a["type"] != "run_table"]  # W&B's table
     assert mine == [("report-lin", "report")]
     assert report["run"]["group"] == "lin" and report["run"]["name"] == "lin-report"
+
+
+@pytest.mark.slow
+def test_worker_processes_take_the_options_and_leave_the_offline_line_to_the_parent(ckpt, cache, work, clean_env,
+                                                                                   capfd):  # fmt: skip
+    argv = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "name=w2", "steps=2,3", "n=20", "batch=10",
+            "interpolation=false", "--workers", "2", "--wandb", "offline", "--wandb-project", "pw",
+            "--wandb-tags", "t"]  # fmt: skip
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert err.count("offline runs go to") == 1, err
+    runs = offline_runs(work / "ddimbench-sweeps" / "w2")
+    assert sorted(r["run"]["job_type"] for r in runs) == ["sweep-cell", "sweep-cell", "sweep-summary"]
+    assert {(r["run"]["project"], tuple(r["run"]["tags"])) for r in runs} == {("pw", ("t",))}
+    assert all(r["artifacts"]["used"] for r in runs if r["run"]["job_type"] == "sweep-cell")

@@ -66,6 +66,7 @@ from bench.sweep.guard import check_memory_fits, disk_message, store_errors
 from bench.sweep.provenance import meta_for, protocol_for
 from bench.sweep.spec import Range, SweepSpec
 from bench.tracking.sweep_runs import track_cell, track_summary
+from bench.tracking.wandb_run import offline_note_from_parent
 from ddim.errors import DDIMError, one_line
 
 HEARTBEAT_S = 10  # seconds between heartbeats; a trial is stale after store.GRACE_FACTOR of them
@@ -234,6 +235,7 @@ def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
     """Entry point of a spawned worker process: load the checkpoint once, then work the store."""
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, raise_interrupt)
+    offline_note_from_parent()  # the sweep's summary run names the offline folder once, not every worker
     try:
         display = Display(progress, live=False)
         _Worker(spec, url, heartbeat, token, Evaluator(spec, sha), display, wandb, seed=index).run()

@@ -242,7 +242,7 @@ def make_tracker(
         if reasons:
             _offline_said.add(runs)
             _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} ({sync})")
-        elif attempt == "offline" and runs not in _offline_said:
+        elif attempt == "offline" and runs not in _offline_said and not _parent_notes:
             _offline_said.add(runs)
             why = "no W&B API key found (set WANDB_API_KEY or run `wandb login`); " if by_key else ""
             (note or _note_stderr)(f"W&B: {why}offline runs go to {runs}; {sync}")
@@ -253,6 +253,13 @@ def make_tracker(
 
 _fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
 _offline_said: set[Path] = set()  # offline run folders already named on stderr in this process
+_parent_notes = False  # True in a sweep worker: its parent process names the offline folders
+
+
+def offline_note_from_parent() -> None:
+    """In a worker process: leave the line naming the offline folder to the parent (one line per command)."""
+    global _parent_notes
+    _parent_notes = True
 
 
 def _note_stderr(line: str) -> None:
