@@ -178,6 +178,7 @@ def test_train_sweep_report_layout_and_lineage(work, cache, clean_env, capsys):
     first, resumed = trains
     assert first["config"]["model"]["ch"] == 8 and first["config"]["model"]["ch_mult"] == [1, 2]
     assert first["config"]["model"]["resolution"] == 16 and None not in first["config"]["model"].values()
+    assert (first["config"]["preset"], first["config"]["resolution"], first["config"]["dropout"]) == ("digits", 16, 0.0)
     assert isinstance(first["summary"]["loss"], dict) and "min" in first["summary"]["loss"]
     logged = [a for t in trains for a in t["artifacts"]["logged"]]
     assert [(a["name"], a["type"]) for a in logged] == [("model-run", "model")] * 2

@@ -26,17 +26,22 @@ from bench.tracking.conventions import (
 )
 from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
 from ddim.errors import one_line
-from ddim.train_config import TrainConfig
+from ddim.train_config import UNET_OVERRIDES, TrainConfig
 from ddim.training import TrainResult
 
 # define_metric summaries: the best value of the run, not the last one.
 TRAIN_SUMMARIES = {"loss": "min", "mse": "min", "images_per_s": "max"}
 
 
-def resolved_model(cfg: TrainConfig) -> dict:
-    """The UNet ``cfg`` trains: its preset with the overrides, channels and resolution from the data."""
+def resolved_config(cfg: TrainConfig) -> dict:
+    """The run's W&B config: ``cfg`` with the model fields it left to the preset filled in (``preset``, ``ch``,
+    ``ch_mult``, ..., ``resolution``, ``channels``) and ``model``, the UNet it trains (channels and resolution
+    from the data): what ``ddim.training`` builds, not the command line's Nones."""
     unet = cfg.unet_config()
-    return {**unet.to_dict(), "out_channels": unet.out_ch}
+    model = {**unet.to_dict(), "out_channels": unet.out_ch}
+    filled = {k: model[k] for k in UNET_OVERRIDES}
+    return {**cfg.to_dict(), **filled, "preset": cfg.preset or cfg.dataset, "resolution": unet.resolution,
+            "channels": unet.in_channels, "model": model}  # fmt: skip
 
 
 def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | None, console: Console) -> TrainResult:
@@ -64,7 +69,7 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
             opts,
             name=run_dir.name,
             job_type="train",
-            config={**cfg.to_dict(), "model": resolved_model(cfg)},
+            config=resolved_config(cfg),
             dir=run_dir,
             group="train",
             run_id=run_id,
