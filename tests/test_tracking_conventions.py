@@ -186,8 +186,9 @@ def test_train_sweep_report_layout_and_lineage(work, cache, clean_env, capsys):
     newest = logged[-1]
 
     # a 2x2 sweep on the newest checkpoint: four cell runs, each using that model version and the reference stats.
+    store = ["--storage", f"sqlite:///{work / 'sweeps.db'}"]  # absolute: the process caches storages by URL
     sweep = ["sweep", "checkpoint=run", f"cache_dir={cache}", "name=lin", "steps=2,3", "eta=0,1", "n=20", "batch=10",
-             "interpolation=false", "--wandb", "offline"]  # fmt: skip
+             "interpolation=false", "--wandb", "offline", *store]  # fmt: skip
     assert main(sweep) == 0
     err = capsys.readouterr().err
     assert err.count("offline runs go to") == 1 and err.count("wandb sync") == 1, err
@@ -203,9 +204,9 @@ def test_train_sweep_report_layout_and_lineage(work, cache, clean_env, capsys):
     assert len({c["artifacts"]["used"][1]["digest"] for c in cells}) == 1  # one reference-stats version
 
     # the report uses every cell's grid and logs its folder; reruns add no run id.
-    assert main(["report", "lin", "--wandb", "offline"]) == 0
+    assert main(["report", "lin", "--wandb", "offline", *store]) == 0
     ids = {r["run"]["id"] for r in offline_runs(sweeps)}
-    assert main(sweep) == 0 and main(["report", "lin", "--wandb", "offline"]) == 0
+    assert main(sweep) == 0 and main(["report", "lin", "--wandb", "offline", *store]) == 0
     everything = offline_runs(work)
     assert {r["run"]["id"] for r in offline_runs(sweeps)} == ids
     assert {r["run"]["project"] for r in everything} == {"x"}
@@ -222,7 +223,7 @@ def test_worker_processes_take_the_options_and_leave_the_offline_line_to_the_par
                                                                                    capfd):  # fmt: skip
     argv = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "name=w2", "steps=2,3", "n=20", "batch=10",
             "interpolation=false", "--workers", "2", "--wandb", "offline", "--wandb-project", "pw",
-            "--wandb-tags", "t"]  # fmt: skip
+            "--wandb-tags", "t", "--storage", f"sqlite:///{work / 'sweeps.db'}"]  # fmt: skip
     assert main(argv) == 0
     err = capfd.readouterr().err
     assert err.count("offline runs go to") == 1, err
