@@ -90,3 +90,20 @@ def test_openers_of_a_fresh_postgres_database_all_succeed(tmp_path, pg_url):  # 
         folder = tmp_path / f"try{attempt}"
         folder.mkdir()
         _check(_open_all_at_once(f"{base}/race{attempt}", folder))
+
+
+def test_relative_sqlite_store_stays_put_when_the_directory_changes(tmp_path, monkeypatch):
+    """A relative sqlite URL names the file in the directory of the first open, for every later connection."""
+    from bench.store.storage import open_storage
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    storage = open_storage("sqlite:///rel-store.db")
+    monkeypatch.chdir(second)
+    import optuna
+
+    optuna.create_study(storage=storage, study_name="pinned")
+    assert not (second / "rel-store.db").exists()
+    assert optuna.get_all_study_names(storage=f"sqlite:///{first / 'rel-store.db'}") == ["pinned"]

@@ -51,6 +51,11 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
     if "://" not in url:
         raise DDIMError(f"storage {shown!r} is not a database URL; {fix}")
     sqlite_file = sqlite_path(url)
+    if sqlite_file is not None and not sqlite_file.is_absolute():
+        # SQLite resolves a relative file at each connect: pin it now, so a process that later changes its
+        # directory (a library user, a test) keeps one store, the same one its spawned workers open.
+        sqlite_file = sqlite_file.absolute()
+        url = f"sqlite:///{sqlite_file}" + "".join(f"?{q}" for q in url.split("?", 1)[1:])
     if sqlite_file is not None:
         fix = f"check the SQLite file {sqlite_file} and its folder, or pass the --storage the sweep used"
     if "@" in (url_password(url) or ""):  # SQLAlchemy ends the password at the first "@": the rest becomes the host
