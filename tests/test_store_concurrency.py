@@ -92,18 +92,18 @@ def test_openers_of_a_fresh_postgres_database_all_succeed(tmp_path, pg_url):  # 
         _check(_open_all_at_once(f"{base}/race{attempt}", folder))
 
 
-def test_relative_sqlite_store_stays_put_when_the_directory_changes(tmp_path, monkeypatch):
-    """A relative sqlite URL names the file in the directory of the first open, for every later connection."""
+def test_relative_sqlite_url_names_the_current_directorys_file_as_for_workers(tmp_path, monkeypatch):
+    """After a chdir, a relative sqlite URL opens the file in the new directory (the one a spawned worker, which
+    starts there, opens), not the engine cached for the old directory."""
+    import optuna
+
     from bench.store.storage import open_storage
 
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
     monkeypatch.chdir(first)
-    storage = open_storage("sqlite:///rel-store.db")
+    optuna.create_study(storage=open_storage("sqlite:///rel-store.db"), study_name="in-a")
     monkeypatch.chdir(second)
-    import optuna
-
-    optuna.create_study(storage=storage, study_name="pinned")
-    assert not (second / "rel-store.db").exists()
-    assert optuna.get_all_study_names(storage=f"sqlite:///{first / 'rel-store.db'}") == ["pinned"]
+    assert optuna.get_all_study_names(storage=open_storage("sqlite:///rel-store.db")) == []
+    assert (second / "rel-store.db").exists()
