@@ -52,8 +52,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None) -> optuna
         raise DDIMError(f"storage {shown!r} is not a database URL; {fix}")
     sqlite_file = sqlite_path(url)
     if sqlite_file is not None and not sqlite_file.is_absolute():
-        # SQLite resolves a relative file at each connect: pin it now, so a process that later changes its
-        # directory (a library user, a test) keeps one store, the same one its spawned workers open.
+        # Cached engines are keyed by URL: made absolute, a relative URL opened after a chdir reaches the new
+        # directory's file (the one spawned workers, which start there, open), not the old directory's engine.
         sqlite_file = sqlite_file.absolute()
         url = f"sqlite:///{sqlite_file}" + "".join(f"?{q}" for q in url.split("?", 1)[1:])
     if sqlite_file is not None:
