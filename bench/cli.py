@@ -24,6 +24,7 @@ from bench.console import (
     DEVICE_HELP,
     DEVICE_METAVAR,
     DOWNLOAD_HELP,
+    FORCE_HELP,
     INCEPTION_HELP,
     LazyBar,
     error_message,
@@ -56,9 +57,6 @@ Spacing = Literal[SPACINGS]
 Sampler = Literal[SAMPLERS]
 BetaSchedule = Literal[BETA_SCHEDULES]
 Extractor = Literal[EXTRACTORS]
-FORCE_HELP = (
-    "With --compare-paper: show the paper's columns even for another dataset or extractor, labelled as not comparable."
-)
 
 
 def _version(value: bool) -> None:
