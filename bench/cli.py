@@ -180,19 +180,21 @@ def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
 @config_options(
     SampleConfig,
     n={"flags": ("-n", "--n")},
-    schedule={"type": Spacing},
+    spacing={"type": Spacing},
     sampler={"type": Sampler},
     device={"metavar": DEVICE_METAVAR},
 )
 def sample(
-    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."), **fields: Any
+    dry_run: bool = typer.Option(False, help="Print the resolved config as JSON and exit."),
+    schedule: Spacing | None = typer.Option(None, hidden=True, case_sensitive=False, help="Deprecated: --spacing."),
+    **fields: Any,
 ) -> None:
     """Write exactly n samples as PNG files (plus grid.png) into --out; rerun to resume."""
     from dataclasses import asdict
 
     from bench.generate import generate
 
-    cfg = SampleConfig(**fields)
+    cfg = SampleConfig.from_options(fields, schedule)
     if dry_run:
         typer.echo(json.dumps(asdict(cfg), indent=2))
         return

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ Progress = Callable[[int, int], None]  # (samples done, total)
 def _timesteps(cfg: SampleConfig, T: int) -> torch.Tensor:
     if cfg.sampler == "ddpm":  # ancestral DDPM always walks all T steps
         return torch.arange(T - 1, -1, -1)
-    return schedules.timesteps(cfg.steps, T, cfg.schedule)
+    return schedules.timesteps(cfg.steps, T, cfg.spacing)
 
 
 def _to_png_bytes(img: torch.Tensor) -> bytes:
@@ -61,6 +62,14 @@ def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
     (the device and ``--compile`` change them only up to float rounding, like the batch's summation order)."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "out", "batch_size", "device", "compile")}
     return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
+
+
+def _as_now(settings: Any) -> Any:
+    """Stored settings in today's names: earlier releases wrote the spacing as ``schedule`` (so a folder they
+    left half-done still resumes)."""
+    if isinstance(settings, dict) and "schedule" in settings and "spacing" not in settings:
+        return {("spacing" if k == "schedule" else k): v for k, v in settings.items()}
+    return settings
 
 
 def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
@@ -89,7 +98,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise DDIMError(f"{manifest_path} is damaged; empty {out} or choose another --out") from None
-        if not isinstance(old, dict) or old.get("settings") != settings:
+        if not isinstance(old, dict) or _as_now(old.get("settings")) != settings:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")

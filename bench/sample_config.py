@@ -25,13 +25,26 @@ class SampleConfig:
     n: int = _opt(64, "Number of samples (exactly this many PNG files).")
     steps: int = _opt(50, "S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm).")
     eta: float = _opt(0.0, "η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds).")
-    schedule: str = _opt("uniform", "Timestep spacing τ (section 4.2).")
+    spacing: str = _opt("uniform", "Timestep spacing τ (section 4.2).")
     sampler: str = _opt("ddim", "ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline.")
     seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
     batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
     device: str = _opt("auto", "auto (CUDA when present), cpu or cuda.")
     compile: bool | None = _opt(None, "torch.compile the network (default: per device, eager on the CPU).")
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], schedule: str | None = None) -> SampleConfig:
+        """The config of ``ddimbench sample``'s options; ``schedule``: the earlier releases' name of ``--spacing``,
+        still accepted with one warning line."""
+        if schedule is None:
+            return cls(**options)
+        if options.get("spacing", schedule) not in (schedule, cls.spacing):
+            raise DDIMError(f"--schedule {schedule} and --spacing {options['spacing']} disagree; pass --spacing only")
+        from bench.console import warn
+
+        warn("--schedule is deprecated; write --spacing instead")
+        return cls(**{**options, "spacing": schedule})
 
     def validate(self, T: int) -> None:
         from ddim import schedules
@@ -51,4 +64,4 @@ class SampleConfig:
         if self.sampler != "ddim" and self.eta != 0:
             raise DDIMError(f"--eta applies to the ddim sampler only; drop it for --sampler {self.sampler}")
         if self.sampler != "ddpm":
-            schedules.timesteps(self.steps, T, self.schedule)  # raises on steps ≤ 0, > T or unknown spacing
+            schedules.timesteps(self.steps, T, self.spacing)  # raises on steps ≤ 0, > T or unknown spacing

@@ -85,7 +85,7 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     for how each spacing relates to the official code).
     """
     if spacing not in SPACINGS:
-        raise DDIMError(f"unknown timestep schedule {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise DDIMError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if not isinstance(S, int) or isinstance(S, bool) or S < 1 or S > T:
         raise DDIMError(f"steps must be an integer in 1..{T} (T = {T}), got {S!r}")
     # numpy float64 arithmetic, as in the official code and diffusers, so rounding agrees exactly.

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SCHEDULES = ("quad", "uniform")
+SPACINGS = ("quad", "uniform")
 ETAS = (0.0, 0.5, 1.0)
 STEPS = (10, 20, 50)
-FAILED = ("quad", "ddim", 0.5, 20)  # (schedule, sampler, eta, S) of the FAILED cell
+FAILED = ("quad", "ddim", 0.5, 20)  # (spacing, sampler, eta, S) of the FAILED cell
 RUNNING = ("quad", "ddim", 1.0, 50)
 ODD_NFE = ("quad", "sigma_hat", None, 10)  # nfe != steps
 METRIC_FIELDS = {"fid": ("fid", 1.0, min), "isc": ("isc_mean", 1.0, max), "kid": ("kid_mean", 1000.0, min)}
@@ -29,9 +29,9 @@ def make_records(root: Path) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(0)
     records: list[dict] = []
 
-    def add(schedule, sampler, eta, steps, block, **kw):
+    def add(spacing, sampler, eta, steps, block, **kw):
         n = len(records)
-        key = (schedule, sampler, eta, steps)
+        key = (spacing, sampler, eta, steps)
         state = "FAIL" if key == FAILED else "RUNNING" if key == RUNNING else "COMPLETE"
         done = state == "COMPLETE"
         fid = float(40.0 / steps * (1 + (eta or 0.0) * 2) + rng.random()) if done else None
@@ -41,7 +41,7 @@ def make_records(root: Path) -> tuple[list[dict], dict]:
             "sampler": sampler,
             "steps": steps,
             "eta": eta,
-            "schedule": schedule,
+            "spacing": spacing,
             "seed_block": block,
             "nfe": steps + 2 if key == ODD_NFE else steps,
             "fid": fid,
@@ -72,22 +72,22 @@ def make_records(root: Path) -> tuple[list[dict], dict]:
         rec.update(kw)
         records.append(rec)
 
-    for schedule in SCHEDULES:
+    for spacing in SPACINGS:
         for eta in ETAS:
             for s in STEPS:
                 for block in (0, 1) if eta == 0.0 else (0,):
-                    add(schedule, "ddim", eta, s, block)
+                    add(spacing, "ddim", eta, s, block)
         for s in STEPS:
-            add(schedule, "sigma_hat", None, s, 0)
+            add(spacing, "sigma_hat", None, s, 0)
     for s in (10, 20):
         add("uniform", "dpmpp_2m", None, s, 0)
     # A tie at display precision in uniform S = 20: η = 0.5 equals η = 0.0's block mean.
-    tied = [r for r in records if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.0, 20)]
+    tied = [r for r in records if (r["spacing"], r["eta"], r["steps"]) == ("uniform", 0.0, 20)]
     target = float(np.mean([r["fid"] for r in tied]))
     for r in records:
-        if (r["schedule"], r["eta"], r["steps"]) == ("uniform", 0.5, 20):
+        if (r["spacing"], r["eta"], r["steps"]) == ("uniform", 0.5, 20):
             r["fid"] = target
-        if (r["schedule"], r["sampler"], r["steps"]) == ("uniform", "dpmpp_2m", 20):
+        if (r["spacing"], r["sampler"], r["steps"]) == ("uniform", "dpmpp_2m", 20):
             r["fid"] = target - 0.004 + 10  # a worse row, away from the tie
     meta = {
         "name": "synthetic",

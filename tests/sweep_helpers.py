@@ -42,7 +42,7 @@ def as_record(flat: Mapping[str, Any]) -> CellRecord:
 
     scores, protocol = Scores(**pick(Scores)), Protocol(**pick(Protocol))
     plain = {k: v for k, v in pick(Measurement).items() if k not in ("scores", "protocol")}
-    cell = Cell(flat["sampler"], flat["schedule"], flat["steps"], flat.get("eta"), flat["seed_block"])
+    cell = Cell(flat["sampler"], flat["spacing"], flat["steps"], flat.get("eta"), flat["seed_block"])
     measurement = Measurement(scores=scores, protocol=protocol, **plain)
     return CellRecord(flat["number"], flat["state"], cell, measurement, flat.get("error"), flat.get("pareto"))
 
@@ -101,7 +101,7 @@ STEPS = (10, 20)
 CIFAR = {("ddim", 0.0): (15.0, 8.0), ("ddim", 0.5): (17.5, 9.25), ("sigma_hat", None): (300.0, 120.0)}
 
 
-def fake_sweep(storage: str, name: str, dataset: str, extractor: str, schedule: str = "quad") -> None:
+def fake_sweep(storage: str, name: str, dataset: str, extractor: str, spacing: str = "quad") -> None:
     """A grid sweep's study as ``run_sweep`` leaves it (protocol, meta, one COMPLETE trial per cell)."""
     protocol = {"mode": "grid", "checkpoint_sha256": "c1fa", "n": 50000, "seed_base": 0, "dataset": dataset,
                 "extractor": extractor, "metrics": ["fid", "kid"], "T": 1000}  # fmt: skip
@@ -110,7 +110,7 @@ def fake_sweep(storage: str, name: str, dataset: str, extractor: str, schedule: 
     study = create_study(name, storage, 0, protocol, meta)
     for (sampler, eta), fids in CIFAR.items():
         for steps, fid in zip(STEPS, fids, strict=True):
-            cell = Cell(sampler, schedule, steps, eta, 0)
+            cell = Cell(sampler, spacing, steps, eta, 0)
             trial = study.ask()
             for key, value in {"cell": cell.key, **cell.fields()}.items():
                 trial.set_user_attr(key, value)

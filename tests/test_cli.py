@@ -182,8 +182,8 @@ BAD_INPUT = {
     ),
     "unknown option": (["sample", "--checkpoint", "{run}", "--bogus"], "--bogus"),
     "unknown spacing": (
-        ["sample", "--checkpoint", "{run}", "--schedule", "cubic", "--out", "{tmp}/o"],
-        "unknown --schedule 'cubic'; choose one of uniform",
+        ["sample", "--checkpoint", "{run}", "--spacing", "cubic", "--out", "{tmp}/o"],
+        "unknown --spacing 'cubic'; choose one of uniform",
     ),
     "unknown sampler": (
         ["sample", "--checkpoint", "{run}", "--sampler", "euler", "--out", "{tmp}/o"],
@@ -219,7 +219,7 @@ BAD_INPUT = {
         ["sample", "--checkpoint", "{run}", "--sampler", "plms", "--eta", "0.5", "--out", "{tmp}/o"],
         "--eta applies to the ddim sampler only",
     ),
-    "sweep: value with brackets": (["sweep", "schedule=[uniform]", "checkpoint={run}"], "'[uniform]'"),
+    "sweep: value with brackets": (["sweep", "spacing=[uniform]", "checkpoint={run}"], "'[uniform]'"),
     "sweep: unknown --wandb": (["sweep", "steps=2", "checkpoint={run}", "--wandb", "bogus"], "unknown --wandb 'bogus'"),
     "report: unknown --wandb": (["report", "x", "--wandb", "bogus"], "unknown --wandb 'bogus'; choose one of online"),
     "sweep: artifacts under a file": (["sweep", "checkpoint={run}", "artifacts={tmp}/afile/sub"], "afile is a file"),
@@ -439,6 +439,24 @@ def test_trailing_spacing_at_an_awkward_step_count(
     """S = 61 at T = 1000 once made `trailing` yield 62 timesteps and crash."""
     out = tmp_path / "t"
     code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "61",
-                        "--schedule", "trailing"], capsys)  # fmt: skip
+                        "--spacing", "trailing"], capsys)  # fmt: skip
     assert code == 0, err
     assert json.loads((out / "samples.json").read_text())["settings"]["nfe"] == 61
+
+
+def test_sample_schedule_is_a_deprecated_name_of_spacing(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "old"
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "3",
+                        "--schedule", "trailing"], capsys)  # fmt: skip
+    assert code == 0 and err.count("warning: --schedule is deprecated; write --spacing instead") == 1, err
+    assert json.loads((out / "samples.json").read_text())["settings"]["spacing"] == "trailing"
+    manifest = json.loads((out / "samples.json").read_text())  # as an earlier release wrote it: it resumes
+    manifest["settings"]["schedule"] = manifest["settings"].pop("spacing")
+    (out / "samples.json").write_text(json.dumps(manifest))
+    assert run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "3", "--spacing", "trailing"],
+               capsys)[0] == 0  # fmt: skip
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "3",
+                        "--schedule", "trailing", "--spacing", "quad"], capsys)  # fmt: skip
+    assert code == 2 and "--schedule trailing and --spacing quad disagree; pass --spacing only" in err

@@ -68,7 +68,7 @@ def test_shell_completion_offers_commands_and_choices() -> None:
     [
         ("train", ["--dataset <digits|mnist|cifar10|celeba|folder>", "--wandb <online|offline|disabled>",
                    "--device <auto|cpu|cuda|cuda:N>", "--beta-schedule <linear|quad|const|jsd|sigmoid|cosine>"]),
-        ("sample", ["--schedule <uniform|quad|trailing|linspace>",
+        ("sample", ["--spacing <uniform|quad|trailing|linspace>",
                     "--sampler <ddim|sigma_hat|ddpm|dpmpp_2m|plms|pndm>"]),
         ("metrics", ["--extractor <classifier|inception>", "--metric <fid|isc|kid>"]),
         ("sweep", ["--wandb <online|offline|disabled>", "--device <auto|cpu|cuda|cuda:N>"]),

@@ -33,11 +33,11 @@ def test_search_prints_its_front_and_reports_it(ckpt, cache, work, capsys) -> No
     keys = ["steps=2..6", "eta=0..1", "n=20", "batch=10", "trials=3", "interpolation=false", "metrics=fid,kid",
             f"checkpoint={ckpt}", f"cache_dir={cache}", "name=p"]  # fmt: skip
     code, out, err = run(["sweep", "--search", "pareto", *keys, "--dry-run"], capsys)
-    assert code == 0 and json.loads(out)["schedule"] == ["trailing"]  # starts at T − 1 for any S
+    assert code == 0 and json.loads(out)["spacing"] == ["trailing"]  # starts at T − 1 for any S
     code, _, err = run(["sweep", "--search", "pareto", *keys, "--storage", url, "--wandb", "disabled"], capsys)
     assert code == 0, err
     records = load_results("p", url)[0]
-    assert {r.cell.schedule for r in records} == {"trailing"}
+    assert {r.cell.spacing for r in records} == {"trailing"}
     on = sorted((r for r in records if r.pareto), key=lambda r: (r.measured.nfe, r.scores.fid))
     assert on  # the store's front (Optuna's best trials on (FID, NFE))
     lines = err.splitlines()
@@ -67,7 +67,7 @@ def test_search_prints_its_front_and_reports_it(ckpt, cache, work, capsys) -> No
 
 def _record(number: int, steps: int, fid: float | None, wall_s: float, **kw) -> CellRecord:
     return as_record({"number": number, "state": "COMPLETE", "sampler": "ddim", "eta": 0.25, "steps": steps,
-                      "schedule": "trailing", "seed_block": 0, "nfe": steps, "fid": fid, "wall_s": wall_s, "n": 10,
+                      "spacing": "trailing", "seed_block": 0, "nfe": steps, "fid": fid, "wall_s": wall_s, "n": 10,
                       "images_per_s": 10 / wall_s, **kw})  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def test_sampler_list_is_read_at_runtime(monkeypatch):
         ("eta=x", "not a number"),
         ("stpes=10", "did you mean 'steps'"),
         ("sampler=euler", "unknown sampler"),
-        ("schedule=cosine", "unknown schedule"),
+        ("spacing=cosine", "unknown spacing"),
         ("extractor=clip", "unknown extractor"),
         ("metrics=fid,lpips", "unknown metrics"),
         ("n=1,2", "takes one value"),
@@ -91,15 +91,29 @@ def test_yaml_config_same_keys_cli_wins(tmp_path):
     assert merged["n"] == 7 and merged["eta"] == [1.0] and merged["steps"] == [10, 20]
 
 
-def test_yaml_per_dataset_schedule(tmp_path):
+def test_yaml_per_dataset_spacing(tmp_path):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text("schedule:\n  cifar10: quad\n  default: [uniform]\n")
-    sched = load_config(cfg)["schedule"]
+    cfg.write_text("spacing:\n  cifar10: quad\n  default: [uniform]\n")
+    sched = load_config(cfg)["spacing"]
     assert per_dataset(sched, "cifar10") == ["quad"] and per_dataset(sched, "celeba") == ["uniform"]
     assert per_dataset(["trailing"], "cifar10") == ["trailing"]
-    cfg.write_text("schedule:\n  cifar10: quad\n")
+    cfg.write_text("spacing:\n  cifar10: quad\n")
     with pytest.raises(DDIMError, match="no entry for dataset 'digits'"):
-        per_dataset(load_config(cfg)["schedule"], "digits")
+        per_dataset(load_config(cfg)["spacing"], "digits")
+
+
+def test_the_old_key_schedule_still_works_with_one_warning(tmp_path, capsys):
+    assert parse_overrides(["schedule=uniform,quad", "n=3"]) == {"spacing": ["uniform", "quad"], "n": 3}
+    assert (
+        capsys.readouterr().err
+        == "warning: the sweep key 'schedule' is deprecated; write spacing= (or spacing: in a sweep file) instead\n"
+    )
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("schedule:\n  cifar10: quad\n  default: [uniform]\n")
+    assert load_config(cfg) == {"spacing": {"cifar10": ["quad"], "default": ["uniform"]}}
+    assert capsys.readouterr().err.count("warning: the sweep key 'schedule' is deprecated") == 1
+    with pytest.raises(DDIMError, match="spacing is given twice"):
+        parse_overrides(["spacing=quad", "schedule=uniform"])
 
 
 @pytest.mark.parametrize(
@@ -135,7 +149,7 @@ def _spec(**kw) -> SweepSpec:
 
 def test_cells_no_pointless_duplicates():
     spec = _spec(steps=(10, 20), eta=(0.0, 0.5, 1.0), sampler=("ddim", "sigma_hat", "ddpm"),
-                 schedule=("uniform", "quad"), seeds=(0, 1))  # fmt: skip
+                 spacing=("uniform", "quad"), seeds=(0, 1))  # fmt: skip
     cells = spec.cells()
     keys = [c.key for c in cells]
     assert len(keys) == len(set(keys))
@@ -144,12 +158,12 @@ def test_cells_no_pointless_duplicates():
     ddpm = [c for c in cells if c.sampler == "ddpm"]
     assert len(ddim) == 2 * 3 * 2 * 2  # S × η × spacing × seed block
     assert len(sigma) == 2 * 2 * 2 and all(c.eta is None for c in sigma)  # η does not apply
-    assert len(ddpm) == 2 and all(c.steps == 1000 and c.schedule == "uniform" and c.eta is None for c in ddpm)
+    assert len(ddpm) == 2 and all(c.steps == 1000 and c.spacing == "uniform" and c.eta is None for c in ddpm)
 
 
 def test_cell_key_and_slug():
     c = Cell("ddim", "quad", 10, 0.5, 1)
-    assert c.key == "sampler=ddim schedule=quad steps=10 eta=0.5 seed_block=1"
+    assert c.key == "sampler=ddim spacing=quad steps=10 eta=0.5 seed_block=1"
     assert c.slug == "quad_ddim_eta0.5_S10_b1"
     assert Cell("sigma_hat", "uniform", 10, None, 0).key.endswith("eta=- seed_block=0")
 

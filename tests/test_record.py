@@ -41,7 +41,7 @@ def test_columns_hold_every_field_of_the_record_once_kid_shown_x1e3():
         expected[f"{k}_x1e3"] = expected.pop(k) * 1000.0
     assert cols == expected
     # The trial and its cell, the measured values, error, images, then the rest alphabetically.
-    head = ["number", "state", "schedule", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid"]
+    head = ["number", "state", "spacing", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid"]
     assert list(cols)[: len(head)] == head
     assert list(cols)[-7:] == sorted(list(cols)[-7:]) and list(cols)[-8] == "strip"
 
@@ -84,7 +84,7 @@ def test_a_measurement_is_stored_under_the_releases_attribute_names_and_read_bac
     # On disk as before: each metric its own attribute (KID raw), the rest of the measurement as ``result``.
     attrs = optuna.load_study(study_name="s", storage=url).trials[0].user_attrs
     metrics = {"fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "nfe", "wall_s", "images_per_s"}
-    assert set(attrs) == {"cell", "sampler", "steps", "eta", "schedule", "seed_block", "result"} | metrics
+    assert set(attrs) == {"cell", "sampler", "steps", "eta", "spacing", "seed_block", "result"} | metrics
     assert attrs["kid_mean"] == 0.0123 and attrs["nfe"] == 10
     assert set(attrs["result"]) == {"n", "seeds", "grid", "strip", "checkpoint_sha256", "extractor",
                                     "extractor_sha256", "ref_key", "ref_sha256", "device", "versions"}  # fmt: skip

@@ -128,7 +128,7 @@ def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
     from ddim.errors import DDIMError
 
     rec = as_record({"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 10,
-                     "schedule": "uniform", "seed_block": 0, "fid": 5.0, "nfe": 10})  # fmt: skip
+                     "spacing": "uniform", "seed_block": 0, "fid": 5.0, "nfe": 10})  # fmt: skip
     grid, search = {"name": "g", "mode": "grid"}, {"name": "p", "mode": "pareto"}
     with pytest.raises(DDIMError, match="'p' is a Pareto search, not an η × S grid; report it alone"):
         write_combined_report([("g", [rec], grid), ("p", [rec], search)], tmp_path / "o")

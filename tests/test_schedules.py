@@ -132,7 +132,7 @@ def test_bad_steps_raise(bad):
 
 
 def test_unknown_names_raise():
-    with pytest.raises(DDIMError, match="unknown timestep schedule"):
+    with pytest.raises(DDIMError, match="unknown timestep spacing"):
         schedules.timesteps(10, 1000, "cubic")
     with pytest.raises(DDIMError, match="unknown beta schedule"):
         schedules.betas("exp")

@@ -40,7 +40,7 @@ def test_resolve_defaults_from_the_checkpoint(ckpt, cache):
     spec = spec_of(ckpt, cache, *GRID)
     assert spec.T == 1000 and spec.dataset == "digits" and spec.extractor == "classifier"
     assert spec.checkpoint.endswith(".pt") and spec.steps == (2, 3) and spec.eta == (0.0, 1.0)
-    assert spec.schedule == ("uniform",) and spec.artifacts == str(Path("ddimbench-sweeps") / "g")
+    assert spec.spacing == ("uniform",) and spec.artifacts == str(Path("ddimbench-sweeps") / "g")
     assert len(spec.cells()) == 4
 
 
@@ -81,7 +81,7 @@ def test_shipped_sweep_files_resolve(ckpt, cache):
     table1 = resolve_spec([f"checkpoint={ckpt}", "n=100"], ROOT / "sweeps" / "paper-table1.yaml")
     assert table1.n == 100  # the command line wins over the file
     assert table1.steps == (10, 20, 50, 100, 1000) and table1.eta == (0.0, 0.2, 0.5, 1.0)
-    assert table1.schedule == ("uniform",)  # digits: not CIFAR10, so the paper's uniform spacing
+    assert table1.spacing == ("uniform",)  # digits: not CIFAR10, so the paper's uniform spacing
     assert len(table1.cells()) == 5 * 5
 
 

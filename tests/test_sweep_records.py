@@ -95,7 +95,7 @@ def test_grid_trials_carry_native_params_and_one_attribute_per_metric(ckpt, cach
     seen = set()
     for t in done:
         assert isinstance(t.params["steps"], int) and isinstance(t.params["seed_block"], int)
-        assert t.params["sampler"] in ("ddim", "sigma_hat") and t.params["schedule"] == "uniform"
+        assert t.params["sampler"] in ("ddim", "sigma_hat") and t.params["spacing"] == "uniform"
         if t.params["sampler"] == "ddim":
             assert isinstance(t.params["eta"], float) and t.params["eta"] in (0.0, 0.5)
         else:

@@ -199,7 +199,7 @@ def _store(work: Path, name: str, grids: list, artifacts: str, extras: dict | No
         study.set_user_attr("extras", extras)
     for i, grid in enumerate(grids):
         result = {"fid": 1.0 + i, "n": 20, "nfe": 2 + i, "seeds": "0-19", "grid": grid, "strip": grid}
-        attrs = {"cell": f"c{i}", "sampler": "ddim", "steps": 2 + i, "schedule": "uniform", "seed_block": 0,
+        attrs = {"cell": f"c{i}", "sampler": "ddim", "steps": 2 + i, "spacing": "uniform", "seed_block": 0,
                  "eta": 0.0, "result": result}  # fmt: skip
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=1.0 + i,
                                                   user_attrs=attrs))  # fmt: skip
@@ -263,7 +263,7 @@ def test_write_report_reads_no_file_outside_its_root(tmp_path: Path) -> None:
 
     _png(tmp_path / "outside.png", (250, 1, 2))
     _png(tmp_path / "root" / "in.png", (1, 2, 3))
-    record = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 2, "schedule": "uniform",
+    record = {"number": 0, "state": "COMPLETE", "sampler": "ddim", "eta": 0.0, "steps": 2, "spacing": "uniform",
               "seed_block": 0, "fid": 1.0, "grid": "../outside.png"}  # fmt: skip
     for grid in ("../outside.png", str(tmp_path / "outside.png")):
         call = lambda g=grid: write_report([as_record({**record, "grid": g})], {}, tmp_path / "out",  # noqa: E731

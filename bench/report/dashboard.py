@@ -1,7 +1,7 @@
 """``ddimbench dashboard NAME``: optuna-dashboard over a sweep's own store, for people without W&B.
 
 The sweep's cells are native Optuna trials (``bench.store.study``): optuna-dashboard's trial table shows
-each cell's ``steps``, ``eta``, ``sampler``, ``schedule`` and ``seed_block`` as params, the FID as the
+each cell's ``steps``, ``eta``, ``sampler``, ``spacing`` and ``seed_block`` as params, the FID as the
 trial's value and the other metrics (``isc_mean``, ``kid_mean``, ``nfe``, ``wall_s``, ...) as user
 attributes, and its trial list shows each cell's sample grid from the sweep's artifact store
 (``bench.store.artifacts``). The server is Python's ``wsgiref`` on one thread, as optuna-dashboard's

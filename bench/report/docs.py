@@ -31,7 +31,7 @@ def _csv_value(v) -> str:
 
 def record_order(r: CellRecord) -> tuple:
     eta = as_number(r.cell.eta)
-    return (r.cell.schedule, r.cell.sampler, (eta is not None, round(eta or 0.0, 6)), r.cell.steps, r.cell.seed_block,
+    return (r.cell.spacing, r.cell.sampler, (eta is not None, round(eta or 0.0, 6)), r.cell.steps, r.cell.seed_block,
             r.number)  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def setting(r: CellRecord) -> str:
     c = r.cell
     row = paper.row_key(c.sampler, as_number(c.eta))
     block = c.seed_block
-    return f"{row_label(row)}, S = {c.steps}, {c.schedule}" + (f", seed block {block}" if block else "")
+    return f"{row_label(row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
 
 
 def front_lines(records: Sequence[CellRecord], objective: str) -> list[str]:

@@ -30,8 +30,8 @@ from bench.report.tables import (
     paper_note_text,
     row_order,
     row_table,
-    schedule_order,
     select_cells,
+    spacing_order,
     standalone_tex,
     table_md,
     table_tex,
@@ -68,11 +68,11 @@ def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warn
         title, note = paper.comparison(ref, name, ds, ex, force) if ref else ("", "")
         mine += warnings_of(records, meta, ref)
         warnings += [f"{name}: {w}" for w in mine]
-        schedules = sorted({k[0] for k in cells}, key=schedule_order)
-        for sched in schedules:
-            head = str(ds or name) + (f", {sched}" if len(schedules) > 1 else "")
+        spacings = sorted({k[0] for k in cells}, key=spacing_order)
+        for spacing in spacings:
+            head = str(ds or name) + (f", {spacing}" if len(spacings) > 1 else "")
             head += f" ({name})" if datasets[str(ds or name)] > 1 else ""
-            blocks.append(Block(head, sched, cells, meta, ref, title, note))
+            blocks.append(Block(head, spacing, cells, meta, ref, title, note))
     return blocks
 
 
@@ -90,12 +90,12 @@ def combined_tables(blocks: Sequence[Block], metrics: Sequence[Metric]) -> list[
         about = []
         for b in blocks:
             n, seeds, ex = b.meta.get("n"), b.meta.get("seeds"), b.meta.get("extractor")
-            about.append(f"{b.title}: sweep {b.meta.get('name', '?')}, {b.schedule} timestep spacing"
+            about.append(f"{b.title}: sweep {b.meta.get('name', '?')}, {b.spacing} timestep spacing"
                          + (f", {n} samples per cell" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
                          + (f", {ex} features" if ex else "") + ".")  # fmt: skip
         parts = [f"{metric.header} ({sense} is better).", *about, blocks_note(sorted(multi)), LEGEND]
         if metric.key == "fid":
-            parts += [paper_note_text(b.paper, b.schedule, b.paper_note) for b in blocks if b.paper]
+            parts += [paper_note_text(b.paper, b.spacing, b.paper_note) for b in blocks if b.paper]
         title = f"{metric.header} — {' / '.join(b.title for b in blocks)}"
         tables.append(row_table(title, f"tab:{metric.key}", " ".join(parts), rows, groups, columns, every_head=True))
     return tables

@@ -24,14 +24,14 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 @dataclass(frozen=True)
 class Series:
-    """One line of a plot: a row of the table (η or sampler) on one timestep schedule."""
+    """One line of a plot: a row of the table (η or sampler) on one timestep spacing."""
 
     label: str
     x: Sequence[float]
     y: Sequence[float]
     yerr: Sequence[float] = ()  # std over seed blocks; 0 where a point has a single block
     notes: Sequence[str] = ()  # per-point annotations, e.g. "S=10"
-    group: str = ""  # the schedule; one line style per group
+    group: str = ""  # the spacing; one line style per group
     colour_key: str = field(default="")  # series sharing a key share a colour
 
 
@@ -62,7 +62,7 @@ def _png(fig) -> bytes:
 
 
 def _styles(series: Sequence[Series]) -> list[tuple[str, str]]:
-    """A (colour, linestyle) per series: colour by row, line style by schedule, both in first-seen order."""
+    """A (colour, linestyle) per series: colour by row, line style by spacing, both in first-seen order."""
     from matplotlib import colormaps
 
     palette = colormaps["tab10"].colors

@@ -1,8 +1,8 @@
 """Paper-style tables (Song et al. 2020, Table 1) from sweep records: cells, best-per-column, md/tex/html.
 
 Rows are η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending;
-one table per metric and timestep schedule (``combined_tables``: one per metric, a column block per
-sweep and schedule, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
+one table per metric and timestep spacing (``combined_tables``: one per metric, a column block per
+sweep and spacing, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
 over seed blocks (± std, ddof = 1, when there are several); the best mean per column is bold
 (compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
 python: no torch, no optuna.
@@ -47,7 +47,7 @@ METRICS: dict[str, Metric] = {
 _SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
 TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
 
-CellKey = tuple[str, paper.RowKey, int]  # (schedule, row, S)
+CellKey = tuple[str, paper.RowKey, int]  # (spacing, row, S)
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -97,12 +97,12 @@ def row_order(row: paper.RowKey) -> tuple:
     return (0, eta, "") if sampler == "ddim" else (1, 0.0, "") if sampler == "sigma_hat" else (2, 0.0, sampler)
 
 
-def schedule_order(s: str) -> tuple:
+def spacing_order(s: str) -> tuple:
     return (_SCHEDULE_ORDER.index(s), "") if s in _SCHEDULE_ORDER else (len(_SCHEDULE_ORDER), s)
 
 
 def _cell_key(r: CellRecord) -> CellKey:
-    return (r.cell.schedule, paper.row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
+    return (r.cell.spacing, paper.row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
 
 
 def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
@@ -167,23 +167,23 @@ def blocks_note(multi: Sequence[int]) -> str:
             "seed blocks (disjoint seeds); the others are one block.")  # fmt: skip
 
 
-def paper_note_text(paper_ds: str, schedule: str, note: str) -> str:
-    """The caption's "Paper: ..." sentence for the paper's ``paper_ds`` columns beside a ``schedule`` block."""
+def paper_note_text(paper_ds: str, spacing: str, note: str) -> str:
+    """The caption's "Paper: ..." sentence for the paper's ``paper_ds`` columns beside a ``spacing`` block."""
     ps = paper.spacing(paper_ds)
-    used = f" (this block uses {schedule})." if ps != schedule else "."
+    used = f" (this block uses {spacing})." if ps != spacing else "."
     text = f"Paper: {paper.SOURCE[paper_ds]}, {paper_ds}, 50k samples, {ps} spacing{used}"
     return f"{text} {note}" if note else text
 
 
-def _caption(metric: Metric, schedule: str, meta: Mapping, multi: Sequence[int], paper_ds: str | None,
+def _caption(metric: Metric, spacing: str, meta: Mapping, multi: Sequence[int], paper_ds: str | None,
              note: str = "") -> str:  # fmt: skip
     sense = "lower" if metric.lower_is_better else "higher"
     n, seeds, dataset = meta.get("n"), meta.get("seeds"), meta.get("dataset")
-    where = (f" on {dataset}" if dataset else "") + f", {schedule} timestep spacing"
+    where = (f" on {dataset}" if dataset else "") + f", {spacing} timestep spacing"
     count = (f", {n} samples per cell" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")
     parts = [f"{metric.header} ({sense} is better){where}{count}.", blocks_note(multi), LEGEND]
     if paper_ds:
-        parts.append(paper_note_text(paper_ds, schedule, note))
+        parts.append(paper_note_text(paper_ds, spacing, note))
     return " ".join(parts)
 
 
@@ -193,20 +193,20 @@ class Block:
     paper's numbers for ``paper`` (a dataset of ``bench.report.paper``) under ``paper_title``."""
 
     title: str
-    schedule: str
-    cells: Mapping[CellKey, Mapping[int, CellRecord]]  # the sweep's cells (those on ``schedule`` are used)
+    spacing: str
+    cells: Mapping[CellKey, Mapping[int, CellRecord]]  # the sweep's cells (those on ``spacing`` are used)
     meta: Mapping = field(default_factory=dict)
     paper: str | None = None
     paper_title: str = ""
     paper_note: str = ""  # appended to the caption's "Paper: ..." sentence
 
     def rows(self) -> set[paper.RowKey]:
-        return {k[1] for k in self.cells if k[0] == self.schedule}
+        return {k[1] for k in self.cells if k[0] == self.spacing}
 
     def columns(self, rows: Sequence[paper.RowKey], metric: Metric) -> tuple[list, list, set[int]]:
         """(column groups, columns of cells, seed-block counts above one) of this block for ``metric``."""
-        steps = sorted({k[2] for k in self.cells if k[0] == self.schedule})
-        ours = [[table_cell(self.cells.get((self.schedule, row, s), {}), metric, s) for row in rows] for s in steps]
+        steps = sorted({k[2] for k in self.cells if k[0] == self.spacing})
+        ours = [[table_cell(self.cells.get((self.spacing, row, s), {}), metric, s) for row in rows] for s in steps]
         multi = {c.blocks for col in ours for c in col if c.blocks > 1}
         columns = _mark_best(ours, metric.lower_is_better, ".2f")
         heads = tuple(f"S = {s}" for s in steps)
@@ -234,18 +234,18 @@ def build_tables(
     paper_title: str = "",
     paper_note: str = "",
 ) -> list[Table]:
-    """The Table 1-style blocks of one sweep: metric outer, schedule inner; ``compare``: the paper's dataset
+    """The Table 1-style blocks of one sweep: metric outer, spacing inner; ``compare``: the paper's dataset
     whose FID columns go beside ours (under ``paper_title``, default "paper (<dataset>)")."""
     tables = []
     for metric in metrics:
-        for sched in sorted({k[0] for k in cells}, key=schedule_order):
-            block = Block("this run", sched, cells, meta, compare, paper_title, paper_note)
+        for spacing in sorted({k[0] for k in cells}, key=spacing_order):
+            block = Block("this run", spacing, cells, meta, compare, paper_title, paper_note)
             rows = sorted(block.rows(), key=row_order)
             groups, columns, multi = block.columns(rows, metric)
             ref = compare if metric.key == "fid" else None
-            label = f"tab:{metric.key}-{re.sub(r'[^A-Za-z0-9]+', '-', sched)}"
-            caption = _caption(metric, sched, meta, sorted(multi), ref, paper_note)
-            tables.append(row_table(f"{metric.header} — {sched} spacing", label, caption, rows, groups, columns))
+            label = f"tab:{metric.key}-{re.sub(r'[^A-Za-z0-9]+', '-', spacing)}"
+            caption = _caption(metric, spacing, meta, sorted(multi), ref, paper_note)
+            tables.append(row_table(f"{metric.header} — {spacing} spacing", label, caption, rows, groups, columns))
     return tables
 
 

@@ -34,9 +34,9 @@ from bench.report.tables import (
     inversion_table,
     row_label,
     row_order,
-    schedule_order,
     select_cells,
     slug,
+    spacing_order,
     standalone_tex,
     table_cell,
     table_md,
@@ -63,22 +63,22 @@ def _grid_name(r: CellRecord, suffix: str) -> str:
     c = r.cell
     sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
     e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
-    return f"{slug(c.schedule)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
+    return f"{slug(c.spacing)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
 
 def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
-    """Per (schedule, row): FID vs S and FID vs seconds per image, from the complete blocks."""
+    """Per (spacing, row): FID vs S and FID vs seconds per image, from the complete blocks."""
     fid = METRICS["fid"]
     groups: dict[tuple[str, paper.RowKey], list[int]] = {}
-    for sched, row, s in cells:
-        groups.setdefault((sched, row), []).append(s)
+    for spacing, row, s in cells:
+        groups.setdefault((spacing, row), []).append(s)
     multi = len({k[0] for k in groups}) > 1
     by_steps, by_time = [], []
-    for sched, row in sorted(groups, key=lambda k: (schedule_order(k[0]), row_order(k[1]))):
-        label = row_label(row) + (f" ({sched})" if multi else "")
+    for spacing, row in sorted(groups, key=lambda k: (spacing_order(k[0]), row_order(k[1]))):
+        label = row_label(row) + (f" ({spacing})" if multi else "")
         pts, tpts = [], []
-        for s in sorted(groups[(sched, row)]):
-            blocks = cells[(sched, row, s)]
+        for s in sorted(groups[(spacing, row)]):
+            blocks = cells[(spacing, row, s)]
             c = table_cell(blocks, fid, s)
             if c.status != "value":
                 continue
@@ -90,7 +90,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
             ]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
-        kw = {"label": label, "group": sched, "colour_key": row_label(row)}
+        kw = {"label": label, "group": spacing, "colour_key": row_label(row)}
         if pts:
             by_steps.append(plots.Series(x=[p[0] for p in pts], y=[p[1] for p in pts], yerr=[p[2] for p in pts], **kw))
         if tpts:
@@ -100,15 +100,15 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
 
 
 def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], root: Path) -> list:
-    """Per schedule, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
+    """Per spacing, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []
-    for sched in sorted({k[0] for k in cells}, key=schedule_order):
-        etas = sorted({k[1][1] for k in cells if k[0] == sched and k[1][0] == "ddim"})
+    for spacing in sorted({k[0] for k in cells}, key=spacing_order):
+        etas = sorted({k[1][1] for k in cells if k[0] == spacing and k[1][0] == "ddim"})
         for eta in etas:
             with_strip = {
                 (s, b): r.measured.strip
                 for (sc, row, s), blocks in cells.items()
-                if sc == sched and row == ("ddim", eta)
+                if sc == spacing and row == ("ddim", eta)
                 for b, r in blocks.items()
                 if r.measured.strip
             }
@@ -120,7 +120,7 @@ def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], roo
                 if b == block:
                     _read_input(root, with_strip[(s, b)], "sample strip")
                     rows.append((f"S = {s}", root / with_strip[(s, b)]))
-            sections.append((f"DDIM eta = {eta_str(eta)}, {sched} spacing, seed block {block}", rows))
+            sections.append((f"DDIM eta = {eta_str(eta)}, {spacing} spacing, seed block {block}", rows))
             break
     return sections
 
@@ -185,7 +185,7 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
 def _cell_name(r: CellRecord) -> str:
     c = r.cell
     sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
-    return f"{c.schedule} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
+    return f"{c.spacing} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
 
 
 def write_report(
@@ -253,7 +253,7 @@ def write_report(
         put("pareto_front.png", png)
     # 3. Sample grids under deterministic names (stale ones of the previous report are removed at the end).
     grids: dict[int, str] = {}
-    for key in sorted(cells, key=lambda k: (schedule_order(k[0]), row_order(k[1]), k[2])):
+    for key in sorted(cells, key=lambda k: (spacing_order(k[0]), row_order(k[1]), k[2])):
         for b in sorted(cells[key]):
             r = cells[key][b]
             if grid := r.measured.grid:

@@ -9,7 +9,7 @@ from typing import Any
 from ddim.errors import DDIMError
 
 _KEY = re.compile(
-    r"sampler=(?P<sampler>\w+) schedule=(?P<schedule>\w+) steps=(?P<steps>\d+) "
+    r"sampler=(?P<sampler>\w+) spacing=(?P<spacing>\w+) steps=(?P<steps>\d+) "
     r"eta=(?P<eta>-|[0-9.e+-]+) seed_block=(?P<seed_block>\d+)"
 )
 
@@ -19,7 +19,7 @@ class Cell:
     """One setting of the grid: sampler, spacing, S, η (ddim only, else None) and seed block."""
 
     sampler: str
-    schedule: str
+    spacing: str
     steps: int
     eta: float | None
     seed_block: int
@@ -31,26 +31,26 @@ class Cell:
         if m is None:
             raise DDIMError(f"the store holds a malformed cell key {str(key)[:80]!r}; rerun under a new name=")
         eta = None if m["eta"] == "-" else float(m["eta"])
-        return cls(m["sampler"], m["schedule"], int(m["steps"]), eta, int(m["seed_block"]))
+        return cls(m["sampler"], m["spacing"], int(m["steps"]), eta, int(m["seed_block"]))
 
     @property
     def key(self) -> str:
         """Canonical text identity, stored as the trial's ``cell`` user attribute."""
         eta = "-" if self.eta is None else f"{self.eta:g}"
         return (
-            f"sampler={self.sampler} schedule={self.schedule} steps={self.steps} eta={eta} seed_block={self.seed_block}"
+            f"sampler={self.sampler} spacing={self.spacing} steps={self.steps} eta={eta} seed_block={self.seed_block}"
         )
 
     def fields(self) -> dict[str, Any]:
         """The cell's fields by name, in the order of the report's columns (``bench.store.record.columns``)."""
-        return {"schedule": self.schedule, "sampler": self.sampler, "eta": self.eta, "steps": self.steps,
+        return {"spacing": self.spacing, "sampler": self.sampler, "eta": self.eta, "steps": self.steps,
                 "seed_block": self.seed_block}  # fmt: skip
 
     @property
     def slug(self) -> str:
         """A file name stem for the cell's images."""
         eta = "" if self.eta is None else f"_eta{self.eta:g}"
-        return f"{self.schedule}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
+        return f"{self.spacing}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
 
     @property
     def row(self) -> str:
@@ -59,4 +59,4 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.row} S={self.steps} {self.schedule} block {self.seed_block}"
+        return f"{self.row} S={self.steps} {self.spacing} block {self.seed_block}"

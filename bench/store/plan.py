@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.store.study import stored_key
+
 MAX_ATTEMPTS = 3  # kills of one cell tolerated per run before it is reported failed
 
 
@@ -41,8 +43,8 @@ def cell_plan(trials: list, keys: list[str], token: str) -> CellPlan:
 
     by_cell: dict[str, list] = {}
     for t in trials:
-        if isinstance(t.user_attrs.get("cell"), str):
-            by_cell.setdefault(t.user_attrs["cell"], []).append(t)
+        if key := stored_key(t):
+            by_cell.setdefault(key, []).append(t)
     plan = CellPlan()
     for key in keys:
         ts = by_cell.get(key, [])

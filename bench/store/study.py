@@ -5,7 +5,7 @@
   command, git commit, versions, device, ... of the run that created the study), ``run:<time>-<id>``
   (command, device, git commit and time of each later run), ``spec`` (the latest run's resolved
   config) and ``extras`` (interpolation strip, inversion table);
-- trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``schedule``
+- trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``spacing``
   (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
   ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
   (``enqueue_cell``) whose params are read back through the suggest API (``queued_cell``);
@@ -15,6 +15,10 @@
   images_per_s), the rest of the ``bench.store.record.Measurement`` (grid paths, seeds, protocol hashes,
   device, versions) as ``result``; a failed cell has ``error``. Stores of the previous release (one
   categorical ``cell-<hash>`` param, every metric inside ``result``) are read the same way.
+
+Stores written before the timestep spacing was called ``spacing`` everywhere name it ``schedule`` (the param,
+the user attribute, the ``schedule=`` part of the cell key, ``param_choices`` and a search's ``protocol``);
+they are migrated as they are read (``stored_key``, ``_migrated``), so reports and reruns see one word.
 
 ``load_results`` turns trials into the report's records (``bench.store.record.CellRecord``, each attribute
 read by the dataclasses' field names and types; a trial with an ill-typed one is left out, with a one-line
@@ -51,9 +55,10 @@ from ddim.errors import DDIMError
 if TYPE_CHECKING:
     import optuna
 
-_CELL_FIELDS = ("sampler", "steps", "schedule", "seed_block")  # set with "eta" right after the claim ("cell")
+_CELL_FIELDS = ("sampler", "steps", "spacing", "seed_block")  # set with "eta" right after the claim ("cell")
 _RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
 _RUN_FIELDS = ("command", "device", "git_commit", "created")
+_OLD_SPACING = "schedule"  # the spacing's name in stores of earlier releases: read (``_migrated``), never written
 KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
 
 
@@ -99,7 +104,7 @@ def create_study(
                 ) from None
             time.sleep(backoff(attempt))
     assert study is not None
-    old = study.user_attrs.get("protocol")
+    old = _migrated_protocol(study.user_attrs.get("protocol"))
     if "param_choices" not in study.user_attrs:  # fixed for the study's life: Optuna's categorical choices never change
         study.set_user_attr("param_choices", _param_choices())
     if old is None:
@@ -122,9 +127,34 @@ def create_study(
     return study
 
 
+def _migrated(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping of stored names with an earlier release's ``schedule`` read as ``spacing``."""
+    out = dict(attrs)
+    if _OLD_SPACING in out:
+        value = out.pop(_OLD_SPACING)
+        out.setdefault("spacing", value)
+    return out
+
+
+def _migrated_protocol(protocol: Any) -> Any:
+    """A stored protocol with its search ``space`` migrated (``_migrated``): an earlier release's search reruns."""
+    if isinstance(protocol, dict) and isinstance(protocol.get("space"), dict):
+        return {**protocol, "space": _migrated(protocol["space"])}
+    return protocol
+
+
+def stored_key(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The key of the cell a trial claims (None for none), in today's words: an earlier release's
+    ``sampler=ddim schedule=uniform ...`` reads as ``sampler=ddim spacing=uniform ...``."""
+    key = trial.user_attrs.get("cell")
+    if not isinstance(key, str) or not key:
+        return None
+    return key.replace(f" {_OLD_SPACING}=", " spacing=", 1)
+
+
 def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
-    ua = trial.user_attrs
-    if not isinstance(ua.get("cell"), str) or not ua["cell"] or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
+    ua = _migrated(trial.user_attrs)
+    if stored_key(trial) is None or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
         return None
     # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
     # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
@@ -196,7 +226,7 @@ def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple
     """(records, number of superseded failures) of a study, ordered by trial number. A trial whose stored fields
     have the wrong types is left out; its number is appended to ``malformed``."""
     trials = study.get_trials(deepcopy=False)
-    cells = {t.number: c for t in trials if isinstance(c := t.user_attrs.get("cell"), str) and c}
+    cells = {t.number: c for t in trials if (c := stored_key(t))}
     complete = {cells[t.number] for t in trials if t.state.name == "COMPLETE" and t.number in cells}
     kept, superseded = [], 0
     for t in trials:
@@ -274,12 +304,12 @@ def _param_choices() -> dict[str, list[str]]:
     from ddim.sampling import SAMPLERS
     from ddim.schedules import SPACINGS
 
-    return {"sampler": list(SAMPLERS), "schedule": list(SPACINGS)}
+    return {"sampler": list(SAMPLERS), "spacing": list(SPACINGS)}
 
 
 def cell_params(cell: Cell) -> dict[str, Any]:
     """The Optuna params of a cell (η only where the sampler has one)."""
-    out: dict[str, Any] = {"sampler": cell.sampler, "schedule": cell.schedule, "steps": cell.steps}
+    out: dict[str, Any] = {"sampler": cell.sampler, "spacing": cell.spacing, "steps": cell.steps}
     if cell.eta is not None:
         out["eta"] = cell.eta
     return {**out, "seed_block": cell.seed_block}
@@ -293,20 +323,22 @@ def enqueue_cell(study: optuna.Study, cell: Cell) -> None:
 def queued_cell(trial: optuna.Trial, T: int) -> Cell | None:
     """The grid cell a popped trial was queued for (None for a trial nobody queued), with its params set
     through the suggest API so the trial carries S, η, ... as numbers."""
-    key = trial.user_attrs.get("cell")
+    key = stored_key(trial)
     if not key:
         return None
     want = Cell.from_key(key)
-    choices = trial.study.user_attrs.get("param_choices") or _param_choices()
-    for name in ("sampler", "schedule"):
+    choices = _migrated(trial.study.user_attrs.get("param_choices") or _param_choices())
+    for name in ("sampler", "spacing"):
         if getattr(want, name) not in choices[name]:
             raise DDIMError(f"this sweep's store predates {name} {getattr(want, name)!r}; run it under a new name=")
+    # A trial an earlier release queued has its spacing fixed under that release's param name.
+    legacy = key != trial.user_attrs["cell"]
     sampler = trial.suggest_categorical("sampler", choices["sampler"])
-    schedule = trial.suggest_categorical("schedule", choices["schedule"])
+    spacing = trial.suggest_categorical(_OLD_SPACING if legacy else "spacing", choices["spacing"])
     steps = trial.suggest_int("steps", 1, max(T, want.steps))
     eta = None if want.eta is None else trial.suggest_float("eta", 0.0, max(1.0, want.eta))
     block = trial.suggest_int("seed_block", 0, max(1, want.seed_block))
-    got = Cell(sampler, schedule, steps, eta, block)
+    got = Cell(sampler, spacing, steps, eta, block)
     if got.key != key:
         raise DDIMError(f"queued trial #{trial.number} holds {got.key!r}, not its cell {key!r}; rerun the sweep")
     return got
@@ -323,7 +355,7 @@ def claim(trial: optuna.Trial, cell: Cell, attrs: Mapping[str, Any]) -> int | No
     holders = [
         t.number
         for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
-        if t.number != trial.number and t.user_attrs.get("cell") == cell.key
+        if t.number != trial.number and stored_key(t) == cell.key
     ]
     if holders:
         return min(holders)

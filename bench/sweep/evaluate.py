@@ -52,7 +52,7 @@ class Evaluator:
 
     def generate(self, cell: Cell, on_step: Any = None) -> tuple[torch.Tensor, float]:
         """The cell's n samples as uint8 (N, C, H, W) and the sampling wall time in seconds."""
-        spec, ts = self.spec, schedules.timesteps(cell.steps, self.T, cell.schedule)
+        spec, ts = self.spec, schedules.timesteps(cell.steps, self.T, cell.spacing)
         first, _ = spec.seed_range(cell.seed_block)
         out = torch.empty((spec.n, *self.shape), dtype=torch.uint8)
         if self.device.type == "cuda":
@@ -72,7 +72,7 @@ class Evaluator:
 
         spec = self.spec
         batches = -(-spec.n // spec.batch)
-        display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.schedule)))
+        display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.spacing)))
         u8, wall = self.generate(cell, lambda *_: display.step())
         grid, strip = f"cells/{cell.slug}.png", f"cells/{cell.slug}-strip.png"
         save_grid(u8[:64], self.root / grid)
@@ -117,13 +117,13 @@ class Evaluator:
         steps = (
             sorted(spec.steps) if isinstance(spec.steps, tuple) else sorted({int(spec.steps.lo), int(spec.steps.hi)})
         )
-        key = {"steps": steps, "schedule": spec.schedule[0], "interpolation": spec.interpolation,
+        key = {"steps": steps, "spacing": spec.spacing[0], "interpolation": spec.interpolation,
                "inversion": spec.inversion, "inversion_n": spec.inversion_n}  # fmt: skip
         old = study.user_attrs.get("extras") or {}
         if old.get("key") == key and (not old.get("interpolation") or artifact_file(self.root, old["interpolation"])):
             return old
         out: dict[str, Any] = {"key": key}
-        ts = {s: schedules.timesteps(s, self.T, spec.schedule[0]) for s in steps}
+        ts = {s: schedules.timesteps(s, self.T, spec.spacing[0]) for s in steps}
         if spec.interpolation:
             display.note("extras: interpolation strip")
             z = sampling.SeededNoise([spec.seed_base, spec.seed_base + 1], self.shape, self.device).initial()

@@ -4,7 +4,7 @@ A sweep is described by keys such as ``steps=10,20,50 eta=0,0.5,1 sampler=ddim,s
 The same names are the keys of a YAML file (``sweeps/*.yaml``); values given on the command line
 win over the file's. Value forms:
 
-- ``a,b,c``   a list (for the sweep's axes: ``steps``, ``eta``, ``schedule``, ``sampler``,
+- ``a,b,c``   a list (for the sweep's axes: ``steps``, ``eta``, ``spacing``, ``sampler``,
   ``seeds``, and for ``metrics``); a single value is a one-element list;
 - ``lo..hi``  an inclusive range, only for ``steps`` (integers) and ``eta`` (floats), and only in
   search mode (``--search pareto``); a grid needs explicit lists;
@@ -14,7 +14,8 @@ Every malformed token (``steps=``, ``steps=a``, ``=3``, ``steps``), out-of-range
 (``steps=0``, ``eta=-1``, ``n=0``), unknown or repeated key raises ``DDIMError`` with one line
 naming the problem and the fix. Checks that need the checkpoint (``steps`` ≤ T) happen in
 ``bench.sweep.resolve.resolve_spec``. The sampler list is ``ddim.names.SAMPLERS`` (the sampler
-registry's names, kept equal by a test), read without importing torch.
+registry's names, kept equal by a test), read without importing torch. A deprecated key (``ALIASES``:
+``schedule`` for ``spacing``) still works, with one warning line naming its replacement.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.console import warn
 from bench.sweep.spec import Range, SweepSpec  # Range: a parsed lo..hi value
 from ddim.errors import DDIMError
 
-__all__ = ["KEYS", "Key", "example", "load_config", "merge", "parse_overrides", "parse_value", "per_dataset"]
+__all__ = ["ALIASES", "KEYS", "Key", "example", "load_config", "merge", "parse_overrides", "parse_value", "per_dataset"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ KEYS: dict[str, Key] = {
     "seed_base": Key("int", "first seed of block 0", minimum=0, example="seed_base=0"),
     "steps": Key("int", "sampling steps S (≤ T)", True, True, minimum=1, example="steps=10,20,50"),
     "eta": Key("float", "DDIM η (eq. 16, ≤ 1 or where eq. 12 holds)", True, True, minimum=0.0, example="eta=0,0.5,1"),
-    "schedule": Key(
+    "spacing": Key(
         "choice", "timestep spacing of τ (default: the paper's for the dataset, else uniform)", True, choices=_spacings
     ),  # fmt: skip
     "sampler": Key("choice", "sampler", True, choices=_samplers),
@@ -117,6 +119,7 @@ KEYS: dict[str, Key] = {
     ),  # fmt: skip
     "artifacts": Key("str", "folder for sample grids (default ddimbench-sweeps/<name>)", example="artifacts=out"),
 }
+ALIASES = {"schedule": "spacing"}  # deprecated key -> its key: the old word for the timestep spacing
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -149,6 +152,15 @@ def example(name: str) -> str:
         opts = list(k.choices())
         return f"{name}={','.join(opts[:2]) if k.is_list else opts[0]}"
     return f"{name}=VALUE"
+
+
+def _current(name: str) -> str:
+    """The key of ``name``: itself, or for a deprecated alias its replacement (after one warning line)."""
+    new = ALIASES.get(name)
+    if new is None:
+        return name
+    warn(f"the sweep key {name!r} is deprecated; write {new}= (or {new}: in a sweep file) instead")
+    return new
 
 
 def _unknown_key(name: str) -> DDIMError:
@@ -234,7 +246,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
         name = name.strip()
         if not name:
             raise DDIMError(f"{token!r} has no key before '='; write KEY=VALUE, e.g. steps=10,20")
-        name = name.replace("-", "_")
+        name = _current(name.replace("-", "_"))
         if name not in KEYS:
             raise _unknown_key(name)
         if name in out:
@@ -289,7 +301,7 @@ def _unique_key_loader() -> type:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML sweep file into typed values (same keys and checks as ``parse_overrides``).
 
-    ``schedule`` may be a mapping from dataset name to spacing(s) with an optional ``default``
+    ``spacing`` may be a mapping from dataset name to spacing(s) with an optional ``default``
     (the paper used quad for CIFAR10 and uniform elsewhere); it is returned as a dict of lists and
     resolved for the sweep's dataset by ``per_dataset``.
     """
@@ -314,13 +326,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise DDIMError(f"sweep config {p} must be a mapping of key: value; see sweeps/quick.yaml")
     out: dict[str, Any] = {}
     for raw_name, value in data.items():
-        name = str(raw_name).replace("-", "_")
+        name = _current(str(raw_name).replace("-", "_"))
         try:
             if name not in KEYS:
                 raise _unknown_key(name)
             if name in out:  # e.g. seed-base and seed_base
                 raise DDIMError(f"{name} is given twice; give it once, e.g. {example(name)}")
-            if name == "schedule" and isinstance(value, dict):
+            if name == "spacing" and isinstance(value, dict):
                 out[name] = {str(ds): parse_value(name, _yaml_text(name, v, str(p))) for ds, v in value.items()}
             else:
                 out[name] = parse_value(name, _yaml_text(name, value, str(p)))
@@ -330,7 +342,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def per_dataset(value: Any, dataset: str, key: str = "schedule") -> Any:
+def per_dataset(value: Any, dataset: str, key: str = "spacing") -> Any:
     """``value`` itself, or for a per-dataset mapping the entry of ``dataset`` (else ``default``)."""
     if not isinstance(value, Mapping):
         return value

@@ -50,7 +50,7 @@ def protocol_for(spec: Any, checkpoint_sha256: str) -> dict[str, Any]:
            "metrics": sorted(spec.metrics), "T": spec.T}  # fmt: skip
     if spec.search:
         d = spec.to_dict()
-        out["space"] = {k: d[k] for k in ("steps", "eta", "schedule", "sampler", "seeds", "objective")}
+        out["space"] = {k: d[k] for k in ("steps", "eta", "spacing", "sampler", "seeds", "objective")}
     return out
 
 

@@ -40,7 +40,7 @@ def _check_eta(spec: SweepSpec, alpha_bar: Any) -> None:
 
     for cell in spec.cells():
         if cell.sampler == "ddim" and cell.eta is not None and cell.eta > 1:
-            sampling.check_eta(alpha_bar, schedules.timesteps(cell.steps, spec.T, cell.schedule), cell.eta)
+            sampling.check_eta(alpha_bar, schedules.timesteps(cell.steps, spec.T, cell.spacing), cell.eta)
 
 
 def _as_tuple(v: Any) -> Any:
@@ -103,7 +103,7 @@ def resolve_spec(
     # A grid defaults to the paper's spacing (quad for CIFAR10, else uniform); a search, whose S is arbitrary,
     # to trailing: it starts at t = T − 1 for every S (uniform can start far below it when T % S ≠ 0).
     default = "trailing" if mode else paper.SPACING.get(dataset, "uniform")
-    schedule = per_dataset(values.get("schedule", [default]), dataset)
+    spacing = per_dataset(values.get("spacing", [default]), dataset)
     kw = {k: _as_tuple(values[k]) for k in _SCALARS if k in values}
     spec = SweepSpec(
         name=name,
@@ -114,7 +114,7 @@ def resolve_spec(
         seeds=_as_tuple(values.get("seeds", SweepSpec.seeds)),
         steps=_as_tuple(values.get("steps", SweepSpec.steps)),
         eta=_as_tuple(values.get("eta", SweepSpec.eta)),
-        schedule=tuple(schedule),
+        spacing=tuple(spacing),
         sampler=_as_tuple(values.get("sampler", SweepSpec.sampler)),
         extractor=values.get("extractor") or default_extractor(dataset),
         metrics=_as_tuple(values.get("metrics", SweepSpec.metrics)),

@@ -20,7 +20,7 @@ measured exactly once, with any number of workers and machines on one storage:
    run; running the command again (a new run token) retries failed and missing cells and skips
    complete ones.
 Search mode (``search=pareto``): multi-objective TPE minimising (FID, NFE), or (FID, seconds per
-image) with ``objective=time``, over ranges (``trailing`` spacing unless ``schedule=`` says otherwise:
+image) with ``objective=time``, over ranges (``trailing`` spacing unless ``spacing=`` says otherwise:
 it starts at T − 1 for any S); the Pareto front is ``study.best_trials`` (shown by ``bench.report.front``).
 """
 
@@ -122,12 +122,12 @@ class _Worker:
                 return trial.suggest_float(name, values.lo, values.hi)
             return values[0] if len(values) == 1 else trial.suggest_categorical(name, list(values))
 
-        sampler, schedule = pick("sampler", spec.sampler), pick("schedule", spec.schedule)
+        sampler, spacing = pick("sampler", spec.sampler), pick("spacing", spec.spacing)
         steps = spec.T if sampler == "ddpm" else int(pick("steps", spec.steps, True))
         # η to 4 decimals: a cell's key and file names (6 significant digits) then name it exactly, and
         # two suggestions that agree to 4 decimals are the same cell (the second yields to the first).
         eta = round(float(pick("eta", spec.eta)), 4) if sampler == "ddim" else None
-        return Cell(sampler, schedule, steps, eta, int(pick("seed_block", spec.seeds, True)))
+        return Cell(sampler, spacing, steps, eta, int(pick("seed_block", spec.seeds, True)))
 
     def objective(self, trial: Any) -> float | tuple[float, float]:
         try:

@@ -26,7 +26,7 @@ class Range:
 class SweepSpec:
     """A resolved sweep: every value checked against the checkpoint (see ``resolve_spec``).
 
-    Axes (``steps``, ``eta``, ``schedule``, ``sampler``, ``seeds``) are tuples in grid mode; in search
+    Axes (``steps``, ``eta``, ``spacing``, ``sampler``, ``seeds``) are tuples in grid mode; in search
     mode ``steps`` / ``eta`` may be a ``Range``. Sample i of seed block b uses the seed
     ``seed_base + b·n + i`` in every cell (common random numbers).
     """
@@ -43,7 +43,7 @@ class SweepSpec:
     seed_base: int = 0
     steps: tuple[int, ...] | Range = (10, 20, 50, 100)
     eta: tuple[float, ...] | Range = (0.0,)
-    schedule: tuple[str, ...] = ("uniform",)
+    spacing: tuple[str, ...] = ("uniform",)
     sampler: tuple[str, ...] = ("ddim",)
     extractor: str = "classifier"
     metrics: tuple[str, ...] = ("fid", "isc", "kid")
@@ -75,16 +75,16 @@ class SweepSpec:
         if isinstance(self.steps, Range) or isinstance(self.eta, Range):
             raise DDIMError("a grid needs lists, not ranges; give steps=10,20 eta=0,1 or use --search pareto")
         out: dict[str, Cell] = {}
-        for schedule in self.schedule:
+        for spacing in self.spacing:
             for sampler in self.sampler:
-                if sampler == "ddpm" and schedule != self.schedule[0]:
+                if sampler == "ddpm" and spacing != self.spacing[0]:
                     continue
                 steps = (self.T,) if sampler == "ddpm" else self.steps
                 etas: tuple[float | None, ...] = self.eta if sampler == "ddim" else (None,)
                 for s in steps:
                     for eta in etas:
                         for b in self.seeds:
-                            cell = Cell(sampler, schedule, int(s), None if eta is None else float(eta), int(b))
+                            cell = Cell(sampler, spacing, int(s), None if eta is None else float(eta), int(b))
                             kept = out.setdefault(cell.key, cell)
                             if kept.eta != cell.eta:  # cell keys and file names keep 6 significant digits
                                 raise DDIMError(

@@ -28,7 +28,7 @@ SAMPLES_KEY = "samples"  # each cell run's sample grid
 RESULTS_KEY = "results"  # the results table's key in the summary run
 GRID_COLUMN = "grid_image"  # its image column: the cell's sample grid
 SERIES_KEY = "fid_series"  # the table the charts are drawn from
-SERIES_COLUMNS = ("series", "schedule", "sampler", "eta", "steps", "nfe", "blocks", "fid", "fid_std", "wall_s")
+SERIES_COLUMNS = ("series", "spacing", "sampler", "eta", "steps", "nfe", "blocks", "fid", "fid_std", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _latest_complete(records: Sequence[CellRecord]) -> list[CellRecord]:
 
 def _series_order(r: CellRecord) -> tuple:
     c = r.cell
-    return (c.schedule, c.sampler != "ddim", c.sampler, c.eta or 0.0, c.steps)
+    return (c.spacing, c.sampler != "ddim", c.sampler, c.eta or 0.0, c.steps)
 
 
 def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[Any]]]:
@@ -82,18 +82,18 @@ def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[An
     over seed blocks, ``fid_std`` their std (ddof = 1; None for one block), ``wall_s`` the mean sampling time of
     a block. A series is the cell's row (``η=0.5``, ``sigma_hat``), plus its spacing when there are several."""
     done = sorted(_latest_complete(records), key=_series_order)
-    several = len({r.cell.schedule for r in done}) > 1
+    several = len({r.cell.spacing for r in done}) > 1
     groups: dict[tuple, list[CellRecord]] = {}
     for r in done:
         c = r.cell
-        groups.setdefault((c.schedule, c.sampler, c.eta, c.steps), []).append(r)
+        groups.setdefault((c.spacing, c.sampler, c.eta, c.steps), []).append(r)
     rows = []
-    for (schedule, sampler, eta, steps), blocks in groups.items():
+    for (spacing, sampler, eta, steps), blocks in groups.items():
         fids = [float(r.scores.fid) for r in blocks]
         walls = [float(w) for r in blocks if isinstance(w := r.measured.wall_s, (int, float))]
         nfes = {r.measured.nfe for r in blocks} - {None}
-        series = blocks[0].cell.row + (f" {schedule}" if several else "")
-        rows.append([series, schedule, sampler, eta, steps, min(nfes) if nfes else None, len(fids),
+        series = blocks[0].cell.row + (f" {spacing}" if several else "")
+        rows.append([series, spacing, sampler, eta, steps, min(nfes) if nfes else None, len(fids),
                      statistics.fmean(fids), statistics.stdev(fids) if len(fids) > 1 else None,
                      statistics.fmean(walls) if walls else None])  # fmt: skip
     return list(SERIES_COLUMNS), rows
