@@ -1,4 +1,8 @@
-"""How the cells of a grid stand: done, running, queued, fresh, failed or to retry (``cell_plan``)."""
+"""How the cells of a grid stand: done, running, queued, fresh, failed or to retry (``cell_plan``).
+
+Not Optuna's ``RetryHeartbeatStaleTrialCallback``: it re-queues only heartbeat-stale trials, so a cell stopped by
+Ctrl-C / SIGTERM, failed in an earlier run or yielded as a duplicate would never be retried (tests/test_plan.py).
+"""
 
 from __future__ import annotations
 
