@@ -106,8 +106,20 @@ def test_report_refuses_a_folder_with_files_no_report_wrote(built, tmp_path, for
     assert (out / "setup.py").read_text(encoding="utf-8") == "pass\n"
 
 
+@pytest.mark.parametrize("where", [".", ".."])
+def test_report_refuses_the_working_directory_it_would_swap_away(built, tmp_path, monkeypatch, where):
+    records, meta, root, extras, _, _ = built
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project" / "src")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(DDIMError, match="is the working directory, holds it or is a mount point"):
+        write_report(as_records(records), meta, where, root=root, extras=extras)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_report_killed_before_its_manifest_can_be_rerun(built, tmp_path, monkeypatch):
-    """The first thing a report writes into a new folder is a manifest that claims it, so a rerun is not refused."""
+    """A report is written into a temporary folder beside --out and swapped in when complete: one killed half-way
+    leaves no folder and no temporary folder behind, and a rerun into the same folder is not refused."""
     import bench.report.write as report
 
     records, meta, root, extras, _, _ = built
@@ -116,8 +128,47 @@ def test_report_killed_before_its_manifest_can_be_rerun(built, tmp_path, monkeyp
     monkeypatch.setattr(report, "build_tables", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         write_report(as_records(records), meta, out, root=root, extras=extras)
-    out.mkdir(exist_ok=True)
-    (out / "README.md").write_text("half a report\n", encoding="utf-8")  # as if killed after the README
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, nothing temporary
     monkeypatch.setattr(report, "build_tables", real)
     write_report(as_records(records), meta, out, root=root, extras=extras)
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["cells"]
+
+
+def test_a_failed_report_leaves_the_previous_one_byte_for_byte(built, tmp_path):
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "out"
+    write_report(as_records(records), meta, out, root=root, extras=extras)
+    (out / "notes.md").write_bytes(b"mine\n")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    missing = [{**r, "strip": None} for r in records] + [{**records[-1], "number": 999, "grid": "cells/gone.png"}]
+    with pytest.raises(DDIMError, match="not found"):  # fails after the tables and most grids are written
+        write_report(as_records(missing), meta, out, root=root, extras={})
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_report_killed_between_the_two_renames_is_recovered_by_the_next(built, tmp_path, monkeypatch):
+    import os
+
+    import bench.report.files as files
+
+    records, meta, root, extras, _, _ = built
+    out = tmp_path / "out"
+    write_report(as_records(records), meta, out, root=root, extras=extras)
+    (out / "notes.md").write_bytes(b"mine\n")
+    renames, rename = [], os.rename
+
+    def rename_then_die(src, dst):
+        renames.append(dst)
+        if len(renames) >= 2:  # killed (SIGKILL: no handler runs) after moving the previous report aside
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(as_records(records), meta, out, root=root, extras={})
+    monkeypatch.undo()
+    assert not out.exists() and [p.name.split("-")[0] for p in tmp_path.iterdir()] == [".out.previous"]
+    written = write_report(as_records(records), meta, out, root=root, extras={})  # puts the previous one back first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "notes.md").read_bytes() == b"mine\n"
+    assert "inversion.md" not in written and not (out / "inversion.md").exists()

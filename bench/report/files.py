@@ -1,17 +1,22 @@
-"""How a report folder is written: every file atomically (temp file + fsync + ``os.replace``), the text
-files' sha256 recorded for the manifest, and what the previous report in the folder wrote and this one
-did not removed at the end (``ReportWriter``); ``jsonable`` for the manifest. No torch, no optuna.
+"""How a report folder is written: into a temporary folder beside it, swapped into place when complete
+(``ReportWriter``), the text files' sha256 recorded for the manifest; ``jsonable`` for the manifest. No torch,
+no optuna.
 """
 
 from __future__ import annotations
 
-import contextlib
+import glob
 import hashlib
 import json
 import math
 import numbers
+import os
+import shutil
+import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
 
 from bench.report.tables import TEXT_FILES
 from ddim.errors import DDIMError
@@ -21,6 +26,7 @@ OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_t
                   "interpolation.png", "pareto_front.png")  # fmt: skip
 HASHED = frozenset((*TEXT_FILES, "README.md"))  # files whose sha256 the manifest and README list
 _REPORT_FILES = frozenset((*TEXT_FILES, *OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
+_NEW, _OLD = "report", "previous"  # the temporary folders beside ``out``: .<name>.report-<pid>-<id>, .<name>.previous-…
 
 
 def write_file(path: Path, data: bytes | str) -> Path:
@@ -59,12 +65,9 @@ def _our_manifest(out: Path) -> dict | None:
 
 
 def _claim(out: Path) -> None:
-    """Make ``out`` a report's folder, or refuse (before anything is written) when it holds files of the names a
-    report writes that no report wrote, e.g. a project's README.md for ``--out .``: they would be replaced.
-
-    A folder is a report's once it holds a report manifest; a first report writes a stub one before anything
-    else, so a report killed half-way can be rerun into the same folder.
-    """
+    """Refuse (before anything is written) a folder that holds files of the names a report writes that no report
+    wrote, e.g. a project's README.md for ``--out .``: the report would replace them. A folder is a report's once
+    it holds a report manifest."""
     if _our_manifest(out) is not None:
         return
     names = sorted({*_REPORT_FILES, "manifest.json", "index.html"})
@@ -78,8 +81,6 @@ def _claim(out: Path) -> None:
             f"{out} holds files a report would replace that no report wrote ({listed}); "
             "choose another --out or move them away"
         )
-    stub = {"cells": [], "files": {}, "images": [], "complete": False}
-    write_file(out / "manifest.json", json.dumps(stub, sort_keys=True, indent=2) + "\n")
 
 
 def _previous_outputs(out: Path) -> dict[str, str | None]:
@@ -108,37 +109,126 @@ def _report_name(name: str) -> bool:
     return len(parts) == 2 and parts[0] == "grids" and bool(leaf) and not leaf.startswith(".") and "\\" not in leaf
 
 
-def _remove_stale(out: Path, previous: Mapping[str, str | None], written: Mapping[str, Path]) -> None:
-    """Delete what the previous report wrote and this one did not (e.g. the grid of a cell that is gone, the
-    inversion table of a sweep that no longer has one): left, it would contradict the rest. A file with a
-    recorded hash is deleted only while it still holds what the report wrote; nothing else is ever touched."""
-    for name, digest in sorted(previous.items()):
-        path = out / name
-        if name in written or path.is_symlink() or not path.is_file():
-            continue
-        if digest is not None and sha(path.read_bytes()) != digest:
-            continue  # replaced since (by someone else): not ours to delete
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _stale(path: Path, digest: str | None) -> bool:
+    """True for a file the previous report wrote and nobody changed since (recorded hash, when there is one)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    return digest is None or sha(path.read_bytes()) == digest
+
+
+def _carry(out: Path, new: Path, previous: Mapping[str, str | None], written: Mapping[str, Path]) -> None:
+    """Put into ``new`` (hard links, else copies) every file of ``out`` that this report does not write and the
+    previous report did not write (e.g. the user's notes, a report file edited by hand since); what the previous
+    report wrote and this one does not (the grid of a cell that is gone, the inversion table of a sweep that no
+    longer has one) is left behind: kept, it would contradict the rest."""
+    for here, dirs, files in os.walk(out):
+        rel_dir = Path(here).relative_to(out)
+        for d in dirs:
+            if (Path(here) / d).is_symlink():
+                files.append(d)  # a link to a folder is carried as the link (os.walk does not follow it)
+            else:
+                (new / rel_dir / d).mkdir(exist_ok=True)
+        for f in files:
+            rel, src = (rel_dir / f).as_posix(), Path(here) / f
+            if rel in written or (rel in previous and _stale(src, previous[rel])):
+                continue
+            dst = new / rel_dir / f
+            if src.is_symlink():
+                os.symlink(os.readlink(src), dst)
+                continue
+            try:
+                os.link(src, dst)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(src, dst)
+
+
+def _temp_folders(out: Path, kind: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"))
+
+
+def _alive(folder: Path) -> bool:
+    """Whether the process that made a temporary folder (its pid is in the name) still runs on this machine."""
+    try:
+        os.kill(int(folder.name.rsplit("-", 2)[-2]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover(out: Path) -> None:
+    """Tidy what a report killed while swapping (or writing) left beside ``out``: a previous report moved aside
+    goes back when ``out`` is missing, else away; a dead process's unfinished folder goes."""
+    for old in _temp_folders(out, _OLD):
+        if not out.exists() and not out.is_symlink():
+            os.rename(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for new in _temp_folders(out, _NEW):
+        if not _alive(new):
+            shutil.rmtree(new, ignore_errors=True)
+
+
+def _swap(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out``: two renames on one filesystem, then the previous one removed.
+    Killed between the renames, ``out`` is missing and the previous report sits beside it (``_recover``)."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    os.chmod(new, stat.S_IMODE(out.stat().st_mode))
+    old = new.with_name(new.name.replace(f".{_NEW}-", f".{_OLD}-", 1))
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class ReportWriter:
-    """One report folder being written: ``put`` each file, then ``finish`` (removes the previous report's
-    leftovers, returns {relative name: path} of every file written). Refused, before anything is written, in a
-    folder holding files of the names a report writes that no report wrote."""
+    """One report being written, as a context manager: ``put`` each file into a temporary folder beside ``out``
+    (the same filesystem), then ``finish`` swaps it into place and returns {relative name: path} of every file
+    written. Until then ``out`` is untouched: a report that fails or is killed leaves the previous one whole and
+    no half-written folder (leaving the block without ``finish`` removes the temporary folder). Files in ``out``
+    that no report wrote are carried over (``_carry``). Refused, before anything is written, in a folder holding
+    files of the names a report writes that no report wrote, and for the working directory or a mount point (which
+    cannot or should not be swapped)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.previous = _previous_outputs(out)  # read before anything is overwritten
-        _claim(out)  # refuses a folder holding files of our names that no report wrote
+        real = Path(os.path.realpath(out))  # a link to a folder: the report replaces the folder it points to
+        _recover(real)
+        if real.exists() and not real.is_dir():
+            raise DDIMError(f"{out} is a file, not a folder; choose another --out")
+        here = Path.cwd().resolve()
+        if real == here or real in here.parents or os.path.ismount(real):
+            raise DDIMError(f"{out} is the working directory, holds it or is a mount point, and a report replaces its "
+                            "folder as a whole; choose a folder of its own for --out, e.g. reports/NAME")  # fmt: skip
+        _claim(real)
+        self.real, self.previous = real, _previous_outputs(real)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = real.parent / f".{real.name}.{_NEW}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.folder.mkdir()  # the mode open() gives (mkdtemp's would be 0700)
         self.written: dict[str, Path] = {}
         self.hashes: dict[str, str] = {}
 
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.folder.exists():  # not finished: nothing of it stays
+            shutil.rmtree(self.folder, ignore_errors=True)
+
     def put(self, name: str, data: bytes | str) -> None:
-        self.written[name] = write_file(self.out / name, data)
+        write_file(self.folder / name, data)
+        self.written[name] = self.out / name
         if name in HASHED:
             self.hashes[name] = sha(data)
 
     def finish(self) -> dict[str, Path]:
-        _remove_stale(self.out, self.previous, self.written)
+        if self.real.is_dir():
+            _carry(self.real, self.folder, self.previous, self.written)
+        _swap(self.folder, self.real)
         return dict(sorted(self.written.items()))

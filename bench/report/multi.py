@@ -133,51 +133,51 @@ def write_combined_report(
     warnings: list[str] = []
     blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings)
     tables = combined_tables(blocks, chosen)
-    w = ReportWriter(Path(out_dir))
-    tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
-    w.put("table.md", "\n".join(table_md(t) for t in tables))
-    w.put("table.tex", tex)
-    w.put("table_standalone.tex", standalone_tex(tex))
-    every_sweep = [(name, meta.get("dataset")) for name, records, meta in checked for _ in records]
-    leading = (("sweep", [s for s, _ in every_sweep]), ("dataset", [d for _, d in every_sweep]))
-    w.put("results.csv", results_csv(every, leading=leading))
+    with ReportWriter(Path(out_dir)) as w:
+        tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
+        w.put("table.md", "\n".join(table_md(t) for t in tables))
+        w.put("table.tex", tex)
+        w.put("table_standalone.tex", standalone_tex(tex))
+        every_sweep = [(name, meta.get("dataset")) for name, records, meta in checked for _ in records]
+        leading = (("sweep", [s for s, _ in every_sweep]), ("dataset", [d for _, d in every_sweep]))
+        w.put("results.csv", results_csv(every, leading=leading))
 
-    overview = [
-        (name, f"{meta.get('dataset')}, {meta.get('extractor')} features, n = {meta.get('n')}, checkpoint "
-               f"sha256 {str(meta.get('checkpoint_sha256'))[:12]}…")
-        for name, _, meta in checked
-    ]  # fmt: skip
-    sections: list[tuple[str, str, object]] = [("Sweeps", "kv", (("sweep", "what"), overview))]
-    sections.append(("Results", "tables", tables))
-    for name, _, meta in checked:
-        sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
-    if warnings:
-        sections.append(("Warnings", "list", warnings))
-    sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
-    title = f"DDIM benchmark report: {' + '.join(names)}"
-    w.put("README.md", md_doc(title, sections))
-    manifest = {
-        "sweeps": {name: meta for name, _, meta in checked},
-        "cells": [
-            {
-                "sweep": name,
-                "number": r.number,
-                "state": r.state,
-                **r.cell.fields(),
-                "nfe": r.measured.nfe,
-                **r.scores.shown(),
-            }
-            for name, records, _ in checked
-            for r in records
-        ],  # fmt: skip
-        "files": w.hashes,
-        "metrics": [m.key for m in chosen],
-        "compare_paper": {b.title: b.paper for b in blocks if b.paper},
-        "warnings": warnings,
-    }
-    w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-    w.put("index.html", html_doc(title, sections, w.out))
-    return w.finish()
+        overview = [
+            (name, f"{meta.get('dataset')}, {meta.get('extractor')} features, n = {meta.get('n')}, checkpoint "
+                   f"sha256 {str(meta.get('checkpoint_sha256'))[:12]}…")
+            for name, _, meta in checked
+        ]  # fmt: skip
+        sections: list[tuple[str, str, object]] = [("Sweeps", "kv", (("sweep", "what"), overview))]
+        sections.append(("Results", "tables", tables))
+        for name, _, meta in checked:
+            sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
+        if warnings:
+            sections.append(("Warnings", "list", warnings))
+        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        title = f"DDIM benchmark report: {' + '.join(names)}"
+        w.put("README.md", md_doc(title, sections))
+        manifest = {
+            "sweeps": {name: meta for name, _, meta in checked},
+            "cells": [
+                {
+                    "sweep": name,
+                    "number": r.number,
+                    "state": r.state,
+                    **r.cell.fields(),
+                    "nfe": r.measured.nfe,
+                    **r.scores.shown(),
+                }
+                for name, records, _ in checked
+                for r in records
+            ],  # fmt: skip
+            "files": w.hashes,
+            "metrics": [m.key for m in chosen],
+            "compare_paper": {b.title: b.paper for b in blocks if b.paper},
+            "warnings": warnings,
+        }
+        w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        w.put("index.html", html_doc(title, sections, w.folder))
+        return w.finish()
 
 
 def make_combined_report(

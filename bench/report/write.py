@@ -224,115 +224,117 @@ def write_report(
     extras = dict(extras or {})
     warnings = warnings_of(records, meta, compare)
     cells = select_cells(records, warnings)
-    w = ReportWriter(out)
-    put = w.put
+    with ReportWriter(out) as w:
+        put = w.put
 
-    # 1. Tables and the CSV.
-    if search:
-        tables = [front.front_table(records, meta, chosen)]
-    else:
-        tables = build_tables(cells, meta, chosen, compare, paper_title, paper_note)
-    inv = inversion_table(extras["inversion"]) if extras.get("inversion") else None
-    tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
-    put("table.md", "\n".join(table_md(t) for t in tables))
-    put("table.tex", tex)
-    if inv is not None:
-        put("inversion.md", table_md(inv))
-        put("inversion.tex", table_tex(inv))
-    put("table_standalone.tex", standalone_tex(tex + ("\n" + table_tex(inv) if inv else "")))
-    put("results.csv", results_csv(records))
+        # 1. Tables and the CSV.
+        if search:
+            tables = [front.front_table(records, meta, chosen)]
+        else:
+            tables = build_tables(cells, meta, chosen, compare, paper_title, paper_note)
+        inv = inversion_table(extras["inversion"]) if extras.get("inversion") else None
+        tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
+        put("table.md", "\n".join(table_md(t) for t in tables))
+        put("table.tex", tex)
+        if inv is not None:
+            put("inversion.md", table_md(inv))
+            put("inversion.tex", table_tex(inv))
+        put("table_standalone.tex", standalone_tex(tex + ("\n" + table_tex(inv) if inv else "")))
+        put("results.csv", results_csv(records))
 
-    # 2. Figures from the numbers.
-    name = meta.get("name", "")
-    by_steps, by_time = _plot_series(cells) if not search else ([], [])
-    if by_steps:
-        put("fid_vs_steps.png", plots.fid_vs_steps_png(by_steps, title=f"{name}: FID vs sampling steps".strip(": ")))
-    if by_time:
-        put("fid_vs_time.png", plots.fid_vs_time_png(by_time, title=f"{name}: FID vs sampling cost".strip(": ")))
-    if search and (png := front.front_png(records, meta)):
-        put("pareto_front.png", png)
-    # 3. Sample grids under deterministic names (stale ones of the previous report are removed at the end).
-    grids: dict[int, str] = {}
-    for key in sorted(cells, key=lambda k: (spacing_order(k[0]), row_order(k[1]), k[2])):
-        for b in sorted(cells[key]):
-            r = cells[key][b]
-            if grid := r.measured.grid:
-                rel = "grids/" + _grid_name(r, Path(grid).suffix or ".png")
-                put(rel, _read_input(root, grid, "sample grid"))
-                grids[r.number] = rel
+        # 2. Figures from the numbers.
+        name = meta.get("name", "")
+        by_steps, by_time = _plot_series(cells) if not search else ([], [])
+        if by_steps:
+            put(
+                "fid_vs_steps.png", plots.fid_vs_steps_png(by_steps, title=f"{name}: FID vs sampling steps".strip(": "))
+            )
+        if by_time:
+            put("fid_vs_time.png", plots.fid_vs_time_png(by_time, title=f"{name}: FID vs sampling cost".strip(": ")))
+        if search and (png := front.front_png(records, meta)):
+            put("pareto_front.png", png)
+        # 3. Sample grids under deterministic names (those of cells gone since are not carried over).
+        grids: dict[int, str] = {}
+        for key in sorted(cells, key=lambda k: (spacing_order(k[0]), row_order(k[1]), k[2])):
+            for b in sorted(cells[key]):
+                r = cells[key][b]
+                if grid := r.measured.grid:
+                    rel = "grids/" + _grid_name(r, Path(grid).suffix or ".png")
+                    put(rel, _read_input(root, grid, "sample grid"))
+                    grids[r.number] = rel
 
-    # 4. Consistency (same x_T, different S) and interpolation figures.
-    consistency = "Same x_T, different S: one row per S"
-    if extras.get("consistency"):
-        put("consistency.png", _read_input(root, extras["consistency"], "consistency figure"))
-    elif sections := _consistency_sections(cells, root):
-        put("consistency.png", plots.consistency_png(sections))
-        consistency = f"Same x_T, different S, one row per S ({'; '.join(title for title, _ in sections)})"
-    if extras.get("interpolation"):
-        put("interpolation.png", _read_input(root, extras["interpolation"], "interpolation strip"))
+        # 4. Consistency (same x_T, different S) and interpolation figures.
+        consistency = "Same x_T, different S: one row per S"
+        if extras.get("consistency"):
+            put("consistency.png", _read_input(root, extras["consistency"], "consistency figure"))
+        elif sections := _consistency_sections(cells, root):
+            put("consistency.png", plots.consistency_png(sections))
+            consistency = f"Same x_T, different S, one row per S ({'; '.join(title for title, _ in sections)})"
+        if extras.get("interpolation"):
+            put("interpolation.png", _read_input(root, extras["interpolation"], "interpolation strip"))
 
-    # 5. README, manifest, index.html: one list of sections rendered twice.
-    figures = [
-        (cap, f)
-        for cap, f in (
-            ("FID vs sampling steps S (error bars: std over seed blocks)", "fid_vs_steps.png"),
-            ("FID vs measured seconds per image; dashed: Pareto front", "fid_vs_time.png"),
-            (
-                f"FID vs {front.OBJECTIVES[front.objective_of(meta)][0]} of every trial of the search (the two values "
-                "it minimised); dashed: its Pareto front",
-                "pareto_front.png",
-            ),
-            (consistency, "consistency.png"),
-            ("Interpolation: slerp between two x_T, decoded with η = 0", "interpolation.png"),
-        )
-        if f in w.written
-    ]
-    failed = [
-        f"trial #{r.number} ({_cell_name(r)}): {r.error or 'failed without a message'}"
-        for r in sorted(records, key=record_order)
-        if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
-    ]
-    sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), provenance_rows(meta)))]
-    sections.append(("Pareto front" if search else "Results", "tables", tables))
-    if inv is not None:
-        sections.append(("Inversion", "tables", [inv]))
-    if figures:
-        sections.append(("Figures", "images", figures))
-    if grids:
-        by_number = {r.number: r for r in records}
-        sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
-    if failed:
-        sections.append(("Failed cells", "list", failed))
-    if warnings:
-        sections.append(("Warnings", "list", warnings))
-    sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
-    title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
-    put("README.md", md_doc(title, sections))
+        # 5. README, manifest, index.html: one list of sections rendered twice.
+        figures = [
+            (cap, f)
+            for cap, f in (
+                ("FID vs sampling steps S (error bars: std over seed blocks)", "fid_vs_steps.png"),
+                ("FID vs measured seconds per image; dashed: Pareto front", "fid_vs_time.png"),
+                (
+                    f"FID vs {front.OBJECTIVES[front.objective_of(meta)][0]} of every trial of the search (the two "
+                    "values it minimised); dashed: its Pareto front",
+                    "pareto_front.png",
+                ),
+                (consistency, "consistency.png"),
+                ("Interpolation: slerp between two x_T, decoded with η = 0", "interpolation.png"),
+            )
+            if f in w.written
+        ]
+        failed = [
+            f"trial #{r.number} ({_cell_name(r)}): {r.error or 'failed without a message'}"
+            for r in sorted(records, key=record_order)
+            if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
+        ]
+        sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), provenance_rows(meta)))]
+        sections.append(("Pareto front" if search else "Results", "tables", tables))
+        if inv is not None:
+            sections.append(("Inversion", "tables", [inv]))
+        if figures:
+            sections.append(("Figures", "images", figures))
+        if grids:
+            by_number = {r.number: r for r in records}
+            sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
+        if failed:
+            sections.append(("Failed cells", "list", failed))
+        if warnings:
+            sections.append(("Warnings", "list", warnings))
+        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
+        put("README.md", md_doc(title, sections))
 
-    cell_rows = [
-        {
-            "number": r.number,
-            "state": r.state,
-            "params": r.cell.fields(),
-            "nfe": r.measured.nfe,
-            "metrics": r.scores.shown(),
-            "timing": {"wall_s": r.measured.wall_s, "images_per_s": r.measured.images_per_s},
-            "n": r.measured.n,
-            "seeds": r.measured.seeds,
-            "error": r.error,
-            "grid": grids.get(r.number),
+        cell_rows = [
+            {
+                "number": r.number,
+                "state": r.state,
+                "params": r.cell.fields(),
+                "nfe": r.measured.nfe,
+                "metrics": r.scores.shown(),
+                "timing": {"wall_s": r.measured.wall_s, "images_per_s": r.measured.images_per_s},
+                "n": r.measured.n,
+                "seeds": r.measured.seeds,
+                "error": r.error,
+                "grid": grids.get(r.number),
+            }
+            for r in sorted(records, key=record_order)
+        ]
+        manifest = {
+            "meta": meta,
+            "cells": cell_rows,
+            "files": w.hashes,
+            "images": sorted(n for n in w.written if n.endswith(".png")),
+            "metrics": [m.key for m in chosen],
+            "compare_paper": compare,
+            "warnings": warnings,
         }
-        for r in sorted(records, key=record_order)
-    ]
-    manifest = {
-        "meta": meta,
-        "cells": cell_rows,
-        "files": w.hashes,
-        "images": sorted(n for n in w.written if n.endswith(".png")),
-        "metrics": [m.key for m in chosen],
-        "compare_paper": compare,
-        "warnings": warnings,
-    }
-    put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-    put("index.html", html_doc(title, sections, out))
-    return w.finish()
+        put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        put("index.html", html_doc(title, sections, w.folder))
+        return w.finish()
