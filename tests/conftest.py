@@ -122,9 +122,9 @@ def no_credentials(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A report written once per module from report_helpers' synthetic sweep."""
-    from report_helpers import make_extras, make_records
-    from sweep_helpers import as_records
+    """A report written once per module from helpers.report's synthetic sweep."""
+    from helpers.report import make_extras, make_records
+    from helpers.sweep import as_records
 
     from bench.report.write import write_report
 

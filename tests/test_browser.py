@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import Page, chromium, dashboard, run_chromium, start
+from helpers.dashboard import Page, chromium, dashboard, run_chromium, start
+from helpers.sweep import spec_of, url
 from PIL import Image
-from sweep_helpers import spec_of, url
 
 from bench.report.build import make_report
 from bench.store.study import load_results

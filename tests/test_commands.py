@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from data_helpers import make_mnist
-from tiny import TINY, tiny_config
+from helpers.data import make_mnist
+from helpers.training import TINY, tiny_config
 
 import bench.sweep.resolve
 from bench.cli import main

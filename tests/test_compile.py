@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from sweep_helpers import spec_of
+from helpers.sweep import spec_of
 
 from ddim import runtime
 from ddim.unet import UNet, UNetConfig

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from postgres_helpers import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
+from helpers.postgres import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
 
 from bench.cli import main
 from bench.store.storage import open_storage

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from dashboard_helpers import chromium, dashboard, start
+from helpers.dashboard import chromium, dashboard, start
+from helpers.sweep import spec_of, url
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
-from sweep_helpers import spec_of, url
 
 from bench.cli import main
 from bench.report.build import make_report

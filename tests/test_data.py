@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import make_mnist
+from helpers.data import make_mnist
 from PIL import Image
 
 from ddim.data import CELEBA_CROP_BOX, DATASETS, DatasetInfo, dataset_info, load_dataset

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from tiny import tiny_config
+from helpers.training import tiny_config
 
 from ddim.batches import Batches
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint

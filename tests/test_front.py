@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from sweep_helpers import as_record
+from helpers.sweep import as_record
 
 from bench.cli import main
 from bench.report import front

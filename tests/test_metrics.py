@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from metrics_helpers import one_line_error, write_pngs
+from helpers.metrics import one_line_error, write_pngs
 from PIL import Image
 
 import bench.metrics.fidelity as metrics

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from tiny import tiny_config
+from helpers.training import tiny_config
 
 from bench.cli import main
 from ddim import schedules

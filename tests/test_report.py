@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from report_helpers import (
+from helpers.report import (
     METRIC_FIELDS,
     SPACINGS,
     STEPS,
     make_records,
 )
-from sweep_helpers import as_records
+from helpers.sweep import as_records
+from PIL import Image
 
 from bench.report import paper
 from bench.report.tables import tex_escape

@@ -9,8 +9,8 @@ import json
 import re
 
 import pytest
-from report_helpers import DETERMINISTIC
-from sweep_helpers import as_records
+from helpers.report import DETERMINISTIC
+from helpers.sweep import as_records
 
 from bench.report.write import write_report
 from ddim.errors import DDIMError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sweep_helpers import CIFAR, STEPS, as_record, fake_sweep, spec_of
+from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 
 from bench.cli import main
 from bench.report import paper

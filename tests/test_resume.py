@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config
+from helpers.training import tiny_config
 
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from ddim.errors import DDIMError

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from postgres_helpers import pg_url  # noqa: F401  (a fresh private cluster for this module)
+from helpers.postgres import pg_url  # noqa: F401  (a fresh private cluster for this module)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENERS = 6

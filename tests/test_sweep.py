@@ -17,8 +17,9 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import ROOT
+from helpers.sweep import RUNNER, complete_cells, kill_mid_cell, spec_of, url
 from optuna.trial import TrialState
-from sweep_helpers import ROOT, RUNNER, complete_cells, kill_mid_cell, spec_of, url
 
 from bench.console import Display
 from bench.report.build import make_report

@@ -14,8 +14,9 @@ import sys
 
 import optuna
 import pytest
-from postgres_helpers import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
-from sweep_helpers import ROOT, RUNNER, complete_cells, kill_mid_cell, spec_of
+from helpers import ROOT
+from helpers.postgres import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
+from helpers.sweep import RUNNER, complete_cells, kill_mid_cell, spec_of
 
 from bench.store.storage import open_storage
 from bench.store.study import load_results

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.sweep import spec_of, url
 from optuna.trial import TrialState
-from sweep_helpers import spec_of, url
 
 from bench.report.build import make_report
 from bench.store.plan import cell_plan

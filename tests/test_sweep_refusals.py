@@ -7,7 +7,7 @@ import json
 import sqlite3
 
 import pytest
-from sweep_helpers import url
+from helpers.sweep import url
 
 from bench.cli import main
 from bench.store import storage as store

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
+from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.tracking import offline_log as tracking_log
 from bench.tracking import reach

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
+from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.cli import main
 from bench.tracking import reach

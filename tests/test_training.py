@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config
+from helpers.training import tiny_config
 
 import ddim.training as training
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from metrics_helpers import one_line_error, write_pngs
-from sweep_helpers import as_record
+from helpers.metrics import one_line_error, write_pngs
+from helpers.sweep import as_record
 
 from bench.cli import main
 from bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV, compute_metrics

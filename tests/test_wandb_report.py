@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers.sweep import fake_sweep
+from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 from PIL import Image
-from sweep_helpers import fake_sweep
-from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.cli import main
 from bench.store.cell import Cell

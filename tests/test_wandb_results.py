@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 from PIL import Image
-from tracking_helpers import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 
 from bench.store.cell import Cell
 from bench.store.record import CellRecord, Measurement, Scores, table

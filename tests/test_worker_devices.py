@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sweep_helpers import spec_of
+from helpers.sweep import spec_of
 
 from bench.cli import main
 from bench.sweep import runner

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
 
@@ -60,7 +61,7 @@ class Dashboard:
 @contextlib.contextmanager
 def dashboard(cwd: Path, *args: str, env: dict | None = None) -> Iterator[Dashboard]:
     """Run ``ddimbench dashboard ARGS`` in ``cwd`` until the block ends; it is killed in any case."""
-    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     cmd = [sys.executable, "-m", "bench.cli", "dashboard", *args]
     proc = subprocess.Popen(cmd, cwd=cwd, env=full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -20,8 +20,6 @@ from bench.store.storage import open_storage
 from bench.store.study import create_study
 from bench.sweep.resolve import resolve_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):
     """A resolved sweep spec on the test checkpoint and cache; ``tokens`` are KEY=VALUES."""
