@@ -1,19 +1,23 @@
-"""bench.store.study: the sweep's Optuna schema. Stores written by earlier releases (the timestep spacing named
+"""bench.store.study: the sweep's Optuna schema. A record is written under the release's attribute names and read
+back equal; ill-typed attributes are left out. Stores written by earlier releases (the timestep spacing named
 ``schedule``) are migrated as they are read: reports, cell plans, claims and queued trials see ``spacing``."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers.sweep import CELL, MEASURED
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from bench.store import study as store
 from bench.store.cell import Cell
 from bench.store.plan import cell_plan
+from bench.store.record import CellRecord
 
 DONE = Cell("ddim", "quad", 10, 0.5, 1)
 QUEUED = Cell("ddim", "quad", 20, 0.5, 1)
@@ -100,3 +104,71 @@ def test_ddimbench_report_reads_an_old_store(tmp_path: Path, capsys: pytest.Capt
     with open(tmp_path / "rep" / "results.csv", newline="", encoding="utf-8") as f:
         (row,) = list(csv.DictReader(f))
     assert "schedule" not in row and (row["spacing"], row["steps"], row["fid"]) == ("quad", "10", "4.5")
+
+
+# ------------------------------------------------------------------------------------------ the store
+def new_trial(tmp_path, name: str = "s") -> tuple[optuna.Study, optuna.Trial, str]:
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    protocol = {"mode": "grid", "checkpoint_sha256": "c0", "n": 500, "seed_base": 0, "dataset": "digits",
+                "extractor": "classifier", "metrics": ["fid", "isc", "kid"], "T": 1000}  # fmt: skip
+    study = store.create_study(name, url, 0, protocol, {"name": name, "n": 500})
+    trial = study.ask()
+    for key, value in {"cell": CELL.key, **CELL.fields()}.items():
+        trial.set_user_attr(key, value)
+    return study, trial, url
+
+
+def test_a_measurement_is_stored_under_the_releases_attribute_names_and_read_back_equal(tmp_path):
+    study, trial, url = new_trial(tmp_path)
+    store.save_result(trial, MEASURED)
+    study.tell(trial, MEASURED.scores.fid, state=TrialState.COMPLETE)
+    # On disk as before: each metric its own attribute (KID raw), the rest of the measurement as ``result``.
+    attrs = optuna.load_study(study_name="s", storage=url).trials[0].user_attrs
+    metrics = {"fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "nfe", "wall_s", "images_per_s"}
+    assert set(attrs) == {"cell", "sampler", "steps", "eta", "spacing", "seed_block", "result"} | metrics
+    assert attrs["kid_mean"] == 0.0123 and attrs["nfe"] == 10
+    assert set(attrs["result"]) == {"n", "seeds", "grid", "strip", "checkpoint_sha256", "extractor",
+                                    "extractor_sha256", "ref_key", "ref_sha256", "device", "versions"}  # fmt: skip
+    (record,), meta, _ = store.load_results("s", url)
+    assert record == CellRecord(0, "COMPLETE", CELL, MEASURED) and record.measured.versions == {"torch": "2.3"}
+    assert meta["ref_sha256"] == "r2" and meta["seeds"] == "500-999"  # known from the cells
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("steps", "ten"),
+        ("seed_block", 1.5),
+        ("fid", "low"),
+        ("wall_s", True),
+        ("result", {"grid": ["a.png"]}),
+        ("result", {"n": {"a": 1}}),
+        ("result", {"versions": "torch"}),
+        ("error", 3),
+    ],
+)
+def test_a_trial_with_an_ill_typed_attribute_is_left_out_with_a_warning(tmp_path, capsys, name, value):
+    study, trial, url = new_trial(tmp_path)
+    store.save_result(trial, MEASURED)
+    trial.set_user_attr(name, value)
+    study.tell(trial, 1.0, state=TrialState.COMPLETE)
+    good = study.ask()  # a second, untouched trial is still read
+    for key, v in {"cell": CELL.key, **CELL.fields(), "seed_block": 2}.items():
+        good.set_user_attr(key, v)
+    store.save_result(good, MEASURED)
+    study.tell(good, 1.0, state=TrialState.COMPLETE)
+    records, _, _ = store.load_results("s", url)
+    assert [r.number for r in records] == [1] and records[0].measured == MEASURED
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "1 trial(s) of 's' hold fields of the wrong type" in line and line.endswith("left out: #0")
+
+
+def test_numbers_stored_as_other_number_types_read_as_the_fields_types(tmp_path):
+    study, trial, url = new_trial(tmp_path)
+    store.save_result(trial, MEASURED)
+    for name, value in {"fid": 3, "nfe": 10.0, "eta": 1}.items():  # JSON keeps 3 and 1 ints, 10.0 a float
+        trial.set_user_attr(name, value)
+    study.tell(trial, 3.0, state=TrialState.COMPLETE)
+    (record,), _, _ = store.load_results("s", url)
+    assert isinstance(record.scores.fid, float) and isinstance(record.measured.nfe, int) and record.cell.eta == 1.0
+    assert not math.isnan(record.scores.fid)

@@ -1,5 +1,5 @@
 """bench.store: what a report is built from when a sweep is run more than once, or a trial was stopped right
-after claiming its cell. Real (tiny) sweeps on a SQLite store, as in test_sweep.py; offline, CPU only.
+after claiming its cell. Real (tiny) sweeps on a SQLite store, as in test_runner.py; offline, CPU only.
 """
 
 from __future__ import annotations

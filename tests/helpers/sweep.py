@@ -20,6 +20,18 @@ from bench.store.storage import open_storage
 from bench.store.study import create_study
 from bench.sweep.resolve import resolve_spec
 
+GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]  # four cells of the tiny checkpoint, each well under a second
+
+# One cell and its measurement, as the record and store tests state them.
+CELL = Cell("ddim", "uniform", 10, 0.5, 1)
+MEASURED = Measurement(
+    nfe=10, n=500, seeds="500-999", scores=Scores(fid=1.5, isc_mean=7.5, isc_std=0.25, kid_mean=0.0123, kid_std=0.002),
+    wall_s=2.0, images_per_s=250.0, grid="cells/g.png", strip="cells/g-strip.png",
+    protocol=Protocol(checkpoint_sha256="c0", extractor="classifier", extractor_sha256="e1", ref_key="digits/k",
+                      ref_sha256="r2", device="cpu"),
+    versions={"torch": "2.3"},
+)  # fmt: skip
+
 
 def spec_of(ckpt: Path, cache: Path, *tokens: str, name: str = "g", search: str | None = None):
     """A resolved sweep spec on the test checkpoint and cache; ``tokens`` are KEY=VALUES."""

@@ -1,5 +1,6 @@
-"""bench.sweep.runner / bench.store: grids exactly once across worker processes on one SQLite store, killed
-workers retried, failed cells recorded, W&B offline and failing, common random numbers, reports.
+"""bench.sweep.runner: grids exactly once across worker processes on one SQLite store, killed workers
+retried, failed cells recorded and retried, W&B offline and failing, results read back and reported, the
+Pareto search, bad storage and a changed protocol refused.
 
 A tiny checkpoint (2 training steps of the digits preset) keeps every cell well under a second; the
 numbers are meaningless, the harness is what is tested. Offline, CPU only.
@@ -16,74 +17,18 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from helpers import ROOT
-from helpers.sweep import RUNNER, complete_cells, kill_mid_cell, spec_of, url
+from helpers.sweep import GRID, RUNNER, complete_cells, kill_mid_cell, spec_of, url
 from optuna.trial import TrialState
 
-from bench.console import Display
 from bench.report.build import make_report
-from bench.store.cell import Cell
 from bench.store.record import columns
 from bench.store.storage import open_storage
 from bench.store.study import load_results
-from bench.sweep.evaluate import Evaluator
 from bench.sweep.resolve import resolve_spec
 from bench.sweep.runner import run_sweep
 from ddim import sampling
 from ddim.errors import DDIMError
-
-GRID = ["steps=2,3", "eta=0,1", "n=20", "batch=8"]
-
-
-# ------------------------------------------------------------------------------------- resolve_spec
-def test_resolve_defaults_from_the_checkpoint(ckpt, cache):
-    spec = spec_of(ckpt, cache, *GRID)
-    assert spec.T == 1000 and spec.dataset == "digits" and spec.extractor == "classifier"
-    assert spec.checkpoint.endswith(".pt") and spec.steps == (2, 3) and spec.eta == (0.0, 1.0)
-    assert spec.spacing == ("uniform",) and spec.artifacts == str(Path("ddimbench-sweeps") / "g")
-    assert len(spec.cells()) == 4
-
-
-@pytest.mark.parametrize(
-    "tokens, words",
-    [
-        (["steps=2000"], "exceeds the checkpoint's T = 1000"),
-        (["steps=5..100"], "ranges need --search pareto"),
-        (["n=5"], "too few for IS"),
-        (["name=a b"], "name="),
-        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], "device"),
-        (["extractor=inception", "inception_weights=/nonexistent.pth"], "not found"),
-        (["dataset=cifar10"], "cifar10"),
-    ],
-)
-def test_resolve_refuses_before_any_work(ckpt, cache, tokens, words):
-    with pytest.raises(DDIMError) as err:
-        spec_of(ckpt, cache, *tokens)
-    assert words in str(err.value) and "\n" not in str(err.value)
-
-
-def test_resolve_checkpoint_missing_or_corrupt(tmp_path, cache, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no runs/ here: no default checkpoint either
-    with pytest.raises(DDIMError, match="does not exist"):
-        resolve_spec([f"checkpoint={tmp_path / 'nope'}"])
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(DDIMError, match="corrupt"):
-        resolve_spec([f"checkpoint={bad}"])
-    with pytest.raises(DDIMError, match="no checkpoint= given and no training run under runs/"):
-        resolve_spec(["steps=10"])
-
-
-def test_shipped_sweep_files_resolve(ckpt, cache):
-    quick = resolve_spec([f"checkpoint={ckpt}"], ROOT / "sweeps" / "quick.yaml")
-    assert quick.name == "digits-demo" and quick.steps == (10, 20, 50) and quick.n == 500
-    assert len(quick.cells()) == 27 and quick.seeds == (0, 1, 2)  # 3 S × (η = 0, 1, σ̂) × 3 seed blocks
-    table1 = resolve_spec([f"checkpoint={ckpt}", "n=100"], ROOT / "sweeps" / "paper-table1.yaml")
-    assert table1.n == 100  # the command line wins over the file
-    assert table1.steps == (10, 20, 50, 100, 1000) and table1.eta == (0.0, 0.2, 0.5, 1.0)
-    assert table1.spacing == ("uniform",)  # digits: not CIFAR10, so the paper's uniform spacing
-    assert len(table1.cells()) == 5 * 5
 
 
 # ----------------------------------------------------------------------------- exactly once, workers
@@ -255,47 +200,6 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
     assert len(lines) == 3 and all(x.startswith("warning: W&B: logging") and "log exploded" in x for x in lines)
     assert sum("the sweep summary" in x for x in lines) == 1
     assert all(sum(f"cell {c.label} failed" in x for x in lines) == 1 for c in spec.cells())
-
-
-# --------------------------------------------------------------------------- common random numbers
-def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
-    spec = spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=8")
-    other = spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=20")
-    cell = Cell("ddim", "uniform", 3, 1.0, 0)
-    a, b = Evaluator(spec, "x"), Evaluator(other, "x")
-    (u1, _), (u2, _) = a.generate(cell), b.generate(cell)
-    assert torch.equal(u1, u2)  # a sample depends only on its seed, not on the batch size
-    r1, r2 = a.evaluate(cell, Display(False)), b.evaluate(cell, Display(False))
-    for k in ("fid", "isc_mean", "kid_mean"):  # the same samples: the same scores, exactly
-        assert getattr(r1.scores, k) == getattr(r2.scores, k), k
-    assert r1.seeds == r2.seeds == "0-19" and r1.nfe == r2.nfe == 3
-    # Seed block 1 uses the next n seeds (seed_base + 1·n + i): block 0 of a sweep starting n seeds later.
-    block1 = a.generate(Cell("ddim", "uniform", 3, 1.0, 1))[0]
-    shifted = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=8", "seed_base=20"), "x")
-    assert torch.equal(block1, shifted.generate(cell)[0]) and not torch.equal(block1, u1)
-
-
-def test_every_cell_of_a_sweep_starts_from_the_same_noise(ckpt, cache, work, monkeypatch):
-    spec = spec_of(ckpt, cache, "steps=2,3", "eta=0", "sampler=ddim,sigma_hat", "n=20", "batch=8", "seed_base=5")
-    ev, real, starts = Evaluator(spec, "x"), sampling.sample, []
-
-    def recording(model, x, *args, **kwargs):
-        starts.append(x.clone())
-        return real(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(sampling, "sample", recording)
-    cells = [c for c in spec.cells() if (c.sampler, c.steps) in {("ddim", 2), ("sigma_hat", 3)}]
-    assert [(c.sampler, c.eta, c.steps) for c in cells] == [("ddim", 0.0, 2), ("sigma_hat", None, 3)]
-    x_T = []
-    for c in cells:
-        starts.clear()
-        ev.generate(c)
-        assert [len(x) for x in starts] == [8, 8, 4]  # one call per batch
-        x_T.append(torch.cat(starts))
-    assert torch.equal(x_T[0], x_T[1])  # common random numbers: sample i starts from the same x_T in every cell
-    # ... drawn from its own generator seeded seed_base + i (block 0).
-    want = torch.stack([torch.randn(ev.shape, generator=torch.Generator().manual_seed(5 + i)) for i in range(20)])
-    assert torch.equal(x_T[0], want)
 
 
 # -------------------------------------------------------------------------------------------- report
