@@ -69,7 +69,7 @@ def test_malformed_tokens_are_one_line_errors(token, words):
     assert "; " in msg  # the problem, then the fix
 
 
-def test_repeated_key():
+def test_a_repeated_key_is_refused():
     with pytest.raises(DDIMError, match="given twice"):
         parse_overrides(["steps=10", "n=5", "steps=20"])
 
@@ -129,7 +129,7 @@ def test_the_old_key_schedule_still_works_with_one_warning(tmp_path, capsys):
         ("steps: [10\n", "not valid YAML"),
     ],
 )
-def test_bad_yaml(tmp_path, text, words):
+def test_bad_yaml_is_one_line_naming_the_file(tmp_path, text, words):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     with pytest.raises(DDIMError) as err:
@@ -137,7 +137,7 @@ def test_bad_yaml(tmp_path, text, words):
     assert words in str(err.value) and str(cfg) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_config_file(tmp_path):
+def test_a_missing_config_file_is_refused(tmp_path):
     with pytest.raises(DDIMError, match="not found"):
         load_config(tmp_path / "nope.yaml")
 

@@ -134,7 +134,7 @@ def test_failed_cell_is_recorded_then_retried(ckpt, cache, work, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- tracking
-def test_wandb_offline_cell_runs(ckpt, cache, work):
+def test_offline_wandb_runs_hold_each_cells_config_and_scores(ckpt, cache, work):
     from bench.tracking.wandb_run import read_offline_run
 
     spec = spec_of(ckpt, cache, "steps=2", "eta=0", "n=20", "batch=8", "interpolation=false", name="w")
@@ -203,7 +203,7 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
 
 
 # -------------------------------------------------------------------------------------------- report
-def test_load_results_and_report(ckpt, cache, work):
+def test_results_read_back_from_the_store_report_the_same_bytes_twice(ckpt, cache, work):
     # inversion_n = 12 with batch = 8: the inversion MSE is summed over two batches
     spec = spec_of(ckpt, cache, *GRID, "sampler=ddim,sigma_hat", "inversion=true", "inversion_n=12", name="r")
     run_sweep(spec, storage=url(work), wandb="disabled", progress=False, command="ddimbench sweep ...", heartbeat=1)
@@ -253,7 +253,7 @@ def inversion_mse(spec, steps: list[int]) -> dict[int, float]:
     return out
 
 
-def test_search_pareto(ckpt, cache, work):
+def test_a_search_flags_exactly_its_non_dominated_trials_as_the_front(ckpt, cache, work):
     spec = spec_of(ckpt, cache, "steps=2..6", "eta=0..1", "n=20", "batch=10", "trials=3", "interpolation=false",
                    name="p", search="pareto")  # fmt: skip
     summary = run_sweep(spec, storage=url(work), wandb="disabled", progress=False, heartbeat=1)
@@ -272,7 +272,7 @@ def test_search_pareto(ckpt, cache, work):
 
 
 # --------------------------------------------------------------------------------------- bad inputs
-def test_unreachable_storage_and_unknown_sweep(ckpt, cache, work):
+def test_unreachable_storage_and_unknown_sweep_are_one_line_errors(ckpt, cache, work):
     spec = spec_of(ckpt, cache, *GRID)
     for bad in ("postgresql+psycopg2://u:secret@127.0.0.1:1/db", f"sqlite:///{work}/no/such/dir/x.db", "nonsense"):
         with pytest.raises(DDIMError) as err:
