@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import run
 from PIL import Image
 
 from bench.cli import main
@@ -35,12 +36,6 @@ TINY_TRAIN = [
     "--wandb",
     "disabled",
 ]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,14 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
+from helpers.cli import run
 
-from bench.cli import main
 from bench.metrics import inception
 from bench.metrics.fidelity import resolve_inception_weights
 from bench.sweep.overrides import KEYS
 from bench.sweep.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(autouse=True)

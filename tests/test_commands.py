@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import run
 from helpers.data import make_mnist
 from helpers.training import TINY, tiny_config
 
 import bench.sweep.resolve
-from bench.cli import main
 from ddim.rundir import newest_run
 from ddim.training import train
 
@@ -31,12 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", "", "--dropout", "0",
              "--num-groups", "4", "--batch-size", "16", "--log-every", "1", "--grid-size", "4", "--grid-steps", "2",
              "--num-workers", "0", "--device", "cpu", "--wandb", "disabled"]  # fmt: skip
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_used_by_lines_run_verbatim(

@@ -12,20 +12,14 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.cli import run
 from helpers.sweep import as_record
 
-from bench.cli import main
 from bench.report import front
 from bench.report.tables import METRICS
 from bench.report.write import write_report
 from bench.store.record import CellRecord
 from bench.store.study import load_results
-
-
-def run(argv: list, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_search_prints_its_front_and_reports_it(ckpt, cache, work, capsys) -> None:

@@ -6,17 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.cli import main
+from helpers.cli import run_err as run
 
 pytestmark = pytest.mark.timeout(120)  # a refusal that does not happen must not run for the suite's 600 s
 TINY = ["--max-steps", "2", "--batch-size", "4", "--sample-every", "0", "--wandb", "disabled", "--device", "cpu"]
-
-
-def run(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    return code, err
 
 
 def tree(folder: Path) -> dict[str, bytes | None]:

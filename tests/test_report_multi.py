@@ -15,9 +15,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.cli import run
 from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 
-from bench.cli import main
 from bench.report import paper
 from bench.sweep.runner import run_sweep
 
@@ -35,12 +35,6 @@ def stores(ckpt, cache, tmp_path_factory) -> Path:
     fake_sweep(url, "cc", "cifar10", "classifier")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return work
-
-
-def run(argv: list, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def md_tables(text: str) -> dict[str, tuple[list[str], dict[str, list[str]]]]:

@@ -7,20 +7,15 @@ import json
 import sqlite3
 
 import pytest
+from helpers.cli import run_err as run
 from helpers.sweep import url
 
-from bench.cli import main
 from bench.store import storage as store
 from bench.store.cell import Cell
 from bench.sweep.overrides import load_config, parse_overrides
 from ddim.errors import DDIMError
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def run(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def one_line(code: int, err: str, *words: str) -> None:

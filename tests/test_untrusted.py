@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import run_err as cli
 from helpers.metrics import one_line_error, write_pngs
 from helpers.sweep import as_record
 
@@ -31,11 +32,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def cli(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def assert_one_line(err: str, *needles: str) -> None:
