@@ -13,14 +13,13 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
+from helpers import ROOT
 from helpers.cli import run
 
 from bench.metrics import inception
 from bench.metrics.fidelity import resolve_inception_weights
 from bench.sweep.overrides import KEYS
 from bench.sweep.spec import SweepSpec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)

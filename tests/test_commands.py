@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from helpers.cli import run
 from helpers.data import make_mnist
 from helpers.training import TINY, tiny_config
@@ -26,7 +27,6 @@ import bench.sweep.resolve
 from ddim.rundir import newest_run
 from ddim.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
 # The tiny UNet as train options: a step takes milliseconds.
 TINY_ARGS = ["--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", "", "--dropout", "0",
              "--num-groups", "4", "--batch-size", "16", "--log-every", "1", "--grid-size", "4", "--grid-steps", "2",

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import ROOT as REPO
 from helpers.training import tiny_config
 
 from ddim.batches import Batches
@@ -36,7 +37,6 @@ from ddim.errors import DDIMError
 from ddim.train_config import TrainConfig
 from ddim.training import train
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # torchrun ranks in subprocesses
 ATOL = 5e-5  # max abs difference of weights / EMA / Adam moments (see the module doc)
 LOSS_RTOL = 1e-6

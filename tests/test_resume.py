@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT as REPO
 from helpers.training import tiny_config
 
 from ddim.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
@@ -22,7 +23,6 @@ from ddim.errors import DDIMError
 from ddim.train_config import TrainConfig
 from ddim.training import train
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from helpers.postgres import pg_url  # noqa: F401  (a fresh private cluster for this module)
 
-ROOT = Path(__file__).resolve().parents[1]
 OPENERS = 6
 
 _OPENER = """

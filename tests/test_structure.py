@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # bench's stages, top to bottom: a module may import its own subpackage and stages below it, never above.
 LAYERS = ("cli", "perf", "sweep", "generate", "sample_config", "report", "tracking", "metrics", "store", "console")
 MAX_LINES = 400
