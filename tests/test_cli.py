@@ -428,25 +428,29 @@ def test_sample_refusals_leave_the_folder_usable(run_dir: Path, tmp_path: Path, 
     assert code == 2 and "damaged" in err and len(err.strip().splitlines()) == 1
 
 
+def _sample(run_dir: Path, out: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, dict]:
+    """``ddimbench sample`` of one image into ``out``: (exit code, stderr, samples.json's settings or {})."""
+    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", *args], capsys)
+    manifest = out / "samples.json"
+    return code, err, json.loads(manifest.read_text())["settings"] if manifest.exists() else {}
+
+
 def test_trailing_spacing_at_an_awkward_step_count(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """S = 61 at T = 1000 once made `trailing` yield 62 timesteps and crash."""
-    out = tmp_path / "t"
-    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "61",
-                        "--spacing", "trailing"], capsys)  # fmt: skip
+    code, err, settings = _sample(run_dir, tmp_path / "t", capsys, "--steps", "61", "--spacing", "trailing")
     assert code == 0, err
-    assert json.loads((out / "samples.json").read_text())["settings"]["nfe"] == 61
+    assert settings["nfe"] == 61
 
 
 def test_sample_schedule_is_a_deprecated_name_of_spacing(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "old"
-    code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "3",
-                        "--schedule", "trailing"], capsys)  # fmt: skip
+    code, err, settings = _sample(run_dir, out, capsys, "--steps", "3", "--schedule", "trailing")
     assert code == 0 and err.count("warning: --schedule is deprecated; write --spacing instead") == 1, err
-    assert json.loads((out / "samples.json").read_text())["settings"]["spacing"] == "trailing"
+    assert settings["spacing"] == "trailing"
     manifest = json.loads((out / "samples.json").read_text())  # as an earlier release wrote it: it resumes
     manifest["settings"]["schedule"] = manifest["settings"].pop("spacing")
     (out / "samples.json").write_text(json.dumps(manifest))
