@@ -60,13 +60,18 @@ _FLOOR_NOTE = (
 )
 
 
+def _measured(rows: list[dict[str, Any]], out: list[str]) -> list[dict[str, Any]]:
+    """The rows that were measured; a line in ``out`` for each job that failed (``error``)."""
+    for r in rows:
+        if "error" in r:
+            out.append(f"- {r['preset'] + ': ' if 'preset' in r else ''}failed — {r['error']}")
+    return [r for r in rows if "error" not in r]
+
+
 def _train(rows: list[dict[str, Any]]) -> list[str]:
     out = ["## 1. Training throughput (forward + backward + Adam step)", ""]
     table = []
-    for r in rows:
-        if "error" in r:
-            out.append(f"- {r.get('preset', '?')}: failed — {r['error']}")
-            continue
+    for r in _measured(rows, out):
         ips, t, p = r["images_per_s"], r["times"], r["params"]
         table.append([
             r["preset"], r["batch"], f"{p['ours']:,}", f"{p['diffusers']:,}", ips["ours"], ips["diffusers"],
@@ -86,10 +91,7 @@ def _train(rows: list[dict[str, Any]]) -> list[str]:
 def _eval(rows: list[dict[str, Any]]) -> list[str]:
     out = ["### One network evaluation at the sweep's batch size (a sampling step)", ""]
     table = []
-    for r in rows:
-        if "error" in r:
-            out.append(f"- failed — {r['error']}")
-            continue
+    for r in _measured(rows, out):
         basis = r.get("basis", "wall_s")
         t = r["times"]
         diffusers = f"{t['diffusers'][basis]:.4f}" if "diffusers" in t else "–"
@@ -102,10 +104,7 @@ def _eval(rows: list[dict[str, Any]]) -> list[str]:
 def _compile(results: list[dict[str, Any]]) -> list[str]:
     out = ["## 3. `torch.compile` (ours, eager vs compiled)", ""]
     table = []
-    for res in results:
-        if "error" in res:
-            out.append(f"- failed — {res['error']}")
-            continue
+    for res in _measured(results, out):
         for r in res["rows"]:
             t, basis = r["times"], r.get("basis", "wall_s")
             eager, fast = (f"{t[k][basis]:.4f}" for k in ("eager", "compiled"))
