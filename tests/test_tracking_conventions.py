@@ -231,3 +231,14 @@ def test_worker_processes_take_the_options_and_leave_the_offline_line_to_the_par
     assert sorted(r["run"]["job_type"] for r in runs) == ["sweep-cell", "sweep-cell", "sweep-summary"]
     assert {(r["run"]["project"], tuple(r["run"]["tags"])) for r in runs} == {("pw", ("t",))}
     assert all(r["artifacts"]["used"] for r in runs if r["run"]["job_type"] == "sweep-cell")
+
+
+@pytest.mark.parametrize("names", [["digits-demo"], ["digits-demo", "digits-seed1", "digits-seed2"]])
+def test_report_artifact_name_is_one_wandb_accepts(names):
+    """A combined report's folder joins its sweeps with ``+``, which W&B refuses in an artifact name."""
+    import wandb
+
+    from bench.tracking.sweep_runs import report_artifact
+
+    name = report_artifact(names)
+    assert wandb.Artifact(name, "report").name == name and all(n in name for n in names)

@@ -14,7 +14,7 @@ from bench.store.record import table
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.conventions import wandb_options
-from bench.tracking.sweep_runs import tracked, use_grids
+from bench.tracking.sweep_runs import report_artifact, tracked, use_grids
 from bench.tracking.wandb_report import record_report
 from ddim.errors import DDIMError
 
@@ -80,7 +80,7 @@ def make_report(
         provenance = kv_md(("field", "value"), provenance_rows(meta))
         record_report(tracker.mode, folder, [name], provenance, warn, project=opts.project, entity=opts.entity,
                       grid=meta.get("mode") != "pareto")  # fmt: skip
-        tracker.log_artifact(f"report-{name}", "report", [folder], True)  # last: the folder is complete
+        tracker.log_artifact(report_artifact([name]), "report", [folder], True)  # last: the folder is complete
 
     tracked(wandb, warn, "the report", body, key=("report", name), name=f"{name}-report", group=name,
             job_type="report", config=meta, dir=root)  # fmt: skip

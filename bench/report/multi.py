@@ -191,12 +191,12 @@ def make_combined_report(
 ) -> Path:
     """Load the sweeps ``names`` from the store and write their combined report (default folder
     ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run (grouped with the first
-    sweep) that uses the cells' ``samples`` artifacts and logs the folder as ``report-<A>+<B>``, and the W&B
+    sweep) that uses the cells' ``samples`` artifacts and logs the folder as ``report-<A>__<B>``, and the W&B
     Report of the sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
     from bench.store.study import load_results
     from bench.store.untrusted import artifacts_root, check_name
     from bench.tracking.conventions import wandb_options
-    from bench.tracking.sweep_runs import tracked, use_grids
+    from bench.tracking.sweep_runs import report_artifact, tracked, use_grids
     from bench.tracking.wandb_report import record_report
 
     for name in names:
@@ -220,7 +220,8 @@ def make_combined_report(
                                    for name, _, meta in sweeps)  # fmt: skip
         record_report(tracker.mode, folder, list(dict.fromkeys(names)), provenance, warn, project=opts.project,
                       entity=opts.entity)  # fmt: skip
-        tracker.log_artifact(f"report-{joined}", "report", [folder], True)  # last: the folder is complete
+        # last: the folder is complete
+        tracker.log_artifact(report_artifact(list(dict.fromkeys(names))), "report", [folder], True)
 
     # The offline run goes beside the sweeps' artifacts, not into the report folder (which holds only the report).
     runs = Path("ddimbench-sweeps") / "reports"

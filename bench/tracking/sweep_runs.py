@@ -74,6 +74,12 @@ def samples_artifact(sweep: str, slug: str) -> str:
     return f"samples-{sweep}-{slug}"
 
 
+def report_artifact(sweeps: list[str]) -> str:
+    """The report folder's artifact: ``report-<name>``, a combined report's names joined by ``__`` (W&B allows
+    only letters, digits, ``-``, ``_`` and ``.`` in an artifact name: not the folder's ``+``)."""
+    return "report-" + "__".join(sweeps)
+
+
 def use_grids(tracker: Any, sweep: str, root: Path, records: list[CellRecord]) -> None:
     """A report run uses each cell's ``samples`` artifact (its grid, matched by digest): cells -> report."""
     for r in records:
