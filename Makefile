@@ -51,7 +51,7 @@ demo: $(STAMP)
 	$(DDIM) report digits-demo --out reports/digits-demo --wandb $(WANDB)
 
 # The demo's spread across training seeds: two more digits runs (--seed 1, 2) swept with the same grid,
-# and one combined table beside the demo's (reports/digits-replicates/). About 18 min on 2 cores.
+# and one combined table beside the demo's (reports/digits-replicates/). About 26 min on a 2-core Xeon.
 REPLICATE_SEEDS ?= 1 2
 demo-replicates: demo
 	for s in $(REPLICATE_SEEDS); do \

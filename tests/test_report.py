@@ -162,8 +162,6 @@ def test_csv_round_trips(built):
     assert order == sorted(order)
 
 
-# strict: once `make demo` rewrites reports/digits-demo with the `spacing` column this passes and the mark must go.
-@pytest.mark.xfail(strict=True, reason="reports/digits-demo predates the spacing column; regenerate it (make demo)")
 def test_csv_header_is_the_committed_demo_reports():
     with open(Path(__file__).resolve().parents[1] / "reports/digits-demo/results.csv", encoding="utf-8") as f:
         assert next(csv.reader(f)) == CSV_HEADER
