@@ -242,3 +242,23 @@ def test_report_artifact_name_is_one_wandb_accepts(names):
 
     name = report_artifact(names)
     assert wandb.Artifact(name, "report").name == name and all(n in name for n in names)
+
+
+def test_report_uses_no_grid_the_store_names_outside_the_sweep_folder(tmp_path):
+    """A combined report hands use_grids the store's records unfiltered: absolute and ``..`` grids are skipped."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from bench.tracking.sweep_runs import use_grids
+
+    root, outside = tmp_path / "sweep", tmp_path / "secret.png"
+    (root / "cells").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "cells" / "ok.png")
+    Image.new("L", (8, 8)).save(outside)
+    used: list = []
+    tracker = SimpleNamespace(use_artifact=lambda name, kind, paths: used.append((name, paths)))
+    records = [SimpleNamespace(measurement=SimpleNamespace(grid=g), cell=SimpleNamespace(slug=s))
+               for g, s in (("cells/ok.png", "a"), (str(outside), "b"), ("../secret.png", "c"))]  # fmt: skip
+    use_grids(tracker, "sw", root, records)
+    assert used == [("samples-sw-a", [(root / "cells" / "ok.png").resolve()])]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import NOT_MEASURED, CellRecord, Measurement
+from bench.store.untrusted import artifact_file
 from bench.tracking import results
 from bench.tracking.conventions import WandbOptions, model_artifact, run_id, upload, wandb_options
 from bench.tracking.wandb_run import make_tracker
@@ -81,10 +82,12 @@ def report_artifact(sweeps: list[str]) -> str:
 
 
 def use_grids(tracker: Any, sweep: str, root: Path, records: list[CellRecord]) -> None:
-    """A report run uses each cell's ``samples`` artifact (its grid, matched by digest): cells -> report."""
+    """A report run uses each cell's ``samples`` artifact (its grid, matched by digest): cells -> report. A grid
+    the store names outside ``root`` (absolute, ``..``) is never read."""
     for r in records:
-        if r.measurement is not None and r.measurement.grid and (root / r.measurement.grid).is_file():
-            tracker.use_artifact(samples_artifact(sweep, r.cell.slug), "samples", [root / r.measurement.grid])
+        grid = artifact_file(root, r.measurement.grid) if r.measurement is not None and r.measurement.grid else None
+        if grid is not None:
+            tracker.use_artifact(samples_artifact(sweep, r.cell.slug), "samples", [grid])
 
 
 def track_summary(mode: str | WandbOptions | None, spec: Any, records: list[CellRecord], display: Any) -> None:
