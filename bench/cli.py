@@ -180,7 +180,7 @@ def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
 @config_options(
     SampleConfig,
     n={"flags": ("-n", "--n")},
-    spacing={"type": Spacing},
+    spacing={"type": Spacing, "default": None},  # None: not given (the deprecated --schedule may stand in)
     sampler={"type": Sampler},
     device={"metavar": DEVICE_METAVAR},
 )

@@ -25,7 +25,7 @@ class SampleConfig:
     n: int = _opt(64, "Number of samples (exactly this many PNG files).")
     steps: int = _opt(50, "S: timesteps in the sub-sequence (1 ≤ S ≤ T; ignored by ddpm).")
     eta: float = _opt(0.0, "η ≥ 0 (0: DDIM, 1: DDPM posterior σ; above 1 only where eq. 12 holds).")
-    spacing: str = _opt("uniform", "Timestep spacing τ (section 4.2).")
+    spacing: str = _opt("uniform", "Timestep spacing τ (section 4.2; default uniform).")
     sampler: str = _opt("ddim", "ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline.")
     seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
     batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
@@ -35,16 +35,16 @@ class SampleConfig:
 
     @classmethod
     def from_options(cls, options: dict[str, Any], schedule: str | None = None) -> SampleConfig:
-        """The config of ``ddimbench sample``'s options; ``schedule``: the earlier releases' name of ``--spacing``,
-        still accepted with one warning line."""
-        if schedule is None:
-            return cls(**options)
-        if options.get("spacing", schedule) not in (schedule, cls.spacing):
-            raise DDIMError(f"--schedule {schedule} and --spacing {options['spacing']} disagree; pass --spacing only")
-        from bench.console import warn
+        """The config of ``ddimbench sample``'s options (``spacing`` None: not given); ``schedule``: the earlier
+        releases' name of ``--spacing``, still accepted with one warning line."""
+        spacing = options.get("spacing")
+        if schedule is not None:
+            if spacing is not None and spacing != schedule:
+                raise DDIMError(f"--schedule {schedule} and --spacing {spacing} disagree; pass --spacing only")
+            from bench.console import warn
 
-        warn("--schedule is deprecated; write --spacing instead")
-        return cls(**{**options, "spacing": schedule})
+            warn("--schedule is deprecated; write --spacing instead")
+        return cls(**{**options, "spacing": spacing or schedule or cls.spacing})
 
     def validate(self, T: int) -> None:
         from ddim import schedules

@@ -459,3 +459,6 @@ def test_sample_schedule_is_a_deprecated_name_of_spacing(
     code, _, err = run(["sample", "--checkpoint", run_dir, "--out", out, "-n", "1", "--steps", "3",
                         "--schedule", "trailing", "--spacing", "quad"], capsys)  # fmt: skip
     assert code == 2 and "--schedule trailing and --spacing quad disagree; pass --spacing only" in err
+    # An explicit --spacing equal to the default still disagrees (it is not the default standing in).
+    code, err, _ = _sample(run_dir, tmp_path / "explicit", capsys, "--schedule", "quad", "--spacing", "uniform")
+    assert code == 2 and "--schedule quad and --spacing uniform disagree" in err
