@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -51,6 +51,15 @@ def compiled(model: torch.nn.Module, device: torch.device, choice: bool | None,
     call is slow; a compiled model's outputs match eager's up to float summation order.
     """
     return torch.compile(model, backend=backend) if use_compile(choice, device) else model
+
+
+def warm_up(model: torch.nn.Module, batch_sizes: Iterable[int], shape: Sequence[int], device: torch.device) -> None:
+    """One untimed call per batch size: a compiled model compiles at the first call of each input shape, which
+    would otherwise be counted as sampling time. The outputs are discarded."""
+    with torch.no_grad():
+        for b in batch_sizes:
+            x = torch.zeros((b, *shape), device=device)
+            model(x, torch.zeros((b,), dtype=torch.long, device=device))
 
 
 @contextlib.contextmanager

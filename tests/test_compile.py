@@ -87,3 +87,25 @@ def test_sample_and_sweep_compile_their_network_only_when_asked(monkeypatch, ckp
     Evaluator(spec_of(ckpt, cache, "device=cpu"), "0" * 64)
     Evaluator(spec_of(ckpt, cache, "device=cpu", "compile=true"), "0" * 64)
     assert seen == ["UNet", "UNet"]
+
+
+def test_a_compiled_sweep_compiles_every_batch_shape_before_a_cell_is_timed(monkeypatch, ckpt, cache) -> None:
+    """The first call of each input shape compiles: the evaluator makes those calls when it loads the model, so a
+    cell's wall time (and its FID-vs-time point) holds sampling only."""
+    from bench.sweep.evaluate import Evaluator
+
+    shapes: list[int] = []
+
+    def fake_compile(model, backend="inductor"):
+        def call(x, t):
+            shapes.append(x.shape[0])
+            return model(x, t)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    Evaluator(spec_of(ckpt, cache, "device=cpu", "compile=true", "n=10", "batch=4"), "0" * 64)
+    assert sorted(shapes) == [2, 4]  # the full batch and the remainder, once each
+    shapes.clear()
+    Evaluator(spec_of(ckpt, cache, "device=cpu", "n=10", "batch=4"), "0" * 64)
+    assert shapes == []  # eager: nothing to warm

@@ -39,7 +39,7 @@ class Evaluator:
 
     def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
         from ddim.checkpoint import load_checkpoint
-        from ddim.runtime import compiled, resolve_device
+        from ddim.runtime import compiled, resolve_device, use_compile, warm_up
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
@@ -47,6 +47,8 @@ class Evaluator:
         self.model = compiled(ck.build_model(self.device), self.device, spec.compile)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
+        if use_compile(spec.compile, self.device):  # compile every batch shape now, not inside a cell's wall time
+            warm_up(self.model, sorted({min(spec.n, spec.batch), spec.n % spec.batch} - {0}), self.shape, self.device)
         self.root, self.versions = Path(spec.artifacts), library_versions()
         self.device_name = device_name(self.device)
 
