@@ -238,7 +238,7 @@ def test_report_artifact_name_is_one_wandb_accepts(names):
     """A combined report's folder joins its sweeps with ``+``, which W&B refuses in an artifact name."""
     import wandb
 
-    from bench.tracking.sweep_runs import report_artifact
+    from bench.tracking.conventions import report_artifact
 
     name = report_artifact(names)
     assert wandb.Artifact(name, "report").name == name and all(n in name for n in names)

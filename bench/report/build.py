@@ -13,8 +13,8 @@ from bench.store.artifacts import fetch_missing
 from bench.store.record import table
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
-from bench.tracking.conventions import wandb_options
-from bench.tracking.sweep_runs import report_artifact, tracked, use_grids
+from bench.tracking.conventions import report_artifact, wandb_options
+from bench.tracking.sweep_runs import tracked, use_grids
 from bench.tracking.wandb_report import record_report
 from ddim.errors import DDIMError
 

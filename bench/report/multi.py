@@ -195,8 +195,8 @@ def make_combined_report(
     Report of the sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
     from bench.store.study import load_results
     from bench.store.untrusted import artifacts_root, check_name
-    from bench.tracking.conventions import wandb_options
-    from bench.tracking.sweep_runs import report_artifact, tracked, use_grids
+    from bench.tracking.conventions import report_artifact, wandb_options
+    from bench.tracking.sweep_runs import tracked, use_grids
     from bench.tracking.wandb_report import record_report
 
     for name in names:

@@ -113,6 +113,22 @@ def model_artifact(checkpoint: str | Path) -> str:
     return f"model-{run.name}"
 
 
+def reference_artifact(dataset: str, extractor: str) -> str:
+    """The ``reference-stats`` artifact a cell scored against: ``reference-<dataset>-<extractor>``."""
+    return f"reference-{dataset}-{extractor}"
+
+
+def samples_artifact(sweep: str, slug: str) -> str:
+    """A cell's sample grid: ``samples-<sweep>-<cell slug>``."""
+    return f"samples-{sweep}-{slug}"
+
+
+def report_artifact(sweeps: list[str]) -> str:
+    """The report folder's artifact: ``report-<name>``, a combined report's names joined by ``__`` (W&B allows
+    only letters, digits, ``-``, ``_`` and ``.`` in an artifact name: not the folder's ``+``)."""
+    return "report-" + "__".join(sweeps)
+
+
 def upload(path: str | Path, how: str) -> bool:
     """Whether ``how`` (an ``ARTIFACT_MODES`` value) uploads ``path`` rather than logging a file:// reference."""
     if how == "auto":

@@ -17,7 +17,15 @@ from typing import Any
 from bench.store.record import NOT_MEASURED, CellRecord, Measurement
 from bench.store.untrusted import artifact_file
 from bench.tracking import results
-from bench.tracking.conventions import WandbOptions, model_artifact, run_id, upload, wandb_options
+from bench.tracking.conventions import (
+    WandbOptions,
+    model_artifact,
+    reference_artifact,
+    run_id,
+    samples_artifact,
+    upload,
+    wandb_options,
+)
 from bench.tracking.wandb_run import make_tracker
 
 
@@ -53,7 +61,7 @@ def track_cell(mode: str | WandbOptions | None, spec: Any, cell: Any, measuremen
         tr.summary({**numbers, **({"error": error} if error else {})})
         tr.use_artifact(model_artifact(spec.checkpoint), "model", [Path(spec.checkpoint)])
         if stats := reference_files(spec, m):
-            name = f"reference-{spec.dataset}-{spec.extractor}"
+            name = reference_artifact(spec.dataset, spec.extractor)
             tr.use_artifact(name, "reference-stats", stats, upload=upload(stats[0], how))
         if m.grid:
             tr.log_image(results.SAMPLES_KEY, root / m.grid, caption=cell.label)
@@ -69,16 +77,6 @@ def reference_files(spec: Any, m: Measurement) -> list[Path]:
     if not m.protocol.ref_key:
         return []
     return sorted((Path(spec.cache_dir) / "reference").glob(f"{glob.escape(m.protocol.ref_key)}-*.pt"))
-
-
-def samples_artifact(sweep: str, slug: str) -> str:
-    return f"samples-{sweep}-{slug}"
-
-
-def report_artifact(sweeps: list[str]) -> str:
-    """The report folder's artifact: ``report-<name>``, a combined report's names joined by ``__`` (W&B allows
-    only letters, digits, ``-``, ``_`` and ``.`` in an artifact name: not the folder's ``+``)."""
-    return "report-" + "__".join(sweeps)
 
 
 def use_grids(tracker: Any, sweep: str, root: Path, records: list[CellRecord]) -> None:
