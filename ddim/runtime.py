@@ -11,10 +11,10 @@ import torch
 
 from ddim.errors import DDIMError
 
-# ``torch.compile`` (inductor) by default, per device type, when ``--compile`` is not given: what was
-# measured faster (``make bench``, reports/perf/). CPU: eager (compiling the digits train step took 70 s
-# and its steady state was no faster than eager). CUDA: eager until a card's ``make bench-gpu`` measures
-# the compiled path (bench.perf's compile job); flip the entry when it wins there.
+# ``torch.compile`` (inductor) by default, per device type, when ``--compile`` is not given. CPU: eager
+# (reports/perf/: 1.15x per step on an Intel Xeon after 55 s of compiling, no faster on an AMD EPYC, and it
+# changes float summation order, hence the committed demo's numbers). CUDA: eager until a card's
+# ``make bench-gpu`` measures the compiled path (bench.perf's compile job); flip the entry when it wins there.
 COMPILE_DEFAULT: dict[str, bool] = {"cpu": False, "cuda": False}
 
 

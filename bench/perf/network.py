@@ -1,8 +1,9 @@
 """One network evaluation against its convolution floor, and the compiled network against eager.
 
-- ``eval``: one ε_θ(x_t, t) evaluation at the sweep's batch size (what each sampling step costs), of
-  ours and of diffusers' twin, interleaved with the evaluation's convolutions replayed alone in both
-  memory formats (``bench.perf.floor``): ours over the faster floor is the sampling target's ratio.
+- ``eval``: one ε_θ(x_t, t) evaluation at the benchmark sweep's batch size (128 on the CPU; what each
+  sampling step costs), of ours and of diffusers' twin, interleaved with the evaluation's convolutions
+  replayed alone in both memory formats (``bench.perf.floor``): ours over the faster floor is the
+  sampling target's ratio.
 - ``compile``: ours eager against ``torch.compile(ours)`` (inductor), for a training step and for one
   evaluation. The first call of the compiled model compiles; it is timed on its own and left out of
   the per-call medians, so *compile s* = first call − a steady call, and the speed-up is amortised.
