@@ -172,3 +172,18 @@ def test_numbers_stored_as_other_number_types_read_as_the_fields_types(tmp_path)
     (record,), _, _ = store.load_results("s", url)
     assert isinstance(record.scores.fid, float) and isinstance(record.measured.nfe, int) and record.cell.eta == 1.0
     assert not math.isnan(record.scores.fid)
+
+
+def test_load_study_reads_a_sqlite_url_with_options(tmp_path):
+    """``sqlite:///file?timeout=30`` names the file without its options: open_storage accepts it, so must the
+    readers (report, dashboard); a missing file is still the one-line 'does not exist'."""
+    import optuna
+
+    from bench.store.storage import open_storage
+    from bench.store.study import load_study
+
+    url = f"sqlite:///{tmp_path / 'opts.db'}?timeout=30"
+    optuna.create_study(storage=open_storage(url), study_name="with-options")
+    assert load_study("with-options", url).study_name == "with-options"
+    with pytest.raises(store.DDIMError, match="does not exist"):
+        load_study("with-options", f"sqlite:///{tmp_path / 'none.db'}?timeout=30")

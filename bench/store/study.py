@@ -42,11 +42,10 @@ import typing
 import uuid
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
-from bench.store.guard import ATTEMPTS, backoff
+from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
@@ -67,8 +66,8 @@ def load_study(name: str, storage: str | None, heartbeat: int | None = None, sam
     import optuna
 
     url = storage or DEFAULT_STORAGE
-    path = url.removeprefix("sqlite:///")
-    if url.startswith("sqlite:///") and path and path != ":memory:" and not Path(path).exists():
+    path = sqlite_path(url)  # the file, without the URL's ?options
+    if path is not None and not path.exists():
         raise DDIMError(f"no sweep named {name!r}: the store {path} does not exist; run `ddimbench sweep "
                         f"name={name} ...` first, or pass the --storage it was run with")  # fmt: skip
     st = open_storage(url, heartbeat)
@@ -96,9 +95,13 @@ def create_study(
         try:
             study = optuna.create_study(study_name=name, storage=st, directions=directions, load_if_exists=True)
             break
-        except Exception as exc:  # a concurrent creation by another machine: load it on the next try
+        except Exception as exc:  # a concurrent creation by another machine (or a lock): load it on the next try
+            where = safe_url(storage or DEFAULT_STORAGE)
+            if disk_full(exc):
+                raise DDIMError(
+                    f"cannot create sweep {name!r} in {where}: the disk is full; free space, rerun"
+                ) from None
             if attempt == ATTEMPTS - 1:
-                where = safe_url(storage or DEFAULT_STORAGE)
                 raise DDIMError(
                     f"cannot create sweep {name!r} in {where} ({type(exc).__name__}); check --storage"
                 ) from None
