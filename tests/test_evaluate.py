@@ -26,7 +26,7 @@ def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
     assert torch.equal(u1, u2)  # a sample depends only on its seed, not on the batch size
     r1, r2 = a.evaluate(cell, Display(False)), b.evaluate(cell, Display(False))
     for k in ("fid", "isc_mean", "kid_mean"):  # the same samples: the same scores, exactly
-        assert getattr(r1.scores, k) == getattr(r2.scores, k), k
+        assert getattr(r1.scores, k) is not None and getattr(r1.scores, k) == getattr(r2.scores, k), k
     assert r1.seeds == r2.seeds == "0-19" and r1.nfe == r2.nfe == 3
     # Seed block 1 uses the next n seeds (seed_base + 1·n + i): block 0 of a sweep starting n seeds later.
     block1 = a.generate(Cell("ddim", "uniform", 3, 1.0, 1))[0]
