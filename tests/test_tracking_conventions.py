@@ -233,15 +233,19 @@ def test_worker_processes_take_the_options_and_leave_the_offline_line_to_the_par
     assert all(r["artifacts"]["used"] for r in runs if r["run"]["job_type"] == "sweep-cell")
 
 
-@pytest.mark.parametrize("names", [["digits-demo"], ["digits-demo", "digits-seed1", "digits-seed2"]])
+@pytest.mark.parametrize("names", [["digits-demo"], ["digits-demo", "digits-seed1", "digits-seed2"], ["a" * 100],
+                                   ["b" * 60, "c" * 60]])  # fmt: skip
 def test_report_artifact_name_is_one_wandb_accepts(names):
     """A combined report's folder joins its sweeps with ``+``, which W&B refuses in an artifact name."""
     import wandb
 
-    from bench.tracking.conventions import report_artifact
+    from bench.tracking.conventions import report_artifact, samples_artifact
 
     name = report_artifact(names)
-    assert wandb.Artifact(name, "report").name == name and all(n in name for n in names)
+    assert wandb.Artifact(name, "report").name == name and all(n[:40] in name for n in names)
+    assert report_artifact([*names, "x"]) != name  # a longer combination is another name, even when cut
+    samples = samples_artifact(names[0], "uniform_ddim_eta0.5_S100_b12")  # a 100-character sweep's grid
+    assert wandb.Artifact(samples, "samples").name == samples
 
 
 def test_report_uses_no_grid_the_store_names_outside_the_sweep_folder(tmp_path):

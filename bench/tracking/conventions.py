@@ -110,23 +110,33 @@ def model_artifact(checkpoint: str | Path) -> str:
     """The ``model`` artifact of a checkpoint ``<run dir>/checkpoints/step-N.pt``: ``model-<run dir name>``."""
     path = Path(checkpoint)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return f"model-{run.name}"
+    return _fit(f"model-{run.name}")
+
+
+MAX_ARTIFACT_NAME = 128  # W&B's limit on an artifact name
+
+
+def _fit(name: str) -> str:
+    """``name`` if W&B accepts its length, else its start and a hash of the whole (distinct names stay distinct)."""
+    if len(name) <= MAX_ARTIFACT_NAME:
+        return name
+    return f"{name[: MAX_ARTIFACT_NAME - 17]}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:16]}"
 
 
 def reference_artifact(dataset: str, extractor: str) -> str:
     """The ``reference-stats`` artifact a cell scored against: ``reference-<dataset>-<extractor>``."""
-    return f"reference-{dataset}-{extractor}"
+    return _fit(f"reference-{dataset}-{extractor}")
 
 
 def samples_artifact(sweep: str, slug: str) -> str:
     """A cell's sample grid: ``samples-<sweep>-<cell slug>``."""
-    return f"samples-{sweep}-{slug}"
+    return _fit(f"samples-{sweep}-{slug}")
 
 
 def report_artifact(sweeps: list[str]) -> str:
     """The report folder's artifact: ``report-<name>``, a combined report's names joined by ``__`` (W&B allows
     only letters, digits, ``-``, ``_`` and ``.`` in an artifact name: not the folder's ``+``)."""
-    return "report-" + "__".join(sweeps)
+    return _fit("report-" + "__".join(sweeps))
 
 
 def upload(path: str | Path, how: str) -> bool:
