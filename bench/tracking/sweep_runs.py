@@ -27,6 +27,7 @@ from bench.tracking.conventions import (
     wandb_options,
 )
 from bench.tracking.wandb_run import make_tracker
+from ddim.errors import one_line
 
 
 def tracked(mode: str | WandbOptions | None, warn: Any, what: str, body: Any, key: tuple[str, ...] = (),
@@ -42,7 +43,7 @@ def tracked(mode: str | WandbOptions | None, warn: Any, what: str, body: Any, ke
         with make_tracker(opts, **run) as tracker:
             body(tracker)
     except Exception as exc:
-        warn(f"W&B: logging {what} failed ({type(exc).__name__}: {exc}); the sweep goes on")
+        warn(f"W&B: logging {what} failed ({one_line(exc)}); the work goes on without it")
 
 
 def track_cell(mode: str | WandbOptions | None, spec: Any, cell: Any, measurement: Measurement | None, display: Any,

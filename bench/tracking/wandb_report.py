@@ -7,7 +7,8 @@ runs log: the paper-style table (Song et al. 2020, Table 1 layout) as markdown, 
 time, one line per η (the summary run's charts, ``bench.tracking.results.CHARTS``), every cell with its sample
 grid (the summary run's results table), the cells' sample grids in a media browser, and the provenance
 (checkpoint, command, library versions). ``save_definition`` writes it into the report folder as
-``wandb_report.json`` in any mode and without the extra; ``publish`` (online) turns it into
+``wandb_report.json`` whenever W&B is on (online or offline; not when disabled), with or without the
+extra; ``publish`` (online) turns it into
 ``wandb_workspaces.reports.v2`` objects (``build_report``, which touches no network when the entity is given)
 and saves it, updating the Report it published before (its id is kept in ``wandb_report.json``, else the
 project's Report of the same title) instead of adding one.

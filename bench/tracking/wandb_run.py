@@ -1,7 +1,7 @@
 """Experiment tracking with W&B: ``make_tracker`` and the W&B tracker (the interface and the no-op
 trackers are in ``bench.tracking.tracker``), and a run-log reader.
 
-wandb is imported inside functions only (here, in ``reach``, ``artifacts`` and ``wandb_report``): importing
+wandb is imported inside functions only (here, in ``reach`` and ``wandb_report``): importing
 this costs nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
 tracker is guarded: a W&B failure becomes a single warning and the tracker turns into a no-op, so
 tracking never crashes the caller. Offline runs land in ``<WANDB_DIR or dir>/wandb/offline-run-*`` and
@@ -180,7 +180,8 @@ def make_tracker(
 
     A fallback costs one line through ``warn`` (once per process for the same reason); nothing
     raises except an unknown mode (``DDIMError``). Online is tried only when a key is configured
-    and the server answers a TCP probe, then with a bounded ``init_timeout``; a failure is
+    and the server gives a first answer to a short probe (``reach.probe``), then with a bounded
+    ``init_timeout``; a failure is
     remembered, so a dead network costs seconds once, not minutes per run. Runs are written under
     ``<WANDB_DIR or dir>/wandb/``, and the first offline run there says so once through ``note`` (default:
     stderr) with the ``wandb sync`` command. Project, entity and tags come from the options
