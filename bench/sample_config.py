@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.console import DEVICE_HELP
 from ddim.errors import DDIMError
 
 
@@ -29,7 +30,7 @@ class SampleConfig:
     sampler: str = _opt("ddim", "ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline.")
     seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
     batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
-    device: str = _opt("auto", "auto (CUDA when present), cpu or cuda.")
+    device: str = _opt("auto", DEVICE_HELP)
     compile: bool | None = _opt(None, "torch.compile the network (default: per device, eager on the CPU).")
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
 
