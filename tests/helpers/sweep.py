@@ -76,6 +76,19 @@ run_sweep(spec, workers=int(sys.argv[2]), storage=sys.argv[1], wandb="disabled",
 """
 
 
+def _until_stopped(pid: int, timeout: float = 10) -> None:
+    """Wait until the kernel shows ``pid`` stopped (state T in /proc/PID/stat) or gone."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rindex(")") + 2] in "tTZX":
+            return
+        time.sleep(0.001)
+
+
 def kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = signal.SIGKILL, deadline_s=120) -> int:
     """Send ``sig`` to the worker of a RUNNING trial while it is frozen mid-cell; return the trial's number.
 
@@ -95,6 +108,7 @@ def kill_mid_cell(storage: str, name: str, proc: subprocess.Popen, sig: int = si
             if pid is None or "sampler" not in t.user_attrs:  # not yet measuring: the claim is still being written
                 continue
             os.kill(pid, signal.SIGSTOP)
+            _until_stopped(pid)  # kill() only queues SIGSTOP: the worker may run on (and finish the cell) meanwhile
             now = study.get_trials(deepcopy=False)[t.number]
             # Still measuring: no result stored yet. (Stopped inside the final commits, the cell would finish
             # after SIGCONT, before the signal's handler runs: the kill would miss.)
