@@ -131,8 +131,10 @@ def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
 
 
 def _norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
-    # SiLU in place on GroupNorm's fresh output: GroupNorm's backward needs its input, not its output.
-    return F.silu(norm(x), inplace=True)
+    # SiLU in place on GroupNorm's fresh output when no backward will run (sampling): one buffer less.
+    # Under autograd in place costs a copy: SiLU's backward needs its input, so autograd would clone it.
+    h = norm(x)
+    return F.silu(h, inplace=not (h.requires_grad and torch.is_grad_enabled()))
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -194,7 +196,9 @@ class AttnBlock(nn.Module):
         # (B, C, H, W) in x's memory format: a free view for channels_last, one copy for NCHW (a mixed-layout
         # residual would hand channels_last strides to the NCHW layers downstream: slower kernels, more copies).
         h = h.transpose(1, 2).unflatten(2, (H, W)).contiguous(memory_format=_memory_format(x))
-        return _add_(h, x)
+        # Out of place: for channels_last ``h`` is a view of proj_out's result, and an in-place add on a view
+        # makes autograd copy the whole base in backward (CopySlices) and again for the view (AsStrided).
+        return h + x
 
 
 class Downsample(nn.Module):

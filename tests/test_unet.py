@@ -183,6 +183,50 @@ def test_gradients_reach_every_parameter() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    seen, todo, names = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_forward_copies_no_activation(channels_last: bool) -> None:
+    """Under autograd no in-place op clones an activation (SiLU's backward needs its input) or
+    writes through a view (CopySlices), and the numbers equal the in-place sampling path bit for bit."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = UNet(tiny(ch_mult=(1, 2), attn_resolutions=(8,))).to(memory_format=fmt)
+    x, t = torch.randn(2, 3, 16, 16).contiguous(memory_format=fmt), torch.tensor([3, 600])
+    with Count() as grad_mode:
+        out = model(x, t)
+    with torch.no_grad(), Count() as no_grad:
+        reference = model(x, t)
+    assert grad_mode.ops["aten.silu_"] == 0 and no_grad.ops["aten.silu_"] > 0
+    if channels_last:  # (NCHW attention transposes its input and output: copies with or without autograd)
+        assert grad_mode.ops["aten.clone"] == 0
+    assert not {"CopySlices", "AsStridedBackward0"} & _graph_nodes(out)
+    assert torch.equal(out, reference)
+
+
 def test_dropout_only_in_train_mode() -> None:
     torch.manual_seed(0)
     model = UNet(tiny(dropout=0.5))
