@@ -362,6 +362,9 @@ def test_compile_job_times_the_first_call_apart(tmp_path) -> None:
         steady = r["times"]["compiled"]["wall_s"]
         assert r["first_call_s"] > steady and r["compile_s"] == pytest.approx(r["first_call_s"] - steady)
         assert r["speedup"] > 0 and len(r["times"]["compiled"]["wall_all"]) == 1  # the first call is not a repeat
+        saved = r["times"]["eager"]["wall_s"] - steady
+        even = r["break_even_calls"]  # the calls after which compiling has paid for itself
+        assert (even is None) == (saved <= 0) and (even is None or (even - 1) * saved < r["compile_s"] <= even * saved)
     assert "## 3. `torch.compile`" in (tmp_path / "README.md").read_text()
 
 

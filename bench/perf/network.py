@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -61,9 +62,11 @@ def _compare(fns: dict[str, Any], what: str, batch: int, reps: int, settings: An
     first = _first_call(fns["compiled"], settings.device)
     times = interleave(fns, reps=reps, warmup=1, device=settings.device)
     basis = time_basis(settings)
+    compile_s = max(0.0, first - times["compiled"]["wall_s"])
+    saved = times["eager"]["wall_s"] - times["compiled"]["wall_s"]  # per call, in the time the compiling took
     return {"what": what, "batch": batch, "times": times, "basis": basis, "first_call_s": first,
-            "compile_s": max(0.0, first - times["compiled"]["wall_s"]),
-            "speedup": ratio(times["eager"][basis], times["compiled"][basis])}  # fmt: skip
+            "compile_s": compile_s, "speedup": ratio(times["eager"][basis], times["compiled"][basis]),
+            "break_even_calls": math.ceil(compile_s / saved) if saved > 0 else None}  # fmt: skip
 
 
 def compile_job(job: dict[str, Any]) -> dict[str, Any]:

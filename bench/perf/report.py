@@ -108,15 +108,18 @@ def _compile(results: list[dict[str, Any]]) -> list[str]:
         for r in res["rows"]:
             t, basis = r["times"], r.get("basis", "wall_s")
             eager, fast = (f"{t[k][basis]:.4f}" for k in ("eager", "compiled"))
+            even = r.get("break_even_calls", "–")  # None: compiled is not faster
             table.append([res["preset"], r["what"], r["batch"], eager, fast, f"**{r['speedup']:.2f}×**",
-                          f"{r['first_call_s']:.1f}", f"{r['compile_s']:.1f}"])  # fmt: skip
+                          f"{r['first_call_s']:.1f}", f"{r['compile_s']:.1f}",
+                          "never" if even is None else even])  # fmt: skip
     head = ["preset", "call", "batch", "eager (s)", "compiled (s)", "compiled speedup", "first call (s)",
-            "compile (s)"]  # fmt: skip
+            "compile (s)", "pays off after (calls)"]  # fmt: skip
     if table:
         out += _table(head, table)
         out += ["Per-call times are medians after the first call, which compiles and is reported apart "
-                "(*compile* = first call − a steady call). The default per device is `ddim.runtime.COMPILE_DEFAULT`: "
-                "flip it where compiled wins here.", ""]  # fmt: skip
+                "(*compile* = first call − a steady call); compiling pays off after *compile* / (eager − compiled) "
+                "calls of that shape (wall time). The default per device is `ddim.runtime.COMPILE_DEFAULT`: "
+                "flip it where compiled wins here for the runs that device serves.", ""]  # fmt: skip
     return out
 
 
