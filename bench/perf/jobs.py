@@ -11,7 +11,7 @@ A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able
   diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
 - ``eval``, ``compile``: one network evaluation against its convolution floor, and the compiled
   network against eager (``bench.perf.network``).
-- ``sweep``:  see ``bench.perf.sweep``.
+- ``sweep``:  see ``bench.perf.sweep``; ``table1``: see ``bench.perf.table1``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 import torch
 
 from bench.perf import floor
-from bench.perf.models import RunSettings, auto_batch, autocast, build, n_params, prepare, prepare_input
+from bench.perf.models import RunSettings, autocast, build, n_params, prepare
 from bench.perf.timing import PeakMemory, interleave, ratio, sync
-from bench.perf.workload import batch_data, setup, time_basis, train_step, unet_config
+from bench.perf.workload import batch_data, run_sampler, sampling_batch, setup, time_basis, train_step, unet_config
 from ddim import schedules
 from ddim.errors import DDIMError
-from ddim.sampling import SeededNoise, sample
 from ddim.unet import UNetConfig
 
 RESULT_TAG = "PERF_RESULT "
@@ -84,27 +83,6 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
-    """``job["batch"]``, or (0) one sized to the card from the peak memory of a batch-8 evaluation."""
-    if int(job["batch"]) > 0:
-        return int(job["batch"])
-    probe = 8
-    x = prepare_input(torch.randn(probe, config.in_channels, config.resolution, config.resolution), settings)
-    t = torch.full((probe,), 500, device=settings.device)
-    with torch.no_grad(), autocast(settings), PeakMemory(settings.device) as mem:
-        model(x, t)
-    per_sample = int(max(mem.mb, 1.0) * (1 << 20) / probe)
-    return auto_batch(per_sample, settings.device, cap=int(job.get("batch_cap", 512)), cpu_default=64)
-
-
-def _sampler(model: Any, config: UNetConfig, batch: int, ts: torch.Tensor, eta: float,
-             settings: RunSettings) -> torch.Tensor:  # fmt: skip
-    shape = (config.in_channels, config.resolution, config.resolution)
-    noise = SeededNoise(range(batch), shape, settings.device)  # per-sample streams, as the sweeps draw them
-    with autocast(settings):
-        return sample(model, noise.initial(), schedules.alpha_bar(), ts, eta=eta, noise=noise)
-
-
 @torch.no_grad()
 def _bare(model: torch.nn.Module, x: torch.Tensor, t_batches: list[torch.Tensor], settings: RunSettings) -> None:
     with autocast(settings):
@@ -144,11 +122,11 @@ def _sample_row(models: dict[str, torch.nn.Module], first: str, config: UNetConf
 
     def sample_in_situ() -> None:
         timed.seconds, start = 0.0, time.perf_counter()
-        _sampler(timed, config, batch, ts, eta, settings)
+        run_sampler(timed, config, batch, ts, eta, settings)
         sync(settings.device)
         in_situ.append(100 * ((time.perf_counter() - start) / timed.seconds - 1))
 
-    fns = {name: (lambda m=m: _sampler(m, config, batch, ts, eta, settings)) for name, m in models.items()}
+    fns = {name: (lambda m=m: run_sampler(m, config, batch, ts, eta, settings)) for name, m in models.items()}
     fns["bare"] = lambda: _bare(models[first], x, t_batches, settings)
     fns["in_situ"] = sample_in_situ
     times = interleave(fns, reps=reps, warmup=1, device=settings.device)
@@ -177,12 +155,12 @@ def sample_job(job: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         torch.manual_seed(0)
         models[name] = prepare(build(name, config).eval(), settings)
-    batch = _sampling_batch(job, config, settings, models[names[0]])
+    batch = sampling_batch(job, config, settings, models[names[0]])
     if job.get("memory"):
         (name,) = names
         ts = schedules.timesteps(int(job["steps"][0]), 1000)
         with PeakMemory(settings.device) as mem:
-            _sampler(models[name], config, batch, ts, 1.0, settings)
+            run_sampler(models[name], config, batch, ts, 1.0, settings)
         return {"model": name, "batch": batch, "peak_mb": round(mem.mb, 1), "memory_kind": mem.kind}
 
     # NCHW like the sampler's x_T (SeededNoise), so bare and sampled evaluations see the same input layout.
@@ -204,6 +182,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         from bench.perf import network
 
         return network.eval_job(job) if kind == "eval" else network.compile_job(job)
+    if kind == "table1":
+        from bench.perf.table1 import table1_job
+
+        return table1_job(job)
     if kind == "sweep":
         from bench.perf.sweep import sweep_job
 

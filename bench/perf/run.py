@@ -9,7 +9,9 @@ Four measurements, each a ratio taken within one process by interleaving its can
 2. sampling images/s at S = 10 and 50 (η = 0 and 1) and the sampler's overhead over the bare
    network evaluations it makes; one evaluation at the sweep's batch size over its convolution floor;
 3. ``torch.compile`` against eager (compile time apart, per-call time amortised);
-4. a small digits sweep's wall time against its network-evaluation + feature-extraction time.
+4. a small digits sweep's wall time against its network-evaluation + feature-extraction time;
+5. (CUDA by default, else ``--only table1``) sampling images/s at S = 10 / 50 / 1000 and the
+   estimated wall time of the paper's whole Table 1 on this machine (``bench.perf.table1``).
 
 Writes ``results.json`` (machine, settings, every raw median and ratio) and ``README.md``.
 On CUDA (``--device auto`` picks it when present) the defaults are bf16 autocast, channels_last and
@@ -31,7 +33,9 @@ from typing import Any
 
 from ddim.errors import DDIMError
 
-SECTIONS = ("train", "sample", "compile", "sweep")
+SECTIONS = ("train", "sample", "compile", "sweep", "table1")
+# table1 samples the cifar10 network tens of times per repeat: minutes on a GPU, an hour on a 2-core CPU.
+DEFAULT_SECTIONS = {"cpu": SECTIONS[:4], "cuda": SECTIONS}
 # The floor ratio's target is bench.perf.floor.TARGET; a speed-up's is the margin that target gives:
 # diffusers' time over the floor (the ceiling) / TARGET (≈ 1.25× for a ceiling of 1.44×).
 TARGETS = {"sampler_overhead_pct": 2.0, "sweep_overhead_pct": 10.0}
@@ -49,7 +53,7 @@ class PerfConfig:
     channels_last: bool | None = None  # None: on for CUDA, off for the CPU
     tf32: bool = True
     compile: bool = False
-    only: tuple[str, ...] = SECTIONS
+    only: tuple[str, ...] | None = None  # None: DEFAULT_SECTIONS of the device
     isolate: bool | None = None  # CPU memory figures need fresh subprocesses; None: on for the CPU, off for CUDA
     train_presets: tuple[str, ...] = ("digits", "cifar10")
     sample_preset: str | None = None  # None: digits on the CPU, cifar10 on CUDA
@@ -57,9 +61,14 @@ class PerfConfig:
     cache_dir: str = ".cache/ddimbench"
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.only if s not in SECTIONS]
-        if bad or not self.only:
-            raise DDIMError(f"--only {','.join(self.only)}: choose from {','.join(SECTIONS)}")
+        only = SECTIONS if self.only is None else self.only
+        bad = [s for s in only if s not in SECTIONS]
+        if bad or not only:
+            raise DDIMError(f"--only {','.join(only)}: choose from {','.join(SECTIONS)}")
+
+    def sections(self, device: str) -> tuple[str, ...]:
+        """The sections to run: ``only``, or the device's ``DEFAULT_SECTIONS``."""
+        return DEFAULT_SECTIONS["cuda" if device.startswith("cuda") else "cpu"] if self.only is None else self.only
         if self.threads < 0:
             raise DDIMError(f"--threads must be ≥ 0 (0 = torch's default), got {self.threads}")
 
@@ -68,14 +77,17 @@ def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
     """Batches and repeats; CPU sizes keep the whole default run near 8 minutes on 2 quiet cores (467 s on a Xeon)."""
     if cfg.quick:
         return {"train_batch": {"digits": 16, "cifar10": 2, "tiny": 8}, "train_reps": 2, "sample_batch": 8,
-                "sample_steps": (10,), "sample_reps": 2, "eval_reps": 2, "compile_reps": 1, "sweep": {"n": 32,
+                "sample_steps": (10,), "sample_reps": 2, "eval_reps": 2, "compile_reps": 1, "table1_reps": 1,
+                "feature_batch": 4, "sweep": {"n": 32,
                 "batch": 32, "steps": (5,), "etas": (0.0, 1.0)}}  # fmt: skip
     if cuda:
         return {"train_batch": {"digits": 128, "cifar10": 128, "tiny": 64}, "train_reps": 10, "sample_batch": 0,
-                "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 10, "compile_reps": 10, "sweep": {"n": 1000,
+                "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 10, "compile_reps": 10, "table1_reps": 3,
+                "feature_batch": 500, "sweep": {"n": 1000,
                 "batch": 500, "steps": (10, 20), "etas": (0.0, 1.0)}}  # fmt: skip
     return {"train_batch": {"digits": 128, "cifar10": 8, "tiny": 16}, "train_reps": 15, "sample_batch": 64,
-            "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 11, "compile_reps": 5, "sweep": {"n": 256,
+            "sample_steps": (10, 50), "sample_reps": 3, "eval_reps": 11, "compile_reps": 5, "table1_reps": 3,
+            "feature_batch": 16, "sweep": {"n": 256,
             "batch": 128, "steps": (10, 20), "etas": (0.0, 1.0)}}  # fmt: skip
 
 
@@ -84,6 +96,7 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
     from bench.perf.models import RunSettings
 
     cuda = device.startswith("cuda")
+    only = cfg.sections(device)
     settings = RunSettings(
         device=device,
         bf16=cuda if cfg.bf16 is None else cfg.bf16,
@@ -94,7 +107,7 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
     sizes = _sizes(cfg, cuda)
     base = {"settings": settings, "threads": cfg.threads}
     jobs: list[dict[str, Any]] = []
-    if "train" in cfg.only:
+    if "train" in only:
         for name in cfg.train_presets:
             train = {**base, "kind": "train", "preset": name, "batch": sizes["train_batch"].get(name, 8)}
             reps = sizes["train_reps"] if name != "cifar10" or cuda else 5  # a cifar10 step takes seconds on a CPU
@@ -102,17 +115,20 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
             jobs += [{**train, "memory": True, "models": [m]} for m in ("ours", "diffusers")]
     name = cfg.sample_preset or ("cifar10" if cuda else "digits")
     eval_batch = sizes["sweep"]["batch"]  # the sweep's batch: what one sampling step evaluates
-    if "sample" in cfg.only:
+    if "sample" in only:
         sample = {**base, "kind": "sample", "preset": name, "batch": sizes["sample_batch"], "etas": [0.0, 1.0]}
         jobs.append({**sample, "steps": list(sizes["sample_steps"]), "reps": sizes["sample_reps"]})
         jobs += [{**sample, "steps": [10], "memory": True, "models": [m]} for m in ("ours", "diffusers")]
         jobs.append({**base, "kind": "eval", "preset": name, "batch": eval_batch, "reps": sizes["eval_reps"]})
-    if "compile" in cfg.only:
+    if "compile" in only:
         jobs.append({**base, "kind": "compile", "preset": name, "batch": sizes["train_batch"].get(name, 8),
                      "eval_batch": eval_batch, "reps": sizes["compile_reps"]})  # fmt: skip
-    if "sweep" in cfg.only:
+    if "sweep" in only:
         sweep = {**base, "kind": "sweep", "cache_dir": cfg.cache_dir, **sizes["sweep"]}
         jobs += [{**sweep, "modes": [mode]} for mode in cfg.sweep_modes]
+    if "table1" in only:
+        jobs.append({**base, "kind": "table1", "preset": name, "batch": sizes["sample_batch"],
+                     "feature_batch": sizes["feature_batch"], "reps": sizes["table1_reps"]})  # fmt: skip
     for job in jobs:  # tuples -> lists: a job is JSON
         job.update({k: list(job[k]) for k in ("steps", "etas") if k in job})
     return jobs
@@ -153,14 +169,14 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
 
 def _collect(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Group job results by section: timing results with their memory results attached."""
-    out: dict[str, Any] = {"train": [], "sample": [], "eval": [], "compile": [], "sweep": []}
+    out: dict[str, Any] = {"train": [], "sample": [], "eval": [], "compile": [], "sweep": [], "table1": []}
     for job, res in zip(jobs, results):
         kind = job["kind"]
         if kind == "sweep":
             for run in res.get("runs", [res]):
                 out["sweep"].append({**{k: v for k, v in res.items() if k != "runs"}, **run})
             continue
-        if kind in ("eval", "compile"):
+        if kind in ("eval", "compile", "table1"):
             out[kind].append(res)
             continue
         if not job.get("memory"):
@@ -236,7 +252,12 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     out = {
         "started": started,
         "seconds": round(time.perf_counter() - wall, 1),
-        "config": {**asdict(cfg), "isolate": isolate, "only": list(cfg.only), "train_presets": list(cfg.train_presets)},
+        "config": {
+            **asdict(cfg),
+            "isolate": isolate,
+            "only": list(cfg.sections(device)),
+            "train_presets": list(cfg.train_presets),
+        },
         "settings": jobs[0]["settings"] if jobs else {},
         "machine": machine_info(device),
         "method": "interleaved repeats (A B A B ...), per-candidate medians, ratios within one process",
@@ -270,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="NHWC memory format for both models (default: CUDA)")  # fmt: skip
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmul/conv on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (slow to start on a CPU)")
-    p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST", help="sections: " + ",".join(SECTIONS))
+    p.add_argument("--only", default=None, metavar="LIST",
+                   help=f"sections: {','.join(SECTIONS)} (default: all but table1 on a CPU)")  # fmt: skip
     p.add_argument("--presets", default="digits,cifar10", metavar="LIST", help="UNet presets to train (or tiny)")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one subprocess per memory figure (default: on for the CPU, off for CUDA)")  # fmt: skip
@@ -303,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out or default_out(args.device), device=args.device, quick=args.quick, threads=args.threads,
             bf16=args.bf16,
             channels_last=args.channels_last, tf32=args.tf32, compile=args.compile,
-            only=tuple(s for s in args.only.split(",") if s), isolate=args.isolate,
+            only=None if args.only is None else tuple(s for s in args.only.split(",") if s), isolate=args.isolate,
             train_presets=tuple(s for s in args.presets.split(",") if s),
         )  # fmt: skip
         if args.dry_run:

@@ -1,7 +1,7 @@
 """What the benchmark's jobs run: the UNet configs, a fixed noisy batch, one training step, the time basis.
 
 Shared by ``bench.perf.jobs`` (training, sampling), ``bench.perf.network`` (one evaluation, the
-compiled network) and ``bench.perf.profile``.
+compiled network), ``bench.perf.table1`` (the paper's Table 1 on this machine) and ``bench.perf.profile``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
-from bench.perf.models import RunSettings, apply_backend_flags, autocast, prepare_input
+from bench.perf.models import RunSettings, apply_backend_flags, auto_batch, autocast, prepare_input
+from bench.perf.timing import PeakMemory
 from ddim import schedules
+from ddim.sampling import SeededNoise, sample
 from ddim.unet import UNetConfig, preset
 
 # A few-second stand-in for the presets, used by tests and --quick smoke runs.
@@ -72,3 +74,25 @@ def evaluate(model: torch.nn.Module, settings: RunSettings, data: tuple) -> torc
     """One network evaluation ε_θ(x_t, t), as the sampler makes it."""
     with autocast(settings):
         return model(data[0], data[2])
+
+
+def sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
+    """``job["batch"]``, or (0) one sized to the card from the peak memory of a batch-8 evaluation."""
+    if int(job["batch"]) > 0:
+        return int(job["batch"])
+    probe = 8
+    x = prepare_input(torch.randn(probe, config.in_channels, config.resolution, config.resolution), settings)
+    t = torch.full((probe,), 500, device=settings.device)
+    with torch.no_grad(), autocast(settings), PeakMemory(settings.device) as mem:
+        model(x, t)
+    per_sample = int(max(mem.mb, 1.0) * (1 << 20) / probe)
+    return auto_batch(per_sample, settings.device, cap=int(job.get("batch_cap", 512)), cpu_default=64)
+
+
+def run_sampler(model: Any, config: UNetConfig, batch: int, ts: torch.Tensor, eta: float,
+                settings: RunSettings) -> torch.Tensor:  # fmt: skip
+    """``ddim.sampling.sample`` over the timesteps ``ts`` from per-sample noise streams, as sweeps draw them."""
+    shape = (config.in_channels, config.resolution, config.resolution)
+    noise = SeededNoise(range(batch), shape, settings.device)  # per-sample streams, as the sweeps draw them
+    with autocast(settings):
+        return sample(model, noise.initial(), schedules.alpha_bar(), ts, eta=eta, noise=noise)
