@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -323,7 +324,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
         assert set(by) == {"nchw", "nhwc"} and by["nchw"] == row["floor_ratio"] and by["nhwc"] > 0
         assert "ours_nhwc" in row["times"]
     (ev,) = saved["eval"]
-    assert ev["batch"] == 32 and ev["conv_calls"] == len(convs) and ev["speedup"] > 0  # the quick sweep's batch
+    sweep_job = next(j for j in perf.plan(replace(cfg, only=("sweep",)), "cpu") if j["kind"] == "sweep")
+    assert ev["batch"] == sweep_job["batch"]  # one evaluation as the sweep makes it
+    assert ev["conv_calls"] == len(convs) and ev["speedup"] > 0
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
     want = {"train_floor_ratio_tiny", "train_speedup_tiny", "eval_floor_ratio_tiny", "eval_speedup_tiny",
