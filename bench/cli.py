@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from bench.console import (
 from bench.metrics import EXTRACTORS, METRICS
 from bench.sample_config import SampleConfig
 from bench.store.untrusted import command_line, safe_url
+from bench.sweep.devices import DEVICES_HELP, WORKERS_HELP
 from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
@@ -190,8 +192,6 @@ def sample(
     **fields: Any,
 ) -> None:
     """Write exactly n samples as PNG files (plus grid.png) into --out; rerun to resume."""
-    from dataclasses import asdict
-
     from bench.generate import generate
 
     cfg = SampleConfig.from_options(fields, schedule)
@@ -278,8 +278,8 @@ def sweep(
     ),
     config: str | None = typer.Option(None, "--config", help="YAML sweep definition (sweeps/*.yaml); KEY=VALUES win."),
     search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
-    workers: int = typer.Option(1, min=1, help="Worker processes on this machine (one GPU each when several)."),
-    devices: str | None = typer.Option(None, metavar="LIST", help="The workers' devices, e.g. cuda:0,cuda:2."),
+    workers: int | None = typer.Option(None, min=1, help=WORKERS_HELP),
+    devices: str | None = typer.Option(None, metavar="LIST", help=DEVICES_HELP),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: a SQLite file here)."),
     device: str | None = typer.Option(
         None, metavar=DEVICE_METAVAR, help=DEVICE_HELP + " Or device=... (default: auto)."
@@ -292,16 +292,15 @@ def sweep(
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
 
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
-    from dataclasses import asdict
-
     from bench.report.front import summary_lines
     from bench.sweep.resolve import resolve_spec
-    from bench.sweep.runner import run_sweep
+    from bench.sweep.runner import place_workers, run_sweep
 
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
+        _say(f"workers: {', '.join(place_workers(spec, workers, devices))}")  # refused as the run would refuse it
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),

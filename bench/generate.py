@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from bench.sample_config import SampleConfig
+from bench.store.renames import current_names
 from ddim import sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
@@ -64,14 +64,6 @@ def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
     return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
 
 
-def _as_now(settings: Any) -> Any:
-    """Stored settings in today's names: earlier releases wrote the spacing as ``schedule`` (so a folder they
-    left half-done still resumes)."""
-    if isinstance(settings, dict) and "schedule" in settings and "spacing" not in settings:
-        return {("spacing" if k == "schedule" else k): v for k, v in settings.items()}
-    return settings
-
-
 def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest."""
 
@@ -98,7 +90,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise DDIMError(f"{manifest_path} is damaged; empty {out} or choose another --out") from None
-        if not isinstance(old, dict) or _as_now(old.get("settings")) != settings:
+        # Read in today's names: a folder an earlier release (the spacing named ``schedule``) left half-done resumes.
+        if not isinstance(old, dict) or current_names(old.get("settings")) != settings:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")

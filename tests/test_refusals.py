@@ -97,6 +97,8 @@ def test_sweep_refuses_an_n_whose_cells_cannot_fit(ckpt, cache, work, capsys, sm
     assert list(work.iterdir()) == []  # no store, no artifacts, no cache
     code, err = run(["sweep", *tokens[:-1], "n=1000000", "--workers", "4", "--wandb", "disabled"], capsys)
     one_line(code, err, "4 workers", "fewer --workers")
+    code, err = run(["sweep", *tokens[:-1], "n=1000000", "--workers", "4", "--dry-run"], capsys)  # as the run does
+    one_line(code, err, "4 workers", "fewer --workers")
     assert list(work.iterdir()) == []
 
 

@@ -7,9 +7,11 @@ so that all of them create the store's tables together: the race that made the l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,3 +109,119 @@ def test_relative_sqlite_url_names_the_current_directorys_file_as_for_workers(tm
     monkeypatch.chdir(second)
     assert optuna.get_all_study_names(storage=open_storage("sqlite:///rel-store.db")) == []
     assert (second / "rel-store.db").exists()
+
+
+# ------------------------------------------------------------------- a filesystem without hard links
+# Where ``os.link`` fails (some network and FAT filesystems) the made store is moved into place under a lock
+# file, so that no opener replaces a store another one placed first (checking, then moving, was a race).
+def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make ``os.link`` fail as on such a filesystem; returns the list of destinations ``os.replace`` moved to."""
+    import errno
+
+    def link(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    real_replace, moved = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        moved.append(Path(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    return moved
+
+
+def _tables(path: Path) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _other_store(folder: Path) -> Path:
+    """A sweep store another opener made, marked by an extra table."""
+    import sqlite3
+
+    import optuna
+
+    made = folder / "theirs.db"
+    optuna.storages.RDBStorage(f"sqlite:///{made}").engine.dispose()
+    with contextlib.closing(sqlite3.connect(made)) as db:
+        db.execute("CREATE TABLE theirs (x)")
+        db.commit()
+    return made
+
+
+def test_without_hard_links_a_fresh_store_is_moved_into_place(tmp_path, monkeypatch):
+    from bench.store.guard import prepare_sqlite
+
+    moved = _no_hard_links(monkeypatch)
+    path = tmp_path / "fresh.db"
+    prepare_sqlite(path, "sqlite:///fresh.db")
+    assert moved == [path] and {"studies", "trials", "alembic_version"} <= _tables(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fresh.db"]  # no temp file, journal or lock left
+
+
+def test_without_hard_links_a_store_placed_by_a_lock_holder_is_used_not_replaced(tmp_path, monkeypatch):
+    from bench.store.guard import prepare_sqlite
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path, lock, theirs = folder / "s.db", folder / ".s.db.lock", _other_store(tmp_path)
+    lock.touch()  # another opener holds the lock: it is about to place its store
+    moved, linking = _no_hard_links(monkeypatch), threading.Event()
+    failing_link = os.link
+
+    def link(src, dst, *args, **kwargs):
+        linking.set()
+        failing_link(src, dst, *args, **kwargs)
+
+    def other_opener() -> None:
+        linking.wait(60)
+        time.sleep(0.3)  # while this opener waits for the lock
+        os.replace(theirs, path)
+        lock.unlink()
+
+    monkeypatch.setattr(os, "link", link)
+    thread = threading.Thread(target=other_opener)
+    thread.start()
+    prepare_sqlite(path, "sqlite:///s.db")
+    thread.join()
+    assert "theirs" in _tables(path) and moved == [path]  # the one move is the other opener's
+    assert [p.name for p in folder.iterdir()] == ["s.db"]
+
+
+def test_without_hard_links_a_lock_left_by_a_killed_opener_is_one_line(tmp_path, monkeypatch):
+    import bench.store.guard as guard
+    from ddim.errors import DDIMError
+
+    _no_hard_links(monkeypatch)
+    monkeypatch.setattr(guard, "backoff", lambda attempt: 0.0)
+    lock = tmp_path / ".s.db.lock"
+    lock.touch()
+    with pytest.raises(DDIMError, match=r"\.s\.db\.lock is still held; if no other sweep .* delete that file") as err:
+        guard.prepare_sqlite(tmp_path / "s.db", "sqlite:///s.db")
+    assert "\n" not in str(err.value) and [p.name for p in tmp_path.iterdir()] == [".s.db.lock"]
+
+
+def test_without_hard_links_openers_at_once_place_one_store(tmp_path, monkeypatch):
+    """Threads of one process stand in for processes: each makes its own store, exactly one is moved into place."""
+    from bench.store.guard import prepare_sqlite
+
+    moved = _no_hard_links(monkeypatch)
+    path, start, failed = tmp_path / "s.db", threading.Barrier(4), []
+
+    def opener() -> None:
+        start.wait()
+        try:
+            prepare_sqlite(path, "sqlite:///s.db")
+        except Exception as exc:  # reported below, with the others
+            failed.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failed and moved == [path] and [p.name for p in tmp_path.iterdir()] == ["s.db"]

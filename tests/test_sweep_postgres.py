@@ -9,13 +9,14 @@ root; as root the server runs as the ``postgres`` system user (through runuser) 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
 import optuna
 import pytest
 from helpers import ROOT
-from helpers.postgres import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
+from helpers.postgres import pg_url, server_binary  # noqa: F401  (pg_url: a private server; skipped where none)
 from helpers.sweep import RUNNER, complete_cells, kill_mid_cell, spec_of
 
 from bench.store.storage import open_storage
@@ -53,3 +54,18 @@ def test_killed_worker_on_postgres_is_retried(ckpt, cache, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     again = run_sweep(resolve_spec(tokens), storage=pg_url, wandb="disabled", progress=False, heartbeat=1)
     assert again.complete == 4 and sorted(complete_cells(pg_url, "pg-kill")) == sorted(cells)
+
+
+@pytest.mark.parametrize("path", ["inherited", "/usr/bin:/bin"])
+def test_make_postgres_looks_for_the_server_where_these_tests_do(path, monkeypatch):
+    """``make test`` installs Debian's postgresql (``make postgres``) exactly when this module would not find
+    initdb and pg_ctl: its check (run alone here, never the install) agrees with ``server_binary``."""
+    make, sh = shutil.which("make"), shutil.which("sh")
+    if make is None:
+        pytest.skip("no make")
+    if path != "inherited":
+        monkeypatch.setenv("PATH", path)
+    found = bool(server_binary("initdb") and server_binary("pg_ctl"))
+    check = subprocess.run([make, "-s", "-C", str(ROOT), f"SHELL={sh}", "--eval", "pg-found: ; @$(PG_FOUND)",
+                            "pg-found"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (check.returncode == 0) == found, check.stderr

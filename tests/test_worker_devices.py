@@ -25,6 +25,9 @@ from ddim.errors import DDIMError
         ("auto", 3, 3, "cuda:0,cuda:2", ["cuda:0", "cuda:2", "cuda:0"]),  # the list wins, dealt out in turn
         ("cpu", 2, 0, " CPU ", ["cpu", "cpu"]),
         ("auto", 1, 8, None, ["cuda:0"]),
+        ("auto", None, 4, "cuda:3,cuda:1", ["cuda:3", "cuda:1"]),  # --workers not given: one per listed device
+        ("auto", None, 4, None, ["cuda:0"]),  # neither given: one worker
+        ("cpu", None, 0, None, ["cpu"]),
     ],
 )
 def test_worker_devices(device, workers, visible, devices, expected) -> None:
@@ -32,12 +35,20 @@ def test_worker_devices(device, workers, visible, devices, expected) -> None:
 
 
 @pytest.mark.parametrize(
-    ("devices", "match"),
-    [("cuda:2", "not visible"), ("gpu0", "not a device"), ("cuda:0,cuda:0", "repeats"), ("cuda", "not visible")],
+    ("devices", "workers", "match"),
+    [
+        ("cuda:2", 2, "not visible"),
+        ("gpu0", 2, "not a device"),
+        ("cuda:0,cuda:0", 2, "repeats"),
+        ("cuda", 2, "not visible"),
+        ("cpu,cuda:0,cuda:1", 2, "--devices lists 3 devices but --workers is 2; drop --workers .* or list 2 devices$"),
+        ("cuda:0,cuda:1", 1, "--devices lists 2 devices but --workers is 1; drop --workers .* or list 1 device$"),
+        (None, 0, "--workers must be ≥ 1, got 0"),
+    ],
 )
-def test_bad_device_lists_are_refused_in_one_line(devices, match) -> None:
+def test_bad_device_lists_are_refused_in_one_line(devices, workers, match) -> None:
     with pytest.raises(DDIMError, match=match) as err:
-        worker_devices("auto", 2, 0 if devices == "cuda" else 2, devices)
+        worker_devices("auto", workers, 0 if devices == "cuda" else 2, devices)
     assert "\n" not in str(err.value)
 
 
@@ -108,6 +119,8 @@ def test_sweep_cli_passes_devices_and_run_sweep_places_workers(monkeypatch, ckpt
     args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--workers", "2"]
     assert main([*args, "--devices", "cpu"]) == 2 and seen == {"workers": 2, "devices": "cpu"}
     assert "stop here" in capsys.readouterr().err
+    assert main([*args[:-2], "--devices", "cpu"]) == 2 and seen == {"workers": None, "devices": "cpu"}  # not given
+    capsys.readouterr()
 
     placed: list = []
     monkeypatch.undo()
@@ -115,4 +128,55 @@ def test_sweep_cli_passes_devices_and_run_sweep_places_workers(monkeypatch, ckpt
     monkeypatch.setattr(runner, "_run_sweep", lambda spec, devices, *a: placed.append(devices))
     runner.run_sweep(spec_of(ckpt, cache, "steps=2", "n=16"), workers=3)
     runner.run_sweep(spec_of(ckpt, cache, "steps=2", "n=16"), workers=2, devices="cuda:1")
-    assert placed == [["cuda:0", "cuda:1", "cuda:0"], ["cuda:1", "cuda:1"]]
+    runner.run_sweep(spec_of(ckpt, cache, "steps=2", "n=16"), devices="cuda:1,cuda:0")
+    assert placed == [["cuda:0", "cuda:1", "cuda:0"], ["cuda:1", "cuda:1"], ["cuda:1", "cuda:0"]]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (["--devices", "cuda:0,cuda:1", "--workers", "1"], "--devices lists 2 devices but --workers is 1; drop"),
+        (["--devices", "cuda:5"], "cuda:5 is not visible (CUDA devices here: cuda:0 to cuda:1)"),
+        (["--devices", "tpu"], "'tpu' is not a device"),
+    ],
+)
+def test_dry_run_refuses_the_devices_the_run_would_refuse(monkeypatch, ckpt, cache, work, capsys, options, match):
+    fake_gpus(monkeypatch, 2)
+    args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--dry-run", *options]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and match in err and "Traceback" not in err, err
+    assert list(work.iterdir()) == []
+
+
+def test_dry_run_names_the_workers_devices(monkeypatch, ckpt, cache, work, capsys) -> None:
+    import json
+
+    fake_gpus(monkeypatch, 2)
+    args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--dry-run"]
+    assert main([*args, "--devices", "cuda:1,cuda:0"]) == 0
+    out, err = capsys.readouterr()
+    assert "workers: cuda:1, cuda:0" in err and json.loads(out)["steps"] == [2]
+    assert main([*args, "--devices", "cuda:1", "--workers", "3"]) == 0
+    assert "workers: cuda:1, cuda:1, cuda:1" in capsys.readouterr().err
+    assert list(work.iterdir()) == []
+
+
+def test_the_study_records_the_devices_the_workers_use(monkeypatch, ckpt, cache, work) -> None:
+    """Not the sweep's ``device`` key (auto → cuda:0): each device a worker runs on, once, named as trials are."""
+    from helpers.sweep import url
+
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    recorded: list[dict] = []
+
+    def fake_create_study(name, storage, heartbeat, protocol, meta):
+        recorded.append(meta)
+        raise DDIMError("stop before any worker starts")
+
+    monkeypatch.setattr(runner, "create_study", fake_create_study)
+    spec = spec_of(ckpt, cache, "steps=2", "n=16")
+    for devices in ("cuda:1,cuda:0", "cuda:1", "cpu"):
+        with pytest.raises(DDIMError, match="stop before"):
+            runner.run_sweep(spec, workers=3, devices=devices, storage=url(work), wandb="disabled", progress=False)
+    assert [m["device"] for m in recorded] == ["cuda:1 (Fake GPU), cuda:0 (Fake GPU)", "cuda:1 (Fake GPU)", "cpu"]

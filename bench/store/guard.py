@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -49,8 +50,9 @@ _OPTUNA_TABLES = frozenset({"studies", "trials", "alembic_version"})
 def prepare_sqlite(path: Path, shown: str) -> None:
     """Refuse a file that is not a sweep store (a zero-byte file, another program's SQLite database, a damaged
     or non-SQLite file) before Optuna writes its tables into it; create a missing store atomically: the tables
-    are made in a private file which is then linked into place, so an opener never sees a half-made store
-    and concurrent first starts cannot race on the schema."""
+    are made in a private file which is then linked into place (or moved, under a lock, where the filesystem
+    has no hard links: ``_place_without_link``), so an opener never sees a half-made store, concurrent first
+    starts cannot race on the schema, and none replaces a store another one placed first."""
     import sqlite3
 
     move = f"move {path} aside (a new sweep creates a fresh store) or pass the --storage the sweep used"
@@ -89,8 +91,7 @@ def _create_sqlite(path: Path, shown: str) -> None:
         except FileExistsError:
             pass
         except OSError:  # a filesystem without hard links
-            if not path.exists():
-                os.replace(tmp, path)
+            _place_without_link(tmp, path, shown)
     except DDIMError:
         raise
     except Exception as exc:
@@ -102,6 +103,34 @@ def _create_sqlite(path: Path, shown: str) -> None:
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
+
+
+def _place_without_link(tmp: Path, path: Path, shown: str) -> None:
+    """Move the made store ``tmp`` to ``path`` unless another opener placed one there first (theirs is used).
+
+    ``os.replace`` overwrites, so checking for ``path`` and moving are done only by the opener that creates the
+    lock file ``.<name>.lock`` (``O_EXCL``: one at a time); the others wait for the store, or for the lock to
+    free (its holder failed). A lock left by an opener killed in those few instructions is a one-line error.
+    """
+    lock = path.with_name(f".{path.name}.lock")
+    for attempt in range(ATTEMPTS):
+        if path.exists():
+            return
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            time.sleep(backoff(attempt))
+            continue
+        try:
+            if not path.exists():
+                os.replace(tmp, path)
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+        return
+    if not path.exists():
+        raise DDIMError(f"cannot create sweep storage {shown}: {lock} is still held; if no other sweep is starting "
+                        "on this store (one was killed while creating it), delete that file and rerun")  # fmt: skip
 
 
 _DISK_FULL_WORDS = ("database or disk is full", "no space left on device", "disk quota exceeded", "diskfull",

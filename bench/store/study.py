@@ -18,7 +18,7 @@
 
 Stores written before the timestep spacing was called ``spacing`` everywhere name it ``schedule`` (the param,
 the user attribute, the ``schedule=`` part of the cell key, ``param_choices`` and a search's ``protocol``);
-they are migrated as they are read (``stored_key``, ``_migrated``), so reports and reruns see one word.
+they are migrated as they are read (``stored_key``, ``bench.store.renames``), so reports and reruns see one word.
 
 ``load_results`` turns trials into the report's records (``bench.store.record.CellRecord``, each attribute
 read by the dataclasses' field names and types; a trial with an ill-typed one is left out, with a one-line
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
+from bench.store.renames import OLD_SPACING, current_names
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 _CELL_FIELDS = ("sampler", "steps", "spacing", "seed_block")  # set with "eta" right after the claim ("cell")
 _RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
 _RUN_FIELDS = ("command", "device", "git_commit", "created")
-_OLD_SPACING = "schedule"  # the spacing's name in stores of earlier releases: read (``_migrated``), never written
 KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
 
 
@@ -130,19 +130,11 @@ def create_study(
     return study
 
 
-def _migrated(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """A mapping of stored names with an earlier release's ``schedule`` read as ``spacing``."""
-    out = dict(attrs)
-    if _OLD_SPACING in out:
-        value = out.pop(_OLD_SPACING)
-        out.setdefault("spacing", value)
-    return out
-
-
 def _migrated_protocol(protocol: Any) -> Any:
-    """A stored protocol with its search ``space`` migrated (``_migrated``): an earlier release's search reruns."""
+    """A stored protocol with its search ``space`` in today's names (``current_names``): an earlier release's
+    search reruns."""
     if isinstance(protocol, dict) and isinstance(protocol.get("space"), dict):
-        return {**protocol, "space": _migrated(protocol["space"])}
+        return {**protocol, "space": current_names(protocol["space"])}
     return protocol
 
 
@@ -152,11 +144,11 @@ def stored_key(trial: optuna.trial.FrozenTrial) -> str | None:
     key = trial.user_attrs.get("cell")
     if not isinstance(key, str) or not key:
         return None
-    return key.replace(f" {_OLD_SPACING}=", " spacing=", 1)
+    return key.replace(f" {OLD_SPACING}=", " spacing=", 1)
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
-    ua = _migrated(trial.user_attrs)
+    ua = current_names(trial.user_attrs)
     if stored_key(trial) is None or trial.state.name not in ("COMPLETE", "FAIL", "RUNNING"):
         return None
     # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
@@ -330,14 +322,14 @@ def queued_cell(trial: optuna.Trial, T: int) -> Cell | None:
     if not key:
         return None
     want = Cell.from_key(key)
-    choices = _migrated(trial.study.user_attrs.get("param_choices") or _param_choices())
+    choices = current_names(trial.study.user_attrs.get("param_choices") or _param_choices())
     for name in ("sampler", "spacing"):
         if getattr(want, name) not in choices[name]:
             raise DDIMError(f"this sweep's store predates {name} {getattr(want, name)!r}; run it under a new name=")
     # A trial an earlier release queued has its spacing fixed under that release's param name.
     legacy = key != trial.user_attrs["cell"]
     sampler = trial.suggest_categorical("sampler", choices["sampler"])
-    spacing = trial.suggest_categorical(_OLD_SPACING if legacy else "spacing", choices["spacing"])
+    spacing = trial.suggest_categorical(OLD_SPACING if legacy else "spacing", choices["spacing"])
     steps = trial.suggest_int("steps", 1, max(T, want.steps))
     eta = None if want.eta is None else trial.suggest_float("eta", 0.0, max(1.0, want.eta))
     block = trial.suggest_int("seed_block", 0, max(1, want.seed_block))

@@ -1,7 +1,10 @@
-"""Which device each local sweep worker runs on (``ddimbench sweep --workers N [--devices LIST]``).
+"""Which device each local sweep worker runs on (``ddimbench sweep [--workers N] [--devices LIST]``).
 
 ``worker_devices`` is a pure function of the sweep's ``device`` key, the worker count, the number of
 visible CUDA devices and the optional ``--devices`` list; ``assign_devices`` asks torch for that number.
+The rule, as ``--help`` states it (``WORKERS_HELP``, ``DEVICES_HELP``): a ``--devices`` list gets one worker
+per entry unless ``--workers`` asks for more (then they share the list round-robin); fewer workers than
+listed devices is refused rather than leaving some unused.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import re
 
 from ddim.errors import DDIMError
 
-__all__ = ["assign_devices", "worker_devices"]
+__all__ = ["DEVICES_HELP", "WORKERS_HELP", "assign_devices", "worker_devices"]
+
+WORKERS_HELP = "Worker processes on this machine (default: one per --devices entry, else 1; one GPU each when several)."
+DEVICES_HELP = "The workers' devices, e.g. cuda:0,cuda:2: one worker each (more --workers share them; fewer: refused)."
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -29,23 +35,30 @@ def _parse(devices: str, visible: int) -> list[str]:
     return names
 
 
-def worker_devices(device: str, workers: int, visible: int, devices: str | None = None) -> list[str]:
-    """The device of worker 0 … ``workers`` − 1.
+def worker_devices(device: str, workers: int | None, visible: int, devices: str | None = None) -> list[str]:
+    """The device of worker 0 … ``workers`` − 1 (``workers`` None: not given).
 
-    ``devices`` (comma-separated, e.g. ``cuda:0,cuda:2``) are dealt out round-robin. Without it, a sweep
-    on ``auto`` or ``cuda`` with several visible GPUs puts worker i on ``cuda:(i mod visible)``; any
-    other ``device`` (``cpu``, one chosen ``cuda:N``, or one GPU or none) is every worker's.
+    ``devices`` (comma-separated, e.g. ``cuda:0,cuda:2``) are dealt out round-robin, one worker per entry when
+    ``workers`` is None; fewer ``workers`` than entries is a DDIMError. Without it, a sweep on ``auto`` or
+    ``cuda`` with several visible GPUs puts worker i on ``cuda:(i mod visible)``; any other ``device`` (``cpu``,
+    one chosen ``cuda:N``, or one GPU or none) is every worker's; ``workers`` None is one worker.
     """
+    if workers is not None and workers < 1:
+        raise DDIMError(f"--workers must be ≥ 1, got {workers}")
     if devices:
         pool = _parse(devices, visible)
+        if workers is not None and workers < len(pool):
+            raise DDIMError(f"--devices lists {len(pool)} devices but --workers is {workers}; drop --workers (one "
+                            f"worker per device) or list {workers} device{'s' * (workers > 1)}")  # fmt: skip
     elif device in ("auto", "cuda") and visible > 1:
         pool = [f"cuda:{i}" for i in range(visible)]
     else:
         pool = [device]
-    return [pool[i % len(pool)] for i in range(workers)]
+    count = workers if workers is not None else len(pool) if devices else 1
+    return [pool[i % len(pool)] for i in range(count)]
 
 
-def assign_devices(device: str, workers: int, devices: str | None = None) -> list[str]:
+def assign_devices(device: str, workers: int | None, devices: str | None = None) -> list[str]:
     """``worker_devices`` for the CUDA devices this process sees."""
     import torch
 

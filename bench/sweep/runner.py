@@ -292,7 +292,7 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
 def run_sweep(
     spec: SweepSpec,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     storage: str | None = None,
     wandb: str | None = None,
     progress: bool = True,
@@ -300,7 +300,7 @@ def run_sweep(
     heartbeat: int = HEARTBEAT_S,
     devices: str | None = None,
 ) -> SweepSummary:
-    """Run (or finish) the sweep ``spec`` in ``storage`` with ``workers`` local processes.
+    """Run (or finish) the sweep ``spec`` in ``storage`` with ``workers`` local processes (``place_workers``).
 
     ``storage``: an Optuna RDB URL (default ``sqlite:///ddimbench-sweeps.db`` in the working
     directory). The same call on other machines with the same ``storage`` shares the work. ``wandb``:
@@ -309,13 +309,19 @@ def run_sweep(
     round-robin (default: one GPU each when several are visible, ``bench.sweep.devices``). Returns the
     store's records after the run.
     """
-    if workers < 1:
-        raise DDIMError(f"--workers must be ≥ 1, got {workers}")
-    check_memory_fits(spec, workers)
-    placed = assign_devices(spec.device, workers, devices)
+    placed = place_workers(spec, workers, devices)
     url = storage or DEFAULT_STORAGE
     with store_errors(url, spec):
         return _run_sweep(spec, placed, url, wandb, progress, command, heartbeat)
+
+
+def place_workers(spec: SweepSpec, workers: int | None = None, devices: str | None = None) -> list[str]:
+    """Each local worker's device (``bench.sweep.devices``; ``workers`` None: not given), once what a sweep refuses
+    before it starts is ruled out: a bad ``--workers``/``--devices`` and cells that cannot fit in memory. ``sweep
+    --dry-run`` calls this too, so it refuses what the run would."""
+    placed = assign_devices(spec.device, workers, devices)
+    check_memory_fits(spec, len(placed))
+    return placed
 
 
 def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None, progress: bool, command: str,
@@ -324,7 +330,7 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     from ddim.runtime import resolve_device
 
     sha = sha256_file(spec.checkpoint)
-    device = device_name(resolve_device(spec.device))
+    device = ", ".join(dict.fromkeys(device_name(resolve_device(d)) for d in devices))  # what the workers use
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
     # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
     open_storage(url, heartbeat)

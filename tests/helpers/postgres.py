@@ -21,7 +21,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _binary(name: str) -> str | None:
+def server_binary(name: str) -> str | None:
+    """A PostgreSQL server program (initdb, pg_ctl) on PATH or under Debian's /usr/lib/postgresql/<version>/bin;
+    ``make postgres`` (run by ``make test``) looks in the same places before it installs the package."""
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found if isinstance(found, str) else (found[-1] if found else None)
 
@@ -40,9 +42,10 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def pg_url():
     pytest.importorskip("psycopg2", reason="the psycopg2 driver is not installed (pip install psycopg2-binary)")
-    initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
+    initdb, pg_ctl = server_binary("initdb"), server_binary("pg_ctl")
     if not (initdb and pg_ctl):
-        _unavailable("PostgreSQL binaries (initdb, pg_ctl) not found")
+        _unavailable("PostgreSQL binaries (initdb, pg_ctl) not found (Debian: apt-get install -y postgresql; "
+                     "`make test` installs it)")  # fmt: skip
     prefix, owner = [], None
     if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres system user
         import pwd
