@@ -1,5 +1,6 @@
 """How much memory a training run will need at its peak, and how much memory and disk the machine has (checked
-before a run; ``check_memory`` / ``check_disk`` refuse sizes that cannot fit).
+before a run; ``check_memory`` / ``check_disk`` refuse sizes that cannot fit); a sampling batch sized to the
+card (``sampling_batch``).
 
 A configuration that cannot fit is otherwise found out late: the kernel kills the process (after the
 data has loaded and nothing was saved) or CUDA runs out at the first step. The estimate is
@@ -89,6 +90,36 @@ def available_bytes(device: torch.device) -> int | None:
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+SAMPLING_CPU_BATCH = 256  # a sampling batch on the CPU, where throughput is flat past small batches
+
+
+def fit_batch(per_sample_bytes: int, free_bytes: int, *, cap: int, floor: int = 1, fraction: float = 0.5) -> int:
+    """The largest power of two of samples (``per_sample_bytes`` each) that fits in ``fraction`` of
+    ``free_bytes``, clamped to [``floor``, ``cap``]."""
+    fit = max(1, int(free_bytes * fraction) // max(1, per_sample_bytes))
+    return max(floor, min(cap, 1 << (fit.bit_length() - 1)))
+
+
+def sampling_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, *, cap: int = 1024,
+                   fraction: float = 0.5, cpu_default: int = SAMPLING_CPU_BATCH) -> int:  # fmt: skip
+    """A sampling batch sized to the card: on CUDA, ``fit_batch`` of the free memory with the per-sample peak
+    of one no-grad evaluation of 8 images of ``shape`` (C, H, W), measured under the caller's autocast; on
+    any other device ``cpu_default``; at most ``cap``. The batch changes speed, not samples (per-sample noise)."""
+    if device.type != "cuda":
+        return max(1, min(cap, cpu_default))
+    probe = 8
+    x = torch.zeros((probe, *shape), device=device)
+    t = torch.full((probe,), 500, dtype=torch.long, device=device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        model(x, t)
+    torch.cuda.synchronize(device)
+    per_sample = max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
+    return fit_batch(per_sample, int(torch.cuda.mem_get_info(device)[0]), cap=cap, fraction=fraction)
 
 
 def gigabytes(n: float) -> str:

@@ -99,6 +99,19 @@ def test_compiled_sampling_on_cuda_matches_eager(run) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_sampling_batch_fits_the_card(run) -> None:
+    from ddim.memory import sampling_batch
+
+    model = load_checkpoint(run[1].checkpoint).build_model("cuda")
+    device = torch.device("cuda")
+    batch = sampling_batch(model, (1, 16, 16), device, cap=1 << 20)
+    assert batch >= 8 and batch & (batch - 1) == 0  # a power of two, measured from the free memory
+    assert sampling_batch(model, (1, 16, 16), device, cap=64) == 64
+    with torch.no_grad():  # half the free memory was the budget: a batch of it runs
+        model(torch.zeros(min(batch, 4096), 1, 16, 16, device=device), torch.zeros(min(batch, 4096), dtype=torch.long,
+              device=device))  # fmt: skip
+
+
 def test_workers_spread_over_the_visible_gpus() -> None:
     from bench.sweep.devices import assign_devices
 

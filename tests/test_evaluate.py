@@ -34,6 +34,18 @@ def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
     assert torch.equal(block1, shifted.generate(cell)[0]) and not torch.equal(block1, u1)
 
 
+def test_batch_auto_is_sized_on_the_worker_and_changes_no_sample(ckpt, cache, work):
+    from ddim.memory import SAMPLING_CPU_BATCH
+
+    cell = Cell("ddim", "uniform", 3, 1.0, 0)
+    auto = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=300", "batch=auto"), "x")
+    assert auto.spec.batch == "auto" and auto.batch == SAMPLING_CPU_BATCH  # the CPU's batch; a GPU's is measured
+    small = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=auto"), "x")
+    assert small.batch == 20  # never more than a cell's n
+    fixed = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=7"), "x")
+    assert torch.equal(small.generate(cell)[0], fixed.generate(cell)[0])
+
+
 def test_every_cell_of_a_sweep_starts_from_the_same_noise(ckpt, cache, work, monkeypatch):
     spec = spec_of(ckpt, cache, "steps=2,3", "eta=0", "sampler=ddim,sigma_hat", "n=20", "batch=8", "seed_base=5")
     ev, real, starts = Evaluator(spec, "x"), sampling.sample, []

@@ -20,6 +20,7 @@ def test_lists_ranges_scalars_and_types():
     assert parse_overrides(["steps=5..100"])["steps"] == Range(5, 100)
     assert parse_overrides(["data-root=/x"]) == {"data_root": "/x"}  # dashes are accepted for underscores
     assert parse_overrides([]) == {}
+    assert parse_overrides(["batch=auto"]) == {"batch": "auto"} == parse_overrides(["batch=AUTO"])  # sized at run time
 
 
 def test_sampler_list_is_read_at_runtime(monkeypatch):
@@ -41,6 +42,8 @@ def test_sampler_list_is_read_at_runtime(monkeypatch):
         ("n=0", "out of range"),
         ("n=-5", "out of range"),
         ("batch=0", "out of range"),
+        ("batch=big", "not an integer"),
+        ("n=auto", "not an integer"),  # only batch takes auto
         ("eta=-1", "out of range"),
         ("eta=nan", "not a number"),
         ("eta=inf", "not a number"),

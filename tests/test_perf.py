@@ -237,15 +237,6 @@ def test_sampling_loops_never_synchronise_with_the_device(sampler: str) -> None:
         sampling.sample(syncing, noise.initial(), ab, ts, eta=1.0, sampler=sampler, noise=noise)
 
 
-def test_auto_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert perf_models.auto_batch(10**6, "cpu", cpu_default=48) == 48
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 80 * 2**30))
-    assert perf_models.auto_batch(2**20, "cuda:0", cap=100_000) == 4096  # half of 10 GiB / 1 MiB, a power of two
-    assert perf_models.auto_batch(2**20, "cuda:0", cap=512) == 512
-    assert perf_models.auto_batch(2**40, "cuda:0", floor=2) == 2
-
-
 # --- the timing primitives and the benchmark end to end -------------------------------------------
 
 

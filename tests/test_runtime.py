@@ -107,3 +107,18 @@ def test_numerics_restores_global_settings():
     with pytest.raises(RuntimeError), numerics(torch.device("cpu"), deterministic=True):
         raise RuntimeError("boom")
     assert torch.are_deterministic_algorithms_enabled() == before[0]
+
+
+def test_sampling_batch_fits_free_memory_as_a_power_of_two():
+    from ddim.memory import SAMPLING_CPU_BATCH, fit_batch, sampling_batch
+    from ddim.unet import UNet, UNetConfig
+
+    gib, mib = 2**30, 2**20
+    assert fit_batch(mib, 10 * gib, cap=100_000) == 4096  # half of 10 GiB in 1 MiB samples, a power of two
+    assert fit_batch(mib, 10 * gib, cap=512) == 512
+    assert fit_batch(3 * mib, 10 * gib, cap=100_000) == 1024  # 1706 fit: the power of two below
+    assert fit_batch(2**40, gib, cap=512, floor=2) == 2
+    model = UNet(UNetConfig(resolution=8, in_channels=1, ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4))
+    cpu = torch.device("cpu")  # the CPU's batch is fixed: throughput is flat past small batches there
+    assert sampling_batch(model, (1, 8, 8), cpu) == SAMPLING_CPU_BATCH
+    assert sampling_batch(model, (1, 8, 8), cpu, cap=100) == 100

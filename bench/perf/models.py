@@ -5,7 +5,6 @@
   timestep embedding and padding), so the two have the same parameters and compute the same function.
 - ``RunSettings``: the GPU-path switches (bf16 autocast, channels_last, TF32, ``torch.compile``),
   applied the same way to both models; every one of them also runs on the CPU so tests exercise it.
-- ``auto_batch``: a sampling batch sized to the card's free memory.
 
 diffusers is imported lazily (it is a test/benchmark dependency, not a library one).
 """
@@ -120,17 +119,3 @@ def build(name: str, config: UNetConfig | str) -> nn.Module:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def auto_batch(
-    per_sample_bytes: int, device: str, *, cap: int = 1024, floor: int = 1, fraction: float = 0.5, cpu_default: int = 64
-) -> int:
-    """A sampling batch for ``device``: on CUDA, the largest power of two whose activations
-    (``per_sample_bytes`` each, measured or estimated) fit in ``fraction`` of the free memory,
-    clamped to [floor, cap]; on the CPU ``cpu_default`` (throughput is flat past small batches)."""
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return max(floor, min(cap, cpu_default))
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    fit = max(1, int(free * fraction) // max(1, per_sample_bytes))
-    batch = 1 << (fit.bit_length() - 1)  # largest power of two ≤ fit
-    return max(floor, min(cap, batch))

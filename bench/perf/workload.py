@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 
-from bench.perf.models import RunSettings, apply_backend_flags, auto_batch, autocast, prepare_input
-from bench.perf.timing import PeakMemory
-from ddim import schedules
+from bench.perf.models import RunSettings, apply_backend_flags, autocast, prepare_input
+from ddim import memory, schedules
 from ddim.sampling import SeededNoise, sample
 from ddim.unet import UNetConfig, preset
 
@@ -77,16 +76,13 @@ def evaluate(model: torch.nn.Module, settings: RunSettings, data: tuple) -> torc
 
 
 def sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
-    """``job["batch"]``, or (0) one sized to the card from the peak memory of a batch-8 evaluation."""
+    """``job["batch"]``, or (0) one sized to the card (``ddim.memory.sampling_batch`` under the run's autocast)."""
     if int(job["batch"]) > 0:
         return int(job["batch"])
-    probe = 8
-    x = prepare_input(torch.randn(probe, config.in_channels, config.resolution, config.resolution), settings)
-    t = torch.full((probe,), 500, device=settings.device)
-    with torch.no_grad(), autocast(settings), PeakMemory(settings.device) as mem:
-        model(x, t)
-    per_sample = int(max(mem.mb, 1.0) * (1 << 20) / probe)
-    return auto_batch(per_sample, settings.device, cap=int(job.get("batch_cap", 512)), cpu_default=64)
+    shape = (config.in_channels, config.resolution, config.resolution)
+    with autocast(settings):
+        return memory.sampling_batch(model, shape, torch.device(settings.device), cap=int(job.get("batch_cap", 512)),
+                                     cpu_default=64)  # fmt: skip
 
 
 def run_sampler(model: Any, config: UNetConfig, batch: int, ts: torch.Tensor, eta: float,

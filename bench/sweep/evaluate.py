@@ -39,16 +39,21 @@ class Evaluator:
 
     def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
         from ddim.checkpoint import load_checkpoint
+        from ddim.memory import sampling_batch
         from ddim.runtime import compiled, resolve_device, use_compile, warm_up
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
         ck = load_checkpoint(spec.checkpoint, map_location="cpu")
-        self.model = compiled(ck.build_model(self.device), self.device, spec.compile)
+        eager = ck.build_model(self.device)
+        self.model = compiled(eager, self.device, spec.compile)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
+        # batch=auto: sized to this worker's device (the eager model probes: no compiling for the probe's shape)
+        auto = not isinstance(spec.batch, int)
+        self.batch = min(spec.n, sampling_batch(eager, self.shape, self.device) if auto else spec.batch)
         if use_compile(spec.compile, self.device):  # compile every batch shape now, not inside a cell's wall time
-            warm_up(self.model, sorted({min(spec.n, spec.batch), spec.n % spec.batch} - {0}), self.shape, self.device)
+            warm_up(self.model, sorted({self.batch, spec.n % self.batch} - {0}), self.shape, self.device)
         self.root, self.versions = Path(spec.artifacts), library_versions()
         self.device_name = device_name(self.device)
 
@@ -60,8 +65,8 @@ class Evaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
-        for lo in range(0, spec.n, spec.batch):
-            hi = min(spec.n, lo + spec.batch)
+        for lo in range(0, spec.n, self.batch):
+            hi = min(spec.n, lo + self.batch)
             noise = sampling.SeededNoise(range(first + lo, first + hi), self.shape, self.device)  # CRN
             x = sampling.sample(self.model, noise.initial(), self.alpha_bar, ts, eta=cell.eta or 0.0,
                                 sampler=cell.sampler, noise=noise, callback=on_step)  # fmt: skip
@@ -73,7 +78,7 @@ class Evaluator:
         from bench.metrics.fidelity import compute_metrics
 
         spec = self.spec
-        batches = -(-spec.n // spec.batch)
+        batches = -(-spec.n // self.batch)
         display.cell_start(cell.label, batches * len(schedules.timesteps(cell.steps, self.T, cell.spacing)))
         u8, wall = self.generate(cell, lambda *_: display.step())
         grid, strip = f"cells/{cell.slug}.png", f"cells/{cell.slug}-strip.png"
@@ -151,8 +156,8 @@ class Evaluator:
     def _inversion_mse(self, ts: torch.Tensor, x0: torch.Tensor) -> float:
         """Per-dimension MSE (pixels in [0, 1]) of encode (η = 0, S steps) then decode."""
         total = 0.0
-        for lo in range(0, len(x0), self.spec.batch):
-            x = x0[lo : lo + self.spec.batch].to(self.device)
+        for lo in range(0, len(x0), self.batch):
+            x = x0[lo : lo + self.batch].to(self.device)
             x_T = sampling.invert(self.model, x, self.alpha_bar, ts)
             rec = sampling.sample(self.model, x_T, self.alpha_bar, ts, eta=0.0)
             total += float(((rec.clamp(-1, 1) - x) / 2).square().sum())

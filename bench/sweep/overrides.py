@@ -46,6 +46,7 @@ class Key:
     minimum: float | None = None
     choices: Callable[[], Sequence[str]] | None = None
     example: str = ""
+    auto: bool = False  # also takes the word "auto" (decided at run time)
 
 
 def _samplers() -> Sequence[str]:
@@ -92,7 +93,13 @@ KEYS: dict[str, Key] = {
     "dataset": Key("choice", "reference dataset (default: the checkpoint's)", choices=_datasets),
     "data_root": Key("str", "folder holding the datasets", example="data_root=data"),
     "n": Key("int", "samples per cell (the paper: 50000)", minimum=1, example="n=1000"),
-    "batch": Key("int", "images per sampling batch (does not change results)", minimum=1, example="batch=256"),
+    "batch": Key(
+        "int",
+        "images per sampling batch, or auto: sized to the GPU's free memory (256 on a CPU); does not change results",
+        minimum=1,
+        example="batch=256",
+        auto=True,
+    ),  # fmt: skip
     "seeds": Key("int", "seed blocks; block b uses seeds seed_base+b·n+i", True, minimum=0, example="seeds=0,1,2"),
     "seed_base": Key("int", "first seed of block 0", minimum=0, example="seed_base=0"),
     "steps": Key("int", "sampling steps S (≤ T)", True, True, minimum=1, example="steps=10,20,50"),
@@ -175,6 +182,8 @@ def _scalar(name: str, text: str) -> Any:
     text = text.strip()
     if not text:
         raise DDIMError(f"{name} has an empty value; write e.g. {example(name)}")
+    if k.auto and text.lower() == "auto":
+        return "auto"
     if k.kind == "int":
         if not re.fullmatch(r"[+-]?\d+", text):
             raise DDIMError(f"{name}={text!r} is not an integer; write e.g. {example(name)}")

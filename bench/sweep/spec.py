@@ -38,7 +38,7 @@ class SweepSpec:
     resolution: int = 32  # the model's image side in pixels (from the checkpoint)
     data_root: str = "data"
     n: int = 1000
-    batch: int = 256
+    batch: int | str = 256  # or "auto": ddim.memory.sampling_batch on each worker's device
     seeds: tuple[int, ...] = (0,)
     seed_base: int = 0
     steps: tuple[int, ...] | Range = (10, 20, 50, 100)
