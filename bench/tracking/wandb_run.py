@@ -22,7 +22,7 @@ from bench.tracking import artifacts, reach
 from bench.tracking import offline_log as tracking_log
 from bench.tracking.conventions import WandbOptions, plain, wandb_options
 from bench.tracking.reach import MODES
-from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
+from bench.tracking.tracker import NullTracker, Tracker
 from ddim.errors import DDIMError, one_line
 
 if TYPE_CHECKING:
@@ -173,7 +173,6 @@ def make_tracker(
     metrics: dict[str, str] | None = None,
     warn: Callable[[str], None] = _warn_stderr,
     note: Callable[[str], None] | None = None,
-    lazy: bool = False,
 ) -> Tracker:
     """Start a run in ``mode`` (``WandbOptions`` or a mode; None: ``WANDB_MODE``, else ``reach.default_mode()``),
     falling back online -> offline -> disabled.
@@ -187,7 +186,6 @@ def make_tracker(
     stderr) with the ``wandb sync`` command. Project, entity and tags come from the options
     (``bench.tracking.conventions``) unless ``project``/``tags`` are given. ``run_id``: continue (or create)
     that run (``resume="allow"``). ``metrics``: ``{key: "min" | "max"}`` summaries (``define_metric``).
-    ``lazy``: start the run only when something is first logged (``LazyTracker``).
     """
     opts = wandb_options(mode)
     reach.check_mode_env(warn)  # before anything imports wandb
@@ -197,10 +195,6 @@ def make_tracker(
         raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
     if requested == "disabled":
         return NullTracker()
-    if lazy:
-        args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags,
-                    run_id=run_id, metrics=metrics, note=note)  # fmt: skip
-        return LazyTracker(lambda: make_tracker(opts, warn=warn, **args))
 
     reasons: list[str] = []
     try:
