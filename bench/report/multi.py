@@ -28,16 +28,14 @@ from bench.report.tables import (
     Table,
     blocks_note,
     paper_note_text,
-    row_order,
     row_table,
-    select_cells,
-    spacing_order,
     standalone_tex,
     table_md,
     table_tex,
 )
 from bench.report.write import pick_metrics, provenance_rows, validate_records, warnings_of
 from bench.store.record import CellRecord, table
+from bench.tracking.cells import row_order, select_cells, spacing_order
 from ddim.errors import DDIMError
 
 Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta)
