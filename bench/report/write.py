@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import front, paper, plots
-from bench.report.docs import html_doc, md_doc, record_order, results_csv
+from bench.report.docs import html_doc, kv_md, md_doc, record_order, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     METRICS,
@@ -48,6 +48,7 @@ from bench.tracking.cells import (
     spacing_order,
     table_cell,
 )
+from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
 
@@ -180,6 +181,14 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
         else:
             rows.append((k, "—" if v is None else str(v)))
     return rows
+
+
+def provenance_md(sweeps: Sequence[Sweep]) -> str:
+    """The sweeps' provenance as markdown tables, each under its sweep's name when there are several (the W&B
+    Report's provenance block)."""
+    if len(sweeps) == 1:
+        return kv_md(("field", "value"), provenance_rows(sweeps[0][2]))
+    return "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps)
 
 
 def _cell_name(r: CellRecord) -> str:

@@ -1,5 +1,6 @@
 """Experiment tracking with W&B: ``make_tracker`` and the W&B tracker (the interface and the no-op
-trackers are in ``bench.tracking.tracker``), and a run-log reader.
+trackers are in ``bench.tracking.tracker``), ``tracked`` (a run whose failures are one warning), and a run-log
+reader.
 
 wandb is imported inside functions only (here, in ``reach`` and ``wandb_report``): importing
 this costs nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from bench.console import warn as _warn_stderr
 from bench.tracking import artifacts, reach
 from bench.tracking import offline_log as tracking_log
-from bench.tracking.conventions import WandbOptions, plain, wandb_options
+from bench.tracking.conventions import WandbOptions, plain, run_id, wandb_options
 from bench.tracking.reach import MODES
 from bench.tracking.tracker import NullTracker, Tracker
 from ddim.errors import DDIMError, one_line
@@ -244,6 +245,23 @@ def make_tracker(
         return tracker
     _warn_fallback(warn, reasons, "tracking disabled")
     return NullTracker()
+
+
+def tracked(mode: str | WandbOptions | None, warn: Callable[[str], None], what: str, body: Callable[[Tracker], None],
+            key: tuple[str, ...] = (), **run: Any) -> None:  # fmt: skip
+    """Run ``body(tracker)`` in a W&B run started with ``run`` (``make_tracker``'s arguments); ``key``: the parts
+    of its deterministic id (``conventions.run_id``), e.g. ("report", name). Any failure is one warning through
+    ``warn``, never an exception: the work goes on without W&B."""
+    opts = wandb_options(mode)
+    if opts.mode == "disabled":
+        return
+    if key:
+        run["run_id"] = run_id(opts.project, opts.entity, *key)
+    try:
+        with make_tracker(opts, **run) as tracker:
+            body(tracker)
+    except Exception as exc:
+        warn(f"W&B: logging {what} failed ({one_line(exc)}); the work goes on without it")
 
 
 _fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
