@@ -4,7 +4,8 @@ The run is grouped with the (first) sweep, with an id derived from the sweep nam
 a rerun of the same report updates its run. It logs the report's results table and figures, uses each cell's
 ``samples-<sweep>-<cell>`` artifact (so W&B's lineage walks checkpoint -> cells -> report), defines the sweeps'
 W&B Report in the folder and, online, publishes it (``bench.tracking.wandb_report``), and logs the folder as the
-``report-<name>`` artifact last, once it is complete. A failure is one warning (``wandb_run.tracked``).
+``report-<name>`` artifact last, once it is complete. A failure is one warning (``wandb_run.tracked``). A report
+that saved no definition of its own (W&B off, or failing before it) leaves none from an earlier report.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from bench.store.record import CellRecord, table
 from bench.store.untrusted import artifact_file, artifacts_root
 from bench.tracking.conventions import report_artifact, samples_artifact, wandb_options
-from bench.tracking.wandb_report import record_report
+from bench.tracking.wandb_report import drop_definition, record_report
 from bench.tracking.wandb_run import tracked
 
 Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta) as bench.store.study.load_results gives
@@ -46,7 +47,10 @@ def track_report(wandb: str | None, folder: Path, sweeps: Sequence[Sweep], prove
     first, _, meta = sweeps[0]
     root = artifacts_root(first, meta)
 
+    saved = False
+
     def body(tracker: Any) -> None:
+        nonlocal saved
         if len(sweeps) == 1:
             tracker.log_table("results", *table(sweeps[0][1]))
         else:
@@ -59,10 +63,12 @@ def track_report(wandb: str | None, folder: Path, sweeps: Sequence[Sweep], prove
         for name, records, m in sweeps:
             use_grids(tracker, name, artifacts_root(name, m), records)
         grid = all(m.get("mode") != "pareto" for _, _, m in sweeps)  # a search has no FID-per-η lines
-        record_report(tracker.mode, folder, names, provenance_md, warn, project=opts.project, entity=opts.entity,
-                      grid=grid)  # fmt: skip
+        saved = record_report(tracker.mode, folder, names, provenance_md, warn, project=opts.project,
+                              entity=opts.entity, grid=grid)  # fmt: skip
         tracker.log_artifact(report_artifact(names), "report", [folder], True)  # last: the folder is complete
 
     config = dict(meta) if len(sweeps) == 1 else {"sweeps": names}
     tracked(wandb, warn, "the report", body, key=("report", joined), name=f"{joined}-report", group=first,
             job_type="report", config=config, dir=root)  # fmt: skip
+    if not saved:  # W&B off or failing: no earlier report's W&B Report definition left looking current
+        drop_definition(folder)
