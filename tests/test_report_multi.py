@@ -20,6 +20,7 @@ from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 
 from bench.report import paper
 from bench.sweep.runner import run_sweep
+from bench.tracking.wandb_run import read_offline_run
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +135,19 @@ def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
 
 
 def test_combined_report_keeps_its_wandb_run_out_of_the_report_folder(stores: Path, capsys, monkeypatch) -> None:
-    """The offline W&B run of a combined report lands beside the sweeps' artifacts, not in --out."""
+    """The offline W&B run of a combined report lands where the runs of its W&B group (the first sweep's) go, that
+    sweep's artifacts folder (here artifacts=dg), not in --out."""
     monkeypatch.chdir(stores)
     url, out = f"sqlite:///{stores / 'sweeps.db'}", stores / "t-wandb"
     code, _, err = run(["report", "dg", "cf", "--storage", url, "--out", out, "--wandb", "offline"], capsys)
     assert code == 0, err
     assert (out / "table.md").is_file() and not (out / "wandb").exists()
-    assert list((stores / "ddimbench-sweeps" / "reports" / "wandb").glob("offline-run-*"))
+    (run_dir,) = (stores / "dg" / "wandb").glob("offline-run-*")
+    assert not (stores / "ddimbench-sweeps" / "reports").exists()
+    logged = read_offline_run(run_dir)  # the same report run as a single sweep's (bench.tracking.report_run)
+    assert (logged["run"]["group"], logged["run"]["job_type"], logged["run"]["name"]) == (
+        "dg",
+        "report",
+        "dg+cf-report",
+    )
+    assert logged["config"] == {"sweeps": ["dg", "cf"]} and logged["summary"]["results"]["ncols"] > 1

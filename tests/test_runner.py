@@ -160,7 +160,7 @@ def wandb_lines(capfd) -> list[str]:
 
 
 def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, capfd):
-    from bench.tracking import reach, sweep_runs
+    from bench.tracking import reach
     from bench.tracking import wandb_run as tracking
 
     def no_init(*a, **k):
@@ -192,8 +192,8 @@ def test_wandb_failing_never_stops_the_sweep(ckpt, cache, work, monkeypatch, cap
     (line,) = wandb_lines(capfd)
     assert line.startswith("warning: W&B") and line.endswith("tracking disabled")
     assert "offline init failed: RuntimeError: W&B is down" in line
-    # A tracker that raises on every call: one warning per W&B run (sweep_runs.tracked), none repeated.
-    monkeypatch.setattr(sweep_runs, "make_tracker", lambda *a, **k: Exploding())
+    # A tracker that raises on every call: one warning per W&B run (wandb_run.tracked), none repeated.
+    monkeypatch.setattr(tracking, "make_tracker", lambda *a, **k: Exploding())
     spec = spec_of(ckpt, cache, "steps=3", *tokens, name="wf2")
     assert run_sweep(spec, storage=url(work), wandb="offline", progress=False, heartbeat=1).complete == 2
     lines = wandb_lines(capfd)

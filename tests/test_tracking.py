@@ -18,6 +18,7 @@ from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an au
 from bench.tracking import offline_log as tracking_log
 from bench.tracking import reach
 from bench.tracking import wandb_run as tracking
+from bench.tracking.tracker import LazyTracker
 from ddim.errors import DDIMError
 
 
@@ -71,12 +72,13 @@ def test_offline_round_trip(tmp_path):
 
 
 def test_lazy_tracker_starts_its_run_at_the_first_record(tmp_path):
-    unused = tracking.make_tracker("offline", dir=tmp_path / "a", lazy=True)
+    """``LazyTracker`` around ``make_tracker``, as ``train`` builds it."""
+    unused = LazyTracker(lambda: tracking.make_tracker("offline", dir=tmp_path / "a"))
     with unused:
         pass  # the command failed before logging anything: no run, no folder
     assert not (tmp_path / "a").exists() and unused.run_dir is None
 
-    with tracking.make_tracker("offline", dir=tmp_path / "b", name="lazy", lazy=True) as tr:
+    with LazyTracker(lambda: tracking.make_tracker("offline", dir=tmp_path / "b", name="lazy")) as tr:
         assert tr.mode == "pending" and not (tmp_path / "b").exists()
         tr.log({"loss": 1.5}, step=1)
         assert tr.mode == "offline" and tr.run_dir is not None
@@ -87,7 +89,6 @@ def test_lazy_tracker_starts_its_run_at_the_first_record(tmp_path):
     assert [r["loss"] for r in back["history"]] == [1.5, 0.5] and back["summary"]["loss"] == 0.5
     tr.log({"loss": 9.0}, step=3)  # after the end: ignored, no second run
     assert len(list((tmp_path / "b" / "wandb").glob("offline-run-*"))) == 1
-    assert isinstance(tracking.make_tracker("disabled", lazy=True), tracking.NullTracker)
 
 
 def test_matplotlib_figure_and_context_manager(tmp_path):

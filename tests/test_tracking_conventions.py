@@ -254,7 +254,7 @@ def test_report_uses_no_grid_the_store_names_outside_the_sweep_folder(tmp_path):
 
     from PIL import Image
 
-    from bench.tracking.sweep_runs import use_grids
+    from bench.tracking.report_run import use_grids
 
     root, outside = tmp_path / "sweep", tmp_path / "secret.png"
     (root / "cells").mkdir(parents=True)

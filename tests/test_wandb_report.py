@@ -241,3 +241,23 @@ def test_report_command_offline_writes_the_definition(tmp_path, monkeypatch, cap
     assert texts[0] == (folder / "table.md").read_text(encoding="utf-8")
     assert "| checkpoint_sha256 | c1fa |" in texts[1] and "| dataset | cifar10 |" in texts[1]
     assert "Group') == 'cf'" in d["runsets"]["summary"]["filters"]
+
+
+def test_a_report_without_wandb_leaves_no_earlier_definition(tmp_path, monkeypatch, capsys):
+    """`ddimbench report NAME --wandb disabled` after a report with W&B: the folder holds no wandb_report.json
+    (the earlier report's table would pass for this one's W&B Report); with W&B on, a rerun keeps the Report id
+    the last publication recorded, so the next one updates that Report. A file of that name not ours stays."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    fake_sweep(url, "cf", "cifar10", "inception")
+    path = tmp_path / "reports" / "cf" / wandb_report.DEFINITION_FILE
+    assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
+    published = {"entity": "team", "id": "R1", "url": "https://wandb.test/R1"}
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), "published": published}))
+    assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
+    assert json.loads(path.read_text(encoding="utf-8"))["published"] == published
+    assert main(["report", "cf", "--storage", url, "--wandb", "disabled"]) == 0, capsys.readouterr().err
+    assert not path.exists() and (path.parent / "table.md").is_file()
+    path.write_text('{"mine": 1}')
+    assert main(["report", "cf", "--storage", url, "--wandb", "disabled"]) == 0, capsys.readouterr().err
+    assert path.read_text() == '{"mine": 1}'

@@ -12,6 +12,7 @@ import pytest
 from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an autouse fixture)
 from PIL import Image
 
+from bench.report.write import write_report
 from bench.store.cell import Cell
 from bench.store.record import CellRecord, Measurement, Scores, table
 from bench.tracking import results
@@ -67,15 +68,55 @@ def test_results_table_is_the_record_with_a_grid_column(tmp_path):
 def test_series_table_one_line_per_eta(tmp_path):
     columns, rows = results.series_table(_records(tmp_path))
     got = [dict(zip(columns, row, strict=True)) for row in rows]
-    assert [(r["series"], r["steps"]) for r in got] == [("η=0", 10), ("η=0", 20), ("η=1", 10), ("η=1", 20)]
+    assert [(r["series"], r["steps"]) for r in got] == [
+        ("η = 0.0", 10), ("η = 0.0", 20), ("η = 1.0", 10), ("η = 1.0", 20)
+    ]  # fmt: skip
     for r in got:
         fids = [_fid(r["eta"], r["steps"], b) for b in (0, 1)]
         assert r["fid"] == pytest.approx(np.mean(fids)) and r["fid_std"] == pytest.approx(np.std(fids, ddof=1))
         assert r["blocks"] == 2 and r["nfe"] == r["steps"] and r["wall_s"] == pytest.approx(0.1 * r["steps"] + 0.5)
     assert all(r["fid"] < 900 for r in got)  # the superseded trial (FID 999) is not averaged in
-    # Several spacings: each series names its spacing.
+    # Several spacings: each series names its spacing, as the report's figures do.
     _, rows = results.series_table(_records(tmp_path, ("uniform", "quad")))
-    assert sorted({row[0] for row in rows}) == ["η=0 quad", "η=0 uniform", "η=1 quad", "η=1 uniform"]
+    assert list(dict.fromkeys(row[0] for row in rows)) == [
+        "η = 0.0 (uniform)", "η = 1.0 (uniform)", "η = 0.0 (quad)", "η = 1.0 (quad)"
+    ]  # fmt: skip
+
+
+def _md_table(text: str, title: str) -> dict[tuple[str, int], str]:
+    """{(row label, S): cell text without bold} of the table.md table ``title``."""
+    block = text.split(f"### {title}\n\n", 1)[1].split("\n\n", 1)[0]
+    head, _, *rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()]
+    steps = [int(h.removeprefix("S = ")) for h in head[1:]]
+    return {(row[0], s): cell.replace("**", "") for row in rows for s, cell in zip(steps, row[1:], strict=True)}
+
+
+def test_series_table_shows_the_report_tables_cells(tmp_path):
+    """The W&B series and the report's table.md read the same trials under the same names: a seed block whose
+    latest trial's FID came out NaN counts as failed in both, never with its earlier trial's FID; a cell with
+    no finite FID left is "failed" in the table and no point of the chart."""
+    records = _records(tmp_path)
+    nan = Measurement(nfe=20, n=50, scores=Scores(fid=float("nan")), wall_s=9.0, images_per_s=5.0)
+    again = [
+        Cell("ddim", "uniform", 20, 1.0, 0),
+        Cell("ddim", "uniform", 10, 1.0, 0),
+        Cell("ddim", "uniform", 10, 1.0, 1),
+    ]
+    records += [CellRecord(100 + i, "COMPLETE", cell, nan) for i, cell in enumerate(again)]
+    write_report(records, {"name": "demo", "n": 50}, tmp_path / "report", root=tmp_path, metrics=("fid",))
+    shown = _md_table((tmp_path / "report" / "table.md").read_text(encoding="utf-8"), "FID ↓ — uniform spacing")
+    columns, rows = results.series_table(records)
+    series = [dict(zip(columns, row, strict=True)) for row in rows]
+    by_cell = {(r["eta"], r["steps"]): r for r in series}
+    assert shown[("η = 1.0", 10)] == "failed" and (1.0, 10) not in by_cell
+    assert shown[("η = 0.0", 50)] == "failed" and (0.0, 50) not in by_cell  # a FAIL trial
+    one = by_cell[(1.0, 20)]  # block 0 is NaN now: block 1 alone, as in the table
+    assert one["blocks"] == 1 and one["fid"] == pytest.approx(_fid(1.0, 20, 1)) and one["fid_std"] is None
+    got = {(r["series"], r["steps"]): r for r in series}  # named as the table's rows
+    assert set(got) == {key for key, text in shown.items() if text not in ("failed", "—")}
+    assert shown[("η = 1.0", 20)] == f"{_fid(1.0, 20, 1):.2f} (1 block failed)"
+    for key, r in got.items():
+        assert shown[key].startswith(f"{r['fid']:.2f}" + (f" ± {r['fid_std']:.2f}" if r["fid_std"] else ""))
 
 
 def test_summary_run_holds_the_table_and_charts(tmp_path):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from bench.console import warn
-from bench.report.docs import kv_md
-from bench.report.write import provenance_rows, write_report
+from bench.report.write import provenance_md, write_report
 from bench.store.artifacts import fetch_missing
-from bench.store.record import table
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
-from bench.tracking.conventions import report_artifact, wandb_options
-from bench.tracking.sweep_runs import tracked, use_grids
-from bench.tracking.wandb_report import record_report
+from bench.tracking.report_run import track_report
 from ddim.errors import DDIMError
 
 
@@ -34,9 +29,9 @@ def make_report(
     untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is fetched
     from the sweep's artifact store (``bench.store.artifacts``), and left out with a warning when the
     store does not have it either. With tracking on, the table and figures are logged as a ``report``
-    run in the sweep's W&B group (one run per report name: a rerun updates it) that uses each cell's
-    ``samples`` artifact and logs the folder as the ``report-<name>`` artifact, and the sweep's W&B Report is
-    defined (``wandb_report.json`` in the folder) and, online, published (``bench.tracking.wandb_report``).
+    run in the sweep's W&B group (``bench.tracking.report_run``: one run per report name, a rerun updates it)
+    that uses each cell's ``samples`` artifact and logs the folder as the ``report-<name>`` artifact, and the
+    sweep's W&B Report is defined (``wandb_report.json`` in the folder) and, online, published.
     """
     check_name(name, "sweep name ")  # it names the report's folder
     records, meta, extras = load_results(name, storage)
@@ -69,21 +64,8 @@ def make_report(
         records, meta, folder, root=root, extras=extras, compare_paper=compare_paper, metrics=metrics, force=force
     )
 
-    opts = wandb_options(wandb)
-
-    def body(tracker: Any) -> None:
-        tracker.log_table("results", *table(records))
-        for rel, path in written.items():
-            if rel.endswith(".png") and "/" not in rel:  # the figures, not every grid
-                tracker.log_image(rel.removesuffix(".png"), path)
-        use_grids(tracker, name, root, records)
-        provenance = kv_md(("field", "value"), provenance_rows(meta))
-        record_report(tracker.mode, folder, [name], provenance, warn, project=opts.project, entity=opts.entity,
-                      grid=meta.get("mode") != "pareto")  # fmt: skip
-        tracker.log_artifact(report_artifact([name]), "report", [folder], True)  # last: the folder is complete
-
-    tracked(wandb, warn, "the report", body, key=("report", name), name=f"{name}-report", group=name,
-            job_type="report", config=meta, dir=root)  # fmt: skip
+    sweeps = [(name, records, meta)]
+    track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder
 
 

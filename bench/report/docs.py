@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report.tables import as_number, md_escape, table_html, table_md
+from bench.report.tables import md_escape, table_html, table_md
 from bench.store.record import CellRecord, table
+from bench.tracking.cells import as_number
 
 
 def _csv_value(v) -> str:

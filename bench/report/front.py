@@ -13,9 +13,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.report import paper, plots
-from bench.report.tables import Cell, Metric, Table, as_number, eta_str, row_label
+from bench.report import plots
+from bench.report.tables import Metric, Table
 from bench.store.record import CellRecord
+from bench.tracking.cells import Cell, as_number, eta_str, row_key, row_label
 
 OBJECTIVES = {"nfe": ("NFE", ".0f"), "time": ("seconds per image", ".4g")}
 
@@ -63,7 +64,7 @@ def front(records: Sequence[CellRecord], objective: str) -> list[CellRecord]:
 def setting(r: CellRecord) -> str:
     """The cell of a record in words: "η = 0.31, S = 12, trailing" (+ the seed block when not 0)."""
     c = r.cell
-    row = paper.row_key(c.sampler, as_number(c.eta))
+    row = row_key(c.sampler, as_number(c.eta))
     block = c.seed_block
     return f"{row_label(row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
 

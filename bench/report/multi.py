@@ -15,11 +15,10 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from bench.console import warn
 from bench.report import paper
-from bench.report.docs import html_doc, kv_md, md_doc, results_csv
+from bench.report.docs import html_doc, md_doc, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     LEGEND,
@@ -28,19 +27,15 @@ from bench.report.tables import (
     Table,
     blocks_note,
     paper_note_text,
-    row_order,
     row_table,
-    select_cells,
-    spacing_order,
     standalone_tex,
     table_md,
     table_tex,
 )
-from bench.report.write import pick_metrics, provenance_rows, validate_records, warnings_of
-from bench.store.record import CellRecord, table
+from bench.report.write import pick_metrics, provenance_md, provenance_rows, validate_records, warnings_of
+from bench.tracking.cells import row_order, select_cells, spacing_order
+from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
-
-Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta)
 
 
 def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
@@ -191,13 +186,11 @@ def make_combined_report(
 ) -> Path:
     """Load the sweeps ``names`` from the store and write their combined report (default folder
     ``reports/<A>+<B>+…``); with tracking on, its table is logged as a ``report`` run (grouped with the first
-    sweep) that uses the cells' ``samples`` artifacts and logs the folder as ``report-<A>__<B>``, and the W&B
-    Report of the sweeps is defined and, online, published (``bench.tracking.wandb_report``)."""
+    sweep, ``bench.tracking.report_run``) that uses the cells' ``samples`` artifacts and logs the folder as
+    ``report-<A>__<B>``, and the W&B Report of the sweeps is defined and, online, published."""
     from bench.store.study import load_results
-    from bench.store.untrusted import artifacts_root, check_name
-    from bench.tracking.conventions import report_artifact, wandb_options
-    from bench.tracking.sweep_runs import tracked, use_grids
-    from bench.tracking.wandb_report import record_report
+    from bench.store.untrusted import check_name
+    from bench.tracking.report_run import track_report
 
     for name in names:
         check_name(name, "sweep name ")  # the names make the report's folder
@@ -206,25 +199,6 @@ def make_combined_report(
         records, meta, _ = load_results(name, storage)
         sweeps.append((name, records, meta))
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
-    write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
-
-    joined, opts = "+".join(dict.fromkeys(names)), wandb_options(wandb)
-
-    def body(tracker: Any) -> None:
-        every = [(name, r) for name, records, _ in sweeps for r in records]
-        columns, rows = table([r for _, r in every])
-        tracker.log_table("results", ["sweep", *columns], [[name, *row] for (name, _), row in zip(every, rows)])
-        for name, records, meta in sweeps:
-            use_grids(tracker, name, artifacts_root(name, meta), records)
-        provenance = "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}"
-                                   for name, _, meta in sweeps)  # fmt: skip
-        record_report(tracker.mode, folder, list(dict.fromkeys(names)), provenance, warn, project=opts.project,
-                      entity=opts.entity)  # fmt: skip
-        # last: the folder is complete
-        tracker.log_artifact(report_artifact(list(dict.fromkeys(names))), "report", [folder], True)
-
-    # The offline run goes beside the sweeps' artifacts, not into the report folder (which holds only the report).
-    runs = Path("ddimbench-sweeps") / "reports"
-    tracked(wandb, warn, "the report", body, key=("report", joined), name=f"{joined}-report", group=names[0],
-            job_type="report", config={"sweeps": list(dict.fromkeys(names))}, dir=runs)  # fmt: skip
+    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
+    track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder

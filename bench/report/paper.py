@@ -4,16 +4,15 @@
 - Table 2: CIFAR10 reconstruction error (per-dimension MSE, pixels in [0, 1]) of η = 0 inversion.
 - Table 3 (appendix): LSUN 256 Bedroom / Church FID, η ∈ {0.0, 1.0}, S ≤ 100.
 
-Rows are keyed like the report's rows: ``("ddim", eta)`` for the η family and ``("sigma_hat", None)``
-for the larger-variance σ̂ row. The paper used quadratic spacing for CIFAR10 and uniform elsewhere.
-No torch; this module is pure data plus look-ups.
+Rows are keyed as the report's rows (``bench.tracking.cells.row_key``): ``("ddim", eta)`` for the η family
+and ``("sigma_hat", None)`` for the larger-variance σ̂ row. The paper used quadratic spacing for CIFAR10 and
+uniform elsewhere. No torch; this module is pure data plus look-ups.
 """
 
 from __future__ import annotations
 
+from bench.tracking.cells import RowKey, row_key
 from ddim.errors import DDIMError
-
-RowKey = tuple[str, float | None]
 
 _S5 = (10, 20, 50, 100, 1000)
 _S4 = (10, 20, 50, 100)
@@ -110,13 +109,6 @@ def canonical(dataset: str) -> str:
     if key not in FID:
         raise DDIMError(f"the paper has no FID table for dataset {dataset!r}; use one of: {', '.join(datasets())}")
     return key
-
-
-def row_key(sampler: str, eta: float | None) -> RowKey:
-    """The table row a (sampler, η) pair belongs to; η only distinguishes rows for "ddim"."""
-    if sampler == "ddim":
-        return ("ddim", round(float(eta if eta is not None else 0.0), 6))
-    return (sampler, None)
 
 
 def fid(dataset: str, sampler: str, eta: float | None, steps: int) -> float | None:

@@ -3,7 +3,8 @@
 Rows are η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending;
 one table per metric and timestep spacing (``combined_tables``: one per metric, a column block per
 sweep and spacing, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
-over seed blocks (± std, ddof = 1, when there are several); the best mean per column is bold
+over seed blocks (± std, ddof = 1, when there are several), its trials picked and its rows named by
+``bench.tracking.cells`` (which the W&B charts read too); the best mean per column is bold
 (compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
 python: no torch, no optuna.
 """
@@ -11,16 +12,13 @@ python: no torch, no optuna.
 from __future__ import annotations
 
 import html
-import math
-import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from bench.report import paper
 from bench.store.record import CellRecord, Scores
+from bench.tracking.cells import Cell, CellKey, RowKey, row_label, row_order, spacing_order, table_cell
 from ddim.errors import DDIMError
 
 
@@ -44,24 +42,10 @@ METRICS: dict[str, Metric] = {
     "kid": Metric("kid", "KID", "kid_mean", True, Scores.scale("kid_mean")),
 }
 
-_SCHEDULE_ORDER = ("uniform", "quad", "trailing", "linspace")
 TEXT_FILES = ("table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex")
-
-CellKey = tuple[str, paper.RowKey, int]  # (spacing, row, S)
 
 
 # ----------------------------------------------------------------------------------------- tables
-@dataclass(frozen=True)
-class Cell:
-    status: str  # "value" | "failed" | "missing"
-    mean: float | None = None
-    std: float | None = None  # over seed blocks, ddof = 1; None for a single block
-    blocks: int = 0  # seed blocks behind the value
-    nfe: tuple[int, ...] = ()  # shown only when it differs from S
-    failed_blocks: int = 0  # blocks that failed beside the ones averaged
-    bold: bool = False
-
-
 @dataclass(frozen=True)
 class Table:
     title: str
@@ -76,65 +60,6 @@ class Table:
 
     def cells_text(self, cells: Sequence[Cell], fl: _Flavor) -> list[str]:
         return [cell_text(c, self.col_fmts[i] if self.col_fmts else self.fmt, fl) for i, c in enumerate(cells)]
-
-
-def as_number(v) -> float | None:
-    return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
-
-
-def eta_str(eta: float) -> str:
-    s = f"{eta:g}"
-    return s if any(c in s for c in ".en") else s + ".0"
-
-
-def row_label(row: paper.RowKey) -> str:
-    sampler, eta = row
-    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
-
-
-def row_order(row: paper.RowKey) -> tuple:
-    sampler, eta = row
-    return (0, eta, "") if sampler == "ddim" else (1, 0.0, "") if sampler == "sigma_hat" else (2, 0.0, sampler)
-
-
-def spacing_order(s: str) -> tuple:
-    return (_SCHEDULE_ORDER.index(s), "") if s in _SCHEDULE_ORDER else (len(_SCHEDULE_ORDER), s)
-
-
-def _cell_key(r: CellRecord) -> CellKey:
-    return (r.cell.spacing, paper.row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
-
-
-def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
-    """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
-    (a retry supersedes the failure before it)."""
-    cells: dict[CellKey, dict[int, CellRecord]] = {}
-    for r in sorted(records, key=lambda r: r.number):
-        blocks = cells.setdefault(_cell_key(r), {})
-        b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
-        if prev is not None and prev.state == r.state == "COMPLETE":
-            warnings.append(f"trials #{prev.number} and #{r.number} repeat one cell and seed block; using #{r.number}")
-        if prev is None or r.state == "COMPLETE" or prev.state != "COMPLETE":
-            blocks[b] = r
-    return cells
-
-
-def table_cell(blocks: Mapping[int, CellRecord], metric: Metric, steps: int) -> Cell:
-    values, nfes, failed = [], set(), 0
-    for b in sorted(blocks):
-        r = blocks[b]
-        v = as_number(getattr(r.scores, metric.field))
-        if r.state == "COMPLETE" and v is not None and math.isfinite(v):
-            values.append(v * metric.scale)
-            if r.measured.nfe is not None:
-                nfes.add(r.measured.nfe)
-        elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
-            failed += 1  # a failed trial, an errored metric or a non-finite value
-    if not values:
-        return Cell("failed" if failed else "missing")
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
-    return Cell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
 
 
 def _mark_best(columns: list[list[Cell]], lower: bool, fmt: str) -> list[list[Cell]]:
@@ -200,13 +125,16 @@ class Block:
     paper_title: str = ""
     paper_note: str = ""  # appended to the caption's "Paper: ..." sentence
 
-    def rows(self) -> set[paper.RowKey]:
+    def rows(self) -> set[RowKey]:
         return {k[1] for k in self.cells if k[0] == self.spacing}
 
-    def columns(self, rows: Sequence[paper.RowKey], metric: Metric) -> tuple[list, list, set[int]]:
+    def columns(self, rows: Sequence[RowKey], metric: Metric) -> tuple[list, list, set[int]]:
         """(column groups, columns of cells, seed-block counts above one) of this block for ``metric``."""
         steps = sorted({k[2] for k in self.cells if k[0] == self.spacing})
-        ours = [[table_cell(self.cells.get((self.spacing, row, s), {}), metric, s) for row in rows] for s in steps]
+        ours = [
+            [table_cell(self.cells.get((self.spacing, row, s), {}), metric.field, s, metric.scale) for row in rows]
+            for s in steps
+        ]
         multi = {c.blocks for col in ours for c in col if c.blocks > 1}
         columns = _mark_best(ours, metric.lower_is_better, ".2f")
         heads = tuple(f"S = {s}" for s in steps)
@@ -218,7 +146,7 @@ class Block:
         return groups, columns, multi
 
 
-def row_table(title: str, label: str, caption: str, rows: Sequence[paper.RowKey], groups: list, columns: list,
+def row_table(title: str, label: str, caption: str, rows: Sequence[RowKey], groups: list, columns: list,
               every_head: bool = False) -> Table:  # fmt: skip
     """A Table of η / sampler rows (``rows``) and the column ``groups`` / ``columns`` built for them."""
     return Table(title=title, label=label, caption=caption, corner="η / sampler", groups=tuple(groups),

@@ -22,28 +22,33 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import front, paper, plots
-from bench.report.docs import html_doc, md_doc, record_order, results_csv
+from bench.report.docs import html_doc, kv_md, md_doc, record_order, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
     METRICS,
-    CellKey,
     Metric,
-    as_number,
     build_tables,
-    eta_str,
     inversion_table,
-    row_label,
-    row_order,
-    select_cells,
     slug,
-    spacing_order,
     standalone_tex,
-    table_cell,
     table_md,
     table_tex,
 )
 from bench.store.record import CellRecord
 from bench.store.untrusted import artifact_file
+from bench.tracking.cells import (
+    CellKey,
+    as_number,
+    eta_str,
+    lines,
+    row_key,
+    row_label,
+    row_order,
+    select_cells,
+    spacing_order,
+    table_cell,
+)
+from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
 
@@ -61,25 +66,21 @@ def _read_input(root: Path, rel: str, what: str) -> bytes:
 # ---------------------------------------------------------------------------------------- figures
 def _grid_name(r: CellRecord, suffix: str) -> str:
     c = r.cell
-    sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
+    sampler, eta = row_key(c.sampler, as_number(c.eta))
     e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
     return f"{slug(c.spacing)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
 
 def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
-    """Per (spacing, row): FID vs S and FID vs seconds per image, from the complete blocks."""
-    fid = METRICS["fid"]
-    groups: dict[tuple[str, paper.RowKey], list[int]] = {}
-    for spacing, row, s in cells:
-        groups.setdefault((spacing, row), []).append(s)
-    multi = len({k[0] for k in groups}) > 1
+    """Per chart line (``bench.tracking.cells.lines``): FID vs S and FID vs seconds per image, from the complete
+    blocks."""
     by_steps, by_time = [], []
-    for spacing, row in sorted(groups, key=lambda k: (spacing_order(k[0]), row_order(k[1]))):
-        label = row_label(row) + (f" ({spacing})" if multi else "")
+    for line in lines(cells):
+        spacing, row = line.spacing, line.row
         pts, tpts = [], []
-        for s in sorted(groups[(spacing, row)]):
+        for s in line.steps:
             blocks = cells[(spacing, row, s)]
-            c = table_cell(blocks, fid, s)
+            c = table_cell(blocks, "fid", s)
             if c.status != "value":
                 continue
             pts.append((s, c.mean, c.std or 0.0))
@@ -90,7 +91,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
             ]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
-        kw = {"label": label, "group": spacing, "colour_key": row_label(row)}
+        kw = {"label": line.label, "group": spacing, "colour_key": row_label(row)}
         if pts:
             by_steps.append(plots.Series(x=[p[0] for p in pts], y=[p[1] for p in pts], yerr=[p[2] for p in pts], **kw))
         if tpts:
@@ -182,9 +183,17 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
+def provenance_md(sweeps: Sequence[Sweep]) -> str:
+    """The sweeps' provenance as markdown tables, each under its sweep's name when there are several (the W&B
+    Report's provenance block)."""
+    if len(sweeps) == 1:
+        return kv_md(("field", "value"), provenance_rows(sweeps[0][2]))
+    return "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps)
+
+
 def _cell_name(r: CellRecord) -> str:
     c = r.cell
-    sampler, eta = paper.row_key(c.sampler, as_number(c.eta))
+    sampler, eta = row_key(c.sampler, as_number(c.eta))
     return f"{c.spacing} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
 
 

@@ -4,8 +4,9 @@
   the cell, NFE, n, seeds, every score with its std, KID ×10³, wall time, the protocol) plus the cell's 8x8
   sample grid as an image column (``GRID_COLUMN``);
 - ``series_table``: one row per (series, S), the series being a row of the paper's Table 1 (Song et al. 2020,
-  section 5: DDIM at one η, or another sampler), with the spacing in its name when the sweep has several: FID
-  as the mean and std (ddof = 1) over seed blocks, NFE and the mean sampling wall time;
+  section 5: DDIM at one η, or another sampler) named and filled as the report's table and figures have it
+  (``bench.tracking.cells``: the same trials, "η = 0.5" with the spacing in brackets when the sweep has
+  several): FID as the mean and std (ddof = 1) over seed blocks, NFE and the mean sampling wall time;
 - ``CHARTS``: the line charts W&B draws from ``series_table`` (``wandb.plot.line``, one line per series): FID
   against S and against wall time, interactive in W&B.
 
@@ -14,7 +15,6 @@ The keys here are the names the W&B Report (``bench.tracking.wandb_report``) poi
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.store.record import CellRecord, table
 from bench.store.untrusted import artifact_file
+from bench.tracking.cells import as_number, lines, select_cells, table_cell
 
 SAMPLES_KEY = "samples"  # each cell run's sample grid
 RESULTS_KEY = "results"  # the results table's key in the summary run
@@ -62,38 +63,23 @@ def results_table(records: Sequence[CellRecord], root: str | Path) -> tuple[list
     return [*names, GRID_COLUMN], [[*row, grid] for row, grid in zip(rows, grids, strict=True)]
 
 
-def _latest_complete(records: Sequence[CellRecord]) -> list[CellRecord]:
-    """One record per cell and seed block: the latest COMPLETE one with a finite FID."""
-    latest: dict[str, CellRecord] = {}
-    for r in sorted(records, key=lambda r: r.number):
-        fid = r.scores.fid
-        if r.state == "COMPLETE" and isinstance(fid, (int, float)) and math.isfinite(fid):
-            latest[r.cell.key] = r
-    return list(latest.values())
-
-
-def _series_order(r: CellRecord) -> tuple:
-    c = r.cell
-    return (c.spacing, c.sampler != "ddim", c.sampler, c.eta or 0.0, c.steps)
-
-
 def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[Any]]]:
-    """(``SERIES_COLUMNS``, one row per series and S) from the complete cells with a FID: ``fid`` is the mean
-    over seed blocks, ``fid_std`` their std (ddof = 1; None for one block), ``wall_s`` the mean sampling time of
-    a block. A series is the cell's row (``η=0.5``, ``sigma_hat``), plus its spacing when there are several."""
-    done = sorted(_latest_complete(records), key=_series_order)
-    several = len({r.cell.spacing for r in done}) > 1
-    groups: dict[tuple, list[CellRecord]] = {}
-    for r in done:
-        c = r.cell
-        groups.setdefault((c.spacing, c.sampler, c.eta, c.steps), []).append(r)
+    """(``SERIES_COLUMNS``, one row per chart line and S where the report's FID cell has a value): ``fid`` is
+    that cell's mean over seed blocks, ``fid_std`` their std (ddof = 1; None for one block), ``blocks`` how many,
+    ``nfe`` the NFE (S unless the table notes another), ``wall_s`` the mean sampling time of the cell's complete
+    blocks (None without one). A cell the report shows as failed or missing has no row."""
+    cells = select_cells(records, [])
     rows = []
-    for (spacing, sampler, eta, steps), blocks in groups.items():
-        fids = [float(r.scores.fid) for r in blocks]
-        walls = [float(w) for r in blocks if isinstance(w := r.measured.wall_s, (int, float))]
-        nfes = {r.measured.nfe for r in blocks} - {None}
-        series = blocks[0].cell.row + (f" {spacing}" if several else "")
-        rows.append([series, spacing, sampler, eta, steps, min(nfes) if nfes else None, len(fids),
-                     statistics.fmean(fids), statistics.stdev(fids) if len(fids) > 1 else None,
-                     statistics.fmean(walls) if walls else None])  # fmt: skip
+    for line in lines(cells):
+        sampler, eta = line.row
+        for s in line.steps:
+            blocks = cells[(line.spacing, line.row, s)]
+            c = table_cell(blocks, "fid", s)
+            if c.status != "value":
+                continue
+            walls = [
+                w for r in blocks.values() if r.state == "COMPLETE" and (w := as_number(r.measured.wall_s)) is not None
+            ]
+            rows.append([line.label, line.spacing, sampler, eta, s, min(c.nfe) if c.nfe else s, c.blocks, c.mean,
+                         c.std, statistics.fmean(walls) if walls else None])  # fmt: skip
     return list(SERIES_COLUMNS), rows

@@ -1,7 +1,8 @@
 """The sweep's W&B runs: one per cell and one summary per sweep, in the sweep's group.
 
-Every run goes through ``tracked``: a failure there is one warning and never stops the sweep. Each run's id
-is derived from the project, the sweep and the cell (``conventions.run_id``), so a rerun updates its run.
+Every run goes through ``bench.tracking.wandb_run.tracked``: a failure there is one warning and never stops the
+sweep. Each run's id is derived from the project, the sweep and the cell (``conventions.run_id``), so a rerun
+updates its run.
 A cell run uses the ``model`` artifact it sampled and the ``reference-<dataset>-<extractor>`` statistics it
 scored against (W&B records that version the first time a cell uses it; later cells match its digest), and
 logs its sample grid as ``samples-<sweep>-<cell>``, which the report uses.
@@ -15,35 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import NOT_MEASURED, CellRecord, Measurement
-from bench.store.untrusted import artifact_file
 from bench.tracking import results
 from bench.tracking.conventions import (
     WandbOptions,
     model_artifact,
     reference_artifact,
-    run_id,
     samples_artifact,
     upload,
     wandb_options,
 )
-from bench.tracking.wandb_run import make_tracker
-from ddim.errors import one_line
-
-
-def tracked(mode: str | WandbOptions | None, warn: Any, what: str, body: Any, key: tuple[str, ...] = (),
-            **run: Any) -> None:  # fmt: skip
-    """Run ``body(tracker)`` in a W&B run (``key``: the parts of its deterministic id, e.g. ("report", name));
-    any failure is one warning, never an exception."""
-    opts = wandb_options(mode)
-    if opts.mode == "disabled":
-        return
-    if key:
-        run["run_id"] = run_id(opts.project, opts.entity, *key)
-    try:
-        with make_tracker(opts, **run) as tracker:
-            body(tracker)
-    except Exception as exc:
-        warn(f"W&B: logging {what} failed ({one_line(exc)}); the work goes on without it")
+from bench.tracking.wandb_run import tracked
 
 
 def track_cell(mode: str | WandbOptions | None, spec: Any, cell: Any, measurement: Measurement | None, display: Any,
@@ -78,15 +60,6 @@ def reference_files(spec: Any, m: Measurement) -> list[Path]:
     if not m.protocol.ref_key:
         return []
     return sorted((Path(spec.cache_dir) / "reference").glob(f"{glob.escape(m.protocol.ref_key)}-*.pt"))
-
-
-def use_grids(tracker: Any, sweep: str, root: Path, records: list[CellRecord]) -> None:
-    """A report run uses each cell's ``samples`` artifact (its grid, matched by digest): cells -> report. A grid
-    the store names outside ``root`` (absolute, ``..``) is never read."""
-    for r in records:
-        grid = artifact_file(root, r.measurement.grid) if r.measurement is not None and r.measurement.grid else None
-        if grid is not None:
-            tracker.use_artifact(samples_artifact(sweep, r.cell.slug), "samples", [grid])
 
 
 def track_summary(mode: str | WandbOptions | None, spec: Any, records: list[CellRecord], display: Any) -> None:

@@ -8,7 +8,8 @@ time, one line per η (the summary run's charts, ``bench.tracking.results.CHARTS
 grid (the summary run's results table), the cells' sample grids in a media browser, and the provenance
 (checkpoint, command, library versions). ``save_definition`` writes it into the report folder as
 ``wandb_report.json`` whenever W&B is on (online or offline; not when disabled), with or without the
-extra; ``publish`` (online) turns it into
+extra, and a report that saves none removes the one an earlier report saved (``drop_definition``);
+``publish`` (online) turns it into
 ``wandb_workspaces.reports.v2`` objects (``build_report``, which touches no network when the entity is given)
 and saves it, updating the Report it published before (its id is kept in ``wandb_report.json``, else the
 project's Report of the same title) instead of adding one.
@@ -192,16 +193,29 @@ def report_target(project: str | None = None, entity: str | None = None) -> tupl
 
 
 def record_report(mode: str, folder: Path, sweeps: Sequence[str], provenance_md: str, warn: Callable[[str], None],
-                  project: str | None = None, entity: str | None = None, grid: bool = True) -> None:  # fmt: skip
+                  project: str | None = None, entity: str | None = None, grid: bool = True) -> bool:  # fmt: skip
     """In a report's W&B run (``mode``: the run's mode after fallbacks): save the Report's definition into the
-    report folder (from its table.md), then publish it when the run is online. ``project`` / ``entity``: the
-    ``--wandb-project`` / ``--wandb-entity`` of the command, if any (``report_target``); ``grid``: as
-    ``report_definition``'s."""
+    report folder (from its table.md), then publish it when the run is online; returns whether the definition
+    was saved. ``project`` / ``entity``: the ``--wandb-project`` / ``--wandb-entity`` of the command, if any
+    (``report_target``); ``grid``: as ``report_definition``'s."""
     if mode not in ("online", "offline"):
-        return
+        return False
     project, entity = report_target(project, entity)
     table_md = (folder / "table.md").read_text(encoding="utf-8")
     definition = report_definition(sweeps, project=project, entity=entity, table_md=table_md,
                                    provenance_md=provenance_md, grid=grid)  # fmt: skip
-    if save_definition(folder, definition, warn) is not None and mode == "online":
+    if save_definition(folder, definition, warn) is None:
+        return False
+    if mode == "online":
         publish(folder, warn)
+    return True
+
+
+def drop_definition(folder: Path) -> None:
+    """Remove ``folder/wandb_report.json`` when it is ours: a report written without saving its own definition
+    (W&B off, or failing) must not present an earlier report's as current. The Report's id recorded there goes
+    with it; the next publication finds the Report again by its title. A file of that name that is not ours
+    stays."""
+    path = folder / DEFINITION_FILE
+    if _previous(path):
+        path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Experiment tracking with W&B: ``make_tracker`` and the W&B tracker (the interface and the no-op
-trackers are in ``bench.tracking.tracker``), and a run-log reader.
+trackers are in ``bench.tracking.tracker``), ``tracked`` (a run whose failures are one warning), and a run-log
+reader.
 
 wandb is imported inside functions only (here, in ``reach`` and ``wandb_report``): importing
 this costs nothing. Modes fall back online -> offline -> disabled with one warning line, and every call on a
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from bench.console import warn as _warn_stderr
 from bench.tracking import artifacts, reach
 from bench.tracking import offline_log as tracking_log
-from bench.tracking.conventions import WandbOptions, plain, wandb_options
+from bench.tracking.conventions import WandbOptions, plain, run_id, wandb_options
 from bench.tracking.reach import MODES
-from bench.tracking.tracker import LazyTracker, NullTracker, Tracker
+from bench.tracking.tracker import NullTracker, Tracker
 from ddim.errors import DDIMError, one_line
 
 if TYPE_CHECKING:
@@ -173,7 +174,6 @@ def make_tracker(
     metrics: dict[str, str] | None = None,
     warn: Callable[[str], None] = _warn_stderr,
     note: Callable[[str], None] | None = None,
-    lazy: bool = False,
 ) -> Tracker:
     """Start a run in ``mode`` (``WandbOptions`` or a mode; None: ``WANDB_MODE``, else ``reach.default_mode()``),
     falling back online -> offline -> disabled.
@@ -187,7 +187,6 @@ def make_tracker(
     stderr) with the ``wandb sync`` command. Project, entity and tags come from the options
     (``bench.tracking.conventions``) unless ``project``/``tags`` are given. ``run_id``: continue (or create)
     that run (``resume="allow"``). ``metrics``: ``{key: "min" | "max"}`` summaries (``define_metric``).
-    ``lazy``: start the run only when something is first logged (``LazyTracker``).
     """
     opts = wandb_options(mode)
     reach.check_mode_env(warn)  # before anything imports wandb
@@ -197,10 +196,6 @@ def make_tracker(
         raise DDIMError(f"unknown tracking mode {mode!r}; choose one of {', '.join(MODES)}")
     if requested == "disabled":
         return NullTracker()
-    if lazy:
-        args = dict(project=project, name=name, group=group, job_type=job_type, config=config, dir=dir, tags=tags,
-                    run_id=run_id, metrics=metrics, note=note)  # fmt: skip
-        return LazyTracker(lambda: make_tracker(opts, warn=warn, **args))
 
     reasons: list[str] = []
     try:
@@ -250,6 +245,23 @@ def make_tracker(
         return tracker
     _warn_fallback(warn, reasons, "tracking disabled")
     return NullTracker()
+
+
+def tracked(mode: str | WandbOptions | None, warn: Callable[[str], None], what: str, body: Callable[[Tracker], None],
+            key: tuple[str, ...] = (), **run: Any) -> None:  # fmt: skip
+    """Run ``body(tracker)`` in a W&B run started with ``run`` (``make_tracker``'s arguments); ``key``: the parts
+    of its deterministic id (``conventions.run_id``), e.g. ("report", name). Any failure is one warning through
+    ``warn``, never an exception: the work goes on without W&B."""
+    opts = wandb_options(mode)
+    if opts.mode == "disabled":
+        return
+    if key:
+        run["run_id"] = run_id(opts.project, opts.entity, *key)
+    try:
+        with make_tracker(opts, **run) as tracker:
+            body(tracker)
+    except Exception as exc:
+        warn(f"W&B: logging {what} failed ({one_line(exc)}); the work goes on without it")
 
 
 _fallback_warnings: set[str] = set()  # fallback reasons already reported in this process

@@ -1,0 +1,131 @@
+"""A sweep's cells as the paper's Table 1 reads them (Song et al. 2020, section 5, Table 1): which trial stands
+for each cell and seed block, a cell's value over its seed blocks, the row (η or sampler) it sits in and that
+row's label, and the FID-vs-S lines drawn from the rows.
+
+Every view of a sweep's numbers reads them through here: the report's tables and figures (``bench.report``)
+and the sweep summary run's FID series and charts in W&B (``bench.tracking.results``), so the W&B chart and
+the report's table.md show the same cells under the same names. It sits in ``tracking``, the lowest stage both
+reach: the sweep logs its summary run without going through the report. Pure python: no torch, no optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.store.record import CellRecord
+
+RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
+CellKey = tuple[str, RowKey, int]  # (spacing, row, S)
+
+_SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
+
+
+def as_number(v) -> float | None:
+    """``v`` as a float when it is a real number (not a bool), else None."""
+    return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
+
+
+def eta_str(eta: float) -> str:
+    s = f"{eta:g}"
+    return s if any(c in s for c in ".en") else s + ".0"
+
+
+def row_key(sampler: str, eta: float | None) -> RowKey:
+    """The table row a (sampler, η) pair belongs to; η only distinguishes rows for "ddim"."""
+    if sampler == "ddim":
+        return ("ddim", round(float(eta if eta is not None else 0.0), 6))
+    return (sampler, None)
+
+
+def row_label(row: RowKey) -> str:
+    """A row's name in every table, figure and chart: "η = 0.5", "σ̂", else the sampler."""
+    sampler, eta = row
+    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
+
+
+def row_order(row: RowKey) -> tuple:
+    """Table 1's row order: η ascending, then σ̂, then other samplers by name."""
+    sampler, eta = row
+    return (0, eta, "") if sampler == "ddim" else (1, 0.0, "") if sampler == "sigma_hat" else (2, 0.0, sampler)
+
+
+def spacing_order(s: str) -> tuple:
+    return (_SPACING_ORDER.index(s), "") if s in _SPACING_ORDER else (len(_SPACING_ORDER), s)
+
+
+def _cell_key(r: CellRecord) -> CellKey:
+    return (r.cell.spacing, row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
+
+
+def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
+    """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
+    (a retry supersedes the failure before it). A COMPLETE trial whose metric came out NaN still stands for its
+    block (shown as failed), never an earlier trial of it."""
+    cells: dict[CellKey, dict[int, CellRecord]] = {}
+    for r in sorted(records, key=lambda r: r.number):
+        blocks = cells.setdefault(_cell_key(r), {})
+        b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
+        if prev is not None and prev.state == r.state == "COMPLETE":
+            warnings.append(f"trials #{prev.number} and #{r.number} repeat one cell and seed block; using #{r.number}")
+        if prev is None or r.state == "COMPLETE" or prev.state != "COMPLETE":
+            blocks[b] = r
+    return cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    status: str  # "value" | "failed" | "missing"
+    mean: float | None = None
+    std: float | None = None  # over seed blocks, ddof = 1; None for a single block
+    blocks: int = 0  # seed blocks behind the value
+    nfe: tuple[int, ...] = ()  # shown only when it differs from S
+    failed_blocks: int = 0  # blocks that failed beside the ones averaged
+    bold: bool = False  # the best of its table column
+
+
+def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> Cell:
+    """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` (a ``Scores`` field)
+    over the blocks that are COMPLETE with a finite value, with its std; "failed" when none is and some block
+    failed, errored or came out non-finite, else "missing"."""
+    values, nfes, failed = [], set(), 0
+    for b in sorted(blocks):
+        r = blocks[b]
+        v = as_number(getattr(r.scores, field))
+        if r.state == "COMPLETE" and v is not None and math.isfinite(v):
+            values.append(v * scale)
+            if r.measured.nfe is not None:
+                nfes.add(r.measured.nfe)
+        elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
+            failed += 1  # a failed trial, an errored metric or a non-finite value
+    if not values:
+        return Cell("failed" if failed else "missing")
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
+    return Cell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of an FID-vs-S chart: a table row on one spacing, with its S ascending."""
+
+    spacing: str
+    row: RowKey
+    label: str  # the row's label, plus the spacing when the sweep has several
+    steps: tuple[int, ...]
+
+
+def lines(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> list[Line]:
+    """The chart lines of ``select_cells``' cells, one per (spacing, row), in the tables' order."""
+    groups: dict[tuple[str, RowKey], list[int]] = {}
+    for spacing, row, s in cells:
+        groups.setdefault((spacing, row), []).append(s)
+    several = len({spacing for spacing, _ in groups}) > 1
+    return [
+        Line(spacing, row, row_label(row) + (f" ({spacing})" if several else ""), tuple(sorted(groups[spacing, row])))
+        for spacing, row in sorted(groups, key=lambda k: (spacing_order(k[0]), row_order(k[1])))
+    ]
