@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.report.tables import md_escape, table_html, table_md
 from bench.store.record import CellRecord, table
-from bench.tracking.cells import as_number
+from bench.store.table_cells import as_number
 
 
 def _csv_value(v) -> str:

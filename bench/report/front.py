@@ -16,7 +16,7 @@ from typing import Any
 from bench.report import plots
 from bench.report.tables import Metric, Table
 from bench.store.record import CellRecord
-from bench.tracking.cells import Cell, as_number, eta_str, row_key, row_label
+from bench.store.table_cells import Cell, as_number, eta_str, row_key, row_label
 
 OBJECTIVES = {"nfe": ("NFE", ".0f"), "time": ("seconds per image", ".4g")}
 

@@ -4,7 +4,7 @@ Rows are η values of DDIM ascending, then σ̂, then other samplers by name; co
 one table per metric and timestep spacing (``combined_tables``: one per metric, a column block per
 sweep and spacing, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
 over seed blocks (± std, ddof = 1, when there are several), its trials picked and its rows named by
-``bench.tracking.cells`` (which the W&B charts read too); the best mean per column is bold
+``bench.store.table_cells`` (which the W&B charts read too); the best mean per column is bold
 (compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
 python: no torch, no optuna.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.report import paper
 from bench.store.record import CellRecord, Scores
-from bench.tracking.cells import Cell, CellKey, RowKey, row_label, row_order, spacing_order, table_cell
+from bench.store.table_cells import Cell, CellKey, RowKey, row_label, row_order, spacing_order, table_cell
 from ddim.errors import DDIMError
 
 

@@ -35,8 +35,7 @@ from bench.report.tables import (
     table_tex,
 )
 from bench.store.record import CellRecord
-from bench.store.untrusted import artifact_file
-from bench.tracking.cells import (
+from bench.store.table_cells import (
     CellKey,
     as_number,
     eta_str,
@@ -48,6 +47,7 @@ from bench.tracking.cells import (
     spacing_order,
     table_cell,
 )
+from bench.store.untrusted import artifact_file
 from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
@@ -72,7 +72,7 @@ def _grid_name(r: CellRecord, suffix: str) -> str:
 
 
 def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
-    """Per chart line (``bench.tracking.cells.lines``): FID vs S and FID vs seconds per image, from the complete
+    """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, from the complete
     blocks."""
     by_steps, by_time = [], []
     for line in lines(cells):

@@ -5,7 +5,7 @@
   sample grid as an image column (``GRID_COLUMN``);
 - ``series_table``: one row per (series, S), the series being a row of the paper's Table 1 (Song et al. 2020,
   section 5: DDIM at one η, or another sampler) named and filled as the report's table and figures have it
-  (``bench.tracking.cells``: the same trials, "η = 0.5" with the spacing in brackets when the sweep has
+  (``bench.store.table_cells``: the same trials, "η = 0.5" with the spacing in brackets when the sweep has
   several): FID as the mean and std (ddof = 1) over seed blocks, NFE and the mean sampling wall time;
 - ``CHARTS``: the line charts W&B draws from ``series_table`` (``wandb.plot.line``, one line per series): FID
   against S and against wall time, interactive in W&B.
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import CellRecord, table
+from bench.store.table_cells import as_number, lines, select_cells, table_cell
 from bench.store.untrusted import artifact_file
-from bench.tracking.cells import as_number, lines, select_cells, table_cell
 
 SAMPLES_KEY = "samples"  # each cell run's sample grid
 RESULTS_KEY = "results"  # the results table's key in the summary run

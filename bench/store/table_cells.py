@@ -4,8 +4,8 @@ row's label, and the FID-vs-S lines drawn from the rows.
 
 Every view of a sweep's numbers reads them through here: the report's tables and figures (``bench.report``)
 and the sweep summary run's FID series and charts in W&B (``bench.tracking.results``), so the W&B chart and
-the report's table.md show the same cells under the same names. It sits in ``tracking``, the lowest stage both
-reach: the sweep logs its summary run without going through the report. Pure python: no torch, no optuna.
+the report's table.md show the same cells under the same names. It sits beside the record it reads, below both
+(the sweep logs its summary run without going through the report). Pure python: no torch, no optuna.
 """
 
 from __future__ import annotations
