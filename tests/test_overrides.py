@@ -20,6 +20,7 @@ def test_lists_ranges_scalars_and_types():
     assert parse_overrides(["steps=5..100"])["steps"] == Range(5, 100)
     assert parse_overrides(["data-root=/x"]) == {"data_root": "/x"}  # dashes are accepted for underscores
     assert parse_overrides([]) == {}
+    assert parse_overrides(["bf16=true"]) == {"bf16": True}
     assert parse_overrides(["batch=auto"]) == {"batch": "auto"} == parse_overrides(["batch=AUTO"])  # sized at run time
 
 

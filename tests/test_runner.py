@@ -286,6 +286,22 @@ def test_unreachable_storage_and_unknown_sweep_are_one_line_errors(ckpt, cache, 
         make_report("nope", storage=url(work))
 
 
+def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work):
+    common = ("steps=2", "n=20", "interpolation=false")
+    run_sweep(spec_of(ckpt, cache, *common, "bf16=true", name="b"), storage=url(work), wandb="disabled",
+              progress=False, heartbeat=1)  # fmt: skip
+    run_sweep(spec_of(ckpt, cache, *common, name="f"), storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    (b,), meta_b, _ = load_results("b", url(work))
+    (f,), meta_f, _ = load_results("f", url(work))
+    assert b.measured.protocol.precision == meta_b["precision"] == "bf16"
+    assert f.measured.protocol.precision is None and "precision" not in meta_f  # float32: as stores always were
+    assert b.scores.fid is not None and b.scores.fid != f.scores.fid  # other numbers, same seeds
+    for name, other in (("b", ()), ("f", ("bf16=true",))):  # either way round: refused, nothing added
+        with pytest.raises(DDIMError, match="was run with precision="):
+            run_sweep(spec_of(ckpt, cache, *common, *other, name=name), storage=url(work), wandb="disabled")
+        assert len(load_results(name, url(work))[0]) == 1
+
+
 def test_same_name_other_protocol_is_refused(ckpt, cache, work):
     run_sweep(spec_of(ckpt, cache, "steps=2", "n=20", "interpolation=false", name="x"), storage=url(work),
               wandb="disabled", progress=False, heartbeat=1)  # fmt: skip

@@ -122,3 +122,19 @@ def test_sampling_batch_fits_free_memory_as_a_power_of_two():
     cpu = torch.device("cpu")  # the CPU's batch is fixed: throughput is flat past small batches there
     assert sampling_batch(model, (1, 8, 8), cpu) == SAMPLING_CPU_BATCH
     assert sampling_batch(model, (1, 8, 8), cpu, cap=100) == 100
+
+
+def test_bf16_network_autocasts_and_returns_float32(ckpt):
+    from ddim.checkpoint import load_checkpoint
+    from ddim.runtime import Bf16Network
+
+    model = load_checkpoint(ckpt).build_model("cpu")  # a trained network: a random one amplifies any rounding
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 1000, (16,), generator=g)
+    with torch.no_grad():
+        full, half = model(x, t), Bf16Network(model, torch.device("cpu"))(x, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            by_hand = model(x, t)
+    assert half.dtype == torch.float32 and torch.equal(half, by_hand.float())
+    assert not torch.equal(half, full)  # bf16 matmuls and convolutions ran: not float32 rounding order
+    assert (half - full).norm() < 0.02 * full.norm()  # yet the same network's prediction

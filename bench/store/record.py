@@ -61,6 +61,9 @@ class Scores:
         return out
 
 
+BF16 = "bf16"  # Protocol.precision of a cell whose network ran under bfloat16 autocast
+
+
 @dataclass(frozen=True)
 class Protocol:
     """What a cell was measured with; cells whose protocol differs from the sweep's are flagged in the report."""
@@ -71,6 +74,7 @@ class Protocol:
     ref_key: str | None = None
     ref_sha256: str | None = None
     device: str | None = None
+    precision: str | None = None  # "bf16": the network ran under bfloat16 autocast; None: float32 (the paper's)
 
 
 @dataclass(frozen=True)

@@ -117,10 +117,10 @@ def create_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["fid", "cost"] if protocol["mode"] == "pareto" else ["fid"])
     else:
-        for key, value in protocol.items():
-            if old.get(key) != value:
+        for key in {**old, **protocol}:  # both ways: a key only one side has (precision=bf16) differs too
+            if old.get(key) != protocol.get(key):
                 raise DDIMError(
-                    f"sweep {name!r} was run with {key}={old.get(key)!r}, not {value!r}; "
+                    f"sweep {name!r} was run with {key}={old.get(key)!r}, not {protocol.get(key)!r}; "
                     "rerun with the same settings or choose another name="
                 )
         # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
@@ -264,7 +264,9 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord
     for f in dataclasses.fields(Protocol):
         if meta.get(f.name) is None:
             known = (getattr(r.measured.protocol, f.name) for r in records if r.state == "COMPLETE")
-            meta[f.name] = next((v for v in known if v), None)
+            value = next((v for v in known if v), None)
+            if value is not None or f.name in meta:  # no "precision: —" row for a float32 sweep
+                meta[f.name] = value
     # The seeds behind the reported cells (the first run's meta names only that run's seed blocks).
     seeds = _seeds_text(r.measured.seeds for r in records)
     if seeds:

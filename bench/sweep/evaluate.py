@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.store.cell import Cell
-from bench.store.record import Measurement, Protocol, Scores
+from bench.store.record import BF16, Measurement, Protocol, Scores
 from bench.store.untrusted import artifact_file
 from bench.sweep.provenance import library_versions
 from bench.sweep.spec import SweepSpec
@@ -40,13 +40,15 @@ class Evaluator:
     def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
         from ddim.checkpoint import load_checkpoint
         from ddim.memory import sampling_batch
-        from ddim.runtime import compiled, resolve_device, use_compile, warm_up
+        from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile, warm_up
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
         ck = load_checkpoint(spec.checkpoint, map_location="cpu")
         eager = ck.build_model(self.device)
         self.model = compiled(eager, self.device, spec.compile)
+        if spec.bf16:  # every network call of the sweep (cells, interpolation, inversion) alike
+            self.model = Bf16Network(self.model, self.device)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
         # batch=auto: sized to this worker's device (the eager model probes: no compiling for the probe's shape)
@@ -97,6 +99,7 @@ class Evaluator:
             extractor_sha256=m["extractor_sha256"],
             ref_key=m["ref_key"],
             ref_sha256=m["ref_sha256"],
+            precision=BF16 if spec.bf16 else None,
         )
         return Measurement(nfe=sampling.nfe(cell.steps, self.T, cell.sampler), n=spec.n, seeds=f"{first}-{last}",
                            scores=Scores.split(m)[0], wall_s=wall, images_per_s=spec.n / max(wall, 1e-9), grid=grid,

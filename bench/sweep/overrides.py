@@ -115,6 +115,12 @@ KEYS: dict[str, Key] = {
     "objective": Key("choice", "search mode: cost axis beside FID", choices=lambda: ("nfe", "time")),
     "device": Key("str", "auto, cpu, cuda or cuda:N", example="device=cuda"),
     "compile": Key("bool", "torch.compile the network (default: per device, eager on the CPU)", example="compile=true"),
+    "bf16": Key(
+        "bool",
+        "the network in bfloat16 autocast: faster on GPUs and AMX CPUs, FID shifts slightly; "
+        "recorded, and a sweep never mixes it with float32 (the paper: false)",
+        example="bf16=true",
+    ),  # fmt: skip
     "interpolation": Key("bool", "write the slerp interpolation strip at the end", example="interpolation=true"),
     "inversion": Key("bool", "measure η = 0 inversion error per S (Table 2)", example="inversion=true"),
     "inversion_n": Key("int", "real images used for the inversion table", minimum=1, example="inversion_n=64"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.store.record import BF16
 from bench.store.untrusted import safe_url
 
 
@@ -48,6 +49,8 @@ def protocol_for(spec: Any, checkpoint_sha256: str) -> dict[str, Any]:
     out = {"mode": spec.search or "grid", "checkpoint_sha256": checkpoint_sha256, "n": spec.n,
            "seed_base": spec.seed_base, "dataset": spec.dataset, "extractor": spec.extractor,
            "metrics": sorted(spec.metrics), "T": spec.T}  # fmt: skip
+    if spec.bf16:  # only when set: stores written before the key existed are float32 sweeps
+        out["precision"] = BF16
     if spec.search:
         d = spec.to_dict()
         out["space"] = {k: d[k] for k in ("steps", "eta", "spacing", "sampler", "seeds", "objective")}
@@ -65,6 +68,6 @@ def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> di
         "checkpoint_sha256": checkpoint_sha256, "extractor": spec.extractor, "extractor_sha256": None,
         "ref_key": None, "ref_sha256": None, "n": spec.n, "seeds": seeds_text(spec),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": list(spec.metrics),
-        "mode": spec.search or "grid", "artifacts": spec.artifacts,
+        "mode": spec.search or "grid", "artifacts": spec.artifacts, **({"precision": BF16} if spec.bf16 else {}),
         **({"objective": spec.objective} if spec.search else {}),
     }  # fmt: skip
