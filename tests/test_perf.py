@@ -318,6 +318,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     sweep_job = next(j for j in perf.plan(replace(cfg, only=("sweep",)), "cpu") if j["kind"] == "sweep")
     assert ev["batch"] == sweep_job["batch"]  # one evaluation as the sweep makes it
     assert ev["conv_calls"] == len(convs) and ev["speedup"] > 0
+    bf16 = ev["times"]["ours_bf16"][ev["basis"]]  # ours under bf16 autocast, beside (not in) the floor ratio
+    assert ev["bf16_speedup"] == pytest.approx(ev["times"]["ours"][ev["basis"]] / bf16) and "ours_bf16" not in ev.get(
+        "floor_ratio_by_format", {})  # fmt: skip
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
     want = {"train_floor_ratio_tiny", "train_speedup_tiny", "eval_floor_ratio_tiny", "eval_speedup_tiny",
@@ -331,6 +334,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     readme = (tmp_path / "README.md").read_text()
     assert "## 1. Training throughput" in readme and "| tiny |" in readme and "## Targets" in readme
     assert "ceiling" in readme and "floor channels_last (s)" in readme and "One network evaluation" in readme
+    assert "ours bf16 autocast speed-up" in readme
     assert res["targets"] == saved["targets"]
 
 

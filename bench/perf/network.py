@@ -3,7 +3,7 @@
 - ``eval``: one ε_θ(x_t, t) evaluation at the benchmark sweep's batch size (128 on the CPU; what each
   sampling step costs), of ours and of diffusers' twin, interleaved with the evaluation's convolutions
   replayed alone in both memory formats (``bench.perf.floor``): ours over the faster floor is the
-  sampling target's ratio.
+  sampling target's ratio; ours also under bf16 autocast (the sweep's ``bf16=true``), not part of the floor.
 - ``compile``: ours eager against ``torch.compile(ours)`` (inductor), for a training step and for one
   evaluation. The first call of the compiled model compiles; it is timed on its own and left out of
   the per-call medians, so *compile s* = first call − a steady call, and the speed-up is amortised.
@@ -40,12 +40,17 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     m, d = prepare(build("ours", config).eval(), other), batch_data(config, batch, other)
     fns[key] = lambda: evaluate(m, other, d)
+    if not settings.bf16:  # ours under bf16 autocast too (`sweep bf16=true`): its speed-up on this hardware
+        half = replace(settings, bf16=True)
+        fns["ours_bf16"] = lambda: evaluate(models["ours"], half, data)
     times = interleave({**fns, **replays}, reps=int(job["reps"]), warmup=1, device=settings.device)
     basis = time_basis(settings)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "times": times, "basis": basis}
     out["images_per_s"] = {k: batch / times[k][basis] for k in fns}  # ours, diffusers, ours in the other format
     if "diffusers" in fns:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
+    if "ours_bf16" in fns:
+        out["bf16_speedup"] = ratio(times["ours"][basis], times["ours_bf16"][basis])
     return {**out, **floor.summary(times, basis, replays, settings)}
 
 
