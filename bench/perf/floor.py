@@ -106,7 +106,7 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
         "conv_share_ours": floor / times["ours"][basis],
     }
     ours = {("nhwc" if settings.channels_last else "nchw"): times["ours"][basis]}  # the run's own format
-    ours.update({k.removeprefix("ours_"): v[basis] for k, v in times.items() if k.startswith("ours_")})
+    ours.update({f: times[f"ours_{f}"][basis] for f in FORMATS if f"ours_{f}" in times})  # and the other one
     out["floor_ratio_by_format"] = {f: t / floor for f, t in ours.items()}
     if "diffusers" in times:
         out["ceiling"] = times["diffusers"][basis] / floor  # diffusers over the floor: the largest exact speed-up
