@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 from dataclasses import replace
 
 import pytest
@@ -388,3 +389,17 @@ def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert [j["kind"] for j in printed["jobs"]] == ["train"] * 6  # timing + 2 memory jobs per preset
     assert perf.main(["--only", "nope"]) == 2
     assert "choose from train,sample,compile,sweep" in capsys.readouterr().err
+
+
+def test_compile_is_timed_from_an_empty_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.perf.network import cold_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/warm")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    with cold_compile_cache():
+        inductor, triton = os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"]
+        assert "ddimbench-inductor-" in inductor and inductor != triton
+        assert not os.path.exists(inductor)  # nothing cached yet: inductor creates it on its first compile
+        folder = os.path.dirname(inductor)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/warm" and "TRITON_CACHE_DIR" not in os.environ
+    assert not os.path.exists(folder)

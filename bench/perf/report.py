@@ -122,9 +122,10 @@ def _compile(results: list[dict[str, Any]]) -> list[str]:
     if table:
         out += _table(head, table)
         out += ["Per-call times are medians after the first call, which compiles and is reported apart "
-                "(*compile* = first call − a steady call); compiling pays off after *compile* / (eager − compiled) "
-                "calls of that shape (wall time). The default per device is `ddim.runtime.COMPILE_DEFAULT`: "
-                "flip it where compiled wins here for the runs that device serves.", ""]  # fmt: skip
+                "(*compile* = first call − a steady call, from an empty inductor cache); compiling pays off after "
+                "*compile* / (eager − compiled) calls of that shape (wall time). The default per device is "
+                "`ddim.runtime.COMPILE_DEFAULT`: flip it where compiled wins here for the runs that device serves.",
+                ""]  # fmt: skip
     return out
 
 
