@@ -27,7 +27,7 @@ import torch
 from bench.perf import floor
 from bench.perf.models import RunSettings, autocast, build, n_params, prepare
 from bench.perf.timing import PeakMemory, interleave, ratio, sync
-from bench.perf.workload import batch_data, run_sampler, sampling_batch, setup, time_basis, train_step, unet_config
+from bench.perf.workload import batch_data, run_sampler, sampling_models, setup, time_basis, train_step, unet_config
 from ddim import schedules
 from ddim.errors import DDIMError
 from ddim.unet import UNetConfig
@@ -149,13 +149,8 @@ def _sample_row(models: dict[str, torch.nn.Module], first: str, config: UNetConf
 def sample_job(job: dict[str, Any]) -> dict[str, Any]:
     """Sampling images/s at each (S, η) for ours and diffusers' twin, and the sampler's overhead."""
     settings = setup(job)
-    config = unet_config(job["preset"])
-    names = list(job.get("models", ["ours", "diffusers"]))
-    models = {}
-    for name in names:
-        torch.manual_seed(0)
-        models[name] = prepare(build(name, config).eval(), settings)
-    batch = sampling_batch(job, config, settings, models[names[0]])
+    config, models, batch = sampling_models(job, settings)
+    names = list(models)
     if job.get("memory"):
         (name,) = names
         ts = schedules.timesteps(int(job["steps"][0]), 1000)

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.perf.models import build, prepare
 from bench.perf.timing import interleave
-from bench.perf.workload import run_sampler, sampling_batch, setup, unet_config
+from bench.perf.workload import run_sampler, sampling_models, setup
 from ddim import schedules
 
 GRID = Path(__file__).resolve().parents[2] / "sweeps" / "paper-table1.yaml"
@@ -80,13 +79,8 @@ def table1_job(job: dict[str, Any]) -> dict[str, Any]:
     """images/s of ``sample`` at S = 10 / 50 (measured) and 1000 (fitted) per model, Inception features/s,
     and the estimated wall time of the paper's Table 1 grid at the card-sized (or given) batch."""
     settings = setup(job)
-    config = unet_config(job["preset"])
-    names = list(job.get("models", ["ours", "diffusers"]))
-    models = {}
-    for name in names:
-        torch.manual_seed(0)
-        models[name] = prepare(build(name, config).eval(), settings)
-    batch = sampling_batch(job, config, settings, models[names[0]])
+    config, models, batch = sampling_models(job, settings)
+    names = list(models)
     fns = {}
     for name, model in models.items():
         for S in FIT_STEPS:

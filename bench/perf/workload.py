@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bench.perf.models import RunSettings, apply_backend_flags, autocast, prepare_input
+from bench.perf.models import RunSettings, apply_backend_flags, autocast, build, prepare, prepare_input
 from ddim import memory, schedules
 from ddim.sampling import SeededNoise, sample
 from ddim.unet import UNetConfig, preset
@@ -73,6 +73,17 @@ def evaluate(model: torch.nn.Module, settings: RunSettings, data: tuple) -> torc
     """One network evaluation ε_θ(x_t, t), as the sampler makes it."""
     with autocast(settings):
         return model(data[0], data[2])
+
+
+def sampling_models(job: dict[str, Any], settings: RunSettings) -> tuple[UNetConfig, dict[str, torch.nn.Module], int]:
+    """The job's preset, its models (``job["models"]``, default ours and diffusers' twin; seeded alike, in eval
+    mode, prepared for ``settings``) and the sampling batch (``sampling_batch``, probed on the first model)."""
+    config = unet_config(job["preset"])
+    models = {}
+    for name in job.get("models", ["ours", "diffusers"]):
+        torch.manual_seed(0)
+        models[name] = prepare(build(name, config).eval(), settings)
+    return config, models, sampling_batch(job, config, settings, next(iter(models.values())))
 
 
 def sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
