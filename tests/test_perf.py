@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 from dataclasses import replace
 
 import pytest
@@ -320,8 +319,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     assert ev["batch"] == sweep_job["batch"]  # one evaluation as the sweep makes it
     assert ev["conv_calls"] == len(convs) and ev["speedup"] > 0
     bf16 = ev["times"]["ours_bf16"][ev["basis"]]  # ours under bf16 autocast, beside (not in) the floor ratio
-    assert ev["bf16_speedup"] == pytest.approx(ev["times"]["ours"][ev["basis"]] / bf16) and "ours_bf16" not in ev.get(
-        "floor_ratio_by_format", {})  # fmt: skip
+    assert ev["bf16_speedup"] == pytest.approx(ev["times"]["ours"][ev["basis"]] / bf16)
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
     want = {"train_floor_ratio_tiny", "train_speedup_tiny", "eval_floor_ratio_tiny", "eval_speedup_tiny",
@@ -350,23 +348,6 @@ def test_sweep_overhead_job_reference_computed_once(tmp_path) -> None:
         assert run["network_calls"] >= 2 * 2 and 0 < run["network_s"] + run["extractor_s"] < run["wall_s"]
 
 
-@pytest.mark.slow  # inductor compiles the tiny UNet's train step and its evaluation
-def test_compile_job_times_the_first_call_apart(tmp_path) -> None:
-    cfg = perf.PerfConfig(out=str(tmp_path), device="cpu", quick=True, isolate=False, only=("compile",),
-                          sample_preset="tiny")  # fmt: skip
-    res = perf.run(cfg)
-    (job,) = res["compile"]
-    assert [r["what"] for r in job["rows"]] == ["train step", "evaluation"], job
-    for r in job["rows"]:
-        steady = r["times"]["compiled"]["wall_s"]
-        assert r["first_call_s"] > steady and r["compile_s"] == pytest.approx(r["first_call_s"] - steady)
-        assert r["speedup"] > 0 and len(r["times"]["compiled"]["wall_all"]) == 1  # the first call is not a repeat
-        saved = r["times"]["eager"]["wall_s"] - steady
-        even = r["break_even_calls"]  # the calls after which compiling has paid for itself
-        assert (even is None) == (saved <= 0) and (even is None or (even - 1) * saved < r["compile_s"] <= even * saved)
-    assert "## 3. `torch.compile`" in (tmp_path / "README.md").read_text()
-
-
 @pytest.mark.slow
 def test_memory_job_in_a_fresh_subprocess() -> None:
     job = {"kind": "train", "settings": RunSettings().to_dict(), "threads": 1, "preset": "tiny", "batch": 4,
@@ -388,18 +369,5 @@ def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert printed["config"]["only"] == ["train"]
     assert [j["kind"] for j in printed["jobs"]] == ["train"] * 6  # timing + 2 memory jobs per preset
     assert perf.main(["--only", "nope"]) == 2
+    assert perf.main(["--threads", "-1", "--dry-run", "--device", "cpu"]) == 2
     assert "choose from train,sample,compile,sweep" in capsys.readouterr().err
-
-
-def test_compile_is_timed_from_an_empty_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.perf.network import cold_compile_cache
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/warm")
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    with cold_compile_cache():
-        inductor, triton = os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"]
-        assert "ddimbench-inductor-" in inductor and inductor != triton
-        assert not os.path.exists(inductor)  # nothing cached yet: inductor creates it on its first compile
-        folder = os.path.dirname(inductor)
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/warm" and "TRITON_CACHE_DIR" not in os.environ
-    assert not os.path.exists(folder)

@@ -3,7 +3,8 @@
 - ``eval``: one ε_θ(x_t, t) evaluation at the benchmark sweep's batch size (128 on the CPU; what each
   sampling step costs), of ours and of diffusers' twin, interleaved with the evaluation's convolutions
   replayed alone in both memory formats (``bench.perf.floor``): ours over the faster floor is the
-  sampling target's ratio; ours also under bf16 autocast (the sweep's ``bf16=true``), not part of the floor.
+  sampling target's ratio; ours also in the other precision (float32 / bf16 autocast, the sweep's ``bf16=true``),
+  not part of the floor.
 - ``compile``: ours eager against ``torch.compile(ours)`` (inductor), for a training step and for one
   evaluation. The first call of the compiled model compiles (from an empty on-disk cache, as a user's
   first run does); it is timed on its own and left out of the per-call medians, so *compile s* = first
@@ -45,17 +46,18 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     m, d = prepare(build("ours", config).eval(), other), batch_data(config, batch, other)
     fns[key] = lambda: evaluate(m, other, d)
-    if not settings.bf16:  # ours under bf16 autocast too (`sweep bf16=true`): its speed-up on this hardware
-        half = replace(settings, bf16=True)
-        fns["ours_bf16"] = lambda: evaluate(models["ours"], half, data)
+    # Ours in the other precision too (float32 beside a bf16 run, as on CUDA; else bf16): what `sweep bf16=true` gains.
+    precision = "fp32" if settings.bf16 else "bf16"
+    flipped = replace(settings, bf16=not settings.bf16)
+    fns[f"ours_{precision}"] = lambda: evaluate(models["ours"], flipped, data)
     times = interleave({**fns, **replays}, reps=int(job["reps"]), warmup=1, device=settings.device)
     basis = time_basis(settings)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "times": times, "basis": basis}
     out["images_per_s"] = {k: batch / times[k][basis] for k in fns}  # ours, diffusers, ours in the other format
     if "diffusers" in fns:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
-    if "ours_bf16" in fns:
-        out["bf16_speedup"] = ratio(times["ours"][basis], times["ours_bf16"][basis])
+    fp32, bf16 = ("ours_fp32", "ours") if settings.bf16 else ("ours", "ours_bf16")
+    out["bf16_speedup"] = ratio(times[fp32][basis], times[bf16][basis])
     return {**out, **floor.summary(times, basis, replays, settings)}
 
 
@@ -72,11 +74,17 @@ def _compare(fns: dict[str, Any], what: str, batch: int, reps: int, settings: An
     first = _first_call(fns["compiled"], settings.device)
     times = interleave(fns, reps=reps, warmup=1, device=settings.device)
     basis = time_basis(settings)
-    compile_s = max(0.0, first - times["compiled"]["wall_s"])
-    saved = times["eager"]["wall_s"] - times["compiled"]["wall_s"]  # per call, in the time the compiling took
+    eager, fast = times["eager"]["wall_s"], times["compiled"]["wall_s"]  # wall: the time compiling took
+    compile_s = max(0.0, first - fast)
     return {"what": what, "batch": batch, "times": times, "basis": basis, "first_call_s": first,
             "compile_s": compile_s, "speedup": ratio(times["eager"][basis], times["compiled"][basis]),
-            "break_even_calls": math.ceil(compile_s / saved) if saved > 0 else None}  # fmt: skip
+            "break_even_calls": break_even(compile_s, eager, fast)}  # fmt: skip
+
+
+def break_even(compile_s: float, eager_s: float, compiled_s: float) -> int | None:
+    """The calls after which compiling has paid for itself (None: compiled calls are not faster)."""
+    saved = eager_s - compiled_s
+    return math.ceil(compile_s / saved) if saved > 0 else None
 
 
 @contextlib.contextmanager

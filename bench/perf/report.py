@@ -101,8 +101,9 @@ def _eval(rows: list[dict[str, Any]]) -> list[str]:
     head = ["preset", "batch", "ours (s)", "diffusers (s)", "speedup", *_FLOOR_HEAD, "ours bf16 autocast speed-up"]
     out += _table(head, table) if table else [""]
     if any("bf16_speedup" in r for r in rows):
-        out += ["*ours bf16 autocast speed-up*: ours float32 over ours under bfloat16 autocast (`sweep bf16=true`), "
-                "which changes the numbers beyond rounding order and so is outside the floor targets.", ""]  # fmt: skip
+        out += ["*ours bf16 autocast speed-up*: ours in float32 over ours under bfloat16 autocast (`sweep "
+                "bf16=true`), both timed whatever the run's own setting; bf16 changes the numbers beyond rounding "
+                "order, so it is outside the floor targets.", ""]  # fmt: skip
     return out
 
 
@@ -203,11 +204,12 @@ def _table1(results: list[dict[str, Any]]) -> list[str]:
                          _hours(m["sampling_hours"]), f"**{_hours(m['total_hours'])}**"])  # fmt: skip
         steps = list(next(iter(res["models"].values()))["images_per_s"])
         out += _table(["model", *(f"img/s S={s}" for s in steps), "ms per call", "sampling", "Table 1 in all"], rows)
-        out += ["S = 10 and 50 are measured (wall-time medians of interleaved `sample` calls, η = 0); a call costs "
+        fitted, ref = " and ".join(str(v) for v in res["fit_steps"]), res["reference_images"]
+        out += [f"S = {fitted} are measured (wall-time medians of interleaved `sample` calls, η = 0); a call costs "
                 "a + b·S, fitted through them, which gives S = 1000 and every cell. *Table 1 in all* = every cell's "
-                "sampling + the Inception features of every sample and of the 50,000 training images "
-                "(torchvision's Inception-v3 architecture with random weights stands in for torch-fidelity's: the "
-                "time does not depend on the weights).", ""]  # fmt: skip
+                f"sampling + the Inception features of every sample and of the {ref:,} training images "
+                "(torchvision's Inception-v3 with random weights stands in for torch-fidelity's extractor: the same "
+                "architecture family at a comparable cost; the time does not depend on the weights).", ""]  # fmt: skip
     return out
 
 

@@ -1,6 +1,6 @@
 """``python -m bench.perf``: the performance benchmark (``make bench``) → ``reports/perf/``.
 
-Four measurements, each a ratio taken within one process by interleaving its candidates (see
+Five measurements, each a ratio taken within one process by interleaving its candidates (see
 ``bench.perf.timing``), plus the peak memory of each in a fresh subprocess:
 
 1. training throughput (forward + backward + Adam step) of our UNet against diffusers'
@@ -65,12 +65,12 @@ class PerfConfig:
         bad = [s for s in only if s not in SECTIONS]
         if bad or not only:
             raise DDIMError(f"--only {','.join(only)}: choose from {','.join(SECTIONS)}")
+        if self.threads < 0:
+            raise DDIMError(f"--threads must be ≥ 0 (0 = torch's default), got {self.threads}")
 
     def sections(self, device: str) -> tuple[str, ...]:
         """The sections to run: ``only``, or the device's ``DEFAULT_SECTIONS``."""
         return DEFAULT_SECTIONS["cuda" if device.startswith("cuda") else "cpu"] if self.only is None else self.only
-        if self.threads < 0:
-            raise DDIMError(f"--threads must be ≥ 0 (0 = torch's default), got {self.threads}")
 
 
 def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
@@ -126,9 +126,12 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
     if "sweep" in only:
         sweep = {**base, "kind": "sweep", "cache_dir": cfg.cache_dir, **sizes["sweep"]}
         jobs += [{**sweep, "modes": [mode]} for mode in cfg.sweep_modes]
-    if "table1" in only:
-        jobs.append({**base, "kind": "table1", "preset": name, "batch": sizes["sample_batch"],
-                     "feature_batch": sizes["feature_batch"], "reps": sizes["table1_reps"]})  # fmt: skip
+    if "table1" in only:  # the paper's CIFAR10 network as sweeps/paper-table1.yaml runs it: float32, NCHW
+        paper = RunSettings(device=device, bf16=False, channels_last=False, tf32=cfg.tf32, compile=cfg.compile)
+        table1 = {**base, "settings": paper.to_dict(), "kind": "table1", "preset": "tiny" if cfg.quick else "cifar10",
+                  "feature_batch": sizes["feature_batch"], "reps": sizes["table1_reps"]}  # fmt: skip
+        # On a GPU the file's batch; on a CPU, whose throughput is flat past small batches, a small one.
+        jobs.append({**table1, "batch": 8} if not cuda else table1)
     for job in jobs:  # tuples -> lists: a job is JSON
         job.update({k: list(job[k]) for k in ("steps", "etas") if k in job})
     return jobs
@@ -241,7 +244,8 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
         label = f"{job['kind']} {job.get('preset', '')} {'memory ' + job['models'][0] if job.get('memory') else ''}"
         if log:
             log(f"[{i}/{len(jobs)}] {label.strip()} ...")
-        results.append(run_job_isolated(job, isolate))
+        # A compile job always gets a fresh process: inductor keeps compiled graphs in memory too.
+        results.append(run_job_isolated(job, isolate or job["kind"] == "compile"))
         if log and "error" in results[-1]:
             log(f"    failed: {results[-1]['error']}")
     sections = _collect(jobs, results)
@@ -331,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from ddim.runtime import resolve_device
 
-            print(json.dumps({"config": asdict(cfg), "jobs": plan(cfg, str(resolve_device(cfg.device)))}, indent=2))
+            device = str(resolve_device(cfg.device))
+            config = {**asdict(cfg), "only": list(cfg.sections(device))}
+            print(json.dumps({"config": config, "jobs": plan(cfg, device)}, indent=2))
             return 0
         out = run(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     except DDIMError as err:

@@ -9,8 +9,10 @@ per-step work, ``a`` the fixed part (the initial noise, setup). ``a`` and ``b`` 
 from interleaved calls at S = 10 and 50; S = 1000 is the fit's prediction (a measured call there
 would take minutes per repeat), and each cell costs ⌈n / batch⌉ such calls. η changes only the
 noise draws, which the sampler-overhead rows of the benchmark measure, so η = 0 stands for every row.
-Feature extraction is timed on torchvision's Inception-v3 (random weights: the time does not depend on
-them; it is the network torch-fidelity's extractor ports) at 299 × 299, as FID computes it.
+Feature extraction is timed on torchvision's Inception-v3 with random weights at 299 × 299, as FID
+computes it: the time does not depend on the weights, and torch-fidelity's extractor (a port of the
+TensorFlow FID graph) is the same architecture family with a comparable cost, not the identical network.
+The job runs the network as the sweep file does: float32, NCHW, the file's batch.
 """
 
 from __future__ import annotations
@@ -24,27 +26,29 @@ import torch.nn.functional as F
 
 from bench.perf.timing import interleave
 from bench.perf.workload import run_sampler, sampling_models, setup
-from ddim import schedules
+from ddim import memory, schedules
 
 GRID = Path(__file__).resolve().parents[2] / "sweeps" / "paper-table1.yaml"
 FIT_STEPS = (10, 50)  # measured; the table also shows S = 1000 from the fit
 SHOWN_STEPS = (10, 50, 1000)
 INCEPTION_SIDE = 299
-REFERENCE_IMAGES = 50_000  # the CIFAR-10 training set, whose features FID compares against
+REFERENCE_IMAGES = 50_000  # CIFAR-10's training split, the reference FID compares against (Section 5.1)
 
 
 def paper_grid(path: Path = GRID) -> dict[str, Any]:
-    """The Table 1 sweep's cells as ``(S, count)`` pairs and its samples per cell, from the sweep file."""
+    """The Table 1 sweep's cells (every seed block) as ``(S, count)`` pairs, its samples per cell and its
+    sampling batch (an int, or ``"auto"``), from the sweep file."""
     from bench.sweep.overrides import load_config
     from bench.sweep.spec import SweepSpec
 
     values = load_config(path)
-    spec = SweepSpec(name="table1", checkpoint="", dataset="cifar10", T=1000, steps=tuple(values["steps"]),
-                     eta=tuple(values["eta"]), sampler=tuple(values["sampler"]), n=int(values["n"]))  # fmt: skip
+    axes = {k: tuple(values[k]) for k in ("steps", "eta", "sampler", "seeds") if k in values}
+    spec = SweepSpec(name="table1", checkpoint="", dataset="cifar10", T=1000, n=int(values.get("n", SweepSpec.n)),
+                     batch=values.get("batch", SweepSpec.batch), **axes)  # fmt: skip
     counts: dict[int, int] = {}
     for cell in spec.cells():
         counts[cell.steps] = counts.get(cell.steps, 0) + 1
-    return {"cells": sorted(counts.items()), "n_cells": sum(counts.values()), "n": spec.n}
+    return {"cells": sorted(counts.items()), "n_cells": sum(counts.values()), "n": spec.n, "batch": spec.batch}
 
 
 def fit(seconds: dict[int, float]) -> tuple[float, float]:
@@ -77,10 +81,17 @@ def _features(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def table1_job(job: dict[str, Any]) -> dict[str, Any]:
     """images/s of ``sample`` at S = 10 / 50 (measured) and 1000 (fitted) per model, Inception features/s,
-    and the estimated wall time of the paper's Table 1 grid at the card-sized (or given) batch."""
+    and the estimated wall time of the paper's Table 1 grid at the sweep file's batch (``job["batch"]`` if given;
+    ``auto``: ``ddim.memory.sampling_batch`` as the sweep's workers size it)."""
     settings = setup(job)
-    config, models, batch = sampling_models(job, settings)
+    grid = paper_grid(Path(job["grid"]) if job.get("grid") else GRID)
+    batch = job.get("batch") or grid["batch"]
+    config, models, _ = sampling_models({**job, "batch": 1}, settings)
     names = list(models)
+    if batch == "auto":  # as each sweep worker sizes it (bench.sweep.evaluate)
+        shape = (config.in_channels, config.resolution, config.resolution)
+        batch = memory.sampling_batch(models[names[0]], shape, torch.device(settings.device))
+    batch = int(batch)
     fns = {}
     for name, model in models.items():
         for S in FIT_STEPS:
@@ -93,7 +104,6 @@ def table1_job(job: dict[str, Any]) -> dict[str, Any]:
     images = (torch.rand(shape, generator=gen) * 2 - 1).to(settings.device)
     fns["inception"] = lambda: _features(net, images)
     times = interleave(fns, reps=int(job["reps"]), warmup=1, device=settings.device)
-    grid = paper_grid(Path(job["grid"]) if job.get("grid") else GRID)
     inception_s = times["inception"]["wall_s"]
     features = grid["n_cells"] * grid["n"] + REFERENCE_IMAGES
     feature_hours = features * inception_s / feature_batch / 3600
@@ -111,6 +121,7 @@ def table1_job(job: dict[str, Any]) -> dict[str, Any]:
         }
     return {
         "preset": job["preset"], "batch": batch, "feature_batch": feature_batch, "times": times, "models": rows,
+        "fit_steps": list(FIT_STEPS), "reference_images": REFERENCE_IMAGES,
         "inception_images_per_s": feature_batch / inception_s, "feature_hours": feature_hours,
         "grid": {**grid, "file": str(job.get("grid") or GRID.relative_to(GRID.parents[1])),
                  "feature_images": features},

@@ -77,17 +77,18 @@ def evaluate(model: torch.nn.Module, settings: RunSettings, data: tuple) -> torc
 
 def sampling_models(job: dict[str, Any], settings: RunSettings) -> tuple[UNetConfig, dict[str, torch.nn.Module], int]:
     """The job's preset, its models (``job["models"]``, default ours and diffusers' twin; seeded alike, in eval
-    mode, prepared for ``settings``) and the sampling batch (``sampling_batch``, probed on the first model)."""
+    mode, prepared for ``settings``) and the sampling batch (``_job_batch``, probed on the first model)."""
     config = unet_config(job["preset"])
     models = {}
     for name in job.get("models", ["ours", "diffusers"]):
         torch.manual_seed(0)
         models[name] = prepare(build(name, config).eval(), settings)
-    return config, models, sampling_batch(job, config, settings, next(iter(models.values())))
+    return config, models, _job_batch(job, config, settings, next(iter(models.values())))
 
 
-def sampling_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
-    """``job["batch"]``, or (0) one sized to the card (``ddim.memory.sampling_batch`` under the run's autocast)."""
+def _job_batch(job: dict[str, Any], config: UNetConfig, settings: RunSettings, model: torch.nn.Module) -> int:
+    """``job["batch"]``, or (0) ``ddim.memory.sampling_batch`` under the run's autocast (a benchmark run caps it
+    at ``job["batch_cap"]``, default 512, and uses 64 on a CPU, where the sampling section times batches of 64)."""
     if int(job["batch"]) > 0:
         return int(job["batch"])
     shape = (config.in_channels, config.resolution, config.resolution)
