@@ -57,7 +57,8 @@ class Bf16Network(torch.nn.Module):
     """``model`` evaluated under bfloat16 autocast on its device, its output returned as float32, so the sampler's
     own arithmetic (the ᾱ coefficients, eq. 12) stays float32. Faster where the hardware has bf16 matrix units
     (GPU tensor cores, Intel AMX); samples differ from float32 ones by more than rounding order, so callers
-    record it (the paper's numbers are float32)."""
+    record it (the paper's numbers are float32). Autocast's op lists differ per device: on CUDA GroupNorm stays
+    float32, on the CPU it runs in bf16 too, so ``bf16`` means slightly different numerics on each."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         super().__init__()

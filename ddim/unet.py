@@ -196,9 +196,9 @@ class AttnBlock(nn.Module):
         # (B, C, H, W) in x's memory format: a free view for channels_last, one copy for NCHW (a mixed-layout
         # residual would hand channels_last strides to the NCHW layers downstream: slower kernels, more copies).
         h = h.transpose(1, 2).unflatten(2, (H, W)).contiguous(memory_format=_memory_format(x))
-        # Out of place: for channels_last ``h`` is a view of proj_out's result, and an in-place add on a view
-        # makes autograd copy the whole base in backward (CopySlices) and again for the view (AsStrided).
-        return h + x
+        # Under autograd out of place: for channels_last ``h`` is a view of proj_out's result, and an in-place add
+        # on a view makes autograd copy the whole base in backward (CopySlices) and again for the view (AsStrided).
+        return h + x if torch.is_grad_enabled() and h.requires_grad else _add_(h, x)
 
 
 class Downsample(nn.Module):

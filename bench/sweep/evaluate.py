@@ -48,7 +48,7 @@ class Evaluator:
         eager = ck.build_model(self.device)
         self.model = compiled(eager, self.device, spec.compile)
         if spec.bf16:  # every network call of the sweep (cells, interpolation, inversion) alike
-            self.model = Bf16Network(self.model, self.device)
+            self.model, eager = Bf16Network(self.model, self.device), Bf16Network(eager, self.device)
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
         # batch=auto: sized to this worker's device (the eager model probes: no compiling for the probe's shape)
