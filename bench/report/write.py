@@ -34,7 +34,7 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.store.record import CellRecord
+from bench.store.record import CellRecord, listed_devices
 from bench.store.table_cells import (
     CellKey,
     as_number,
@@ -150,12 +150,20 @@ def pick_metrics(names: Sequence[str], records: Sequence[CellRecord]) -> list[Me
     return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
 
 
+def _differs(key: str, value: object, sweeps: object) -> bool:
+    """Whether a cell's protocol ``value`` of ``key`` is not the sweep's: for ``device``, not among the devices its
+    workers ran on (``listed_devices``)."""
+    if key == "device" and isinstance(value, str) and isinstance(sweeps, str):
+        return value not in listed_devices(sweeps)
+    return value != sweeps
+
+
 def warnings_of(records: Sequence[CellRecord], meta: Mapping, compare: str | None) -> list[str]:
     """The report's warnings: protocol fields that differ between cells, short cells, a forced paper comparison."""
     out = []
     for r in sorted(records, key=lambda r: r.number):
         for key, v in dataclasses.asdict(r.measured.protocol).items():
-            if v is not None and meta.get(key) is not None and v != meta[key]:
+            if v is not None and meta.get(key) is not None and _differs(key, v, meta[key]):
                 out.append(f"trial #{r.number}: {key} {v!r} differs from the sweep's {meta[key]!r}")
         n = as_number(r.measured.n)
         if r.state == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):

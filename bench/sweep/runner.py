@@ -47,7 +47,7 @@ from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
-from bench.store.record import CellRecord, Measurement
+from bench.store.record import CellRecord, Measurement, devices_text
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
     claim,
@@ -330,7 +330,7 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     from ddim.runtime import resolve_device
 
     sha = sha256_file(spec.checkpoint)
-    device = ", ".join(dict.fromkeys(device_name(resolve_device(d)) for d in devices))  # what the workers use
+    device = devices_text(device_name(resolve_device(d)) for d in devices)  # what the workers use
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
     # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
     open_storage(url, heartbeat)
