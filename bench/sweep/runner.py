@@ -351,15 +351,15 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     display = Display(progress, total, f"sweep {spec.name}")
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
-            ev = None
+            first, ev = dataclasses.replace(spec, device=devices[0]), None  # the extras run on worker 0's device
             if len(devices) == 1:
-                ev = Evaluator(dataclasses.replace(spec, device=devices[0]), sha)
+                ev = Evaluator(first, sha)
                 _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
             else:
                 _run_workers(spec, url, heartbeat, token, wandb, devices, sha, display, progress)
             study = load_study(spec.name, url)
             if spec.interpolation or spec.inversion:
-                (ev or Evaluator(spec, sha)).extras(study, display)
+                (ev or Evaluator(first, sha)).extras(study, display)
             records, _ = records_of(study)
             track_summary(wandb, spec, records, display)
         finally:
