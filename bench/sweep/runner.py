@@ -324,13 +324,21 @@ def place_workers(spec: SweepSpec, workers: int | None = None, devices: str | No
     return placed
 
 
+def workers_devices(devices: list[str]) -> str:
+    """The devices that the workers placed on ``devices`` use, as the sweep's provenance records them (each resolved,
+    ``auto`` to what it means here, named as trials name theirs: ``device_name``; each once); ``sweep --dry-run``
+    prints the same."""
+    from ddim.runtime import resolve_device
+
+    return devices_text(device_name(resolve_device(d)) for d in devices)
+
+
 def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None, progress: bool, command: str,
                heartbeat: int) -> SweepSummary:  # fmt: skip
     from ddim.files import atomic_write_json, sha256_file
-    from ddim.runtime import resolve_device
 
     sha = sha256_file(spec.checkpoint)
-    device = devices_text(device_name(resolve_device(d)) for d in devices)  # what the workers use
+    device = workers_devices(devices)
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
     # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
     open_storage(url, heartbeat)
