@@ -248,20 +248,41 @@ def test_without_hard_links_a_lock_still_held_is_one_line(tmp_path, monkeypatch,
 
 
 def test_without_hard_links_openers_at_once_place_one_store(tmp_path, monkeypatch):
-    """Threads of one process stand in for processes: each makes its own store, exactly one is moved into place."""
-    from bench.store.guard import prepare_sqlite
+    """Two openers (threads of one process standing in for processes), each with its own made store: the first to
+    move its store pauses until the other has either reached its own move (check-then-move: both pass the check,
+    the second replaces the first's store) or is waiting for the lock; exactly one store is moved into place."""
+    import bench.store.guard as guard
 
     moved = _no_hard_links(monkeypatch)
-    path, start, failed = tmp_path / "s.db", threading.Barrier(4), []
+    moving = os.replace
+    lock, arrived, first_mover, failed = threading.Lock(), threading.Event(), [], []
+
+    def replace(src, dst, *args, **kwargs):
+        with lock:
+            first = not first_mover
+            first_mover.append(threading.current_thread().name)
+        if first:
+            assert arrived.wait(60), "the other opener neither moved nor waited for the lock"
+        else:
+            arrived.set()
+        return moving(src, dst, *args, **kwargs)
+
+    def backoff(attempt: int) -> float:
+        arrived.set()  # the other opener is waiting: it passed no check, the lock keeps it out
+        return 0.01
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(guard, "backoff", backoff)
+    path, start = tmp_path / "s.db", threading.Barrier(2)
 
     def opener() -> None:
         start.wait()
         try:
-            prepare_sqlite(path, "sqlite:///s.db")
-        except Exception as exc:  # reported below, with the others
+            guard.prepare_sqlite(path, "sqlite:///s.db")
+        except BaseException as exc:  # reported below, with the others
             failed.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(4)]
+    threads = [threading.Thread(target=opener, name=f"opener-{i}") for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
