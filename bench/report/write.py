@@ -36,7 +36,7 @@ from bench.report.tables import (
 )
 from bench.store.record import CellRecord, listed_devices
 from bench.store.table_cells import (
-    CellKey,
+    TableKey,
     as_number,
     eta_str,
     lines,
@@ -71,7 +71,7 @@ def _grid_name(r: CellRecord, suffix: str) -> str:
     return f"{slug(c.spacing)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
 
-def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
+def _plot_series(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
     """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, from the complete
     blocks."""
     by_steps, by_time = [], []
@@ -100,7 +100,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
     return by_steps, by_time
 
 
-def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], root: Path) -> list:
+def _consistency_sections(cells: Mapping[TableKey, Mapping[int, CellRecord]], root: Path) -> list:
     """Per spacing, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []
     for spacing in sorted({k[0] for k in cells}, key=spacing_order):

@@ -20,7 +20,7 @@ import numpy as np
 from bench.store.record import CellRecord
 
 RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
-CellKey = tuple[str, RowKey, int]  # (spacing, row, S)
+TableKey = tuple[str, RowKey, int]  # (spacing, row, S)
 
 _SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
 
@@ -58,15 +58,15 @@ def spacing_order(s: str) -> tuple:
     return (_SPACING_ORDER.index(s), "") if s in _SPACING_ORDER else (len(_SPACING_ORDER), s)
 
 
-def _cell_key(r: CellRecord) -> CellKey:
+def _cell_key(r: CellRecord) -> TableKey:
     return (r.cell.spacing, row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
 
 
-def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
+def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[TableKey, dict[int, CellRecord]]:
     """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
     (a retry supersedes the failure before it). A COMPLETE trial whose metric came out NaN still stands for its
     block (shown as failed), never an earlier trial of it."""
-    cells: dict[CellKey, dict[int, CellRecord]] = {}
+    cells: dict[TableKey, dict[int, CellRecord]] = {}
     for r in sorted(records, key=lambda r: r.number):
         blocks = cells.setdefault(_cell_key(r), {})
         b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
@@ -78,7 +78,10 @@ def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[Cel
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
+    """What a table shows for one (spacing, row, S) and metric: a value over seed blocks, or why there is none (a
+    grid cell, the setting measured, is ``bench.store.cell.Cell``)."""
+
     status: str  # "value" | "failed" | "missing"
     mean: float | None = None
     std: float | None = None  # over seed blocks, ddof = 1; None for a single block
@@ -88,7 +91,7 @@ class Cell:
     bold: bool = False  # the best of its table column
 
 
-def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> Cell:
+def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> TableCell:
     """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` (a ``Scores`` field)
     over the blocks that are COMPLETE with a finite value, with its std; "failed" when none is and some block
     failed, errored or came out non-finite, else "missing"."""
@@ -103,10 +106,10 @@ def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: 
         elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
             failed += 1  # a failed trial, an errored metric or a non-finite value
     if not values:
-        return Cell("failed" if failed else "missing")
+        return TableCell("failed" if failed else "missing")
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
     nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
-    return Cell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
+    return TableCell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Line:
     steps: tuple[int, ...]
 
 
-def lines(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> list[Line]:
+def lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> list[Line]:
     """The chart lines of ``select_cells``' cells, one per (spacing, row), in the tables' order."""
     groups: dict[tuple[str, RowKey], list[int]] = {}
     for spacing, row, s in cells:
