@@ -15,8 +15,9 @@ from typing import Any
 
 from bench.report import plots
 from bench.report.tables import Metric, Table
+from bench.store.cell import eta_str, row_label
 from bench.store.record import CellRecord
-from bench.store.table_cells import TableCell, as_number, eta_str, row_key, row_label
+from bench.store.table_cells import TableCell, as_number
 
 OBJECTIVES = {"nfe": ("NFE", ".0f"), "time": ("seconds per image", ".4g")}
 
@@ -64,9 +65,8 @@ def front(records: Sequence[CellRecord], objective: str) -> list[CellRecord]:
 def setting(r: CellRecord) -> str:
     """The cell of a record in words: "η = 0.31, S = 12, trailing" (+ the seed block when not 0)."""
     c = r.cell
-    row = row_key(c.sampler, as_number(c.eta))
     block = c.seed_block
-    return f"{row_label(row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
+    return f"{row_label(c.row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
 
 
 def front_lines(records: Sequence[CellRecord], objective: str) -> list[str]:

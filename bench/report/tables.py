@@ -3,8 +3,8 @@
 Rows are η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending;
 one table per metric and timestep spacing (``combined_tables``: one per metric, a column block per
 sweep and spacing, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
-over seed blocks (± std, ddof = 1, when there are several), its trials picked and its rows named by
-``bench.store.table_cells`` (which the W&B charts read too); the best mean per column is bold
+over seed blocks (± std, ddof = 1, when there are several), its trials picked by ``bench.store.table_cells``
+and its rows named by ``bench.store.cell`` (as the W&B charts are); the best mean per column is bold
 (compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
 python: no torch, no optuna.
 """
@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bench.report import paper
+from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord, Scores
-from bench.store.table_cells import RowKey, TableCell, TableKey, row_label, row_order, spacing_order, table_cell
+from bench.store.table_cells import TableCell, TableKey, row_order, spacing_order, table_cell
 from ddim.errors import DDIMError
 
 

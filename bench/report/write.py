@@ -34,19 +34,9 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
+from bench.store.cell import eta_str, row_label
 from bench.store.record import CellRecord, listed_devices
-from bench.store.table_cells import (
-    TableKey,
-    as_number,
-    eta_str,
-    lines,
-    row_key,
-    row_label,
-    row_order,
-    select_cells,
-    spacing_order,
-    table_cell,
-)
+from bench.store.table_cells import TableKey, as_number, lines, row_order, select_cells, spacing_order, table_cell
 from bench.store.untrusted import artifact_file
 from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
@@ -66,7 +56,7 @@ def _read_input(root: Path, rel: str, what: str) -> bytes:
 # ---------------------------------------------------------------------------------------- figures
 def _grid_name(r: CellRecord, suffix: str) -> str:
     c = r.cell
-    sampler, eta = row_key(c.sampler, as_number(c.eta))
+    sampler, eta = c.row
     e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
     return f"{slug(c.spacing)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
@@ -199,12 +189,6 @@ def provenance_md(sweeps: Sequence[Sweep]) -> str:
     return "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps)
 
 
-def _cell_name(r: CellRecord) -> str:
-    c = r.cell
-    sampler, eta = row_key(c.sampler, as_number(c.eta))
-    return f"{c.spacing} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
-
-
 def write_report(
     records: Sequence[CellRecord],
     meta: Mapping,
@@ -307,7 +291,7 @@ def write_report(
             if f in w.written
         ]
         failed = [
-            f"trial #{r.number} ({_cell_name(r)}): {r.error or 'failed without a message'}"
+            f"trial #{r.number} ({r.cell.label}): {r.error or 'failed without a message'}"
             for r in sorted(records, key=record_order)
             if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
         ]
@@ -319,7 +303,7 @@ def write_report(
             sections.append(("Figures", "images", figures))
         if grids:
             by_number = {r.number: r for r in records}
-            sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
+            sections.append(("Sample grids", "images", [(by_number[n].cell.label, rel) for n, rel in grids.items()]))
         if failed:
             sections.append(("Failed cells", "list", failed))
         if warnings:

@@ -1,6 +1,6 @@
 """A sweep's cells as the paper's Table 1 reads them (Song et al. 2020, section 5, Table 1): which trial stands
-for each cell and seed block, a cell's value over its seed blocks, the row (η or sampler) it sits in and that
-row's label, and the FID-vs-S lines drawn from the rows.
+for each cell and seed block, a cell's value over its seed blocks, the order of the rows (a row and its label:
+``bench.store.cell``), and the FID-vs-S lines drawn from the rows.
 
 Every view of a sweep's numbers reads them through here: the report's tables and figures (``bench.report``)
 and the sweep summary run's FID series and charts in W&B (``bench.tracking.results``), so the W&B chart and
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord
 
-RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
 TableKey = tuple[str, RowKey, int]  # (spacing, row, S)
 
 _SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
@@ -28,24 +28,6 @@ _SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
 def as_number(v) -> float | None:
     """``v`` as a float when it is a real number (not a bool), else None."""
     return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
-
-
-def eta_str(eta: float) -> str:
-    s = f"{eta:g}"
-    return s if any(c in s for c in ".en") else s + ".0"
-
-
-def row_key(sampler: str, eta: float | None) -> RowKey:
-    """The table row a (sampler, η) pair belongs to; η only distinguishes rows for "ddim"."""
-    if sampler == "ddim":
-        return ("ddim", round(float(eta if eta is not None else 0.0), 6))
-    return (sampler, None)
-
-
-def row_label(row: RowKey) -> str:
-    """A row's name in every table, figure and chart: "η = 0.5", "σ̂", else the sampler."""
-    sampler, eta = row
-    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
 
 
 def row_order(row: RowKey) -> tuple:
@@ -59,7 +41,7 @@ def spacing_order(s: str) -> tuple:
 
 
 def _cell_key(r: CellRecord) -> TableKey:
-    return (r.cell.spacing, row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
+    return (r.cell.spacing, r.cell.row, r.cell.steps)
 
 
 def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[TableKey, dict[int, CellRecord]]:
