@@ -19,10 +19,9 @@ import numpy as np
 
 from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord
+from ddim.names import SPACINGS
 
 TableKey = tuple[str, RowKey, int]  # (spacing, row, S)
-
-_SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
 
 
 def as_number(v) -> float | None:
@@ -37,7 +36,8 @@ def row_order(row: RowKey) -> tuple:
 
 
 def spacing_order(s: str) -> tuple:
-    return (_SPACING_ORDER.index(s), "") if s in _SPACING_ORDER else (len(_SPACING_ORDER), s)
+    """The tables' spacing order: the library's (``ddim.names.SPACINGS``), then any other by name."""
+    return (SPACINGS.index(s), "") if s in SPACINGS else (len(SPACINGS), s)
 
 
 def _cell_key(r: CellRecord) -> TableKey:
