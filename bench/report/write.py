@@ -36,7 +36,16 @@ from bench.report.tables import (
 )
 from bench.store.cell import eta_str, row_label
 from bench.store.record import CellRecord, listed_devices
-from bench.store.table_cells import TableKey, as_number, lines, row_order, select_cells, spacing_order, table_cell
+from bench.store.table_cells import (
+    TableKey,
+    as_number,
+    complete_blocks,
+    lines,
+    row_order,
+    select_cells,
+    spacing_order,
+    table_cell,
+)
 from bench.store.untrusted import artifact_file
 from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
@@ -62,8 +71,8 @@ def _grid_name(r: CellRecord, suffix: str) -> str:
 
 
 def _plot_series(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
-    """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, from the complete
-    blocks."""
+    """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, both from the
+    blocks the FID is averaged over (``complete_blocks``)."""
     by_steps, by_time = [], []
     for line in lines(cells):
         spacing, row = line.spacing, line.row
@@ -74,11 +83,8 @@ def _plot_series(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> tuple[li
             if c.status != "value":
                 continue
             pts.append((s, c.mean, c.std or 0.0))
-            cost = [
-                1.0 / ips
-                for r in blocks.values()
-                if r.state == "COMPLETE" and (ips := as_number(r.measured.images_per_s)) and ips > 0
-            ]
+            good = complete_blocks(blocks, "fid").values()
+            cost = [1.0 / ips for r in good if (ips := as_number(r.measured.images_per_s)) and ips > 0]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
         kw = {"label": line.label, "group": spacing, "colour_key": row_label(row)}

@@ -73,25 +73,36 @@ class TableCell:
     bold: bool = False  # the best of its table column
 
 
-def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> TableCell:
-    """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` (a ``Scores`` field)
-    over the blocks that are COMPLETE with a finite value, with its std; "failed" when none is and some block
-    failed, errored or came out non-finite, else "missing"."""
-    values, nfes, failed = [], set(), 0
+def complete_blocks(blocks: Mapping[int, CellRecord], field: str) -> dict[int, CellRecord]:
+    """The seed blocks a cell's value of the score ``field`` (a ``Scores`` field) is taken over: COMPLETE with a
+    finite value. A block whose metric came out NaN is a failed block, not part of any point: a chart's x (its
+    time, its NFE) and y come from these same blocks."""
+    out = {}
     for b in sorted(blocks):
-        r = blocks[b]
+        v = as_number(getattr(blocks[b].scores, field))
+        if blocks[b].state == "COMPLETE" and v is not None and math.isfinite(v):
+            out[b] = blocks[b]
+    return out
+
+
+def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> TableCell:
+    """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` over its
+    ``complete_blocks``, with its std; "failed" when there is none and some block failed, errored or came out
+    non-finite, else "missing"."""
+    good = complete_blocks(blocks, field)
+    values = [float(getattr(r.scores, field)) * scale for r in good.values()]
+    nfes = {r.measured.nfe for r in good.values()} - {None}
+
+    def failed(r: CellRecord) -> bool:  # a failed trial, an errored metric or a non-finite value (not: not asked)
         v = as_number(getattr(r.scores, field))
-        if r.state == "COMPLETE" and v is not None and math.isfinite(v):
-            values.append(v * scale)
-            if r.measured.nfe is not None:
-                nfes.add(r.measured.nfe)
-        elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
-            failed += 1  # a failed trial, an errored metric or a non-finite value
+        return r.state == "FAIL" or (r.state == "COMPLETE" and bool(r.error or v is not None))
+
+    failed_blocks = sum(failed(r) for b, r in blocks.items() if b not in good)
     if not values:
-        return TableCell("failed" if failed else "missing")
+        return TableCell("failed" if failed_blocks else "missing")
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
     nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
-    return TableCell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
+    return TableCell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed_blocks)
 
 
 @dataclass(frozen=True)
