@@ -36,6 +36,7 @@ from bench.report.tables import (
 )
 from bench.store.cell import eta_str, row_label
 from bench.store.record import CellRecord, listed_devices
+from bench.store.study import Sweep
 from bench.store.table_cells import (
     TableKey,
     as_number,
@@ -47,7 +48,6 @@ from bench.store.table_cells import (
     table_cell,
 )
 from bench.store.untrusted import artifact_file
-from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
 

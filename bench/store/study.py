@@ -41,7 +41,7 @@ import time
 import typing
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
@@ -238,6 +238,9 @@ def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple
         front = {t.number for t in study.best_trials}
         kept = [dataclasses.replace(r, pareto=r.number in front) for r in kept]
     return kept, superseded
+
+
+Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sweep as ``load_results`` reads it
 
 
 def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord], dict, dict]:

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import CellRecord, table
+from bench.store.study import Sweep
 from bench.store.untrusted import artifact_file, artifacts_root
 from bench.tracking.conventions import report_artifact, samples_artifact, wandb_options
 from bench.tracking.wandb_report import drop_definition, keep_definition, record_report
 from bench.tracking.wandb_run import tracked
-
-Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta) as bench.store.study.load_results gives
 
 
 def use_grids(tracker: Any, sweep: str, root: Path, records: Sequence[CellRecord]) -> None:
