@@ -35,7 +35,7 @@ from bench.console import (
 from bench.metrics import EXTRACTORS, METRICS
 from bench.sample_config import SampleConfig
 from bench.store.untrusted import command_line, safe_url
-from bench.sweep.devices import DEVICES_HELP, WORKERS_HELP
+from bench.sweep.devices import DEVICES_HELP, DRY_RUN_HELP, WORKERS_HELP
 from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
@@ -286,7 +286,7 @@ def sweep(
     ),
     inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
     download: bool = typer.Option(False, help=DOWNLOAD_HELP),
-    dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
+    dry_run: bool = typer.Option(False, help=DRY_RUN_HELP),
     **wb: Any,
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.

@@ -305,9 +305,10 @@ def run_sweep(
     ``storage``: an Optuna RDB URL (default ``sqlite:///ddimbench-sweeps.db`` in the working
     directory). The same call on other machines with the same ``storage`` shares the work. ``wandb``:
     online / offline / disabled, None for online when a key is configured else offline; W&B
-    failures never stop the sweep. ``devices``: the workers' devices, comma-separated, dealt out
-    round-robin (default: one GPU each when several are visible, ``bench.sweep.devices``). Returns the
-    store's records after the run.
+    failures never stop the sweep. ``devices``: the workers' devices, comma-separated: one worker per entry
+    unless ``workers`` asks for more (they then share the list round-robin), fewer ``workers`` than entries
+    being refused (``bench.sweep.devices``); default: one GPU each when several are visible. The extras
+    (interpolation, inversion) run on the first worker's device. Returns the store's records after the run.
     """
     placed = place_workers(spec, workers, devices)
     url = storage or DEFAULT_STORAGE
