@@ -139,7 +139,7 @@ def test_metric_absent_everywhere_is_omitted(tmp_path):
 CSV_HEADER = [
     "number", "state", "spacing", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid", "isc_mean",
     "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s", "images_per_s", "error", "grid", "strip",
-    "checkpoint_sha256", "device", "extractor", "extractor_sha256", "ref_key", "ref_sha256",
+    "checkpoint_sha256", "device", "extractor", "extractor_sha256", "precision", "ref_key", "ref_sha256",
 ]  # fmt: skip
 
 
