@@ -10,7 +10,7 @@ DDIM   := $(BIN)/ddimbench
 WANDB  ?= offline
 DEMO_STEPS ?= 2000
 
-.PHONY: install browser postgres test test-fast lint format demo demo-replicates bench bench-gpu clean train-digits train-mnist train-cifar10 \
+.PHONY: install system-packages test test-fast lint format demo demo-replicates bench bench-gpu clean train-digits train-mnist train-cifar10 \
 	train-celeba sweep report
 
 install: $(STAMP)
@@ -21,25 +21,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# System programs some tests need: with CI set their absence fails those tests, elsewhere it skips them.
-# $(call apt_need,CHECK,PACKAGE,NOTE): when the shell test CHECK fails, install the Debian PACKAGE (as root, where
-# apt-get is), else print NOTE; nothing happens when CHECK passes.
-apt_need = $(1) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
-	else echo "note: $(3)"; fi; }
-
-# The browser tests (tests/test_browser.py) drive Debian's headless Chromium.
-browser:
-	@$(call apt_need,test -x /usr/bin/chromium,chromium,no /usr/bin/chromium (apt-get install chromium); the browser tests skip outside CI)
-
-# The PostgreSQL tests start a private server with initdb and pg_ctl, found as tests/helpers/postgres.py finds
-# them: on PATH or under Debian's /usr/lib/postgresql/<version>/bin (the package also adds the postgres user that
-# runs them under root).
+# System programs some tests need: Debian's headless Chromium (tests/test_browser.py) and the PostgreSQL server
+# (initdb and pg_ctl, found as tests/helpers/postgres.py finds them: on PATH or under Debian's
+# /usr/lib/postgresql/<version>/bin; the package also adds the postgres user that runs them under root). With CI
+# set their absence fails those tests, elsewhere it skips them. One step collects what is missing and, as root
+# where apt-get is, installs it with one apt-get update and one install (two apt-get runs at once, as under
+# make -j, would race for the dpkg lock); nothing happens when everything is present.
+CHROMIUM_FOUND = test -x /usr/bin/chromium
 PG_FOUND = for b in initdb pg_ctl; do command -v $$b || ls /usr/lib/postgresql/*/bin/$$b || exit 1; done >/dev/null 2>&1
-postgres:
-	@$(call apt_need,( $(PG_FOUND) ),postgresql,no initdb/pg_ctl (apt-get install postgresql); the PostgreSQL tests skip outside CI)
+system-packages:
+	@missing=""; \
+	$(CHROMIUM_FOUND) || missing="$$missing chromium"; \
+	( $(PG_FOUND) ) || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "note: missing$$missing: the tests that need them skip here and fail with CI set;" \
+			"install with: sudo apt-get install$$missing"; \
+	fi
 
-test: $(STAMP) browser postgres
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked slow (subprocesses, kills, torchrun, PostgreSQL).

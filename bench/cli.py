@@ -35,7 +35,7 @@ from bench.console import (
 from bench.metrics import EXTRACTORS, METRICS
 from bench.sample_config import SampleConfig
 from bench.store.untrusted import command_line, safe_url
-from bench.sweep.devices import DEVICES_HELP, WORKERS_HELP
+from bench.sweep.devices import DEVICES_HELP, DRY_RUN_HELP, WORKERS_HELP
 from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
@@ -286,7 +286,7 @@ def sweep(
     ),
     inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
     download: bool = typer.Option(False, help=DOWNLOAD_HELP),
-    dry_run: bool = typer.Option(False, help="Print the resolved sweep and exit."),
+    dry_run: bool = typer.Option(False, help=DRY_RUN_HELP),
     **wb: Any,
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
@@ -294,13 +294,14 @@ def sweep(
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from bench.report.front import summary_lines
     from bench.sweep.resolve import resolve_spec
-    from bench.sweep.runner import place_workers, run_sweep
+    from bench.sweep.runner import place_workers, run_sweep, workers_devices
 
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
-        _say(f"workers: {', '.join(place_workers(spec, workers, devices))}")  # refused as the run would refuse it
+        placed = place_workers(spec, workers, devices)  # refused as the run would refuse it
+        _say(f"workers: {len(placed)} on {workers_devices(placed)}")
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
@@ -388,9 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         _say("interrupted; rerun the same command to resume")
         return 130
-    except TyperException as exc:  # click's usage and parameter errors
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(f"[bold red]error:[/] {escape(safe_url(usage_line(message)))}", highlight=False, soft_wrap=True)
+    except TyperException as exc:  # click's usage and parameter errors: the same one line as our own errors
+        _fail(usage_line(exc.format_message() if hasattr(exc, "format_message") else str(exc)))
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0
 

@@ -31,7 +31,8 @@ def test_columns_hold_every_field_of_the_record_once_kid_shown_x1e3():
     # The trial and its cell, the measured values, error, images, then the rest alphabetically.
     head = ["number", "state", "spacing", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid"]
     assert list(cols)[: len(head)] == head
-    assert list(cols)[-7:] == sorted(list(cols)[-7:]) and list(cols)[-8] == "strip"
+    rest = list(cols)[list(cols).index("strip") + 1 :]
+    assert rest == sorted({f.name for f in dataclasses.fields(MEASURED.protocol)} | {"pareto"})
 
 
 def test_an_unmeasured_record_has_every_column_empty_and_no_pareto_column_outside_searches():
@@ -51,3 +52,18 @@ def test_scores_split_and_shown():
     assert scores.shown() == {"fid": 2.0, "isc_mean": None, "isc_std": None, "kid_mean_x1e3": 500.0,
                               "kid_std_x1e3": None}  # fmt: skip
     assert Scores.scale("kid_mean") == 1000.0 and Scores.scale("fid") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cell", "row", "label"),
+    [
+        (Cell("ddim", "uniform", 20, 0.5, 0), ("ddim", 0.5), "uniform η = 0.5 S = 20 block 0"),
+        (Cell("ddim", "quad", 10, 0.0, 2), ("ddim", 0.0), "quad η = 0.0 S = 10 block 2"),
+        (Cell("sigma_hat", "quad", 10, None, 1), ("sigma_hat", None), "quad σ̂ S = 10 block 1"),
+        (Cell("ddpm", "uniform", 1000, None, 0), ("ddpm", None), "uniform ddpm S = 1000 block 0"),
+    ],
+)
+def test_a_cell_names_its_row_as_the_tables_do(cell, row, label):
+    """A grid cell's row is its Table 1 row (``row_key``), and its label (console, W&B captions, the report's
+    grid captions) names that row as the tables do (``row_label``)."""
+    assert cell.row == row and cell.label == label

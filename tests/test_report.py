@@ -28,7 +28,8 @@ from PIL import Image
 
 from bench.report import paper
 from bench.report.tables import tex_escape
-from bench.report.write import write_report
+from bench.report.write import warnings_of, write_report
+from bench.store.record import devices_text, listed_devices
 from ddim.errors import DDIMError
 
 
@@ -138,7 +139,7 @@ def test_metric_absent_everywhere_is_omitted(tmp_path):
 CSV_HEADER = [
     "number", "state", "spacing", "sampler", "eta", "steps", "seed_block", "nfe", "n", "seeds", "fid", "isc_mean",
     "isc_std", "kid_mean_x1e3", "kid_std_x1e3", "wall_s", "images_per_s", "error", "grid", "strip",
-    "checkpoint_sha256", "device", "extractor", "extractor_sha256", "ref_key", "ref_sha256",
+    "checkpoint_sha256", "device", "extractor", "extractor_sha256", "precision", "ref_key", "ref_sha256",
 ]  # fmt: skip
 
 
@@ -249,6 +250,20 @@ def test_protocol_mismatch_is_reported(tmp_path):
     write_report(as_records(records), meta, tmp_path / "out", root=tmp_path / "root")
     warnings = json.loads((tmp_path / "out/manifest.json").read_text(encoding="utf-8"))["warnings"]
     assert any("ref_sha256" in w and "#0" in w for w in warnings)
+
+
+def test_cells_on_any_of_the_workers_devices_are_not_flagged(tmp_path):
+    """A sweep with two worker devices lists both in its provenance (``devices_text``); a cell on either is the
+    sweep's device, a cell on a third is flagged. A GPU model's own comma does not split a device."""
+    records, meta = make_records(tmp_path / "root")
+    gpus = ["cuda:1 (Fake GPU)", "cuda:0 (Fake, GPU)"]
+    meta = {**meta, "device": devices_text([gpus[0], gpus[1], gpus[0]])}
+    assert listed_devices(meta["device"]) == gpus
+    records = [dict(r, device=gpus[i % 2]) for i, r in enumerate(records)]
+    assert not [w for w in warnings_of(as_records(records), meta, None) if "device" in w]
+    records[3]["device"] = "cuda:2 (Fake GPU)"
+    flagged = [w for w in warnings_of(as_records(records), meta, None) if "device" in w]
+    assert flagged == [f"trial #3: device 'cuda:2 (Fake GPU)' differs from the sweep's {meta['device']!r}"]
 
 
 # --------------------------------------------------------------------------------------------- tex

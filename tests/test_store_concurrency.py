@@ -163,13 +163,16 @@ def test_without_hard_links_a_fresh_store_is_moved_into_place(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["fresh.db"]  # no temp file, journal or lock left
 
 
-def test_without_hard_links_a_store_placed_by_a_lock_holder_is_used_not_replaced(tmp_path, monkeypatch):
+@pytest.mark.parametrize("holder", ["removes its lock", "is killed after its move"])
+def test_without_hard_links_a_store_placed_by_a_lock_holder_is_used_not_replaced(tmp_path, monkeypatch, holder):
+    """The holder's store is used; a lock it left behind (killed between its move and removing the lock) is stale
+    once the store is in place, and removed, though its holder (another host) cannot be asked."""
     from bench.store.guard import prepare_sqlite
 
     folder = tmp_path / "store"
     folder.mkdir()
     path, lock, theirs = folder / "s.db", folder / ".s.db.lock", _other_store(tmp_path)
-    lock.touch()  # another opener holds the lock: it is about to place its store
+    lock.write_text("4242 another-host 0123abcd\n")  # another opener holds the lock: it is about to place its store
     moved, linking = _no_hard_links(monkeypatch), threading.Event()
     failing_link = os.link
 
@@ -181,7 +184,8 @@ def test_without_hard_links_a_store_placed_by_a_lock_holder_is_used_not_replaced
         linking.wait(60)
         time.sleep(0.3)  # while this opener waits for the lock
         os.replace(theirs, path)
-        lock.unlink()
+        if holder == "removes its lock":
+            lock.unlink(missing_ok=True)  # (this opener may have removed it first: the store is in place)
 
     monkeypatch.setattr(os, "link", link)
     thread = threading.Thread(target=other_opener)
@@ -192,34 +196,93 @@ def test_without_hard_links_a_store_placed_by_a_lock_holder_is_used_not_replaced
     assert [p.name for p in folder.iterdir()] == ["s.db"]
 
 
-def test_without_hard_links_a_lock_left_by_a_killed_opener_is_one_line(tmp_path, monkeypatch):
+def _dead_pid() -> int:
+    """The pid of a process that has ended (not reused this soon)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_without_hard_links_a_lock_whose_holder_died_is_removed(tmp_path, monkeypatch):
+    """A lock naming a process of this host that has ended (killed before its move) is stale: removed, and the
+    store is created as if it were not there."""
+    import socket
+
+    import bench.store.guard as guard
+
+    moved = _no_hard_links(monkeypatch)
+    monkeypatch.setattr(guard, "backoff", lambda attempt: pytest.fail("waited for a dead holder's lock"))
+    lock = tmp_path / ".s.db.lock"
+    lock.write_text(f"{_dead_pid()} {socket.gethostname()} 0123abcd\n")
+    guard.prepare_sqlite(tmp_path / "s.db", "sqlite:///s.db")
+    assert moved == [tmp_path / "s.db"] and [p.name for p in tmp_path.iterdir()] == ["s.db"]
+
+
+@pytest.mark.parametrize(
+    ("text", "holder"),
+    [
+        ("", "an opener that left it empty"),  # killed between creating the lock and naming itself in it
+        ("{pid} {host} 0123abcd\n", "{pid} {host}"),  # alive on this host (another opener, still starting)
+        ("{pid} another-host 0123abcd\n", "{pid} another-host"),  # not ours to ask
+    ],
+)
+def test_without_hard_links_a_lock_still_held_is_one_line(tmp_path, monkeypatch, text, holder):
+    import socket
+
     import bench.store.guard as guard
     from ddim.errors import DDIMError
 
     _no_hard_links(monkeypatch)
     monkeypatch.setattr(guard, "backoff", lambda attempt: 0.0)
+    names = {"pid": os.getpid(), "host": socket.gethostname()}
     lock = tmp_path / ".s.db.lock"
-    lock.touch()
-    with pytest.raises(DDIMError, match=r"\.s\.db\.lock is still held; if no other sweep .* delete that file") as err:
+    lock.write_text(text.format(**names))
+    with pytest.raises(
+        DDIMError, match=r"\.s\.db\.lock is still held \(by (.*)\); if no other sweep .* delete that"
+    ) as err:
         guard.prepare_sqlite(tmp_path / "s.db", "sqlite:///s.db")
+    assert f"(by {holder.format(**names)})" in str(err.value)
     assert "\n" not in str(err.value) and [p.name for p in tmp_path.iterdir()] == [".s.db.lock"]
 
 
 def test_without_hard_links_openers_at_once_place_one_store(tmp_path, monkeypatch):
-    """Threads of one process stand in for processes: each makes its own store, exactly one is moved into place."""
-    from bench.store.guard import prepare_sqlite
+    """Two openers (threads of one process standing in for processes), each with its own made store: the first to
+    move its store pauses until the other has either reached its own move (check-then-move: both pass the check,
+    the second replaces the first's store) or is waiting for the lock; exactly one store is moved into place."""
+    import bench.store.guard as guard
 
     moved = _no_hard_links(monkeypatch)
-    path, start, failed = tmp_path / "s.db", threading.Barrier(4), []
+    moving = os.replace
+    lock, arrived, first_mover, failed = threading.Lock(), threading.Event(), [], []
+
+    def replace(src, dst, *args, **kwargs):
+        with lock:
+            first = not first_mover
+            first_mover.append(threading.current_thread().name)
+        if first:
+            assert arrived.wait(60), "the other opener neither moved nor waited for the lock"
+        else:
+            arrived.set()
+        return moving(src, dst, *args, **kwargs)
+
+    def backoff(attempt: int) -> float:
+        arrived.set()  # the other opener is waiting: it passed no check, the lock keeps it out
+        return 0.01
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(guard, "backoff", backoff)
+    path, start = tmp_path / "s.db", threading.Barrier(2)
 
     def opener() -> None:
         start.wait()
         try:
-            prepare_sqlite(path, "sqlite:///s.db")
-        except Exception as exc:  # reported below, with the others
+            guard.prepare_sqlite(path, "sqlite:///s.db")
+        except BaseException as exc:  # reported below, with the others
             failed.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(4)]
+    threads = [threading.Thread(target=opener, name=f"opener-{i}") for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:

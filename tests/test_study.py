@@ -128,7 +128,8 @@ def test_a_measurement_is_stored_under_the_releases_attribute_names_and_read_bac
     assert set(attrs) == {"cell", "sampler", "steps", "eta", "spacing", "seed_block", "result"} | metrics
     assert attrs["kid_mean"] == 0.0123 and attrs["nfe"] == 10
     assert set(attrs["result"]) == {"n", "seeds", "grid", "strip", "checkpoint_sha256", "extractor",
-                                    "extractor_sha256", "ref_key", "ref_sha256", "device", "versions"}  # fmt: skip
+                                    "extractor_sha256", "ref_key", "ref_sha256", "device", "precision",
+                                    "versions"}  # fmt: skip
     (record,), meta, _ = store.load_results("s", url)
     assert record == CellRecord(0, "COMPLETE", CELL, MEASURED) and record.measured.versions == {"torch": "2.3"}
     assert meta["ref_sha256"] == "r2" and meta["seeds"] == "500-999"  # known from the cells

@@ -58,8 +58,8 @@ def test_killed_worker_on_postgres_is_retried(ckpt, cache, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("path", ["inherited", "/usr/bin:/bin"])
 def test_make_postgres_looks_for_the_server_where_these_tests_do(path, monkeypatch):
-    """``make test`` installs Debian's postgresql (``make postgres``) exactly when this module would not find
-    initdb and pg_ctl: its check (run alone here, never the install) agrees with ``server_binary``."""
+    """``make test`` installs Debian's postgresql (``make system-packages``) exactly when this module would not
+    find initdb and pg_ctl: its check (run alone here, never the install) agrees with ``server_binary``."""
     make, sh = shutil.which("make"), shutil.which("sh")
     if make is None:
         pytest.skip("no make")
@@ -69,3 +69,36 @@ def test_make_postgres_looks_for_the_server_where_these_tests_do(path, monkeypat
     check = subprocess.run([make, "-s", "-C", str(ROOT), f"SHELL={sh}", "--eval", "pg-found: ; @$(PG_FOUND)",
                             "pg-found"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert (check.returncode == 0) == found, check.stderr
+
+
+@pytest.mark.parametrize("uid", ["0", "1000"])
+def test_make_installs_what_is_missing_in_one_apt_get_run(tmp_path, uid):
+    """``make system-packages`` with Chromium and PostgreSQL both missing: as root, one ``apt-get update`` and one
+    install of both (two runs at once would race for the dpkg lock); otherwise a note that says what fails in CI
+    and the sudo command. apt-get and id are stubs on PATH here: nothing is installed."""
+    make, sh = shutil.which("make"), shutil.which("sh")
+    if make is None:
+        pytest.skip("no make")
+    log = tmp_path / "apt.log"
+    for name, body in (("apt-get", f'echo "$*" >> {log}'), ("id", f"echo {uid}")):
+        (tmp_path / name).write_text(f"#!{sh}\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*found: str) -> subprocess.CompletedProcess:
+        return subprocess.run([make, "-s", "-C", str(ROOT), f"SHELL={sh}", "system-packages", *found], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    done = run("CHROMIUM_FOUND=false", "PG_FOUND=exit 1")
+    assert done.returncode == 0, done.stderr
+    if uid == "0":
+        assert calls() == ["update -qq", "install -y -qq chromium postgresql"] and done.stdout == ""
+    else:
+        assert calls() == [] and "fail with CI set" in done.stdout
+        assert "sudo apt-get install chromium postgresql" in done.stdout
+    before = calls()
+    present = run("CHROMIUM_FOUND=true", "PG_FOUND=true")  # everything found: nothing run, nothing said
+    assert present.returncode == 0 and present.stdout == "" and calls() == before

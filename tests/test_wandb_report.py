@@ -261,3 +261,33 @@ def test_a_report_without_wandb_leaves_no_earlier_definition(tmp_path, monkeypat
     path.write_text('{"mine": 1}')
     assert main(["report", "cf", "--storage", url, "--wandb", "disabled"]) == 0, capsys.readouterr().err
     assert path.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("failure", ["raises", "falls back"])
+def test_a_report_whose_wandb_fails_keeps_the_earlier_definition(tmp_path, monkeypatch, capsys, failure):
+    """W&B failing (not disabled) before the definition is saved: the earlier wandb_report.json stays, with the id
+    of the Report it published (so the next publication updates that Report), and one warning says it is the
+    earlier report's. Failing: make_tracker raising, or falling back to no tracking (NullTracker)."""
+    from bench.tracking import wandb_run
+    from bench.tracking.tracker import NullTracker
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    fake_sweep(url, "cf", "cifar10", "inception")
+    path = tmp_path / "reports" / "cf" / wandb_report.DEFINITION_FILE
+    assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
+    published = {"entity": "team", "id": "R1", "url": "https://wandb.test/R1"}
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), "published": published}))
+    before = path.read_text(encoding="utf-8")
+    capsys.readouterr()
+
+    def make_tracker(*args, **kwargs):
+        if failure == "raises":
+            raise RuntimeError("W&B is down")
+        return NullTracker()
+
+    monkeypatch.setattr(wandb_run, "make_tracker", make_tracker)
+    assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0
+    err = capsys.readouterr().err
+    assert path.read_text(encoding="utf-8") == before and (path.parent / "table.md").is_file()
+    assert err.count("is still an earlier report's") == 1 and "Traceback" not in err, err

@@ -103,6 +103,8 @@ def test_series_table_shows_the_report_tables_cells(tmp_path):
         Cell("ddim", "uniform", 10, 1.0, 1),
     ]
     records += [CellRecord(100 + i, "COMPLETE", cell, nan) for i, cell in enumerate(again)]
+    no_nfe = Measurement(n=50, scores=Scores(fid=5.0), wall_s=1.0, images_per_s=50.0)  # NFE not recorded
+    records.append(CellRecord(200, "COMPLETE", Cell("ddim", "uniform", 30, 0.0, 0), no_nfe))
     write_report(records, {"name": "demo", "n": 50}, tmp_path / "report", root=tmp_path, metrics=("fid",))
     shown = _md_table((tmp_path / "report" / "table.md").read_text(encoding="utf-8"), "FID ↓ — uniform spacing")
     columns, rows = results.series_table(records)
@@ -110,8 +112,10 @@ def test_series_table_shows_the_report_tables_cells(tmp_path):
     by_cell = {(r["eta"], r["steps"]): r for r in series}
     assert shown[("η = 1.0", 10)] == "failed" and (1.0, 10) not in by_cell
     assert shown[("η = 0.0", 50)] == "failed" and (0.0, 50) not in by_cell  # a FAIL trial
-    one = by_cell[(1.0, 20)]  # block 0 is NaN now: block 1 alone, as in the table
+    one = by_cell[(1.0, 20)]  # block 0 is NaN now: block 1 alone, as in the table, for the FID and the time
     assert one["blocks"] == 1 and one["fid"] == pytest.approx(_fid(1.0, 20, 1)) and one["fid_std"] is None
+    assert one["wall_s"] == pytest.approx(0.1 * 20 + 1) and one["nfe"] == 20
+    assert by_cell[(0.0, 30)]["nfe"] is None and by_cell[(0.0, 30)]["fid"] == 5.0  # not S: none was recorded
     got = {(r["series"], r["steps"]): r for r in series}  # named as the table's rows
     assert set(got) == {key for key, text in shown.items() if text not in ("failed", "—")}
     assert shown[("η = 1.0", 20)] == f"{_fid(1.0, 20, 1):.2f} (1 block failed)"

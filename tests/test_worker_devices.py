@@ -150,15 +150,20 @@ def test_dry_run_refuses_the_devices_the_run_would_refuse(monkeypatch, ckpt, cac
 
 
 def test_dry_run_names_the_workers_devices(monkeypatch, ckpt, cache, work, capsys) -> None:
+    """The worker count and the devices resolved and named as the study's provenance names them (not "auto")."""
     import json
 
     fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--dry-run"]
     assert main([*args, "--devices", "cuda:1,cuda:0"]) == 0
     out, err = capsys.readouterr()
-    assert "workers: cuda:1, cuda:0" in err and json.loads(out)["steps"] == [2]
+    assert "workers: 2 on cuda:1 (Fake GPU), cuda:0 (Fake GPU)\n" in err and json.loads(out)["steps"] == [2]
     assert main([*args, "--devices", "cuda:1", "--workers", "3"]) == 0
-    assert "workers: cuda:1, cuda:1, cuda:1" in capsys.readouterr().err
+    assert "workers: 3 on cuda:1 (Fake GPU)\n" in capsys.readouterr().err
+    fake_gpus(monkeypatch, 0)
+    assert main([*args, "--workers", "2"]) == 0  # device=auto without a GPU
+    assert "workers: 2 on cpu\n" in capsys.readouterr().err
     assert list(work.iterdir()) == []
 
 
@@ -180,3 +185,27 @@ def test_the_study_records_the_devices_the_workers_use(monkeypatch, ckpt, cache,
         with pytest.raises(DDIMError, match="stop before"):
             runner.run_sweep(spec, workers=3, devices=devices, storage=url(work), wandb="disabled", progress=False)
     assert [m["device"] for m in recorded] == ["cuda:1 (Fake GPU), cuda:0 (Fake GPU)", "cuda:1 (Fake GPU)", "cpu"]
+
+
+def test_the_extras_run_on_the_first_workers_device(monkeypatch, ckpt, cache, work) -> None:
+    """With several workers the interpolation strip and inversion table are made in this process, on worker 0's
+    device (--devices), not on the sweep's device key (auto)."""
+    from helpers.sweep import url
+
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    built: list[str] = []
+
+    class FakeEvaluator:
+        def __init__(self, spec, sha) -> None:
+            built.append(spec.device)
+
+        def extras(self, study, display) -> None:
+            built.append("extras")
+
+    monkeypatch.setattr(runner, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(runner, "_run_workers", lambda *a: None)  # the workers' cells are not the point here
+    spec = spec_of(ckpt, cache, "steps=2", "n=16", "interpolation=true")
+    assert spec.device == "auto"
+    runner.run_sweep(spec, devices="cuda:1,cuda:0", storage=url(work), wandb="disabled", progress=False)
+    assert built == ["cuda:1", "extras"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bench.report.tables import TEXT_FILES
+from bench.store.guard import process_alive
 from ddim.errors import DDIMError
 from ddim.files import atomic_write
 
@@ -149,12 +150,9 @@ def _temp_folders(out: Path, kind: str) -> list[Path]:
 def _alive(folder: Path) -> bool:
     """Whether the process that made a temporary folder (its pid is in the name) still runs on this machine."""
     try:
-        os.kill(int(folder.name.rsplit("-", 2)[-2]), 0)
-    except (ValueError, IndexError, ProcessLookupError):
+        return process_alive(int(folder.name.rsplit("-", 2)[-2]))
+    except (ValueError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _recover(out: Path) -> None:

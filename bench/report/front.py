@@ -15,8 +15,9 @@ from typing import Any
 
 from bench.report import plots
 from bench.report.tables import Metric, Table
+from bench.store.cell import eta_str, row_label
 from bench.store.record import CellRecord
-from bench.store.table_cells import Cell, as_number, eta_str, row_key, row_label
+from bench.store.table_cells import TableCell, as_number
 
 OBJECTIVES = {"nfe": ("NFE", ".0f"), "time": ("seconds per image", ".4g")}
 
@@ -64,9 +65,8 @@ def front(records: Sequence[CellRecord], objective: str) -> list[CellRecord]:
 def setting(r: CellRecord) -> str:
     """The cell of a record in words: "η = 0.31, S = 12, trailing" (+ the seed block when not 0)."""
     c = r.cell
-    row = row_key(c.sampler, as_number(c.eta))
     block = c.seed_block
-    return f"{row_label(row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
+    return f"{row_label(c.row)}, S = {c.steps}, {c.spacing}" + (f", seed block {block}" if block else "")
 
 
 def front_lines(records: Sequence[CellRecord], objective: str) -> list[str]:
@@ -91,10 +91,10 @@ def front_table(records: Sequence[CellRecord], meta: Mapping, metrics: Sequence[
     scores = [m for m in metrics if m.key == "fid"] + [m for m in metrics if m.key != "fid"]
     rows = []
     for r in on:
-        cells = [Cell("value", cost(r, objective), blocks=1)]
+        cells = [TableCell("value", cost(r, objective), blocks=1)]
         for m in scores:
             v = as_number(getattr(r.scores, m.field))
-            cells.append(Cell("missing") if v is None else Cell("value", v * m.scale, blocks=1))
+            cells.append(TableCell("missing") if v is None else TableCell("value", v * m.scale, blocks=1))
         rows.append((f"#{r.number}: {setting(r)}", tuple(cells)))
     n, seeds, dataset = meta.get("n"), meta.get("seeds"), meta.get("dataset")
     count = (f" {n} samples per trial" if n is not None else "") + (f" (seeds {seeds})" if seeds else "")

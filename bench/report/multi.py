@@ -33,8 +33,8 @@ from bench.report.tables import (
     table_tex,
 )
 from bench.report.write import pick_metrics, provenance_md, provenance_rows, validate_records, warnings_of
+from bench.store.study import Sweep
 from bench.store.table_cells import row_order, select_cells, spacing_order
-from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
 

@@ -4,14 +4,14 @@
 - Table 2: CIFAR10 reconstruction error (per-dimension MSE, pixels in [0, 1]) of η = 0 inversion.
 - Table 3 (appendix): LSUN 256 Bedroom / Church FID, η ∈ {0.0, 1.0}, S ≤ 100.
 
-Rows are keyed as the report's rows (``bench.store.table_cells.row_key``): ``("ddim", eta)`` for the η family
+Rows are keyed as the report's rows (``bench.store.cell.row_key``): ``("ddim", eta)`` for the η family
 and ``("sigma_hat", None)`` for the larger-variance σ̂ row. The paper used quadratic spacing for CIFAR10 and
 uniform elsewhere. No torch; this module is pure data plus look-ups.
 """
 
 from __future__ import annotations
 
-from bench.store.table_cells import RowKey, row_key
+from bench.store.cell import RowKey, row_key
 from ddim.errors import DDIMError
 
 _S5 = (10, 20, 50, 100, 1000)

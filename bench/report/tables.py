@@ -3,8 +3,8 @@
 Rows are η values of DDIM ascending, then σ̂, then other samplers by name; columns are S ascending;
 one table per metric and timestep spacing (``combined_tables``: one per metric, a column block per
 sweep and spacing, as the paper's Table 1 sets CIFAR10 and CelebA side by side). A cell is the mean
-over seed blocks (± std, ddof = 1, when there are several), its trials picked and its rows named by
-``bench.store.table_cells`` (which the W&B charts read too); the best mean per column is bold
+over seed blocks (± std, ddof = 1, when there are several), its trials picked by ``bench.store.table_cells``
+and its rows named by ``bench.store.cell`` (as the W&B charts are); the best mean per column is bold
 (compared at display precision, so visible ties are all bold). "failed" and "—" never count. Pure
 python: no torch, no optuna.
 """
@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bench.report import paper
+from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord, Scores
-from bench.store.table_cells import Cell, CellKey, RowKey, row_label, row_order, spacing_order, table_cell
+from bench.store.table_cells import TableCell, TableKey, row_order, spacing_order, table_cell
 from ddim.errors import DDIMError
 
 
@@ -53,16 +54,16 @@ class Table:
     caption: str
     corner: str
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group title, column headers)
-    rows: tuple[tuple[str, tuple[Cell, ...]], ...]  # (row label, one cell per column of all groups)
+    rows: tuple[tuple[str, tuple[TableCell, ...]], ...]  # (row label, one cell per column of all groups)
     fmt: str = ".2f"
     col_fmts: tuple[str, ...] = ()  # one format per column where they differ (else ``fmt`` for all)
     every_head: bool = False  # md: name the group in every column header (else in all but the first group's)
 
-    def cells_text(self, cells: Sequence[Cell], fl: _Flavor) -> list[str]:
+    def cells_text(self, cells: Sequence[TableCell], fl: _Flavor) -> list[str]:
         return [cell_text(c, self.col_fmts[i] if self.col_fmts else self.fmt, fl) for i, c in enumerate(cells)]
 
 
-def _mark_best(columns: list[list[Cell]], lower: bool, fmt: str) -> list[list[Cell]]:
+def _mark_best(columns: list[list[TableCell]], lower: bool, fmt: str) -> list[list[TableCell]]:
     """Bold the best mean of each column, compared as displayed so visible ties are all bold."""
     out = []
     for col in columns:
@@ -72,7 +73,7 @@ def _mark_best(columns: list[list[Cell]], lower: bool, fmt: str) -> list[list[Ce
     return out
 
 
-def _transpose(columns: list[list[Cell]]) -> list[tuple[Cell, ...]]:
+def _transpose(columns: list[list[TableCell]]) -> list[tuple[TableCell, ...]]:
     return list(zip(*columns, strict=True)) if columns else []
 
 
@@ -119,7 +120,7 @@ class Block:
 
     title: str
     spacing: str
-    cells: Mapping[CellKey, Mapping[int, CellRecord]]  # the sweep's cells (those on ``spacing`` are used)
+    cells: Mapping[TableKey, Mapping[int, CellRecord]]  # the sweep's cells (those on ``spacing`` are used)
     meta: Mapping = field(default_factory=dict)
     paper: str | None = None
     paper_title: str = ""
@@ -155,7 +156,7 @@ def row_table(title: str, label: str, caption: str, rows: Sequence[RowKey], grou
 
 
 def build_tables(
-    cells: Mapping[CellKey, Mapping[int, CellRecord]],
+    cells: Mapping[TableKey, Mapping[int, CellRecord]],
     meta: Mapping,
     metrics: Sequence[Metric],
     compare: str | None,
@@ -177,8 +178,8 @@ def build_tables(
     return tables
 
 
-def _paper_cell(v: float | None) -> Cell:
-    return Cell("missing") if v is None else Cell("value", v, blocks=1)
+def _paper_cell(v: float | None) -> TableCell:
+    return TableCell("missing") if v is None else TableCell("value", v, blocks=1)
 
 
 def inversion_table(rows: Sequence[Mapping]) -> Table:
@@ -190,7 +191,7 @@ def inversion_table(rows: Sequence[Mapping]) -> Table:
             raise DDIMError(f"extras['inversion'] repeats S = {s}; pass one row per S")
         by_s[s] = float(r["mse"])
     steps = sorted(by_s)
-    ours = tuple(Cell("value", by_s[s], blocks=1) for s in steps)
+    ours = tuple(TableCell("value", by_s[s], blocks=1) for s in steps)
     ref = tuple(_paper_cell(paper.inversion_mse(s)) for s in steps)
     return Table(
         title="Inversion — reconstruction error vs S",
@@ -241,7 +242,7 @@ TEX = _Flavor(tex_escape, r" $\pm$ ", "---", r"\textbf{{{}}}")
 HTML = _Flavor(html.escape, " ± ", "—", "<b>{}</b>")
 
 
-def cell_text(c: Cell, fmt: str, fl: _Flavor) -> str:
+def cell_text(c: TableCell, fmt: str, fl: _Flavor) -> str:
     if c.status != "value":
         return "failed" if c.status == "failed" else fl.dash
     core = format(c.mean, fmt) + (fl.pm + format(c.std, fmt) if c.std is not None else "")

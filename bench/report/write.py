@@ -34,21 +34,20 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.store.record import CellRecord
+from bench.store.cell import eta_str, row_label
+from bench.store.record import CellRecord, listed_devices
+from bench.store.study import Sweep
 from bench.store.table_cells import (
-    CellKey,
+    TableKey,
     as_number,
-    eta_str,
+    complete_blocks,
     lines,
-    row_key,
-    row_label,
     row_order,
     select_cells,
     spacing_order,
     table_cell,
 )
 from bench.store.untrusted import artifact_file
-from bench.tracking.report_run import Sweep
 from ddim.errors import DDIMError
 
 
@@ -66,14 +65,14 @@ def _read_input(root: Path, rel: str, what: str) -> bytes:
 # ---------------------------------------------------------------------------------------- figures
 def _grid_name(r: CellRecord, suffix: str) -> str:
     c = r.cell
-    sampler, eta = row_key(c.sampler, as_number(c.eta))
+    sampler, eta = c.row
     e = f"_eta{eta_str(eta)}" if sampler == "ddim" else ""
     return f"{slug(c.spacing)}_{slug(sampler)}{e}_S{c.steps}_b{c.seed_block}{suffix}"
 
 
-def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
-    """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, from the complete
-    blocks."""
+def _plot_series(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> tuple[list, list]:
+    """Per chart line (``bench.store.table_cells.lines``): FID vs S and FID vs seconds per image, both from the
+    blocks the FID is averaged over (``complete_blocks``)."""
     by_steps, by_time = [], []
     for line in lines(cells):
         spacing, row = line.spacing, line.row
@@ -84,11 +83,8 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
             if c.status != "value":
                 continue
             pts.append((s, c.mean, c.std or 0.0))
-            cost = [
-                1.0 / ips
-                for r in blocks.values()
-                if r.state == "COMPLETE" and (ips := as_number(r.measured.images_per_s)) and ips > 0
-            ]
+            good = complete_blocks(blocks, "fid").values()
+            cost = [1.0 / ips for r in good if (ips := as_number(r.measured.images_per_s)) and ips > 0]
             if cost:
                 tpts.append((float(np.mean(cost)), c.mean, c.std or 0.0, f"S={s}"))
         kw = {"label": line.label, "group": spacing, "colour_key": row_label(row)}
@@ -100,7 +96,7 @@ def _plot_series(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> tuple[lis
     return by_steps, by_time
 
 
-def _consistency_sections(cells: Mapping[CellKey, Mapping[int, CellRecord]], root: Path) -> list:
+def _consistency_sections(cells: Mapping[TableKey, Mapping[int, CellRecord]], root: Path) -> list:
     """Per spacing, the lowest-η DDIM row: one strip per S from the same (lowest) seed block."""
     sections = []
     for spacing in sorted({k[0] for k in cells}, key=spacing_order):
@@ -150,12 +146,20 @@ def pick_metrics(names: Sequence[str], records: Sequence[CellRecord]) -> list[Me
     return present or chosen[:1]  # with no numbers at all, still show which cells failed or are pending
 
 
+def _differs(key: str, value: object, sweeps: object) -> bool:
+    """Whether a cell's protocol ``value`` of ``key`` is not the sweep's: for ``device``, not among the devices its
+    workers ran on (``listed_devices``)."""
+    if key == "device" and isinstance(value, str) and isinstance(sweeps, str):
+        return value not in listed_devices(sweeps)
+    return value != sweeps
+
+
 def warnings_of(records: Sequence[CellRecord], meta: Mapping, compare: str | None) -> list[str]:
     """The report's warnings: protocol fields that differ between cells, short cells, a forced paper comparison."""
     out = []
     for r in sorted(records, key=lambda r: r.number):
         for key, v in dataclasses.asdict(r.measured.protocol).items():
-            if v is not None and meta.get(key) is not None and v != meta[key]:
+            if v is not None and meta.get(key) is not None and _differs(key, v, meta[key]):
                 out.append(f"trial #{r.number}: {key} {v!r} differs from the sweep's {meta[key]!r}")
         n = as_number(r.measured.n)
         if r.state == "COMPLETE" and n is not None and as_number(meta.get("n")) and n < float(meta["n"]):
@@ -189,12 +193,6 @@ def provenance_md(sweeps: Sequence[Sweep]) -> str:
     if len(sweeps) == 1:
         return kv_md(("field", "value"), provenance_rows(sweeps[0][2]))
     return "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps)
-
-
-def _cell_name(r: CellRecord) -> str:
-    c = r.cell
-    sampler, eta = row_key(c.sampler, as_number(c.eta))
-    return f"{c.spacing} {row_label((sampler, eta))} S = {c.steps} block {c.seed_block}"
 
 
 def write_report(
@@ -299,7 +297,7 @@ def write_report(
             if f in w.written
         ]
         failed = [
-            f"trial #{r.number} ({_cell_name(r)}): {r.error or 'failed without a message'}"
+            f"trial #{r.number} ({r.cell.label}): {r.error or 'failed without a message'}"
             for r in sorted(records, key=record_order)
             if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
         ]
@@ -311,7 +309,7 @@ def write_report(
             sections.append(("Figures", "images", figures))
         if grids:
             by_number = {r.number: r for r in records}
-            sections.append(("Sample grids", "images", [(_cell_name(by_number[n]), rel) for n, rel in grids.items()]))
+            sections.append(("Sample grids", "images", [(by_number[n].cell.label, rel) for n, rel in grids.items()]))
         if failed:
             sections.append(("Failed cells", "list", failed))
         if warnings:

@@ -1,4 +1,6 @@
-"""One setting of a sweep's grid, and its canonical key (the identity a trial claims in the store)."""
+"""One setting of a sweep's grid, its canonical key (the identity a trial claims in the store), and the row of the
+paper's Table 1 (Song et al. 2020, section 5) it belongs to: DDIM at one η, or another sampler, named one way in
+every table, figure, chart, caption and console line (``row_key``, ``row_label``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddim.errors import DDIMError
+
+RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
+
+
+def eta_str(eta: float) -> str:
+    """η as every output writes it: "0.0", "0.5", "1.0"."""
+    s = f"{eta:g}"
+    return s if any(c in s for c in ".en") else s + ".0"
+
+
+def row_key(sampler: str, eta: float | None) -> RowKey:
+    """The table row a (sampler, η) pair belongs to; η only distinguishes rows for "ddim"."""
+    if sampler == "ddim":
+        return ("ddim", round(float(eta if eta is not None else 0.0), 6))
+    return (sampler, None)
+
+
+def row_label(row: RowKey) -> str:
+    """A row's name in every table, figure and chart: "η = 0.5", "σ̂", else the sampler."""
+    sampler, eta = row
+    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
+
 
 _KEY = re.compile(
     r"sampler=(?P<sampler>\w+) spacing=(?P<spacing>\w+) steps=(?P<steps>\d+) "
@@ -53,10 +77,11 @@ class Cell:
         return f"{self.spacing}_{self.sampler}{eta}_S{self.steps}_b{self.seed_block}"
 
     @property
-    def row(self) -> str:
-        """The table row (and chart series) the cell belongs to: ``η=<eta>`` for DDIM, else the sampler."""
-        return f"η={self.eta:g}" if self.sampler == "ddim" else self.sampler
+    def row(self) -> RowKey:
+        """The table row (and chart line, with the spacing) the cell belongs to (``row_key``)."""
+        return row_key(self.sampler, self.eta)
 
     @property
     def label(self) -> str:
-        return f"{self.row} S={self.steps} {self.spacing} block {self.seed_block}"
+        """The cell's name in the console, W&B captions and the report: "uniform η = 0.5 S = 20 block 0"."""
+        return f"{self.spacing} {row_label(self.row)} S = {self.steps} block {self.seed_block}"

@@ -109,28 +109,88 @@ def _place_without_link(tmp: Path, path: Path, shown: str) -> None:
     """Move the made store ``tmp`` to ``path`` unless another opener placed one there first (theirs is used).
 
     ``os.replace`` overwrites, so checking for ``path`` and moving are done only by the opener that creates the
-    lock file ``.<name>.lock`` (``O_EXCL``: one at a time); the others wait for the store, or for the lock to
-    free (its holder failed). A lock left by an opener killed in those few instructions is a one-line error.
+    lock file ``.<name>.lock`` (``O_EXCL``: one at a time), which names its holder (``_lock_text``); the others
+    wait for the store, or for the lock to free (its holder failed). A lock whose holder died is removed
+    (``_stale``); one that stays held, e.g. by a process on another host, is a one-line error.
     """
     lock = path.with_name(f".{path.name}.lock")
+    mine = _lock_text()
     for attempt in range(ATTEMPTS):
         if path.exists():
+            _remove_if_stale(lock, path)  # a holder killed after its move leaves its lock behind
             return
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            time.sleep(backoff(attempt))
+            if not _remove_if_stale(lock, path):
+                time.sleep(backoff(attempt))
             continue
+        held = False
         try:
-            if not path.exists():
+            os.write(fd, mine.encode())
+            held = _read(lock) == mine  # not removed meanwhile by an opener that found an earlier holder dead
+            if held and not path.exists():
                 os.replace(tmp, path)
         finally:
             os.close(fd)
-            lock.unlink(missing_ok=True)
-        return
+            if _read(lock) == mine:
+                lock.unlink(missing_ok=True)
+        if held:
+            return
     if not path.exists():
-        raise DDIMError(f"cannot create sweep storage {shown}: {lock} is still held; if no other sweep is starting "
-                        "on this store (one was killed while creating it), delete that file and rerun")  # fmt: skip
+        holder = " ".join(_read(lock).split()[:2]) or "an opener that left it empty"
+        raise DDIMError(f"cannot create sweep storage {shown}: {lock} is still held (by {holder}); if no other "
+                        "sweep is starting on this store (one was killed while creating it), delete that file and "
+                        "rerun")  # fmt: skip
+
+
+def _lock_text() -> str:
+    """What a lock holder writes into the lock: its pid, host and a token of its own."""
+    import socket
+
+    return f"{os.getpid()} {socket.gethostname()} {uuid.uuid4().hex}\n"
+
+
+def _read(lock: Path) -> str:
+    try:
+        return lock.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
+
+
+def _stale(text: str, path: Path) -> bool:
+    """Whether the lock holding ``text`` is left over: its store is in place (the move happened, the holder died
+    before removing the lock), or its holder's pid is gone on this host. An empty lock (its holder is between
+    creating and writing it) or one from another host is live."""
+    import socket
+
+    if path.exists():
+        return True
+    parts = text.split()
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] != socket.gethostname():
+        return False
+    return not process_alive(int(parts[0]))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs on this machine (under any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _remove_if_stale(lock: Path, path: Path) -> bool:
+    """Remove ``lock`` when it is stale; True when it was. It is read again just before removing it, so a lock
+    taken since by another opener (other text: a token of its own) is left alone."""
+    text = _read(lock)
+    if not _stale(text, path) or _read(lock) != text:
+        return False
+    lock.unlink(missing_ok=True)
+    return True
 
 
 _DISK_FULL_WORDS = ("database or disk is full", "no space left on device", "disk quota exceeded", "diskfull",

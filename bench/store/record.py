@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,21 @@ class Protocol:
     ref_sha256: str | None = None
     device: str | None = None
     precision: str | None = None  # "bf16": the network ran under bfloat16 autocast; None: float32 (the paper's)
+
+
+# A sweep's provenance ``device`` lists the devices its workers ran on, each as a trial's ``Protocol.device``
+# names it, joined by ", " (a GPU model in brackets keeps any comma of its own).
+_DEVICE_SPLIT = re.compile(r", (?![^(]*\))")
+
+
+def devices_text(devices: Iterable[str]) -> str:
+    """The sweep's ``device`` provenance of its workers' ``devices``: each once, in order."""
+    return ", ".join(dict.fromkeys(devices))
+
+
+def listed_devices(text: str) -> list[str]:
+    """The devices a sweep's ``device`` provenance lists (``devices_text``); one device for a single name."""
+    return _DEVICE_SPLIT.split(text)
 
 
 @dataclass(frozen=True)

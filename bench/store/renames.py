@@ -2,8 +2,8 @@
 the paper's section 4.2) was called ``schedule`` before it was ``spacing`` everywhere.
 
 One rule for every place that reads such a name back: a sample folder's ``samples.json`` settings
-(``bench.generate``) and a sweep store's trial attributes, param choices and search space
-(``bench.store.study``).
+(``bench.generate``), a sweep store's trial attributes, param choices, search space and cell keys
+(``bench.store.study``), and the sweep key ``schedule=`` (``bench.sweep.overrides.ALIASES``).
 """
 
 from __future__ import annotations
@@ -24,3 +24,9 @@ def current_names(fields: Any) -> Any:
     if "spacing" in fields:
         return {k: v for k, v in fields.items() if k != OLD_SPACING}
     return {("spacing" if k == OLD_SPACING else k): v for k, v in fields.items()}
+
+
+def current_key(key: str) -> str:
+    """A stored cell key (``bench.store.cell.Cell.key``) in today's words: an earlier release's
+    ``sampler=ddim schedule=uniform ...`` reads as ``sampler=ddim spacing=uniform ...``."""
+    return key.replace(f" {OLD_SPACING}=", " spacing=", 1)

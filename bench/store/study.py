@@ -41,13 +41,13 @@ import time
 import typing
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
-from bench.store.renames import OLD_SPACING, current_names
+from bench.store.renames import OLD_SPACING, current_key, current_names
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
@@ -139,12 +139,9 @@ def _migrated_protocol(protocol: Any) -> Any:
 
 
 def stored_key(trial: optuna.trial.FrozenTrial) -> str | None:
-    """The key of the cell a trial claims (None for none), in today's words: an earlier release's
-    ``sampler=ddim schedule=uniform ...`` reads as ``sampler=ddim spacing=uniform ...``."""
+    """The key of the cell a trial claims (None for none), in today's words (``current_key``)."""
     key = trial.user_attrs.get("cell")
-    if not isinstance(key, str) or not key:
-        return None
-    return key.replace(f" {OLD_SPACING}=", " spacing=", 1)
+    return current_key(key) if isinstance(key, str) and key else None
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
@@ -241,6 +238,9 @@ def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple
         front = {t.number for t in study.best_trials}
         kept = [dataclasses.replace(r, pareto=r.number in front) for r in kept]
     return kept, superseded
+
+
+Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sweep as ``load_results`` reads it
 
 
 def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord], dict, dict]:

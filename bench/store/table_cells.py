@@ -1,6 +1,6 @@
 """A sweep's cells as the paper's Table 1 reads them (Song et al. 2020, section 5, Table 1): which trial stands
-for each cell and seed block, a cell's value over its seed blocks, the row (η or sampler) it sits in and that
-row's label, and the FID-vs-S lines drawn from the rows.
+for each cell and seed block, a cell's value over its seed blocks, the order of the rows (a row and its label:
+``bench.store.cell``), and the FID-vs-S lines drawn from the rows.
 
 Every view of a sweep's numbers reads them through here: the report's tables and figures (``bench.report``)
 and the sweep summary run's FID series and charts in W&B (``bench.tracking.results``), so the W&B chart and
@@ -17,35 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord
+from ddim.names import SPACINGS
 
-RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
-CellKey = tuple[str, RowKey, int]  # (spacing, row, S)
-
-_SPACING_ORDER = ("uniform", "quad", "trailing", "linspace")
+TableKey = tuple[str, RowKey, int]  # (spacing, row, S)
 
 
 def as_number(v) -> float | None:
     """``v`` as a float when it is a real number (not a bool), else None."""
     return None if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real) else float(v)
-
-
-def eta_str(eta: float) -> str:
-    s = f"{eta:g}"
-    return s if any(c in s for c in ".en") else s + ".0"
-
-
-def row_key(sampler: str, eta: float | None) -> RowKey:
-    """The table row a (sampler, η) pair belongs to; η only distinguishes rows for "ddim"."""
-    if sampler == "ddim":
-        return ("ddim", round(float(eta if eta is not None else 0.0), 6))
-    return (sampler, None)
-
-
-def row_label(row: RowKey) -> str:
-    """A row's name in every table, figure and chart: "η = 0.5", "σ̂", else the sampler."""
-    sampler, eta = row
-    return f"η = {eta_str(eta)}" if sampler == "ddim" else "σ̂" if sampler == "sigma_hat" else sampler
 
 
 def row_order(row: RowKey) -> tuple:
@@ -55,18 +36,19 @@ def row_order(row: RowKey) -> tuple:
 
 
 def spacing_order(s: str) -> tuple:
-    return (_SPACING_ORDER.index(s), "") if s in _SPACING_ORDER else (len(_SPACING_ORDER), s)
+    """The tables' spacing order: the library's (``ddim.names.SPACINGS``), then any other by name."""
+    return (SPACINGS.index(s), "") if s in SPACINGS else (len(SPACINGS), s)
 
 
-def _cell_key(r: CellRecord) -> CellKey:
-    return (r.cell.spacing, row_key(r.cell.sampler, as_number(r.cell.eta)), r.cell.steps)
+def _cell_key(r: CellRecord) -> TableKey:
+    return (r.cell.spacing, r.cell.row, r.cell.steps)
 
 
-def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[CellKey, dict[int, CellRecord]]:
+def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[TableKey, dict[int, CellRecord]]:
     """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
     (a retry supersedes the failure before it). A COMPLETE trial whose metric came out NaN still stands for its
     block (shown as failed), never an earlier trial of it."""
-    cells: dict[CellKey, dict[int, CellRecord]] = {}
+    cells: dict[TableKey, dict[int, CellRecord]] = {}
     for r in sorted(records, key=lambda r: r.number):
         blocks = cells.setdefault(_cell_key(r), {})
         b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
@@ -78,7 +60,10 @@ def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[Cel
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
+    """What a table shows for one (spacing, row, S) and metric: a value over seed blocks, or why there is none (a
+    grid cell, the setting measured, is ``bench.store.cell.Cell``)."""
+
     status: str  # "value" | "failed" | "missing"
     mean: float | None = None
     std: float | None = None  # over seed blocks, ddof = 1; None for a single block
@@ -88,25 +73,36 @@ class Cell:
     bold: bool = False  # the best of its table column
 
 
-def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> Cell:
-    """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` (a ``Scores`` field)
-    over the blocks that are COMPLETE with a finite value, with its std; "failed" when none is and some block
-    failed, errored or came out non-finite, else "missing"."""
-    values, nfes, failed = [], set(), 0
+def complete_blocks(blocks: Mapping[int, CellRecord], field: str) -> dict[int, CellRecord]:
+    """The seed blocks a cell's value of the score ``field`` (a ``Scores`` field) is taken over: COMPLETE with a
+    finite value. A block whose metric came out NaN is a failed block, not part of any point: a chart's x (its
+    time, its NFE) and y come from these same blocks."""
+    out = {}
     for b in sorted(blocks):
-        r = blocks[b]
+        v = as_number(getattr(blocks[b].scores, field))
+        if blocks[b].state == "COMPLETE" and v is not None and math.isfinite(v):
+            out[b] = blocks[b]
+    return out
+
+
+def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> TableCell:
+    """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` over its
+    ``complete_blocks``, with its std; "failed" when there is none and some block failed, errored or came out
+    non-finite, else "missing"."""
+    good = complete_blocks(blocks, field)
+    values = [float(getattr(r.scores, field)) * scale for r in good.values()]
+    nfes = {r.measured.nfe for r in good.values()} - {None}
+
+    def failed(r: CellRecord) -> bool:  # a failed trial, an errored metric or a non-finite value (not: not asked)
         v = as_number(getattr(r.scores, field))
-        if r.state == "COMPLETE" and v is not None and math.isfinite(v):
-            values.append(v * scale)
-            if r.measured.nfe is not None:
-                nfes.add(r.measured.nfe)
-        elif r.state == "FAIL" or (r.state == "COMPLETE" and (r.error or v is not None)):
-            failed += 1  # a failed trial, an errored metric or a non-finite value
+        return r.state == "FAIL" or (r.state == "COMPLETE" and bool(r.error or v is not None))
+
+    failed_blocks = sum(failed(r) for b, r in blocks.items() if b not in good)
     if not values:
-        return Cell("failed" if failed else "missing")
+        return TableCell("failed" if failed_blocks else "missing")
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
     nfe = tuple(sorted(nfes)) if nfes and nfes != {steps} else ()
-    return Cell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed)
+    return TableCell("value", float(np.mean(values)), std, len(values), nfe=nfe, failed_blocks=failed_blocks)
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,7 @@ class Line:
     steps: tuple[int, ...]
 
 
-def lines(cells: Mapping[CellKey, Mapping[int, CellRecord]]) -> list[Line]:
+def lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> list[Line]:
     """The chart lines of ``select_cells``' cells, one per (spacing, row), in the tables' order."""
     groups: dict[tuple[str, RowKey], list[int]] = {}
     for spacing, row, s in cells:

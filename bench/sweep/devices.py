@@ -4,7 +4,7 @@
 visible CUDA devices and the optional ``--devices`` list; ``assign_devices`` asks torch for that number.
 The rule, as ``--help`` states it (``WORKERS_HELP``, ``DEVICES_HELP``): a ``--devices`` list gets one worker
 per entry unless ``--workers`` asks for more (then they share the list round-robin); fewer workers than
-listed devices is refused rather than leaving some unused.
+listed devices is refused rather than leaving some unused. ``sweep --dry-run`` checks it (``DRY_RUN_HELP``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import re
 
 from ddim.errors import DDIMError
 
-__all__ = ["DEVICES_HELP", "WORKERS_HELP", "assign_devices", "worker_devices"]
+__all__ = ["DEVICES_HELP", "DRY_RUN_HELP", "WORKERS_HELP", "assign_devices", "worker_devices"]
 
 WORKERS_HELP = "Worker processes on this machine (default: one per --devices entry, else 1; one GPU each when several)."
 DEVICES_HELP = "The workers' devices, e.g. cuda:0,cuda:2: one worker each (more --workers share them; fewer: refused)."
+# ``sweep --dry-run`` (``bench.sweep.runner.place_workers``, ``workers_devices``): it places the workers as a run would.
+DRY_RUN_HELP = ("Check --workers, --devices and memory as the run would (a refusal exits 2), print the workers and "
+                "their devices (stderr) and the resolved sweep (stdout), and exit.")  # fmt: skip
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 

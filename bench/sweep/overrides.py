@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.console import warn
+from bench.store.renames import OLD_SPACING
 from bench.sweep.spec import Range, SweepSpec  # Range: a parsed lo..hi value
 from ddim.errors import DDIMError
 
@@ -132,7 +133,7 @@ KEYS: dict[str, Key] = {
     ),  # fmt: skip
     "artifacts": Key("str", "folder for sample grids (default ddimbench-sweeps/<name>)", example="artifacts=out"),
 }
-ALIASES = {"schedule": "spacing"}  # deprecated key -> its key: the old word for the timestep spacing
+ALIASES = {OLD_SPACING: "spacing"}  # deprecated key -> its key: the old word for the timestep spacing
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 

@@ -47,7 +47,7 @@ from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
-from bench.store.record import CellRecord, Measurement
+from bench.store.record import CellRecord, Measurement, devices_text
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
     claim,
@@ -305,9 +305,10 @@ def run_sweep(
     ``storage``: an Optuna RDB URL (default ``sqlite:///ddimbench-sweeps.db`` in the working
     directory). The same call on other machines with the same ``storage`` shares the work. ``wandb``:
     online / offline / disabled, None for online when a key is configured else offline; W&B
-    failures never stop the sweep. ``devices``: the workers' devices, comma-separated, dealt out
-    round-robin (default: one GPU each when several are visible, ``bench.sweep.devices``). Returns the
-    store's records after the run.
+    failures never stop the sweep. ``devices``: the workers' devices, comma-separated: one worker per entry
+    unless ``workers`` asks for more (they then share the list round-robin), fewer ``workers`` than entries
+    being refused (``bench.sweep.devices``); default: one GPU each when several are visible. The extras
+    (interpolation, inversion) run on the first worker's device. Returns the store's records after the run.
     """
     placed = place_workers(spec, workers, devices)
     url = storage or DEFAULT_STORAGE
@@ -324,13 +325,21 @@ def place_workers(spec: SweepSpec, workers: int | None = None, devices: str | No
     return placed
 
 
+def workers_devices(devices: list[str]) -> str:
+    """The devices that the workers placed on ``devices`` use, as the sweep's provenance records them (each resolved,
+    ``auto`` to what it means here, named as trials name theirs: ``device_name``; each once); ``sweep --dry-run``
+    prints the same."""
+    from ddim.runtime import resolve_device
+
+    return devices_text(device_name(resolve_device(d)) for d in devices)
+
+
 def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None, progress: bool, command: str,
                heartbeat: int) -> SweepSummary:  # fmt: skip
     from ddim.files import atomic_write_json, sha256_file
-    from ddim.runtime import resolve_device
 
     sha = sha256_file(spec.checkpoint)
-    device = ", ".join(dict.fromkeys(device_name(resolve_device(d)) for d in devices))  # what the workers use
+    device = workers_devices(devices)
     # Storage reachable, then the folders, then the study (which checks the protocol), then sweep.json: a run
     # that cannot write its outputs fails before it creates the study, and a refused rerun overwrites nothing.
     open_storage(url, heartbeat)
@@ -351,15 +360,15 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     display = Display(progress, total, f"sweep {spec.name}")
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
-            ev = None
+            first, ev = dataclasses.replace(spec, device=devices[0]), None  # the extras run on worker 0's device
             if len(devices) == 1:
-                ev = Evaluator(dataclasses.replace(spec, device=devices[0]), sha)
+                ev = Evaluator(first, sha)
                 _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
             else:
                 _run_workers(spec, url, heartbeat, token, wandb, devices, sha, display, progress)
             study = load_study(spec.name, url)
             if spec.interpolation or spec.inversion:
-                (ev or Evaluator(spec, sha)).extras(study, display)
+                (ev or Evaluator(first, sha)).extras(study, display)
             records, _ = records_of(study)
             track_summary(wandb, spec, records, display)
         finally:

@@ -5,7 +5,8 @@ a rerun of the same report updates its run. It logs the report's results table a
 ``samples-<sweep>-<cell>`` artifact (so W&B's lineage walks checkpoint -> cells -> report), defines the sweeps'
 W&B Report in the folder and, online, publishes it (``bench.tracking.wandb_report``), and logs the folder as the
 ``report-<name>`` artifact last, once it is complete. A failure is one warning (``wandb_run.tracked``). A report
-that saved no definition of its own (W&B off, or failing before it) leaves none from an earlier report.
+with W&B disabled leaves no definition from an earlier report; one whose W&B failed before saving its own keeps
+the earlier one (with the id of the Report it published), saying so in one warning.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import CellRecord, table
+from bench.store.study import Sweep
 from bench.store.untrusted import artifact_file, artifacts_root
 from bench.tracking.conventions import report_artifact, samples_artifact, wandb_options
-from bench.tracking.wandb_report import drop_definition, record_report
+from bench.tracking.wandb_report import drop_definition, keep_definition, record_report
 from bench.tracking.wandb_run import tracked
-
-Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta) as bench.store.study.load_results gives
 
 
 def use_grids(tracker: Any, sweep: str, root: Path, records: Sequence[CellRecord]) -> None:
@@ -70,5 +70,9 @@ def track_report(wandb: str | None, folder: Path, sweeps: Sequence[Sweep], prove
     config = dict(meta) if len(sweeps) == 1 else {"sweeps": names}
     tracked(wandb, warn, "the report", body, key=("report", joined), name=f"{joined}-report", group=first,
             job_type="report", config=config, dir=root)  # fmt: skip
-    if not saved:  # W&B off or failing: no earlier report's W&B Report definition left looking current
+    if saved:
+        return
+    if opts.mode == "disabled":  # W&B switched off: no earlier report's Report definition left looking current
         drop_definition(folder)
+    else:  # W&B failed: a transient failure must not lose the published Report's id
+        keep_definition(folder, warn)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.store.record import CellRecord, table
-from bench.store.table_cells import as_number, lines, select_cells, table_cell
+from bench.store.table_cells import as_number, complete_blocks, lines, select_cells, table_cell
 from bench.store.untrusted import artifact_file
 
 SAMPLES_KEY = "samples"  # each cell run's sample grid
@@ -66,8 +66,9 @@ def results_table(records: Sequence[CellRecord], root: str | Path) -> tuple[list
 def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[Any]]]:
     """(``SERIES_COLUMNS``, one row per chart line and S where the report's FID cell has a value): ``fid`` is
     that cell's mean over seed blocks, ``fid_std`` their std (ddof = 1; None for one block), ``blocks`` how many,
-    ``nfe`` the NFE (S unless the table notes another), ``wall_s`` the mean sampling time of the cell's complete
-    blocks (None without one). A cell the report shows as failed or missing has no row."""
+    ``nfe`` the (least) NFE they recorded (None when none did), ``wall_s`` their mean sampling time (None without
+    one): every column from the same blocks (``complete_blocks``: a block whose FID is NaN is in none). A cell the
+    report shows as failed or missing has no row."""
     cells = select_cells(records, [])
     rows = []
     for line in lines(cells):
@@ -77,9 +78,9 @@ def series_table(records: Sequence[CellRecord]) -> tuple[list[str], list[list[An
             c = table_cell(blocks, "fid", s)
             if c.status != "value":
                 continue
-            walls = [
-                w for r in blocks.values() if r.state == "COMPLETE" and (w := as_number(r.measured.wall_s)) is not None
-            ]
-            rows.append([line.label, line.spacing, sampler, eta, s, min(c.nfe) if c.nfe else s, c.blocks, c.mean,
+            good = complete_blocks(blocks, "fid").values()
+            walls = [w for r in good if (w := as_number(r.measured.wall_s)) is not None]
+            nfes = [r.measured.nfe for r in good if r.measured.nfe is not None]
+            rows.append([line.label, line.spacing, sampler, eta, s, min(nfes, default=None), c.blocks, c.mean,
                          c.std, statistics.fmean(walls) if walls else None])  # fmt: skip
     return list(SERIES_COLUMNS), rows

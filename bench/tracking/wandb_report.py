@@ -8,8 +8,8 @@ time, one line per η (the summary run's charts, ``bench.tracking.results.CHARTS
 grid (the summary run's results table), the cells' sample grids in a media browser, and the provenance
 (checkpoint, command, library versions). ``save_definition`` writes it into the report folder as
 ``wandb_report.json`` whenever W&B is on (online or offline; not when disabled), with or without the
-extra, and a report that saves none removes the one an earlier report saved (``drop_definition``);
-``publish`` (online) turns it into
+extra; a report with W&B disabled removes the one an earlier report saved (``drop_definition``), one whose W&B
+failed keeps it (``keep_definition``); ``publish`` (online) turns it into
 ``wandb_workspaces.reports.v2`` objects (``build_report``, which touches no network when the entity is given)
 and saves it, updating the Report it published before (its id is kept in ``wandb_report.json``, else the
 project's Report of the same title) instead of adding one.
@@ -212,10 +212,19 @@ def record_report(mode: str, folder: Path, sweeps: Sequence[str], provenance_md:
 
 
 def drop_definition(folder: Path) -> None:
-    """Remove ``folder/wandb_report.json`` when it is ours: a report written without saving its own definition
-    (W&B off, or failing) must not present an earlier report's as current. The Report's id recorded there goes
-    with it; the next publication finds the Report again by its title. A file of that name that is not ours
-    stays."""
+    """Remove ``folder/wandb_report.json`` when it is ours: a report written with W&B disabled must not present an
+    earlier report's definition as current. The Report's id recorded there goes with it; the next publication
+    finds the Report again by its title. A file of that name that is not ours stays."""
     path = folder / DEFINITION_FILE
     if _previous(path):
         path.unlink(missing_ok=True)
+
+
+def keep_definition(folder: Path, warn: Callable[[str], None]) -> None:
+    """After a report whose W&B failed before it saved its own definition: leave an earlier report's
+    ``folder/wandb_report.json`` (and the published Report's id in it, which the next publication updates) and say
+    in one warning that it describes the earlier report."""
+    path = folder / DEFINITION_FILE
+    if _previous(path):
+        warn(f"W&B: {path} is still an earlier report's (W&B failed before this report's was saved); rerun the "
+             "report with W&B working to replace it")  # fmt: skip
