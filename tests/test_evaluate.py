@@ -34,7 +34,7 @@ def test_same_cell_same_samples_same_fid_any_batch(ckpt, cache, work):
     assert torch.equal(block1, shifted.generate(cell)[0]) and not torch.equal(block1, u1)
 
 
-def test_batch_auto_is_sized_on_the_worker_and_changes_no_sample(ckpt, cache, work):
+def test_batch_auto_is_sized_on_the_worker_and_changes_no_sample(ckpt, cache, work, monkeypatch):
     from ddim.memory import SAMPLING_CPU_BATCH
 
     cell = Cell("ddim", "uniform", 3, 1.0, 0)
@@ -42,6 +42,13 @@ def test_batch_auto_is_sized_on_the_worker_and_changes_no_sample(ckpt, cache, wo
     assert auto.spec.batch == "auto" and auto.batch == SAMPLING_CPU_BATCH  # the CPU's batch; a GPU's is measured
     small = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=auto"), "x")
     assert small.batch == 20  # never more than a cell's n
+    import ddim.memory
+
+    asked = []
+    real = ddim.memory.sampling_batch
+    monkeypatch.setattr(ddim.memory, "sampling_batch", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    Evaluator(spec_of(ckpt, cache, "steps=3", "n=300", "batch=auto"), "x", share=2)  # two workers on one device
+    assert asked == [{"fraction": 0.25}]  # each takes its half of the half of free memory
     fixed = Evaluator(spec_of(ckpt, cache, "steps=3", "eta=1", "n=20", "batch=7"), "x")
     assert torch.equal(small.generate(cell)[0], fixed.generate(cell)[0])
 

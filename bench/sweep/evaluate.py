@@ -37,7 +37,8 @@ __all__ = ["Evaluator", "device_name"]
 class Evaluator:
     """One worker's model: the checkpoint is loaded once, then cells are sampled and measured."""
 
-    def __init__(self, spec: SweepSpec, checkpoint_sha256: str) -> None:
+    def __init__(self, spec: SweepSpec, checkpoint_sha256: str, share: int = 1) -> None:
+        """``share``: how many workers use this device; ``batch=auto`` takes that share of its memory."""
         from ddim.checkpoint import load_checkpoint
         from ddim.memory import sampling_batch
         from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile, warm_up
@@ -53,7 +54,10 @@ class Evaluator:
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
         # batch=auto: sized to this worker's device (the eager model probes: no compiling for the probe's shape)
         auto = not isinstance(spec.batch, int)
-        self.batch = min(spec.n, sampling_batch(eager, self.shape, self.device) if auto else spec.batch)
+        budget = 0.5 / max(1, share)  # half the free memory, split between the workers on this device
+        self.batch = min(
+            spec.n, sampling_batch(eager, self.shape, self.device, fraction=budget) if auto else spec.batch
+        )
         if use_compile(spec.compile, self.device):  # compile every batch shape now, not inside a cell's wall time
             warm_up(self.model, sorted({self.batch, spec.n % self.batch} - {0}), self.shape, self.device)
         self.root, self.versions = Path(spec.artifacts), library_versions()

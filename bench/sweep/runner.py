@@ -231,14 +231,15 @@ def _summary_line(cell: Cell, m: Measurement) -> str:
 
 
 def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, threads: int,
-                 sha: str, index: int, progress: bool) -> None:  # fmt: skip
-    """Entry point of a spawned worker process: load the checkpoint once, then work the store."""
+                 sha: str, index: int, progress: bool, share: int = 1) -> None:  # fmt: skip
+    """Entry point of a spawned worker process: load the checkpoint once, then work the store (``share``: the
+    workers on this one's device, which split its memory for ``batch=auto``)."""
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, raise_interrupt)
     offline_note_from_parent()  # the sweep's summary run names the offline folder once, not every worker
     try:
         display = Display(progress, live=False)
-        _Worker(spec, url, heartbeat, token, Evaluator(spec, sha), display, wandb, seed=index).run()
+        _Worker(spec, url, heartbeat, token, Evaluator(spec, sha, share=share), display, wandb, seed=index).run()
     except DDIMError as exc:
         print(f"sweep worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -254,8 +255,8 @@ def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
     Evaluator.warm_metrics(spec)  # the extractor and reference statistics are built once, not raced for
     ctx = mp.get_context("spawn")  # no forked torch / database state
     threads = max(1, torch.get_num_threads() // len(devices))
-    args = [(dataclasses.replace(spec, device=d), url, heartbeat, token, wandb, threads, sha, i, progress)
-            for i, d in enumerate(devices)]  # fmt: skip
+    args = [(dataclasses.replace(spec, device=d), url, heartbeat, token, wandb, threads, sha, i, progress,
+             devices.count(d)) for i, d in enumerate(devices)]  # fmt: skip
     procs = [ctx.Process(target=_worker_main, args=a, name=f"sweep-{a[7]}") for a in args]
     for p in procs:
         p.start()
