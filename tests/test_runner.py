@@ -22,6 +22,7 @@ from helpers.sweep import GRID, RUNNER, complete_cells, kill_mid_cell, spec_of, 
 from optuna.trial import TrialState
 
 from bench.report.build import make_report
+from bench.report.write import warnings_of
 from bench.store.record import columns
 from bench.store.storage import open_storage
 from bench.store.study import load_results
@@ -296,8 +297,11 @@ def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work):
     assert b.measured.protocol.precision == meta_b["precision"] == "bf16"
     assert f.measured.protocol.precision is None and "precision" not in meta_f  # float32: as stores always were
     assert b.scores.fid is not None and b.scores.fid != f.scores.fid  # other numbers, same seeds
+    bf16_note = "the network ran under bfloat16 autocast"
+    assert any(bf16_note in w for w in warnings_of([b], meta_b, None))  # the report says so
+    assert not any(bf16_note in w for w in warnings_of([f], meta_f, None))
     for name, other in (("b", ()), ("f", ("bf16=true",))):  # either way round: refused, nothing added
-        with pytest.raises(DDIMError, match="was run with precision="):
+        with pytest.raises(DDIMError, match="was run with bf16=(true|false), not bf16=(false|true);"):
             run_sweep(spec_of(ckpt, cache, *common, *other, name=name), storage=url(work), wandb="disabled")
         assert len(load_results(name, url(work))[0]) == 1
 
@@ -305,5 +309,5 @@ def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work):
 def test_same_name_other_protocol_is_refused(ckpt, cache, work):
     run_sweep(spec_of(ckpt, cache, "steps=2", "n=20", "interpolation=false", name="x"), storage=url(work),
               wandb="disabled", progress=False, heartbeat=1)  # fmt: skip
-    with pytest.raises(DDIMError, match="was run with n=20, not 30"):
+    with pytest.raises(DDIMError, match="was run with n=20, not n=30"):
         run_sweep(spec_of(ckpt, cache, "steps=2", "n=30", name="x"), storage=url(work), wandb="disabled")

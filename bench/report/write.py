@@ -35,7 +35,7 @@ from bench.report.tables import (
     table_tex,
 )
 from bench.store.cell import eta_str, row_label
-from bench.store.record import CellRecord, listed_devices
+from bench.store.record import BF16, CellRecord, listed_devices
 from bench.store.study import Sweep
 from bench.store.table_cells import (
     TableKey,
@@ -166,6 +166,9 @@ def warnings_of(records: Sequence[CellRecord], meta: Mapping, compare: str | Non
             out.append(f"trial #{r.number}: metrics from {int(n)} samples, fewer than the sweep's {meta['n']}")
     if compare and (why := paper.mismatch(compare, meta.get("dataset"), meta.get("extractor"))):
         out.append(f"the paper's {compare} numbers (Inception FID) are shown beside a sweep of {why} (--force)")
+    if meta.get("precision") == BF16:  # never silent: the paper's numbers and other sweeps are float32
+        out.append("the network ran under bfloat16 autocast (bf16=true): its scores differ from float32 ones (the "
+                   "paper's, and sweeps without bf16) by more than rounding")  # fmt: skip
     return out
 
 

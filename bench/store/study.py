@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
-from bench.store.record import CellRecord, Measurement, Protocol, Scores
+from bench.store.record import BF16, CellRecord, Measurement, Protocol, Scores
 from bench.store.renames import OLD_SPACING, current_key, current_names
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
@@ -118,9 +118,10 @@ def create_study(
             study.set_metric_names(["fid", "cost"] if protocol["mode"] == "pareto" else ["fid"])
     else:
         for key in {**old, **protocol}:  # both ways: a key only one side has (precision=bf16) differs too
-            if old.get(key) != protocol.get(key):
+            was, now = old.get(key), protocol.get(key)
+            if was != now:
                 raise DDIMError(
-                    f"sweep {name!r} was run with {key}={old.get(key)!r}, not {protocol.get(key)!r}; "
+                    f"sweep {name!r} was run with {_setting(key, was)}, not {_setting(key, now)}; "
                     "rerun with the same settings or choose another name="
                 )
         # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
@@ -128,6 +129,11 @@ def create_study(
         run = {k: meta.get(k) for k in _RUN_FIELDS}
         study.set_user_attr(f"{_RUN_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
     return study
+
+
+def _setting(key: str, value: Any) -> str:
+    """A protocol entry as the user sets it: ``precision`` is the sweep key ``bf16``."""
+    return f"bf16={str(value == BF16).lower()}" if key == "precision" else f"{key}={value!r}"
 
 
 def _migrated_protocol(protocol: Any) -> Any:
