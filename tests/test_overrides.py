@@ -43,7 +43,7 @@ def test_sampler_list_is_read_at_runtime(monkeypatch):
         ("n=0", "out of range"),
         ("n=-5", "out of range"),
         ("batch=0", "out of range"),
-        ("batch=big", "not an integer"),
+        ("batch=big", "not an integer; write e.g. batch=256 or batch=auto"),
         ("n=auto", "not an integer"),  # only batch takes auto
         ("eta=-1", "out of range"),
         ("eta=nan", "not a number"),

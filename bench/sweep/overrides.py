@@ -96,7 +96,9 @@ KEYS: dict[str, Key] = {
     "n": Key("int", "samples per cell (the paper: 50000)", minimum=1, example="n=1000"),
     "batch": Key(
         "int",
-        "images per sampling batch, or auto: sized to the GPU's free memory (256 on a CPU); does not change results",
+        "images per sampling batch, or auto: each worker takes the largest power of two that fits its share of "
+        "half its GPU's free memory (at most 1024 and n; 256 on a CPU); samples do not depend on it beyond "
+        "float rounding",
         minimum=1,
         example="batch=256",
         auto=True,
@@ -118,8 +120,8 @@ KEYS: dict[str, Key] = {
     "compile": Key("bool", "torch.compile the network (default: per device, eager on the CPU)", example="compile=true"),
     "bf16": Key(
         "bool",
-        "the network in bfloat16 autocast: faster on GPUs and AMX CPUs, FID shifts slightly; "
-        "recorded, and a sweep never mixes it with float32 (the paper: false)",
+        "run the network under bfloat16 autocast (faster on GPUs with bf16 tensor cores and on AMX CPUs; FID moves "
+        "beyond rounding); recorded as precision bf16, and a sweep is all bf16 or all float32 (the paper: false)",
         example="bf16=true",
     ),  # fmt: skip
     "interpolation": Key("bool", "write the slerp interpolation strip at the end", example="interpolation=true"),
@@ -193,7 +195,8 @@ def _scalar(name: str, text: str) -> Any:
         return "auto"
     if k.kind == "int":
         if not re.fullmatch(r"[+-]?\d+", text):
-            raise DDIMError(f"{name}={text!r} is not an integer; write e.g. {example(name)}")
+            also = f" or {name}=auto" if k.auto else ""
+            raise DDIMError(f"{name}={text!r} is not an integer; write e.g. {example(name)}{also}")
         value: Any = int(text)
     elif k.kind == "float":
         if not _NUMBER.match(text):
