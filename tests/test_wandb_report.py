@@ -243,10 +243,9 @@ def test_report_command_offline_writes_the_definition(tmp_path, monkeypatch, cap
     assert "Group') == 'cf'" in d["runsets"]["summary"]["filters"]
 
 
-def test_a_report_without_wandb_leaves_no_earlier_definition(tmp_path, monkeypatch, capsys):
-    """`ddimbench report NAME --wandb disabled` after a report with W&B: the folder holds no wandb_report.json
-    (the earlier report's table would pass for this one's W&B Report); with W&B on, a rerun keeps the Report id
-    the last publication recorded, so the next one updates that Report. A file of that name not ours stays."""
+def _published_report(tmp_path, monkeypatch, capsys) -> tuple[str, Path, dict]:
+    """A report of a fake cifar10 sweep written with W&B offline, its definition then marked as published:
+    (store URL, the definition file, what the publication recorded)."""
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     fake_sweep(url, "cf", "cifar10", "inception")
@@ -254,6 +253,14 @@ def test_a_report_without_wandb_leaves_no_earlier_definition(tmp_path, monkeypat
     assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
     published = {"entity": "team", "id": "R1", "url": "https://wandb.test/R1"}
     path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), "published": published}))
+    return url, path, published
+
+
+def test_a_report_without_wandb_leaves_no_earlier_definition(tmp_path, monkeypatch, capsys):
+    """`ddimbench report NAME --wandb disabled` after a report with W&B: the folder holds no wandb_report.json
+    (the earlier report's table would pass for this one's W&B Report); with W&B on, a rerun keeps the Report id
+    the last publication recorded, so the next one updates that Report. A file of that name not ours stays."""
+    url, path, published = _published_report(tmp_path, monkeypatch, capsys)
     assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
     assert json.loads(path.read_text(encoding="utf-8"))["published"] == published
     assert main(["report", "cf", "--storage", url, "--wandb", "disabled"]) == 0, capsys.readouterr().err
@@ -271,13 +278,7 @@ def test_a_report_whose_wandb_fails_keeps_the_earlier_definition(tmp_path, monke
     from bench.tracking import wandb_run
     from bench.tracking.tracker import NullTracker
 
-    monkeypatch.chdir(tmp_path)
-    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
-    fake_sweep(url, "cf", "cifar10", "inception")
-    path = tmp_path / "reports" / "cf" / wandb_report.DEFINITION_FILE
-    assert main(["report", "cf", "--storage", url, "--wandb", "offline"]) == 0, capsys.readouterr().err
-    published = {"entity": "team", "id": "R1", "url": "https://wandb.test/R1"}
-    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), "published": published}))
+    url, path, published = _published_report(tmp_path, monkeypatch, capsys)
     before = path.read_text(encoding="utf-8")
     capsys.readouterr()
 
