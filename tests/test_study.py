@@ -95,6 +95,18 @@ def test_an_old_search_store_accepts_a_rerun_with_the_same_space(tmp_path: Path)
         store.create_study("s", url, 0, {**protocol, "space": {**space, "spacing": ["uniform"]}}, {"name": "s"})
 
 
+def test_the_sweeps_devices_are_every_runs_devices(tmp_path: Path) -> None:
+    """A sweep resumed on other devices lists them all in its provenance, so its cells there are not flagged."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    protocol = {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000}
+    store.create_study("s", url, 0, protocol, {"name": "s", "device": "cuda:0 (A), cuda:1 (A)"})
+    store.create_study("s", url, 0, protocol, {"name": "s", "device": "cuda:1 (A)"})
+    store.create_study("s", url, 0, protocol, {"name": "s", "device": "cpu"})
+    _, meta, _ = store.load_results("s", url)
+    assert meta["device"] == "cuda:0 (A), cuda:1 (A), cpu" and meta["runs"] == 3
+    assert meta["last_run"]["device"] == "cpu"
+
+
 def test_ddimbench_report_reads_an_old_store(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from bench.cli import main
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
-from bench.store.record import BF16, CellRecord, Measurement, Protocol, Scores
+from bench.store.record import BF16, CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
 from bench.store.renames import OLD_SPACING, current_key, current_names
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
@@ -281,6 +281,10 @@ def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord
     if runs:
         meta["runs"] = 1 + len(runs)
         meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
+        # Every run's workers' devices: a sweep resumed on other GPUs ran there too (no "differs" warning for them).
+        texts = [t for t in (meta.get("device"), *(r.get("device") for r in runs)) if isinstance(t, str) and t]
+        if texts:
+            meta["device"] = devices_text(d for t in texts for d in listed_devices(t))
     if superseded:
         meta["superseded_trials"] = superseded
     extras = study.user_attrs.get("extras")
