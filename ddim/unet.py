@@ -130,11 +130,16 @@ def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups, channels, eps=1e-6)
 
 
+def _recorded(h: Tensor) -> bool:
+    """Whether autograd records ops on ``h`` (training): then an in-place op costs a copy instead of saving one."""
+    return h.requires_grad and torch.is_grad_enabled()
+
+
 def _norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     # SiLU in place on GroupNorm's fresh output when no backward will run (sampling): one buffer less.
     # Under autograd in place costs a copy: SiLU's backward needs its input, so autograd would clone it.
     h = norm(x)
-    return F.silu(h, inplace=not (h.requires_grad and torch.is_grad_enabled()))
+    return F.silu(h, inplace=not _recorded(h))
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -198,7 +203,7 @@ class AttnBlock(nn.Module):
         h = h.transpose(1, 2).unflatten(2, (H, W)).contiguous(memory_format=_memory_format(x))
         # Under autograd out of place: for channels_last ``h`` is a view of proj_out's result, and an in-place add
         # on a view makes autograd copy the whole base in backward (CopySlices) and again for the view (AsStrided).
-        return h + x if torch.is_grad_enabled() and h.requires_grad else _add_(h, x)
+        return h + x if _recorded(h) else _add_(h, x)
 
 
 class Downsample(nn.Module):

@@ -74,7 +74,7 @@ class PerfConfig:
 
 
 def _sizes(cfg: PerfConfig, cuda: bool) -> dict[str, Any]:
-    """Batches and repeats; CPU sizes keep the whole default run near 8 minutes on 2 quiet cores (467 s on a Xeon)."""
+    """Batches and repeats; CPU sizes keep the default run within 6–8 minutes on 2 quiet cores (324–467 s, Xeon)."""
     if cfg.quick:
         return {"train_batch": {"digits": 16, "cifar10": 2, "tiny": 8}, "train_reps": 2, "sample_batch": 8,
                 "sample_steps": (10,), "sample_reps": 2, "eval_reps": 2, "compile_reps": 1, "table1_reps": 1,
