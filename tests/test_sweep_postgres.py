@@ -56,18 +56,24 @@ def test_killed_worker_on_postgres_is_retried(ckpt, cache, tmp_path, monkeypatch
     assert again.complete == 4 and sorted(complete_cells(pg_url, "pg-kill")) == sorted(cells)
 
 
-@pytest.mark.parametrize("path", ["inherited", "/usr/bin:/bin"])
-def test_make_postgres_looks_for_the_server_where_these_tests_do(path, monkeypatch):
+@pytest.mark.parametrize("path", ["inherited", "/usr/bin:/bin", "nowhere"])
+def test_make_system_packages_looks_for_the_server_where_these_tests_do(path, monkeypatch):
     """``make test`` installs Debian's postgresql (``make system-packages``) exactly when this module would not
-    find initdb and pg_ctl: its check (run alone here, never the install) agrees with ``server_binary``."""
+    find initdb and pg_ctl: its check (run alone here, never the install) agrees with ``server_binary``; with
+    neither PATH nor Debian's folder holding them ("nowhere") it reports them missing."""
     make, sh = shutil.which("make"), shutil.which("sh")
     if make is None:
         pytest.skip("no make")
+    extra = []
     if path != "inherited":
-        monkeypatch.setenv("PATH", path)
-    found = bool(server_binary("initdb") and server_binary("pg_ctl"))
-    check = subprocess.run([make, "-s", "-C", str(ROOT), f"SHELL={sh}", "--eval", "pg-found: ; @$(PG_FOUND)",
-                            "pg-found"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if path == "nowhere":
+        if shutil.which("initdb") or shutil.which("pg_ctl"):
+            pytest.skip("initdb or pg_ctl is in /usr/bin or /bin")
+        extra = ["PG_LIB=/nonexistent"]
+    found = path != "nowhere" and bool(server_binary("initdb") and server_binary("pg_ctl"))
+    command = [make, "-s", "-C", str(ROOT), f"SHELL={sh}", *extra, "--eval", "pg-found: ; @$(PG_FOUND)", "pg-found"]
+    check = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert (check.returncode == 0) == found, check.stderr
 
 
@@ -102,3 +108,22 @@ def test_make_installs_what_is_missing_in_one_apt_get_run(tmp_path, uid):
     before = calls()
     present = run("CHROMIUM_FOUND=true", "PG_FOUND=true")  # everything found: nothing run, nothing said
     assert present.returncode == 0 and present.stdout == "" and calls() == before
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_a_failed_install_fails_make_test_only_in_ci(tmp_path, ci):
+    """Offline as root, apt-get fails: outside CI `make test` goes on (those tests skip) with one note; in CI it
+    stops, since the tests would fail anyway. apt-get is a failing stub: nothing is installed."""
+    make, sh = shutil.which("make"), shutil.which("sh")
+    if make is None:
+        pytest.skip("no make")
+    for name, body in (("apt-get", "exit 100"), ("id", "echo 0")):
+        (tmp_path / name).write_text(f"#!{sh}\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "CI": ci}
+    done = subprocess.run([make, "-s", "-C", str(ROOT), f"SHELL={sh}", "system-packages", "CHROMIUM_FOUND=false",
+                           "PG_FOUND=true"], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    if ci:
+        assert done.returncode != 0
+    else:
+        assert done.returncode == 0 and "could not install chromium" in done.stdout, done.stderr

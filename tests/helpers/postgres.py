@@ -23,7 +23,7 @@ def _unavailable(reason: str) -> None:
 
 def server_binary(name: str) -> str | None:
     """A PostgreSQL server program (initdb, pg_ctl) on PATH or under Debian's /usr/lib/postgresql/<version>/bin;
-    ``make postgres`` (run by ``make test``) looks in the same places before it installs the package."""
+    ``make system-packages`` (run by ``make test``) looks in the same places before it installs the package."""
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found if isinstance(found, str) else (found[-1] if found else None)
 
