@@ -109,7 +109,12 @@ def sampling_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch
     any other device ``cpu_default``; at most ``cap``. The batch changes speed, not samples (per-sample noise)."""
     if device.type != "cuda":
         return max(1, min(cap, cpu_default))
-    probe = 8
+    per_sample = evaluation_bytes(model, shape, device)
+    return fit_batch(per_sample, int(torch.cuda.mem_get_info(device)[0]), cap=cap, fraction=fraction)
+
+
+def evaluation_bytes(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, probe: int = 8) -> int:
+    """CUDA memory one sample of a no-grad evaluation takes at its peak, measured on a batch of ``probe``."""
     x = torch.zeros((probe, *shape), device=device)
     t = torch.full((probe,), 500, dtype=torch.long, device=device)
     torch.cuda.synchronize(device)
@@ -118,8 +123,7 @@ def sampling_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch
     with torch.no_grad():
         model(x, t)
     torch.cuda.synchronize(device)
-    per_sample = max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
-    return fit_batch(per_sample, int(torch.cuda.mem_get_info(device)[0]), cap=cap, fraction=fraction)
+    return max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
 
 
 def gigabytes(n: float) -> str:

@@ -98,20 +98,25 @@ def test_compiled_sampling_on_cuda_matches_eager(run) -> None:
     assert (out[0] - out[1]).abs().max() < 2e-2  # float summation order (and TF32) only
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_sampling_batch_fits_the_card(run) -> None:
     from ddim.memory import sampling_batch
 
     model = load_checkpoint(run[1].checkpoint).build_model("cuda")
     device = torch.device("cuda")
-    batch = sampling_batch(model, (1, 16, 16), device, cap=1 << 20)
-    assert batch >= 8 and batch & (batch - 1) == 0  # a power of two, measured from the free memory
     assert sampling_batch(model, (1, 16, 16), device, cap=64) == 64
-    with torch.no_grad():  # half the free memory was the budget: a batch of it runs
-        model(torch.zeros(min(batch, 4096), 1, 16, 16, device=device), torch.zeros(min(batch, 4096), dtype=torch.long,
-              device=device))  # fmt: skip
+    free = torch.cuda.mem_get_info(device)[0]
+    batch = sampling_batch(model, (1, 16, 16), device, cap=1 << 14)
+    assert batch >= 8 and batch & (batch - 1) == 0  # a power of two, measured from the free memory
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():  # the batch it chose runs within the budget: half the free memory
+        model(torch.zeros(batch, 1, 16, 16, device=device), torch.zeros(batch, dtype=torch.long, device=device))
+    torch.cuda.synchronize(device)
+    assert torch.cuda.max_memory_allocated(device) - before <= 0.5 * free
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_workers_spread_over_the_visible_gpus() -> None:
     from bench.sweep.devices import assign_devices
 

@@ -18,6 +18,26 @@ def test_break_even_counts_the_calls_that_repay_the_compile() -> None:
     assert break_even(12.0, 0.25, 0.25) is None and break_even(12.0, 0.2, 0.25) is None  # never pays off
 
 
+def test_the_compile_job_compiles_inside_an_empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bench.perf.models import RunSettings
+    from bench.perf.network import compile_job
+
+    seen = []
+
+    def fake_compile(model, **kwargs):  # records where inductor would cache; runs eager (fast)
+        seen.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    job = {"kind": "compile", "settings": RunSettings(device="cpu").to_dict(), "threads": 1, "preset": "tiny",
+           "batch": 2, "eval_batch": 2, "reps": 1}  # fmt: skip
+    res = compile_job(job)
+    assert [r["what"] for r in res["rows"]] == ["train step", "evaluation"]
+    assert seen and all("ddimbench-inductor-" in d and not os.path.exists(d) for d in seen)
+
+
 def test_compile_is_timed_from_an_empty_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/warm")

@@ -60,7 +60,11 @@ def test_table1_job_and_report(tmp_path) -> None:
         walls = {S: res["times"][f"{name}_S{S}"]["wall_s"] for S in (10, 50)}
         assert m["measured_images_per_s"] == {str(S): pytest.approx(4 / w) for S, w in walls.items()}
         assert (m["fit_a_s"], m["fit_b_s"]) == pytest.approx(table1.fit(walls))
-        assert m["images_per_s"]["1000"] > 0 and m["total_hours"] > m["sampling_hours"] > 0
+        a, b = m["fit_a_s"], m["fit_b_s"]
+        assert m["images_per_s"]["1000"] == pytest.approx(4 / (a + 1000 * b))  # S = 1000 from the fit
+        grid = table1.paper_grid()  # every cell of the sweep file, 12,500 calls of 4 each
+        assert m["sampling_hours"] == pytest.approx(table1.estimate(a, b, 4, grid) / 3600)
+        assert m["total_hours"] == pytest.approx(m["sampling_hours"] + res["feature_hours"])
     text = render({"machine": {"cpu": "x", "cpu_count": 2, "torch": "t", "torch_threads": 1}, "settings": {},
                    "started": "now", "seconds": 1, "method": "m", "targets": {}, "table1": [res]})  # fmt: skip
     assert "## 5. The paper's Table 1 on this machine" in text and "sweeps/paper-table1.yaml" in text

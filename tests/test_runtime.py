@@ -109,7 +109,8 @@ def test_numerics_restores_global_settings():
     assert torch.are_deterministic_algorithms_enabled() == before[0]
 
 
-def test_sampling_batch_fits_free_memory_as_a_power_of_two():
+def test_sampling_batch_fits_free_memory_as_a_power_of_two(monkeypatch):
+    import ddim.memory
     from ddim.memory import SAMPLING_CPU_BATCH, fit_batch, sampling_batch
     from ddim.unet import UNet, UNetConfig
 
@@ -122,6 +123,13 @@ def test_sampling_batch_fits_free_memory_as_a_power_of_two():
     cpu = torch.device("cpu")  # the CPU's batch is fixed: throughput is flat past small batches there
     assert sampling_batch(model, (1, 8, 8), cpu) == SAMPLING_CPU_BATCH
     assert sampling_batch(model, (1, 8, 8), cpu, cap=100) == 100
+    # On CUDA (faked here): 1 MiB per sample measured, 10 GiB free; the fraction is each worker's share.
+    monkeypatch.setattr(ddim.memory, "evaluation_bytes", lambda *a, **kw: mib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    cuda = torch.device("cuda")
+    assert sampling_batch(model, (1, 8, 8), cuda, cap=100_000) == 4096  # half of 10 GiB
+    assert sampling_batch(model, (1, 8, 8), cuda, cap=100_000, fraction=0.25) == 2048  # two workers on the card
+    assert sampling_batch(model, (1, 8, 8), cuda) == 1024  # the default cap
 
 
 def test_bf16_network_autocasts_and_returns_float32(ckpt):

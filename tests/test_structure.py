@@ -127,6 +127,6 @@ def test_source_files_stay_small() -> None:
 
 def test_docs_do_not_point_outside_the_repository() -> None:
     notes = ("PAPER.md", "STYLE.md", "LIBRARIES.md", "seed-README")
-    files = [*MODULES.values(), *(ROOT / "tests").glob("*.py"), ROOT / "Makefile", ROOT / "README.md"]
+    files = [*MODULES.values(), *(ROOT / "tests").rglob("*.py"), ROOT / "Makefile", ROOT / "README.md"]
     bad = [f"{p.relative_to(ROOT)}: {n}" for p in files if p != Path(__file__) for n in notes if n in p.read_text()]
     assert not bad, bad
