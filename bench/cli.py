@@ -184,6 +184,7 @@ def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
     n={"flags": ("-n", "--n")},
     spacing={"type": Spacing, "default": None},  # None: not given (the deprecated --schedule may stand in)
     sampler={"type": Sampler},
+    batch_size={"type": str, "metavar": "INTEGER|auto"},
     device={"metavar": DEVICE_METAVAR},
 )
 def sample(

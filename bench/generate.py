@@ -28,8 +28,8 @@ from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
-from ddim.memory import check_disk, check_memory
-from ddim.runtime import compiled, resolve_device, use_compile
+from ddim.memory import check_disk, check_memory, sampling_batch
+from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
 from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"
@@ -91,7 +91,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         except (OSError, ValueError):
             raise DDIMError(f"{manifest_path} is damaged; empty {out} or choose another --out") from None
         # Read in today's names: a folder an earlier release (the spacing named ``schedule``) left half-done resumes.
-        if not isinstance(old, dict) or current_names(old.get("settings")) != settings:
+        # ... and without ``bf16``, which folders written before the option were made without.
+        if not isinstance(old, dict) or _read_settings(old.get("settings")) != settings:
             raise DDIMError(f"{out} holds samples made with other settings; choose another --out or empty it")
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
@@ -105,16 +106,20 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     }
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
-    model = compiled(ck.build_model(device), device, cfg.compile)
+    eager = ck.build_model(device)
+    model = compiled(eager, device, cfg.compile)
+    if cfg.bf16:  # part of the settings: the pixels differ from float32 ones
+        model, eager = Bf16Network(model, device), Bf16Network(eager, device)
     alpha_bar = ck.alpha_bar()
     shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
     todo = [i for i in range(cfg.n) if not (out / names[i]).exists()]
+    batch = _batch(cfg, eager, shape, device, len(todo))
     done = cfg.n - len(todo)
     if progress is not None:
         progress(done, cfg.n)
     start = time.perf_counter()
-    for k in range(0, len(todo), cfg.batch_size):
-        idx = todo[k : k + cfg.batch_size]
+    for k in range(0, len(todo), batch):
+        idx = todo[k : k + batch]
         noise = SeededNoise([cfg.seed + i for i in idx], shape, device)
         x = sample(
             model, noise.initial(), alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise
@@ -132,11 +137,26 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     if todo:
         manifest["last_run"] = {
             "samples": len(todo),
+            "batch_size": batch,
             "seconds": round(seconds, 3),
             "images_per_s": round(len(todo) / max(seconds, 1e-9), 3),
         }
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _batch(cfg: SampleConfig, eager: torch.nn.Module, shape: tuple[int, ...], device: torch.device, todo: int) -> int:
+    """``--batch-size``, or for ``auto`` the largest batch the device's free memory holds (the eager network
+    probes, so a compiled one never compiles the probe's shape); never more than the samples left to write."""
+    if cfg.batch_size != "auto":
+        return int(cfg.batch_size)
+    return max(1, min(todo, sampling_batch(eager, shape, device)))
+
+
+def _read_settings(old: object) -> object:
+    """A manifest's settings in today's words: the old spacing name, and ``bf16`` false where it is absent."""
+    old = current_names(old)
+    return {"bf16": False, **old} if isinstance(old, dict) else old
 
 
 # The temp files ``atomic_write`` makes for our files (``.000012.png.<random>.tmp``): a killed run leaves them.

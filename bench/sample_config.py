@@ -29,10 +29,15 @@ class SampleConfig:
     spacing: str = _opt("uniform", "Timestep spacing τ (section 4.2; default uniform).")
     sampler: str = _opt("ddim", "ddim (eq. 12/16), sigma_hat (σ̂), ddpm (all T steps), or a baseline.")
     seed: int = _opt(0, "Sample i uses seed + i (its pixels depend only on that seed).")
-    batch_size: int = _opt(64, "Samples per network call (does not change any sample).")
+    batch_size: int | str = _opt(
+        64, "Samples per network call, or auto: sized to the device's free memory (does not change any sample)."
+    )
     device: str = _opt("auto", DEVICE_HELP)
     compile: bool | None = _opt(None, "torch.compile the network (default: per device, eager on the CPU).")
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
+    bf16: bool = _opt(
+        False, "Run the network under bfloat16 autocast: faster on bf16 hardware, pixels differ (recorded)."
+    )
 
     @classmethod
     def from_options(cls, options: dict[str, Any], schedule: str | None = None) -> SampleConfig:
@@ -45,7 +50,8 @@ class SampleConfig:
             from bench.console import warn
 
             warn("--schedule is deprecated; write --spacing instead")
-        return cls(**{**options, "spacing": spacing or schedule or cls.spacing})
+        batch = options.get("batch_size", cls.batch_size)
+        return cls(**{**options, "spacing": spacing or schedule or cls.spacing, "batch_size": _batch(batch)})
 
     def validate(self, T: int) -> None:
         from ddim import schedules
@@ -53,8 +59,8 @@ class SampleConfig:
 
         if self.n < 1:
             raise DDIMError(f"-n must be ≥ 1, got {self.n}")
-        if self.batch_size < 1:
-            raise DDIMError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise DDIMError(f"--batch-size must be ≥ 1 or auto, got {self.batch_size}")
         if self.seed < 0:
             raise DDIMError(f"--seed must be ≥ 0, got {self.seed}")
         if self.seed + self.n - 1 > MAX_SEED:  # sample i uses seed + i
@@ -66,3 +72,16 @@ class SampleConfig:
             raise DDIMError(f"--eta applies to the ddim sampler only; drop it for --sampler {self.sampler}")
         if self.sampler != "ddpm":
             schedules.timesteps(self.steps, T, self.spacing)  # raises on steps ≤ 0, > T or unknown spacing
+
+
+def _batch(value: Any) -> int | str:
+    """``--batch-size`` as given on the command line: a whole number or the word ``auto``."""
+    if isinstance(value, int) or value == "auto":
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise DDIMError(f"--batch-size must be a whole number or auto, got {value!r}") from None

@@ -116,6 +116,16 @@ def test_sampling_batch_fits_the_card(run) -> None:
     assert torch.cuda.max_memory_allocated(device) - before <= 0.5 * free
 
 
+def test_sample_command_sizes_its_batch_and_runs_bf16_on_the_card(run, tmp_path) -> None:
+    from bench.generate import generate
+    from bench.sample_config import SampleConfig
+
+    common = dict(checkpoint=str(run[1].checkpoint), n=3, steps=2, device="cuda", batch_size="auto")
+    for bf16 in (False, True):
+        manifest = generate(SampleConfig(out=str(tmp_path / str(bf16)), bf16=bf16, **common))
+        assert manifest["last_run"]["batch_size"] == 3 and manifest["settings"]["bf16"] is bf16  # n caps it
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_workers_spread_over_the_visible_gpus() -> None:
     from bench.sweep.devices import assign_devices

@@ -1,0 +1,85 @@
+"""``ddimbench sample --batch-size auto`` and ``--bf16``: the sweep's ``batch=auto`` and ``bf16=true`` for a folder.
+
+The batch never changes a sample (per-sample seeds); bf16 does, so it is part of the folder's settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.cli import run
+
+from ddim.memory import SAMPLING_CPU_BATCH
+
+COMMON = ["--steps", "2", "--eta", "1", "--seed", "3", "--device", "cpu"]
+
+
+def _sample(ckpt: Path, out: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    code, _, err = run(["sample", "--checkpoint", ckpt, "--out", out, *COMMON, *args], capsys)
+    return code, err
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "samples.json").read_text())
+
+
+def _pngs(out: Path, n: int) -> list[bytes]:
+    return [(out / f"{i:06d}.png").read_bytes() for i in range(n)]
+
+
+def test_batch_size_auto_takes_the_cpu_batch_and_changes_no_pixel(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    assert _sample(ckpt, auto, capsys, "-n", "3", "--batch-size", "AUTO")[0] == 0
+    assert _sample(ckpt, fixed, capsys, "-n", "3", "--batch-size", "1")[0] == 0
+    assert _pngs(auto, 3) == _pngs(fixed, 3)
+    assert _manifest(auto)["last_run"]["batch_size"] == min(3, SAMPLING_CPU_BATCH)  # n caps the CPU's 256
+    assert _manifest(fixed)["last_run"]["batch_size"] == 1
+    assert "batch_size" not in _manifest(auto)["settings"]  # the batch does not fix the pixels
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "many", "2.5"])
+def test_a_bad_batch_size_is_one_line_and_writes_nothing(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    out = tmp_path / "s"
+    code, err = _sample(ckpt, out, capsys, "-n", "2", "--batch-size", value)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--batch-size" in err and "auto" in err and value in err
+    assert not out.exists()
+
+
+def test_bf16_is_recorded_changes_pixels_and_is_not_mixed_with_float32(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    f32, bf16, again = tmp_path / "f32", tmp_path / "bf16", tmp_path / "again"
+    assert _sample(ckpt, f32, capsys, "-n", "2")[0] == 0
+    assert _sample(ckpt, bf16, capsys, "-n", "2", "--bf16")[0] == 0
+    assert _manifest(f32)["settings"]["bf16"] is False and _manifest(bf16)["settings"]["bf16"] is True
+    assert _pngs(bf16, 2) != _pngs(f32, 2)  # autocast reaches the network
+    assert _sample(ckpt, again, capsys, "-n", "2", "--bf16", "--batch-size", "1")[0] == 0
+    assert _pngs(again, 2) == _pngs(bf16, 2)  # same seed, same bf16 pixels
+    # A folder is never mixed: float32 into the bf16 folder and bf16 into the float32 one are refused.
+    for out, flag in ((bf16, ()), (f32, ("--bf16",))):
+        code, err = _sample(ckpt, out, capsys, "-n", "2", *flag)
+        assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_folder_written_before_bf16_existed_resumes_as_float32(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "old"
+    assert _sample(ckpt, out, capsys, "-n", "2")[0] == 0
+    before = _pngs(out, 2)
+    manifest = _manifest(out)
+    del manifest["settings"]["bf16"]  # as releases before the option wrote it
+    (out / "samples.json").write_text(json.dumps(manifest))
+    (out / "000001.png").unlink()
+    assert _sample(ckpt, out, capsys, "-n", "2")[0] == 0
+    assert _pngs(out, 2) == before
+    (out / "samples.json").write_text(json.dumps(manifest))  # without bf16 again: it reads as false
+    code, err = _sample(ckpt, out, capsys, "-n", "2", "--bf16")
+    assert code == 2 and "other settings" in err
