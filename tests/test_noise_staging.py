@@ -55,3 +55,19 @@ def test_sampled_pixels_unchanged_for_the_same_seeds(sampler: str, eta: float) -
 
 def test_an_empty_batch_draws_nothing() -> None:
     assert sampling.SeededNoise([], (1, 4, 4)).initial().shape == (0, 1, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_host_alpha_bar_reads_the_same_floats_in_one_copy(dtype: torch.dtype) -> None:
+    from torch.profiler import profile
+
+    from ddim.steps import host_alpha_bar
+
+    ab = schedules.alpha_bar().to(dtype)
+    assert host_alpha_bar(ab) == [float(a) for a in ab]  # exactly the floats one `item` each gave
+    ts = schedules.timesteps(5, 1000)
+    noise = sampling.SeededNoise(range(2), (1, 4, 4))
+    with profile() as prof:  # a sampling call reads ᾱ (T = 1000 entries) without one `item` per entry
+        sampling.sample(lambda x, t: torch.zeros_like(x), noise.initial(), ab, ts, eta=1.0, noise=noise)
+    items = sum(1 for e in prof.events() if e.name == "aten::item")
+    assert items < 50, f"{items} item() calls: ᾱ is read one entry at a time"
