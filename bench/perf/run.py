@@ -143,10 +143,13 @@ def _run_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if job.get("threads"):
         env["OMP_NUM_THREADS"] = str(job["threads"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.perf.jobs", json.dumps(job)],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.perf.jobs", json.dumps(job)],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
@@ -164,7 +167,7 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
     else:
         try:
             result = run_job(job)
-        except (DDIMError, ImportError, RuntimeError) as err:
+        except Exception as err:  # one failing job (a missing package, a CUDA error, a bug) spares the others
             result = {"error": f"{type(err).__name__}: {err}"}
     result["job_seconds"] = round(time.perf_counter() - start, 2)
     return result
@@ -226,10 +229,11 @@ def targets(sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
-    """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results."""
-    from bench.perf.report import render
-    from bench.perf.timing import machine_info
-    from ddim.files import atomic_write_json, atomic_write_text
+    """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results.
+
+    Both files are rewritten after every job (``complete`` false until the last), so a run that is killed or
+    runs out of time keeps what it measured; a failed job is recorded as ``{"error": ...}`` and listed in
+    ``failed``, and the jobs after it still run."""
     from ddim.runtime import resolve_device
 
     device = str(resolve_device(cfg.device))
@@ -238,24 +242,42 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     jobs = plan(cfg, device)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall = time.perf_counter()
-    results = []
+    results: list[dict[str, Any]] = []
     isolate = not device.startswith("cuda") if cfg.isolate is None else cfg.isolate  # CUDA peaks reset in-process
+    out: dict[str, Any] = {}
     for i, job in enumerate(jobs, 1):
-        label = f"{job['kind']} {job.get('preset', '')} {'memory ' + job['models'][0] if job.get('memory') else ''}"
         if log:
-            log(f"[{i}/{len(jobs)}] {label.strip()} ...")
+            log(f"[{i}/{len(jobs)}] {_label(job)} ...")
         # A compile job always gets a fresh process: inductor keeps compiled graphs in memory too.
         results.append(run_job_isolated(job, isolate or job["kind"] == "compile"))
         if log and "error" in results[-1]:
             log(f"    failed: {results[-1]['error']}")
-    sections = _collect(jobs, results)
+        out = _write(cfg, device, jobs, results, started=started, seconds=time.perf_counter() - wall, isolate=isolate)
+    return out or _write(cfg, device, jobs, results, started=started, seconds=0.0, isolate=isolate)
+
+
+def _label(job: dict[str, Any]) -> str:
+    memory = f"memory {job['models'][0]}" if job.get("memory") else ""
+    return " ".join(w for w in (job["kind"], str(job.get("preset", "")), memory) if w)
+
+
+def _write(cfg: PerfConfig, device: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]], *,
+           started: str, seconds: float, isolate: bool) -> dict[str, Any]:  # fmt: skip
+    """The results of the jobs run so far (``results`` follows ``jobs``), written to ``cfg.out``."""
     import torch
 
+    from bench.perf.report import render
+    from bench.perf.timing import machine_info
+    from ddim.files import atomic_write_json, atomic_write_text
+
+    sections = _collect(jobs, results)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = {
         "started": started,
-        "seconds": round(time.perf_counter() - wall, 1),
+        "seconds": round(seconds, 1),
+        "complete": len(results) == len(jobs),
+        "failed": [f"{_label(job)}: {res['error']}" for job, res in zip(jobs, results) if "error" in res],
         "config": {
             **asdict(cfg),
             "isolate": isolate,
@@ -344,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {Path(cfg.out) / 'results.json'} and README.md in {out['seconds']} s")
+    if out["failed"]:
+        print(f"error: {len(out['failed'])} job(s) failed (their rows are missing): " + "; ".join(out["failed"]),
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
