@@ -213,19 +213,21 @@ def classifier(
     data_root: str = typer.Option("data", help="Where dataset files live."),
     resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
     cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for the classifier and reference statistics."),
-    device: str = typer.Option("auto", metavar=DEVICE_METAVAR, help=DEVICE_HELP),
+    device: str | None = typer.Option(None, hidden=True, help="Ignored: the classifier is trained on the CPU."),
     download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
 ) -> None:
-    """Train (once) the dataset classifier used as the offline FID/IS/KID feature extractor."""
+    """Train (once, on the CPU: the same extractor on every machine) the dataset classifier used as the offline
+    FID/IS/KID feature extractor."""
+    from bench.console import warn
     from bench.metrics.classifier import ensure_classifier, summary_line
     from ddim.data import fetch_dataset
-    from ddim.runtime import resolve_device
 
+    if device is not None:
+        warn("--device is ignored: the classifier is always trained on the CPU, so every machine gets the same one")
     if download:
         fetch_dataset(dataset, data_root)
     with err.status(f"classifier for {dataset} (trained on first use)…"):
-        path, info = ensure_classifier(dataset, data_root=data_root, cache_dir=cache_dir,
-                                       device=str(resolve_device(device)), resolution=resolution)  # fmt: skip
+        path, info = ensure_classifier(dataset, data_root=data_root, cache_dir=cache_dir, resolution=resolution)
     _say(summary_line(path, info))
 
 

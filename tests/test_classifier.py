@@ -171,3 +171,15 @@ def test_load_classifier_rejects_other_files(tmp_path: Path) -> None:
         with pytest.raises(DDIMError) as err:
             load_classifier(path)
         assert "delete it" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_classifier_command_trains_on_the_cpu_whatever_device_is_asked(
+    digits_classifier, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The cache key names no device: training anywhere but the CPU would make the extractor depend on the card."""
+    from helpers.cli import run
+
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("the cached one is used"))
+    code, out, err = run(["classifier", "--cache-dir", cache_dir, "--device", "cuda:3"], capsys)
+    assert code == 0, err  # no CUDA here: the option is ignored, not refused
+    assert "--device is ignored" in err and str(digits_classifier[0]) in out + err

@@ -180,11 +180,14 @@ def ensure_classifier(
     *,
     data_root: str | os.PathLike = "data",
     cache_dir: str | os.PathLike = ".cache/ddimbench",
-    device: str = "cpu",
     resolution: int | None = None,
     seed: int = 0,
 ) -> tuple[Path, dict[str, Any]]:
     """The cached classifier for (dataset, resolution, seed), trained on the train split if missing.
+
+    Always trained on the CPU, single-threaded (seconds: 400 small steps): the cache key names no device, so
+    every machine of one CPU kind gets the same extractor, whichever device its first sweep or score ran on
+    (GPU kernels would make the weights, and so every FID, depend on the card).
 
     Returns the weights path and its info (``accuracy`` on the test split, ``sha256`` of the
     weights file, ``channels``, ``resolution``, ``num_classes``, ...), also stored as JSON next to it.
@@ -212,7 +215,7 @@ def ensure_classifier(
     if int(train_y.unique().numel()) < 2:
         raise DDIMError(f"the classifier extractor needs class labels, {dataset} has none; use --extractor inception")
     start = time.perf_counter()
-    model = train_classifier(train_x, train_y, seed=seed, device=device)
+    model = train_classifier(train_x, train_y, seed=seed, device="cpu")
     seconds = time.perf_counter() - start
 
     # 2. Test-split accuracy, recorded with the weights' hash.

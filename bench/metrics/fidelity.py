@@ -162,12 +162,18 @@ def resolve_inception_weights(inception_weights: str | os.PathLike | None = None
 
 
 def _device_context(device: str) -> contextlib.AbstractContextManager:
-    """torch-fidelity calls ``.cuda()``: select the requested CUDA device around it."""
+    """torch-fidelity calls ``.cuda()``: select the requested CUDA device around it, with float32 kernels
+    free of TF32 (on by default for cuDNN convolutions), so a score does not depend on the card's flags."""
     if not device.startswith("cuda"):
         return contextlib.nullcontext()
     if not torch.cuda.is_available():
         raise DDIMError(f"device {device!r} requested but CUDA is not available; pass --device cpu")
-    return torch.cuda.device(torch.device(device))
+    from ddim.runtime import numerics
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.cuda.device(torch.device(device)))
+    stack.enter_context(numerics(torch.device(device), tf32=False))
+    return stack
 
 
 def _check_sample_count(metrics: Sequence[str], n: int) -> None:
@@ -242,9 +248,7 @@ def compute_metrics(
     if extractor == "classifier":
         from bench.metrics.classifier import FEATURE_FID, ensure_classifier, register_feature_extractor
 
-        weights, cinfo = ensure_classifier(
-            dataset, data_root=data_root, cache_dir=cache_dir, device=device, resolution=resolution
-        )
+        weights, cinfo = ensure_classifier(dataset, data_root=data_root, cache_dir=cache_dir, resolution=resolution)
         if cinfo["channels"] != samples.shape[1] or cinfo["resolution"] != samples.shape[-1]:
             raise DDIMError(
                 f"samples are {tuple(samples.shape[1:])} but the {dataset} classifier takes "

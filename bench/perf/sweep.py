@@ -87,12 +87,12 @@ def _write_checkpoint(path: Path, preset_name: str) -> Path:
     return save_checkpoint(path, payload)
 
 
-def _fresh_cache(src: Path, dst: Path, device: str) -> dict[str, Any]:
+def _fresh_cache(src: Path, dst: Path) -> dict[str, Any]:
     """A cache dir holding only the (trained once, cached) classifier: reference statistics start cold."""
     from bench.metrics.classifier import ensure_classifier
 
     start = time.perf_counter()
-    weights, info = ensure_classifier(DATASET, cache_dir=src, device=device)
+    weights, info = ensure_classifier(DATASET, cache_dir=src)
     seconds = time.perf_counter() - start
     (dst / "classifier").mkdir(parents=True, exist_ok=True)
     for f in (weights, weights.with_suffix(".json")):
@@ -193,14 +193,13 @@ def _measure(mode: str, job: dict[str, Any], ck: Path, root: Path) -> dict[str, 
 
 def sweep_job(job: dict[str, Any]) -> dict[str, Any]:
     """Both grid runs (``modes``: ``loop`` and/or ``bench.sweep``), each with a cold reference cache."""
-    device = job["settings"]["device"]
     out: dict[str, Any] = {"dataset": DATASET, "runs": []}
     with tempfile.TemporaryDirectory(prefix="ddimbench-perf-") as tmp:
         tmp_path = Path(tmp)
         ck = _write_checkpoint(tmp_path / "random.pt", "digits")
         for mode in job.get("modes", ["loop", "bench.sweep"]):
             root = tmp_path / mode
-            out.update(_fresh_cache(Path(job.get("cache_dir", ".cache/ddimbench")), root / "cache", device))
+            out.update(_fresh_cache(Path(job.get("cache_dir", ".cache/ddimbench")), root / "cache"))
             try:
                 out["runs"].append(_measure(mode, job, ck, root))
             except (ImportError, DDIMError) as err:  # bench.sweep.runner is optional here: record why it did not run
