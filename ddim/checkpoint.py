@@ -94,12 +94,24 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it on the CPU (CPU tensors as they are), so a checkpoint written on a GPU
+    loads anywhere, also with a plain ``torch.load``; resuming moves the state back (``load_state_dict``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (temp file, fsync, rename): a failed write never damages an old file.
 
     An ``OSError`` (disk full, permissions) becomes a one-line ``DDIMError``.
     """
-    payload = {"format": FORMAT, **payload}
+    payload = {"format": FORMAT, **_on_cpu(payload)}
     try:
         return atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as exc:

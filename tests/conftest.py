@@ -10,6 +10,7 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read once per process: the deterministic CUDA test
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,11 +29,28 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     return cfg, train(cfg)
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Float32 kernels without TF32 while comparing with the CPU (the product turns TF32 on for speed)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-3) -> bool:
+    """Equal up to float summation order, relative to the largest value (unclipped DDIM reaches |x| ≈ 100s)."""
+    return bool((a - b).abs().max() <= rel * max(1.0, float(a.abs().max())))
+
+
 def test_bf16_channels_last_training_runs_and_checkpoints(run) -> None:
     cfg, result = run
     assert result.step == 20 and result.checkpoint is not None and result.last_loss is not None
-    ck = load_checkpoint(result.checkpoint)
-    assert all(t.device.type == "cpu" for t in ck.state["model"].values())  # portable checkpoints
+    # Portable: a checkpoint written on the GPU holds CPU tensors only (a plain torch.load works without CUDA).
+    raw = torch.load(result.checkpoint, weights_only=True)
+    tensors = [t for part in ("model", "ema") for t in raw[part].values()]
+    tensors += [t for s in raw["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
 
 
 def test_resume_on_cuda_is_bit_exact_with_deterministic_kernels(tmp_path) -> None:
@@ -59,8 +76,8 @@ def test_cuda_sampling_matches_cpu(run) -> None:
         model = ck.build_model(device)
         noise = sampling.SeededNoise(range(8), (1, 16, 16), device)
         out[device] = sampling.sample(model, noise.initial(), ck.alpha_bar(), ts, eta=1.0, noise=noise).cpu()
-    # Same seeds give the same noise on both devices (streams live on the CPU); TF32/cuDNN differ slightly.
-    assert (out["cpu"] - out["cuda"]).abs().max() < 2e-2
+    # Same seeds give the same noise on both devices (streams live on the CPU); cuDNN sums in another order.
+    assert _close(out["cpu"], out["cuda"]), (out["cpu"] - out["cuda"]).abs().max()
 
 
 def test_metrics_on_cuda_equal_cpu(tmp_path) -> None:
@@ -70,6 +87,8 @@ def test_metrics_on_cuda_equal_cpu(tmp_path) -> None:
 
     x = to_uint8(data.load_dataset("digits", split="test").images[:200])
     kw = dict(dataset="digits", metrics=("fid",), cache_dir=tmp_path / "cache")
+    # TF32 on, as after a training run: scoring turns it off itself, or the FID would move in the 3rd decimal.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cpu = compute_metrics(x, device="cpu", **kw)
     gpu = compute_metrics(x, device="cuda", **kw)
     assert gpu["fid"] == pytest.approx(cpu["fid"], rel=1e-3, abs=1e-3)
@@ -95,7 +114,7 @@ def test_compiled_sampling_on_cuda_matches_eager(run) -> None:
         model = compiled(ck.build_model(device), device, choice)
         noise = sampling.SeededNoise(range(8), (1, 16, 16), device)
         out.append(sampling.sample(model, noise.initial(), ck.alpha_bar(), ts, eta=1.0, noise=noise).cpu())
-    assert (out[0] - out[1]).abs().max() < 2e-2  # float summation order (and TF32) only
+    assert _close(out[0], out[1]), (out[0] - out[1]).abs().max()  # float summation order only
 
 
 def test_sampling_batch_fits_the_card(run) -> None:
