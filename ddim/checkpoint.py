@@ -10,6 +10,7 @@ and containers, so loading a file from elsewhere cannot run code.
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -95,14 +96,22 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
 
 
 def _on_cpu(obj: Any) -> Any:
-    """``obj`` with every tensor in it on the CPU (CPU tensors as they are), so a checkpoint written on a GPU
-    loads anywhere, also with a plain ``torch.load``; resuming moves the state back (``load_state_dict``)."""
+    """``obj`` with every tensor in it on the CPU, so a checkpoint written on a GPU loads anywhere, also with a
+    plain ``torch.load``; resuming moves the state back (``load_state_dict``). What holds no GPU tensor is
+    returned as it is (a CPU run's file stays byte for byte the same); a copied mapping keeps its type and
+    attributes (a ``state_dict``'s ``_metadata``)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj if obj.device.type == "cpu" else obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_on_cpu(v) for v in obj)
+        moved = {k: _on_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj
+        out = copy.copy(obj)
+        out.update(moved)
+        return out
+    if type(obj) in (list, tuple):
+        moved = [_on_cpu(v) for v in obj]
+        return obj if all(a is b for a, b in zip(moved, obj)) else type(obj)(moved)
     return obj
 
 

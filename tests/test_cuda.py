@@ -51,6 +51,7 @@ def test_bf16_channels_last_training_runs_and_checkpoints(run) -> None:
     tensors = [t for part in ("model", "ema") for t in raw[part].values()]
     tensors += [t for s in raw["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
     assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert raw["model"]._metadata == load_checkpoint(result.checkpoint).state["model"]._metadata  # kept in the copy
 
 
 def test_resume_on_cuda_is_bit_exact_with_deterministic_kernels(tmp_path) -> None:
