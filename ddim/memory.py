@@ -114,15 +114,23 @@ def sampling_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch
 
 
 def evaluation_bytes(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, probe: int = 8) -> int:
-    """CUDA memory one sample of a no-grad evaluation takes at its peak, measured on a batch of ``probe``."""
+    """CUDA memory one sample of a no-grad evaluation takes at its peak, measured on a batch of ``probe``.
+
+    cuDNN autotuning is off for the probe: its trial workspaces do not grow with the batch, and counting them
+    would make a sample look many times larger than it is (the half of free memory left covers the workspace
+    of whichever algorithm autotuning picks later)."""
     x = torch.zeros((probe, *shape), device=device)
     t = torch.full((probe,), 500, dtype=torch.long, device=device)
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad():
-        model(x, t)
-    torch.cuda.synchronize(device)
+    autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        with torch.no_grad():
+            model(x, t)
+        torch.cuda.synchronize(device)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
     return max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
 
 

@@ -192,7 +192,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C); a view for channels_last input
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C); a view (on CUDA GroupNorm returns NCHW)
         w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)  # (3C, C)
         b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
         q, k, v = F.linear(h, w_qkv, b_qkv).unflatten(-1, (3, 1, C)).permute(2, 0, 3, 1, 4)  # 3 x (B, 1, H*W, C)

@@ -31,11 +31,16 @@ def test_the_compile_job_compiles_inside_an_empty_cache(monkeypatch: pytest.Monk
         return model
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    resets: list[int] = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(len(seen)))
     job = {"kind": "compile", "settings": RunSettings(device="cpu").to_dict(), "threads": 1, "preset": "tiny",
            "batch": 2, "eval_batch": 2, "reps": 1}  # fmt: skip
     res = compile_job(job)
     assert [r["what"] for r in res["rows"]] == ["train step", "evaluation"]
     assert seen and all("ddimbench-inductor-" in d and not os.path.exists(d) for d in seen)
+    # The evaluation gets a compile of its own (after a reset), not the train step's module at a second batch
+    # size, which dynamo would recompile with a dynamic batch.
+    assert len(seen) == 2 and resets == [1]
 
 
 def test_compile_is_timed_from_an_empty_inductor_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,7 +125,11 @@ def _compile_rows(job: dict[str, Any]) -> dict[str, Any]:
     fns = {"eager": lambda: train_step(eager, opt_e, settings, data),
            "compiled": lambda: train_step(fast, opt_c, settings, data)}  # fmt: skip
     rows = [_compare(fns, "train step", batch, reps, settings)]
-    eager.eval(), twin.eval()  # the evaluation compiles anew: eval mode, no_grad, another batch
+    eager.eval(), twin.eval()
+    # The evaluation compiles anew, as a sweep's model does: reusing the training step's compiled module would
+    # recompile for the second batch size with a symbolic (dynamic) batch, which no fixed-batch sweep runs.
+    torch.compiler.reset()
+    fast = torch.compile(twin, backend=backend)
     x = batch_data(config, eval_batch, settings)
     fns = {"eager": lambda: evaluate(eager, settings, x), "compiled": lambda: evaluate(fast, settings, x)}
     rows.append(_compare(fns, "evaluation", eval_batch, reps, settings))
