@@ -272,7 +272,10 @@ def _load_celeba(root: Path, split: str, info: DatasetInfo) -> ImageFileDataset:
     folder = root / "celebA" / "img_align_celeba"
     names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
     if not names:
-        raise DDIMError(f"CelebA not found: expected aligned .jpg images in {folder}; put img_align_celeba there")
+        raise DDIMError(
+            f"CelebA not found: expected aligned .jpg images in {folder}; put img_align_celeba there "
+            "(and list_eval_partition.txt beside it: without it the train split is every image)"
+        )
     partition = root / "celebA" / "list_eval_partition.txt"
     if split != "all":
         if partition.is_file():

@@ -164,6 +164,7 @@ def train(
     on_grid: Callable[[Path, int], None] | None = None,
     progress: Callable[[int, dict[str, float | None]], None] | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    on_data: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ε_θ with Algorithm 1 up to ``cfg.max_steps`` optimiser steps (see the module doc).
 
@@ -172,7 +173,9 @@ def train(
     ``log(metrics, step)`` every ``log_every`` steps (mean loss and grad norm over the window, lr,
     images/s), ``progress(step, {"loss": last logged loss, "lr": lr})`` every step without waiting for
     the GPU, ``on_grid(path, step)`` after each sample grid, ``on_checkpoint(path, step)`` after each
-    checkpoint is written (older ones beyond ``keep`` are already removed).
+    checkpoint is written (older ones beyond ``keep`` are already removed), ``on_data(n)`` once the n training
+    images are found, before the model is built (a caller's memory warning then never precedes a missing-data
+    error).
     """
     cfg.validate()
     with Context.from_env(cfg.device) as ctx:
@@ -180,7 +183,7 @@ def train(
         # torch.manual_seed reseeds every visible GPU, so fork_rng restores them all (not only the one used).
         gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
         with numerics(device, tf32=cfg.tf32, deterministic=cfg.deterministic), torch.random.fork_rng(gpus):
-            return _train(cfg, ctx, resume, log, on_grid, progress, on_checkpoint)
+            return _train(cfg, ctx, resume, log, on_grid, progress, on_checkpoint, on_data)
 
 
 def _train(
@@ -191,6 +194,7 @@ def _train(
     on_grid: Callable[[Path, int], None] | None,
     progress: Callable[[int, dict[str, float | None]], None] | None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    on_data: Callable[[int], None] | None = None,
 ) -> TrainResult:
     device, run_dir = ctx.device, Path(cfg.run_dir)
     part = shard(cfg.batch_size, ctx.rank, ctx.world)
@@ -208,6 +212,8 @@ def _train(
             f"the training data under {cfg.data_root} ({fingerprint}) is not what the run in {run_dir} trained on "
             f"({ck.dataset['fingerprint']}); resume with the original images or start a new --run-dir"
         )
+    if on_data is not None and ctx.is_main:
+        on_data(len(ds))
 
     torch.manual_seed(cfg.seed)
     model = UNet(unet_cfg)

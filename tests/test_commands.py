@@ -225,3 +225,17 @@ def test_memory_estimate_grows_with_the_batch_and_the_model() -> None:
     assert celeba.peak(128) > 20 * 2**30  # the configuration that was killed at 21 GB on a CPU machine
     assert celeba.largest_batch(celeba.peak(16)) == 16 and celeba.largest_batch(0) == 0
     assert TINY  # the tiny UNet stays the suite's training size
+
+
+def test_missing_data_is_the_only_line_even_when_the_run_is_too_big(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`make train-celeba` without the images: the memory warning waits for the data, so the error stands alone."""
+    import ddim.memory
+
+    monkeypatch.setattr(ddim.memory, "available_bytes", lambda device: 1)  # any run is too big
+    argv = ["train", "--dataset", "celeba", "--data-root", work / "data", "--max-steps", "2",
+            "--run-dir", work / "runs" / "celeba", "--wandb", "disabled", "--device", "cpu"]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.strip().splitlines() == [err.strip()], err
+    assert err.startswith("error: CelebA not found") and "img_align_celeba" in err

@@ -57,9 +57,11 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     from ddim.training import train
 
     rank = int(os.environ.get("RANK", "0"))
-    warning = training_warning(cfg) if rank == 0 else None
-    if warning:
-        console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
+    def on_data(_: int) -> None:  # once the data is found: a missing dataset is then the only line
+        if warning := training_warning(cfg):
+            console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
     opts = wandb_options(wandb)
     run_dir = Path(cfg.run_dir)
     run_id = (read_run_id(run_dir) if resume else None) or new_run_id()
@@ -113,6 +115,7 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
             on_grid=lambda path, step: tracker.log_image("samples", str(path), step=step),
             progress=progress,
             on_checkpoint=on_checkpoint,
+            on_data=on_data,
         )
         tracker.summary({"step": result.step, "final_loss": result.last_loss})  # "loss" holds its minimum
     return result
