@@ -40,7 +40,7 @@ from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
 from ddim.errors import DDIMError
-from ddim.names import BETA_SCHEDULES, DATASETS, SAMPLERS, SPACINGS
+from ddim.names import BETA_SCHEDULES, DATASETS, LABELLED_DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ err = Console(stderr=True)
 
 # The library's name lists as option types: --help shows them, shells complete them, any case is accepted.
 Dataset = Literal[DATASETS]
+LabelledDataset = Literal[LABELLED_DATASETS]
 Spacing = Literal[SPACINGS]
 Sampler = Literal[SAMPLERS]
 BetaSchedule = Literal[BETA_SCHEDULES]
@@ -207,9 +208,7 @@ def sample(
 @app.command()
 @guarded
 def classifier(
-    dataset: Dataset = typer.Option(
-        "digits", case_sensitive=False, help="A dataset with labels (digits, mnist, cifar10)."
-    ),
+    dataset: LabelledDataset = typer.Option("digits", case_sensitive=False, help="A dataset with class labels."),
     data_root: str = typer.Option("data", help="Where dataset files live."),
     resolution: int | None = typer.Option(None, help="Image side in pixels (default: the dataset's)."),
     cache_dir: str = typer.Option(".cache/ddimbench", help="Cache for the classifier and reference statistics."),

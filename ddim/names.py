@@ -8,6 +8,7 @@ importing torch; ``ddim.data`` and ``ddim.schedules`` re-export them. ``SAMPLERS
 from __future__ import annotations
 
 DATASETS = ("digits", "mnist", "cifar10", "celeba", "folder")
+LABELLED_DATASETS = ("digits", "mnist", "cifar10")  # with class labels: what a classifier extractor trains on
 # ddim: eq. 12 with σ of eq. 16 (η); sigma_hat: σ̂ of section 5; ddpm: all T steps; then three baselines.
 SAMPLERS = ("ddim", "sigma_hat", "ddpm", "dpmpp_2m", "plms", "pndm")
 SPACINGS = ("uniform", "quad", "trailing", "linspace")  # the sub-sequence τ (section 4.2, appendix D.2)

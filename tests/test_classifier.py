@@ -183,3 +183,17 @@ def test_the_classifier_command_trains_on_the_cpu_whatever_device_is_asked(
     code, out, err = run(["classifier", "--cache-dir", cache_dir, "--device", "cuda:3"], capsys)
     assert code == 0, err  # no CUDA here: the option is ignored, not refused
     assert "--device is ignored" in err and str(digits_classifier[0]) in out + err
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "folder", "CelebA"])
+def test_a_dataset_without_labels_is_refused_before_any_file_is_read(
+    dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from helpers.cli import run
+
+    from ddim.errors import DDIMError
+
+    with pytest.raises(DDIMError, match=r"needs a dataset with class labels .*--extractor inception"):
+        classifier.load_labelled_uint8(dataset, data_root=tmp_path / "nothing-here")  # not "CelebA not found"
+    code, _, err = run(["classifier", "--dataset", dataset, "--data-root", tmp_path], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "digits, mnist, cifar10" in err, err

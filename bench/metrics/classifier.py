@@ -89,7 +89,13 @@ def load_labelled_uint8(
 ) -> tuple[Tensor, Tensor]:
     """A labelled in-memory split as uint8 images (N, C, H, W) (``to_uint8``) and long labels (N,)."""
     from ddim.data import load_dataset
+    from ddim.names import LABELLED_DATASETS, canonical_dataset
 
+    if canonical_dataset(dataset) not in LABELLED_DATASETS:  # refused before any file is read
+        raise DDIMError(
+            f"the classifier extractor needs a dataset with class labels ({', '.join(LABELLED_DATASETS)}), "
+            f"not {dataset!r}; score {dataset} with Inception features (--extractor inception)"
+        )
     ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
     labels = getattr(ds, "labels", None)
     if not hasattr(ds, "images") or labels is None or len(labels) == 0 or int(labels.min()) < 0:
