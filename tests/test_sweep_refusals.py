@@ -151,3 +151,25 @@ def test_tampered_trial_attributes_are_left_out_of_the_report(ckpt, cache, work,
     tamper(0, "steps", "2")
     code, err = run(["report", "t", "--storage", url(work), "--out", work / "r", "--wandb", "disabled"], capsys)
     assert code == 0 and "1 trial(s) of 't' hold fields of the wrong type" in err and "left out: #1" in err
+
+
+def test_eta_for_samplers_that_take_none_is_refused_not_ignored(ckpt, work, capsys):
+    code, err = run(["sweep", f"checkpoint={ckpt}", "steps=2", "sampler=plms,dpmpp_2m", "eta=0.5", "--dry-run"], capsys)
+    one_line(code, err, "eta applies to the ddim sampler only", "sampler=plms,dpmpp_2m", "drop eta=")
+    code, err = run(["sweep", f"checkpoint={ckpt}", "steps=2", "sampler=plms,ddim", "eta=0.5", "--dry-run"], capsys)
+    assert code == 0, err  # with ddim in the list, eta is ddim's
+
+
+def test_a_sweep_rerun_on_another_checkpoint_names_both_files(ckpt, cache, work, capsys, tmp_path_factory):
+    from ddim.train_config import TrainConfig
+    from ddim.training import train
+
+    other = tmp_path_factory.mktemp("other") / "run"
+    train(TrainConfig(dataset="digits", max_steps=1, batch_size=8, run_dir=str(other), sample_every=0, save_every=1,
+                      log_every=1, warmup=1, device="cpu", num_workers=0, seed=7))  # fmt: skip
+    common = [f"cache_dir={cache}", "steps=2", "eta=0", "n=10", "interpolation=false", "name=x", "--storage",
+              url(work), "--wandb", "disabled"]  # fmt: skip
+    code, err = run(["sweep", f"checkpoint={ckpt}", *common], capsys)
+    assert code == 0, err
+    code, err = run(["sweep", f"checkpoint={other}", *common], capsys)
+    one_line(code, err, "was run on the checkpoint", str(ckpt), str(other), f"pass checkpoint={ckpt}")

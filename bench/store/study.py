@@ -119,6 +119,12 @@ def create_study(
     else:
         for key in {**old, **protocol}:  # both ways: a key only one side has (precision=bf16) differs too
             was, now = old.get(key), protocol.get(key)
+            if was != now and key == "checkpoint_sha256":  # name the files: a hash alone says nothing to a user
+                first = (study.user_attrs.get("meta") or {}).get("checkpoint")
+                raise DDIMError(
+                    f"sweep {name!r} was run on the checkpoint {first!s} (sha256 {str(was)[:12]}…), not "
+                    f"{meta.get('checkpoint')} ({str(now)[:12]}…); pass checkpoint={first} or choose another name="
+                )
             if was != now:
                 raise DDIMError(
                     f"sweep {name!r} was run with {_setting(key, was)}, not {_setting(key, now)}; "

@@ -124,6 +124,9 @@ def resolve_spec(
         **kw,
     )
     # 3. Checks that need the checkpoint or cross two keys.
+    if "eta" in values and "ddim" not in spec.sampler:  # as `sample --eta` with another sampler: not ignored
+        raise DDIMError(f"eta applies to the ddim sampler only and sampler={','.join(spec.sampler)} has none; "
+                        "drop eta= or add ddim to sampler=")  # fmt: skip
     top = spec.steps.hi if isinstance(spec.steps, Range) else max(spec.steps)
     if top > T:
         raise DDIMError(f"steps={top} exceeds the checkpoint's T = {T}; use steps between 1 and {T}")
