@@ -135,7 +135,8 @@ def evaluation_bytes(model: torch.nn.Module, shape: tuple[int, ...], device: tor
 
 
 def gigabytes(n: float) -> str:
-    return f"{n / 2**30:.1f} GB"
+    """A size for a message: GB, or MB below 0.1 GB (a small need never reads "0.0 GB")."""
+    return f"{n / 2**30:.1f} GB" if n >= 0.1 * 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def training_warning(cfg: TrainConfig) -> str | None:
@@ -162,14 +163,16 @@ def training_warning(cfg: TrainConfig) -> str | None:
     )
 
 
-def free_disk(path: str | Path) -> tuple[int, int, int | None]:
-    """(free bytes, block size, free inodes or None where the filesystem has no inode limit) where ``path``
-    is or would be created (its nearest existing ancestor)."""
+def free_disk(path: str | Path) -> tuple[int | None, int, int | None]:
+    """(free bytes, block size, free inodes) where ``path`` is or would be created (its nearest existing
+    ancestor); free bytes None where the filesystem reports no size (``/proc``, some FUSE mounts: writing
+    there fails on its own, with its own reason), free inodes None where it has no inode limit."""
     folder = Path(path).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize, max(st.f_frsize, 1), st.f_favail if st.f_files else None
+    free = st.f_bavail * st.f_frsize if st.f_blocks else None
+    return free, max(st.f_frsize, 1), st.f_favail if st.f_files else None
 
 
 def check_memory(what: str, need: float, fix: str) -> None:
@@ -187,7 +190,7 @@ def check_disk(what: str, path: str | Path, files: int, bytes_per_file: int, fix
         return
     free, block, inodes = free_disk(path)
     need = files * (-(-bytes_per_file // block) * block)
-    if need > free:
+    if free is not None and need > free:
         raise DDIMError(f"{what} needs about {gigabytes(need)} of disk under {path}, more than the "
                         f"{gigabytes(free)} free; {fix}")  # fmt: skip
     if inodes is not None and files > inodes:

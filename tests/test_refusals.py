@@ -113,3 +113,17 @@ def test_a_rerun_of_sample_removes_the_temp_files_a_killed_run_left(ckpt, tmp_pa
     assert run(args, capsys)[0] == 0
     left = sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
     assert left == sorted(theirs)
+
+
+def test_a_filesystem_without_a_size_is_not_read_as_a_full_disk(tmp_path, capsys, monkeypatch):
+    """/proc reports 0 blocks: the folder that cannot be made is the problem, not "0.0 GB free"."""
+    import ddim.memory
+    from ddim.errors import DDIMError
+
+    if Path("/proc").is_dir():  # Linux: the real pseudo-filesystem
+        assert ddim.memory.free_disk("/proc/nope")[0] is None
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (None, 4096, None))
+    ddim.memory.check_disk("-n 4", tmp_path, 4, 10**12, "use a smaller -n")  # unknown size: not refused
+    monkeypatch.setattr(ddim.memory, "free_disk", lambda path: (10**6, 4096, None))
+    with pytest.raises(DDIMError, match=r"needs about 3\.8 MB of disk .* more than the 1\.0 MB free"):
+        ddim.memory.check_disk("-n 4", tmp_path, 4, 10**6, "use a smaller -n")  # small sizes in MB, not 0.0 GB
