@@ -309,7 +309,7 @@ def _celeba_split(partition: Path, split: str, on_disk: set[str], folder: Path) 
 
 def _load_folder(root: Path, info: DatasetInfo) -> ImageFileDataset:
     if not root.is_dir():
-        raise DDIMError(f"image folder {root} does not exist; pass the folder that holds your images as root")
+        raise DDIMError(f"image folder {root} does not exist; pass the folder that holds your images as --data-root")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not paths:
         raise DDIMError(

@@ -173,3 +173,12 @@ def test_a_sweep_rerun_on_another_checkpoint_names_both_files(ckpt, cache, work,
     assert code == 0, err
     code, err = run(["sweep", f"checkpoint={other}", *common], capsys)
     one_line(code, err, "was run on the checkpoint", str(ckpt), str(other), f"pass checkpoint={ckpt}")
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_a_sweep_config_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
+    path = tmp_path if kind == "folder" else "/dev/null"
+    with pytest.raises(DDIMError, match="is not a regular file; pass a YAML file to --config"):
+        load_config(path)
+    with pytest.raises(DDIMError, match="not found; pass an existing YAML file"):
+        load_config(tmp_path / "missing.yaml")

@@ -40,7 +40,7 @@ def test_worker_devices(device, workers, visible, devices, expected) -> None:
         ("cuda:2", 2, "not visible"),
         ("gpu0", 2, "not a device"),
         ("cuda:0,cuda:0", 2, "repeats"),
-        ("cuda", 2, "not visible"),
+        ("cuda", 2, "this machine has no CUDA device; drop --devices"),
         ("cpu,cuda:0,cuda:1", 2, "--devices lists 3 devices but --workers is 2; drop --workers .* or list 2 devices$"),
         ("cuda:0,cuda:1", 1, "--devices lists 2 devices but --workers is 1; drop --workers .* or list 1 device$"),
         (None, 0, "--workers must be ≥ 1, got 0"),
@@ -209,3 +209,11 @@ def test_the_extras_run_on_the_first_workers_device(monkeypatch, ckpt, cache, wo
     assert spec.device == "auto"
     runner.run_sweep(spec, devices="cuda:1,cuda:0", storage=url(work), wandb="disabled", progress=False)
     assert built == ["cuda:1", "extras"]
+
+
+def test_devices_on_a_machine_without_cuda_say_so(monkeypatch, ckpt, cache, work, capsys):
+    fake_gpus(monkeypatch, 0)
+    args = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "n=16", "--dry-run", "--devices", "cuda:0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this machine has no CUDA device; drop --devices" in err, err

@@ -202,6 +202,8 @@ def load_problem(exc: BaseException) -> str:
     """Why ``load_plain`` failed, in one line; a refused pickle is named by the object it would have looked up
     or built (e.g. ``builtins.exec``): it holds code, not only tensors and arrays."""
     found = None
+    if isinstance(exc, KeyError):  # torch's weights-only unpickler meeting a byte that is no pickle opcode
+        return "not a PyTorch file: its bytes are not a pickle torch can read"
     if isinstance(exc, pickle.UnpicklingError):
         detail = str(exc).split("WeightsUnpickler error:")[-1]
         found = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([\w.]+)|but got <class '([\w.]+)'>", detail)

@@ -31,8 +31,10 @@ def _parse(devices: str, visible: int) -> list[str]:
             raise DDIMError(f"--devices {devices}: {name!r} is not a device; list cpu or cuda:N, e.g. cuda:0,cuda:2")
         index = 0 if name == "cuda" else int(name[5:]) if name.startswith("cuda:") else None
         if index is not None and index >= visible:
-            seen = f"cuda:0 to cuda:{visible - 1}" if visible else "none"
-            raise DDIMError(f"--devices {devices}: {name} is not visible (CUDA devices here: {seen}); list those")
+            if not visible:
+                raise DDIMError(f"--devices {devices}: this machine has no CUDA device; drop --devices or run there")
+            raise DDIMError(f"--devices {devices}: {name} is not visible (CUDA devices here: cuda:0 to "
+                            f"cuda:{visible - 1}); list those")  # fmt: skip
     if len(set(names)) != len(names):
         raise DDIMError(f"--devices {devices} repeats a device; list each once (workers share them round-robin)")
     return names

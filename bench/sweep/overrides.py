@@ -327,8 +327,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DDIMError(f"sweep config {str(p)!r} not found; pass an existing YAML file to --config")
+    if not p.is_file():
+        raise DDIMError(f"sweep config {str(p)!r} is not a regular file; pass a YAML file to --config")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as exc:
