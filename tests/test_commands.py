@@ -50,7 +50,7 @@ def test_used_by_lines_run_verbatim(
     code, _, err = run(["sweep", "steps=10,20,50,100", "eta=0,0.5,1"], capsys)
     assert code == 0, err
     assert "no checkpoint= given: using runs/digits, the newest training run under runs/" in err
-    assert "sweep sweep: cells 12/12 (100%)" in err  # progress lines in a non-terminal stderr
+    assert "sweep 'sweep': cells 12/12 (100%)" in err  # progress lines in a non-terminal stderr
     spec = json.loads((work / "ddimbench-sweeps" / "sweep" / "sweep.json").read_text())
     assert spec["steps"] == [10, 20, 50, 100] and spec["eta"] == [0, 0.5, 1] and spec["n"] == 20
     assert spec["checkpoint"].startswith(str(Path("runs") / "digits"))

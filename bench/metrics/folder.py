@@ -128,4 +128,4 @@ def result_lines(result: dict[str, Any]) -> list[str]:
     from bench.store.record import Scores
 
     lines = [f"{k:13s} {result[k]:.6g}" for k in Scores().shown() if result.get(k) is not None]
-    return [*lines, f"{'n':13s} {result.get('n')}   extractor {result.get('extractor')}"]
+    return [*lines, f"{'n':13s} {result.get('n')}", f"{'extractor':13s} {result.get('extractor')}"]

@@ -134,5 +134,5 @@ def front_png(records: Sequence[CellRecord], meta: Mapping) -> bytes | None:
 def summary_lines(summary: Any, spec: Any) -> list[str]:
     """What ``ddimbench sweep`` prints at the end: a search's front, then the count and what to run next."""
     lines = front_lines(summary.records, spec.objective) if spec.search else []
-    return [*lines, f"sweep {summary.name}: {summary.complete} cells complete, {summary.failed} failed "
+    return [*lines, f"sweep {summary.name!r}: {summary.complete} cells complete, {summary.failed} failed "
                     f"(store {summary.storage}); next: ddimbench report {summary.name}"]  # fmt: skip

@@ -358,7 +358,7 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     study.set_user_attr("spec", spec.to_dict())
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
-    display = Display(progress, total, f"sweep {spec.name}")
+    display = Display(progress, total, f"sweep {spec.name!r}")
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
             first, ev = dataclasses.replace(spec, device=devices[0]), None  # the extras run on worker 0's device
