@@ -295,6 +295,7 @@ def sweep(
 
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from bench.report.front import summary_lines
+    from bench.sweep.provenance import check_rerun
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import place_workers, run_sweep, workers_devices
 
@@ -303,6 +304,8 @@ def sweep(
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
         placed = place_workers(spec, workers, devices)  # refused as the run would refuse it
+        stored = check_rerun(spec, storage)  # a stored sweep of this name under other settings: refused too
+        _say(f"sweep {spec.name!r}: " + ("stored: the run adds its missing cells" if stored else "new"))
         _say(f"workers: {len(placed)} on {workers_devices(placed)}")
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return

@@ -182,3 +182,20 @@ def test_a_sweep_config_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
         load_config(path)
     with pytest.raises(DDIMError, match="not found; pass an existing YAML file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_dry_run_refuses_what_the_stored_sweep_would_refuse_and_writes_nothing(ckpt, cache, work, capsys):
+    store = work / "s.db"
+    common = [f"checkpoint={ckpt}", f"cache_dir={cache}", "steps=2", "eta=0", "interpolation=false", "name=d",
+              "--storage", f"sqlite:///{store}"]  # fmt: skip
+    code, err = run(["sweep", *common, "n=10", "--dry-run"], capsys)
+    assert code == 0 and "sweep 'd': new" in err and not store.exists(), err  # no store made by a dry run
+    assert run(["sweep", *common, "n=10", "--wandb", "disabled"], capsys)[0] == 0
+    before = store.read_bytes()
+    code, err = run(["sweep", *common, "n=10", "--dry-run"], capsys)
+    assert code == 0 and "sweep 'd': stored: the run adds its missing cells" in err, err
+    for other, words in ((["n=12"], ("was run with n=10, not n=12",)), (["n=10", "bf16=true"], ("bf16=false",))):
+        code, err = run(["sweep", *common, *other, "--dry-run"], capsys)
+        one_line(code, err.strip().splitlines()[-1], *words)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert store.read_bytes() == before

@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 
 from bench.store.cell import Cell
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
-from bench.store.record import BF16, CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
+from bench.store.record import CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
 from bench.store.renames import OLD_SPACING, current_key, current_names
+from bench.store.same_sweep import check_same_sweep, migrated_protocol
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url
 from ddim.errors import DDIMError
@@ -107,7 +108,7 @@ def create_study(
                 ) from None
             time.sleep(backoff(attempt))
     assert study is not None
-    old = _migrated_protocol(study.user_attrs.get("protocol"))
+    old = migrated_protocol(study.user_attrs.get("protocol"))
     if "param_choices" not in study.user_attrs:  # fixed for the study's life: Optuna's categorical choices never change
         study.set_user_attr("param_choices", _param_choices())
     if old is None:
@@ -117,19 +118,8 @@ def create_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["fid", "cost"] if protocol["mode"] == "pareto" else ["fid"])
     else:
-        for key in {**old, **protocol}:  # both ways: a key only one side has (precision=bf16) differs too
-            was, now = old.get(key), protocol.get(key)
-            if was != now and key == "checkpoint_sha256":  # name the files: a hash alone says nothing to a user
-                first = (study.user_attrs.get("meta") or {}).get("checkpoint")
-                raise DDIMError(
-                    f"sweep {name!r} was run on the checkpoint {first!s} (sha256 {str(was)[:12]}…), not "
-                    f"{meta.get('checkpoint')} ({str(now)[:12]}…); pass checkpoint={first} or choose another name="
-                )
-            if was != now:
-                raise DDIMError(
-                    f"sweep {name!r} was run with {_setting(key, was)}, not {_setting(key, now)}; "
-                    "rerun with the same settings or choose another name="
-                )
+        first = (study.user_attrs.get("meta") or {}).get("checkpoint")
+        check_same_sweep(name, old, first, protocol, meta.get("checkpoint"))
         # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
         # started at once on several machines cannot overwrite each other), named so that keys sort by time.
         run = {k: meta.get(k) for k in _RUN_FIELDS}
@@ -137,17 +127,21 @@ def create_study(
     return study
 
 
-def _setting(key: str, value: Any) -> str:
-    """A protocol entry as the user sets it: ``precision`` is the sweep key ``bf16``."""
-    return f"bf16={str(value == BF16).lower()}" if key == "precision" else f"{key}={value!r}"
+def stored_protocol(name: str, storage: str | None) -> tuple[dict[str, Any], Any] | None:
+    """The stored sweep ``name``'s protocol and the checkpoint its first run used, read without creating anything;
+    None when the store or the sweep does not exist yet (``sweep --dry-run``)."""
+    import optuna
 
-
-def _migrated_protocol(protocol: Any) -> Any:
-    """A stored protocol with its search ``space`` in today's names (``current_names``): an earlier release's
-    search reruns."""
-    if isinstance(protocol, dict) and isinstance(protocol.get("space"), dict):
-        return {**protocol, "space": current_names(protocol["space"])}
-    return protocol
+    url = storage or DEFAULT_STORAGE
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        return None
+    protocol = migrated_protocol(study.user_attrs.get("protocol"))
+    return None if protocol is None else (protocol, (study.user_attrs.get("meta") or {}).get("checkpoint"))
 
 
 def stored_key(trial: optuna.trial.FrozenTrial) -> str | None:

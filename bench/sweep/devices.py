@@ -18,8 +18,9 @@ __all__ = ["DEVICES_HELP", "DRY_RUN_HELP", "WORKERS_HELP", "assign_devices", "wo
 WORKERS_HELP = "Worker processes on this machine (default: one per --devices entry, else 1; one GPU each when several)."
 DEVICES_HELP = "The workers' devices, e.g. cuda:0,cuda:2: one worker each (more --workers share them; fewer: refused)."
 # ``sweep --dry-run`` (``bench.sweep.runner.place_workers``, ``workers_devices``): it places the workers as a run would.
-DRY_RUN_HELP = ("Check --workers, --devices and memory as the run would (a refusal exits 2), print the workers and "
-                "their devices (stderr) and the resolved sweep (stdout), and exit.")  # fmt: skip
+DRY_RUN_HELP = ("Check --workers, --devices, memory and a stored sweep of this name as the run would (a refusal "
+                "exits 2), print the workers and their devices (stderr) and the resolved sweep (stdout), "
+                "and exit.")  # fmt: skip
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 

@@ -71,3 +71,20 @@ def meta_for(spec: Any, checkpoint_sha256: str, device: str, command: str) -> di
         "mode": spec.search or "grid", "artifacts": spec.artifacts, **({"precision": BF16} if spec.bf16 else {}),
         **({"objective": spec.objective} if spec.search else {}),
     }  # fmt: skip
+
+
+def check_rerun(spec: Any, storage: str | None) -> bool:
+    """What the run would check when it opens the store, without writing anything (``sweep --dry-run``): a sweep
+    of this name stored under another protocol is refused in one line. True when such a sweep exists (the run
+    adds its missing cells), False when the run would create it."""
+    from bench.store.same_sweep import check_same_sweep
+    from bench.store.study import stored_protocol
+    from ddim.files import sha256_file
+
+    stored = stored_protocol(spec.name, storage)
+    if stored is None:
+        return False
+    protocol, first_checkpoint = stored
+    check_same_sweep(spec.name, protocol, first_checkpoint, protocol_for(spec, sha256_file(spec.checkpoint)),
+                     spec.checkpoint)  # fmt: skip
+    return True
