@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 DDIM   := $(BIN)/ddimbench
-WANDB  ?= offline
+# W&B: the demo logs offline (reproducible, nothing uploaded); the users' targets (train-*, sweep, report) pass
+# --wandb only when WANDB is set, so they behave as the bare commands do (online after `wandb login`).
+DEMO_WANDB ?= offline
+WANDB  ?=
+WB      = $(if $(WANDB),--wandb $(WANDB))
 DEMO_STEPS ?= 2000
 
 .PHONY: install system-packages test test-fast lint format demo demo-replicates bench bench-gpu clean train-digits train-mnist train-cifar10 \
@@ -63,9 +67,9 @@ format: $(STAMP)
 # resumes whatever is unfinished (training from its checkpoint, the sweep's missing cells).
 demo: $(STAMP)
 	$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 \
-		--run-dir runs/digits --resume --wandb $(WANDB)
-	$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits name=digits-demo --wandb $(WANDB)
-	$(DDIM) report digits-demo --out reports/digits-demo --wandb $(WANDB)
+		--run-dir runs/digits --resume --wandb $(DEMO_WANDB)
+	$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits name=digits-demo --wandb $(DEMO_WANDB)
+	$(DDIM) report digits-demo --out reports/digits-demo --wandb $(DEMO_WANDB)
 
 # The demo's spread across training seeds: two more digits runs (--seed 1, 2) swept with the same grid,
 # and one combined table beside the demo's (reports/digits-replicates/). About 26 min on a 2-core Xeon.
@@ -73,12 +77,12 @@ REPLICATE_SEEDS ?= 1 2
 demo-replicates: demo
 	for s in $(REPLICATE_SEEDS); do \
 		$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 --seed $$s \
-			--run-dir runs/digits-seed$$s --resume --wandb $(WANDB) && \
+			--run-dir runs/digits-seed$$s --resume --wandb $(DEMO_WANDB) && \
 		$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits-seed$$s name=digits-seed$$s \
-			interpolation=false inversion=false --wandb $(WANDB) || exit 1; \
+			interpolation=false inversion=false --wandb $(DEMO_WANDB) || exit 1; \
 	done
 	$(DDIM) report digits-demo $(foreach s,$(REPLICATE_SEEDS),digits-seed$(s)) --out reports/digits-replicates \
-		--wandb $(WANDB)
+		--wandb $(DEMO_WANDB)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.perf --out reports/perf
@@ -100,34 +104,34 @@ bench-gpu:
 	exit $$status
 
 train-digits: $(STAMP)
-	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume
+	$(DDIM) train --dataset digits --max-steps 2000 --batch-size 128 --run-dir runs/digits --resume $(WB)
 
 # The seed trainer's run (`train.py --dataset mnist --epochs 6 --channels 1`): 6 epochs of the 60k training
 # images at batch 128 (2813 steps), a sample grid per epoch in runs/mnist/samples/. Data: data/MNIST/raw/.
 train-mnist: $(STAMP)
-	$(DDIM) train --dataset mnist --epochs 6 --channels 1 --data-root data --resume --wandb $(WANDB)
+	$(DDIM) train --dataset mnist --epochs 6 --channels 1 --data-root data --resume $(WB)
 
 # The paper's configs (Appendix D.1, after DDPM): lr 2e-4, batch 128, EMA 0.9999; DDPM trained 800k steps on
 # CIFAR10 and 500k on CelebA. Data: data/cifar-10-batches-py, data/celebA/img_align_celeba.
 train-cifar10: $(STAMP)
 	$(DDIM) train --dataset cifar10 --data-root data --max-steps 800000 --batch-size 128 --lr 2e-4 \
-		--save-every 5000 --sample-every 10000 --run-dir runs/cifar10 --resume
+		--save-every 5000 --sample-every 10000 --run-dir runs/cifar10 --resume $(WB)
 
 train-celeba: $(STAMP)
 	$(DDIM) train --dataset celeba --data-root data --max-steps 500000 --batch-size 128 --lr 2e-4 \
-		--save-every 5000 --sample-every 10000 --run-dir runs/celeba --resume
+		--save-every 5000 --sample-every 10000 --run-dir runs/celeba --resume $(WB)
 
 # The users' own commands: a sweep of the newest training run under runs/ (or CHECKPOINT=runs/x), then its
-# paper-style report in reports/$(NAME)/. WANDB=online for W&B dashboards (offline runs sync later).
+# paper-style report in reports/$(NAME)/. W&B as the bare commands (WANDB=offline|online|disabled to choose).
 SWEEP      ?= steps=10,20,50,100 eta=0,0.5,1
 CHECKPOINT ?=
 NAME       ?= sweep
 
 sweep: $(STAMP)
-	$(DDIM) sweep $(SWEEP) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) name=$(NAME) --wandb $(WANDB)
+	$(DDIM) sweep $(SWEEP) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) name=$(NAME) $(WB)
 
 report: $(STAMP)
-	$(DDIM) report $(NAME) --wandb $(WANDB)
+	$(DDIM) report $(NAME) $(WB)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -91,8 +91,9 @@ MAKE = shutil.which("make")
         (["train-celeba"], "ddimbench train --dataset celeba --data-root data --max-steps 500000"),
         (["train-mnist"], "ddimbench train --dataset mnist --epochs 6 --channels 1"),  # the seed trainer's run
         (["sweep"], "ddimbench sweep steps=10,20,50,100 eta=0,0.5,1 name=sweep"),
-        (["sweep", "CHECKPOINT=runs/x", "NAME=g"], "eta=0,0.5,1 checkpoint=runs/x name=g --wandb offline"),
+        (["sweep", "CHECKPOINT=runs/x", "NAME=g"], "eta=0,0.5,1 checkpoint=runs/x name=g"),  # W&B as the bare command
         (["report"], "ddimbench report sweep"),
+        (["demo"], "name=digits-demo --wandb offline"),  # the demo never uploads
         (["report", "NAME=grid", "WANDB=online"], "ddimbench report grid --wandb online"),
     ],
 )  # fmt: skip
@@ -102,6 +103,8 @@ def test_make_targets_run_the_documented_commands(target: list[str], expected: s
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.replace("\\\n", " ").split())  # continued lines joined
     assert expected in text, text
+    if "WANDB=online" not in target and target[0] != "demo":
+        assert "--wandb" not in text, text  # `make sweep` is `ddimbench sweep`: online after `wandb login`
 
 
 # --- the seed trainer's workflow -------------------------------------------------------------------
