@@ -118,19 +118,32 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     if progress is not None:
         progress(done, cfg.n)
     start = time.perf_counter()
-    for k in range(0, len(todo), batch):
-        idx = todo[k : k + batch]
-        noise = SeededNoise([cfg.seed + i for i in idx], shape, device)
-        x = sample(
-            model, noise.initial(), alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise
-        )
-        images = to_uint8(x).cpu()
-        for i, img in zip(idx, images):
-            data = _to_png_bytes(img)
-            atomic_write(out / names[i], lambda f, d=data: f.write(d))
-        done += len(idx)
+    batches = [todo[k : k + batch] for k in range(0, len(todo), batch)]
+
+    def draw(k: int) -> tuple[SeededNoise, torch.Tensor] | None:  # sample i from seed + i, whatever its batch
+        if k == len(batches):
+            return None
+        noise = SeededNoise([cfg.seed + i for i in batches[k]], shape, device)
+        return noise, noise.initial()
+
+    def flush(written: tuple[list[int], torch.Tensor], done: int) -> int:
+        done += _write_pngs(out, names, *written)
         if progress is not None:
             progress(done, cfg.n)
+        return done
+
+    # On a GPU the host works while the card samples batch k: it draws batch k+1's x_T and writes batch k−1's
+    # PNGs, and only then waits for batch k (reading it back). On a CPU the same work simply runs in turn.
+    drawn, ready = draw(0), None
+    for k, idx in enumerate(batches):
+        noise, x_T = drawn
+        x = sample(model, x_T, alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise)
+        drawn = draw(k + 1)
+        if ready is not None:
+            done = flush(ready, done)
+        ready = idx, to_uint8(x).cpu()
+    if ready is not None:
+        flush(ready, done)
     seconds = time.perf_counter() - start
     _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
     manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device)}
@@ -151,6 +164,14 @@ def _batch(cfg: SampleConfig, eager: torch.nn.Module, shape: tuple[int, ...], de
     if cfg.batch_size != "auto":
         return int(cfg.batch_size)
     return max(1, min(todo, sampling_batch(eager, shape, device)))
+
+
+def _write_pngs(out: Path, names: list[str], idx: list[int], images: torch.Tensor) -> int:
+    """Samples ``idx`` (uint8 (B, C, H, W) on the CPU) as their PNG files; returns how many."""
+    for i, img in zip(idx, images):
+        data = _to_png_bytes(img)
+        atomic_write(out / names[i], lambda f, d=data: f.write(d))
+    return len(idx)
 
 
 def _read_settings(old: object) -> object:

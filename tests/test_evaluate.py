@@ -74,3 +74,15 @@ def test_every_cell_of_a_sweep_starts_from_the_same_noise(ckpt, cache, work, mon
     # ... drawn from its own generator seeded seed_base + i (block 0).
     want = torch.stack([torch.randn(ev.shape, generator=torch.Generator().manual_seed(5 + i)) for i in range(20)])
     assert torch.equal(x_T[0], want)
+
+
+def test_the_next_batch_is_drawn_before_this_one_is_read_back(ckpt, cache, work, monkeypatch):
+    """On a GPU the host draws batch k+1's x_T while the card finishes batch k (reading k back waits for it)."""
+    import bench.sweep.evaluate as evaluate
+
+    events, initial, to_uint8 = [], sampling.SeededNoise.initial, evaluate.to_uint8
+    monkeypatch.setattr(sampling.SeededNoise, "initial", lambda self: events.append("draw") or initial(self))
+    monkeypatch.setattr(evaluate, "to_uint8", lambda x: events.append("read") or to_uint8(x))
+    ev = Evaluator(spec_of(ckpt, cache, "steps=2", "eta=0", "n=20", "batch=8"), "x")
+    ev.generate(Cell("ddim", "uniform", 2, 0.0, 0))
+    assert events == ["draw", "draw", "read", "draw", "read", "read"]

@@ -83,3 +83,26 @@ def test_a_folder_written_before_bf16_existed_resumes_as_float32(
     (out / "samples.json").write_text(json.dumps(manifest))  # without bf16 again: it reads as false
     code, err = _sample(ckpt, out, capsys, "-n", "2", "--bf16")
     assert code == 2 and "other settings" in err
+
+
+def test_the_host_draws_and_writes_while_the_next_batch_samples(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch k+1 is queued before batch k's PNGs are written (a GPU samples while the host encodes), and its x_T
+    is drawn before batch k is read back; the files are the ones a batch-at-a-time loop writes."""
+    import bench.generate as generate
+    from ddim.sampling import SeededNoise
+
+    before = tmp_path / "plain"
+    assert _sample(ckpt, before, capsys, "-n", "5", "--batch-size", "5")[0] == 0
+    events: list[str] = []
+    initial, to_uint8, write = SeededNoise.initial, generate.to_uint8, generate.atomic_write
+    monkeypatch.setattr(SeededNoise, "initial", lambda self: events.append("draw") or initial(self))
+    monkeypatch.setattr(generate, "to_uint8", lambda x: events.append("read") or to_uint8(x))
+    monkeypatch.setattr(generate, "atomic_write", lambda p, fn: events.append(f"png {Path(p).stem}") or write(p, fn))
+    out = tmp_path / "overlapped"
+    assert _sample(ckpt, out, capsys, "-n", "5", "--batch-size", "2")[0] == 0
+    pngs = [e for e in events if e.startswith(("draw", "read", "png 0"))]
+    assert pngs == ["draw", "draw", "read", "draw", "png 000000", "png 000001", "read", "png 000002", "png 000003",
+                    "read", "png 000004"]  # fmt: skip
+    assert _pngs(out, 5) == _pngs(before, 5)
