@@ -33,6 +33,7 @@ from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
 from ddim.sampling import SeededNoise, check_eta, sample
 
 MANIFEST = "samples.json"
+OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
 GRID = "grid.png"
 GRID_COUNT = 64
 
@@ -133,7 +134,9 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         return done
 
     # On a GPU the host works while the card samples batch k: it draws batch k+1's x_T and writes batch k−1's
-    # PNGs, and only then waits for batch k (reading it back). On a CPU the same work simply runs in turn.
+    # PNGs, and only then waits for batch k (reading it back). Elsewhere sampling is synchronous: each batch is
+    # written at once (an interrupted run then loses no finished batch).
+    overlap = device.type in OVERLAP_DEVICES
     drawn, ready = draw(0), None
     for k, idx in enumerate(batches):
         noise, x_T = drawn
@@ -142,6 +145,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         if ready is not None:
             done = flush(ready, done)
         ready = idx, to_uint8(x).cpu()
+        if not overlap:
+            done, ready = flush(ready, done), None
     if ready is not None:
         flush(ready, done)
     seconds = time.perf_counter() - start

@@ -100,9 +100,15 @@ def test_the_host_draws_and_writes_while_the_next_batch_samples(
     monkeypatch.setattr(SeededNoise, "initial", lambda self: events.append("draw") or initial(self))
     monkeypatch.setattr(generate, "to_uint8", lambda x: events.append("read") or to_uint8(x))
     monkeypatch.setattr(generate, "atomic_write", lambda p, fn: events.append(f"png {Path(p).stem}") or write(p, fn))
-    out = tmp_path / "overlapped"
-    assert _sample(ckpt, out, capsys, "-n", "5", "--batch-size", "2")[0] == 0
-    pngs = [e for e in events if e.startswith(("draw", "read", "png 0"))]
-    assert pngs == ["draw", "draw", "read", "draw", "png 000000", "png 000001", "read", "png 000002", "png 000003",
-                    "read", "png 000004"]  # fmt: skip
-    assert _pngs(out, 5) == _pngs(before, 5)
+    steps = {}
+    for overlap in (False, True):  # the CPU writes each batch at once; a GPU's order is checked on the CPU too
+        monkeypatch.setattr(generate, "OVERLAP_DEVICES", ("cuda", "cpu") if overlap else ("cuda",))
+        events.clear()
+        out = tmp_path / f"overlap-{overlap}"
+        assert _sample(ckpt, out, capsys, "-n", "5", "--batch-size", "2")[0] == 0
+        steps[overlap] = [e for e in events if e.startswith(("draw", "read", "png 0"))]
+        assert _pngs(out, 5) == _pngs(before, 5)
+    assert steps[True] == ["draw", "draw", "read", "draw", "png 000000", "png 000001", "read", "png 000002",
+                           "png 000003", "read", "png 000004"]  # fmt: skip
+    assert steps[False] == ["draw", "draw", "read", "png 000000", "png 000001", "draw", "read", "png 000002",
+                            "png 000003", "read", "png 000004"]  # fmt: skip
