@@ -322,6 +322,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     assert ev["bf16_speedup"] == pytest.approx(ev["times"]["ours"][ev["basis"]] / bf16)
     (sample,) = saved["sample"]
     assert [(r["steps"], r["eta"]) for r in sample["rows"]] == [(10, 0.0), (10, 1.0)]
+    assert set(sample["host_noise_ms"]) == {"generators", "x_T", "step_z"} and sample["host_noise_ms"]["x_T"] > 0
     want = {"train_floor_ratio_tiny", "train_speedup_tiny", "eval_floor_ratio_tiny", "eval_speedup_tiny",
             "sampler_overhead_S10_eta0"}  # fmt: skip
     assert want <= set(saved["targets"])
@@ -333,7 +334,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     readme = (tmp_path / "README.md").read_text()
     assert "## 1. Training throughput" in readme and "| tiny |" in readme and "## Targets" in readme
     assert "ceiling" in readme and "floor channels_last (s)" in readme and "One network evaluation" in readme
-    assert "ours bf16 autocast speed-up" in readme
+    assert "ours bf16 autocast speed-up" in readme and "Host noise work per call at batch" in readme
     assert res["targets"] == saved["targets"]
 
 

@@ -30,6 +30,7 @@ from bench.perf.timing import PeakMemory, interleave, ratio, sync
 from bench.perf.workload import batch_data, run_sampler, sampling_models, setup, time_basis, train_step, unet_config
 from ddim import schedules
 from ddim.errors import DDIMError
+from ddim.sampling import SeededNoise
 from ddim.unet import UNetConfig
 
 RESULT_TAG = "PERF_RESULT "
@@ -164,7 +165,31 @@ def sample_job(job: dict[str, Any]) -> dict[str, Any]:
     for S in job["steps"]:
         for eta in job["etas"]:
             rows.append(_sample_row(models, names[0], config, batch, int(S), float(eta), x, int(job["reps"]), settings))
-    return {"preset": job["preset"], "batch": batch, "rows": rows}
+    host = _host_noise_ms(config, batch, settings)
+    return {"preset": job["preset"], "batch": batch, "rows": rows, "host_noise_ms": host}
+
+
+def _host_noise_ms(config: UNetConfig, batch: int, settings: RunSettings, reps: int = 7) -> dict[str, float]:
+    """Medians (ms) of the host's noise work for one ``sample`` call of ``batch``: seeding the per-sample generators,
+    drawing x_T and one step's z (each copied to the device and waited for). The first two come before the first
+    network call, so the GPU waits for them; a step's z is drawn while the GPU computes the step."""
+    shape, device = (config.in_channels, config.resolution, config.resolution), settings.device
+    x = torch.zeros((batch, *shape), device=device)
+    times: dict[str, list[float]] = {"generators": [], "x_T": [], "step_z": []}
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        noise = SeededNoise(range(batch), shape, device)
+        t1 = time.perf_counter()
+        noise.initial()
+        sync(device)
+        t2 = time.perf_counter()
+        noise(0, x)
+        sync(device)
+        t3 = time.perf_counter()
+        for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            times[key].append(1e3 * seconds)
+    return {key: round(statistics.median(v), 3) for key, v in times.items()}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

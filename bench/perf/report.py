@@ -155,6 +155,11 @@ def _sample(results: list[dict[str, Any]]) -> list[str]:
         head = ["S", "η", "ours img/s", "diffusers img/s", "speedup", "bare S evals (s)", "overhead in situ",
                 "overhead vs bare (wall)", "vs bare (CPU time)"]  # fmt: skip
         out += _table(head, rows)
+        if "host_noise_ms" in res:
+            h = res["host_noise_ms"]
+            out += [f"Host noise work per call at batch {res['batch']} (medians): seeding the per-sample generators "
+                    f"{h['generators']:.2f} ms and drawing x_T {h['x_T']:.2f} ms before the first network call; one "
+                    f"step's z {h['step_z']:.2f} ms, drawn while the step's network call runs.", ""]  # fmt: skip
     return out
 
 
