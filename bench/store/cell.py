@@ -5,6 +5,7 @@ every table, figure, chart, caption and console line (``row_key``, ``row_label``
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +86,28 @@ class Cell:
     def label(self) -> str:
         """The cell's name in the console, W&B captions and the report: "uniform η = 0.5 S = 20 block 0"."""
         return f"{self.spacing} {row_label(self.row)} S = {self.steps} block {self.seed_block}"
+
+
+def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int], etas: Sequence[float],
+         seeds: Sequence[int], T: int) -> list[Cell]:  # fmt: skip
+    """A sweep's grid, without pointless duplicates: η only varies for ``ddim``; ``ddpm`` always runs all T steps
+    (so it gets S = T and one cell per seed block, under the first spacing: with S = T every spacing is the full
+    sequence T−1 … 0). Two η that one cell key names (6 significant digits) are a DDIMError."""
+    out: dict[str, Cell] = {}
+    for spacing in spacings:
+        for sampler in samplers:
+            if sampler == "ddpm" and spacing != spacings[0]:
+                continue
+            etas_here: Sequence[float | None] = etas if sampler == "ddim" else (None,)
+            for s in (T,) if sampler == "ddpm" else steps:
+                for eta in etas_here:
+                    for b in seeds:
+                        cell = Cell(sampler, spacing, int(s), None if eta is None else float(eta), int(b))
+                        kept = out.setdefault(cell.key, cell)
+                        if kept.eta != cell.eta:
+                            raise DDIMError(
+                                f"eta={kept.eta!r} and eta={cell.eta!r} name the same cell (eta={cell.eta:g});"
+                                " drop one or make them differ in the first 6 significant digits"
+                            )
+    return list(out.values())
+
