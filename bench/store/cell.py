@@ -4,8 +4,9 @@ every table, figure, chart, caption and console line (``row_key``, ``row_label``
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,26 @@ def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int],
                             )
     return list(out.values())
 
+
+def spec_grid(spec: Any) -> list[Cell] | None:
+    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: lists
+    ``spacing``, ``sampler``, ``steps``, ``eta``, ``seeds`` and ``T``), or None for a search or a config of
+    another shape (an edited store)."""
+    if not isinstance(spec, Mapping) or spec.get("search") is not None:
+        return None
+    kinds = {"spacing": str, "sampler": str, "steps": int, "eta": float, "seeds": int}
+
+    def fits(v: Any, kind: type) -> bool:
+        if kind is str:
+            return isinstance(v, str)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+
+    axes = {k: spec.get(k) for k in kinds}
+    if not fits(spec.get("T"), int) or not all(
+        isinstance(v, list) and all(fits(x, kinds[k]) for x in v) for k, v in axes.items()
+    ):
+        return None
+    try:
+        return grid(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"], int(spec["T"]))
+    except DDIMError:
+        return None
