@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("interrupted; rerun the same command to resume")
         return 130
     except TyperException as exc:  # click's usage and parameter errors: the same one line as our own errors
-        _fail(usage_line(exc.format_message() if hasattr(exc, "format_message") else str(exc)))
+        _fail(usage_line(exc))
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0
 

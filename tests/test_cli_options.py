@@ -76,6 +76,22 @@ def test_help_shows_the_choices(command: str, shown: list[str], capsys: pytest.C
         assert item in text, (item, text)
 
 
+@pytest.mark.parametrize(
+    ("argv", "problem", "command"),
+    [
+        (["sweep", "steps=1", "--workers", "0"], "'--workers': Input should be greater than or equal to 1", "sweep"),
+        (["report", "x", "--bogus"], "No such option: --bogus", "report"),
+        (["report"], "Missing argument 'NAME'", "report"),
+        (["frobnicate"], "No such command 'frobnicate'", ""),
+    ],
+)  # fmt: skip
+def test_a_usage_error_points_to_the_help_of_the_command_run(argv, problem, command, capsys) -> None:
+    code, _, err = run(argv, capsys)
+    pointer = f"; see `{' '.join(['ddimbench', command]).strip()} --help`"
+    assert code == 2 and err.count("\n") == 1 and problem in err and err.rstrip().endswith(pointer), err
+    assert f"{problem}.;" not in err  # no stray full stop before the pointer
+
+
 def test_choices_accept_any_case(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     code, out, err = run(["train", "--dataset", "CIFAR10", "--wandb", "Offline", "--dry-run"], capsys)
     assert code == 0 and '"dataset": "cifar10"' in out, err
