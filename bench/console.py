@@ -28,6 +28,7 @@ DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 WANDB_HELP = "W&B mode (default: online when a W&B key is configured, else offline)."
 INCEPTION_HELP = "Inception weights file (default: $DDIMBENCH_INCEPTION_WEIGHTS, else torch-fidelity's, hub cache)."
 DOWNLOAD_HELP = "Fetch what is missing first: MNIST / CIFAR-10 into --data-root, torch-fidelity's Inception weights."
+COMPARE_HELP = "Show the paper's FID beside the sweep of that dataset (repeat per sweep)."  # its choices: the metavar
 FORCE_HELP = (
     "With --compare-paper: show the paper's columns even for another dataset or extractor, labelled as not comparable."
 )
