@@ -175,7 +175,9 @@ def test_manifest(built):
     assert len(manifest["cells"]) == len(records)
     for name, sha in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
-    assert {"table.md", "table.tex", "results.csv"} <= set(manifest["files"])
+    every = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == every - {"manifest.json"}  # every file the report wrote but itself
+    assert {"index.html", "README.md", "consistency.png", "inversion.md"} <= set(manifest["files"])
     assert manifest["warnings"] == []
 
 

@@ -1,5 +1,5 @@
 """How a report folder is written: into a temporary folder beside it, swapped into place when complete
-(``ReportWriter``), the text files' sha256 recorded for the manifest; ``jsonable`` for the manifest. No torch,
+(``ReportWriter``), every file's sha256 recorded for the manifest; ``jsonable`` for the manifest. No torch,
 no optuna.
 """
 
@@ -27,7 +27,7 @@ from ddim.files import atomic_write
 
 OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                   "interpolation.png", "pareto_front.png")  # fmt: skip
-HASHED = frozenset((*TEXT_FILES, "README.md"))  # files whose sha256 the manifest and README list
+HASHED = frozenset((*TEXT_FILES, "README.md"))  # files whose sha256 the README lists (the manifest: every file)
 _REPORT_FILES = frozenset((*TEXT_FILES, *OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
 _NEW, _OLD = "report", "previous"  # the temporary folders beside ``out``: .<name>.report-<pid>-<id>, .<name>.previous-…
 
@@ -252,8 +252,11 @@ class ReportWriter:
         with _named(self.out):
             write_file(self.folder / name, data)
         self.written[name] = self.out / name
-        if name in HASHED:
-            self.hashes[name] = sha(data)
+        self.hashes[name] = sha(data)
+
+    def text_hashes(self) -> list[tuple[str, str]]:
+        """(name, sha256) of the text files written so far (``HASHED``), by name: the README's list."""
+        return sorted((n, h) for n, h in self.hashes.items() if n in HASHED)
 
     def finish(self) -> dict[str, Path]:
         with _named(self.out):

@@ -163,9 +163,10 @@ def write_combined_report(
             sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
         if warnings:
             sections.append(("Warnings", "list", warnings))
-        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        sections.append(("Files", "kv", (("file", "sha256"), w.text_hashes())))
         title = f"DDIM benchmark report: {' + '.join(names)}"
         w.put("README.md", md_doc(title, sections))
+        w.put("index.html", html_doc(title, sections, w.folder))
         manifest = {
             "sweeps": {name: meta for name, _, meta in checked},
             "cells": [
@@ -180,13 +181,12 @@ def write_combined_report(
                 for name, records, _ in checked
                 for r in records
             ],  # fmt: skip
-            "files": w.hashes,
+            "files": dict(w.hashes),  # every file written so far: all but this one
             "metrics": [m.key for m in chosen],
             "compare_paper": {b.title: b.paper for b in blocks if b.paper},
             "warnings": warnings,
         }
         w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-        w.put("index.html", html_doc(title, sections, w.folder))
         return w.finish()
 
 

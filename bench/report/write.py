@@ -346,9 +346,11 @@ def write_report(
             sections.append(("Failed cells", "list", failed))
         if warnings:
             sections.append(("Warnings", "list", warnings))
-        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        sections.append(("Files", "kv", (("file", "sha256"), w.text_hashes())))
         title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
         put("README.md", md_doc(title, sections))
+
+        put("index.html", html_doc(title, sections, w.folder))
 
         cell_rows = [
             {
@@ -368,7 +370,7 @@ def write_report(
         manifest = {
             "meta": meta,
             "cells": cell_rows,
-            "files": w.hashes,
+            "files": dict(w.hashes),  # every file written so far: all but this one
             "images": sorted(n for n in w.written if n.endswith(".png")),
             "metrics": [m.key for m in chosen],
             "compare_paper": compare,
@@ -376,5 +378,4 @@ def write_report(
             "incomplete": note,
         }
         put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-        put("index.html", html_doc(title, sections, w.folder))
         return w.finish()
