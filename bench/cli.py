@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench.console import (
+    COMPARE_HELP,
     DEVICE_HELP,
     DEVICE_METAVAR,
     DOWNLOAD_HELP,
@@ -33,6 +34,7 @@ from bench.console import (
     version_text,
 )
 from bench.metrics import EXTRACTORS, METRICS
+from bench.report import paper
 from bench.sample_config import SampleConfig
 from bench.store.untrusted import command_line, safe_url
 from bench.sweep.devices import DEVICES_HELP, DRY_RUN_HELP, WORKERS_HELP
@@ -326,9 +328,7 @@ def report(
     ),
     storage: str | None = typer.Option(None, help="Optuna storage URL of the sweep (default: the local SQLite file)."),
     out: str | None = typer.Option(None, help="Output folder (default: reports/<name>, reports/<A>+<B> for several)."),
-    compare_paper: list[str] | None = typer.Option(
-        None, help="Show the paper's FID beside the sweep of that dataset: cifar10 or celeba (repeat per sweep)."
-    ),
+    compare_paper: list[str] | None = typer.Option(None, metavar=f"<{'|'.join(paper.datasets())}>", help=COMPARE_HELP),
     force: bool = typer.Option(False, help=FORCE_HELP),
     **wb: Any,
 ) -> None:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("interrupted; rerun the same command to resume")
         return 130
     except TyperException as exc:  # click's usage and parameter errors: the same one line as our own errors
-        _fail(usage_line(exc.format_message() if hasattr(exc, "format_message") else str(exc)))
+        _fail(usage_line(exc))
         return int(getattr(exc, "exit_code", 2))
     return rv if isinstance(rv, int) else 0
 

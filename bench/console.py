@@ -28,6 +28,7 @@ DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 WANDB_HELP = "W&B mode (default: online when a W&B key is configured, else offline)."
 INCEPTION_HELP = "Inception weights file (default: $DDIMBENCH_INCEPTION_WEIGHTS, else torch-fidelity's, hub cache)."
 DOWNLOAD_HELP = "Fetch what is missing first: MNIST / CIFAR-10 into --data-root, torch-fidelity's Inception weights."
+COMPARE_HELP = "Show the paper's FID beside the sweep of that dataset (repeat per sweep)."  # its choices: the metavar
 FORCE_HELP = (
     "With --compare-paper: show the paper's columns even for another dataset or extractor, labelled as not comparable."
 )
@@ -199,13 +200,15 @@ def version_text() -> str:
         return "ddimbench (not installed; run `make install`)"
 
 
-def usage_line(message: str) -> str:
-    """click's usage error as one line; a value outside a choice list reads like the library's own refusals."""
-    message = " ".join(message.split())
+def usage_line(exc: Exception) -> str:
+    """click's usage error ``exc`` as one line that points to the help of the command that was run (``ddimbench
+    sweep --help``); a value outside a choice list reads like the library's own refusals."""
+    message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split()).rstrip(".")
     m = re.fullmatch(r"Invalid value for '([^']+)': (?:Value error, )?('.*') is not one of (.*?)\.?", message)
     if m:
         return f"unknown {m[1]} {m[2]}; choose one of {m[3].replace(chr(39), '')}"
-    return f"{message}; see `ddimbench --help`"
+    ctx = getattr(exc, "ctx", None)  # click's context of the command the error is about
+    return f"{message}; see `{ctx.command_path if ctx is not None else 'ddimbench'} --help`"
 
 
 def error_message(exc: BaseException) -> str:

@@ -76,6 +76,34 @@ def test_help_shows_the_choices(command: str, shown: list[str], capsys: pytest.C
         assert item in text, (item, text)
 
 
+@pytest.mark.parametrize(
+    ("argv", "problem", "command"),
+    [
+        (["sweep", "steps=1", "--workers", "0"], "'--workers': Input should be greater than or equal to 1", "sweep"),
+        (["report", "x", "--bogus"], "No such option: --bogus", "report"),
+        (["report"], "Missing argument 'NAME'", "report"),
+        (["frobnicate"], "No such command 'frobnicate'", ""),
+    ],
+)  # fmt: skip
+def test_a_usage_error_points_to_the_help_of_the_command_run(argv, problem, command, capsys) -> None:
+    code, _, err = run(argv, capsys)
+    pointer = f"; see `{' '.join(['ddimbench', command]).strip()} --help`"
+    assert code == 2 and err.count("\n") == 1 and problem in err and err.rstrip().endswith(pointer), err
+    assert f"{problem}.;" not in err  # no stray full stop before the pointer
+
+
+def test_compare_paper_help_lists_exactly_the_datasets_accepted(capsys: pytest.CaptureFixture) -> None:
+    from bench.report import paper
+    from ddim.errors import DDIMError
+
+    _, out, _ = run(["report", "--help"], capsys)
+    listed = re.search(r"--compare-paper <([^>]+)>", flat(out))[1].split("|")
+    assert [paper.canonical(name) for name in listed] == listed == ["cifar10", "celeba", "lsun_bedroom", "lsun_church"]
+    with pytest.raises(DDIMError) as refused:
+        paper.canonical("imagenet")
+    assert str(refused.value).endswith(f"use one of: {', '.join(listed)}")
+
+
 def test_choices_accept_any_case(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     code, out, err = run(["train", "--dataset", "CIFAR10", "--wandb", "Offline", "--dry-run"], capsys)
     assert code == 0 and '"dataset": "cifar10"' in out, err

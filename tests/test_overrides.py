@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.store.cell import Cell
+from bench.store.cell import Cell, spec_grid
 from bench.sweep.overrides import KEYS, load_config, merge, parse_overrides, per_dataset
 from bench.sweep.spec import Range, SweepSpec
 from ddim import sampling
@@ -163,6 +163,19 @@ def test_cells_no_pointless_duplicates():
     assert len(ddim) == 2 * 3 * 2 * 2  # S × η × spacing × seed block
     assert len(sigma) == 2 * 2 * 2 and all(c.eta is None for c in sigma)  # η does not apply
     assert len(ddpm) == 2 and all(c.steps == 1000 and c.spacing == "uniform" and c.eta is None for c in ddpm)
+
+
+def test_the_stored_spec_gives_the_same_grid():
+    """A report rebuilds the grid from the spec a run stored (``spec_grid``): the run's own cells; a search or a
+    spec of another shape (an edited store) has none."""
+    spec = _spec(steps=(10, 20), eta=(0.0, 1.0), sampler=("ddim", "sigma_hat", "ddpm"), spacing=("uniform", "quad"),
+                 seeds=(0, 2))  # fmt: skip
+    stored = spec.to_dict()
+    assert spec_grid(stored) == spec.cells() and len(spec.cells()) == 2 * 2 * 2 * 2 + 2 * 2 * 2 + 2
+    assert spec_grid(_spec(steps=Range(5, 100), search="pareto").to_dict()) is None
+    for bad in ({**stored, "steps": "10,20"}, {**stored, "seeds": [0.5]}, {**stored, "eta": [True]},
+                {**stored, "T": None}, {**stored, "eta": [0.1234567, 0.1234568]}, ["not", "a", "spec"]):  # fmt: skip
+        assert spec_grid(bad) is None, bad
 
 
 def test_cell_key_and_slug():

@@ -24,7 +24,8 @@ def leaves(obj) -> dict:
 def test_columns_hold_every_field_of_the_record_once_kid_shown_x1e3():
     record = CellRecord(7, "COMPLETE", CELL, MEASURED, error="late metric", pareto=True)
     cols = columns(record)
-    expected = {k: v for k, v in leaves(record).items() if k != "versions"}  # versions: stored, not shown
+    # versions: stored, not shown; interrupted: a column only where a trial was
+    expected = {k: v for k, v in leaves(record).items() if k not in ("versions", "interrupted")}
     for k in ("kid_mean", "kid_std"):
         expected[f"{k}_x1e3"] = expected.pop(k) * 1000.0
     assert cols == expected
@@ -44,6 +45,18 @@ def test_an_unmeasured_record_has_every_column_empty_and_no_pareto_column_outsid
     assert rows[1][names.index("kid_mean_x1e3")] == pytest.approx(12.3)
     names, _ = table([dataclasses.replace(failed, pareto=False)])
     assert names[-1] == "ref_sha256" and "pareto" in names
+
+
+def test_an_interrupted_trial_is_not_failed_and_says_so_in_its_own_column():
+    """Ctrl-C / SIGTERM stops a cell without its fault: not ``failed`` (the tables show it as not run), and the
+    CSV of a sweep with such a trial has an ``interrupted`` column; a sweep without one has none."""
+    cell = Cell("ddim", "uniform", 10, 0.0, 0)
+    stopped = CellRecord(1, "FAIL", cell, None, error="interrupted (Ctrl-C or SIGTERM)", interrupted=True)
+    boom = CellRecord(2, "FAIL", cell, None, error="boom")
+    assert not stopped.failed and boom.failed and not CellRecord(3, "COMPLETE", CELL, MEASURED).failed
+    names, rows = table([boom, stopped])
+    assert [row[names.index("interrupted")] for row in rows] == [None, True]
+    assert "interrupted" not in table([boom])[0]
 
 
 def test_scores_split_and_shown():

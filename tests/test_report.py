@@ -175,7 +175,9 @@ def test_manifest(built):
     assert len(manifest["cells"]) == len(records)
     for name, sha in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
-    assert {"table.md", "table.tex", "results.csv"} <= set(manifest["files"])
+    every = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == every - {"manifest.json"}  # every file the report wrote but itself
+    assert {"index.html", "README.md", "consistency.png", "inversion.md"} <= set(manifest["files"])
     assert manifest["warnings"] == []
 
 
@@ -345,3 +347,15 @@ def test_no_heavy_imports():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_only_a_sweep_with_cells_not_run_is_called_incomplete(tmp_path):
+    """A running cell leaves the sweep incomplete; failed cells alone do not (a rerun retries them, but the sweep
+    ran every cell)."""
+    records, meta = make_records(tmp_path / "root")
+    for name, recs in (("all", records), ("ran", [r for r in records if r["state"] != "RUNNING"])):
+        write_report(as_records(recs), meta, tmp_path / name, root=tmp_path / "root")
+    readme = (tmp_path / "all/README.md").read_text(encoding="utf-8")
+    assert f"{len(records) - 2} of {len(records)} cells measured, 1 failed, 1 not run" in readme
+    assert "## Incomplete sweep" not in (tmp_path / "ran/README.md").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "ran/manifest.json").read_text(encoding="utf-8"))["incomplete"] is None

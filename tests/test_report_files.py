@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 from helpers.report import DETERMINISTIC
@@ -172,3 +173,40 @@ def test_a_report_killed_between_the_two_renames_is_recovered_by_the_next(built,
     written = write_report(as_records(records), meta, out, root=root, extras={})  # puts the previous one back first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "notes.md").read_bytes() == b"mine\n"
     assert "inversion.md" not in written and not (out / "inversion.md").exists()
+
+
+def test_an_unwritable_out_is_one_line_naming_the_folder_given(built, tmp_path, monkeypatch):
+    """Under a file, where no folder can be made (/proc) or on a full disk: one line naming the --out the user gave
+    (never the temporary folder beside it), the reason and the fix, and nothing left behind."""
+    import errno
+
+    import bench.report.files as files
+
+    records, meta, root, extras, _, _ = built
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a folder")
+
+    def refusal(out) -> str:
+        with pytest.raises(DDIMError) as info:
+            write_report(as_records(records), meta, out, root=root, extras=extras)
+        return str(info.value)
+
+    assert (
+        refusal("afile/x")
+        == "cannot write the report folder afile/x (afile is a file, not a folder); choose another --out"
+    )
+    if Path("/proc/self").is_dir():
+        assert (
+            refusal("/proc/x")
+            == "cannot write the report folder /proc/x (no folder can be created in /proc); choose another --out"
+        )
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "write_file", full)
+    assert (
+        refusal("rep")
+        == "cannot write the report folder rep (No space left on device); free space or choose another --out"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -5,6 +5,7 @@ back equal; ill-typed attributes are left out. Stores written by earlier release
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -200,3 +201,49 @@ def test_load_study_reads_a_sqlite_url_with_options(tmp_path):
     assert load_study("with-options", url).study_name == "with-options"
     with pytest.raises(store.DDIMError, match="does not exist"):
         load_study("with-options", f"sqlite:///{tmp_path / 'none.db'}?timeout=30")
+
+
+# ------------------------------------------------------------------------------------- an interrupted sweep
+def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tmp_path, capsys):
+    """A grid of four cells: one measured, one failed on its own, one stopped by Ctrl-C, one never started. The
+    stopped and the unstarted cells are not run ("—", as the legend says), not failed, every row and column of the
+    grid is in the table, and the report (and its warning) says the sweep is incomplete and how to finish it."""
+    from bench.cli import main
+
+    study, trial, url = new_trial(tmp_path)  # CELL: ddim uniform S = 10 η = 0.5 block 1
+    command = "ddimbench sweep steps=10,20 eta=0.5,1 seeds=1 name=s"
+    study.set_user_attr("meta", {"name": "s", "n": 500, "command": command})
+    study.set_user_attr("spec", {"spacing": ["uniform"], "sampler": ["ddim"], "steps": [10, 20], "eta": [0.5, 1.0],
+                                 "seeds": [1], "T": 1000, "search": None})  # fmt: skip
+    store.save_error(trial, "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell", True)
+    study.tell(trial, state=TrialState.FAIL)
+    for cell, state in ((Cell("ddim", "uniform", 10, 1.0, 1), TrialState.COMPLETE),
+                        (Cell("ddim", "uniform", 20, 0.5, 1), TrialState.FAIL)):  # fmt: skip
+        t = study.ask()
+        for key, value in {"cell": cell.key, **cell.fields()}.items():
+            t.set_user_attr(key, value)
+        if state == TrialState.FAIL:
+            store.save_error(t, "CUDA out of memory; retry with a smaller batch")
+        else:
+            store.save_result(t, MEASURED)
+        study.tell(t, 1.5 if state == TrialState.COMPLETE else None, state=state)
+    grid: list[Cell] = []
+    records, _, _ = store.load_results("s", url, grid)
+    assert [(r.interrupted, r.failed) for r in records] == [(True, False), (False, False), (False, True)]
+    assert len(grid) == 4
+
+    code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    fid = (tmp_path / "rep" / "table.md").read_text(encoding="utf-8").split("### IS")[0]
+    rows = {line.strip("| ").split(" | ")[0]: line.strip("| ").split(" | ")[1:] for line in fid.splitlines()
+            if line.startswith("| η = ")}  # fmt: skip
+    assert rows == {"η = 0.5": ["—", "failed"], "η = 1.0": ["**1.50**", "—"]}
+    note = "sweep 's' is incomplete: 1 of 4 cells measured, 1 failed, 2 not run"
+    readme = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
+    assert readme.index("## Incomplete sweep") < readme.index("## Results")
+    assert note in readme and f"rerun the same command to finish it: {command}" in readme
+    assert note in err and command in err
+    assert json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))["incomplete"].startswith(note)
+    failed = readme[readme.index("## Failed cells") :].split("##")[1]
+    assert "CUDA out of memory" in failed and "Ctrl-C" not in failed  # the stop is listed as not run, not failed

@@ -6,8 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from bench.console import warn
-from bench.report.write import provenance_md, write_report
+from bench.report.write import incomplete, provenance_md, write_report
 from bench.store.artifacts import fetch_missing
+from bench.store.cell import Cell
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.report_run import track_report
@@ -28,13 +29,16 @@ def make_report(
     Sample grids are read from the sweep's artifacts folder, and only PNG files inside it (the store is
     untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is fetched
     from the sweep's artifact store (``bench.store.artifacts``), and left out with a warning when the
-    store does not have it either. With tracking on, the table and figures are logged as a ``report``
-    run in the sweep's W&B group (``bench.tracking.report_run``: one run per report name, a rerun updates it)
-    that uses each cell's ``samples`` artifact and logs the folder as the ``report-<name>`` artifact, and the
-    sweep's W&B Report is defined (``wandb_report.json`` in the folder) and, online, published.
+    store does not have it either. A sweep with cells not run yet (interrupted, running, never started) is
+    reported with them as not run, and said to be incomplete (in the report and as a warning). With tracking
+    on, the table and figures are logged as a ``report`` run in the sweep's W&B group
+    (``bench.tracking.report_run``: one run per report name, a rerun updates it) that uses each cell's ``samples``
+    artifact and logs the folder as the ``report-<name>`` artifact, and the sweep's W&B Report is defined
+    (``wandb_report.json`` in the folder) and, online, published.
     """
     check_name(name, "sweep name ")  # it names the report's folder
-    records, meta, extras = load_results(name, storage)
+    grid: list[Cell] = []
+    records, meta, extras = load_results(name, storage, grid)
     root = artifacts_root(name, meta)
     fetch_missing(name, storage, records, root)
     missing = 0
@@ -61,8 +65,18 @@ def make_report(
     folder = Path(out) if out is not None else Path("reports") / name
     metrics = meta.get("metrics") or ("fid", "isc", "kid")
     written = write_report(
-        records, meta, folder, root=root, extras=extras, compare_paper=compare_paper, metrics=metrics, force=force
+        records,
+        meta,
+        folder,
+        root=root,
+        extras=extras,
+        compare_paper=compare_paper,
+        metrics=metrics,
+        force=force,
+        grid=grid,
     )
+    if meta.get("mode") != "pareto" and (note := incomplete(records, meta, grid)):
+        warn(note)
 
     sweeps = [(name, records, meta)]
     track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)

@@ -1,10 +1,12 @@
 """How a report folder is written: into a temporary folder beside it, swapped into place when complete
-(``ReportWriter``), the text files' sha256 recorded for the manifest; ``jsonable`` for the manifest. No torch,
+(``ReportWriter``), every file's sha256 recorded for the manifest; ``jsonable`` for the manifest. No torch,
 no optuna.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -14,7 +16,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -25,7 +27,7 @@ from ddim.files import atomic_write
 
 OPTIONAL_FILES = ("inversion.md", "inversion.tex", "fid_vs_steps.png", "fid_vs_time.png", "consistency.png",
                   "interpolation.png", "pareto_front.png")  # fmt: skip
-HASHED = frozenset((*TEXT_FILES, "README.md"))  # files whose sha256 the manifest and README list
+HASHED = frozenset((*TEXT_FILES, "README.md"))  # files whose sha256 the README lists (the manifest: every file)
 _REPORT_FILES = frozenset((*TEXT_FILES, *OPTIONAL_FILES, "README.md"))  # top-level names a report may leave stale
 _NEW, _OLD = "report", "previous"  # the temporary folders beside ``out``: .<name>.report-<pid>-<id>, .<name>.previous-…
 
@@ -185,6 +187,29 @@ def _swap(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _named(out: Path) -> Iterator[None]:
+    """An OS error while making the report folder ``out`` as one line that names ``out`` as the user gave it (never
+    the temporary folder beside it), the reason and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        for above in out.parents:  # the nearest existing folder above: a file there is the reason, not "File exists"
+            if above.exists() or above.is_symlink():
+                if not above.is_dir():
+                    reason = f"{above} is a file, not a folder"
+                elif exc.errno == errno.ENOENT:  # a filesystem that takes no new entries (/proc)
+                    reason = f"no folder can be created in {above}"
+                break
+        fix = (
+            "free space or choose another --out"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "choose another --out"
+        )
+        raise DDIMError(f"cannot write the report folder {out} ({reason}); {fix}") from None
+
+
 class ReportWriter:
     """One report being written, as a context manager: ``put`` each file into a temporary folder beside ``out``
     (the same filesystem), then ``finish`` swaps it into place and returns {relative name: path} of every file
@@ -196,7 +221,11 @@ class ReportWriter:
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        real = Path(os.path.realpath(out))  # a link to a folder: the report replaces the folder it points to
+        with _named(out):
+            self._start(Path(os.path.realpath(out)))  # a link to a folder: the report replaces the one it names
+
+    def _start(self, real: Path) -> None:
+        out = self.out
         _recover(real)
         if real.exists() and not real.is_dir():
             raise DDIMError(f"{out} is a file, not a folder; choose another --out")
@@ -220,13 +249,18 @@ class ReportWriter:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def put(self, name: str, data: bytes | str) -> None:
-        write_file(self.folder / name, data)
+        with _named(self.out):
+            write_file(self.folder / name, data)
         self.written[name] = self.out / name
-        if name in HASHED:
-            self.hashes[name] = sha(data)
+        self.hashes[name] = sha(data)
+
+    def text_hashes(self) -> list[tuple[str, str]]:
+        """(name, sha256) of the text files written so far (``HASHED``), by name: the README's list."""
+        return sorted((n, h) for n, h in self.hashes.items() if n in HASHED)
 
     def finish(self) -> dict[str, Path]:
-        if self.real.is_dir():
-            _carry(self.real, self.folder, self.previous, self.written)
-        _swap(self.folder, self.real)
+        with _named(self.out):
+            if self.real.is_dir():
+                _carry(self.real, self.folder, self.previous, self.written)
+            _swap(self.folder, self.real)
         return dict(sorted(self.written.items()))

@@ -32,9 +32,18 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.report.write import pick_metrics, provenance_md, provenance_rows, validate_records, warnings_of
+from bench.report.write import (
+    incomplete,
+    incomplete_note,
+    pick_metrics,
+    provenance_md,
+    provenance_rows,
+    validate_records,
+    warnings_of,
+)
+from bench.store.cell import Cell
 from bench.store.study import Sweep
-from bench.store.table_cells import row_order, select_cells, spacing_order
+from bench.store.table_cells import progress, row_order, select_cells, spacing_order
 from ddim.errors import DDIMError
 
 
@@ -52,12 +61,16 @@ def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str]) -> list[Block]:
+def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str],
+            grids: Mapping[str, Sequence[Cell]]) -> list[Block]:  # fmt: skip
     datasets = Counter(str(meta.get("dataset") or name) for name, _, meta in sweeps)
     blocks = []
     for name, records, meta in sweeps:
         mine: list[str] = []
-        cells = select_cells(records, mine)
+        grid = grids.get(name, ())
+        cells = select_cells(records, mine, grid)
+        if left := incomplete_note(progress(cells, grid), meta):
+            warnings.append(left)
         ds, ex = meta.get("dataset"), meta.get("extractor")
         ref = pairs.get(name)
         title, note = paper.comparison(ref, name, ds, ex, force) if ref else ("", "")
@@ -103,12 +116,14 @@ def write_combined_report(
     compare_paper: Sequence[str] = (),
     metrics: Sequence[str] | None = None,
     force: bool = False,
+    grids: Mapping[str, Sequence[Cell]] | None = None,
 ) -> dict[str, Path]:
     """Write one report of several grid sweeps into ``out_dir``; return {relative name: path} of every file.
 
-    ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them. Raises DDIMError for a
-    repeated or empty sweep, a Pareto search, malformed records, an unknown metric, or a paper comparison
-    with another dataset or extractor (unless ``force``).
+    ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them, ``grids`` the cells of
+    their grids by sweep name (a cell no trial ran shows as not run, and the sweep is said incomplete). Raises
+    DDIMError for a repeated or empty sweep, a Pareto search, malformed records, an unknown metric, or a paper
+    comparison with another dataset or extractor (unless ``force``).
     """
     names = [name for name, _, _ in sweeps]
     if len(names) != len(set(names)):
@@ -126,7 +141,7 @@ def write_combined_report(
                                                                  for _, _, meta in checked)]  # fmt: skip
     chosen = pick_metrics(wanted, every)
     warnings: list[str] = []
-    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings)
+    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {})
     tables = combined_tables(blocks, chosen)
     with ReportWriter(Path(out_dir)) as w:
         tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
@@ -148,9 +163,10 @@ def write_combined_report(
             sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
         if warnings:
             sections.append(("Warnings", "list", warnings))
-        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        sections.append(("Files", "kv", (("file", "sha256"), w.text_hashes())))
         title = f"DDIM benchmark report: {' + '.join(names)}"
         w.put("README.md", md_doc(title, sections))
+        w.put("index.html", html_doc(title, sections, w.folder))
         manifest = {
             "sweeps": {name: meta for name, _, meta in checked},
             "cells": [
@@ -165,13 +181,12 @@ def write_combined_report(
                 for name, records, _ in checked
                 for r in records
             ],  # fmt: skip
-            "files": w.hashes,
+            "files": dict(w.hashes),  # every file written so far: all but this one
             "metrics": [m.key for m in chosen],
             "compare_paper": {b.title: b.paper for b in blocks if b.paper},
             "warnings": warnings,
         }
         w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-        w.put("index.html", html_doc(title, sections, w.folder))
         return w.finish()
 
 
@@ -194,11 +209,14 @@ def make_combined_report(
 
     for name in names:
         check_name(name, "sweep name ")  # the names make the report's folder
-    sweeps = []
+    sweeps, grids = [], {}
     for name in dict.fromkeys(names):
-        records, meta, _ = load_results(name, storage)
+        grids[name] = grid = []
+        records, meta, _ = load_results(name, storage, grid)
         sweeps.append((name, records, meta))
+        if note := incomplete(records, meta, grid):
+            warn(note)
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
-    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force)
+    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids)
     track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder

@@ -34,14 +34,16 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.store.cell import eta_str, row_label
+from bench.store.cell import Cell, eta_str, row_label
 from bench.store.record import BF16, CellRecord, listed_devices
 from bench.store.study import Sweep
 from bench.store.table_cells import (
+    Progress,
     TableKey,
     as_number,
     complete_blocks,
     lines,
+    progress,
     row_order,
     select_cells,
     spacing_order,
@@ -190,6 +192,25 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
+def incomplete_note(done: Progress, meta: Mapping) -> str | None:
+    """The report's sentence on a sweep that has cells not run yet (never started, running or interrupted) and how
+    to finish it; None when every cell was measured or failed."""
+    if not done.not_run:
+        return None
+    failed = f", {done.failed} failed" if done.failed else ""
+    last = meta.get("last_run") if isinstance(meta.get("last_run"), Mapping) else {}
+    command = last.get("command") or meta.get("command")
+    rerun = f"rerun the same command to finish it: {command}" if command else "rerun the same `ddimbench sweep` command"
+    name = f"sweep {meta['name']!r}" if meta.get("name") else "the sweep"
+    return (f"{name} is incomplete: {done.measured} of {done.total} cells measured{failed}, {done.not_run} not run "
+            f"(interrupted, still running or never started; — in the tables); {rerun}")  # fmt: skip
+
+
+def incomplete(records: Sequence[CellRecord], meta: Mapping, grid: Sequence[Cell] = ()) -> str | None:
+    """``incomplete_note`` of a sweep's records and grid (``bench.store.study.load_results``)."""
+    return incomplete_note(progress(select_cells(records, [], grid), grid), meta)
+
+
 def provenance_md(sweeps: Sequence[Sweep]) -> str:
     """The sweeps' provenance as markdown tables, each under its sweep's name when there are several (the W&B
     Report's provenance block)."""
@@ -208,11 +229,13 @@ def write_report(
     compare_paper: str | None = None,
     metrics: Sequence[str] = ("fid", "isc", "kid"),
     force: bool = False,
+    grid: Sequence[Cell] = (),
 ) -> dict[str, Path]:
     """Write the report for one sweep into ``out_dir``; return {relative name: path} of every file.
 
     ``records`` are the sweep's trials, ``meta`` its provenance, ``root`` the folder the
-    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from. A Pareto search
+    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from, ``grid`` the cells of the
+    sweep's grid (a cell no trial ran shows as not run; a report with such cells says how to finish). A Pareto search
     (``meta["mode"] == "pareto"``) is shown as its front (table and figure) on the cost it minimised
     instead of an η × S grid. Raises DDIMError for empty or malformed records, an unknown metric or
     paper dataset, a paper comparison with another dataset or extractor (unless ``force``), or a
@@ -233,7 +256,8 @@ def write_report(
     )
     extras = dict(extras or {})
     warnings = warnings_of(records, meta, compare)
-    cells = select_cells(records, warnings)
+    cells = select_cells(records, warnings, grid)
+    note = None if search else incomplete_note(progress(cells, grid), meta)
     with ReportWriter(out) as w:
         put = w.put
 
@@ -302,9 +326,14 @@ def write_report(
         failed = [
             f"trial #{r.number} ({r.cell.label}): {r.error or 'failed without a message'}"
             for r in sorted(records, key=record_order)
-            if r.state == "FAIL" or (r.state == "COMPLETE" and r.error)
+            if r.failed or (r.state == "COMPLETE" and r.error)
         ]
-        sections: list[tuple[str, str, object]] = [("Provenance", "kv", (("field", "value"), provenance_rows(meta)))]
+        sections: list[tuple[str, str, object]] = []
+        if note:
+            stopped = [f"trial #{r.number} ({r.cell.label}): {r.error}" for b in cells.values() for r in b.values()
+                       if r.interrupted]  # fmt: skip
+            sections.append(("Incomplete sweep", "list", [note, *sorted(stopped)]))
+        sections.append(("Provenance", "kv", (("field", "value"), provenance_rows(meta))))
         sections.append(("Pareto front" if search else "Results", "tables", tables))
         if inv is not None:
             sections.append(("Inversion", "tables", [inv]))
@@ -317,9 +346,11 @@ def write_report(
             sections.append(("Failed cells", "list", failed))
         if warnings:
             sections.append(("Warnings", "list", warnings))
-        sections.append(("Files", "kv", (("file", "sha256"), sorted(w.hashes.items()))))
+        sections.append(("Files", "kv", (("file", "sha256"), w.text_hashes())))
         title = f"DDIM benchmark report: {name}" if name else "DDIM benchmark report"
         put("README.md", md_doc(title, sections))
+
+        put("index.html", html_doc(title, sections, w.folder))
 
         cell_rows = [
             {
@@ -339,12 +370,12 @@ def write_report(
         manifest = {
             "meta": meta,
             "cells": cell_rows,
-            "files": w.hashes,
+            "files": dict(w.hashes),  # every file written so far: all but this one
             "images": sorted(n for n in w.written if n.endswith(".png")),
             "metrics": [m.key for m in chosen],
             "compare_paper": compare,
             "warnings": warnings,
+            "incomplete": note,
         }
         put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-        put("index.html", html_doc(title, sections, w.folder))
         return w.finish()

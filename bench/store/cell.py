@@ -4,7 +4,9 @@ every table, figure, chart, caption and console line (``row_key``, ``row_label``
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +87,51 @@ class Cell:
     def label(self) -> str:
         """The cell's name in the console, W&B captions and the report: "uniform η = 0.5 S = 20 block 0"."""
         return f"{self.spacing} {row_label(self.row)} S = {self.steps} block {self.seed_block}"
+
+
+def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int], etas: Sequence[float],
+         seeds: Sequence[int], T: int) -> list[Cell]:  # fmt: skip
+    """A sweep's grid, without pointless duplicates: η only varies for ``ddim``; ``ddpm`` always runs all T steps
+    (so it gets S = T and one cell per seed block, under the first spacing: with S = T every spacing is the full
+    sequence T−1 … 0). Two η that one cell key names (6 significant digits) are a DDIMError."""
+    out: dict[str, Cell] = {}
+    for spacing in spacings:
+        for sampler in samplers:
+            if sampler == "ddpm" and spacing != spacings[0]:
+                continue
+            etas_here: Sequence[float | None] = etas if sampler == "ddim" else (None,)
+            for s in (T,) if sampler == "ddpm" else steps:
+                for eta in etas_here:
+                    for b in seeds:
+                        cell = Cell(sampler, spacing, int(s), None if eta is None else float(eta), int(b))
+                        kept = out.setdefault(cell.key, cell)
+                        if kept.eta != cell.eta:
+                            raise DDIMError(
+                                f"eta={kept.eta!r} and eta={cell.eta!r} name the same cell (eta={cell.eta:g});"
+                                " drop one or make them differ in the first 6 significant digits"
+                            )
+    return list(out.values())
+
+
+def spec_grid(spec: Any) -> list[Cell] | None:
+    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: lists
+    ``spacing``, ``sampler``, ``steps``, ``eta``, ``seeds`` and ``T``), or None for a search or a config of
+    another shape (an edited store)."""
+    if not isinstance(spec, Mapping) or spec.get("search") is not None:
+        return None
+    kinds = {"spacing": str, "sampler": str, "steps": int, "eta": float, "seeds": int}
+
+    def fits(v: Any, kind: type) -> bool:
+        if kind is str:
+            return isinstance(v, str)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+
+    axes = {k: spec.get(k) for k in kinds}
+    if not fits(spec.get("T"), int) or not all(
+        isinstance(v, list) and all(fits(x, kinds[k]) for x in v) for k, v in axes.items()
+    ):
+        return None
+    try:
+        return grid(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"], int(spec["T"]))
+    except DDIMError:
+        return None

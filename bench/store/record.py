@@ -126,8 +126,9 @@ NOT_MEASURED = Measurement()
 @dataclass(frozen=True)
 class CellRecord:
     """One trial of a sweep: its number and Optuna state (COMPLETE, FAIL or RUNNING), the cell, what was
-    measured (None before or without a measurement), the error of a failed cell and, in a Pareto search,
-    whether the trial is on the front (None outside searches)."""
+    measured (None before or without a measurement), the error of a failed cell, in a Pareto search whether the
+    trial is on the front (None outside searches), and whether a FAIL trial was ``interrupted``: stopped by
+    Ctrl-C / SIGTERM (or a full disk), not by its cell, so the cell is not run yet and a rerun measures it."""
 
     number: int
     state: str
@@ -135,6 +136,12 @@ class CellRecord:
     measurement: Measurement | None = None
     error: str | None = None
     pareto: bool | None = None
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """A trial that failed on its own (an error, or its worker killed), not one ``interrupted``."""
+        return self.state == "FAIL" and not self.interrupted
 
     @property
     def measured(self) -> Measurement:
@@ -148,9 +155,10 @@ class CellRecord:
 
 def columns(r: CellRecord) -> dict[str, Any]:
     """A record as named columns: the trial and its cell, the measured values (KID ×10³), the error, the image
-    files, then the rest (protocol, Pareto flag of a search) alphabetically."""
+    files, then the rest (protocol, Pareto flag of a search, ``interrupted`` of an interrupted trial) alphabetically."""
     m = r.measured
-    rest = {**dataclasses.asdict(m.protocol), **({} if r.pareto is None else {"pareto": r.pareto})}
+    rest = {**dataclasses.asdict(m.protocol), **({} if r.pareto is None else {"pareto": r.pareto}),
+            **({"interrupted": True} if r.interrupted else {})}  # fmt: skip
     return {"number": r.number, "state": r.state, **r.cell.fields(), **m.summary(), "error": r.error,
             "grid": m.grid, "strip": m.strip, **dict(sorted(rest.items()))}  # fmt: skip
 

@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bench.store.cell import Cell
+from bench.store.cell import Cell, spec_grid
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
 from bench.store.renames import OLD_SPACING, current_key, current_names
@@ -171,6 +171,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
         cell=_typed(Cell, values),
         measurement=_typed(Measurement, values) if measured else None,
         error=error,
+        interrupted=trial.state.name == "FAIL" and ua.get("interrupted") is True,
     )
 
 
@@ -249,13 +250,18 @@ def records_of(study: optuna.Study, malformed: list[int] | None = None) -> tuple
 Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sweep as ``load_results`` reads it
 
 
-def load_results(name: str, storage: str | None = None) -> tuple[list[CellRecord], dict, dict]:
-    """(records, meta, extras) of a sweep, straight from the store (no recomputation).
+def load_results(
+    name: str, storage: str | None = None, grid: list[Cell] | None = None
+) -> tuple[list[CellRecord], dict, dict]:
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the cells of its grid
+    (the latest run's, ``spec_grid``; none for a search) are appended to ``grid``.
 
     Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
     before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
+    if grid is not None:
+        grid.extend(spec_grid(current_names(study.user_attrs.get("spec"))) or ())
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
     if malformed:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.store.cell import RowKey, row_label
+from bench.store.cell import Cell, RowKey, row_label
 from bench.store.record import CellRecord
 from ddim.names import SPACINGS
 
@@ -44,11 +44,42 @@ def _cell_key(r: CellRecord) -> TableKey:
     return (r.cell.spacing, r.cell.row, r.cell.steps)
 
 
-def select_cells(records: Sequence[CellRecord], warnings: list[str]) -> dict[TableKey, dict[int, CellRecord]]:
+@dataclass(frozen=True)
+class Progress:
+    """How far a sweep got, in cells of its grid (one per seed block): ``measured`` (a COMPLETE trial), ``failed``
+    (the latest trial failed on its own, ``CellRecord.failed``), the rest not run: never started, still running or
+    interrupted."""
+
+    total: int
+    measured: int
+    failed: int
+
+    @property
+    def not_run(self) -> int:
+        return self.total - self.measured - self.failed
+
+
+def progress(cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()) -> Progress:
+    """The ``Progress`` of ``select_cells``' cells over them and the cells of ``grid``."""
+    chosen: dict[tuple[TableKey, int], CellRecord | None] = {
+        (k, b): r for k, blocks in cells.items() for b, r in blocks.items()
+    }
+    for c in grid:
+        chosen.setdefault(((c.spacing, c.row, c.steps), c.seed_block), None)
+    done = sum(r is not None and r.state == "COMPLETE" for r in chosen.values())
+    return Progress(len(chosen), done, sum(r is not None and r.failed for r in chosen.values()))
+
+
+def select_cells(
+    records: Sequence[CellRecord], warnings: list[str], grid: Sequence[Cell] = ()
+) -> dict[TableKey, dict[int, CellRecord]]:
     """One record per (cell, seed block): the latest COMPLETE one, else the latest of any state
     (a retry supersedes the failure before it). A COMPLETE trial whose metric came out NaN still stands for its
-    block (shown as failed), never an earlier trial of it."""
+    block (shown as failed), never an earlier trial of it. Every cell of ``grid`` (the sweep's, when known) is a
+    key, with no block where no trial ran it: its row and column are in the tables, as not run."""
     cells: dict[TableKey, dict[int, CellRecord]] = {}
+    for c in grid:
+        cells.setdefault((c.spacing, c.row, c.steps), {})
     for r in sorted(records, key=lambda r: r.number):
         blocks = cells.setdefault(_cell_key(r), {})
         b, prev = r.cell.seed_block, blocks.get(r.cell.seed_block)
@@ -87,15 +118,15 @@ def complete_blocks(blocks: Mapping[int, CellRecord], field: str) -> dict[int, C
 
 def table_cell(blocks: Mapping[int, CellRecord], field: str, steps: int, scale: float = 1.0) -> TableCell:
     """The value of one cell at S = ``steps``: the mean (× ``scale``) of the score ``field`` over its
-    ``complete_blocks``, with its std; "failed" when there is none and some block failed, errored or came out
-    non-finite, else "missing"."""
+    ``complete_blocks``, with its std; "failed" when there is none and some block failed (not: was interrupted),
+    errored or came out non-finite, else "missing" (not run, running or interrupted)."""
     good = complete_blocks(blocks, field)
     values = [float(getattr(r.scores, field)) * scale for r in good.values()]
     nfes = {r.measured.nfe for r in good.values()} - {None}
 
-    def failed(r: CellRecord) -> bool:  # a failed trial, an errored metric or a non-finite value (not: not asked)
+    def failed(r: CellRecord) -> bool:  # a failed trial (not: interrupted), an errored metric or a non-finite value
         v = as_number(getattr(r.scores, field))
-        return r.state == "FAIL" or (r.state == "COMPLETE" and bool(r.error or v is not None))
+        return r.failed or (r.state == "COMPLETE" and bool(r.error or v is not None))
 
     failed_blocks = sum(failed(r) for b, r in blocks.items() if b not in good)
     if not values:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.store.cell import Cell
+from bench.store.cell import Cell, grid
 from ddim.errors import DDIMError
 
 __all__ = ["Range", "SweepSpec"]
@@ -70,29 +70,10 @@ class SweepSpec:
         return out
 
     def cells(self) -> list[Cell]:
-        """The grid, without pointless duplicates: η only varies for ``ddim``; ``ddpm`` always runs
-        all T steps (so it gets S = T and one cell per seed block, under the first spacing: with
-        S = T every spacing is the full sequence T−1 … 0)."""
+        """The grid (``bench.store.cell.grid``: η only varies for ``ddim``, ``ddpm`` runs all T steps)."""
         if isinstance(self.steps, Range) or isinstance(self.eta, Range):
             raise DDIMError("a grid needs lists, not ranges; give steps=10,20 eta=0,1 or use --search pareto")
-        out: dict[str, Cell] = {}
-        for spacing in self.spacing:
-            for sampler in self.sampler:
-                if sampler == "ddpm" and spacing != self.spacing[0]:
-                    continue
-                steps = (self.T,) if sampler == "ddpm" else self.steps
-                etas: tuple[float | None, ...] = self.eta if sampler == "ddim" else (None,)
-                for s in steps:
-                    for eta in etas:
-                        for b in self.seeds:
-                            cell = Cell(sampler, spacing, int(s), None if eta is None else float(eta), int(b))
-                            kept = out.setdefault(cell.key, cell)
-                            if kept.eta != cell.eta:  # cell keys and file names keep 6 significant digits
-                                raise DDIMError(
-                                    f"eta={kept.eta!r} and eta={cell.eta!r} name the same cell (eta={cell.eta:g});"
-                                    " drop one or make them differ in the first 6 significant digits"
-                                )
-        return list(out.values())
+        return grid(self.spacing, self.sampler, self.steps, self.eta, self.seeds, self.T)
 
     def seed_range(self, block: int) -> tuple[int, int]:
         """First and last seed of a block."""
