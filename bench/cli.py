@@ -217,8 +217,7 @@ def classifier(
     device: str | None = typer.Option(None, hidden=True, help="Ignored: the classifier is trained on the CPU."),
     download: bool = typer.Option(False, help="Let torchvision download MNIST/CIFAR-10 into --data-root."),
 ) -> None:
-    """Train (once, on the CPU: the same extractor on every machine) the dataset classifier used as the offline
-    FID/IS/KID feature extractor."""
+    """Train (once, on the CPU: the same on every machine) the classifier that extracts offline FID/IS/KID features."""
     from bench.console import warn
     from bench.metrics.classifier import ensure_classifier, summary_line
     from ddim.data import fetch_dataset
@@ -297,18 +296,15 @@ def sweep(
 
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from bench.report.front import summary_lines
-    from bench.sweep.provenance import check_rerun
     from bench.sweep.resolve import resolve_spec
-    from bench.sweep.runner import place_workers, run_sweep, workers_devices
+    from bench.sweep.runner import dry_run_lines, run_sweep
 
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
-        placed = place_workers(spec, workers, devices)  # refused as the run would refuse it
-        stored = check_rerun(spec, storage)  # a stored sweep of this name under other settings: refused too
-        _say(f"sweep {spec.name!r}: " + ("stored: the run adds its missing cells" if stored else "new"))
-        _say(f"workers: {len(placed)} on {workers_devices(placed)}")
+        for line in dry_run_lines(spec, workers, devices, storage):  # after refusing what the run would refuse
+            _say(line)
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),

@@ -63,7 +63,7 @@ from bench.store.untrusted import safe_url
 from bench.sweep.devices import assign_devices
 from bench.sweep.evaluate import Evaluator, device_name
 from bench.sweep.guard import check_memory_fits, disk_message, store_errors
-from bench.sweep.provenance import meta_for, protocol_for
+from bench.sweep.provenance import check_rerun, meta_for, protocol_for
 from bench.sweep.spec import Range, SweepSpec
 from bench.tracking.sweep_runs import track_cell, track_summary
 from bench.tracking.wandb_run import offline_note_from_parent
@@ -324,6 +324,16 @@ def place_workers(spec: SweepSpec, workers: int | None = None, devices: str | No
     placed = assign_devices(spec.device, workers, devices)
     check_memory_fits(spec, len(placed))
     return placed
+
+
+def dry_run_lines(spec: SweepSpec, workers: int | None, devices: str | None, storage: str | None) -> list[str]:
+    """What ``sweep --dry-run`` says on stderr, after refusing what the run would refuse before it starts (the
+    workers and devices; a stored sweep of this name under other settings): whether the sweep is new, and where
+    the workers go."""
+    placed = place_workers(spec, workers, devices)
+    stored = check_rerun(spec, storage)
+    return [f"sweep {spec.name!r}: " + ("stored: the run adds its missing cells" if stored else "new"),
+            f"workers: {len(placed)} on {workers_devices(placed)}"]  # fmt: skip
 
 
 def workers_devices(devices: list[str]) -> str:
