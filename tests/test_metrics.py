@@ -433,15 +433,3 @@ def test_importing_bench_metrics_is_cheap() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
-
-
-def test_a_text_file_given_as_inception_weights_is_named_not_a_pytorch_file(tmp_path) -> None:
-    from bench.metrics.fidelity import compute_metrics
-    from ddim.errors import DDIMError
-
-    bad = tmp_path / "text.pt"
-    bad.write_text("hello world\n")
-    samples = torch.zeros((4, 1, 16, 16), dtype=torch.uint8)
-    with pytest.raises(DDIMError, match=r"text\.pt' \(not a PyTorch file: its bytes are not a pickle torch can"):
-        compute_metrics(samples, dataset="digits", extractor="inception", inception_weights=str(bad),
-                        metrics=("fid",), cache_dir=tmp_path / "cache")  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from helpers.cli import run_err as run
@@ -14,6 +15,8 @@ from bench.store import storage as store
 from bench.store.cell import Cell
 from bench.sweep.overrides import load_config, parse_overrides
 from ddim.errors import DDIMError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -158,6 +161,10 @@ def test_eta_for_samplers_that_take_none_is_refused_not_ignored(ckpt, work, caps
     one_line(code, err, "eta applies to the ddim sampler only", "sampler=plms,dpmpp_2m", "drop eta=")
     code, err = run(["sweep", f"checkpoint={ckpt}", "steps=2", "sampler=plms,ddim", "eta=0.5", "--dry-run"], capsys)
     assert code == 0, err  # with ddim in the list, eta is ddim's
+    # A config file's eta is for its ddim rows: sampler= on the command line may leave it unused.
+    code, err = run(["sweep", "--config", ROOT / "sweeps" / "quick.yaml", f"checkpoint={ckpt}", "sampler=sigma_hat",
+                     "--dry-run"], capsys)  # fmt: skip
+    assert code == 0, err
 
 
 def test_a_sweep_rerun_on_another_checkpoint_names_both_files(ckpt, cache, work, capsys, tmp_path_factory):

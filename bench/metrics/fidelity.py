@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,18 +162,23 @@ def resolve_inception_weights(inception_weights: str | os.PathLike | None = None
 
 
 def _device_context(device: str) -> contextlib.AbstractContextManager:
-    """torch-fidelity calls ``.cuda()``: select the requested CUDA device around it, with float32 kernels
-    free of TF32 (on by default for cuDNN convolutions), so a score does not depend on the card's flags."""
+    """torch-fidelity calls ``.cuda()``: select the requested CUDA device around it, with float32 kernels free of
+    TF32 (on by default for cuDNN convolutions) and no cuDNN autotuning, so a score depends on neither the card's
+    flags nor a timing race. CUDA's presence is checked now; the settings apply only inside the ``with``."""
     if not device.startswith("cuda"):
         return contextlib.nullcontext()
     if not torch.cuda.is_available():
         raise DDIMError(f"device {device!r} requested but CUDA is not available; pass --device cpu")
+    return _on_device(torch.device(device))
+
+
+@contextlib.contextmanager
+def _on_device(device: torch.device) -> Iterator[None]:
     from ddim.runtime import numerics
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.cuda.device(torch.device(device)))
-    stack.enter_context(numerics(torch.device(device), tf32=False))
-    return stack
+    with torch.cuda.device(device), numerics(device, tf32=False):
+        torch.backends.cudnn.benchmark = False  # numerics restores the caller's setting on exit
+        yield
 
 
 def _check_sample_count(metrics: Sequence[str], n: int) -> None:

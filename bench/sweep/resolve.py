@@ -71,7 +71,8 @@ def resolve_spec(
     from ddim.runtime import resolve_device
     from ddim.sampling import MAX_SEED
 
-    values = merge(load_config(config) if config else {}, parse_overrides(tokens))
+    given = parse_overrides(tokens)
+    values = merge(load_config(config) if config else {}, given)
     if search is not None:
         values["search"] = parse_value("search", search)
     # 1. The checkpoint decides T, the dataset and the image shape.
@@ -124,7 +125,9 @@ def resolve_spec(
         **kw,
     )
     # 3. Checks that need the checkpoint or cross two keys.
-    if "eta" in values and "ddim" not in spec.sampler:  # as `sample --eta` with another sampler: not ignored
+    # eta= typed with no ddim sampler is refused, as `sample --eta` with another sampler (a config file's eta is
+    # for its ddim rows: overriding sampler= on the command line leaves it unused, as the grid does for sigma_hat).
+    if "eta" in given and "ddim" not in spec.sampler:
         raise DDIMError(f"eta applies to the ddim sampler only and sampler={','.join(spec.sampler)} has none; "
                         "drop eta= or add ddim to sampler=")  # fmt: skip
     top = spec.steps.hi if isinstance(spec.steps, Range) else max(spec.steps)
