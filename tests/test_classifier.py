@@ -197,3 +197,26 @@ def test_a_dataset_without_labels_is_refused_before_any_file_is_read(
         classifier.load_labelled_uint8(dataset, data_root=tmp_path / "nothing-here")  # not "CelebA not found"
     code, _, err = run(["classifier", "--dataset", dataset, "--data-root", tmp_path], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "digits, mnist, cifar10" in err, err
+
+
+def test_a_cached_classifier_not_known_to_be_cpu_trained_is_retrained_on_the_cpu(
+    digits_classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Earlier releases trained it on the sweep's device (a GPU's kernels: other weights, another FID)."""
+    path, _ = digits_classifier
+    folder = tmp_path / "classifier"
+    shutil.copytree(path.parent, folder)
+    meta_path = (folder / path.name).with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("trained_on") == "cpu"
+    meta_path.write_text(json.dumps(meta))
+    devices, real = [], classifier.train_classifier
+
+    def spy(images, labels, *, seed=0, device="unset", steps=0):
+        devices.append(device)
+        return real(images, labels, seed=seed, device=device, steps=3)
+
+    monkeypatch.setattr(classifier, "train_classifier", spy)
+    _, info = ensure_classifier("digits", cache_dir=tmp_path)
+    assert devices == ["cpu"] and info["trained_on"] == "cpu"
+    assert ensure_classifier("digits", cache_dir=tmp_path)[1] == info and devices == ["cpu"]  # now it is cached

@@ -94,7 +94,8 @@ def load_labelled_uint8(
     if canonical_dataset(dataset) not in LABELLED_DATASETS:  # refused before any file is read
         raise DDIMError(
             f"the classifier extractor needs a dataset with class labels ({', '.join(LABELLED_DATASETS)}), "
-            f"not {dataset!r}; score {dataset} with Inception features (--extractor inception)"
+            f"not {dataset!r}; score {dataset} with Inception features (--extractor inception, extractor=inception "
+            "in a sweep)"
         )
     ds = load_dataset(dataset, root=str(data_root), split=split, resolution=resolution, download=False)
     labels = getattr(ds, "labels", None)
@@ -191,7 +192,7 @@ def ensure_classifier(
 ) -> tuple[Path, dict[str, Any]]:
     """The cached classifier for (dataset, resolution, seed), trained on the train split if missing.
 
-    Always trained on the CPU, single-threaded (seconds: 400 small steps): the cache key names no device, so
+    Always trained on the CPU, single-threaded (400 small steps: under a minute): the cache key names no device, so
     every machine of one CPU kind gets the same extractor, whichever device its first sweep or score ran on
     (GPU kernels would make the weights, and so every FID, depend on the card).
 
@@ -211,7 +212,8 @@ def ensure_classifier(
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             meta = {}
-        if meta.get("sha256") == sha256_file(path):
+        # Earlier releases trained on the sweep's device; a classifier not known to be CPU-trained is retrained.
+        if meta.get("sha256") == sha256_file(path) and meta.get("trained_on") == "cpu":
             return path, meta
 
     # 1. Train on the train split (as uint8, exactly what the extractor will see).
@@ -219,7 +221,8 @@ def ensure_classifier(
     if train_x.shape[-1] != res:
         raise DDIMError(f"{dataset} train images are {train_x.shape[-1]}px, not {res}px; pass --resolution {res}")
     if int(train_y.unique().numel()) < 2:
-        raise DDIMError(f"the classifier extractor needs class labels, {dataset} has none; use --extractor inception")
+        raise DDIMError(f"the classifier extractor needs class labels, {dataset} has none; use the inception "
+                        "extractor (--extractor inception, extractor=inception in a sweep)")  # fmt: skip
     start = time.perf_counter()
     model = train_classifier(train_x, train_y, seed=seed, device="cpu")
     seconds = time.perf_counter() - start
@@ -246,6 +249,7 @@ def ensure_classifier(
         "test_count": test_count,
         "accuracy": accuracy,
         "train_seconds": round(seconds, 2),
+        "trained_on": "cpu",
         "torch": torch.__version__,
         "sha256": sha256_file(path),
     }
