@@ -218,14 +218,10 @@ def _table1(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _incomplete(res: dict[str, Any]) -> list[str]:
-    """A warning line when the run stopped early or some jobs failed (runs written before these keys: none)."""
+def _failed(res: dict[str, Any]) -> list[str]:
+    """A warning line naming the jobs that failed (runs written before the key: none)."""
     failed = res.get("failed", [])
-    out = [] if res.get("complete", True) else ["- **Incomplete**: the run stopped before its last job; "
-                                                 "the sections below hold the jobs that finished."]  # fmt: skip
-    if failed:
-        out.append(f"- **{len(failed)} job(s) failed**, their rows are missing: " + "; ".join(failed) + ".")
-    return out
+    return [f"- **{len(failed)} job(s) failed**, their rows are missing: " + "; ".join(failed) + "."] if failed else []
 
 
 def render(res: dict[str, Any]) -> str:
@@ -247,7 +243,7 @@ def render(res: dict[str, Any]) -> str:
         "while other processes run: on a shared machine the wall time moves by up to 2× between repeats), "
         "else from wall-time medians; both are in the tables and in results.json.",
         f"- Memory: {res.get('memory_method', 'see results.json')}.",
-        *_incomplete(res),
+        *_failed(res),
         "",
         "## Targets",
         "",

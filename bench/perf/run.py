@@ -137,7 +137,7 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
     return jobs
 
 
-def _run_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+def run_in_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     from bench.perf.jobs import RESULT_TAG
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -163,12 +163,12 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
 
     start = time.perf_counter()
     if isolate:
-        result = _run_subprocess(job)
+        result = run_in_subprocess(job)
     else:
         try:
             result = run_job(job)
         except Exception as err:  # one failing job (a missing package, a CUDA error, a bug) spares the others
-            result = {"error": f"{type(err).__name__}: {err}"}
+            result = {"error": " ".join(f"{type(err).__name__}: {err}".split())}  # one line (CUDA errors have many)
     result["job_seconds"] = round(time.perf_counter() - start, 2)
     return result
 
@@ -228,12 +228,18 @@ def targets(sections: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PARTIAL = "results.partial.json"  # a run in progress (or killed): the jobs done so far, beside the last full run
+
+
 def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     """Run every planned job, write ``results.json`` and ``README.md`` under ``cfg.out``; return the results.
 
-    Both files are rewritten after every job (``complete`` false until the last), so a run that is killed or
-    runs out of time keeps what it measured; a failed job is recorded as ``{"error": ...}`` and listed in
+    While it runs, ``results.partial.json`` holds the jobs done so far (``complete`` false), rewritten after each,
+    so a run that is killed or runs out of time keeps what it measured without replacing the last complete run's
+    files; it is removed once those are written. A failed job is recorded as ``{"error": ...}`` and listed in
     ``failed``, and the jobs after it still run."""
+    from bench.perf.report import render
+    from ddim.files import atomic_write_json, atomic_write_text
     from ddim.runtime import resolve_device
 
     device = str(resolve_device(cfg.device))
@@ -244,7 +250,7 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
     wall = time.perf_counter()
     results: list[dict[str, Any]] = []
     isolate = not device.startswith("cuda") if cfg.isolate is None else cfg.isolate  # CUDA peaks reset in-process
-    out: dict[str, Any] = {}
+    folder = Path(cfg.out)
     for i, job in enumerate(jobs, 1):
         if log:
             log(f"[{i}/{len(jobs)}] {_label(job)} ...")
@@ -252,8 +258,13 @@ def run(cfg: PerfConfig, log: Any = None) -> dict[str, Any]:
         results.append(run_job_isolated(job, isolate or job["kind"] == "compile"))
         if log and "error" in results[-1]:
             log(f"    failed: {results[-1]['error']}")
-        out = _write(cfg, device, jobs, results, started=started, seconds=time.perf_counter() - wall, isolate=isolate)
-    return out or _write(cfg, device, jobs, results, started=started, seconds=0.0, isolate=isolate)
+        if i < len(jobs):
+            atomic_write_json(folder / PARTIAL, _results(cfg, device, jobs, results, started, wall, isolate))
+    out = _results(cfg, device, jobs, results, started, wall, isolate)
+    atomic_write_json(folder / "results.json", out)
+    atomic_write_text(folder / "README.md", render(out))
+    (folder / PARTIAL).unlink(missing_ok=True)
+    return out
 
 
 def _label(job: dict[str, Any]) -> str:
@@ -261,21 +272,19 @@ def _label(job: dict[str, Any]) -> str:
     return " ".join(w for w in (job["kind"], str(job.get("preset", "")), memory) if w)
 
 
-def _write(cfg: PerfConfig, device: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]], *,
-           started: str, seconds: float, isolate: bool) -> dict[str, Any]:  # fmt: skip
-    """The results of the jobs run so far (``results`` follows ``jobs``), written to ``cfg.out``."""
+def _results(cfg: PerfConfig, device: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]], started: str,
+             wall: float, isolate: bool) -> dict[str, Any]:  # fmt: skip
+    """The results of the jobs run so far (``results`` follows ``jobs``; ``wall``: the run's start)."""
     import torch
 
-    from bench.perf.report import render
     from bench.perf.timing import machine_info
-    from ddim.files import atomic_write_json, atomic_write_text
 
     sections = _collect(jobs, results)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = {
         "started": started,
-        "seconds": round(seconds, 1),
+        "seconds": round(time.perf_counter() - wall, 1),
         "complete": len(results) == len(jobs),
         "failed": [f"{_label(job)}: {res['error']}" for job, res in zip(jobs, results) if "error" in res],
         "config": {
@@ -299,9 +308,6 @@ def _write(cfg: PerfConfig, device: str, jobs: list[dict[str, Any]], results: li
         **sections,
         "targets": targets(sections),
     }
-    folder = Path(cfg.out)
-    atomic_write_json(folder / "results.json", out)
-    atomic_write_text(folder / "README.md", render(out))
     return out
 
 
@@ -367,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {Path(cfg.out) / 'results.json'} and README.md in {out['seconds']} s")
     if out["failed"]:
-        print(f"error: {len(out['failed'])} job(s) failed (their rows are missing): " + "; ".join(out["failed"]),
-              file=sys.stderr)  # fmt: skip
+        print(f"error: {len(out['failed'])} job(s) failed (their rows are missing): " + "; ".join(out["failed"])
+              + "; fix the cause and rerun those sections with --only", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
