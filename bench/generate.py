@@ -138,17 +138,21 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     # written at once (an interrupted run then loses no finished batch).
     overlap = device.type in OVERLAP_DEVICES
     drawn, ready = draw(0), None
-    for k, idx in enumerate(batches):
-        noise, x_T = drawn
-        x = sample(model, x_T, alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise)
-        drawn = draw(k + 1)
+    try:
+        for k, idx in enumerate(batches):
+            noise, x_T = drawn
+            x = sample(model, x_T, alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise)
+            drawn = draw(k + 1)
+            if ready is not None:
+                written, ready = ready, None
+                done = flush(written, done)
+            ready = idx, to_uint8(x).cpu()
+            if not overlap:
+                written, ready = ready, None
+                done = flush(written, done)
+    finally:  # a batch already read back is written even when the next one fails or is interrupted
         if ready is not None:
-            done = flush(ready, done)
-        ready = idx, to_uint8(x).cpu()
-        if not overlap:
-            done, ready = flush(ready, done), None
-    if ready is not None:
-        flush(ready, done)
+            flush(ready, done)
     seconds = time.perf_counter() - start
     _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
     manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device)}

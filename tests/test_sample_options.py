@@ -112,3 +112,25 @@ def test_the_host_draws_and_writes_while_the_next_batch_samples(
                            "png 000003", "read", "png 000004"]  # fmt: skip
     assert steps[False] == ["draw", "draw", "read", "png 000000", "png 000001", "draw", "read", "png 000002",
                             "png 000003", "read", "png 000004"]  # fmt: skip
+
+
+def test_a_batch_read_back_is_written_when_the_next_one_fails(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With GPU overlap, batch k waits on the host while batch k+1 samples: an interrupt then must not lose it."""
+    import bench.generate as generate
+
+    monkeypatch.setattr(generate, "OVERLAP_DEVICES", ("cuda", "cpu"))
+    real, calls = generate.sample, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "sample", interrupted)
+    out = tmp_path / "s"
+    code, err = _sample(ckpt, out, capsys, "-n", "4", "--batch-size", "2")
+    assert code == 130, err
+    assert sorted(p.name for p in out.glob("0*.png")) == ["000000.png", "000001.png"]  # batch 0 was kept
