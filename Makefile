@@ -92,7 +92,9 @@ bench: $(STAMP)
 # into reports/perf/<card>/ with the CUDA profile of a cifar10 training step beside it. A failing test does not
 # stop the benchmark; the target fails at the end if any step failed. PERF_ARGS narrows the benchmark, e.g.
 # PERF_ARGS="--only train,sample,table1" (compile is the longest section: minutes of cold compiling).
-# CUBLAS_WORKSPACE_CONFIG: cuBLAS reads it once per process, so the deterministic-kernel test needs it set first.
+# CUBLAS_WORKSPACE_CONFIG (ddim.runtime.CUBLAS_WORKSPACE): cuBLAS reads it once per process, so the
+# deterministic-kernel test needs it set first. The CUDA profile goes to reports/perf/<card>/ even when
+# PERF_ARGS passes another --out.
 PY ?= $(BIN)/python
 PERF_ARGS ?=
 bench-gpu:

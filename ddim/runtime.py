@@ -19,6 +19,12 @@ from ddim.errors import DDIMError
 COMPILE_DEFAULT: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
+# cuBLAS's workspace setting for deterministic kernels. cuBLAS reads it once per process, at its first call:
+# ``numerics(deterministic=True)`` sets it when unset, which is in time only if no CUDA matmul ran before in that
+# process (the CLI's `train --deterministic` is such a process; tests and `make bench-gpu` set it at start).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda``/``cuda:N`` without a GPU is a user error."""
     if name == "auto":
@@ -113,7 +119,7 @@ def numerics(device: torch.device, *, tf32: bool = True, deterministic: bool = F
             cudnn.benchmark = not deterministic  # fixed shapes: autotuning pays off after the first step
             cudnn.deterministic = deterministic
             if deterministic and saved[6] is None:
-                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # needed by deterministic cuBLAS
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE  # needed by deterministic cuBLAS
         if deterministic:
             torch.use_deterministic_algorithms(True)
         yield

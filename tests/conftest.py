@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddim.runtime import CUBLAS_WORKSPACE
+
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read once per process: the deterministic CUDA test
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)  # read once per process: the deterministic test
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -247,3 +247,16 @@ def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tm
     assert json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))["incomplete"].startswith(note)
     failed = readme[readme.index("## Failed cells") :].split("##")[1]
     assert "CUDA out of memory" in failed and "Ctrl-C" not in failed  # the stop is listed as not run, not failed
+
+
+def test_a_checkpoint_change_is_named_even_without_the_first_runs_path() -> None:
+    from bench.store.same_sweep import check_same_sweep
+    from ddim.errors import DDIMError
+
+    stored, now = {"checkpoint_sha256": "a" * 64, "n": 10}, {"checkpoint_sha256": "b" * 64, "n": 10}
+    with pytest.raises(DDIMError, match=r"was run on the checkpoint runs/x\.pt \(sha256 aaaaaaaaaaaa…\), not y\.pt "):
+        check_same_sweep("s", stored, "runs/x.pt", now, "y.pt")
+    with pytest.raises(DDIMError) as err:  # a store whose meta names no checkpoint (tampered, or very old)
+        check_same_sweep("s", stored, None, now, "y.pt")
+    assert "None" not in str(err.value) and "pass the checkpoint it was run with" in str(err.value)
+    check_same_sweep("s", stored, None, dict(stored), "y.pt")  # the same protocol passes

@@ -31,9 +31,11 @@ def check_same_sweep(name: str, stored: Mapping[str, Any], first_checkpoint: Any
         if was == now:
             continue
         if key == "checkpoint_sha256":
+            first = f"the checkpoint {first_checkpoint}" if first_checkpoint else "another checkpoint"
+            fix = f"pass checkpoint={first_checkpoint}" if first_checkpoint else "pass the checkpoint it was run with"
             raise DDIMError(
-                f"sweep {name!r} was run on the checkpoint {first_checkpoint!s} (sha256 {str(was)[:12]}…), not "
-                f"{checkpoint} ({str(now)[:12]}…); pass checkpoint={first_checkpoint} or choose another name="
+                f"sweep {name!r} was run on {first} (sha256 {str(was)[:12]}…), not {checkpoint} "
+                f"({str(now)[:12]}…); {fix} or choose another name="
             )
         raise DDIMError(
             f"sweep {name!r} was run with {_setting(key, was)}, not {_setting(key, now)}; "
