@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import pickle
@@ -307,3 +308,30 @@ def test_failed_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, _payload(step=2))
     _one_line(info)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pt"]
+
+
+class _OnAGpu(torch.Tensor):
+    """A CPU tensor that says it lives on a GPU (none here): what ``save_checkpoint`` must move before saving."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+    def cpu(self) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def test_a_checkpoint_holds_cpu_tensors_and_a_cpu_payload_is_saved_as_it_is(tmp_path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GroupNorm(1, 2))
+    state = model.state_dict()
+    save_checkpoint(tmp_path / "cpu.pt", {"model": state, "step": 3})  # nothing to move: the same bytes as torch.save
+    with open(tmp_path / "plain.pt", "wb") as f:
+        torch.save({"format": ckpt_mod.FORMAT, "model": state, "step": 3}, f)
+    assert (tmp_path / "cpu.pt").read_bytes() == (tmp_path / "plain.pt").read_bytes()
+    on_gpu = copy.copy(state)  # an OrderedDict with its _metadata, as a GPU run's state_dict
+    on_gpu["0.weight"] = state["0.weight"].as_subclass(_OnAGpu)
+    assert on_gpu["0.weight"].device.type == "cuda"
+    save_checkpoint(tmp_path / "gpu.pt", {"model": on_gpu, "opt": [on_gpu["0.weight"]]})
+    raw = torch.load(tmp_path / "gpu.pt", weights_only=True)  # plain tensors only, or this refuses the subclass
+    assert type(raw["model"]["0.weight"]) is torch.Tensor and torch.equal(raw["model"]["0.weight"], state["0.weight"])
+    assert raw["model"]._metadata == state._metadata and type(raw["opt"][0]) is torch.Tensor
