@@ -178,6 +178,14 @@ def test_the_stored_spec_gives_the_same_grid():
         assert spec_grid(bad) is None, bad
 
 
+def test_a_stored_search_over_lists_has_no_grid():
+    """A Pareto search may be given lists of S and η, not ranges; the spec it stores then has the axes a grid has,
+    and still no grid: its trials are the sampler's picks, no cell of theirs is left to finish."""
+    axes = dict(steps=(10, 20), eta=(0.0, 1.0), sampler=("ddim", "sigma_hat"))
+    assert spec_grid(_spec(**axes).to_dict()) == _spec(**axes).cells()  # the same lists make a grid
+    assert spec_grid(_spec(**axes, search="pareto").to_dict()) is None
+
+
 def test_cell_key_and_slug():
     c = Cell("ddim", "quad", 10, 0.5, 1)
     assert c.key == "sampler=ddim spacing=quad steps=10 eta=0.5 seed_block=1"

@@ -27,6 +27,19 @@ def test_two_runs_byte_identical(built, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_the_readme_lists_the_sha256_of_the_text_files_only(built):
+    """README.md's Files section hashes the report's text files (tables, CSV, inversion table), not its figures
+    and sample grids: those are the manifest's."""
+    _, _, _, _, out, written = built
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| (\S+) \| ([0-9a-f]{64}) \|$", readme.split("\n## Files\n")[1], re.MULTILINE))
+    assert any(n.endswith(".png") for n in written)  # figures and grids were written before the list
+    text = {"table.md", "table.tex", "table_standalone.tex", "results.csv", "inversion.md", "inversion.tex"}
+    assert set(listed) == text
+    for name, digest in listed.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+
 def test_rewrite_without_optional_inputs_removes_their_files(built, tmp_path):
     records, meta, root, extras, _, _ = built
     out = tmp_path / "again"

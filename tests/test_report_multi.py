@@ -10,6 +10,10 @@ Offline, CPU only.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import html
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +23,9 @@ from helpers.cli import run
 from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 
 from bench.report import paper
+from bench.report.multi import write_combined_report
+from bench.store.cell import Cell
+from bench.store.record import CellRecord
 from bench.sweep.runner import run_sweep
 from bench.tracking.wandb_run import read_offline_run
 
@@ -151,3 +158,56 @@ def test_combined_report_keeps_its_wandb_run_out_of_the_report_folder(stores: Pa
         "dg+cf-report",
     )
     assert logged["config"] == {"sweeps": ["dg", "cf"]} and logged["summary"]["results"]["ncols"] > 1
+
+
+# ------------------------------------------------------------------------------ an unfinished sweep among them
+STOP = "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell"
+
+
+def _trial(number: int, eta: float, steps: int, stopped: bool = False) -> CellRecord:
+    rec = as_record({"number": number, "state": "FAIL" if stopped else "COMPLETE", "sampler": "ddim", "eta": eta,
+                     "steps": steps, "spacing": "uniform", "seed_block": 0, "fid": None if stopped else 5.0 + number,
+                     "nfe": steps, "error": STOP if stopped else None})  # fmt: skip
+    return dataclasses.replace(rec, interrupted=stopped)
+
+
+@pytest.fixture
+def unfinished(tmp_path: Path) -> Path:
+    """The combined report of ``done`` (both cells of its grid measured) and ``half``, a grid of η ∈ {0, 1} × S ∈
+    {10, 20} with one cell measured, one stopped by Ctrl-C and the η = 1 row never started."""
+    grid = [Cell("ddim", "uniform", s, eta, 0) for eta in (0.0, 1.0) for s in STEPS]
+    trials = {"done": [_trial(0, 0.0, 10), _trial(1, 0.0, 20)],
+              "half": [_trial(0, 0.0, 10), _trial(1, 0.0, 20, stopped=True)]}  # fmt: skip
+    sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
+              for n, recs in trials.items()]  # fmt: skip
+    write_combined_report(sweeps, tmp_path / "out", grids={"done": grid[:2], "half": grid})
+    return tmp_path / "out"
+
+
+def test_a_combined_report_shows_an_unfinished_sweeps_grid_and_says_first_that_it_is_incomplete(unfinished):
+    """Every cell of each sweep's grid is in the table (not run: "—"), and the report opens, as a single sweep's
+    does, with the note that the sweep is incomplete and how to finish it, then the trials a stop interrupted."""
+    heads, rows = md_tables((unfinished / "table.md").read_text(encoding="utf-8"))["FID ↓ — done / half"]
+    assert heads == ["η / sampler", *(f"{b} S = {s}" for b in ("done", "half") for s in STEPS)]
+    assert rows["η = 1.0"] == ["—"] * 4  # a row of half's grid that no trial ran (nor any of done's)
+    assert [c.strip("*") for c in rows["η = 0.0"]] == ["5.00", "6.00", "5.00", "—"]
+    note = ("sweep 'half' is incomplete: 1 of 4 cells measured, 3 not run (interrupted, still running or never "
+            "started; — in the tables); rerun the same command to finish it: ddimbench sweep name=half")  # fmt: skip
+    stopped = f"half: trial #1 (uniform η = 0.0 S = 20 block 0): {STOP}"
+    readme = (unfinished / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
+    assert headings == ["Incomplete sweep", "Sweeps", "Results", "Provenance: done", "Provenance: half", "Files"]
+    first = readme.split("\n## ")[1].splitlines()
+    assert [line for line in first if line.startswith("- ")] == [f"- {note}", f"- {stopped}"]
+    page = (unfinished / "index.html").read_text(encoding="utf-8")
+    assert page.index("<h2>Incomplete sweep</h2>") < page.index(html.escape(note)) < page.index("<h2>Sweeps</h2>")
+    manifest = json.loads((unfinished / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["incomplete"] == {"half": note} and manifest["warnings"] == []
+
+
+def test_a_combined_reports_manifest_hashes_every_file_but_itself(unfinished):
+    manifest = json.loads((unfinished / "manifest.json").read_text(encoding="utf-8"))
+    every = {p.relative_to(unfinished).as_posix() for p in unfinished.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == every - {"manifest.json"} and "index.html" in every
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((unfinished / name).read_bytes()).hexdigest() == digest, name

@@ -242,6 +242,9 @@ def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tm
     note = "sweep 's' is incomplete: 1 of 4 cells measured, 1 failed, 2 not run"
     readme = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
     assert readme.index("## Incomplete sweep") < readme.index("## Results")
+    first = readme[readme.index("## Incomplete sweep") : readme.index("## Provenance")]
+    stopped = "trial #0 (uniform η = 0.5 S = 10 block 1): interrupted (Ctrl-C or SIGTERM)"
+    assert stopped in first and "CUDA out of memory" not in first  # the stopped trial is listed, the failed one not
     assert note in readme and f"rerun the same command to finish it: {command}" in readme
     assert note in err and command in err
     assert json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))["incomplete"].startswith(note)

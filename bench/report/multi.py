@@ -35,6 +35,7 @@ from bench.report.tables import (
 from bench.report.write import (
     incomplete,
     incomplete_note,
+    interrupted_lines,
     pick_metrics,
     provenance_md,
     provenance_rows,
@@ -62,7 +63,9 @@ def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
 
 
 def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str],
-            grids: Mapping[str, Sequence[Cell]]) -> list[Block]:  # fmt: skip
+            grids: Mapping[str, Sequence[Cell]], unfinished: dict[str, list[str]]) -> list[Block]:  # fmt: skip
+    """The column blocks of the sweeps' tables; each sweep's warnings (prefixed with its name) are added to
+    ``warnings``, and ``unfinished[name]`` is an incomplete sweep's note then its interrupted trials."""
     datasets = Counter(str(meta.get("dataset") or name) for name, _, meta in sweeps)
     blocks = []
     for name, records, meta in sweeps:
@@ -70,7 +73,7 @@ def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warn
         grid = grids.get(name, ())
         cells = select_cells(records, mine, grid)
         if left := incomplete_note(progress(cells, grid), meta):
-            warnings.append(left)
+            unfinished[name] = [left, *(f"{name}: {line}" for line in interrupted_lines(cells))]
         ds, ex = meta.get("dataset"), meta.get("extractor")
         ref = pairs.get(name)
         title, note = paper.comparison(ref, name, ds, ex, force) if ref else ("", "")
@@ -121,9 +124,10 @@ def write_combined_report(
     """Write one report of several grid sweeps into ``out_dir``; return {relative name: path} of every file.
 
     ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them, ``grids`` the cells of
-    their grids by sweep name (a cell no trial ran shows as not run, and the sweep is said incomplete). Raises
-    DDIMError for a repeated or empty sweep, a Pareto search, malformed records, an unknown metric, or a paper
-    comparison with another dataset or extractor (unless ``force``).
+    their grids by sweep name (a cell no trial ran shows as not run, and the report's first section says the sweep
+    is incomplete, as a single sweep's does). Raises DDIMError for a repeated or empty sweep, a Pareto search,
+    malformed records, an unknown metric, or a paper comparison with another dataset or extractor (unless
+    ``force``).
     """
     names = [name for name, _, _ in sweeps]
     if len(names) != len(set(names)):
@@ -141,7 +145,8 @@ def write_combined_report(
                                                                  for _, _, meta in checked)]  # fmt: skip
     chosen = pick_metrics(wanted, every)
     warnings: list[str] = []
-    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {})
+    unfinished: dict[str, list[str]] = {}
+    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {}, unfinished)
     tables = combined_tables(blocks, chosen)
     with ReportWriter(Path(out_dir)) as w:
         tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
@@ -157,7 +162,11 @@ def write_combined_report(
                    f"sha256 {str(meta.get('checkpoint_sha256'))[:12]}…")
             for name, _, meta in checked
         ]  # fmt: skip
-        sections: list[tuple[str, str, object]] = [("Sweeps", "kv", (("sweep", "what"), overview))]
+        sections: list[tuple[str, str, object]] = []
+        if unfinished:  # first, as a single sweep's report says it
+            heading = "Incomplete sweep" if len(unfinished) == 1 else "Incomplete sweeps"
+            sections.append((heading, "list", [line for lines in unfinished.values() for line in lines]))
+        sections.append(("Sweeps", "kv", (("sweep", "what"), overview)))
         sections.append(("Results", "tables", tables))
         for name, _, meta in checked:
             sections.append((f"Provenance: {name}", "kv", (("field", "value"), provenance_rows(meta))))
@@ -185,6 +194,7 @@ def write_combined_report(
             "metrics": [m.key for m in chosen],
             "compare_paper": {b.title: b.paper for b in blocks if b.paper},
             "warnings": warnings,
+            "incomplete": {name: lines[0] for name, lines in unfinished.items()},
         }
         w.put("manifest.json", json.dumps(jsonable(manifest), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
         return w.finish()

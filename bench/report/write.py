@@ -206,6 +206,13 @@ def incomplete_note(done: Progress, meta: Mapping) -> str | None:
             f"(interrupted, still running or never started; — in the tables); {rerun}")  # fmt: skip
 
 
+def interrupted_lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> list[str]:
+    """One line per trial of ``select_cells``' cells that a stop interrupted (its cell not run), with its message:
+    listed under the report's note that the sweep is incomplete."""
+    return sorted(f"trial #{r.number} ({r.cell.label}): {r.error}" for b in cells.values() for r in b.values()
+                  if r.interrupted)  # fmt: skip
+
+
 def incomplete(records: Sequence[CellRecord], meta: Mapping, grid: Sequence[Cell] = ()) -> str | None:
     """``incomplete_note`` of a sweep's records and grid (``bench.store.study.load_results``)."""
     return incomplete_note(progress(select_cells(records, [], grid), grid), meta)
@@ -330,9 +337,7 @@ def write_report(
         ]
         sections: list[tuple[str, str, object]] = []
         if note:
-            stopped = [f"trial #{r.number} ({r.cell.label}): {r.error}" for b in cells.values() for r in b.values()
-                       if r.interrupted]  # fmt: skip
-            sections.append(("Incomplete sweep", "list", [note, *sorted(stopped)]))
+            sections.append(("Incomplete sweep", "list", [note, *interrupted_lines(cells)]))
         sections.append(("Provenance", "kv", (("field", "value"), provenance_rows(meta))))
         sections.append(("Pareto front" if search else "Results", "tables", tables))
         if inv is not None:
