@@ -18,3 +18,10 @@ def tiny_config(run_dir: Path, **overrides: Any) -> TrainConfig:
         log_every=5, sample_every=0, grid_size=4, grid_steps=3, num_workers=0, device="cpu", **TINY,
     )  # fmt: skip
     return TrainConfig(**{**base, **overrides})
+
+
+def one_line(info: Any) -> str:
+    """The message of a ``pytest.raises`` result, checked to be one non-empty line."""
+    msg = str(info.value)
+    assert msg and "\n" not in msg
+    return msg

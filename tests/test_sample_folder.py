@@ -1,0 +1,60 @@
+"""``ddimbench sample``'s folder: refusals leave it usable, the same checkpoint spelt two ways resumes it, a damaged
+manifest is one line, and the names of earlier releases (``--schedule``) still resume their folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.cli import run
+
+
+def test_sample_refusals_leave_the_folder_usable(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s"
+    common = ["sample", "--checkpoint", ckpt, "--out", out, "-n", "2", "--steps", "2"]
+    # A setting refused inside the sampler is refused before anything is written.
+    code, _, err = run([*common, "--sampler", "plms", "--clip-x0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
+    # The same checkpoint spelt another way (run dir vs its file) resumes the same folder.
+    assert run(common, capsys)[0] == 0
+    ckpt = ckpt / "checkpoints" / "step-0000002.pt"
+    assert run(["sample", "--checkpoint", ckpt, *common[3:]], capsys)[0] == 0
+    # A damaged manifest is one line, not a traceback.
+    (out / "samples.json").write_text("{")
+    code, _, err = run(common, capsys)
+    assert code == 2 and "damaged" in err and len(err.strip().splitlines()) == 1
+
+
+def _sample(ckpt: Path, out: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, dict]:
+    """``ddimbench sample`` of one image into ``out``: (exit code, stderr, samples.json's settings or {})."""
+    code, _, err = run(["sample", "--checkpoint", ckpt, "--out", out, "-n", "1", *args], capsys)
+    manifest = out / "samples.json"
+    return code, err, json.loads(manifest.read_text())["settings"] if manifest.exists() else {}
+
+
+def test_trailing_spacing_at_an_awkward_step_count(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """S = 61 at T = 1000 once made `trailing` yield 62 timesteps and crash."""
+    code, err, settings = _sample(ckpt, tmp_path / "t", capsys, "--steps", "61", "--spacing", "trailing")
+    assert code == 0, err
+    assert settings["nfe"] == 61
+
+
+def test_sample_schedule_is_a_deprecated_name_of_spacing(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "old"
+    code, err, settings = _sample(ckpt, out, capsys, "--steps", "3", "--schedule", "trailing")
+    assert code == 0 and err.count("warning: --schedule is deprecated; write --spacing instead") == 1, err
+    assert settings["spacing"] == "trailing"
+    manifest = json.loads((out / "samples.json").read_text())  # as an earlier release wrote it: it resumes
+    manifest["settings"]["schedule"] = manifest["settings"].pop("spacing")
+    (out / "samples.json").write_text(json.dumps(manifest))
+    assert run(["sample", "--checkpoint", ckpt, "--out", out, "-n", "1", "--steps", "3", "--spacing", "trailing"],
+               capsys)[0] == 0  # fmt: skip
+    code, _, err = run(["sample", "--checkpoint", ckpt, "--out", out, "-n", "1", "--steps", "3",
+                        "--schedule", "trailing", "--spacing", "quad"], capsys)  # fmt: skip
+    assert code == 2 and "--schedule trailing and --spacing quad disagree; pass --spacing only" in err
+    # An explicit --spacing equal to the default still disagrees (it is not the default standing in).
+    code, err, _ = _sample(ckpt, tmp_path / "explicit", capsys, "--schedule", "quad", "--spacing", "uniform")
+    assert code == 2 and "--schedule quad and --spacing uniform disagree" in err
