@@ -12,8 +12,8 @@ import torch
 from ddim.errors import DDIMError
 
 # ``torch.compile`` (inductor) by default, per device type, when ``--compile`` is not given. CPU: eager
-# (reports/perf/: 1.14x per step on an Intel Xeon after 52 s of compiling from an empty cache, i.e. it pays off
-# after ≈ 1,000 steps of one shape; no faster on an AMD EPYC; and it changes float summation order, hence the
+# (reports/perf/: 1.14-1.15x per step on an Intel Xeon after 48-52 s of compiling from an empty cache, i.e. it pays
+# off after ≈ 1,000-1,100 steps of one shape; no faster on an AMD EPYC; and it changes float summation order, hence the
 # committed demo's numbers). CUDA: eager until a card's
 # ``make bench-gpu`` measures the compiled path (bench.perf's compile job); flip the entry when it wins there.
 COMPILE_DEFAULT: dict[str, bool] = {"cpu": False, "cuda": False}
