@@ -165,6 +165,11 @@ def test_eta_for_samplers_that_take_none_is_refused_not_ignored(ckpt, work, caps
     code, err = run(["sweep", "--config", ROOT / "sweeps" / "quick.yaml", f"checkpoint={ckpt}", "sampler=sigma_hat",
                      "--dry-run"], capsys)  # fmt: skip
     assert code == 0, err
+    # ... but a sweep file whose own samplers take no eta is refused, naming the file.
+    own = work / "own.yaml"
+    own.write_text("sampler: [sigma_hat]\neta: [0.5]\nsteps: [2]\n")
+    code, err = run(["sweep", "--config", own, f"checkpoint={ckpt}", "--dry-run"], capsys)
+    one_line(code, err, "eta applies to the ddim sampler only", f"remove eta from {own}")
 
 
 def test_a_sweep_rerun_on_another_checkpoint_names_both_files(ckpt, cache, work, capsys, tmp_path_factory):

@@ -71,8 +71,8 @@ def resolve_spec(
     from ddim.runtime import resolve_device
     from ddim.sampling import MAX_SEED
 
-    given = parse_overrides(tokens)
-    values = merge(load_config(config) if config else {}, given)
+    given, in_file = parse_overrides(tokens), load_config(config) if config else {}
+    values = merge(in_file, given)
     if search is not None:
         values["search"] = parse_value("search", search)
     # 1. The checkpoint decides T, the dataset and the image shape.
@@ -125,11 +125,16 @@ def resolve_spec(
         **kw,
     )
     # 3. Checks that need the checkpoint or cross two keys.
-    # eta= typed with no ddim sampler is refused, as `sample --eta` with another sampler (a config file's eta is
-    # for its ddim rows: overriding sampler= on the command line leaves it unused, as the grid does for sigma_hat).
-    if "eta" in given and "ddim" not in spec.sampler:
-        raise DDIMError(f"eta applies to the ddim sampler only and sampler={','.join(spec.sampler)} has none; "
-                        "drop eta= or add ddim to sampler=")  # fmt: skip
+    # An eta that no sampler takes is refused, as `sample --eta` with another sampler: typed on the command line, or
+    # in a sweep file whose own samplers have no ddim. A file's eta under a sampler= typed on the command line is
+    # left unused (it is for the file's ddim rows), as the grid leaves it for sigma_hat.
+    if "ddim" not in spec.sampler and ("eta" in given or ("eta" in in_file and "sampler" not in given)):
+        fix = (
+            "drop eta= or add ddim to sampler="
+            if "eta" in given
+            else f"remove eta from {config} or add ddim to its sampler"
+        )
+        raise DDIMError(f"eta applies to the ddim sampler only and sampler={','.join(spec.sampler)} has none; {fix}")
     top = spec.steps.hi if isinstance(spec.steps, Range) else max(spec.steps)
     if top > T:
         raise DDIMError(f"steps={top} exceeds the checkpoint's T = {T}; use steps between 1 and {T}")
