@@ -47,3 +47,9 @@ def test_a_job_past_its_time_limit_is_an_error_not_a_crash() -> None:
     job = {"kind": "train", "settings": RunSettings().to_dict(), "threads": 1, "preset": "tiny", "batch": 4,
            "memory": True, "models": ["ours"]}  # fmt: skip
     assert perf.run_in_subprocess(job, timeout=0.05) == {"error": "timed out after 0.05 s"}
+
+
+def test_a_job_failing_in_its_subprocess_reports_its_own_error() -> None:
+    """The parent reads the job's result line: the exception itself, not the traceback's last line."""
+    job = {"kind": "nope", "settings": RunSettings().to_dict(), "threads": 1}
+    assert perf.run_in_subprocess(job, timeout=300) == {"error": "DDIMError: unknown benchmark job kind 'nope'"}

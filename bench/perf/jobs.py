@@ -214,10 +214,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     raise DDIMError(f"unknown benchmark job kind {kind!r}")
 
 
+def job_error(err: BaseException) -> dict[str, str]:
+    """A failed job's result: the exception's type and message on one line (CUDA's messages span several)."""
+    return {"error": " ".join(f"{type(err).__name__}: {err}".split())}
+
+
 def main(argv: list[str]) -> int:
     job = json.loads(argv[0])
-    result = run_job(job)
-    sync(job["settings"]["device"])
+    try:
+        result = run_job(job)
+        sync(job["settings"]["device"])
+    except Exception as err:  # the parent reads this line; the traceback's last line alone can hide the cause
+        result = job_error(err)
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 

@@ -159,7 +159,7 @@ def run_in_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, A
 
 def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
     """A job in a fresh subprocess (``isolate``) or in this process; failures become ``{"error": ...}``."""
-    from bench.perf.jobs import run_job
+    from bench.perf.jobs import job_error, run_job
 
     start = time.perf_counter()
     if isolate:
@@ -168,7 +168,7 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
         try:
             result = run_job(job)
         except Exception as err:  # one failing job (a missing package, a CUDA error, a bug) spares the others
-            result = {"error": " ".join(f"{type(err).__name__}: {err}".split())}  # one line (CUDA errors have many)
+            result = job_error(err)
     result["job_seconds"] = round(time.perf_counter() - start, 2)
     return result
 
@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {Path(cfg.out) / 'results.json'} and README.md in {out['seconds']} s")
     if out["failed"]:
         print(f"error: {len(out['failed'])} job(s) failed (their rows are missing): " + "; ".join(out["failed"])
-              + "; fix the cause and rerun those sections with --only", file=sys.stderr)  # fmt: skip
+              + "; fix the cause and rerun those sections into another folder (--only SECTIONS --out DIR: a run "
+              "rewrites its folder's results)", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
