@@ -80,3 +80,16 @@ def test_a_cell_names_its_row_as_the_tables_do(cell, row, label):
     """A grid cell's row is its Table 1 row (``row_key``), and its label (console, W&B captions, the report's
     grid captions) names that row as the tables do (``row_label``)."""
     assert cell.row == row and cell.label == label
+
+
+def test_interrupted_trials_are_listed_in_trial_order():
+    from bench.report.write import interrupted_lines
+
+    cells = {}
+    for number in (10, 2, 33):
+        cell = Cell("ddim", "uniform", number, 0.0, 0)
+        cells[(number,)] = {0: CellRecord(number, "FAIL", cell, None, error="interrupted", interrupted=True)}
+    boom = CellRecord(5, "FAIL", Cell("ddim", "uniform", 5, 0.0, 0), None, error="boom")
+    cells[(5,)] = {0: boom}  # failed on its own: not listed
+    lines = interrupted_lines(cells)
+    assert [line.split()[1] for line in lines] == ["#2", "#10", "#33"]  # by number, not as text (#10 < #2)

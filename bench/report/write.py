@@ -209,8 +209,8 @@ def incomplete_note(done: Progress, meta: Mapping) -> str | None:
 def interrupted_lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> list[str]:
     """One line per trial of ``select_cells``' cells that a stop interrupted (its cell not run), with its message:
     listed under the report's note that the sweep is incomplete."""
-    return sorted(f"trial #{r.number} ({r.cell.label}): {r.error}" for b in cells.values() for r in b.values()
-                  if r.interrupted)  # fmt: skip
+    stopped = sorted((r for b in cells.values() for r in b.values() if r.interrupted), key=lambda r: r.number)
+    return [f"trial #{r.number} ({r.cell.label}): {r.error}" for r in stopped]
 
 
 def incomplete(records: Sequence[CellRecord], meta: Mapping, grid: Sequence[Cell] = ()) -> str | None:
