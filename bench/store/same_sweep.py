@@ -34,8 +34,8 @@ def check_same_sweep(name: str, stored: Mapping[str, Any], first_checkpoint: Any
             first = f"the checkpoint {first_checkpoint}" if first_checkpoint else "another checkpoint"
             fix = f"pass checkpoint={first_checkpoint}" if first_checkpoint else "pass the checkpoint it was run with"
             raise DDIMError(
-                f"sweep {name!r} was run on {first} (sha256 {str(was)[:12]}…), not {checkpoint} "
-                f"({str(now)[:12]}…); {fix} or choose another name="
+                f"sweep {name!r} was run on {first} (sha256 {str(was)[:12] + '…' if was else 'unknown'}), not "
+                f"{checkpoint} ({str(now)[:12]}…); {fix} or choose another name="
             )
         raise DDIMError(
             f"sweep {name!r} was run with {_setting(key, was)}, not {_setting(key, now)}; "
