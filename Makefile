@@ -98,7 +98,8 @@ bench: $(STAMP)
 PY ?= $(BIN)/python
 PERF_ARGS ?=
 bench-gpu:
-	export CUBLAS_WORKSPACE_CONFIG=$${CUBLAS_WORKSPACE_CONFIG:-:4096:8}; status=0; \
+	export CUBLAS_WORKSPACE_CONFIG=$${CUBLAS_WORKSPACE_CONFIG:-$$($(PY) -c 'from ddim.runtime import CUBLAS_WORKSPACE as w; print(w)')}; \
+	status=0; \
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda.py || status=1; \
 	$(PY) -m bench.perf --device cuda $(PERF_ARGS) || status=1; \
 	$(PY) -m bench.perf.profile --device cuda --preset cifar10 --batch 128 \

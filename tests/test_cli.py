@@ -361,44 +361,6 @@ def test_train_logs_to_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.
     assert logged["run"]["exit_code"] == 0
 
 
-def test_import_weights_then_sample(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A diffusers DDPM pipeline folder → our checkpoint → `sample` with a baseline sampler, all via the CLI."""
-    import diffusers
-
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
-        attention_head_dim=None,
-    )  # fmt: skip
-    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "pipe")
-    code, _, err = run(["import-weights", tmp_path / "pipe", "--out", tmp_path / "run"], capsys)
-    assert code == 0, err
-    code, _, err = run(
-        [
-            "sample",
-            "--checkpoint",
-            tmp_path / "run",
-            "--sampler",
-            "dpmpp_2m",
-            "--steps",
-            "4",
-            "-n",
-            "3",
-            "--out",
-            tmp_path / "s",
-        ],
-        capsys,
-    )
-    assert code == 0, err
-    with Image.open(tmp_path / "s" / "000002.png") as im:
-        assert im.size == (16, 16) and im.mode == "RGB"
-    # Importing into a run that already holds a checkpoint is refused, in one line.
-    code, _, err = run(["import-weights", tmp_path / "pipe", "--out", tmp_path / "run"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-
-
 def test_missing_inception_weights_offline_is_exit_2(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
