@@ -30,7 +30,7 @@ from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory, sampling_batch
 from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
-from ddim.sampling import SeededNoise, check_eta, sample
+from ddim.sampling import check_eta, noise_batches, sample
 
 MANIFEST = "samples.json"
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
@@ -120,12 +120,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         progress(done, cfg.n)
     start = time.perf_counter()
     batches = [todo[k : k + batch] for k in range(0, len(todo), batch)]
-
-    def draw(k: int) -> tuple[SeededNoise, torch.Tensor] | None:  # sample i from seed + i, whatever its batch
-        if k == len(batches):
-            return None
-        noise = SeededNoise([cfg.seed + i for i in batches[k]], shape, device)
-        return noise, noise.initial()
+    # Sample i from seed + i, whatever its batch.
+    streams = noise_batches(([cfg.seed + i for i in idx] for idx in batches), shape, device)
 
     def flush(written: tuple[list[int], torch.Tensor], done: int) -> int:
         done += _write_pngs(out, names, *written)
@@ -137,12 +133,12 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     # PNGs, and only then waits for batch k (reading it back). Elsewhere sampling is synchronous: each batch is
     # written at once (an interrupted run then loses no finished batch).
     overlap = device.type in OVERLAP_DEVICES
-    drawn, ready = draw(0), None
+    drawn, ready = next(streams, None), None
     try:
-        for k, idx in enumerate(batches):
+        for idx in batches:
             noise, x_T = drawn
             x = sample(model, x_T, alpha_bar, ts, eta=cfg.eta, sampler=cfg.sampler, clip_x0=cfg.clip_x0, noise=noise)
-            drawn = draw(k + 1)
+            drawn = next(streams, None)
             if ready is not None:
                 written, ready = ready, None
                 done = flush(written, done)

@@ -28,7 +28,7 @@ callable — a test can inject the exact z another implementation used.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +81,16 @@ class SeededNoise:
 
     def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self._draw().to(x.dtype)
+
+
+def noise_batches(seed_batches: Iterable[Sequence[int]], shape: Sequence[int],
+                  device: str | torch.device = "cpu") -> Iterator[tuple[SeededNoise, torch.Tensor]]:  # fmt: skip
+    """For each batch of seeds, its ``SeededNoise`` and x_T, drawn when the iterator is advanced: a loop that
+    advances it right after queueing a batch on a GPU draws the next x_T while the GPU computes (no pixel changes:
+    each sample's stream is its own)."""
+    for seeds in seed_batches:
+        noise = SeededNoise(seeds, shape, device)
+        yield noise, noise.initial()
 
 
 def _run(

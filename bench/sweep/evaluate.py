@@ -72,19 +72,14 @@ class Evaluator:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         batches = [(lo, min(spec.n, lo + self.batch)) for lo in range(0, spec.n, self.batch)]
-
-        def draw(k: int) -> tuple[sampling.SeededNoise, torch.Tensor] | None:  # CRN: the seeds of the samples
-            if k == len(batches):
-                return None
-            noise = sampling.SeededNoise(range(first + batches[k][0], first + batches[k][1]), self.shape, self.device)
-            return noise, noise.initial()
-
-        drawn = draw(0)
-        for k, (lo, hi) in enumerate(batches):
+        # CRN: sample i of every cell draws from seed first + i.
+        streams = sampling.noise_batches((range(first + lo, first + hi) for lo, hi in batches), self.shape, self.device)
+        drawn = next(streams)
+        for lo, hi in batches:
             noise, x_T = drawn
             x = sampling.sample(self.model, x_T, self.alpha_bar, ts, eta=cell.eta or 0.0, sampler=cell.sampler,
                                 noise=noise, callback=on_step)  # fmt: skip
-            drawn = draw(k + 1)  # the next x_T on the host while a GPU still runs this batch's last steps
+            drawn = next(streams, None)  # the next x_T on the host while a GPU still runs this batch's last steps
             out[lo:hi] = to_uint8(x).cpu()  # .cpu() also waits for the GPU
         return out, time.perf_counter() - start
 
