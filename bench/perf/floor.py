@@ -6,6 +6,13 @@ weight, the bias and the input wherever the real step needs it. Its time is what
 cost if everything but the convolutions were free. Diffusers' twin runs the same convolutions
 (equal architecture), so a network's time over the faster format's floor says how far its
 non-convolution work is from free: no rewrite that keeps these convolutions can go below 1×.
+
+Nor can it reach 1×: every GroupNorm of the network (the paper's Appendix D.1 uses DDPM's UNet, normalised by
+GroupNorm) reads its input once for the group statistics and once more to normalise it, writing its
+output (the SiLU after it can ride on that pass); its backward does the same with the upstream
+gradient. ``norm_passes`` replays exactly those memory passes over buffers of the recorded sizes, so
+floor + passes is the lowest time any implementation can reach that keeps GroupNorm out of the
+convolution kernels; attention, residual adds, up-sampling and the optimizer only add to it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from bench.perf.models import RunSettings, autocast
 
 FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 TARGET = 1.15  # the issue's target for a network's time over its convolution floor
+NORM_KEY = "norm_passes"  # the interleave key of the GroupNorm memory passes (``norm_passes``)
 
 
 def _twin(conv: torch.nn.Conv2d) -> torch.nn.Conv2d:
@@ -80,10 +88,56 @@ def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple, *, fm
     return replay
 
 
+def norm_passes(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
+                backward: bool = True) -> Callable[[], None]:  # fmt: skip
+    """A function that makes, for every ``nn.GroupNorm`` call of one forward of ``model`` on ``data``, the
+    memory passes any GroupNorm (with the SiLU after it) makes outside the convolutions.
+
+    Forward: a read of x (its group sums) and a read of x with a write of y (normalise; SiLU folded in),
+    in x's place when sampling. Backward (``backward``): a read of x and dy (the group sums of dy and
+    dy·x̂, which also give the affine weights' gradients) and a read of both with a write of dx, in
+    dy's place. Each pass is one plain ATen
+    kernel (``sum``, ``dot``, ``mul``, ``add``) over contiguous buffers of the recorded size and dtype,
+    one GroupNorm after the other, so a pass finds in cache what a fused kernel would.
+    """
+    x_t, _, t = data
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        x = inputs[0].detach().contiguous().clone().flatten()
+        calls.append((x, torch.randn_like(x), torch.empty_like(x)) if backward else (x, x, x))
+
+    hooks = [m.register_forward_hook(record) for m in norms]
+    try:
+        with torch.no_grad(), autocast(settings):
+            model(x_t, t)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    @torch.no_grad()
+    def replay() -> None:
+        for x, dy, y in calls:
+            x.sum()  # statistics
+            if backward:
+                torch.mul(x, 1.0, out=y)  # normalise (+ SiLU) into a new tensor: backward needs x
+                torch.dot(x, dy)  # Σ dy, Σ dy·x̂ per group
+                dy.add_(x)  # dx, in dy's place
+            else:
+                x.mul_(1.0)  # normalise (+ SiLU) in place: sampling keeps no x
+
+    replay.calls = len(calls)  # type: ignore[attr-defined]
+    replay.elements = sum(x.numel() for x, _, _ in calls)  # type: ignore[attr-defined]
+    return replay
+
+
 def floors(model: torch.nn.Module, settings: RunSettings, data: tuple, backward: bool) -> dict[str, Callable]:
-    """``conv_floor`` in both memory formats, keyed ``convs_nchw`` / ``convs_nhwc`` (interleave candidates)."""
+    """``conv_floor`` in both memory formats, keyed ``convs_nchw`` / ``convs_nhwc``, and ``norm_passes`` keyed
+    ``NORM_KEY`` (interleave candidates)."""
     eager = getattr(model, "_orig_mod", model)  # record through a compiled wrapper too
-    return {f"convs_{f}": conv_floor(eager, settings, data, fmt=f, backward=backward) for f in FORMATS}
+    out = {f"convs_{f}": conv_floor(eager, settings, data, fmt=f, backward=backward) for f in FORMATS}
+    return {**out, NORM_KEY: norm_passes(eager, settings, data, backward=backward)}
 
 
 def other_format(settings: RunSettings) -> tuple[str, RunSettings]:
@@ -94,12 +148,13 @@ def other_format(settings: RunSettings) -> tuple[str, RunSettings]:
 
 
 def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], settings: RunSettings) -> dict[str, Any]:
-    """Both formats' floors, the faster one (*the* floor), ours (in each format measured) and diffusers over it."""
-    per = {name.removeprefix("convs_"): times[name][basis] for name in replays}
+    """Both formats' floors, the faster one (*the* floor), ours (in each format measured) and diffusers over it,
+    and the bound: floor + GroupNorm passes over the floor, the lowest *ours / floor* reachable here."""
+    per = {name.removeprefix("convs_"): times[name][basis] for name in replays if name.startswith("convs_")}
     best = min(per, key=lambda f: per[f])
     floor = per[best]
     out: dict[str, Any] = {
-        "conv_calls": next(iter(replays.values())).calls,  # type: ignore[attr-defined]
+        "conv_calls": replays["convs_nchw"].calls,  # type: ignore[attr-defined]
         "floor_s": per,
         "floor_format": best,
         "floor_ratio": times["ours"][basis] / floor,
@@ -108,6 +163,10 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
     ours = {("nhwc" if settings.channels_last else "nchw"): times["ours"][basis]}  # the run's own format
     ours.update({f: times[f"ours_{f}"][basis] for f in FORMATS if f"ours_{f}" in times})  # and the other one
     out["floor_ratio_by_format"] = {f: t / floor for f, t in ours.items()}
+    if NORM_KEY in replays:
+        out["norm_calls"] = replays[NORM_KEY].calls  # type: ignore[attr-defined]
+        out["norm_passes_s"] = times[NORM_KEY][basis]
+        out["bound_ratio"] = (floor + out["norm_passes_s"]) / floor
     if "diffusers" in times:
         out["ceiling"] = times["diffusers"][basis] / floor  # diffusers over the floor: the largest exact speed-up
     return out

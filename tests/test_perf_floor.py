@@ -1,0 +1,103 @@
+"""Tests for the benchmark's floors (``bench.perf.floor``): the convolutions of one forward replayed in both
+memory formats, the GroupNorm memory passes, and the bound they give together; nothing here is timed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.perf import floor as perf_floor
+from bench.perf import workload as perf_workload
+from bench.perf.models import RunSettings
+from ddim.unet import UNet
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
+def test_conv_floor_replays_the_networks_convolutions_in_both_formats(backward: bool) -> None:
+    settings = RunSettings()
+    torch.manual_seed(0)
+    model = UNet(perf_workload.TINY).train(backward)
+    data = perf_workload.batch_data(perf_workload.TINY, 4, settings)
+    seen: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m)) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    replays = perf_floor.floors(model, settings, data, backward=backward)  # records with the hooks on: not copied
+    with torch.no_grad():
+        model(data[0], data[2])
+    for h in hooks:
+        h.remove()
+    seen = seen[-replays["convs_nchw"].calls :]  # the last forward's calls
+    assert set(replays) == {"convs_nchw", "convs_nhwc", perf_floor.NORM_KEY}
+    for name, replay in replays.items():
+        if name == perf_floor.NORM_KEY:
+            continue
+        fmt = perf_floor.FORMATS[name.removeprefix("convs_")]
+        ran: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+        def note(m: torch.nn.Module, i: tuple, o: torch.Tensor, ran: list = ran) -> None:
+            ran.append((m, i[0]))
+
+        layer_hooks = [m.register_forward_hook(note) for m in replay.layers]
+        replay()
+        for h in layer_hooks:
+            h.remove()
+        assert len(seen) == len(ran) == replay.calls > 0  # every conv call of one forward, each once
+        for orig, (twin, x) in zip(seen, ran):  # same layers (copies), same order, in the replay's format
+            assert twin is not orig and torch.equal(twin.weight, orig.weight) and x.shape[1] == orig.in_channels
+            assert twin.weight.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt)
+        assert all(p.grad is None for m in replay.layers for p in m.parameters())
+    assert all(p.grad is None for p in model.parameters())  # the model is left untouched
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
+def test_norm_passes_make_two_passes_per_groupnorm_call(backward: bool, monkeypatch) -> None:
+    settings = RunSettings()
+    torch.manual_seed(0)
+    model = UNet(perf_workload.TINY).train(backward)
+    data = perf_workload.batch_data(perf_workload.TINY, 4, settings)
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(i[0].numel())) for m in model.modules()
+             if isinstance(m, torch.nn.GroupNorm)]  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replay = perf_floor.norm_passes(model, settings, data, backward=backward)
+    for h in hooks:
+        h.remove()
+    assert replay.calls == len(sizes) > 0 and replay.elements == sum(sizes)  # every GroupNorm call of one forward
+    passes: list[tuple[str, int]] = []  # (kind, elements read) of each pass the replay makes
+    real = {name: getattr(torch.Tensor, name) for name in ("sum", "mul_", "add_")}
+    real_mul, real_dot = torch.mul, torch.dot
+
+    def spy(kind: str, fn, reads: int):
+        def run(*args, **kwargs):
+            passes.append((kind, reads * args[0].numel()))
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch.Tensor, "sum", spy("read", real["sum"], 1))
+    monkeypatch.setattr(torch.Tensor, "mul_", spy("read+write", real["mul_"], 1))
+    monkeypatch.setattr(torch.Tensor, "add_", spy("read+write", real["add_"], 2))
+    monkeypatch.setattr(torch, "mul", spy("read+write", real_mul, 1))
+    monkeypatch.setattr(torch, "dot", spy("read", real_dot, 2))
+    replay()
+    monkeypatch.undo()
+    per_call = ["read", "read+write"] + (["read", "read+write"] if backward else [])
+    assert [k for k, _ in passes] == per_call * len(sizes)  # statistics, normalise (and backward's two)
+    reads = sum(n for _, n in passes)  # forward reads x twice; backward reads x and dy twice each
+    assert reads == (6 if backward else 2) * sum(sizes)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left untouched
+
+
+def test_floor_summary_bound_adds_the_norm_passes_to_the_faster_floor() -> None:
+    def timed(s: float) -> dict[str, float]:
+        return {"cpu_s": s, "wall_s": 9.0}
+
+    def replay() -> None: ...
+
+    replay.calls = 3  # type: ignore[attr-defined]
+    replays = {"convs_nchw": replay, "convs_nhwc": replay, perf_floor.NORM_KEY: replay}
+    times = {"ours": timed(2.0), "convs_nchw": timed(1.0), "convs_nhwc": timed(0.8), perf_floor.NORM_KEY: timed(0.1)}
+    out = perf_floor.summary(times, "cpu_s", replays, RunSettings())
+    assert out["floor_s"] == {"nchw": 1.0, "nhwc": 0.8} and out["floor_format"] == "nhwc"
+    assert out["bound_ratio"] == pytest.approx(0.9 / 0.8) and out["norm_passes_s"] == 0.1
+    assert out["floor_ratio"] == pytest.approx(2.0 / 0.8) and out["norm_calls"] == 3
