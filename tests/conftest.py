@@ -57,7 +57,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-# --- the metrics tests' data (test_metrics.py, test_reference.py) ---
+# --- the metrics tests' data (test_metrics.py, test_metrics_folder.py, test_reference.py) ---
 
 
 @pytest.fixture(scope="session")

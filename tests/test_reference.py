@@ -17,18 +17,20 @@ from PIL import Image
 import ddim.data
 from bench.metrics.classifier import EXTRACTOR_NAME, FEATURE_FID
 from bench.metrics.fidelity import compute_metrics, reference_key, tensor_sha256
-from bench.metrics.reference import load_plain, reference_stats
+from bench.metrics.reference import REFERENCE_CACHE_VERSION, load_plain, reference_stats
 from ddim.files import sha256_file
 from ddim.images import to_uint8
 
 # ---- the reference cache ----
 
+KEY_INPUTS = dict(
+    dataset="digits", split="train", resolution=16, extractor="classifier",
+    weights_sha256="a" * 64, count=1000, content_sha256="b" * 64,
+)  # fmt: skip
+
 
 def test_reference_key_covers_every_input() -> None:
-    base = dict(
-        dataset="digits", split="train", resolution=16, extractor="classifier",
-        weights_sha256="a" * 64, count=1000, content_sha256="b" * 64,
-    )  # fmt: skip
+    base = KEY_INPUTS
     changes = dict(
         dataset="mnist", split="test", resolution=8, extractor="inception",
         weights_sha256="c" * 64, count=999, content_sha256="d" * 64,
@@ -36,6 +38,14 @@ def test_reference_key_covers_every_input() -> None:
     keys = {reference_key(**base)} | {reference_key(**{**base, k: v}) for k, v in changes.items()}
     assert len(keys) == 1 + len(changes)
     assert os.sep not in reference_key(**{**base, "dataset": "a/b"})
+
+
+def test_reference_key_carries_the_cache_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys that differ only in REFERENCE_CACHE_VERSION differ: bumping it retires every cache written before."""
+    key = reference_key(**KEY_INPUTS)
+    assert key.startswith(f"v{REFERENCE_CACHE_VERSION}-"), key
+    monkeypatch.setattr("bench.metrics.reference.REFERENCE_CACHE_VERSION", REFERENCE_CACHE_VERSION + 1)
+    assert reference_key(**KEY_INPUTS) != key
 
 
 def test_cache_key_changes_with_count_resolution_and_content(
@@ -158,6 +168,29 @@ def test_a_damaged_reference_cache_is_recomputed(
     # Healed: the next call reads the cache silently.
     assert compute_metrics(test_u8, **kwargs)["fid"] == first["fid"]
     assert capsys.readouterr().err == ""
+
+
+def test_a_cache_under_the_unversioned_key_of_earlier_releases_is_not_reused(
+    cache_dir: Path, test_u8: torch.Tensor, feature_calls: list[int]
+) -> None:
+    """Earlier releases keyed the cache without a version (and extracted features on a GPU with TF32 on): what
+    they wrote for this reference is never read; its statistics are computed again, once."""
+    kwargs = dict(dataset="digits", cache_dir=cache_dir, metrics=("fid",), ref_count=558)
+    first = compute_metrics(test_u8, **kwargs)
+    files = _reference_files(cache_dir, first["ref_key"])
+    stats = load_plain(files[0])
+    for path in files:  # nothing cached under this release's key...
+        path.unlink(missing_ok=True)
+    # ...but other statistics of the same reference under the key an earlier release gave it.
+    content = first["ref_key"].rsplit("-c", 1)[1]
+    old_key = f"digits-train-16px-classifier-w{first['extractor_sha256'][:12]}-n558-c{content}"
+    old_stat = _reference_files(cache_dir, old_key)[0]
+    torch.save({"mu": stats["mu"] + 1.0, "sigma": stats["sigma"]}, old_stat)
+    feature_calls.clear()
+    second = compute_metrics(test_u8, **kwargs)
+    assert sorted(feature_calls) == sorted([len(test_u8), 558])  # the reference's features were extracted
+    assert second["ref_key"] == first["ref_key"] != old_key and second["fid"] == first["fid"]
+    assert np.array_equal(load_plain(old_stat)["mu"], stats["mu"] + 1.0)  # left as it was, unread
 
 
 def test_a_damaged_cache_file_that_cannot_be_removed_is_one_line(

@@ -205,6 +205,30 @@ def test_a_combined_report_shows_an_unfinished_sweeps_grid_and_says_first_that_i
     assert manifest["incomplete"] == {"half": note} and manifest["warnings"] == []
 
 
+def test_a_combined_report_of_two_interrupted_sweeps_names_both_under_one_plural_heading(tmp_path: Path) -> None:
+    """Two sweeps stopped by Ctrl-C: the report opens with one section, "Incomplete sweeps", holding each sweep's
+    note (naming it) followed by the trial its stop interrupted."""
+    grid = [Cell("ddim", "uniform", s, 0.0, 0) for s in STEPS]
+    trials = {"half": [_trial(0, 0.0, 10), _trial(1, 0.0, 20, stopped=True)],
+              "part": [_trial(0, 0.0, 10, stopped=True), _trial(1, 0.0, 20)]}  # fmt: skip
+    sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
+              for n, recs in trials.items()]  # fmt: skip
+    write_combined_report(sweeps, tmp_path / "out", grids={n: grid for n in trials})
+    readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
+    assert headings == ["Incomplete sweeps", "Sweeps", "Results", "Provenance: half", "Provenance: part", "Files"]
+    lines = [line for line in readme.split("\n## ")[1].splitlines() if line.startswith("- ")]
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("- sweep 'half' is incomplete: 1 of 2 cells measured") and "name=half" in lines[0]
+    assert lines[1] == f"- half: trial #1 (uniform η = 0.0 S = 20 block 0): {STOP}"
+    assert lines[2].startswith("- sweep 'part' is incomplete: 1 of 2 cells measured") and "name=part" in lines[2]
+    assert lines[3] == f"- part: trial #0 (uniform η = 0.0 S = 10 block 0): {STOP}"
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert page.index("<h2>Incomplete sweeps</h2>") < page.index("<h2>Sweeps</h2>")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["incomplete"]) == ["half", "part"]
+
+
 def test_a_combined_reports_manifest_hashes_every_file_but_itself(unfinished):
     manifest = json.loads((unfinished / "manifest.json").read_text(encoding="utf-8"))
     every = {p.relative_to(unfinished).as_posix() for p in unfinished.rglob("*") if p.is_file()}

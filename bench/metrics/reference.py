@@ -7,9 +7,9 @@ Protocol (FID as in Table 1 of the paper, measured by ``bench.metrics.fidelity``
   or a fixed-seed random subset of ``ref_count`` of them (``REF_SUBSET_SEED``).
 - Its identity is a content hash of those uint8 images (``tensor_sha256``); file-backed datasets are
   decoded and hashed once, memoised by a fingerprint of their files, PIL and ``ddim.data``'s source.
-- ``reference_key`` names the cached statistics by dataset, split, resolution, extractor, the
-  extractor weights' sha256, the reference count and that content hash, so a stale entry can never
-  be reused.
+- ``reference_key`` names the cached statistics by the version of how they are computed
+  (``REFERENCE_CACHE_VERSION``), dataset, split, resolution, extractor, the extractor weights' sha256,
+  the reference count and that content hash, so a stale entry can never be reused.
 - ``heal_reference_cache`` removes a cached entry torch-fidelity could not load (truncated, empty), so
   it is recomputed from the reference images instead of failing every later measurement.
 - Files are untrusted: ``load_plain`` reads tensors and numpy arrays only (``torch.load`` with
@@ -42,9 +42,16 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write_text, sha256_file
 from ddim.images import to_uint8
 
-__all__ = ["REF_SUBSET_SEED", "reference_key", "tensor_sha256"]
+__all__ = ["REFERENCE_CACHE_VERSION", "REF_SUBSET_SEED", "reference_key", "tensor_sha256"]
 
 REF_SUBSET_SEED = 0  # fixed: a reference subset (ref_count) is part of the protocol
+
+# How cached reference statistics are computed, beyond the inputs reference_key names: bump it when the same
+# images, extractor and weights would give other statistics (the numerics of feature extraction, its batching,
+# the layer or the statistics kept), so every cache written before is recomputed once instead of reused.
+# 1 (keys without a version): earlier releases, which extracted features on a GPU with TF32 on.
+# 2: features on CUDA with TF32 off (bench.metrics.fidelity's device settings).
+REFERENCE_CACHE_VERSION = 2
 
 
 # --- content hashes -----------------------------------------------------------
@@ -169,9 +176,11 @@ def _files_fingerprint(paths: Sequence[Any], chosen: list[int], shape: tuple[int
 def reference_key(
     *, dataset: str, split: str, resolution: int, extractor: str, weights_sha256: str, count: int, content_sha256: str
 ) -> str:
-    """The reference-statistics cache key: every input that changes the statistics is in it."""
+    """The reference-statistics cache key: every input that changes the statistics is in it, led by
+    ``REFERENCE_CACHE_VERSION`` (how they are computed)."""
     dataset, split = (re.sub(r"[^A-Za-z0-9_.]+", "_", part) for part in (dataset, split))
-    return f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
+    inputs = f"{dataset}-{split}-{resolution}px-{extractor}-w{weights_sha256[:12]}-n{count}-c{content_sha256[:12]}"
+    return f"v{REFERENCE_CACHE_VERSION}-{inputs}"
 
 
 # --- untrusted files: tensors and numpy arrays only, never pickled code --------------------------
