@@ -44,7 +44,7 @@ from bench.report.write import (
 )
 from bench.store.cell import Cell
 from bench.store.study import Sweep
-from bench.store.table_cells import progress, row_order, select_cells, spacing_order
+from bench.store.table_cells import row_order, select_cells, spacing_order
 from ddim.errors import DDIMError
 
 
@@ -72,7 +72,7 @@ def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warn
         mine: list[str] = []
         grid = grids.get(name, ())
         cells = select_cells(records, mine, grid)
-        if left := incomplete_note(progress(cells, grid), meta):
+        if left := incomplete_note(cells, meta, grid):
             unfinished[name] = [left, *(f"{name}: {line}" for line in interrupted_lines(cells))]
         ds, ex = meta.get("dataset"), meta.get("extractor")
         ref = pairs.get(name)

@@ -24,6 +24,7 @@ import numpy as np
 from bench.report import front, paper, plots
 from bench.report.docs import html_doc, kv_md, md_doc, record_order, results_csv
 from bench.report.files import ReportWriter, jsonable
+from bench.report.rerun import finish
 from bench.report.tables import (
     METRICS,
     Metric,
@@ -38,9 +39,9 @@ from bench.store.cell import Cell, eta_str, row_label
 from bench.store.record import BF16, CellRecord, listed_devices
 from bench.store.study import Sweep
 from bench.store.table_cells import (
-    Progress,
     TableKey,
     as_number,
+    cell_states,
     complete_blocks,
     lines,
     progress,
@@ -192,15 +193,17 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
-def incomplete_note(done: Progress, meta: Mapping) -> str | None:
-    """The report's sentence on a sweep that has cells not run yet (never started, running or interrupted) and how
-    to finish it; None when every cell was measured or failed."""
+def incomplete_note(cells: Mapping[TableKey, Mapping[int, CellRecord]], meta: Mapping,
+                    grid: Sequence[Cell] = ()) -> str | None:  # fmt: skip
+    """The report's sentence on a sweep whose ``select_cells``' cells and ``grid`` (its latest run's) have cells not
+    run yet (never started, running or interrupted), and the command(s) that finish it (``bench.report.rerun``);
+    None when every cell was measured or failed."""
+    done = progress(cells, grid)
     if not done.not_run:
         return None
     failed = f", {done.failed} failed" if done.failed else ""
     last = meta.get("last_run") if isinstance(meta.get("last_run"), Mapping) else {}
-    command = last.get("command") or meta.get("command")
-    rerun = f"rerun the same command to finish it: {command}" if command else "rerun the same `ddimbench sweep` command"
+    rerun = finish(cell_states(cells, grid), grid, last.get("command") or meta.get("command"))
     name = f"sweep {meta['name']!r}" if meta.get("name") else "the sweep"
     return (f"{name} is incomplete: {done.measured} of {done.total} cells measured{failed}, {done.not_run} not run "
             f"(interrupted, still running or never started; — in the tables); {rerun}")  # fmt: skip
@@ -215,7 +218,7 @@ def interrupted_lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> lis
 
 def incomplete(records: Sequence[CellRecord], meta: Mapping, grid: Sequence[Cell] = ()) -> str | None:
     """``incomplete_note`` of a sweep's records and grid (``bench.store.study.load_results``)."""
-    return incomplete_note(progress(select_cells(records, [], grid), grid), meta)
+    return incomplete_note(select_cells(records, [], grid), meta, grid)
 
 
 def provenance_md(sweeps: Sequence[Sweep]) -> str:
@@ -264,7 +267,7 @@ def write_report(
     extras = dict(extras or {})
     warnings = warnings_of(records, meta, compare)
     cells = select_cells(records, warnings, grid)
-    note = None if search else incomplete_note(progress(cells, grid), meta)
+    note = None if search else incomplete_note(cells, meta, grid)
     with ReportWriter(out) as w:
         put = w.put
 
