@@ -168,12 +168,19 @@ def test_a_combined_report_offers_the_same_commands(tmp_path):
                       "spacing": "uniform", "seed_block": 0, "fid": 5.0})  # fmt: skip
     stopped = dataclasses.replace(stopped, interrupted=True)
     meta = {"name": "s", "mode": "grid", "dataset": "digits", "command": "first", "last_run": {"command": LATEST}}
-    write_combined_report([("s", [stopped, done], meta), ("t", [done], {**meta, "name": "t"})], tmp_path / "out",
-                          grids={"s": grid_of((10,), (0.0,)), "t": grid_of((10,), (0.0,))})  # fmt: skip
+    sweeps = [("s", [stopped, done], meta), ("t", [done], {**meta, "name": "t"})]
+    write_combined_report(sweeps, tmp_path / "out", grids={"s": grid_of((10,), (0.0,)), "t": grid_of((10,), (0.0,))})
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert list(manifest["incomplete"]) == ["s"]
     assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=20 eta=1 spacing=uniform sampler=ddim "
                                                 "seeds=0")  # fmt: skip
+    # Every run's grid shown (S = 10, 20 × η = 0, 1), the latest run's S = 10 η = 0: the earlier grid is offered.
+    grids = {"s": grid_of((10, 20), (0.0, 1.0)), "t": grid_of((10,), (0.0,))}
+    write_combined_report(sweeps, tmp_path / "out", grids=grids, latest={"s": grid_of((10,), (0.0,))})
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["incomplete"]["s"].startswith("sweep 's' is incomplete: 1 of 4 cells measured, 3 not run")
+    assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=10,20 eta=0,1 spacing=uniform "
+                                                "sampler=ddim seeds=0")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -185,9 +192,10 @@ def ddimbench(command: str, monkeypatch) -> int:
 
 
 def test_following_an_interrupted_sweeps_report_finishes_it(ckpt, cache, work, monkeypatch, capsys):
-    """``steps=2,3 eta=0,1`` stopped by Ctrl-C in its second cell, then ``steps=3 eta=0``: the report counts the
-    stopped cell, outside the latest grid, as not run and offers a command that measures it; once run, the
-    report says nothing is left."""
+    """``steps=2,3 eta=0,1`` stopped by Ctrl-C in its second cell, then ``steps=3 eta=0``: the report shows the
+    stopped cell and the one never started, both outside the latest grid, as not run and offers one command
+    that measures them (a combined report the same); once run, the report says nothing is left."""
+    from bench.report.multi import make_combined_report
     from bench.sweep import runner
     from bench.sweep.evaluate import Evaluator
 
@@ -215,11 +223,14 @@ def test_following_an_interrupted_sweeps_report_finishes_it(ckpt, cache, work, m
         return err, json.loads((work / "rep" / "manifest.json").read_text(encoding="utf-8"))
 
     err, manifest = report()
-    offered = f"{base} steps=2 eta=1 spacing=uniform sampler=ddim seeds=0"
-    assert manifest["incomplete"].startswith("sweep 's' is incomplete: 2 of 3 cells measured, 1 not run")
+    offered = f"{base} steps=2,3 eta=1 spacing=uniform sampler=ddim seeds=0"
+    assert manifest["incomplete"].startswith("sweep 's' is incomplete: 2 of 4 cells measured, 2 not run")
     assert manifest["incomplete"].endswith(f"(measured cells are skipped): {offered}") and offered in err
+    both = make_combined_report(["s"], storage=url(work), out=work / "both", wandb="disabled")
+    combined = json.loads((both / "manifest.json").read_text(encoding="utf-8"))["incomplete"]
+    assert combined == {"s": manifest["incomplete"]} and offered in capsys.readouterr().err  # and its warning
     assert ddimbench(offered, monkeypatch) == 0
     err, manifest = report()
     assert manifest["incomplete"] is None and "incomplete" not in err
     assert sorted((c["params"]["steps"], c["params"]["eta"]) for c in manifest["cells"] if c["state"] == "COMPLETE") \
-        == [(2, 0.0), (2, 1.0), (3, 0.0)]  # fmt: skip
+        == [(2, 0.0), (2, 1.0), (3, 0.0), (3, 1.0)]  # fmt: skip
