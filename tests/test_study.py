@@ -252,6 +252,37 @@ def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tm
     assert "CUDA out of memory" in failed and "Ctrl-C" not in failed  # the stop is listed as not run, not failed
 
 
+def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
+    """Each grid run keeps its grid, once per distinct grid; ``load_results`` gives every grid's cells (the latest
+    run's first) and the latest run's. A store of the previous release (the latest ``spec`` alone) gives that one
+    grid for both; a search keeps none."""
+    from bench.store.cell import spec_grid
+    from bench.store.grids import save_spec
+
+    study, _, url = new_trial(tmp_path)
+    common = {"name": "s", "n": 500, "spacing": ["uniform"], "sampler": ["ddim"], "T": 1000, "search": None}
+    wide = {**common, "steps": [10, 20], "eta": [0.0, 1.0], "seeds": [0]}
+    narrow = {**common, "steps": [10], "eta": [0.0], "seeds": [0, 1]}
+
+    def grids() -> tuple[list[str], list[str]]:
+        every, latest = [], []
+        store.load_results("s", url, every, latest)
+        return [c.key for c in every], [c.key for c in latest]
+
+    study.set_user_attr("spec", wide)  # as the previous release stored it
+    assert grids() == ([c.key for c in spec_grid(wide)],) * 2
+    for spec in (wide, narrow, narrow):
+        save_spec(study, spec)
+    every, latest = grids()
+    assert latest == [c.key for c in spec_grid(narrow)]
+    assert every == latest + [c.key for c in spec_grid(wide) if c.key not in latest]  # (10, 0) block 0 once
+    kept = optuna.load_study(study_name="s", storage=url).user_attrs
+    assert sorted(v["steps"] for k, v in kept.items() if k.startswith("grid:")) == [[10], [10, 20]]
+    search = optuna.create_study(study_name="p", storage=url)
+    save_spec(search, {**wide, "search": "pareto", "steps": "2..10"})
+    assert list(optuna.load_study(study_name="p", storage=url).user_attrs) == ["spec"]
+
+
 def test_a_checkpoint_change_is_named_even_without_the_first_runs_path() -> None:
     from bench.store.same_sweep import check_same_sweep
     from ddim.errors import DDIMError

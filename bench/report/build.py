@@ -38,7 +38,8 @@ def make_report(
     """
     check_name(name, "sweep name ")  # it names the report's folder
     grid: list[Cell] = []
-    records, meta, extras = load_results(name, storage, grid)
+    latest: list[Cell] = []
+    records, meta, extras = load_results(name, storage, grid, latest)
     root = artifacts_root(name, meta)
     fetch_missing(name, storage, records, root)
     missing = 0
@@ -74,8 +75,9 @@ def make_report(
         metrics=metrics,
         force=force,
         grid=grid,
+        latest=latest,
     )
-    if meta.get("mode") != "pareto" and (note := incomplete(records, meta, grid)):
+    if meta.get("mode") != "pareto" and (note := incomplete(records, meta, grid, latest)):
         warn(note)
 
     sweeps = [(name, records, meta)]

@@ -44,7 +44,7 @@ from bench.report.write import (
 )
 from bench.store.cell import Cell
 from bench.store.study import Sweep
-from bench.store.table_cells import progress, row_order, select_cells, spacing_order
+from bench.store.table_cells import row_order, select_cells, spacing_order
 from ddim.errors import DDIMError
 
 
@@ -63,7 +63,8 @@ def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
 
 
 def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str],
-            grids: Mapping[str, Sequence[Cell]], unfinished: dict[str, list[str]]) -> list[Block]:  # fmt: skip
+            grids: Mapping[str, Sequence[Cell]], latest: Mapping[str, Sequence[Cell]],
+            unfinished: dict[str, list[str]]) -> list[Block]:  # fmt: skip
     """The column blocks of the sweeps' tables; each sweep's warnings (prefixed with its name) are added to
     ``warnings``, and ``unfinished[name]`` is an incomplete sweep's note then its interrupted trials."""
     datasets = Counter(str(meta.get("dataset") or name) for name, _, meta in sweeps)
@@ -72,7 +73,7 @@ def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warn
         mine: list[str] = []
         grid = grids.get(name, ())
         cells = select_cells(records, mine, grid)
-        if left := incomplete_note(progress(cells, grid), meta):
+        if left := incomplete_note(cells, meta, grid, latest.get(name)):
             unfinished[name] = [left, *(f"{name}: {line}" for line in interrupted_lines(cells))]
         ds, ex = meta.get("dataset"), meta.get("extractor")
         ref = pairs.get(name)
@@ -120,12 +121,14 @@ def write_combined_report(
     metrics: Sequence[str] | None = None,
     force: bool = False,
     grids: Mapping[str, Sequence[Cell]] | None = None,
+    latest: Mapping[str, Sequence[Cell]] | None = None,
 ) -> dict[str, Path]:
     """Write one report of several grid sweeps into ``out_dir``; return {relative name: path} of every file.
 
     ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them, ``grids`` the cells of
-    their grids by sweep name (a cell no trial ran shows as not run, and the report's first section says the sweep
-    is incomplete, as a single sweep's does). Raises DDIMError for a repeated or empty sweep, a Pareto search,
+    their runs' grids by sweep name (a cell no trial ran shows as not run, and the report's first section says the
+    sweep is incomplete and how to finish it, as a single sweep's does; ``latest``: the grid of each one's latest
+    run, where not the one of ``grids``). Raises DDIMError for a repeated or empty sweep, a Pareto search,
     malformed records, an unknown metric, or a paper comparison with another dataset or extractor (unless
     ``force``).
     """
@@ -146,7 +149,7 @@ def write_combined_report(
     chosen = pick_metrics(wanted, every)
     warnings: list[str] = []
     unfinished: dict[str, list[str]] = {}
-    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {}, unfinished)
+    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {}, latest or {}, unfinished)
     tables = combined_tables(blocks, chosen)
     with ReportWriter(Path(out_dir)) as w:
         tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
@@ -219,14 +222,16 @@ def make_combined_report(
 
     for name in names:
         check_name(name, "sweep name ")  # the names make the report's folder
-    sweeps, grids = [], {}
+    sweeps, grids, latest = [], {}, {}
     for name in dict.fromkeys(names):
-        grids[name] = grid = []
-        records, meta, _ = load_results(name, storage, grid)
+        grid, last = [], []
+        grids[name], latest[name] = grid, last
+        records, meta, _ = load_results(name, storage, grid, last)
         sweeps.append((name, records, meta))
-        if note := incomplete(records, meta, grid):
+        if note := incomplete(records, meta, grid, last):
             warn(note)
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
-    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids)
+    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids,
+                                    latest=latest)  # fmt: skip
     track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder

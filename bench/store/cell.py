@@ -13,6 +13,9 @@ from typing import Any
 from ddim.errors import DDIMError
 
 RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
+# A grid's axes, named as the sweep's keys (steps=10,20 eta=0,1 ...) and its stored config name them, with the type
+# of their values.
+AXES: dict[str, type] = {"spacing": str, "sampler": str, "steps": int, "eta": float, "seeds": int}
 
 
 def eta_str(eta: float) -> str:
@@ -114,21 +117,19 @@ def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int],
 
 
 def spec_grid(spec: Any) -> list[Cell] | None:
-    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: lists
-    ``spacing``, ``sampler``, ``steps``, ``eta``, ``seeds`` and ``T``), or None for a search or a config of
-    another shape (an edited store)."""
+    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: a list
+    per axis of ``AXES``, and ``T``), or None for a search or a config of another shape (an edited store)."""
     if not isinstance(spec, Mapping) or spec.get("search") is not None:
         return None
-    kinds = {"spacing": str, "sampler": str, "steps": int, "eta": float, "seeds": int}
 
     def fits(v: Any, kind: type) -> bool:
         if kind is str:
             return isinstance(v, str)
         return isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
 
-    axes = {k: spec.get(k) for k in kinds}
+    axes = {k: spec.get(k) for k in AXES}
     if not fits(spec.get("T"), int) or not all(
-        isinstance(v, list) and all(fits(x, kinds[k]) for x in v) for k, v in axes.items()
+        isinstance(v, list) and all(fits(x, AXES[k]) for x in v) for k, v in axes.items()
     ):
         return None
     try:

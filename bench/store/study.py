@@ -1,10 +1,10 @@
 """The sweep's schema in Optuna: the study's user attributes, and trials read back as records.
 
-- study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint
-  sha256, n, seeds, dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance:
-  command, git commit, versions, device, ... of the run that created the study), ``run:<time>-<id>``
-  (command, device, git commit and time of each later run), ``spec`` (the latest run's resolved
-  config) and ``extras`` (interpolation strip, inversion table);
+- study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint sha256, n, seeds,
+  dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance: command, git commit, versions, device,
+  ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit and time of each later
+  run), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's grid: ``bench.store.grids``),
+  and ``extras`` (interpolation strip, inversion table);
 - trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``spacing``
   (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
   ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
@@ -44,7 +44,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bench.store.cell import Cell, spec_grid
+from bench.store.cell import Cell
+from bench.store.grids import stored_grids
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
 from bench.store.renames import OLD_SPACING, current_key, current_names
@@ -251,17 +252,20 @@ Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sw
 
 
 def load_results(
-    name: str, storage: str | None = None, grid: list[Cell] | None = None
+    name: str, storage: str | None = None, grid: list[Cell] | None = None, latest: list[Cell] | None = None
 ) -> tuple[list[CellRecord], dict, dict]:
-    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the cells of its grid
-    (the latest run's, ``spec_grid``; none for a search) are appended to ``grid``.
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the cells of its runs' grids
+    (``bench.store.grids.stored_grids``; none for a search) are appended to ``grid``, those of the latest run's grid
+    to ``latest``.
 
     Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
     before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
-    if grid is not None:
-        grid.extend(spec_grid(current_names(study.user_attrs.get("spec"))) or ())
+    every, last = stored_grids(study.user_attrs)
+    for out, cells in ((grid, every), (latest, last)):
+        if out is not None:
+            out.extend(cells)
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
     if malformed:

@@ -46,9 +46,8 @@ def _cell_key(r: CellRecord) -> TableKey:
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a sweep got, in cells of its grid (one per seed block): ``measured`` (a COMPLETE trial), ``failed``
-    (the latest trial failed on its own, ``CellRecord.failed``), the rest not run: never started, still running or
-    interrupted."""
+    """How far a sweep got, in cells of its grid (one per seed block): how many are measured, how many failed, the
+    rest not run (``cell_states``)."""
 
     total: int
     measured: int
@@ -59,15 +58,33 @@ class Progress:
         return self.total - self.measured - self.failed
 
 
-def progress(cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()) -> Progress:
-    """The ``Progress`` of ``select_cells``' cells over them and the cells of ``grid``."""
-    chosen: dict[tuple[TableKey, int], CellRecord | None] = {
-        (k, b): r for k, blocks in cells.items() for b, r in blocks.items()
+MEASURED, FAILED, NOT_RUN = "measured", "failed", "not run"  # how a cell of a sweep stands (``cell_states``)
+
+
+def cell_states(
+    cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()
+) -> list[tuple[Cell, str]]:
+    """Every cell of ``select_cells``' cells and of ``grid`` (once per seed block) with how it stands: ``MEASURED``
+    (a COMPLETE trial), ``FAILED`` (its trial failed on its own, ``CellRecord.failed``), else ``NOT_RUN`` (never
+    started, still running or interrupted)."""
+    chosen: dict[tuple[TableKey, int], tuple[Cell, CellRecord | None]] = {
+        (k, b): (r.cell, r) for k, blocks in cells.items() for b, r in blocks.items()
     }
     for c in grid:
-        chosen.setdefault(((c.spacing, c.row, c.steps), c.seed_block), None)
-    done = sum(r is not None and r.state == "COMPLETE" for r in chosen.values())
-    return Progress(len(chosen), done, sum(r is not None and r.failed for r in chosen.values()))
+        chosen.setdefault(((c.spacing, c.row, c.steps), c.seed_block), (c, None))
+
+    def state(r: CellRecord | None) -> str:
+        if r is None:
+            return NOT_RUN
+        return MEASURED if r.state == "COMPLETE" else FAILED if r.failed else NOT_RUN
+
+    return [(cell, state(r)) for cell, r in chosen.values()]
+
+
+def progress(cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()) -> Progress:
+    """The ``Progress`` of ``select_cells``' cells over them and the cells of ``grid`` (``cell_states``)."""
+    states = [s for _, s in cell_states(cells, grid)]
+    return Progress(len(states), states.count(MEASURED), states.count(FAILED))
 
 
 def select_cells(

@@ -45,6 +45,7 @@ import torch
 from bench.console import Display, raise_interrupt, sigterm_interrupts
 from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
+from bench.store.grids import save_spec
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
 from bench.store.record import CellRecord, Measurement, devices_text
@@ -365,7 +366,7 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     open_store(root, create=True)  # an unwritable $DDIMBENCH_ARTIFACT_STORE is refused before the study exists
     study = create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
     atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
-    study.set_user_attr("spec", spec.to_dict())
+    save_spec(study, spec.to_dict())  # the report shows every run's grid (bench.store.grids)
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
     display = Display(progress, total, f"sweep {spec.name!r}")

@@ -1,0 +1,147 @@
+"""How a report says to finish a grid sweep with cells not run (interrupted, still running or never started): the
+``ddimbench sweep`` command(s) that measure every one of them.
+
+Rerunning a sweep's name with a grid skips the grid's measured cells, retries its failed ones and measures the rest
+(``bench.sweep.runner``). When every cell not run is in the latest run's grid, rerunning that run's command finishes
+the sweep. An earlier run may have asked for other cells (``sweep steps=10,20,50 eta=0,1 name=s`` stopped, then
+``sweep steps=10 eta=0 name=s``); the cells not run are then covered by grids (spacing × sampler × S × η × seed
+block, as ``bench.store.cell.grid`` builds them) that hold only cells the sweep already has, so none is added to it:
+one grid when they fit one, else as few as splitting them along one axis at a time finds. Each grid is offered as
+the latest run's command with its grid keys (``bench.store.cell.AXES``) replaced. Pure python, deterministic.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.store.cell import AXES, Cell, grid
+from bench.store.renames import OLD_SPACING
+from bench.store.table_cells import NOT_RUN, spacing_order
+from ddim.names import SAMPLERS
+
+
+@dataclass(frozen=True)
+class Box:
+    """One grid as ``ddimbench sweep`` takes it: a list per axis; ``T`` is the S of its ddpm cells (0: none)."""
+
+    spacing: tuple[str, ...]
+    sampler: tuple[str, ...]
+    steps: tuple[int, ...]
+    eta: tuple[float, ...]
+    seeds: tuple[int, ...]
+    T: int
+
+    def keys(self) -> set[str]:
+        """The keys of the grid's cells."""
+        return {c.key for c in grid(self.spacing, self.sampler, self.steps, self.eta, self.seeds, self.T)}
+
+    def tokens(self) -> list[str]:
+        """The grid as the sweep's keys: ``steps=20,50 eta=0,1 spacing=uniform sampler=ddim seeds=0`` (``eta`` only
+        with ddim, which alone takes it; a grid of ddpm alone, which runs all T steps, gives ``steps=T``)."""
+        listed = ",".join
+        head = [f"steps={listed(map(str, self.steps or (self.T,)))}"]
+        if "ddim" in self.sampler:
+            head.append(f"eta={listed(map(_number, self.eta))}")
+        return [*head, f"spacing={listed(self.spacing)}", f"sampler={listed(self.sampler)}",
+                f"seeds={listed(map(str, self.seeds))}"]  # fmt: skip
+
+
+def _number(eta: float) -> str:
+    """η as short as it reads back exactly: 0, 0.5, 1e-05."""
+    short = f"{eta:g}"
+    return short if float(short) == eta else repr(eta)
+
+
+def _sampler_order(name: str) -> tuple:
+    return (SAMPLERS.index(name), "") if name in SAMPLERS else (len(SAMPLERS), name)
+
+
+def _order(c: Cell) -> tuple:
+    return (spacing_order(c.spacing), _sampler_order(c.sampler), c.steps, -1.0 if c.eta is None else c.eta,
+            c.seed_block)  # fmt: skip
+
+
+def box_of(cells: Sequence[Cell]) -> Box:
+    """The smallest grid that may hold ``cells``: each axis the values they take (ddpm's spacing first, since
+    ``grid`` puts ddpm under the first spacing only). It holds them all unless they are not one grid's (ddpm
+    under two spacings), and may hold more."""
+    ddpm = [c for c in cells if c.sampler == "ddpm"]
+    first = sorted({c.spacing for c in ddpm}, key=spacing_order)
+    rest = sorted({c.spacing for c in cells} - set(first), key=spacing_order)
+    etas = {f"{e:g}": e for e in sorted(c.eta for c in cells if c.sampler == "ddim" and c.eta is not None)}  # by key
+    return Box(
+        spacing=tuple(first + rest),
+        sampler=tuple(sorted({c.sampler for c in cells}, key=_sampler_order)),
+        steps=tuple(sorted({c.steps for c in cells if c.sampler != "ddpm"})),
+        eta=tuple(etas.values()),
+        seeds=tuple(sorted({c.seed_block for c in cells})),
+        T=max((c.steps for c in ddpm), default=0),
+    )
+
+
+_SPLIT = ("seed_block", "spacing", "sampler", "eta", "steps")  # the axes tried in turn (ties: the first wins)
+
+
+def cover(todo: Iterable[Cell], allowed: set[str]) -> list[Box]:
+    """Grids that hold every cell of ``todo`` and no cell outside ``allowed`` (keys): ``box_of(todo)`` when it
+    does, else the fewest that splitting the cells by the values of one axis, then within each part again, finds."""
+    memo: dict[frozenset[str], list[Box]] = {}
+
+    def best(part: tuple[Cell, ...]) -> list[Box]:
+        ident = frozenset(c.key for c in part)
+        if ident not in memo:
+            box = box_of(part)
+            if ident <= box.keys() <= allowed:
+                memo[ident] = [box]
+            else:
+                tries = []
+                for axis in _SPLIT:
+                    groups: dict[object, list[Cell]] = {}
+                    for c in part:
+                        groups.setdefault(getattr(c, axis), []).append(c)
+                    if len(groups) > 1:
+                        tries.append([b for g in groups.values() for b in best(tuple(g))])
+                memo[ident] = min(tries, key=len)  # two distinct cells differ on some axis; a single cell fits
+        return memo[ident]
+
+    return best(tuple(sorted({c.key: c for c in todo}.values(), key=_order)))
+
+
+def with_grid(command: str, box: Box) -> str | None:
+    """``command`` (a stored ``ddimbench sweep`` command line) with its grid keys replaced by ``box``'s (a sweep file's
+    axes are overridden by them), or None when it is not a shell line (an edited store)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+
+    def axis(token: str) -> bool:
+        key, eq, _ = token.partition("=")
+        key = key.strip()  # as ``bench.sweep.overrides.parse_overrides`` reads it
+        return bool(eq) and (key in AXES or key == OLD_SPACING)  # an option (--storage=...) is no key
+
+    return shlex.join([*(a for a in argv if not axis(a)), *box.tokens()])
+
+
+def finish(states: Iterable[tuple[Cell, str]], latest: Sequence[Cell], command: str | None) -> str:
+    """How to finish a sweep with cells not run: ``states`` are its cells and how they stand
+    (``bench.store.table_cells.cell_states``), ``latest`` the grid of its latest run, ``command`` that run's command
+    (None when the store has none)."""
+    states = list(states)
+    todo = [c for c, s in states if s == NOT_RUN]
+    if {c.key for c in todo} <= {c.key for c in latest}:
+        same = f"the same command to finish it: {command}" if command else "the same `ddimbench sweep` command"
+        return f"rerun {same}"
+    boxes = cover(todo, {c.key for c, _ in states})
+    lines = [with_grid(command, b) for b in boxes] if command else []
+    why = "to finish it,"  # a store that kept no grid of its latest run is not said to hold others
+    if latest:
+        why = f"the latest run's command does not cover them all (an earlier run asked for other cells); {why}"
+    if lines and all(lines):
+        what = "this command" if len(lines) == 1 else f"these {len(lines)} commands"
+        return f"{why} run {what} (measured cells are skipped): {'; '.join(map(str, lines))}"
+    grids = "; ".join(" ".join(b.tokens()) for b in boxes)
+    each = "with" if len(boxes) == 1 else f"{len(boxes)} times, once with each of"
+    return f"{why} rerun the sweep's `ddimbench sweep` command {each}: {grids}"
