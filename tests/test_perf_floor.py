@@ -1,15 +1,17 @@
 """Tests for the benchmark's floors (``bench.perf.floor``): the convolutions of one forward replayed in both
-memory formats, the GroupNorm memory passes, and the bound they give together; nothing here is timed."""
+memory formats, the GroupNorm memory passes, the attention's products, the Adam update, and the bound they
+give together; nothing here is timed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.perf import floor as perf_floor
 from bench.perf import workload as perf_workload
 from bench.perf.models import RunSettings
-from ddim.unet import UNet
+from ddim.unet import AttnBlock, UNet
 
 
 @pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
@@ -27,9 +29,10 @@ def test_conv_floor_replays_the_networks_convolutions_in_both_formats(backward: 
     for h in hooks:
         h.remove()
     seen = seen[-replays["convs_nchw"].calls :]  # the last forward's calls
-    assert set(replays) == {"convs_nchw", "convs_nhwc", perf_floor.NORM_KEY}
+    besides = {perf_floor.NORM_KEY, perf_floor.ATTN_KEY} | ({perf_floor.ADAM_KEY} if backward else set())
+    assert set(replays) == {"convs_nchw", "convs_nhwc"} | besides
     for name, replay in replays.items():
-        if name == perf_floor.NORM_KEY:
+        if name in besides:
             continue
         fmt = perf_floor.FORMATS[name.removeprefix("convs_")]
         ran: list[tuple[torch.nn.Module, torch.Tensor]] = []
@@ -88,16 +91,68 @@ def test_norm_passes_make_two_passes_per_groupnorm_call(backward: bool, monkeypa
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left untouched
 
 
-def test_floor_summary_bound_adds_the_norm_passes_to_the_faster_floor() -> None:
+@pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
+def test_attention_products_replay_each_attention_calls_products(backward: bool, monkeypatch) -> None:
+    settings = RunSettings()
+    torch.manual_seed(0)
+    model = UNet(perf_workload.TINY).train(backward)
+    data = perf_workload.batch_data(perf_workload.TINY, 4, settings)
+    blocks: list[tuple[AttnBlock, tuple]] = []  # each attention call of one forward, with its input's shape
+    hooks = [m.register_forward_hook(lambda m, i, o: blocks.append((m, i[0].shape))) for m in model.modules()
+             if isinstance(m, AttnBlock)]  # fmt: skip
+    replay = perf_floor.attention_products(model, settings, data, backward=backward)
+    for h in hooks:
+        h.remove()
+    assert replay.calls == len(blocks) > 0
+    made: list[tuple[str, tuple, torch.Tensor | None]] = []
+    linear, sdpa = F.linear, F.scaled_dot_product_attention
+
+    def spy_linear(h, w, b=None):
+        made.append(("linear", tuple(h.shape), w))
+        return linear(h, w, b)
+
+    def spy_sdpa(q, k, v, **kw):
+        made.append(("attention", tuple(q.shape), None))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "linear", spy_linear)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy_sdpa)
+    replay()
+    monkeypatch.undo()
+    assert [kind for kind, _, _ in made] == ["linear", "attention", "linear"] * len(blocks)
+    for (block, (B, C, H, W)), start in zip(blocks, range(0, len(made), 3)):
+        (_, qkv_in, w_qkv), (_, q, _), (_, o_in, w_o) = made[start : start + 3]
+        assert qkv_in == o_in == (B, H * W, C) and q == (B, 1, H * W, C)  # the block's own sizes
+        assert torch.equal(w_qkv, torch.cat([block.q.weight, block.k.weight, block.v.weight]).flatten(1))
+        assert torch.equal(w_o, block.proj_out.weight.flatten(1))
+        assert w_qkv.grad is None and w_o.grad is None  # backward ran (if any) and left no gradient behind
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adam_step_updates_copies_by_the_fused_kernel() -> None:
+    torch.manual_seed(0)
+    model = UNet(perf_workload.TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replay = perf_floor.adam_step(model)
+    replay()
+    replay()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and replay.fused  # torch >= 2.4
+
+
+def test_floor_summary_bound_adds_what_no_implementation_avoids_to_the_faster_floor() -> None:
     def timed(s: float) -> dict[str, float]:
         return {"cpu_s": s, "wall_s": 9.0}
 
     def replay() -> None: ...
 
     replay.calls = 3  # type: ignore[attr-defined]
-    replays = {"convs_nchw": replay, "convs_nhwc": replay, perf_floor.NORM_KEY: replay}
-    times = {"ours": timed(2.0), "convs_nchw": timed(1.0), "convs_nhwc": timed(0.8), perf_floor.NORM_KEY: timed(0.1)}
-    out = perf_floor.summary(times, "cpu_s", replays, RunSettings())
+    replays = {name: replay for name in ("convs_nchw", "convs_nhwc", perf_floor.NORM_KEY, perf_floor.ATTN_KEY)}
+    times = {"ours": timed(2.0), "convs_nchw": timed(1.0), "convs_nhwc": timed(0.8), perf_floor.NORM_KEY: timed(0.1),
+             perf_floor.ATTN_KEY: timed(0.05), perf_floor.ADAM_KEY: timed(0.02)}  # fmt: skip
+    out = perf_floor.summary(times, "cpu_s", replays, RunSettings())  # an evaluation: no optimizer
     assert out["floor_s"] == {"nchw": 1.0, "nhwc": 0.8} and out["floor_format"] == "nhwc"
-    assert out["bound_ratio"] == pytest.approx(0.9 / 0.8) and out["norm_passes_s"] == 0.1
-    assert out["floor_ratio"] == pytest.approx(2.0 / 0.8) and out["norm_calls"] == 3
+    assert out["bound_ratio"] == pytest.approx(0.95 / 0.8) and out["norm_passes_s"] == 0.1
+    assert out["floor_ratio"] == pytest.approx(2.0 / 0.8) and out["norm_calls"] == 3 and out["attention_s"] == 0.05
+    replays[perf_floor.ADAM_KEY] = replay  # a training step
+    out = perf_floor.summary(times, "cpu_s", replays, RunSettings())
+    assert out["bound_ratio"] == pytest.approx(0.97 / 0.8) and out["adam_s"] == 0.02

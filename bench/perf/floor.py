@@ -10,9 +10,11 @@ non-convolution work is from free: no rewrite that keeps these convolutions can 
 Nor can it reach 1×: every GroupNorm of the network (the paper's Appendix D.1 uses DDPM's UNet, normalised by
 GroupNorm) reads its input once for the group statistics and once more to normalise it, writing its
 output (the SiLU after it can ride on that pass); its backward does the same with the upstream
-gradient. ``norm_passes`` replays exactly those memory passes over buffers of the recorded sizes, so
-floor + passes is the lowest time any implementation can reach that keeps GroupNorm out of the
-convolution kernels; attention, residual adds, up-sampling and the optimizer only add to it.
+gradient. ``norm_passes`` replays exactly those memory passes over buffers of the recorded sizes, and
+``attention_products`` the attention's matrix products (work the same architecture always does), and
+``adam_step`` a training step's optimizer update by PyTorch's fused kernel, so their sum over the floor
+is the lowest ratio any implementation can reach that keeps GroupNorm out of the convolution kernels;
+residual adds, up-sampling, concatenations, the loss and the time embedding only add to it.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bench.perf.models import RunSettings, autocast
 
 FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 TARGET = 1.15  # the issue's target for a network's time over its convolution floor
 NORM_KEY = "norm_passes"  # the interleave key of the GroupNorm memory passes (``norm_passes``)
+ATTN_KEY = "attention_products"  # the interleave key of the attention's products (``attention_products``)
+ADAM_KEY = "adam_step"  # the interleave key of a training step's optimizer update alone (``adam_step``)
 
 
 def _twin(conv: torch.nn.Conv2d) -> torch.nn.Conv2d:
@@ -132,12 +137,87 @@ def norm_passes(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
     return replay
 
 
+def attention_products(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
+                       backward: bool = True) -> Callable[[], None]:  # fmt: skip
+    """A function that makes, for every ``AttnBlock`` call of one forward of ``model`` on ``data``, the attention's
+    own products alone: q, k, v from one (B·HW, C) × (C, 3C) product, the attention itself (one
+    ``scaled_dot_product_attention``) and the output projection, as ours runs them (forward, and backward into
+    the input and the weights for a training step). Equal architectures run the same products, so like the
+    convolutions they are work no rewrite removes; layout changes, the norm and the residual add are left out.
+    """
+    from ddim.unet import AttnBlock
+
+    x_t, _, t = data
+    g = torch.Generator(device=x_t.device).manual_seed(0)
+    calls: list[tuple[torch.Tensor, ...]] = []
+
+    def leaf(w: torch.Tensor) -> torch.Tensor:
+        return w.detach().clone().requires_grad_(backward)
+
+    def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        B, C, H, W = inputs[0].shape
+        h = torch.randn(B, H * W, C, generator=g, device=x_t.device, dtype=inputs[0].dtype).requires_grad_(backward)
+        w_qkv = leaf(torch.cat([mod.q.weight, mod.k.weight, mod.v.weight]).flatten(1))
+        b_qkv = leaf(torch.cat([mod.q.bias, mod.k.bias, mod.v.bias]))
+        w_o, b_o = leaf(mod.proj_out.weight.flatten(1)), leaf(mod.proj_out.bias)
+        grad = torch.randn(B, H * W, C, generator=g, device=x_t.device, dtype=inputs[0].dtype) if backward else None
+        calls.append((h, w_qkv, b_qkv, w_o, b_o, grad))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, AttnBlock)]
+    try:
+        with torch.no_grad(), autocast(settings):
+            model(x_t, t)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def replay() -> None:
+        with contextlib.nullcontext() if backward else torch.no_grad():
+            for h, w_qkv, b_qkv, w_o, b_o, grad in calls:
+                with autocast(settings):
+                    qkv = F.linear(h, w_qkv, b_qkv).unflatten(-1, (3, 1, h.shape[-1])).permute(2, 0, 3, 1, 4)
+                    y = F.linear(F.scaled_dot_product_attention(*qkv)[:, 0], w_o, b_o)
+                if grad is not None:
+                    y.backward(grad)
+                    for tensor in (h, w_qkv, b_qkv, w_o, b_o):
+                        tensor.grad = None
+
+    replay.calls = len(calls)  # type: ignore[attr-defined]
+    return replay
+
+
+def adam_step(model: torch.nn.Module) -> Callable[[], None]:
+    """A function that makes one Adam update (the training step's optimizer, lr 2e-4) of copies of ``model``'s
+    parameters with fixed gradients, by PyTorch's fused kernel where this PyTorch has one for the device (one
+    pass over parameters, gradients and both moments: the least memory traffic an Adam update can make), else
+    by its default implementation."""
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    try:
+        opt = torch.optim.Adam(params, lr=2e-4, fused=True)
+        opt.step()
+    except (RuntimeError, TypeError):  # no fused kernel for this device or PyTorch
+        opt = torch.optim.Adam(params, lr=2e-4)
+
+    def replay() -> None:
+        opt.step()
+
+    replay.fused = opt.defaults.get("fused") is True  # type: ignore[attr-defined]
+    return replay
+
+
 def floors(model: torch.nn.Module, settings: RunSettings, data: tuple, backward: bool) -> dict[str, Callable]:
-    """``conv_floor`` in both memory formats, keyed ``convs_nchw`` / ``convs_nhwc``, and ``norm_passes`` keyed
-    ``NORM_KEY`` (interleave candidates)."""
+    """``conv_floor`` in both memory formats, keyed ``convs_nchw`` / ``convs_nhwc``, and what no implementation
+    avoids besides: ``norm_passes`` (``NORM_KEY``), ``attention_products`` (``ATTN_KEY``) and for a training
+    step ``adam_step`` (``ADAM_KEY``); interleave candidates."""
     eager = getattr(model, "_orig_mod", model)  # record through a compiled wrapper too
     out = {f"convs_{f}": conv_floor(eager, settings, data, fmt=f, backward=backward) for f in FORMATS}
-    return {**out, NORM_KEY: norm_passes(eager, settings, data, backward=backward)}
+    out[NORM_KEY] = norm_passes(eager, settings, data, backward=backward)
+    out[ATTN_KEY] = attention_products(eager, settings, data, backward=backward)
+    if backward:
+        out[ADAM_KEY] = adam_step(eager)
+    return out
 
 
 def other_format(settings: RunSettings) -> tuple[str, RunSettings]:
@@ -149,7 +229,8 @@ def other_format(settings: RunSettings) -> tuple[str, RunSettings]:
 
 def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], settings: RunSettings) -> dict[str, Any]:
     """Both formats' floors, the faster one (*the* floor), ours (in each format measured) and diffusers over it,
-    and the bound: floor + GroupNorm passes over the floor, the lowest *ours / floor* reachable here."""
+    and the bound: floor + GroupNorm passes + attention products (+ the Adam update) over the floor, the lowest
+    *ours / floor* reachable here."""
     per = {name.removeprefix("convs_"): times[name][basis] for name in replays if name.startswith("convs_")}
     best = min(per, key=lambda f: per[f])
     floor = per[best]
@@ -163,10 +244,13 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
     ours = {("nhwc" if settings.channels_last else "nchw"): times["ours"][basis]}  # the run's own format
     ours.update({f: times[f"ours_{f}"][basis] for f in FORMATS if f"ours_{f}" in times})  # and the other one
     out["floor_ratio_by_format"] = {f: t / floor for f, t in ours.items()}
-    if NORM_KEY in replays:
+    if NORM_KEY in replays and ATTN_KEY in replays:
         out["norm_calls"] = replays[NORM_KEY].calls  # type: ignore[attr-defined]
         out["norm_passes_s"] = times[NORM_KEY][basis]
-        out["bound_ratio"] = (floor + out["norm_passes_s"]) / floor
+        out["attention_calls"] = replays[ATTN_KEY].calls  # type: ignore[attr-defined]
+        out["attention_s"] = times[ATTN_KEY][basis]
+        out["adam_s"] = times[ADAM_KEY][basis] if ADAM_KEY in replays else 0.0
+        out["bound_ratio"] = (floor + out["norm_passes_s"] + out["attention_s"] + out["adam_s"]) / floor
     if "diffusers" in times:
         out["ceiling"] = times["diffusers"][basis] / floor  # diffusers over the floor: the largest exact speed-up
     return out
