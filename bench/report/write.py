@@ -306,9 +306,9 @@ def write_report(
         for key in sorted(cells, key=lambda k: (spacing_order(k[0]), row_order(k[1]), k[2])):
             for b in sorted(cells[key]):
                 r = cells[key][b]
-                if grid := r.measured.grid:
-                    rel = "grids/" + _grid_name(r, Path(grid).suffix or ".png")
-                    put(rel, _read_input(root, grid, "sample grid"))
+                if png := r.measured.grid:
+                    rel = "grids/" + _grid_name(r, Path(png).suffix or ".png")
+                    put(rel, _read_input(root, png, "sample grid"))
                     grids[r.number] = rel
 
         # 4. Consistency (same x_T, different S) and interpolation figures.
