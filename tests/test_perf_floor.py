@@ -52,42 +52,42 @@ def test_conv_floor_replays_the_networks_convolutions_in_both_formats(backward: 
     assert all(p.grad is None for p in model.parameters())  # the model is left untouched
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16 autocast"])
 @pytest.mark.parametrize("backward", [True, False], ids=["train step", "evaluation"])
-def test_norm_passes_make_two_passes_per_groupnorm_call(backward: bool, monkeypatch) -> None:
-    settings = RunSettings()
+def test_norm_passes_move_each_groupnorm_tensor_once_each_way(backward: bool, bf16: bool, monkeypatch) -> None:
+    settings = RunSettings(bf16=bf16)
     torch.manual_seed(0)
     model = UNet(perf_workload.TINY).train(backward)
     data = perf_workload.batch_data(perf_workload.TINY, 4, settings)
-    sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(i[0].numel())) for m in model.modules()
+    seen: list[tuple[int, torch.dtype]] = []  # each GroupNorm input of one forward: size and dtype
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].numel(), i[0].dtype))) for m in model.modules()
              if isinstance(m, torch.nn.GroupNorm)]  # fmt: skip
     before = {k: v.clone() for k, v in model.state_dict().items()}
     replay = perf_floor.norm_passes(model, settings, data, backward=backward)
     for h in hooks:
         h.remove()
-    assert replay.calls == len(sizes) > 0 and replay.elements == sum(sizes)  # every GroupNorm call of one forward
-    passes: list[tuple[str, int]] = []  # (kind, elements read) of each pass the replay makes
-    real = {name: getattr(torch.Tensor, name) for name in ("sum", "mul_", "add_")}
-    real_mul, real_dot = torch.mul, torch.dot
+    sizes = [n for n, _ in seen]
+    assert replay.calls == len(seen) > 0 and replay.elements == sum(sizes)  # every GroupNorm call of one forward
+    passes: list[tuple[str, int, torch.dtype, int]] = []  # (kernel, elements, dtype, tensors read) of each pass
 
     def spy(kind: str, fn, reads: int):
         def run(*args, **kwargs):
-            passes.append((kind, reads * args[0].numel()))
+            passes.append((kind, args[0].numel(), args[0].dtype, reads))
             return fn(*args, **kwargs)
 
         return run
 
-    monkeypatch.setattr(torch.Tensor, "sum", spy("read", real["sum"], 1))
-    monkeypatch.setattr(torch.Tensor, "mul_", spy("read+write", real["mul_"], 1))
-    monkeypatch.setattr(torch.Tensor, "add_", spy("read+write", real["add_"], 2))
-    monkeypatch.setattr(torch, "mul", spy("read+write", real_mul, 1))
-    monkeypatch.setattr(torch, "dot", spy("read", real_dot, 2))
+    for name, reads in (("sum", 1), ("mul_", 1), ("add_", 2)):
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name), reads))
+    for name, reads in (("mul", 1), ("dot", 2), ("add", 2)):
+        monkeypatch.setattr(torch, name, spy(name, getattr(torch, name), reads))
     replay()
     monkeypatch.undo()
-    per_call = ["read", "read+write"] + (["read", "read+write"] if backward else [])
-    assert [k for k, _ in passes] == per_call * len(sizes)  # statistics, normalise (and backward's two)
-    reads = sum(n for _, n in passes)  # forward reads x twice; backward reads x and dy twice each
-    assert reads == (6 if backward else 2) * sum(sizes)
+    if backward:  # forwards in the network's order into new tensors, then backwards in reverse, dx in dy's place
+        want = [("mul", n, d, 1) for n, d in seen] + [("add_", n, d, 2) for n, d in reversed(seen)]
+    else:  # sampling normalises in place
+        want = [("mul_", n, d, 1) for n, d in seen]
+    assert passes == want  # one read (and write) of x forward, of x and dy backward: nothing more
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left untouched
 
 
@@ -117,8 +117,13 @@ def test_attention_products_replay_each_attention_calls_products(backward: bool,
 
     monkeypatch.setattr(F, "linear", spy_linear)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy_sdpa)
+    backwards: list[torch.Size] = []  # gradients reaching each call's input (training only)
+    hooks = [h.register_hook(lambda g: backwards.append(g.shape)) for h in replay.inputs if h.requires_grad]
     replay()
+    for h in hooks:
+        h.remove()
     monkeypatch.undo()
+    assert len(backwards) == (len(blocks) if backward else 0)  # backward into the input of every call
     assert [kind for kind, _, _ in made] == ["linear", "attention", "linear"] * len(blocks)
     for (block, (B, C, H, W)), start in zip(blocks, range(0, len(made), 3)):
         (_, qkv_in, w_qkv), (_, q, _), (_, o_in, w_o) = made[start : start + 3]
@@ -134,8 +139,11 @@ def test_adam_step_updates_copies_by_the_fused_kernel() -> None:
     model = UNet(perf_workload.TINY)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     replay = perf_floor.adam_step(model)
+    copies = [p.detach().clone() for p in replay.params]
+    assert [c.shape for c in copies] == [p.shape for p in model.parameters()]
     replay()
     replay()
+    assert all(not torch.equal(p, c) for p, c in zip(replay.params, copies))  # the copies move
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and replay.fused  # torch >= 2.4
 
 
@@ -145,7 +153,7 @@ def test_floor_summary_bound_adds_what_no_implementation_avoids_to_the_faster_fl
 
     def replay() -> None: ...
 
-    replay.calls = 3  # type: ignore[attr-defined]
+    replay.calls, replay.fused = 3, True  # type: ignore[attr-defined]
     replays = {name: replay for name in ("convs_nchw", "convs_nhwc", perf_floor.NORM_KEY, perf_floor.ATTN_KEY)}
     times = {"ours": timed(2.0), "convs_nchw": timed(1.0), "convs_nhwc": timed(0.8), perf_floor.NORM_KEY: timed(0.1),
              perf_floor.ATTN_KEY: timed(0.05), perf_floor.ADAM_KEY: timed(0.02)}  # fmt: skip
@@ -155,4 +163,4 @@ def test_floor_summary_bound_adds_what_no_implementation_avoids_to_the_faster_fl
     assert out["floor_ratio"] == pytest.approx(2.0 / 0.8) and out["norm_calls"] == 3 and out["attention_s"] == 0.05
     replays[perf_floor.ADAM_KEY] = replay  # a training step
     out = perf_floor.summary(times, "cpu_s", replays, RunSettings())
-    assert out["bound_ratio"] == pytest.approx(0.97 / 0.8) and out["adam_s"] == 0.02
+    assert out["bound_ratio"] == pytest.approx(0.97 / 0.8) and out["adam_s"] == 0.02 and out["adam_fused"] is True

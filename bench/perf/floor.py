@@ -8,13 +8,15 @@ cost if everything but the convolutions were free. Diffusers' twin runs the same
 non-convolution work is from free: no rewrite that keeps these convolutions can go below 1×.
 
 Nor can it reach 1×: every GroupNorm of the network (the paper's Appendix D.1 uses DDPM's UNet, normalised by
-GroupNorm) reads its input once for the group statistics and once more to normalise it, writing its
-output (the SiLU after it can ride on that pass); its backward does the same with the upstream
-gradient. ``norm_passes`` replays exactly those memory passes over buffers of the recorded sizes, and
+GroupNorm) reads its input from memory and writes its output at least once (the SiLU after it can ride
+along), and its backward reads x and the upstream gradient and writes dx at least once.
+``norm_passes`` replays exactly that traffic over buffers of the recorded sizes, and
 ``attention_products`` the attention's matrix products (work the same architecture always does), and
 ``adam_step`` a training step's optimizer update by PyTorch's fused kernel, so their sum over the floor
-is the lowest ratio any implementation can reach that keeps GroupNorm out of the convolution kernels;
-residual adds, up-sampling, concatenations, the loss and the time embedding only add to it.
+is the lowest ratio any implementation can reach on this machine that keeps GroupNorm out of the convolution
+kernels; residual adds, up-sampling, concatenations, the loss and the time embedding only add to it. On a
+GPU each replay also pays its own kernel launches, which CUDA graphs or a compiler could hide: there the bound
+is an estimate, not a bound.
 """
 
 from __future__ import annotations
@@ -96,21 +98,21 @@ def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple, *, fm
 def norm_passes(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
                 backward: bool = True) -> Callable[[], None]:  # fmt: skip
     """A function that makes, for every ``nn.GroupNorm`` call of one forward of ``model`` on ``data``, the
-    memory passes any GroupNorm (with the SiLU after it) makes outside the convolutions.
+    memory traffic any GroupNorm (with the SiLU after it) makes outside the convolutions.
 
-    Forward: a read of x (its group sums) and a read of x with a write of y (normalise; SiLU folded in),
-    in x's place when sampling. Backward (``backward``): a read of x and dy (the group sums of dy and
-    dy·x̂, which also give the affine weights' gradients) and a read of both with a write of dx, in
-    dy's place. Each pass is one plain ATen
-    kernel (``sum``, ``dot``, ``mul``, ``add``) over contiguous buffers of the recorded size and dtype,
-    one GroupNorm after the other, so a pass finds in cache what a fused kernel would.
+    A kernel that works one (sample, group) slice at a time keeps the slice in cache from its statistics to its
+    normalisation, so from memory it reads x once and writes y once (the SiLU folded in; in x's place when
+    sampling), and its backward reads x and dy once and writes dx (in dy's place). Each such pass is one plain
+    ATen kernel here (``mul``, ``add_``) over a contiguous buffer of the recorded size and dtype: every forward
+    in the network's order, then for a training step every backward in reverse, as the step runs them (x has
+    left the cache by then). The statistics' arithmetic is not counted.
     """
     x_t, _, t = data
     norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        x = inputs[0].detach().contiguous().clone().flatten()
+        x = inputs[0].detach().clone(memory_format=torch.contiguous_format).flatten()
         calls.append((x, torch.randn_like(x), torch.empty_like(x)) if backward else (x, x, x))
 
     hooks = [m.register_forward_hook(record) for m in norms]
@@ -123,14 +125,14 @@ def norm_passes(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
 
     @torch.no_grad()
     def replay() -> None:
-        for x, dy, y in calls:
-            x.sum()  # statistics
+        for x, _, y in calls:
             if backward:
                 torch.mul(x, 1.0, out=y)  # normalise (+ SiLU) into a new tensor: backward needs x
-                torch.dot(x, dy)  # Σ dy, Σ dy·x̂ per group
-                dy.add_(x)  # dx, in dy's place
             else:
                 x.mul_(1.0)  # normalise (+ SiLU) in place: sampling keeps no x
+        if backward:
+            for x, dy, _ in reversed(calls):
+                dy.add_(x)  # dx, in dy's place
 
     replay.calls = len(calls)  # type: ignore[attr-defined]
     replay.elements = sum(x.numel() for x, _, _ in calls)  # type: ignore[attr-defined]
@@ -183,6 +185,7 @@ def attention_products(model: torch.nn.Module, settings: RunSettings, data: tupl
                         tensor.grad = None
 
     replay.calls = len(calls)  # type: ignore[attr-defined]
+    replay.inputs = [call[0] for call in calls]  # type: ignore[attr-defined]
     return replay
 
 
@@ -203,6 +206,7 @@ def adam_step(model: torch.nn.Module) -> Callable[[], None]:
     def replay() -> None:
         opt.step()
 
+    replay.params = params  # type: ignore[attr-defined]
     replay.fused = opt.defaults.get("fused") is True  # type: ignore[attr-defined]
     return replay
 
@@ -250,6 +254,8 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
         out["attention_calls"] = replays[ATTN_KEY].calls  # type: ignore[attr-defined]
         out["attention_s"] = times[ATTN_KEY][basis]
         out["adam_s"] = times[ADAM_KEY][basis] if ADAM_KEY in replays else 0.0
+        if ADAM_KEY in replays:
+            out["adam_fused"] = replays[ADAM_KEY].fused  # type: ignore[attr-defined]
         out["bound_ratio"] = (floor + out["norm_passes_s"] + out["attention_s"] + out["adam_s"]) / floor
     if "diffusers" in times:
         out["ceiling"] = times["diffusers"][basis] / floor  # diffusers over the floor: the largest exact speed-up

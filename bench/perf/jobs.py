@@ -73,8 +73,8 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
     times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}
     basis = out["basis"] = time_basis(settings)
-    out["images_per_s"] = {k: batch / v[basis] for k, v in times.items()}
-    out["images_per_s_wall"] = {k: batch / v["wall_s"] for k, v in times.items()}
+    out["images_per_s"] = {k: batch / times[k][basis] for k in fns if k not in replays}  # the models, not replays
+    out["images_per_s_wall"] = {k: batch / times[k]["wall_s"] for k in fns if k not in replays}
     if "ours" in times and "diffusers" in times:
         out["speedup"] = ratio(times["diffusers"][basis], times["ours"][basis])
         out["speedup_wall"] = ratio(times["diffusers"]["wall_s"], times["ours"]["wall_s"])

@@ -58,11 +58,12 @@ _FLOOR_NOTE = (
     "ours is also timed in the other memory format (the faster format is the one to make the default); "
     "*diffusers / floor* is the largest speed-up over diffusers any rewrite keeping these convolutions can reach; "
     "the speed-up target is that ceiling / 1.15. *Bound*: the floor plus what no implementation avoids besides, "
-    "each replayed alone in the same loop: the memory passes every GroupNorm makes outside the convolutions (read x "
-    "for its statistics, read it again to normalise and write, the SiLU riding along; backward likewise with the "
-    "gradient), the attention's matrix products, and for a training step one Adam update by PyTorch's fused kernel. "
-    "No implementation keeping GroupNorm out of the convolution kernels gets below it; residual adds, up-sampling, "
-    "concatenations, the loss and the time embedding come on top."
+    "each replayed alone in the same loop: the memory traffic of every GroupNorm outside the convolutions (x read "
+    "and y written once, as a kernel that keeps each (sample, group) slice in cache makes it, the SiLU riding along; "
+    "backward: x and the gradient read, dx written once), the attention's matrix products, and for a training step "
+    "one Adam update by PyTorch's fused kernel. On a CPU no implementation keeping GroupNorm out of the convolution "
+    "kernels gets below it (residual adds, up-sampling, concatenations, the loss and the time embedding come on "
+    "top); on a GPU each replay pays its own launches, so there it is an estimate."
 )
 
 
