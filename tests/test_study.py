@@ -159,6 +159,8 @@ def test_a_measurement_is_stored_under_the_releases_attribute_names_and_read_bac
         ("result", {"n": {"a": 1}}),
         ("result", {"versions": "torch"}),
         ("error", 3),
+        pytest.param("fid", 10**400, id="fid-beyond-a-float"),  # an int beyond a float's range
+        pytest.param("eta", -(10**400), id="eta-beyond-a-float"),
     ],
 )
 def test_a_trial_with_an_ill_typed_attribute_is_left_out_with_a_warning(tmp_path, capsys, name, value):
@@ -281,6 +283,23 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     search = optuna.create_study(study_name="p", storage=url)
     save_spec(search, {**wide, "search": "pareto", "steps": "2..10"})
     assert list(optuna.load_study(study_name="p", storage=url).user_attrs) == ["spec"]
+
+
+def test_a_stored_grid_with_numbers_beyond_a_floats_range_is_no_grid(tmp_path, capsys):
+    """``T: 10**400`` or ``eta: [10**400]`` (valid JSON, an edited store): never a float conversion that overflows,
+    in the report a whole number T is T, an η that is no float is no grid."""
+    from bench.cli import main
+    from bench.store.cell import spec_grid
+
+    study, trial, url = new_trial(tmp_path)
+    store.save_result(trial, MEASURED)
+    study.tell(trial, 1.5, state=TrialState.COMPLETE)
+    axes = {"spacing": ["uniform"], "sampler": ["ddim"], "steps": [10], "eta": [0.5], "seeds": [1], "T": 1000}
+    assert spec_grid({**axes, "T": 10**400}) == [CELL] and spec_grid({**axes, "eta": [10**400]}) is None
+    for bad in ({**axes, "T": 10**400}, {**axes, "eta": [10**400]}):
+        study.set_user_attr("spec", bad)
+        code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])
+        assert code == 0, capsys.readouterr().err
 
 
 def test_a_checkpoint_change_is_named_even_without_the_first_runs_path() -> None:

@@ -4,12 +4,12 @@ every table, figure, chart, caption and console line (``row_key``, ``row_label``
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.store.untrusted import stored_float, stored_int
 from ddim.errors import DDIMError
 
 RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
@@ -122,10 +122,10 @@ def spec_grid(spec: Any) -> list[Cell] | None:
     if not isinstance(spec, Mapping) or spec.get("search") is not None:
         return None
 
-    def fits(v: Any, kind: type) -> bool:
+    def fits(v: Any, kind: type) -> bool:  # never a float conversion that overflows (``T: 10**400``)
         if kind is str:
             return isinstance(v, str)
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+        return (stored_float(v) if kind is float else stored_int(v)) is not None
 
     axes = {k: spec.get(k) for k in AXES}
     if not fits(spec.get("T"), int) or not all(

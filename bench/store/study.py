@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import re
 import sys
 import time
@@ -51,7 +50,7 @@ from bench.store.record import CellRecord, Measurement, Protocol, Scores, device
 from bench.store.renames import OLD_SPACING, current_key, current_names
 from bench.store.same_sweep import check_same_sweep, migrated_protocol
 from bench.store.storage import DEFAULT_STORAGE, open_storage
-from bench.store.untrusted import redact, safe_url
+from bench.store.untrusted import redact, safe_url, stored_float, stored_int
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
@@ -203,11 +202,9 @@ def _value(name: str, v: Any, kind: type) -> Any:
     """A stored attribute as ``kind`` (None stays None; a whole float is an int), else ``_Malformed``."""
     if v is None:
         return None
-    real = isinstance(v, numbers.Real) and not isinstance(v, bool)
-    if kind is float and real:
-        return float(v)
-    if kind is int and real and float(v).is_integer():
-        return int(v)
+    number = stored_float(v) if kind is float else stored_int(v) if kind is int else None
+    if number is not None:
+        return number
     if (kind in (str, bool) and isinstance(v, kind)) or (kind is Mapping and isinstance(v, Mapping)):
         return v
     raise _Malformed(name)
