@@ -258,8 +258,7 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     """Each grid run keeps its grid, once per distinct grid; ``load_results`` gives every grid's cells (the latest
     run's first) and the latest run's. A store of the previous release (the latest ``spec`` alone) gives that one
     grid for both; a search keeps none."""
-    from bench.store.cell import spec_grid
-    from bench.store.grids import save_spec
+    from bench.store.grids import save_spec, spec_grid
 
     study, _, url = new_trial(tmp_path)
     common = {"name": "s", "n": 500, "spacing": ["uniform"], "sampler": ["ddim"], "T": 1000, "search": None}
@@ -289,13 +288,15 @@ def test_a_stored_grid_with_numbers_beyond_a_floats_range_is_no_grid(tmp_path, c
     """``T: 10**400`` or ``eta: [10**400]`` (valid JSON, an edited store): never a float conversion that overflows,
     in the report a whole number T is T, an η that is no float is no grid."""
     from bench.cli import main
-    from bench.store.cell import spec_grid
+    from bench.store.grids import spec_grid
 
     study, trial, url = new_trial(tmp_path)
     store.save_result(trial, MEASURED)
     study.tell(trial, 1.5, state=TrialState.COMPLETE)
     axes = {"spacing": ["uniform"], "sampler": ["ddim"], "steps": [10], "eta": [0.5], "seeds": [1], "T": 1000}
-    assert spec_grid({**axes, "T": 10**400}) == [CELL] and spec_grid({**axes, "eta": [10**400]}) is None
+    assert spec_grid({**axes, "T": 10**400}) == [CELL]
+    with pytest.raises(store.DDIMError, match="eta: 1000.* is not a finite number"):
+        spec_grid({**axes, "eta": [10**400]})
     for bad in ({**axes, "T": 10**400}, {**axes, "eta": [10**400]}):
         study.set_user_attr("spec", bad)
         code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])

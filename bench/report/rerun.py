@@ -7,7 +7,7 @@ the sweep. An earlier run may have asked for other cells (``sweep steps=10,20,50
 ``sweep steps=10 eta=0 name=s``); the cells not run are then covered by grids (spacing × sampler × S × η × seed
 block, as ``bench.store.cell.grid`` builds them) that hold only cells the sweep already has, so none is added to it:
 one grid when they fit one, else as few as splitting them along one axis at a time finds. Each grid is offered as
-the latest run's command with its grid keys (``bench.store.cell.AXES``) replaced. Pure python, deterministic.
+the latest run's command with its grid keys (``bench.store.axes.AXES``) replaced. Pure python, deterministic.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bench.store.cell import AXES, Cell, grid
+from bench.store.axes import AXES
+from bench.store.cell import Cell, grid
 from bench.store.renames import OLD_SPACING
 from bench.store.table_cells import NOT_RUN, spacing_order
 from ddim.names import SAMPLERS

@@ -2,10 +2,14 @@
 shows every cell any run asked for, measured or not (``bench.store.study.load_results``).
 
 Each grid run stores its resolved config as the study user attribute ``spec`` (the latest run's; the sweep's
-``sweep.json`` holds the same) and its grid's axes (``bench.store.cell.AXES`` and ``T``: what ``spec_grid`` reads) as
+``sweep.json`` holds the same) and its grid's axes (``bench.store.axes.AXES`` and ``T``: what ``spec_grid`` reads) as
 ``grid:<digest>``, one attribute per distinct grid: a rerun of the same grid writes the same attribute again, and runs
 of other grids started at once on several machines each add their own. A store written before grids were kept has
 only ``spec``: the latest run's grid is all that is known of it.
+
+The store is untrusted: a stored grid is read only when ``ddimbench sweep`` could have run it (its values as the
+sweep's keys take them, ``bench.store.axes``; S ≤ T), and only up to ``MAX_GRID_CELLS`` cells over all of a sweep's
+grids, counted before any is built; any other is ignored (``stored_grids`` names it, for a warning).
 """
 
 from __future__ import annotations
@@ -15,27 +19,79 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bench.store.cell import AXES, Cell, spec_grid
+from bench.store.axes import AXES, axis_values, shown
+from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import current_names
+from bench.store.untrusted import stored_int
+from ddim.errors import DDIMError
 
 _GRID_PREFIX = "grid:"
+
+
+def grid_digest(spec: Mapping[str, Any]) -> str:
+    """The digest that names a grid's attribute: of its axes and T (the rest of the config does not make cells)."""
+    axes = {k: spec.get(k) for k in (*AXES, "T")}
+    return hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_spec(study: Any, spec: Mapping[str, Any]) -> None:
     """Store a run's resolved config (``bench.sweep.spec.SweepSpec.to_dict``) and, for a grid, its grid."""
     study.set_user_attr("spec", dict(spec))
     if spec.get("search") is None:
-        axes = {k: spec[k] for k in (*AXES, "T")}
-        digest = hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:16]
-        study.set_user_attr(_GRID_PREFIX + digest, axes)
+        study.set_user_attr(_GRID_PREFIX + grid_digest(spec), {k: spec[k] for k in (*AXES, "T")})
 
 
-def stored_grids(attrs: Mapping[str, Any]) -> tuple[list[Cell], list[Cell]]:
+def spec_grid(spec: Any, limit: int = MAX_GRID_CELLS) -> list[Cell] | None:
+    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: a list
+    per axis of ``AXES``, and ``T``), or None for a search. A config that no ``ddimbench sweep`` could have run (an
+    edited store: a value the sweep's key refuses, S above T, more than ``limit`` cells, two η one cell names) is a
+    one-line DDIMError saying why; its cells are counted before any is built."""
+    if not isinstance(spec, Mapping):
+        raise DDIMError(f"{shown(spec)} is no mapping of a grid's axes")
+    if spec.get("search") is not None:
+        return None
+    T = stored_int(spec.get("T"))
+    if T is None or T < 1:
+        raise DDIMError(f"T={shown(spec.get('T'))} is not a positive integer")
+    axes = {k: axis_values(k, spec.get(k)) for k in AXES}
+    if max(axes["steps"]) > T:
+        raise DDIMError(f"steps={max(axes['steps'])} exceeds T = {T}")
+    size = grid_size(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"])
+    if size > limit:
+        left = f"left of the {MAX_GRID_CELLS} a sweep's grids may have" if limit < MAX_GRID_CELLS else "a grid may have"
+        raise DDIMError(f"its {size} cells are more than the {limit} {left}")
+    return grid(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"], T)
+
+
+def stored_grids(attrs: Mapping[str, Any], ignored: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
     """(the cells of every run's grid, each once; the cells of the latest run's grid) from a study's user attributes:
-    the latest grid's cells first, then the others' in the order of their attributes. Empty for a search."""
-    latest = spec_grid(current_names(attrs.get("spec"))) or []
+    the latest grid's cells first, then the others' in the order of their digests (the same whatever order the
+    storage returns attributes in). Empty for a search. A stored grid no sweep could have run (``spec_grid``), or
+    one beyond ``MAX_GRID_CELLS`` cells over all the grids read before it, is left out; ``ignored`` gets its
+    attribute's name and why."""
+    left = MAX_GRID_CELLS
+    seen: set[str] = set()
+
+    def read(name: str) -> list[Cell]:
+        nonlocal left
+        spec = current_names(attrs[name])
+        try:
+            if isinstance(spec, Mapping):  # one grid once: ``spec`` and its ``grid:`` twin count once
+                digest = grid_digest(spec)
+                if digest in seen:
+                    return []
+                seen.add(digest)
+            cells = spec_grid(spec, left) or []
+        except DDIMError as exc:
+            if ignored is not None:
+                ignored.append(f"{name} ({exc})")
+            return []
+        left -= len(cells)
+        return cells
+
+    latest = read("spec") if "spec" in attrs else []
     every = {c.key: c for c in latest}
     for key in sorted(k for k in attrs if k.startswith(_GRID_PREFIX)):
-        for c in spec_grid(current_names(attrs[key])) or ():
+        for c in read(key):
             every.setdefault(c.key, c)
     return list(every.values()), latest

@@ -259,16 +259,15 @@ def load_results(
     before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
-    every, last = stored_grids(study.user_attrs)
+    ignored: list[str] = []
+    every, last = stored_grids(study.user_attrs, ignored)
+    _left_out(ignored, f"stored grid(s) of {name!r} are none `ddimbench sweep` could have run")
     for out, cells in ((grid, every), (latest, last)):
         if out is not None:
             out.extend(cells)
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
-    if malformed:
-        listed = ", ".join(f"#{n}" for n in malformed[:5]) + (", …" if len(malformed) > 5 else "")
-        print(f"warning: {len(malformed)} trial(s) of {name!r} hold fields of the wrong type (edited store?) and "
-              f"are left out: {listed}", file=sys.stderr)  # fmt: skip
+    _left_out([f"#{n}" for n in malformed], f"trial(s) of {name!r} hold fields of the wrong type")
     meta = study.user_attrs.get("meta")
     meta = redact(dict(meta)) if isinstance(meta, dict) else {}
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
@@ -297,6 +296,13 @@ def load_results(
     extras = study.user_attrs.get("extras")
     extras = {k: v for k, v in redact(dict(extras)).items() if k != "key"} if isinstance(extras, dict) else {}
     return records, meta, extras
+
+
+def _left_out(items: Sequence[str], what: str) -> None:
+    """One warning line naming ``items`` (the first five) of an edited store, which the report leaves out."""
+    if items:
+        listed = ", ".join(i[:120] for i in items[:5]) + (", …" if len(items) > 5 else "")
+        print(f"warning: {len(items)} {what} (edited store?) and are left out: {listed}", file=sys.stderr)
 
 
 def _seeds_text(ranges: Any) -> str | None:

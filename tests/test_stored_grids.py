@@ -1,0 +1,116 @@
+"""bench.store.grids: a grid read back from a sweep's store (untrusted input) is one ``ddimbench sweep`` could have
+run, its values checked as the sweep's keys check them (``bench.store.axes``) and its cells counted before any is
+built. Any other stored grid is ignored with one warning line naming its attribute: never a traceback, never a
+report that builds 10⁹ cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import optuna
+import pytest
+from helpers.cli import run
+from helpers.sweep import CELL, MEASURED
+from optuna.trial import TrialState
+
+from bench.store import grids as stored
+from bench.store import study as store
+from bench.store.axes import AXES
+from bench.store.cell import MAX_GRID_CELLS, grid
+from bench.store.grids import spec_grid, stored_grids
+from bench.sweep.overrides import KEYS, parse_value
+from ddim.errors import DDIMError
+
+pytestmark = pytest.mark.timeout(120)  # a grid built before it is counted would hang here, not for minutes
+OK = {"spacing": ["uniform"], "sampler": ["ddim"], "steps": [10, 20], "eta": [0.5, 1.0], "seeds": [1], "T": 1000}
+THOUSAND = {**OK, "steps": list(range(1, 1001)), "eta": [i / 1000 for i in range(1000)], "seeds": list(range(1000))}
+
+
+@pytest.mark.parametrize(
+    "change, why, typed",
+    [
+        ({"steps": [0]}, "steps: 0 is below 1", "steps=0"),
+        ({"steps": [10.5]}, "steps: 10.5 is not an integer", "steps=10.5"),
+        ({"steps": [True]}, "steps: True is not an integer", None),
+        ({"steps": [1001]}, "steps=1001 exceeds T = 1000", None),  # the checkpoint's T: bench.sweep.resolve
+        ({"eta": [-0.5]}, "eta: -0.5 is below 0", "eta=-0.5"),
+        ({"eta": [float("nan")]}, "eta: nan is not a finite number", "eta=nan"),
+        ({"eta": [float("inf")]}, "eta: inf is not a finite number", "eta=inf"),
+        ({"eta": ["0.5"]}, "eta: '0.5' is not a finite number", None),
+        ({"seeds": [-1]}, "seeds: -1 is below 0", "seeds=-1"),
+        ({"sampler": ["euler"]}, "sampler: 'euler' is none of ddim, sigma_hat", "sampler=euler"),
+        ({"spacing": ["cosine"]}, "spacing: 'cosine' is none of uniform, quad", "spacing=cosine"),
+        ({"steps": [10, 10.0]}, "steps=[10, 10.0] repeats a value", "steps=10,10"),
+        ({"seeds": []}, "seeds=[] is not a list of values", "seeds="),
+        ({"eta": 0.5}, "eta=0.5 is not a list of values", None),
+        ({"T": 0}, "T=0 is not a positive integer", None),
+        ({"T": "1000"}, "T='1000' is not a positive integer", None),
+        ({"eta": [0.1234567, 0.1234568]}, "name the same cell", None),
+    ],
+)
+def test_a_stored_grid_with_a_value_the_sweep_refuses_is_none(change, why, typed):
+    """Each value the sweep's key refuses on the command line is refused in a stored grid, in one line."""
+    assert spec_grid(OK) == grid(["uniform"], ["ddim"], [10, 20], [0.5, 1.0], [1], 1000)
+    with pytest.raises(DDIMError, match="^[^\n]+$") as err:
+        spec_grid({**OK, **change})
+    assert why in str(err.value)
+    if typed is not None:  # the same value typed as the sweep's key
+        with pytest.raises(DDIMError):
+            parse_value(*typed.split("=", 1))
+
+
+def test_the_sweep_keys_take_their_bounds_and_names_from_the_axes():
+    for name, axis in AXES.items():
+        key = KEYS[name]
+        assert key.is_list and key.minimum == axis.minimum
+        assert (tuple(key.choices()) if key.choices else ()) == axis.choices
+
+
+def test_a_grid_of_a_billion_cells_is_refused_before_it_is_built():
+    """1000 values each of S, η and seed blocks (a 17 KB attribute): refused at once, counted, not made; ``grid``
+    itself refuses more than ``MAX_GRID_CELLS`` cells (``ddimbench sweep`` too: it builds its grid through it)."""
+    start = time.monotonic()
+    with pytest.raises(DDIMError, match=f"its 1000000000 cells are more than the {MAX_GRID_CELLS} a grid may have$"):
+        spec_grid(THOUSAND)
+    with pytest.raises(DDIMError, match=f"the grid has 1000000000 cells, more than the {MAX_GRID_CELLS}"):
+        grid(THOUSAND["spacing"], THOUSAND["sampler"], THOUSAND["steps"], THOUSAND["eta"], THOUSAND["seeds"], 1000)
+    assert time.monotonic() - start < 5
+
+
+def test_a_sweeps_grids_are_read_up_to_the_cap_in_all(monkeypatch):
+    """Many grids each under the cap (one attribute each) are read only up to ``MAX_GRID_CELLS`` cells in all: the
+    next is ignored before it is built. The latest run's ``spec`` and its own ``grid:`` attribute count once."""
+    monkeypatch.setattr(stored, "MAX_GRID_CELLS", 6)
+    four, three = {**OK, "seeds": [0]}, {**OK, "steps": [30], "eta": [0.0, 0.5, 1.0], "seeds": [0]}
+    attrs = {"spec": four, f"grid:{stored.grid_digest(four)}": four, "grid:b": three}
+    ignored: list[str] = []
+    every, latest = stored_grids(attrs, ignored)
+    assert len(every) == len(latest) == 4
+    assert ignored == ["grid:b (its 3 cells are more than the 2 left of the 6 a sweep's grids may have)"]
+
+
+def test_a_report_ignores_each_stored_grid_no_sweep_could_have_run_in_one_warning_line(tmp_path, capsys):
+    """A real store: a measured cell of the latest run's grid, a 17 KB attribute of 10⁹ cells and one with S = 0.
+    The report is written in seconds from the valid grid, and one warning line names the two it ignored."""
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    protocol = {"mode": "grid", "checkpoint_sha256": "c0", "n": 500, "T": 1000}
+    study = store.create_study("s", url, 0, protocol, {"name": "s", "n": 500, "command": "ddimbench sweep name=s"})
+    stored.save_spec(study, {**OK, "steps": [10], "eta": [0.5], "search": None})
+    study.set_user_attr("grid:big", THOUSAND)
+    study.set_user_attr("grid:zero", {**OK, "steps": [0]})
+    trial = study.ask()
+    for key, value in {"cell": CELL.key, **CELL.fields()}.items():
+        trial.set_user_attr(key, value)
+    store.save_result(trial, dataclasses.replace(MEASURED, grid=None, strip=None))
+    study.tell(trial, 1.5, state=TrialState.COMPLETE)
+    assert len(optuna.load_study(study_name="s", storage=url).user_attrs["grid:big"]["eta"]) == 1000
+
+    start = time.monotonic()
+    code, _, err = run(["report", "s", "--storage", url, "--out", tmp_path / "rep", "--wandb", "disabled"], capsys)
+    assert code == 0 and time.monotonic() - start < 30, err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert line.startswith("warning: 2 stored grid(s) of 's' are none `ddimbench sweep` could have run (edited "
+                           "store?) and are left out: grid:big (its 1000000000 cells are more than")  # fmt: skip
+    assert line.endswith("grid:zero (steps: 0 is below 1)")
+    assert "incomplete" not in (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")  # its one cell measured
