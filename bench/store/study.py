@@ -3,8 +3,8 @@
 - study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint sha256, n, seeds,
   dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance: command, git commit, versions, device,
   ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit and time of each later
-  run), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's grid: ``bench.store.grids``),
-  and ``extras`` (interpolation strip, inversion table);
+  run: ``bench.store.runs``), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's
+  grid: ``bench.store.grids``), and ``extras`` (interpolation strip, inversion table);
 - trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``spacing``
   (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
   ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
@@ -27,7 +27,7 @@ warning): PRUNED trials
 skipped; a failure superseded by a later complete run of the same cell is dropped and counted in
 ``meta["superseded_trials"]``.
 ``meta["seeds"]`` is the union of the reported cells' seeds, and ``meta["runs"]``/``meta["last_run"]``
-name the runs after the first.
+name the runs after the first (``bench.store.runs``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import re
 import sys
 import time
 import typing
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 from bench.store.cell import Cell
 from bench.store.grids import stored_grids
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
-from bench.store.record import CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
+from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.renames import OLD_SPACING, current_key, current_names
+from bench.store.runs import add_runs, record_run
 from bench.store.same_sweep import check_same_sweep, migrated_protocol
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url, stored_float, stored_int
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
     import optuna
 
 _CELL_FIELDS = ("sampler", "steps", "spacing", "seed_block")  # set with "eta" right after the claim ("cell")
-_RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
-_RUN_FIELDS = ("command", "device", "git_commit", "created")
 KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
 
 
@@ -120,10 +118,7 @@ def create_study(
     else:
         first = (study.user_attrs.get("meta") or {}).get("checkpoint")
         check_same_sweep(name, old, first, protocol, meta.get("checkpoint"))
-        # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
-        # started at once on several machines cannot overwrite each other), named so that keys sort by time.
-        run = {k: meta.get(k) for k in _RUN_FIELDS}
-        study.set_user_attr(f"{_RUN_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
+        record_run(study, meta)  # ``meta`` stays the first run's
     return study
 
 
@@ -283,14 +278,7 @@ def load_results(
     seeds = _seeds_text(r.measured.seeds for r in records)
     if seeds:
         meta["seeds"] = seeds
-    runs = [redact(v) for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
-    if runs:
-        meta["runs"] = 1 + len(runs)
-        meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
-        # Every run's workers' devices: a sweep resumed on other GPUs ran there too (no "differs" warning for them).
-        texts = [t for t in (meta.get("device"), *(r.get("device") for r in runs)) if isinstance(t, str) and t]
-        if texts:
-            meta["device"] = devices_text(d for t in texts for d in listed_devices(t))
+    add_runs(meta, study.user_attrs)
     if superseded:
         meta["superseded_trials"] = superseded
     extras = study.user_attrs.get("extras")
