@@ -134,6 +134,51 @@ def test_the_grids_cover_every_cell_and_add_none_whatever_is_left():
     assert cover(todo, {c.key for c in todo}) == [box_of(todo)]
 
 
+def test_a_cell_no_grid_holds_gets_its_nearest_grid_not_an_error():
+    """σ̂ with an η (an edited store; the store's reader leaves such trials out) fits no grid and no split makes it
+    smaller: it gets its own ``box_of``, alone or beside cells that do fit."""
+    odd, fine = Cell("sigma_hat", "uniform", 10, 0.5, 0), ddim(20, 0.0)
+    assert cover([odd], {odd.key}) == [box_of([odd])]
+    assert cover([odd, fine], {odd.key, fine.key}) == [box_of([fine]), box_of([odd])]
+    assert finish([(odd, NOT_RUN)], [], LATEST).startswith("to finish it, run this command")
+    # A diagonal whose one grid would have 399² cells, beyond MAX_GRID_CELLS: counted, never built, split instead.
+    diagonal = [ddim(s, 0.0, block=s) for s in range(1, 400)]
+    assert len(cover(diagonal, {c.key for c in diagonal})) == 399
+
+
+@pytest.mark.parametrize("sampler, eta", [("sigma_hat", 0.5), ("ddim", None), ("ddim", -1.0), ("plms", 0.0)])
+def test_a_trial_whose_cell_no_grid_has_is_left_out_of_the_report_with_one_warning(tmp_path, sampler, eta):
+    """A real store, edited: beside a measured cell, a trial still running whose params no grid makes (η on a
+    sampler that takes none, a ddim cell without η, η below 0). ``ddimbench report`` (the module, as a shell runs
+    it) writes the report without it and says so in one warning line: no traceback, exit code 0."""
+    import os
+    import subprocess
+
+    from helpers import ROOT
+
+    from bench.store import study as store
+
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    study = store.create_study("s", storage, 0, {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000},
+                               {"name": "s", "n": 20, "mode": "grid", "command": LATEST})  # fmt: skip
+    for cell, state in ((ddim(10, 0.0), "COMPLETE"), (Cell(sampler, "uniform", 10, eta, 0), "RUNNING")):
+        trial = study.ask()
+        for key, value in {"cell": cell.key, **cell.fields(), "fid": 3.0}.items():
+            trial.set_user_attr(key, value)
+        if state == "COMPLETE":
+            study.tell(trial, 3.0)
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "report", "s", "--storage", storage, "--out",
+                           str(tmp_path / "rep"), "--wandb", "disabled"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("report written to"), proc.stderr
+    assert lines[0] == ("warning: 1 trial(s) of 's' hold fields of the wrong type or no grid's cell (edited store?) "
+                        "and are left out: #1")  # fmt: skip
+    manifest = json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))
+    assert [c["number"] for c in manifest["cells"]] == [0] and manifest["incomplete"] is None
+
+
 # ------------------------------------------------------------------------------ the command as the CLI reads it
 def test_every_offered_command_is_one_ddimbench_sweep_accepts_for_the_cells_not_run(ckpt, cache, work, capsys):
     """The commands of a remainder that is no one grid (the quad cells and ddpm, which runs all T steps, under

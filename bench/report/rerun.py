@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bench.store.axes import AXES
-from bench.store.cell import Cell, grid
+from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import OLD_SPACING
 from bench.store.table_cells import NOT_RUN, spacing_order
 from ddim.names import SAMPLERS
@@ -33,6 +33,10 @@ class Box:
     eta: tuple[float, ...]
     seeds: tuple[int, ...]
     T: int
+
+    def size(self) -> int:
+        """How many cells the grid has, counted without making them (``bench.store.cell.grid_size``)."""
+        return grid_size(self.spacing, self.sampler, self.steps, self.eta, self.seeds)
 
     def keys(self) -> set[str]:
         """The keys of the grid's cells."""
@@ -87,14 +91,17 @@ _SPLIT = ("seed_block", "spacing", "sampler", "eta", "steps")  # the axes tried 
 
 def cover(todo: Iterable[Cell], allowed: set[str]) -> list[Box]:
     """Grids that hold every cell of ``todo`` and no cell outside ``allowed`` (keys): ``box_of(todo)`` when it
-    does, else the fewest that splitting the cells by the values of one axis, then within each part again, finds."""
+    does, else the fewest that splitting the cells by the values of one axis, then within each part again, finds.
+    A cell that no grid holds (an edited store: ``bench.store.study`` leaves such trials out) gets the grid nearest
+    to it, ``box_of`` its own, never an error."""
     memo: dict[frozenset[str], list[Box]] = {}
+    most = min(len(allowed), MAX_GRID_CELLS)  # a larger grid adds cells (or is one the sweep refuses): never built
 
     def best(part: tuple[Cell, ...]) -> list[Box]:
         ident = frozenset(c.key for c in part)
         if ident not in memo:
             box = box_of(part)
-            if ident <= box.keys() <= allowed:
+            if box.size() <= most and ident <= box.keys() <= allowed:
                 memo[ident] = [box]
             else:
                 tries = []
@@ -104,7 +111,8 @@ def cover(todo: Iterable[Cell], allowed: set[str]) -> list[Box]:
                         groups.setdefault(getattr(c, axis), []).append(c)
                     if len(groups) > 1:
                         tries.append([b for g in groups.values() for b in best(tuple(g))])
-                memo[ident] = min(tries, key=len)  # two distinct cells differ on some axis; a single cell fits
+                # Two distinct cells differ on some axis; a single cell fits its own grid unless no grid has it.
+                memo[ident] = min(tries, key=len) if tries else [box]
         return memo[ident]
 
     return best(tuple(sorted({c.key: c for c in todo}.values(), key=_order)))

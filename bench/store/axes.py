@@ -1,7 +1,8 @@
 """The axes of a sweep's grid and the values each takes: one definition for the sweep's keys as
 ``ddimbench sweep`` reads them (``steps=10,20 eta=0,1 ...``: ``bench.sweep.overrides`` takes its bounds and names
-from ``AXES``) and for the grids read back from a sweep's store (``bench.store.grids``), which is untrusted input:
-a value the command line refuses is no value of a stored grid either.
+from ``AXES``) and for what is read back from a sweep's store, which is untrusted input: the grids its runs asked
+for (``bench.store.grids``) and the cells its trials ran (``cell_problem``, ``bench.store.study``). A value the
+command line refuses is no value of a stored grid or cell either.
 
 Besides each value's own bounds, S is at most the checkpoint's T (``bench.sweep.resolve``; a stored grid carries
 its T) and a grid has at most ``bench.store.cell.MAX_GRID_CELLS`` cells. Pure python.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ddim.names
+from bench.store.cell import Cell
 from bench.store.untrusted import stored_float, stored_int
 from ddim.errors import DDIMError
 
@@ -76,3 +78,20 @@ def axis_values(name: str, values: Any) -> list:
     if len(set(typed)) != len(typed):
         raise DDIMError(f"{name}={shown(values)} repeats a value")
     return typed
+
+
+def cell_problem(cell: Cell) -> str | None:
+    """Why ``cell`` (read from a trial) is no cell of any grid (``bench.store.cell.grid``), or None: each field is a
+    value of its axis, and η is given for ddim alone (a ddim cell without η, or a σ̂ cell with one, is in no grid
+    and in no table row: an edited store)."""
+    try:
+        for name, v in (("spacing", cell.spacing), ("sampler", cell.sampler), ("steps", cell.steps),
+                        ("seeds", cell.seed_block)):  # fmt: skip
+            AXES[name].value(v)
+        if (cell.eta is None) == (cell.sampler == "ddim"):
+            return f"{cell.sampler} with eta={cell.eta}: η is given for ddim alone"
+        if cell.eta is not None:
+            AXES["eta"].value(cell.eta)
+    except DDIMError as exc:
+        return str(exc)
+    return None

@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bench.store.axes import cell_problem
 from bench.store.cell import Cell
 from bench.store.grids import stored_grids
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
@@ -151,11 +152,14 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
         return None
     # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
     # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
-    if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
+    if any(ua.get(k) is None for k in _CELL_FIELDS):
         return None
     result = ua.get("result")
     result = result if isinstance(result, dict) else {}  # the rest of the measurement: one "result" attribute
     values = redact({**ua, **result})
+    cell = _typed(Cell, values)
+    if cell_problem(cell) is not None:  # η on σ̂, a ddim cell without η, S = 0, ...: no grid's cell, no table's
+        raise _Malformed("cell")
     measured = bool(result) or any(ua.get(k) is not None for k in METRIC_ATTRS)
     error = _value("error", values.get("error"), str)
     if trial.state.name == "FAIL" and not error:
@@ -163,7 +167,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
     return CellRecord(
         number=trial.number,
         state=trial.state.name,
-        cell=_typed(Cell, values),
+        cell=cell,
         measurement=_typed(Measurement, values) if measured else None,
         error=error,
         interrupted=trial.state.name == "FAIL" and ua.get("interrupted") is True,
@@ -171,7 +175,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
 
 
 class _Malformed(Exception):
-    """A stored attribute of the wrong type: a store edited by hand or by another program."""
+    """A stored attribute of the wrong type, or a cell no grid has: a store edited by hand or by another program."""
 
 
 @functools.cache
@@ -262,7 +266,7 @@ def load_results(
             out.extend(cells)
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
-    _left_out([f"#{n}" for n in malformed], f"trial(s) of {name!r} hold fields of the wrong type")
+    _left_out([f"#{n}" for n in malformed], f"trial(s) of {name!r} hold fields of the wrong type or no grid's cell")
     meta = study.user_attrs.get("meta")
     meta = redact(dict(meta)) if isinstance(meta, dict) else {}
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
