@@ -228,10 +228,11 @@ def make_combined_report(
         grids[name], latest[name] = grid, last
         records, meta, _ = load_results(name, storage, grid, last)
         sweeps.append((name, records, meta))
-        if note := incomplete(records, meta, grid, last):
-            warn(note)
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
     written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids,
                                     latest=latest)  # fmt: skip
+    for name, records, meta in sweeps:  # once the report is written: a refused one (a search among them) says why alone
+        if note := incomplete(records, meta, grids[name], latest[name]):
+            warn(note)
     track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder
