@@ -25,6 +25,7 @@ from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 from bench.report import paper
 from bench.report.multi import write_combined_report
 from bench.store.cell import Cell
+from bench.store.grids import Grids
 from bench.store.record import CellRecord
 from bench.sweep.runner import run_sweep
 from bench.tracking.wandb_run import read_offline_run
@@ -199,7 +200,7 @@ def unfinished(tmp_path: Path) -> Path:
               "half": [_trial(0, 0.0, 10), _trial(1, 0.0, 20, stopped=True)]}  # fmt: skip
     sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
               for n, recs in trials.items()]  # fmt: skip
-    write_combined_report(sweeps, tmp_path / "out", grids={"done": grid[:2], "half": grid})
+    write_combined_report(sweeps, tmp_path / "out", grids={"done": Grids.one(grid[:2]), "half": Grids.one(grid)})
     return tmp_path / "out"
 
 
@@ -232,7 +233,7 @@ def test_a_combined_report_of_two_interrupted_sweeps_names_both_under_one_plural
               "part": [_trial(0, 0.0, 10, stopped=True), _trial(1, 0.0, 20)]}  # fmt: skip
     sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
               for n, recs in trials.items()]  # fmt: skip
-    write_combined_report(sweeps, tmp_path / "out", grids={n: grid for n in trials})
+    write_combined_report(sweeps, tmp_path / "out", grids={n: Grids.one(grid) for n in trials})
     readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
     assert headings == ["Incomplete sweeps", "Sweeps", "Results", "Provenance: half", "Provenance: part", "Files"]

@@ -22,6 +22,7 @@ from bench.cli import main
 from bench.report.multi import write_combined_report
 from bench.report.rerun import box_of, cover, finish, with_grid
 from bench.store.cell import Cell, grid
+from bench.store.grids import Grids
 from bench.store.table_cells import FAILED, MEASURED, NOT_RUN
 
 pytestmark = pytest.mark.timeout(300)  # real sweeps: one that never ends fails here, not at 600 s
@@ -67,7 +68,7 @@ def test_an_earlier_runs_cells_not_run_get_one_command_when_they_make_one_grid_w
         )
 
 
-def test_cells_that_make_no_one_grid_get_the_fewest_commands_that_add_no_cell():
+def test_cells_that_make_no_one_grid_get_few_commands_that_add_no_cell():
     """(50, η = 1) was never asked for: one grid over every S and η would add it, so two grids, one per η."""
     cells = [c for c in grid_of((10, 20, 50), (0.0, 1.0)) if (c.steps, c.eta) != (50, 1.0)]
     states = [(c, MEASURED if (c.steps, c.eta) == (10, 0.0) else NOT_RUN) for c in cells]
@@ -85,6 +86,27 @@ def test_cells_that_make_no_one_grid_get_the_fewest_commands_that_add_no_cell():
         ["steps=10,20", "eta=1", "spacing=uniform", "sampler=ddim", "seeds=0,1"],
         ["steps=20,50", "eta=0", "spacing=uniform", "sampler=ddim", "seeds=0,1"],
     ]
+
+
+def test_the_runs_own_grids_are_offered_where_they_take_fewer_commands_than_splitting():
+    """A cross of five cells left by two earlier runs (``steps=20 eta=0,0.5,1`` and ``steps=10,20,50 eta=0.5``)
+    after a latest run of ``steps=10 eta=0``: one axis at a time splits it into three grids; the two runs' own grids
+    hold it in two, and are what is offered. A run's grid that would add a cell (the cross's corners) is cut to its
+    cells not run, or left out."""
+    by_steps, by_eta, latest = grid_of((20,), (0.0, 0.5, 1.0)), grid_of((10, 20, 50), (0.5,)), grid_of((10,), (0.0,))
+    cross = list({c.key: c for c in by_steps + by_eta}.values())
+    states = [(c, NOT_RUN) for c in cross] + [(latest[0], MEASURED)]
+    assert len(cover(cross, {c.key for c, _ in states})) == 3  # the splitting alone
+    note = finish(states, latest, LATEST, [latest, by_steps, by_eta])
+    assert note.endswith("run these 2 commands (measured cells are skipped): ddimbench sweep name=s steps=20 "
+                         "eta=0,0.5,1 spacing=uniform sampler=ddim seeds=0; ddimbench sweep name=s steps=10,20,50 "
+                         "eta=0.5 spacing=uniform sampler=ddim seeds=0")  # fmt: skip
+    # The run of every S and η would add the four corners: cut to its cells not run, it is the cross's box again.
+    assert len(cover(cross, {c.key for c, _ in states}, [grid_of((10, 20, 50), (0.0, 0.5, 1.0))])) == 3
+    # A run's grid whose cells not run fit one grid is taken, and the cells it leaves are split as before.
+    part = [c for c in cross if c.steps != 50]
+    assert [b.tokens()[:2] for b in cover(part, {c.key for c in cross}, [grid_of((10, 20), (0.5,))])] == [
+        ["steps=10,20", "eta=0.5"], ["steps=20", "eta=0,1"]]  # fmt: skip
 
 
 def test_a_store_without_the_latest_grid_is_not_said_to_have_had_other_runs():
@@ -214,18 +236,45 @@ def test_a_combined_report_offers_the_same_commands(tmp_path):
     stopped = dataclasses.replace(stopped, interrupted=True)
     meta = {"name": "s", "mode": "grid", "dataset": "digits", "command": "first", "last_run": {"command": LATEST}}
     sweeps = [("s", [stopped, done], meta), ("t", [done], {**meta, "name": "t"})]
-    write_combined_report(sweeps, tmp_path / "out", grids={"s": grid_of((10,), (0.0,)), "t": grid_of((10,), (0.0,))})
+    write_combined_report(sweeps, tmp_path / "out", grids={n: Grids.one(grid_of((10,), (0.0,))) for n in "st"})
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert list(manifest["incomplete"]) == ["s"]
     assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=20 eta=1 spacing=uniform sampler=ddim "
                                                 "seeds=0")  # fmt: skip
     # Every run's grid shown (S = 10, 20 × η = 0, 1), the latest run's S = 10 η = 0: the earlier grid is offered.
-    grids = {"s": grid_of((10, 20), (0.0, 1.0)), "t": grid_of((10,), (0.0,))}
-    write_combined_report(sweeps, tmp_path / "out", grids=grids, latest={"s": grid_of((10,), (0.0,))})
+    latest = tuple(grid_of((10,), (0.0,)))
+    grids = {"s": Grids((latest, tuple(grid_of((10, 20), (0.0, 1.0)))), latest), "t": Grids.one(latest)}
+    write_combined_report(sweeps, tmp_path / "out", grids=grids)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["incomplete"]["s"].startswith("sweep 's' is incomplete: 1 of 4 cells measured, 3 not run")
     assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=10,20 eta=0,1 spacing=uniform "
                                                 "sampler=ddim seeds=0")  # fmt: skip
+
+
+def test_a_stores_earlier_grids_are_offered_as_the_runs_asked_for_them(tmp_path, capsys):
+    """A real store whose runs asked for ``steps=20 eta=0,0.5,1``, then ``steps=10,20,50 eta=0.5``, then
+    ``steps=10 eta=0`` (measured): ``ddimbench report`` offers the two earlier grids, not three splits."""
+    from bench.store import study as store
+    from bench.store.grids import save_spec
+
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    study = store.create_study("s", storage, 0, {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000},
+                               {"name": "s", "n": 20, "mode": "grid", "command": LATEST})  # fmt: skip
+    axes = {"spacing": ["uniform"], "sampler": ["ddim"], "seeds": [0], "T": 1000, "search": None}
+    for steps, etas in (([20], [0.0, 0.5, 1.0]), ([10, 20, 50], [0.5]), ([10], [0.0])):
+        save_spec(study, {**axes, "steps": steps, "eta": etas})
+    trial = study.ask()
+    for key, value in {"cell": ddim(10, 0.0).key, **ddim(10, 0.0).fields(), "fid": 3.0}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 3.0)
+    code, _, err = run(["report", "s", "--storage", storage, "--out", tmp_path / "rep", "--wandb", "disabled"], capsys)
+    assert code == 0, err
+    note = json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))["incomplete"]
+    assert note.startswith("sweep 's' is incomplete: 1 of 6 cells measured, 5 not run")
+    assert sorted(note.split("(measured cells are skipped): ")[1].split("; ")) == [
+        "ddimbench sweep name=s steps=10,20,50 eta=0.5 spacing=uniform sampler=ddim seeds=0",
+        "ddimbench sweep name=s steps=20 eta=0,0.5,1 spacing=uniform sampler=ddim seeds=0",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -85,8 +85,8 @@ def test_a_sweeps_grids_are_read_up_to_the_cap_in_all(monkeypatch):
     four, three = {**OK, "seeds": [0]}, {**OK, "steps": [30], "eta": [0.0, 0.5, 1.0], "seeds": [0]}
     attrs = {"spec": four, f"grid:{stored.grid_digest(four)}": four, "grid:b": three}
     ignored: list[str] = []
-    every, latest = stored_grids(attrs, ignored)
-    assert len(every) == len(latest) == 4
+    grids = stored_grids(attrs, ignored)
+    assert len(grids.cells) == len(grids.latest) == 4 and len(grids.runs) == 1
     assert ignored == ["grid:b (its 3 cells are more than the 2 left of the 6 a sweep's grids may have)"]
 
 

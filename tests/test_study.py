@@ -229,10 +229,10 @@ def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tm
         else:
             store.save_result(t, MEASURED)
         study.tell(t, 1.5 if state == TrialState.COMPLETE else None, state=state)
-    grid: list[Cell] = []
-    records, _, _ = store.load_results("s", url, grid)
+    grids: list = []
+    records, _, _ = store.load_results("s", url, grids)
     assert [(r.interrupted, r.failed) for r in records] == [(True, False), (False, False), (False, True)]
-    assert len(grid) == 4
+    assert len(grids[0].cells) == 4
 
     code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])
     err = capsys.readouterr().err
@@ -266,9 +266,9 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     narrow = {**common, "steps": [10], "eta": [0.0], "seeds": [0, 1]}
 
     def grids() -> tuple[list[str], list[str]]:
-        every, latest = [], []
-        store.load_results("s", url, every, latest)
-        return [c.key for c in every], [c.key for c in latest]
+        stored: list = []
+        store.load_results("s", url, stored)
+        return [c.key for c in stored[0].cells], [c.key for c in stored[0].latest]
 
     study.set_user_attr("spec", wide)  # as the previous release stored it
     assert grids() == ([c.key for c in spec_grid(wide)],) * 2

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bench.store.axes import AXES, axis_values, shown
@@ -63,35 +64,55 @@ def spec_grid(spec: Any, limit: int = MAX_GRID_CELLS) -> list[Cell] | None:
     return grid(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"], T)
 
 
-def stored_grids(attrs: Mapping[str, Any], ignored: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
-    """(the cells of every run's grid, each once; the cells of the latest run's grid) from a study's user attributes:
-    the latest grid's cells first, then the others' in the order of their digests (the same whatever order the
-    storage returns attributes in). Empty for a search. A stored grid no sweep could have run (``spec_grid``), or
-    one beyond ``MAX_GRID_CELLS`` cells over all the grids read before it, is left out; ``ignored`` gets its
-    attribute's name and why."""
-    left = MAX_GRID_CELLS
-    seen: set[str] = set()
+@dataclass(frozen=True)
+class Grids:
+    """The grids a sweep's runs asked for, as its report reads them (``stored_grids``): ``runs``, each distinct
+    grid's cells, the latest run's grid first (``latest``; empty where the store does not say which it is)."""
 
-    def read(name: str) -> list[Cell]:
+    runs: tuple[tuple[Cell, ...], ...] = ()
+    latest: tuple[Cell, ...] = ()
+
+    @classmethod
+    def one(cls, cells: Sequence[Cell]) -> Grids:
+        """A sweep of one run, or whose runs all asked for the grid of ``cells``."""
+        return cls((tuple(cells),), tuple(cells))
+
+    @property
+    def cells(self) -> list[Cell]:
+        """The cells of every run's grid, each once, the latest run's first."""
+        return list({c.key: c for run in (self.latest, *self.runs) for c in run}.values())
+
+
+NO_GRIDS = Grids()  # a sweep that keeps none (a search): its report shows the cells its trials ran
+
+
+def stored_grids(attrs: Mapping[str, Any], ignored: list[str] | None = None) -> Grids:
+    """The ``Grids`` of a study's user attributes: the latest run's grid (``spec``) first, then the others (``grid:``)
+    in the order of their digests, so the same whatever order the storage returns attributes in; none for a
+    search. A stored grid no sweep could have run (``spec_grid``), or one beyond ``MAX_GRID_CELLS`` cells over all
+    the grids read before it, is left out; ``ignored`` gets its attribute's name and why."""
+    left = MAX_GRID_CELLS
+    read: dict[str, tuple[Cell, ...]] = {}  # each distinct grid once (``spec`` and its ``grid:`` twin), by digest
+
+    def digest_of(name: str) -> str | None:
+        """The digest of the grid of attribute ``name``, read into ``read``; None when it holds none."""
         nonlocal left
         spec = current_names(attrs[name])
-        try:
-            if isinstance(spec, Mapping):  # one grid once: ``spec`` and its ``grid:`` twin count once
-                digest = grid_digest(spec)
-                if digest in seen:
-                    return []
-                seen.add(digest)
-            cells = spec_grid(spec, left) or []
-        except DDIMError as exc:
-            if ignored is not None:
-                ignored.append(f"{name} ({exc})")
-            return []
-        left -= len(cells)
-        return cells
+        digest = grid_digest(spec) if isinstance(spec, Mapping) else ""
+        if digest not in read:
+            try:
+                cells = spec_grid(spec, left)
+            except DDIMError as exc:
+                if ignored is not None:
+                    ignored.append(f"{name} ({exc})")
+                return None
+            if cells is None:  # a search
+                return None
+            left -= len(cells)
+            read[digest] = tuple(cells)
+        return digest
 
-    latest = read("spec") if "spec" in attrs else []
-    every = {c.key: c for c in latest}
-    for key in sorted(k for k in attrs if k.startswith(_GRID_PREFIX)):
-        for c in read(key):
-            every.setdefault(c.key, c)
-    return list(every.values()), latest
+    latest = digest_of("spec") if "spec" in attrs else None
+    others = [digest_of(k) for k in sorted(k for k in attrs if k.startswith(_GRID_PREFIX))]
+    runs = tuple(read[d] for d in dict.fromkeys(d for d in (latest, *others) if d is not None))
+    return Grids(runs, read[latest] if latest is not None else ())

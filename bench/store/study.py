@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.store.axes import cell_problem
 from bench.store.cell import Cell
-from bench.store.grids import stored_grids
+from bench.store.grids import Grids, stored_grids
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.renames import OLD_SPACING, current_key, current_names
@@ -248,22 +248,20 @@ Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sw
 
 
 def load_results(
-    name: str, storage: str | None = None, grid: list[Cell] | None = None, latest: list[Cell] | None = None
+    name: str, storage: str | None = None, grids: list[Grids] | None = None
 ) -> tuple[list[CellRecord], dict, dict]:
-    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the cells of its runs' grids
-    (``bench.store.grids.stored_grids``; none for a search) are appended to ``grid``, those of the latest run's grid
-    to ``latest``.
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the grids of its runs
+    (``bench.store.grids.stored_grids``; none for a search) are appended to ``grids``.
 
     Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
     before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
     ignored: list[str] = []
-    every, last = stored_grids(study.user_attrs, ignored)
+    stored = stored_grids(study.user_attrs, ignored)
     _left_out(ignored, f"stored grid(s) of {name!r} are none `ddimbench sweep` could have run")
-    for out, cells in ((grid, every), (latest, last)):
-        if out is not None:
-            out.extend(cells)
+    if grids is not None:
+        grids.append(stored)
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
     _left_out([f"#{n}" for n in malformed], f"trial(s) of {name!r} hold fields of the wrong type or no grid's cell")
