@@ -1,12 +1,14 @@
 """bench.store.grids: a grid read back from a sweep's store (untrusted input) is one ``ddimbench sweep`` could have
 run, its values checked as the sweep's keys check them (``bench.store.axes``) and its cells counted before any is
 built. Any other stored grid is ignored with one warning line naming its attribute: never a traceback, never a
-report that builds 10⁹ cells."""
+report that builds 10⁹ cells. The latest run's grid is paired with that run's own command (its run record names
+its grid), whoever wrote ``spec`` last."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import types
 
 import optuna
 import pytest
@@ -114,3 +116,63 @@ def test_a_report_ignores_each_stored_grid_no_sweep_could_have_run_in_one_warnin
                            "store?) and are left out: grid:big (its 1000000000 cells are more than")  # fmt: skip
     assert line.endswith("grid:zero (steps: 0 is below 1)")
     assert "incomplete" not in (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")  # its one cell measured
+
+
+# ------------------------------------------------------------------------------- each run's command, its own grid
+NARROW, OTHER = {**OK, "steps": [10], "eta": [0.0], "search": None}, {**OK, "steps": [20], "eta": [0.0], "search": None}
+FIRST, SECOND = "ddimbench sweep steps=10 eta=0 name=s", "ddimbench sweep steps=20 eta=0 name=s"
+
+
+def two_runs(tmp_path, second_grid: str | None, saved: tuple[dict, ...], measured: dict | None) -> str:
+    """A store of two runs: the first (``FIRST``, the study's ``meta``), then the second (``SECOND``, its run record
+    naming ``second_grid``), the grids ``saved`` in that order (the last is ``spec``), the cell of ``measured`` (if
+    any) measured. Returns the report's note on what is left."""
+    from bench.report.write import incomplete
+
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    protocol = {"mode": "grid", "checkpoint_sha256": "c0", "n": 500, "T": 1000}
+    study = store.create_study("s", url, 0, protocol, {"name": "s", "n": 500, "command": FIRST})
+    store.create_study("s", url, 0, protocol, {"name": "s", "n": 500, "command": SECOND}, second_grid)
+    for spec in saved:
+        stored.save_spec(study, spec)
+    for cell in spec_grid(measured) if measured else ():
+        trial = study.ask()
+        for key, value in {"cell": cell.key, **cell.fields(), "fid": 2.0}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 2.0)
+    grids: list = []
+    records, meta, _ = store.load_results("s", url, grids)
+    assert meta["last_run"]["command"] == SECOND and "grid" not in meta["last_run"]  # the provenance as before
+    return str(incomplete(records, meta, grids[0]))
+
+
+def test_two_runs_started_at_once_pair_the_newest_runs_command_with_its_own_grid(tmp_path):
+    """The second run started last (its record is the newest) but the first saved its grid last (``spec``): the
+    latest grid is still the second run's, so the first's cell left is not said to be finished by rerunning the
+    second's command."""
+    note = two_runs(tmp_path, stored.grid_digest(OTHER), (OTHER, NARROW), measured=OTHER)
+    assert note.endswith("the latest run's command does not cover them all (an earlier run asked for other cells); "
+                         "to finish it, run this command (measured cells are skipped): ddimbench sweep name=s "
+                         "steps=10 eta=0 spacing=uniform sampler=ddim seeds=1")  # fmt: skip
+
+
+def test_a_run_that_stored_no_grid_is_passed_for_the_one_before(tmp_path):
+    """The second run stopped between recording itself and saving its grid: it asked for nothing that is stored, and
+    the first run's command finishes the first run's grid."""
+    note = two_runs(tmp_path, stored.grid_digest(OTHER), (NARROW,), measured=None)
+    assert note.endswith(f"rerun the same command to finish it: {FIRST}")
+
+
+def test_a_store_whose_run_records_name_no_grid_pairs_spec_with_the_last_runs_command(tmp_path):
+    """Run records of an earlier release name no grid: ``spec`` is the latest run's grid and the newest record's
+    command its command, as before."""
+    note = two_runs(tmp_path, None, (OTHER, NARROW), measured=OTHER)
+    assert note.endswith(f"rerun the same command to finish it: {SECOND}")
+
+
+def test_a_runs_grid_is_saved_before_its_spec():
+    """A run stopped between the two writes leaves its grid without ``spec``, never ``spec`` without its grid: the
+    report would pass that run (its grid is not stored) and take an earlier run's ``spec`` as its grid."""
+    written: list[str] = []
+    stored.save_spec(types.SimpleNamespace(set_user_attr=lambda key, _: written.append(key)), NARROW)
+    assert written == [f"grid:{stored.grid_digest(NARROW)}", "spec"]

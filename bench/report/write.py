@@ -205,7 +205,7 @@ def incomplete_note(cells: Mapping[TableKey, Mapping[int, CellRecord]], meta: Ma
         return None
     failed = f", {done.failed} failed" if done.failed else ""
     last = meta.get("last_run") if isinstance(meta.get("last_run"), Mapping) else {}
-    command = last.get("command") or meta.get("command")
+    command = grids.command or last.get("command") or meta.get("command")  # the grids' own: that of their latest
     rerun = finish(cell_states(cells, grid), grids.latest, command, grids.runs)
     name = f"sweep {meta['name']!r}" if meta.get("name") else "the sweep"
     return (f"{name} is incomplete: {done.measured} of {done.total} cells measured{failed}, {done.not_run} not run "

@@ -23,7 +23,8 @@ from typing import Any
 from bench.store.axes import AXES, axis_values, shown
 from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import current_names
-from bench.store.untrusted import stored_int
+from bench.store.runs import later_runs
+from bench.store.untrusted import redact, stored_int
 from ddim.errors import DDIMError
 
 _GRID_PREFIX = "grid:"
@@ -36,10 +37,11 @@ def grid_digest(spec: Mapping[str, Any]) -> str:
 
 
 def save_spec(study: Any, spec: Mapping[str, Any]) -> None:
-    """Store a run's resolved config (``bench.sweep.spec.SweepSpec.to_dict``) and, for a grid, its grid."""
-    study.set_user_attr("spec", dict(spec))
+    """Store a run's resolved config (``bench.sweep.spec.SweepSpec.to_dict``) and, for a grid, its grid: the grid
+    first, so a run whose ``spec`` is stored has its grid stored too (``stored_grids`` pairs runs with grids)."""
     if spec.get("search") is None:
         study.set_user_attr(_GRID_PREFIX + grid_digest(spec), {k: spec[k] for k in (*AXES, "T")})
+    study.set_user_attr("spec", dict(spec))
 
 
 def spec_grid(spec: Any, limit: int = MAX_GRID_CELLS) -> list[Cell] | None:
@@ -67,10 +69,12 @@ def spec_grid(spec: Any, limit: int = MAX_GRID_CELLS) -> list[Cell] | None:
 @dataclass(frozen=True)
 class Grids:
     """The grids a sweep's runs asked for, as its report reads them (``stored_grids``): ``runs``, each distinct
-    grid's cells, the latest run's grid first (``latest``; empty where the store does not say which it is)."""
+    grid's cells, the latest run's grid first (``latest``; empty where the store does not say which it is), and
+    ``command``, the command of the run that asked for ``latest`` (None: the store does not say)."""
 
     runs: tuple[tuple[Cell, ...], ...] = ()
     latest: tuple[Cell, ...] = ()
+    command: str | None = None
 
     @classmethod
     def one(cls, cells: Sequence[Cell]) -> Grids:
@@ -87,10 +91,12 @@ NO_GRIDS = Grids()  # a sweep that keeps none (a search): its report shows the c
 
 
 def stored_grids(attrs: Mapping[str, Any], ignored: list[str] | None = None) -> Grids:
-    """The ``Grids`` of a study's user attributes: the latest run's grid (``spec``) first, then the others (``grid:``)
-    in the order of their digests, so the same whatever order the storage returns attributes in; none for a
-    search. A stored grid no sweep could have run (``spec_grid``), or one beyond ``MAX_GRID_CELLS`` cells over all
-    the grids read before it, is left out; ``ignored`` gets its attribute's name and why."""
+    """The ``Grids`` of a study's user attributes: the latest run's grid first, then the others (``grid:``) in the
+    order of their digests, so the same whatever order the storage returns attributes in; none for a search. The
+    latest run is the newest whose record names a grid that is stored, paired with its own command
+    (``bench.store.runs``); a run recorded by an earlier release, or the first run (``meta``), has the grid of
+    ``spec``. A stored grid no sweep could have run (``spec_grid``), or one beyond ``MAX_GRID_CELLS`` cells over
+    all the grids read before it, is left out; ``ignored`` gets its attribute's name and why."""
     left = MAX_GRID_CELLS
     read: dict[str, tuple[Cell, ...]] = {}  # each distinct grid once (``spec`` and its ``grid:`` twin), by digest
 
@@ -112,7 +118,22 @@ def stored_grids(attrs: Mapping[str, Any], ignored: list[str] | None = None) -> 
             read[digest] = tuple(cells)
         return digest
 
-    latest = digest_of("spec") if "spec" in attrs else None
-    others = [digest_of(k) for k in sorted(k for k in attrs if k.startswith(_GRID_PREFIX))]
-    runs = tuple(read[d] for d in dict.fromkeys(d for d in (latest, *others) if d is not None))
-    return Grids(runs, read[latest] if latest is not None else ())
+    spec = digest_of("spec") if "spec" in attrs else None
+    named = {k: digest_of(k) for k in sorted(k for k in attrs if k.startswith(_GRID_PREFIX))}
+    latest, command = _latest_run(attrs, spec, named)
+    runs = tuple(read[d] for d in dict.fromkeys(d for d in (latest, *named.values(), spec) if d is not None))
+    return Grids(runs, read[latest] if latest is not None else (), command if isinstance(command, str) else None)
+
+
+def _latest_run(attrs: Mapping[str, Any], spec: str | None, named: Mapping[str, str | None]) -> tuple[str | None, Any]:
+    """(the digest of the latest run's grid, that run's command): the newest run whose record names a grid read
+    (``named``: by attribute); a run whose record names none (an earlier release's) or, none left, the first run
+    (``meta``) with ``spec``'s. A run whose grid is not stored (stopped before it saved it, or left out) is passed."""
+    for run in reversed(later_runs(attrs)):
+        digest = run.get("grid")
+        if not isinstance(digest, str):
+            return spec, run.get("command")
+        if named.get(_GRID_PREFIX + digest) is not None:
+            return named[_GRID_PREFIX + digest], run.get("command")
+    meta = attrs.get("meta")
+    return spec, redact(meta.get("command")) if isinstance(meta, Mapping) else None

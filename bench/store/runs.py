@@ -1,7 +1,9 @@
 """A sweep's runs as its study records them: the first run's provenance is the study user attribute ``meta``
 (``bench.store.study.create_study``), and each later run adds a ``run:<time>-<id>`` attribute with its command,
 device, git commit and time: an insert under a key of its own, so runs started at once on several machines cannot
-overwrite each other, named so that the keys sort by time.
+overwrite each other, named so that the keys sort by time. A grid run's record also names its grid (``grid``: the
+digest of its ``grid:`` attribute, ``bench.store.grids``), so its command is paired with its own grid even when
+another run wrote the study's ``spec`` last; records of earlier releases name none.
 
 A report names the runs after the first (``meta["runs"]``, ``meta["last_run"]``) and every run's devices. Every
 string read back is passed through ``redact`` (the store is untrusted: ``bench.store.untrusted``).
@@ -21,9 +23,10 @@ _PREFIX = "run:"
 _FIELDS = ("command", "device", "git_commit", "created")
 
 
-def record_run(study: Any, meta: Mapping[str, Any]) -> None:
-    """Record a run after the first: the ``command``, ``device``, ``git_commit`` and ``created`` of its ``meta``."""
-    run = {k: meta.get(k) for k in _FIELDS}
+def record_run(study: Any, meta: Mapping[str, Any], grid: str | None = None) -> None:
+    """Record a run after the first: the ``command``, ``device``, ``git_commit`` and ``created`` of its ``meta``,
+    and the digest of its ``grid`` (None: a search)."""
+    run = {k: meta.get(k) for k in _FIELDS} | ({"grid": grid} if grid else {})
     study.set_user_attr(f"{_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
 
 

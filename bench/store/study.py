@@ -2,8 +2,8 @@
 
 - study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint sha256, n, seeds,
   dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance: command, git commit, versions, device,
-  ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit and time of each later
-  run: ``bench.store.runs``), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's
+  ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit, time and grid of each
+  later run: ``bench.store.runs``), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's
   grid: ``bench.store.grids``), and ``extras`` (interpolation strip, inversion table);
 - trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``spacing``
   (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
@@ -79,9 +79,11 @@ def load_study(name: str, storage: str | None, heartbeat: int | None = None, sam
 
 
 def create_study(
-    name: str, storage: str | None, heartbeat: int, protocol: Mapping[str, Any], meta: Mapping[str, Any]
-) -> optuna.Study:
-    """Create the sweep's study once (or load it) and check that it is the same experiment.
+    name: str, storage: str | None, heartbeat: int, protocol: Mapping[str, Any], meta: Mapping[str, Any],
+    grid: str | None = None,
+) -> optuna.Study:  # fmt: skip
+    """Create the sweep's study once (or load it) and check that it is the same experiment; a later run is recorded
+    with the digest of its ``grid`` (``bench.store.runs``).
 
     Grid sweeps minimise one value (FID); searches minimise (FID, cost). A study made with another
     checkpoint, n, seeds, extractor, metrics or mode is refused: its cells would not be comparable.
@@ -119,7 +121,7 @@ def create_study(
     else:
         first = (study.user_attrs.get("meta") or {}).get("checkpoint")
         check_same_sweep(name, old, first, protocol, meta.get("checkpoint"))
-        record_run(study, meta)  # ``meta`` stays the first run's
+        record_run(study, meta, grid)  # ``meta`` stays the first run's
     return study
 
 
