@@ -45,14 +45,15 @@ class Box:
         return {c.key for c in grid(self.spacing, self.sampler, self.steps, self.eta, self.seeds, self.T)}
 
     def tokens(self) -> list[str]:
-        """The grid as the sweep's keys: ``steps=20,50 eta=0,1 spacing=uniform sampler=ddim seeds=0`` (``eta`` only
-        with ddim, which alone takes it; a grid of ddpm alone, which runs all T steps, gives ``steps=T``)."""
-        listed = ",".join
-        head = [f"steps={listed(map(str, self.steps or (self.T,)))}"]
-        if "ddim" in self.sampler:
-            head.append(f"eta={listed(map(_number, self.eta))}")
-        return [*head, f"spacing={listed(self.spacing)}", f"sampler={listed(self.sampler)}",
-                f"seeds={listed(map(str, self.seeds))}"]  # fmt: skip
+        """The grid as the sweep's keys (``AXES``, whose names the fields have), in their order: ``steps=20,50
+        eta=0,1 spacing=uniform sampler=ddim seeds=0`` (``eta`` only with ddim, which alone takes it; a grid of ddpm
+        alone, which runs all T steps, gives ``steps=T``)."""
+        out = []
+        for name, axis in AXES.items():
+            values = getattr(self, name) or ((self.T,) if name == "steps" else ())
+            if name != "eta" or "ddim" in self.sampler:
+                out.append(f"{name}={','.join(_number(v) if axis.kind is float else str(v) for v in values)}")
+        return out
 
 
 def _number(eta: float) -> str:
