@@ -168,11 +168,18 @@ def test_a_cell_no_grid_holds_gets_its_nearest_grid_not_an_error():
     assert len(cover(diagonal, {c.key for c in diagonal})) == 399
 
 
-@pytest.mark.parametrize("sampler, eta", [("sigma_hat", 0.5), ("ddim", None), ("ddim", -1.0), ("plms", 0.0)])
-def test_a_trial_whose_cell_no_grid_has_is_left_out_of_the_report_with_one_warning(tmp_path, sampler, eta):
-    """A real store, edited: beside a measured cell, a trial still running whose params no grid makes (η on a
-    sampler that takes none, a ddim cell without η, η below 0). ``ddimbench report`` (the module, as a shell runs
-    it) writes the report without it and says so in one warning line: no traceback, exit code 0."""
+@pytest.mark.parametrize(
+    "sampler, steps, eta, state",
+    [("sigma_hat", 10, 0.5, "RUNNING"), ("ddim", 10, None, "RUNNING"), ("ddim", 10, -1.0, "RUNNING"),
+     ("plms", 10, 0.0, "RUNNING"), ("ddim", 10**400, 0.0, "COMPLETE")],
+    ids=["eta-on-sigma_hat", "ddim-without-eta", "eta-below-0", "eta-on-plms", "S-beyond-MAX_T"],
+)  # fmt: skip
+def test_a_trial_whose_cell_no_grid_has_is_left_out_of_the_report_with_one_warning(tmp_path, sampler, steps, eta,
+                                                                                   state):  # fmt: skip
+    """A real store, edited: beside a measured cell, a trial whose params no grid makes (η on a sampler that takes
+    none, a ddim cell without η, η below 0, S beyond any checkpoint's T), still running or measured. ``ddimbench
+    report`` (the module, as a shell runs it) writes the report without it and says so in one warning line: no
+    traceback (no advice for a cell no grid holds, no chart at S = 10⁴⁰⁰), exit code 0."""
     import os
     import subprocess
 
@@ -183,11 +190,11 @@ def test_a_trial_whose_cell_no_grid_has_is_left_out_of_the_report_with_one_warni
     storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
     study = store.create_study("s", storage, 0, {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000},
                                {"name": "s", "n": 20, "mode": "grid", "command": LATEST})  # fmt: skip
-    for cell, state in ((ddim(10, 0.0), "COMPLETE"), (Cell(sampler, "uniform", 10, eta, 0), "RUNNING")):
+    for cell, done in ((ddim(10, 0.0), "COMPLETE"), (Cell(sampler, "uniform", steps, eta, 0), state)):
         trial = study.ask()
-        for key, value in {"cell": cell.key, **cell.fields(), "fid": 3.0}.items():
+        for key, value in {"cell": cell.key, **cell.fields(), "fid": 3.0, "images_per_s": 2.0}.items():
             trial.set_user_attr(key, value)
-        if state == "COMPLETE":
+        if done == "COMPLETE":
             study.tell(trial, 3.0)
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "report", "s", "--storage", storage, "--out",
                            str(tmp_path / "rep"), "--wandb", "disabled"], capture_output=True, text=True, cwd=tmp_path,

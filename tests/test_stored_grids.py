@@ -46,8 +46,11 @@ THOUSAND = {**OK, "steps": list(range(1, 1001)), "eta": [i / 1000 for i in range
         ({"steps": [10, 10.0]}, "steps=[10, 10.0] repeats a value", "steps=10,10"),
         ({"seeds": []}, "seeds=[] is not a list of values", "seeds="),
         ({"eta": 0.5}, "eta=0.5 is not a list of values", None),
-        ({"T": 0}, "T=0 is not a positive integer", None),
-        ({"T": "1000"}, "T='1000' is not a positive integer", None),
+        ({"steps": [10**400], "T": 10**401}, "T=1000", None),  # an int beyond a float's range: no overflow
+        ({"steps": [10**400]}, "steps: 1000", None),  # the command line: above its checkpoint's T
+        ({"T": 0}, "T=0 is not an integer in 1..100000", None),
+        ({"T": 100_001}, "T=100001 is not an integer in 1..100000", None),  # a checkpoint's MAX_T
+        ({"T": "1000"}, "T='1000' is not an integer in 1..100000", None),
         ({"eta": [0.1234567, 0.1234568]}, "name the same cell", None),
     ],
 )

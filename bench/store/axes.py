@@ -5,7 +5,8 @@ for (``bench.store.grids``) and the cells its trials ran (``cell_problem``, ``be
 command line refuses is no value of a stored grid or cell either.
 
 Besides each value's own bounds, S is at most the checkpoint's T (``bench.sweep.resolve``; a stored grid carries
-its T) and a grid has at most ``bench.store.cell.MAX_GRID_CELLS`` cells. Pure python.
+its T, at most ``ddim.names.MAX_T`` as a checkpoint's) and a grid has at most ``bench.store.cell.MAX_GRID_CELLS``
+cells. Pure python.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from ddim.errors import DDIMError
 
 @dataclass(frozen=True)
 class Axis:
-    """The values of one axis: numbers of ``kind`` (int or float; a float is finite) from ``minimum`` up, or the
-    names in ``choices``."""
+    """The values of one axis: numbers of ``kind`` (int or float; a float is finite) from ``minimum`` up to
+    ``maximum``, or the names in ``choices``."""
 
     kind: type  # int, float or str
     minimum: float | None = None
+    maximum: float | None = None
     names: str = ""  # for str: the tuple of ``ddim.names`` that lists them, read when used (a sampler added counts)
 
     @property
@@ -40,18 +42,20 @@ class Axis:
             if isinstance(v, str) and v in self.choices:
                 return v
             raise DDIMError(f"{shown(v)} is none of {', '.join(self.choices)}")
-        typed = stored_int(v) if self.kind is int else stored_float(v)
-        if typed is None or not math.isfinite(typed):
+        typed = stored_int(v) if self.kind is int else stored_float(v)  # an int is finite whatever its size
+        if typed is None or (isinstance(typed, float) and not math.isfinite(typed)):
             raise DDIMError(f"{shown(v)} is not {'an integer' if self.kind is int else 'a finite number'}")
         if self.minimum is not None and typed < self.minimum:
             raise DDIMError(f"{shown(v)} is below {self.minimum:g}")
+        if self.maximum is not None and typed > self.maximum:
+            raise DDIMError(f"{shown(v)} is above {self.maximum:g}")
         return typed
 
 
 # A grid's axes, named as the sweep's keys (steps=10,20 eta=0,1 ...) and its stored config name them, in the order
 # a command line gives them.
 AXES: dict[str, Axis] = {
-    "steps": Axis(int, minimum=1),  # S, at most T
+    "steps": Axis(int, minimum=1, maximum=ddim.names.MAX_T),  # S: at most T, at most a checkpoint's MAX_T
     "eta": Axis(float, minimum=0.0),  # DDIM's η (eq. 16)
     "spacing": Axis(str, names="SPACINGS"),
     "sampler": Axis(str, names="SAMPLERS"),

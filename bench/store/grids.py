@@ -26,6 +26,7 @@ from bench.store.renames import current_names
 from bench.store.runs import later_runs
 from bench.store.untrusted import redact, stored_int
 from ddim.errors import DDIMError
+from ddim.names import MAX_T
 
 _GRID_PREFIX = "grid:"
 
@@ -54,8 +55,8 @@ def spec_grid(spec: Any, limit: int = MAX_GRID_CELLS) -> list[Cell] | None:
     if spec.get("search") is not None:
         return None
     T = stored_int(spec.get("T"))
-    if T is None or T < 1:
-        raise DDIMError(f"T={shown(spec.get('T'))} is not a positive integer")
+    if T is None or not 1 <= T <= MAX_T:  # a checkpoint's rule (ddim.schedules.DiffusionConfig.problem)
+        raise DDIMError(f"T={shown(spec.get('T'))} is not an integer in 1..{MAX_T}")
     axes = {k: axis_values(k, spec.get(k)) for k in AXES}
     if max(axes["steps"]) > T:
         raise DDIMError(f"steps={max(axes['steps'])} exceeds T = {T}")
