@@ -1,8 +1,9 @@
-"""The library's vocabulary: the names a user may type for datasets, samplers, spacings and β schedules.
+"""The library's vocabulary: the names a user may type for datasets, samplers, spacings and β schedules, and the
+largest T a model may have.
 
-Torch-free, so the command line can list them in ``--help`` (and complete them in a shell) without
-importing torch; ``ddim.data`` and ``ddim.schedules`` re-export them. ``SAMPLERS`` names the entries of
-``ddim.sampling.REGISTRY`` in its order (tests/test_cli_options.py keeps the two equal).
+Torch-free, so the command line can list them in ``--help`` (and complete them in a shell), and a sweep store's
+grids be checked, without importing torch; ``ddim.data`` and ``ddim.schedules`` re-export them. ``SAMPLERS`` names
+the entries of ``ddim.sampling.REGISTRY`` in its order (tests/test_cli_options.py keeps the two equal).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ LABELLED_DATASETS = ("digits", "mnist", "cifar10")  # with class labels: what a 
 SAMPLERS = ("ddim", "sigma_hat", "ddpm", "dpmpp_2m", "plms", "pndm")
 SPACINGS = ("uniform", "quad", "trailing", "linspace")  # the sub-sequence τ (section 4.2, appendix D.2)
 BETA_SCHEDULES = ("linear", "quad", "const", "jsd", "sigmoid", "cosine")
+MAX_T = 100_000  # the ᾱ table and every timestep list are O(T); the paper's models use T = 1000
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N (``ddim.runtime.resolve_device``)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ddim.errors import DDIMError
-from ddim.names import BETA_SCHEDULES, SPACINGS
+from ddim.names import BETA_SCHEDULES, MAX_T, SPACINGS
 
 
 def betas(name: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -104,9 +104,6 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     if not (out.numel() == S and bool((out[:-1] > out[1:]).all()) and 0 <= int(out[-1]) and int(out[0]) < T):
         raise DDIMError(f"{spacing} spacing cannot give {S} distinct timesteps in [0, {T}); choose another spacing")
     return out
-
-
-MAX_T = 100_000  # the ᾱ table and every timestep list are O(T); the paper's models use T = 1000
 
 
 @dataclass(frozen=True)

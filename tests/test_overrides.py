@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.store.cell import Cell, spec_grid
+from bench.store.cell import Cell
+from bench.store.grids import spec_grid
 from bench.sweep.overrides import KEYS, load_config, merge, parse_overrides, per_dataset
 from bench.sweep.spec import Range, SweepSpec
 from ddim import sampling
@@ -166,8 +167,8 @@ def test_cells_no_pointless_duplicates():
 
 
 def test_the_stored_spec_gives_the_same_grid():
-    """A report rebuilds the grid from the spec a run stored (``spec_grid``): the run's own cells; a search or a
-    spec of another shape (an edited store) has none."""
+    """A report rebuilds the grid from the spec a run stored (``spec_grid``): the run's own cells; a search has none,
+    a spec of another shape (an edited store) is a one-line DDIMError."""
     spec = _spec(steps=(10, 20), eta=(0.0, 1.0), sampler=("ddim", "sigma_hat", "ddpm"), spacing=("uniform", "quad"),
                  seeds=(0, 2))  # fmt: skip
     stored = spec.to_dict()
@@ -175,7 +176,8 @@ def test_the_stored_spec_gives_the_same_grid():
     assert spec_grid(_spec(steps=Range(5, 100), search="pareto").to_dict()) is None
     for bad in ({**stored, "steps": "10,20"}, {**stored, "seeds": [0.5]}, {**stored, "eta": [True]},
                 {**stored, "T": None}, {**stored, "eta": [0.1234567, 0.1234568]}, ["not", "a", "spec"]):  # fmt: skip
-        assert spec_grid(bad) is None, bad
+        with pytest.raises(DDIMError):
+            spec_grid(bad)
 
 
 def test_a_stored_search_over_lists_has_no_grid():

@@ -25,6 +25,7 @@ from helpers.sweep import CIFAR, STEPS, as_record, fake_sweep, spec_of
 from bench.report import paper
 from bench.report.multi import write_combined_report
 from bench.store.cell import Cell
+from bench.store.grids import Grids
 from bench.store.record import CellRecord
 from bench.sweep.runner import run_sweep
 from bench.tracking.wandb_run import read_offline_run
@@ -141,6 +142,25 @@ def test_combined_report_refusals(tmp_path: Path, capsys) -> None:
     assert code == 2 and "one sweep, 2 --compare-paper datasets" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_combined_report_with_an_unfinished_search_is_refused_before_any_advice(tmp_path: Path, capsys) -> None:
+    """``ddimbench report g p`` where p is a Pareto search with a trial still running: the refusal is the one line
+    on stderr, no "incomplete" warning with grid keys for a search (which has no grid to finish) before it."""
+    from helpers.sweep import create_study, fake_sweep
+
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    fake_sweep(url, "g", "cifar10", "inception")
+    meta = {"name": "p", "mode": "pareto", "command": "ddimbench sweep name=p --search pareto"}
+    search = create_study("p", url, 0, {"mode": "pareto", "checkpoint_sha256": "c1fa", "n": 50, "T": 1000}, meta)
+    cell, trial = Cell("ddim", "trailing", 7, 0.25, 0), search.ask()
+    for key, value in {"cell": cell.key, **cell.fields()}.items():
+        trial.set_user_attr(key, value)  # left running
+    code, _, err = run(["report", "g", "p", "--storage", url, "--out", tmp_path / "o", "--wandb", "disabled"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: 'p' is a Pareto search, not an η × S grid; report it alone: ddimbench report p"
+    ], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_combined_report_keeps_its_wandb_run_out_of_the_report_folder(stores: Path, capsys, monkeypatch) -> None:
     """The offline W&B run of a combined report lands where the runs of its W&B group (the first sweep's) go, that
     sweep's artifacts folder (here artifacts=dg), not in --out."""
@@ -180,7 +200,7 @@ def unfinished(tmp_path: Path) -> Path:
               "half": [_trial(0, 0.0, 10), _trial(1, 0.0, 20, stopped=True)]}  # fmt: skip
     sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
               for n, recs in trials.items()]  # fmt: skip
-    write_combined_report(sweeps, tmp_path / "out", grids={"done": grid[:2], "half": grid})
+    write_combined_report(sweeps, tmp_path / "out", grids={"done": Grids.one(grid[:2]), "half": Grids.one(grid)})
     return tmp_path / "out"
 
 
@@ -213,7 +233,7 @@ def test_a_combined_report_of_two_interrupted_sweeps_names_both_under_one_plural
               "part": [_trial(0, 0.0, 10, stopped=True), _trial(1, 0.0, 20)]}  # fmt: skip
     sweeps = [(n, recs, {"name": n, "mode": "grid", "dataset": n, "command": f"ddimbench sweep name={n}"})
               for n, recs in trials.items()]  # fmt: skip
-    write_combined_report(sweeps, tmp_path / "out", grids={n: grid for n in trials})
+    write_combined_report(sweeps, tmp_path / "out", grids={n: Grids.one(grid) for n in trials})
     readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
     assert headings == ["Incomplete sweeps", "Sweeps", "Results", "Provenance: half", "Provenance: part", "Files"]

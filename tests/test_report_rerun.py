@@ -22,6 +22,7 @@ from bench.cli import main
 from bench.report.multi import write_combined_report
 from bench.report.rerun import box_of, cover, finish, with_grid
 from bench.store.cell import Cell, grid
+from bench.store.grids import Grids
 from bench.store.table_cells import FAILED, MEASURED, NOT_RUN
 
 pytestmark = pytest.mark.timeout(300)  # real sweeps: one that never ends fails here, not at 600 s
@@ -67,7 +68,7 @@ def test_an_earlier_runs_cells_not_run_get_one_command_when_they_make_one_grid_w
         )
 
 
-def test_cells_that_make_no_one_grid_get_the_fewest_commands_that_add_no_cell():
+def test_cells_that_make_no_one_grid_get_few_commands_that_add_no_cell():
     """(50, η = 1) was never asked for: one grid over every S and η would add it, so two grids, one per η."""
     cells = [c for c in grid_of((10, 20, 50), (0.0, 1.0)) if (c.steps, c.eta) != (50, 1.0)]
     states = [(c, MEASURED if (c.steps, c.eta) == (10, 0.0) else NOT_RUN) for c in cells]
@@ -85,6 +86,27 @@ def test_cells_that_make_no_one_grid_get_the_fewest_commands_that_add_no_cell():
         ["steps=10,20", "eta=1", "spacing=uniform", "sampler=ddim", "seeds=0,1"],
         ["steps=20,50", "eta=0", "spacing=uniform", "sampler=ddim", "seeds=0,1"],
     ]
+
+
+def test_the_runs_own_grids_are_offered_where_they_take_fewer_commands_than_splitting():
+    """A cross of five cells left by two earlier runs (``steps=20 eta=0,0.5,1`` and ``steps=10,20,50 eta=0.5``)
+    after a latest run of ``steps=10 eta=0``: one axis at a time splits it into three grids; the two runs' own grids
+    hold it in two, and are what is offered. A run's grid that would add a cell (the cross's corners) is cut to its
+    cells not run, or left out."""
+    by_steps, by_eta, latest = grid_of((20,), (0.0, 0.5, 1.0)), grid_of((10, 20, 50), (0.5,)), grid_of((10,), (0.0,))
+    cross = list({c.key: c for c in by_steps + by_eta}.values())
+    states = [(c, NOT_RUN) for c in cross] + [(latest[0], MEASURED)]
+    assert len(cover(cross, {c.key for c, _ in states})) == 3  # the splitting alone
+    note = finish(states, latest, LATEST, [latest, by_steps, by_eta])
+    assert note.endswith("run these 2 commands (measured cells are skipped): ddimbench sweep name=s steps=20 "
+                         "eta=0,0.5,1 spacing=uniform sampler=ddim seeds=0; ddimbench sweep name=s steps=10,20,50 "
+                         "eta=0.5 spacing=uniform sampler=ddim seeds=0")  # fmt: skip
+    # The run of every S and η would add the four corners: cut to its cells not run, it is the cross's box again.
+    assert len(cover(cross, {c.key for c, _ in states}, [grid_of((10, 20, 50), (0.0, 0.5, 1.0))])) == 3
+    # A run's grid whose cells not run fit one grid is taken, and the cells it leaves are split as before.
+    part = [c for c in cross if c.steps != 50]
+    assert [b.tokens()[:2] for b in cover(part, {c.key for c in cross}, [grid_of((10, 20), (0.5,))])] == [
+        ["steps=10,20", "eta=0.5"], ["steps=20", "eta=0,1"]]  # fmt: skip
 
 
 def test_a_store_without_the_latest_grid_is_not_said_to_have_had_other_runs():
@@ -134,6 +156,58 @@ def test_the_grids_cover_every_cell_and_add_none_whatever_is_left():
     assert cover(todo, {c.key for c in todo}) == [box_of(todo)]
 
 
+def test_a_cell_no_grid_holds_gets_its_nearest_grid_not_an_error():
+    """σ̂ with an η (an edited store; the store's reader leaves such trials out) fits no grid and no split makes it
+    smaller: it gets its own ``box_of``, alone or beside cells that do fit."""
+    odd, fine = Cell("sigma_hat", "uniform", 10, 0.5, 0), ddim(20, 0.0)
+    assert cover([odd], {odd.key}) == [box_of([odd])]
+    assert cover([odd, fine], {odd.key, fine.key}) == [box_of([fine]), box_of([odd])]
+    assert finish([(odd, NOT_RUN)], [], LATEST).startswith("to finish it, run this command")
+    # A diagonal whose one grid would have 399² cells, beyond MAX_GRID_CELLS: counted, never built, split instead.
+    diagonal = [ddim(s, 0.0, block=s) for s in range(1, 400)]
+    assert len(cover(diagonal, {c.key for c in diagonal})) == 399
+
+
+@pytest.mark.parametrize(
+    "sampler, steps, eta, state",
+    [("sigma_hat", 10, 0.5, "RUNNING"), ("ddim", 10, None, "RUNNING"), ("ddim", 10, -1.0, "RUNNING"),
+     ("plms", 10, 0.0, "RUNNING"), ("ddim", 10**400, 0.0, "COMPLETE")],
+    ids=["eta-on-sigma_hat", "ddim-without-eta", "eta-below-0", "eta-on-plms", "S-beyond-MAX_T"],
+)  # fmt: skip
+def test_a_trial_whose_cell_no_grid_has_is_left_out_of_the_report_with_one_warning(tmp_path, sampler, steps, eta,
+                                                                                   state):  # fmt: skip
+    """A real store, edited: beside a measured cell, a trial whose params no grid makes (η on a sampler that takes
+    none, a ddim cell without η, η below 0, S beyond any checkpoint's T), still running or measured. ``ddimbench
+    report`` (the module, as a shell runs it) writes the report without it and says so in one warning line: no
+    traceback (no advice for a cell no grid holds, no chart at S = 10⁴⁰⁰), exit code 0."""
+    import os
+    import subprocess
+
+    from helpers import ROOT
+
+    from bench.store import study as store
+
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    study = store.create_study("s", storage, 0, {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000},
+                               {"name": "s", "n": 20, "mode": "grid", "command": LATEST})  # fmt: skip
+    for cell, done in ((ddim(10, 0.0), "COMPLETE"), (Cell(sampler, "uniform", steps, eta, 0), state)):
+        trial = study.ask()
+        for key, value in {"cell": cell.key, **cell.fields(), "fid": 3.0, "images_per_s": 2.0}.items():
+            trial.set_user_attr(key, value)
+        if done == "COMPLETE":
+            study.tell(trial, 3.0)
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "report", "s", "--storage", storage, "--out",
+                           str(tmp_path / "rep"), "--wandb", "disabled"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("report written to"), proc.stderr
+    assert lines[0] == ("warning: 1 trial(s) of 's' hold fields of the wrong type or no grid's cell (edited store?) "
+                        "and are left out: #1")  # fmt: skip
+    manifest = json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))
+    assert [c["number"] for c in manifest["cells"]] == [0] and manifest["incomplete"] is None
+
+
 # ------------------------------------------------------------------------------ the command as the CLI reads it
 def test_every_offered_command_is_one_ddimbench_sweep_accepts_for_the_cells_not_run(ckpt, cache, work, capsys):
     """The commands of a remainder that is no one grid (the quad cells and ddpm, which runs all T steps, under
@@ -169,18 +243,45 @@ def test_a_combined_report_offers_the_same_commands(tmp_path):
     stopped = dataclasses.replace(stopped, interrupted=True)
     meta = {"name": "s", "mode": "grid", "dataset": "digits", "command": "first", "last_run": {"command": LATEST}}
     sweeps = [("s", [stopped, done], meta), ("t", [done], {**meta, "name": "t"})]
-    write_combined_report(sweeps, tmp_path / "out", grids={"s": grid_of((10,), (0.0,)), "t": grid_of((10,), (0.0,))})
+    write_combined_report(sweeps, tmp_path / "out", grids={n: Grids.one(grid_of((10,), (0.0,))) for n in "st"})
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert list(manifest["incomplete"]) == ["s"]
     assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=20 eta=1 spacing=uniform sampler=ddim "
                                                 "seeds=0")  # fmt: skip
     # Every run's grid shown (S = 10, 20 × η = 0, 1), the latest run's S = 10 η = 0: the earlier grid is offered.
-    grids = {"s": grid_of((10, 20), (0.0, 1.0)), "t": grid_of((10,), (0.0,))}
-    write_combined_report(sweeps, tmp_path / "out", grids=grids, latest={"s": grid_of((10,), (0.0,))})
+    latest = tuple(grid_of((10,), (0.0,)))
+    grids = {"s": Grids((latest, tuple(grid_of((10, 20), (0.0, 1.0)))), latest), "t": Grids.one(latest)}
+    write_combined_report(sweeps, tmp_path / "out", grids=grids)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["incomplete"]["s"].startswith("sweep 's' is incomplete: 1 of 4 cells measured, 3 not run")
     assert manifest["incomplete"]["s"].endswith(": ddimbench sweep name=s steps=10,20 eta=0,1 spacing=uniform "
                                                 "sampler=ddim seeds=0")  # fmt: skip
+
+
+def test_a_stores_earlier_grids_are_offered_as_the_runs_asked_for_them(tmp_path, capsys):
+    """A real store whose runs asked for ``steps=20 eta=0,0.5,1``, then ``steps=10,20,50 eta=0.5``, then
+    ``steps=10 eta=0`` (measured): ``ddimbench report`` offers the two earlier grids, not three splits."""
+    from bench.store import study as store
+    from bench.store.grids import save_spec
+
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    study = store.create_study("s", storage, 0, {"mode": "grid", "checkpoint_sha256": "c0", "n": 20, "T": 1000},
+                               {"name": "s", "n": 20, "mode": "grid", "command": LATEST})  # fmt: skip
+    axes = {"spacing": ["uniform"], "sampler": ["ddim"], "seeds": [0], "T": 1000, "search": None}
+    for steps, etas in (([20], [0.0, 0.5, 1.0]), ([10, 20, 50], [0.5]), ([10], [0.0])):
+        save_spec(study, {**axes, "steps": steps, "eta": etas})
+    trial = study.ask()
+    for key, value in {"cell": ddim(10, 0.0).key, **ddim(10, 0.0).fields(), "fid": 3.0}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 3.0)
+    code, _, err = run(["report", "s", "--storage", storage, "--out", tmp_path / "rep", "--wandb", "disabled"], capsys)
+    assert code == 0, err
+    note = json.loads((tmp_path / "rep" / "manifest.json").read_text(encoding="utf-8"))["incomplete"]
+    assert note.startswith("sweep 's' is incomplete: 1 of 6 cells measured, 5 not run")
+    assert sorted(note.split("(measured cells are skipped): ")[1].split("; ")) == [
+        "ddimbench sweep name=s steps=10,20,50 eta=0.5 spacing=uniform sampler=ddim seeds=0",
+        "ddimbench sweep name=s steps=20 eta=0,0.5,1 spacing=uniform sampler=ddim seeds=0",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -159,6 +159,8 @@ def test_a_measurement_is_stored_under_the_releases_attribute_names_and_read_bac
         ("result", {"n": {"a": 1}}),
         ("result", {"versions": "torch"}),
         ("error", 3),
+        pytest.param("fid", 10**400, id="fid-beyond-a-float"),  # an int beyond a float's range
+        pytest.param("eta", -(10**400), id="eta-beyond-a-float"),
     ],
 )
 def test_a_trial_with_an_ill_typed_attribute_is_left_out_with_a_warning(tmp_path, capsys, name, value):
@@ -227,10 +229,10 @@ def test_an_interrupted_sweeps_report_shows_every_cell_and_says_how_to_finish(tm
         else:
             store.save_result(t, MEASURED)
         study.tell(t, 1.5 if state == TrialState.COMPLETE else None, state=state)
-    grid: list[Cell] = []
-    records, _, _ = store.load_results("s", url, grid)
+    grids: list = []
+    records, _, _ = store.load_results("s", url, grids)
     assert [(r.interrupted, r.failed) for r in records] == [(True, False), (False, False), (False, True)]
-    assert len(grid) == 4
+    assert len(grids[0].cells) == 4
 
     code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])
     err = capsys.readouterr().err
@@ -256,8 +258,7 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     """Each grid run keeps its grid, once per distinct grid; ``load_results`` gives every grid's cells (the latest
     run's first) and the latest run's. A store of the previous release (the latest ``spec`` alone) gives that one
     grid for both; a search keeps none."""
-    from bench.store.cell import spec_grid
-    from bench.store.grids import save_spec
+    from bench.store.grids import save_spec, spec_grid
 
     study, _, url = new_trial(tmp_path)
     common = {"name": "s", "n": 500, "spacing": ["uniform"], "sampler": ["ddim"], "T": 1000, "search": None}
@@ -265,9 +266,9 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     narrow = {**common, "steps": [10], "eta": [0.0], "seeds": [0, 1]}
 
     def grids() -> tuple[list[str], list[str]]:
-        every, latest = [], []
-        store.load_results("s", url, every, latest)
-        return [c.key for c in every], [c.key for c in latest]
+        stored: list = []
+        store.load_results("s", url, stored)
+        return [c.key for c in stored[0].cells], [c.key for c in stored[0].latest]
 
     study.set_user_attr("spec", wide)  # as the previous release stored it
     assert grids() == ([c.key for c in spec_grid(wide)],) * 2
@@ -281,6 +282,26 @@ def test_every_runs_grid_is_kept_and_read_back_with_the_latest_runs(tmp_path):
     search = optuna.create_study(study_name="p", storage=url)
     save_spec(search, {**wide, "search": "pareto", "steps": "2..10"})
     assert list(optuna.load_study(study_name="p", storage=url).user_attrs) == ["spec"]
+
+
+def test_a_stored_grid_with_numbers_beyond_a_floats_range_is_no_grid(tmp_path, capsys):
+    """``T: 10**400`` or ``eta: [10**400]`` (valid JSON, an edited store): never a float conversion that overflows;
+    neither is a grid (T is at most a checkpoint's MAX_T, η a float), the report shows the trials."""
+    from bench.cli import main
+    from bench.store.grids import spec_grid
+
+    study, trial, url = new_trial(tmp_path)
+    store.save_result(trial, MEASURED)
+    study.tell(trial, 1.5, state=TrialState.COMPLETE)
+    axes = {"spacing": ["uniform"], "sampler": ["ddim"], "steps": [10], "eta": [0.5], "seeds": [1], "T": 1000}
+    with pytest.raises(store.DDIMError, match=r"T=1000\d+… is not an integer in 1\.\.100000"):
+        spec_grid({**axes, "T": 10**400})
+    with pytest.raises(store.DDIMError, match="eta: 1000.* is not a finite number"):
+        spec_grid({**axes, "eta": [10**400]})
+    for bad in ({**axes, "T": 10**400}, {**axes, "eta": [10**400]}):
+        study.set_user_attr("spec", bad)
+        code = main(["report", "s", "--storage", url, "--out", str(tmp_path / "rep"), "--wandb", "disabled"])
+        assert code == 0, capsys.readouterr().err
 
 
 def test_a_checkpoint_change_is_named_even_without_the_first_runs_path() -> None:

@@ -49,6 +49,11 @@ def test_caption_and_provenance_cover_every_run(ckpt, cache, work):
     sweep(spec_of(ckpt, cache, *FAST, "seeds=0", name="sb"), work, "third")
     _, meta, _ = load_results("sb", url(work))
     assert meta["runs"] == 3 and meta["last_run"]["command"] == "third" and meta["seeds"] == "0-19, 20-39"
+    # Each later run's record names its own grid (the report pairs its command with that grid, not with ``spec``).
+    attrs = optuna.load_study(study_name="sb", storage=url(work)).user_attrs
+    digests = [v["grid"] for k, v in sorted(attrs.items()) if k.startswith("run:")]
+    assert [f"grid:{d}" in attrs for d in digests] == [True, True] and digests[0] != digests[1]
+    assert attrs[f"grid:{digests[1]}"]["seeds"] == [0]
 
 
 def _stopped_trial(storage: str, name: str, cell: str, **attrs) -> int:

@@ -211,3 +211,13 @@ def test_dry_run_refuses_what_the_stored_sweep_would_refuse_and_writes_nothing(c
         one_line(code, err.strip().splitlines()[-1], *words)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert store.read_bytes() == before
+
+
+def test_a_grid_beyond_the_cell_cap_is_refused_before_it_is_built(ckpt, work, capsys):
+    """``MAX_GRID_CELLS`` holds for a typed grid as for a stored one: the report would not read a larger grid."""
+    from bench.store.cell import MAX_GRID_CELLS
+
+    etas = ",".join(f"{i / 1000:g}" for i in range(1000))
+    code, err = run(["sweep", f"checkpoint={ckpt}", "steps=2", f"eta={etas}", "seeds=" + ",".join(map(str, range(101))),
+                     "--dry-run"], capsys)  # fmt: skip
+    one_line(code, err, f"the grid has 101000 cells, more than the {MAX_GRID_CELLS} a sweep may have")

@@ -175,7 +175,7 @@ def test_the_study_records_the_devices_the_workers_use(monkeypatch, ckpt, cache,
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     recorded: list[dict] = []
 
-    def fake_create_study(name, storage, heartbeat, protocol, meta):
+    def fake_create_study(name, storage, heartbeat, protocol, meta, grid=None):
         recorded.append(meta)
         raise DDIMError("stop before any worker starts")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.console import warn
 from bench.report.write import incomplete, provenance_md, write_report
 from bench.store.artifacts import fetch_missing
-from bench.store.cell import Cell
+from bench.store.grids import Grids
 from bench.store.study import load_results
 from bench.store.untrusted import artifact_file, artifacts_root, check_name
 from bench.tracking.report_run import track_report
@@ -37,9 +37,8 @@ def make_report(
     (``wandb_report.json`` in the folder) and, online, published.
     """
     check_name(name, "sweep name ")  # it names the report's folder
-    grid: list[Cell] = []
-    latest: list[Cell] = []
-    records, meta, extras = load_results(name, storage, grid, latest)
+    stored: list[Grids] = []
+    records, meta, extras = load_results(name, storage, stored)
     root = artifacts_root(name, meta)
     fetch_missing(name, storage, records, root)
     missing = 0
@@ -74,10 +73,9 @@ def make_report(
         compare_paper=compare_paper,
         metrics=metrics,
         force=force,
-        grid=grid,
-        latest=latest,
+        grids=stored[0],
     )
-    if meta.get("mode") != "pareto" and (note := incomplete(records, meta, grid, latest)):
+    if meta.get("mode") != "pareto" and (note := incomplete(records, meta, stored[0])):
         warn(note)
 
     sweeps = [(name, records, meta)]

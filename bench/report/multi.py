@@ -42,7 +42,7 @@ from bench.report.write import (
     validate_records,
     warnings_of,
 )
-from bench.store.cell import Cell
+from bench.store.grids import NO_GRIDS, Grids
 from bench.store.study import Sweep
 from bench.store.table_cells import row_order, select_cells, spacing_order
 from ddim.errors import DDIMError
@@ -63,17 +63,16 @@ def _pairs(sweeps: Sequence[Sweep], compare: Sequence[str]) -> dict[str, str]:
 
 
 def _blocks(sweeps: Sequence[Sweep], pairs: Mapping[str, str], force: bool, warnings: list[str],
-            grids: Mapping[str, Sequence[Cell]], latest: Mapping[str, Sequence[Cell]],
-            unfinished: dict[str, list[str]]) -> list[Block]:  # fmt: skip
+            grids: Mapping[str, Grids], unfinished: dict[str, list[str]]) -> list[Block]:  # fmt: skip
     """The column blocks of the sweeps' tables; each sweep's warnings (prefixed with its name) are added to
     ``warnings``, and ``unfinished[name]`` is an incomplete sweep's note then its interrupted trials."""
     datasets = Counter(str(meta.get("dataset") or name) for name, _, meta in sweeps)
     blocks = []
     for name, records, meta in sweeps:
         mine: list[str] = []
-        grid = grids.get(name, ())
-        cells = select_cells(records, mine, grid)
-        if left := incomplete_note(cells, meta, grid, latest.get(name)):
+        grid = grids.get(name, NO_GRIDS)
+        cells = select_cells(records, mine, grid.cells)
+        if left := incomplete_note(cells, meta, grid):
             unfinished[name] = [left, *(f"{name}: {line}" for line in interrupted_lines(cells))]
         ds, ex = meta.get("dataset"), meta.get("extractor")
         ref = pairs.get(name)
@@ -120,17 +119,15 @@ def write_combined_report(
     compare_paper: Sequence[str] = (),
     metrics: Sequence[str] | None = None,
     force: bool = False,
-    grids: Mapping[str, Sequence[Cell]] | None = None,
-    latest: Mapping[str, Sequence[Cell]] | None = None,
+    grids: Mapping[str, Grids] | None = None,
 ) -> dict[str, Path]:
     """Write one report of several grid sweeps into ``out_dir``; return {relative name: path} of every file.
 
-    ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them, ``grids`` the cells of
-    their runs' grids by sweep name (a cell no trial ran shows as not run, and the report's first section says the
-    sweep is incomplete and how to finish it, as a single sweep's does; ``latest``: the grid of each one's latest
-    run, where not the one of ``grids``). Raises DDIMError for a repeated or empty sweep, a Pareto search,
-    malformed records, an unknown metric, or a paper comparison with another dataset or extractor (unless
-    ``force``).
+    ``sweeps`` are (name, records, meta) as ``bench.store.study.load_results`` gives them, ``grids`` their runs'
+    grids by sweep name (a cell no trial ran shows as not run, and the report's first section says the sweep is
+    incomplete and how to finish it, as a single sweep's does). Raises DDIMError for a repeated or empty sweep, a
+    Pareto search, malformed records, an unknown metric, or a paper comparison with another dataset or extractor
+    (unless ``force``).
     """
     names = [name for name, _, _ in sweeps]
     if len(names) != len(set(names)):
@@ -149,7 +146,7 @@ def write_combined_report(
     chosen = pick_metrics(wanted, every)
     warnings: list[str] = []
     unfinished: dict[str, list[str]] = {}
-    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {}, latest or {}, unfinished)
+    blocks = _blocks(checked, _pairs(checked, compare_paper), force, warnings, grids or {}, unfinished)
     tables = combined_tables(blocks, chosen)
     with ReportWriter(Path(out_dir)) as w:
         tex = "% ddimbench results; needs \\usepackage{booktabs}\n" + "\n".join(table_tex(t) for t in tables)
@@ -222,16 +219,16 @@ def make_combined_report(
 
     for name in names:
         check_name(name, "sweep name ")  # the names make the report's folder
-    sweeps, grids, latest = [], {}, {}
+    sweeps, grids = [], {}
     for name in dict.fromkeys(names):
-        grid, last = [], []
-        grids[name], latest[name] = grid, last
-        records, meta, _ = load_results(name, storage, grid, last)
+        stored: list[Grids] = []
+        records, meta, _ = load_results(name, storage, stored)
         sweeps.append((name, records, meta))
-        if note := incomplete(records, meta, grid, last):
-            warn(note)
+        grids[name] = stored[0]
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
-    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids,
-                                    latest=latest)  # fmt: skip
+    written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids)
+    for name, records, meta in sweeps:  # once the report is written: a refused one (a search among them) says why alone
+        if note := incomplete(records, meta, grids[name]):
+            warn(note)
     track_report(wandb, folder, sweeps, provenance_md(sweeps), written, warn)
     return folder

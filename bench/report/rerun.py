@@ -6,8 +6,10 @@ Rerunning a sweep's name with a grid skips the grid's measured cells, retries it
 the sweep. An earlier run may have asked for other cells (``sweep steps=10,20,50 eta=0,1 name=s`` stopped, then
 ``sweep steps=10 eta=0 name=s``); the cells not run are then covered by grids (spacing × sampler × S × η × seed
 block, as ``bench.store.cell.grid`` builds them) that hold only cells the sweep already has, so none is added to it:
-one grid when they fit one, else as few as splitting them along one axis at a time finds. Each grid is offered as
-the latest run's command with its grid keys (``bench.store.cell.AXES``) replaced. Pure python, deterministic.
+one grid when they fit one, else few: the runs' own grids, each cut to its cells not run, where that adds no cell
+(they read as the commands typed), then splitting the cells left along one axis at a time; or that splitting alone,
+where it takes fewer. Not always the fewest (finding those is a set cover problem). Each grid is offered as the
+latest run's command with its grid keys (``bench.store.axes.AXES``) replaced. Pure python, deterministic.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bench.store.cell import AXES, Cell, grid
+from bench.store.axes import AXES
+from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import OLD_SPACING
 from bench.store.table_cells import NOT_RUN, spacing_order
 from ddim.names import SAMPLERS
@@ -33,19 +36,24 @@ class Box:
     seeds: tuple[int, ...]
     T: int
 
+    def size(self) -> int:
+        """How many cells the grid has, counted without making them (``bench.store.cell.grid_size``)."""
+        return grid_size(self.spacing, self.sampler, self.steps, self.eta, self.seeds)
+
     def keys(self) -> set[str]:
         """The keys of the grid's cells."""
         return {c.key for c in grid(self.spacing, self.sampler, self.steps, self.eta, self.seeds, self.T)}
 
     def tokens(self) -> list[str]:
-        """The grid as the sweep's keys: ``steps=20,50 eta=0,1 spacing=uniform sampler=ddim seeds=0`` (``eta`` only
-        with ddim, which alone takes it; a grid of ddpm alone, which runs all T steps, gives ``steps=T``)."""
-        listed = ",".join
-        head = [f"steps={listed(map(str, self.steps or (self.T,)))}"]
-        if "ddim" in self.sampler:
-            head.append(f"eta={listed(map(_number, self.eta))}")
-        return [*head, f"spacing={listed(self.spacing)}", f"sampler={listed(self.sampler)}",
-                f"seeds={listed(map(str, self.seeds))}"]  # fmt: skip
+        """The grid as the sweep's keys (``AXES``, whose names the fields have), in their order: ``steps=20,50
+        eta=0,1 spacing=uniform sampler=ddim seeds=0`` (``eta`` only with ddim, which alone takes it; a grid of ddpm
+        alone, which runs all T steps, gives ``steps=T``)."""
+        out = []
+        for name, axis in AXES.items():
+            values = getattr(self, name) or ((self.T,) if name == "steps" else ())
+            if name != "eta" or "ddim" in self.sampler:
+                out.append(f"{name}={','.join(_number(v) if axis.kind is float else str(v) for v in values)}")
+        return out
 
 
 def _number(eta: float) -> str:
@@ -84,16 +92,25 @@ def box_of(cells: Sequence[Cell]) -> Box:
 _SPLIT = ("seed_block", "spacing", "sampler", "eta", "steps")  # the axes tried in turn (ties: the first wins)
 
 
-def cover(todo: Iterable[Cell], allowed: set[str]) -> list[Box]:
+def cover(todo: Iterable[Cell], allowed: set[str], runs: Iterable[Sequence[Cell]] = ()) -> list[Box]:
     """Grids that hold every cell of ``todo`` and no cell outside ``allowed`` (keys): ``box_of(todo)`` when it
-    does, else the fewest that splitting the cells by the values of one axis, then within each part again, finds."""
+    does, else few (not always the fewest). Each of ``runs`` (the grids the sweep's runs asked for) cut to its cells
+    of ``todo`` (their ``box_of``) is a candidate where it adds no cell: the one holding most of the cells left is
+    taken, then the next, and the cells none holds are split by the values of one axis, then within each part
+    again (in each part, the axis whose split needs fewest grids). That, or the splitting of all of ``todo`` where
+    it takes fewer grids. A cell that no grid holds (an edited store: ``bench.store.study`` leaves such trials out)
+    gets the grid nearest to it, ``box_of`` its own, never an error."""
     memo: dict[frozenset[str], list[Box]] = {}
+    most = min(len(allowed), MAX_GRID_CELLS)  # a larger grid adds cells (or is one the sweep refuses): never built
+
+    def fits(box: Box, ident: frozenset[str]) -> bool:
+        return box.size() <= most and ident <= box.keys() <= allowed
 
     def best(part: tuple[Cell, ...]) -> list[Box]:
         ident = frozenset(c.key for c in part)
         if ident not in memo:
             box = box_of(part)
-            if ident <= box.keys() <= allowed:
+            if fits(box, ident):
                 memo[ident] = [box]
             else:
                 tries = []
@@ -103,10 +120,30 @@ def cover(todo: Iterable[Cell], allowed: set[str]) -> list[Box]:
                         groups.setdefault(getattr(c, axis), []).append(c)
                     if len(groups) > 1:
                         tries.append([b for g in groups.values() for b in best(tuple(g))])
-                memo[ident] = min(tries, key=len)  # two distinct cells differ on some axis; a single cell fits
+                # Two distinct cells differ on some axis; a single cell fits its own grid unless no grid has it.
+                memo[ident] = min(tries, key=len) if tries else [box]
         return memo[ident]
 
-    return best(tuple(sorted({c.key: c for c in todo}.values(), key=_order)))
+    cells = sorted({c.key: c for c in todo}.values(), key=_order)
+    split = best(tuple(cells))
+    if len(split) < 2:
+        return split
+    wanted = {c.key for c in cells}
+    candidates = []  # (a run's grid cut to its cells not run, the cells not run it holds)
+    for run in runs:
+        mine = [c for c in run if c.key in wanted]
+        box = box_of(mine) if mine else None
+        if box is not None and fits(box, frozenset(c.key for c in mine)):
+            candidates.append((box, box.keys() & wanted))
+    chosen, left = [], set(wanted)
+    while candidates and left:
+        box, holds = max(candidates, key=lambda candidate: len(candidate[1] & left))  # ties: the first run's
+        if not holds & left:
+            break
+        chosen.append(box)
+        left -= holds
+    mixed = chosen + (best(tuple(c for c in cells if c.key in left)) if left else [])
+    return mixed if len(mixed) <= len(split) else split
 
 
 def with_grid(command: str, box: Box) -> str | None:
@@ -125,16 +162,17 @@ def with_grid(command: str, box: Box) -> str | None:
     return shlex.join([*(a for a in argv if not axis(a)), *box.tokens()])
 
 
-def finish(states: Iterable[tuple[Cell, str]], latest: Sequence[Cell], command: str | None) -> str:
+def finish(states: Iterable[tuple[Cell, str]], latest: Sequence[Cell], command: str | None,
+           runs: Iterable[Sequence[Cell]] = ()) -> str:  # fmt: skip
     """How to finish a sweep with cells not run: ``states`` are its cells and how they stand
     (``bench.store.table_cells.cell_states``), ``latest`` the grid of its latest run, ``command`` that run's command
-    (None when the store has none)."""
+    (None when the store has none), ``runs`` the grids of all its runs (``cover`` tries them first)."""
     states = list(states)
     todo = [c for c, s in states if s == NOT_RUN]
     if {c.key for c in todo} <= {c.key for c in latest}:
         same = f"the same command to finish it: {command}" if command else "the same `ddimbench sweep` command"
         return f"rerun {same}"
-    boxes = cover(todo, {c.key for c, _ in states})
+    boxes = cover(todo, {c.key for c, _ in states}, runs)
     lines = [with_grid(command, b) for b in boxes] if command else []
     why = "to finish it,"  # a store that kept no grid of its latest run is not said to hold others
     if latest:

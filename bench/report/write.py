@@ -35,7 +35,8 @@ from bench.report.tables import (
     table_md,
     table_tex,
 )
-from bench.store.cell import Cell, eta_str, row_label
+from bench.store.cell import eta_str, row_label
+from bench.store.grids import NO_GRIDS, Grids
 from bench.store.record import BF16, CellRecord, listed_devices
 from bench.store.study import Sweep
 from bench.store.table_cells import (
@@ -193,18 +194,19 @@ def provenance_rows(meta: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
-def incomplete_note(cells: Mapping[TableKey, Mapping[int, CellRecord]], meta: Mapping, grid: Sequence[Cell] = (),
-                    latest: Sequence[Cell] | None = None) -> str | None:  # fmt: skip
-    """The report's sentence on a sweep whose ``select_cells``' cells and ``grid`` (its runs') have cells not run yet
-    (never started, running or interrupted), and the command(s) that finish it (``bench.report.rerun``; ``latest``:
-    the latest run's grid, None: ``grid``); None when every cell was measured or failed."""
+def incomplete_note(cells: Mapping[TableKey, Mapping[int, CellRecord]], meta: Mapping,
+                    grids: Grids = NO_GRIDS) -> str | None:  # fmt: skip
+    """The report's sentence on a sweep whose ``select_cells``' cells and ``grids`` (its runs') have cells not run
+    yet (never started, running or interrupted), and the command(s) that finish it (``bench.report.rerun``); None
+    when every cell was measured or failed."""
+    grid = grids.cells
     done = progress(cells, grid)
     if not done.not_run:
         return None
     failed = f", {done.failed} failed" if done.failed else ""
     last = meta.get("last_run") if isinstance(meta.get("last_run"), Mapping) else {}
-    command = last.get("command") or meta.get("command")
-    rerun = finish(cell_states(cells, grid), grid if latest is None else latest, command)
+    command = grids.command or last.get("command") or meta.get("command")  # the grids' own: that of their latest
+    rerun = finish(cell_states(cells, grid), grids.latest, command, grids.runs)
     name = f"sweep {meta['name']!r}" if meta.get("name") else "the sweep"
     return (f"{name} is incomplete: {done.measured} of {done.total} cells measured{failed}, {done.not_run} not run "
             f"(interrupted, still running or never started; — in the tables); {rerun}")  # fmt: skip
@@ -217,10 +219,9 @@ def interrupted_lines(cells: Mapping[TableKey, Mapping[int, CellRecord]]) -> lis
     return [f"trial #{r.number} ({r.cell.label}): {r.error}" for r in stopped]
 
 
-def incomplete(records: Sequence[CellRecord], meta: Mapping, grid: Sequence[Cell] = (),
-               latest: Sequence[Cell] | None = None) -> str | None:  # fmt: skip
+def incomplete(records: Sequence[CellRecord], meta: Mapping, grids: Grids = NO_GRIDS) -> str | None:
     """``incomplete_note`` of a sweep's records and grids (``bench.store.study.load_results``)."""
-    return incomplete_note(select_cells(records, [], grid), meta, grid, latest)
+    return incomplete_note(select_cells(records, [], grids.cells), meta, grids)
 
 
 def provenance_md(sweeps: Sequence[Sweep]) -> str:
@@ -241,15 +242,13 @@ def write_report(
     compare_paper: str | None = None,
     metrics: Sequence[str] = ("fid", "isc", "kid"),
     force: bool = False,
-    grid: Sequence[Cell] = (),
-    latest: Sequence[Cell] | None = None,
+    grids: Grids = NO_GRIDS,
 ) -> dict[str, Path]:
     """Write the report for one sweep into ``out_dir``; return {relative name: path} of every file.
 
     ``records`` are the sweep's trials, ``meta`` its provenance, ``root`` the folder the
-    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from, ``grid`` the cells of the
-    sweep's runs' grids (a cell no trial ran shows as not run; a report with such cells says how to finish, from
-    ``latest``, the latest run's grid; None: ``grid``). A Pareto search
+    records' relative ``grid``/``strip`` paths (and ``extras``' paths) start from, ``grids`` the sweep's runs' grids
+    (a cell no trial ran shows as not run; a report with such cells says how to finish). A Pareto search
     (``meta["mode"] == "pareto"``) is shown as its front (table and figure) on the cost it minimised
     instead of an η × S grid. Raises DDIMError for empty or malformed records, an unknown metric or
     paper dataset, a paper comparison with another dataset or extractor (unless ``force``), or a
@@ -270,8 +269,8 @@ def write_report(
     )
     extras = dict(extras or {})
     warnings = warnings_of(records, meta, compare)
-    cells = select_cells(records, warnings, grid)
-    note = None if search else incomplete_note(cells, meta, grid, latest)
+    cells = select_cells(records, warnings, grids.cells)
+    note = None if search else incomplete_note(cells, meta, grids)
     with ReportWriter(out) as w:
         put = w.put
 

@@ -4,18 +4,17 @@ every table, figure, chart, caption and console line (``row_key``, ``row_label``
 
 from __future__ import annotations
 
-import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ddim.errors import DDIMError
 
 RowKey = tuple[str, float | None]  # ("ddim", η) for the η family, (sampler, None) for σ̂ and the others
-# A grid's axes, named as the sweep's keys (steps=10,20 eta=0,1 ...) and its stored config name them, with the type
-# of their values.
-AXES: dict[str, type] = {"spacing": str, "sampler": str, "steps": int, "eta": float, "seeds": int}
+# The most cells a grid may have: the paper's grids have a few hundred (each cell samples thousands of images), so a
+# grid this large is a mistake or an edited store, refused before it is built (``grid``, ``grid_size``).
+MAX_GRID_CELLS = 100_000
 
 
 def eta_str(eta: float) -> str:
@@ -92,11 +91,24 @@ class Cell:
         return f"{self.spacing} {row_label(self.row)} S = {self.steps} block {self.seed_block}"
 
 
+def grid_size(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int], etas: Sequence[float],
+              seeds: Sequence[int]) -> int:  # fmt: skip
+    """How many cells ``grid`` makes of these axes (of their distinct values), counted without making them."""
+    kinds = set(samplers)
+    per_spacing = len(set(steps)) * sum(len(set(etas)) if s == "ddim" else 1 for s in kinds - {"ddpm"})
+    return (len(set(spacings)) * per_spacing + int("ddpm" in kinds and bool(spacings))) * len(set(seeds))
+
+
 def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int], etas: Sequence[float],
          seeds: Sequence[int], T: int) -> list[Cell]:  # fmt: skip
     """A sweep's grid, without pointless duplicates: η only varies for ``ddim``; ``ddpm`` always runs all T steps
     (so it gets S = T and one cell per seed block, under the first spacing: with S = T every spacing is the full
-    sequence T−1 … 0). Two η that one cell key names (6 significant digits) are a DDIMError."""
+    sequence T−1 … 0). Two η that one cell key names (6 significant digits), or more than ``MAX_GRID_CELLS`` cells,
+    are a DDIMError."""
+    size = grid_size(spacings, samplers, steps, etas, seeds)
+    if size > MAX_GRID_CELLS:
+        raise DDIMError(f"the grid has {size} cells, more than the {MAX_GRID_CELLS} a sweep may have; split it into "
+                        "sweeps of fewer S, η, spacings, samplers or seed blocks")  # fmt: skip
     out: dict[str, Cell] = {}
     for spacing in spacings:
         for sampler in samplers:
@@ -114,25 +126,3 @@ def grid(spacings: Sequence[str], samplers: Sequence[str], steps: Sequence[int],
                                 " drop one or make them differ in the first 6 significant digits"
                             )
     return list(out.values())
-
-
-def spec_grid(spec: Any) -> list[Cell] | None:
-    """The ``grid`` of a sweep's resolved config as runs store it (``bench.sweep.spec.SweepSpec.to_dict``: a list
-    per axis of ``AXES``, and ``T``), or None for a search or a config of another shape (an edited store)."""
-    if not isinstance(spec, Mapping) or spec.get("search") is not None:
-        return None
-
-    def fits(v: Any, kind: type) -> bool:
-        if kind is str:
-            return isinstance(v, str)
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
-
-    axes = {k: spec.get(k) for k in AXES}
-    if not fits(spec.get("T"), int) or not all(
-        isinstance(v, list) and all(fits(x, AXES[k]) for x in v) for k, v in axes.items()
-    ):
-        return None
-    try:
-        return grid(axes["spacing"], axes["sampler"], axes["steps"], axes["eta"], axes["seeds"], int(spec["T"]))
-    except DDIMError:
-        return None

@@ -2,9 +2,9 @@
 
 - study user attributes: ``protocol`` (what must match to add cells to the sweep: checkpoint sha256, n, seeds,
   dataset, extractor, metrics, T, mode), ``meta`` (the report's provenance: command, git commit, versions, device,
-  ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit and time of each later
-  run), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's grid: ``bench.store.grids``),
-  and ``extras`` (interpolation strip, inversion table);
+  ... of the run that created the study), ``run:<time>-<id>`` (command, device, git commit, time and grid of each
+  later run: ``bench.store.runs``), ``spec`` (the latest run's resolved config) and ``grid:<digest>`` (each run's
+  grid: ``bench.store.grids``), and ``extras`` (interpolation strip, inversion table);
 - trial params (Optuna's own, so optuna-dashboard plots them): ``sampler`` and ``spacing``
   (categorical over the choices recorded in the study's ``param_choices``), ``steps`` and
   ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
@@ -27,39 +27,37 @@ warning): PRUNED trials
 skipped; a failure superseded by a later complete run of the same cell is dropped and counted in
 ``meta["superseded_trials"]``.
 ``meta["seeds"]`` is the union of the reported cells' seeds, and ``meta["runs"]``/``meta["last_run"]``
-name the runs after the first.
+name the runs after the first (``bench.store.runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import re
 import sys
 import time
 import typing
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bench.store.axes import cell_problem
 from bench.store.cell import Cell
-from bench.store.grids import stored_grids
+from bench.store.grids import Grids, stored_grids
 from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
-from bench.store.record import CellRecord, Measurement, Protocol, Scores, devices_text, listed_devices
+from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.renames import OLD_SPACING, current_key, current_names
+from bench.store.runs import add_runs, record_run
 from bench.store.same_sweep import check_same_sweep, migrated_protocol
 from bench.store.storage import DEFAULT_STORAGE, open_storage
-from bench.store.untrusted import redact, safe_url
+from bench.store.untrusted import redact, safe_url, stored_float, stored_int
 from ddim.errors import DDIMError
 
 if TYPE_CHECKING:
     import optuna
 
 _CELL_FIELDS = ("sampler", "steps", "spacing", "seed_block")  # set with "eta" right after the claim ("cell")
-_RUN_PREFIX = "run:"  # study user attribute of each run after the first (see ``create_study``)
-_RUN_FIELDS = ("command", "device", "git_commit", "created")
 KILLED = "the worker stopped during this cell (killed, pre-empted or out of memory); rerun the sweep to retry it"
 
 
@@ -81,9 +79,11 @@ def load_study(name: str, storage: str | None, heartbeat: int | None = None, sam
 
 
 def create_study(
-    name: str, storage: str | None, heartbeat: int, protocol: Mapping[str, Any], meta: Mapping[str, Any]
-) -> optuna.Study:
-    """Create the sweep's study once (or load it) and check that it is the same experiment.
+    name: str, storage: str | None, heartbeat: int, protocol: Mapping[str, Any], meta: Mapping[str, Any],
+    grid: str | None = None,
+) -> optuna.Study:  # fmt: skip
+    """Create the sweep's study once (or load it) and check that it is the same experiment; a later run is recorded
+    with the digest of its ``grid`` (``bench.store.runs``).
 
     Grid sweeps minimise one value (FID); searches minimise (FID, cost). A study made with another
     checkpoint, n, seeds, extractor, metrics or mode is refused: its cells would not be comparable.
@@ -121,10 +121,7 @@ def create_study(
     else:
         first = (study.user_attrs.get("meta") or {}).get("checkpoint")
         check_same_sweep(name, old, first, protocol, meta.get("checkpoint"))
-        # ``meta`` stays the first run's; each later run is recorded under its own key (an insert, so runs
-        # started at once on several machines cannot overwrite each other), named so that keys sort by time.
-        run = {k: meta.get(k) for k in _RUN_FIELDS}
-        study.set_user_attr(f"{_RUN_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", run)
+        record_run(study, meta, grid)  # ``meta`` stays the first run's
     return study
 
 
@@ -157,11 +154,14 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
         return None
     # A trial stopped between claiming its cell and recording the cell's fields measured nothing and names no
     # cell to report; its "cell" claim alone makes ``cell_plan`` retry the cell.
-    if any(ua.get(k) is None for k in _CELL_FIELDS) or (ua["sampler"] == "ddim" and ua.get("eta") is None):
+    if any(ua.get(k) is None for k in _CELL_FIELDS):
         return None
     result = ua.get("result")
     result = result if isinstance(result, dict) else {}  # the rest of the measurement: one "result" attribute
     values = redact({**ua, **result})
+    cell = _typed(Cell, values)
+    if cell_problem(cell) is not None:  # η on σ̂, a ddim cell without η, S = 0, ...: no grid's cell, no table's
+        raise _Malformed("cell")
     measured = bool(result) or any(ua.get(k) is not None for k in METRIC_ATTRS)
     error = _value("error", values.get("error"), str)
     if trial.state.name == "FAIL" and not error:
@@ -169,7 +169,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
     return CellRecord(
         number=trial.number,
         state=trial.state.name,
-        cell=_typed(Cell, values),
+        cell=cell,
         measurement=_typed(Measurement, values) if measured else None,
         error=error,
         interrupted=trial.state.name == "FAIL" and ua.get("interrupted") is True,
@@ -177,7 +177,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> CellRecord | None:
 
 
 class _Malformed(Exception):
-    """A stored attribute of the wrong type: a store edited by hand or by another program."""
+    """A stored attribute of the wrong type, or a cell no grid has: a store edited by hand or by another program."""
 
 
 @functools.cache
@@ -203,11 +203,9 @@ def _value(name: str, v: Any, kind: type) -> Any:
     """A stored attribute as ``kind`` (None stays None; a whole float is an int), else ``_Malformed``."""
     if v is None:
         return None
-    real = isinstance(v, numbers.Real) and not isinstance(v, bool)
-    if kind is float and real:
-        return float(v)
-    if kind is int and real and float(v).is_integer():
-        return int(v)
+    number = stored_float(v) if kind is float else stored_int(v) if kind is int else None
+    if number is not None:
+        return number
     if (kind in (str, bool) and isinstance(v, kind)) or (kind is Mapping and isinstance(v, Mapping)):
         return v
     raise _Malformed(name)
@@ -252,26 +250,23 @@ Sweep = tuple[str, Sequence[CellRecord], Mapping]  # (name, records, meta): a sw
 
 
 def load_results(
-    name: str, storage: str | None = None, grid: list[Cell] | None = None, latest: list[Cell] | None = None
+    name: str, storage: str | None = None, grids: list[Grids] | None = None
 ) -> tuple[list[CellRecord], dict, dict]:
-    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the cells of its runs' grids
-    (``bench.store.grids.stored_grids``; none for a search) are appended to ``grid``, those of the latest run's grid
-    to ``latest``.
+    """(records, meta, extras) of a sweep, straight from the store (no recomputation); the grids of its runs
+    (``bench.store.grids.stored_grids``; none for a search) are appended to ``grids``.
 
     Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
     before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
     """
     study = load_study(name, storage)
-    every, last = stored_grids(study.user_attrs)
-    for out, cells in ((grid, every), (latest, last)):
-        if out is not None:
-            out.extend(cells)
+    ignored: list[str] = []
+    stored = stored_grids(study.user_attrs, ignored)
+    _left_out(ignored, f"stored grid(s) of {name!r} are none `ddimbench sweep` could have run")
+    if grids is not None:
+        grids.append(stored)
     malformed: list[int] = []
     records, superseded = records_of(study, malformed)
-    if malformed:
-        listed = ", ".join(f"#{n}" for n in malformed[:5]) + (", …" if len(malformed) > 5 else "")
-        print(f"warning: {len(malformed)} trial(s) of {name!r} hold fields of the wrong type (edited store?) and "
-              f"are left out: {listed}", file=sys.stderr)  # fmt: skip
+    _left_out([f"#{n}" for n in malformed], f"trial(s) of {name!r} hold fields of the wrong type or no grid's cell")
     meta = study.user_attrs.get("meta")
     meta = redact(dict(meta)) if isinstance(meta, dict) else {}
     if meta.get("mode") == "pareto" and not meta.get("objective"):  # a search made before meta named its cost
@@ -287,19 +282,19 @@ def load_results(
     seeds = _seeds_text(r.measured.seeds for r in records)
     if seeds:
         meta["seeds"] = seeds
-    runs = [redact(v) for k, v in sorted(study.user_attrs.items()) if k.startswith(_RUN_PREFIX) and isinstance(v, dict)]
-    if runs:
-        meta["runs"] = 1 + len(runs)
-        meta["last_run"] = {k: runs[-1].get(k) for k in _RUN_FIELDS}
-        # Every run's workers' devices: a sweep resumed on other GPUs ran there too (no "differs" warning for them).
-        texts = [t for t in (meta.get("device"), *(r.get("device") for r in runs)) if isinstance(t, str) and t]
-        if texts:
-            meta["device"] = devices_text(d for t in texts for d in listed_devices(t))
+    add_runs(meta, study.user_attrs)
     if superseded:
         meta["superseded_trials"] = superseded
     extras = study.user_attrs.get("extras")
     extras = {k: v for k, v in redact(dict(extras)).items() if k != "key"} if isinstance(extras, dict) else {}
     return records, meta, extras
+
+
+def _left_out(items: Sequence[str], what: str) -> None:
+    """One warning line naming ``items`` (the first five) of an edited store, which the report leaves out."""
+    if items:
+        listed = ", ".join(i[:120] for i in items[:5]) + (", …" if len(items) > 5 else "")
+        print(f"warning: {len(items)} {what} (edited store?) and are left out: {listed}", file=sys.stderr)
 
 
 def _seeds_text(ranges: Any) -> str | None:

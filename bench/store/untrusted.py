@@ -1,17 +1,20 @@
-"""What crosses a trust boundary: credentials on the way out, names and paths from a sweep store on the way in.
+"""What crosses a trust boundary: credentials on the way out, names, numbers and paths from a sweep store on the way in.
 
 - Credentials never leave the process: a storage URL such as ``postgresql://user:PASSWORD@host/db``
   reaches the study's provenance (the command line), the report, W&B and the terminal; ``safe_url``
   masks its password wherever it sits in a string, and ``redact`` applies it to every string of a
   JSON-like structure.
 - A sweep store is untrusted input (anyone with access to the database can write to it): a sweep
-  name must pass ``check_name`` (it names folders), a file the store names is read only as a PNG
+  name must pass ``check_name`` (it names folders), a number is read only as an int or float that it is
+  (``stored_int``, ``stored_float``: ``10**400`` is no float), a file the store names is read only as a PNG
   inside the sweep's artifacts folder (``artifact_file``), and that folder only when it holds the
   sweep's ``sweep.json`` (``artifacts_root``).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +55,28 @@ def redact(value: Any) -> Any:
     return value
 
 
-# --- names and paths read from a sweep store -------------------------------------------------------
+# --- names, numbers and paths read from a sweep store ----------------------------------------------
+
+
+def stored_float(v: Any) -> float | None:
+    """A number read from the store as a float (an int too: JSON keeps 3 an int), or None for anything else: a bool,
+    a string, an int beyond a float's range (``10**400``). NaN and ±inf stay (a metric that came out NaN)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
+def stored_int(v: Any) -> int | None:
+    """A number read from the store as an int: an int (not a bool), or a float without a fraction (``10.0``: JSON
+    writers may store 10 so); None for anything else (a fraction, NaN, ±inf, a string). Never a float conversion
+    of an int, which overflows beyond a float's range."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    f = stored_float(v)
+    return int(f) if f is not None and math.isfinite(f) and f.is_integer() else None
 
 
 def check_name(name: object, what: str = "name=") -> str:

@@ -13,9 +13,10 @@ win over the file's. Value forms:
 Every malformed token (``steps=``, ``steps=a``, ``=3``, ``steps``), out-of-range value
 (``steps=0``, ``eta=-1``, ``n=0``), unknown or repeated key raises ``DDIMError`` with one line
 naming the problem and the fix. Checks that need the checkpoint (``steps`` ≤ T) happen in
-``bench.sweep.resolve.resolve_spec``. The sampler list is ``ddim.names.SAMPLERS`` (the sampler
-registry's names, kept equal by a test), read without importing torch. A deprecated key (``ALIASES``:
-``schedule`` for ``spacing``) still works, with one warning line naming its replacement.
+``bench.sweep.resolve.resolve_spec``. The grid's axes take their type, bounds and names from
+``bench.store.axes.AXES``, which checks a grid read back from a sweep's store the same way; the sampler list is
+``ddim.names.SAMPLERS`` (the sampler registry's names, kept equal by a test), read without importing torch. A
+deprecated key (``ALIASES``: ``schedule`` for ``spacing``) still works, with one warning line naming its replacement.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.console import warn
+from bench.store.axes import AXES
 from bench.store.renames import OLD_SPACING
 from bench.sweep.spec import Range, SweepSpec  # Range: a parsed lo..hi value
 from ddim.errors import DDIMError
@@ -50,18 +52,6 @@ class Key:
     auto: bool = False  # also takes the word "auto" (decided at run time)
 
 
-def _samplers() -> Sequence[str]:
-    from ddim.names import SAMPLERS
-
-    return SAMPLERS
-
-
-def _spacings() -> Sequence[str]:
-    from ddim.schedules import SPACINGS
-
-    return SPACINGS
-
-
 def _datasets() -> Sequence[str]:
     from ddim.data import DATASETS
 
@@ -78,6 +68,15 @@ def _metrics() -> Sequence[str]:
     from bench.metrics.fidelity import METRICS
 
     return METRICS
+
+
+def _axis(name: str, text: str, ranged: bool = False, example: str = "") -> Key:
+    """The list key of a grid's axis: its type, bounds and names are the axis's (``bench.store.axes.AXES``, which
+    also checks the grids read back from a store)."""
+    axis = AXES[name]
+    kind = "choice" if axis.names else {int: "int", float: "float"}[axis.kind]
+    choices = (lambda: axis.choices) if axis.names else None
+    return Key(kind, text, True, ranged, minimum=axis.minimum, choices=choices, example=example)
 
 
 KEYS: dict[str, Key] = {
@@ -103,14 +102,12 @@ KEYS: dict[str, Key] = {
         example="batch=256",
         auto=True,
     ),  # fmt: skip
-    "seeds": Key("int", "seed blocks; block b uses seeds seed_base+b·n+i", True, minimum=0, example="seeds=0,1,2"),
+    "seeds": _axis("seeds", "seed blocks; block b uses seeds seed_base+b·n+i", example="seeds=0,1,2"),
     "seed_base": Key("int", "first seed of block 0", minimum=0, example="seed_base=0"),
-    "steps": Key("int", "sampling steps S (≤ T)", True, True, minimum=1, example="steps=10,20,50"),
-    "eta": Key("float", "DDIM η (eq. 16, ≤ 1 or where eq. 12 holds)", True, True, minimum=0.0, example="eta=0,0.5,1"),
-    "spacing": Key(
-        "choice", "timestep spacing of τ (default: the paper's for the dataset, else uniform)", True, choices=_spacings
-    ),  # fmt: skip
-    "sampler": Key("choice", "sampler", True, choices=_samplers),
+    "steps": _axis("steps", "sampling steps S (≤ T)", ranged=True, example="steps=10,20,50"),
+    "eta": _axis("eta", "DDIM η (eq. 16, ≤ 1 or where eq. 12 holds)", ranged=True, example="eta=0,0.5,1"),
+    "spacing": _axis("spacing", "timestep spacing of τ (default: the paper's for the dataset, else uniform)"),
+    "sampler": _axis("sampler", "sampler"),
     "extractor": Key("choice", "feature extractor (default: per dataset)", choices=_extractors),
     "metrics": Key("choice", "metrics to compute", True, choices=_metrics),
     "search": Key("choice", "search mode instead of a grid", choices=lambda: ("pareto",)),

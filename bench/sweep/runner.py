@@ -45,7 +45,7 @@ import torch
 from bench.console import Display, raise_interrupt, sigterm_interrupts
 from bench.store.artifacts import open_store, upload_images
 from bench.store.cell import Cell
-from bench.store.grids import save_spec
+from bench.store.grids import grid_digest, save_spec
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
 from bench.store.record import CellRecord, Measurement, devices_text
@@ -364,7 +364,9 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
                 f"{key}={folder} cannot be created ({exc.strerror or exc}); choose another {key}="
             ) from None
     open_store(root, create=True)  # an unwritable $DDIMBENCH_ARTIFACT_STORE is refused before the study exists
-    study = create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta_for(spec, sha, device, command))
+    grid = None if spec.search else grid_digest(spec.to_dict())  # its run's record names it: its command's own grid
+    meta = meta_for(spec, sha, device, command)
+    study = create_study(spec.name, url, heartbeat, protocol_for(spec, sha), meta, grid)
     atomic_write_json(root / "sweep.json", spec.to_dict())  # the resolved config beside the outputs
     save_spec(study, spec.to_dict())  # the report shows every run's grid (bench.store.grids)
     token = uuid.uuid4().hex[:12]
