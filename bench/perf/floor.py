@@ -48,6 +48,20 @@ def _twin(conv: torch.nn.Conv2d) -> torch.nn.Conv2d:
     return twin.train(conv.training)
 
 
+def _each_call(model: torch.nn.Module, kind: type, settings: RunSettings, data: tuple,
+               record: Callable[[Any, tuple, Any], None]) -> None:  # fmt: skip
+    """Run one forward of ``model`` on ``data`` = (x_t, ε, t) (no autograd, the run's autocast) with ``record``
+    hooked on every module of type ``kind``: called as ``record(module, inputs, output)`` once per call."""
+    x_t, _, t = data
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, kind)]
+    try:
+        with torch.no_grad(), autocast(settings):
+            model(x_t, t)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple, *, fmt: str = "nchw",
                backward: bool = True) -> Callable[[], None]:  # fmt: skip
     """A function that replays the convolutions of one forward of ``model`` on ``data`` = (x_t, ε, t).
@@ -58,7 +72,7 @@ def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple, *, fm
     step), else the forward alone under ``torch.no_grad`` (a sampling evaluation). The model is
     left untouched: the replay has its own layers and gradients.
     """
-    x_t, _, t = data
+    x_t = data[0]  # the network input: it gets no gradient
     memory_format = FORMATS[fmt]
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     twins = {id(m): _twin(m).to(memory_format=memory_format) for m in convs}
@@ -70,13 +84,7 @@ def conv_floor(model: torch.nn.Module, settings: RunSettings, data: tuple, *, fm
         grad = torch.randn_like(out).contiguous(memory_format=memory_format) if backward else None
         calls.append((twins[id(mod)], x, grad))
 
-    hooks = [m.register_forward_hook(record) for m in convs]
-    try:
-        with torch.no_grad(), autocast(settings):
-            model(x_t, t)
-    finally:
-        for h in hooks:
-            h.remove()
+    _each_call(model, torch.nn.Conv2d, settings, data, record)
     params = [p for m in twins.values() for p in m.parameters()]
 
     def replay() -> None:
@@ -107,21 +115,13 @@ def norm_passes(model: torch.nn.Module, settings: RunSettings, data: tuple, *,
     in the network's order, then for a training step every backward in reverse, as the step runs them (x has
     left the cache by then). The statistics' arithmetic is not counted.
     """
-    x_t, _, t = data
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def record(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
         x = inputs[0].detach().clone(memory_format=torch.contiguous_format).flatten()
         calls.append((x, torch.randn_like(x), torch.empty_like(x)) if backward else (x, x, x))
 
-    hooks = [m.register_forward_hook(record) for m in norms]
-    try:
-        with torch.no_grad(), autocast(settings):
-            model(x_t, t)
-    finally:
-        for h in hooks:
-            h.remove()
+    _each_call(model, torch.nn.GroupNorm, settings, data, record)
 
     @torch.no_grad()
     def replay() -> None:
@@ -149,7 +149,7 @@ def attention_products(model: torch.nn.Module, settings: RunSettings, data: tupl
     """
     from ddim.unet import AttnBlock
 
-    x_t, _, t = data
+    x_t = data[0]
     g = torch.Generator(device=x_t.device).manual_seed(0)
     calls: list[tuple[torch.Tensor, ...]] = []
 
@@ -165,13 +165,7 @@ def attention_products(model: torch.nn.Module, settings: RunSettings, data: tupl
         grad = torch.randn(B, H * W, C, generator=g, device=x_t.device, dtype=inputs[0].dtype) if backward else None
         calls.append((h, w_qkv, b_qkv, w_o, b_o, grad))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, AttnBlock)]
-    try:
-        with torch.no_grad(), autocast(settings):
-            model(x_t, t)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _each_call(model, AttnBlock, settings, data, record)
 
     def replay() -> None:
         with contextlib.nullcontext() if backward else torch.no_grad():
