@@ -18,7 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from bench.console import sigterm_interrupts
 from bench.store.artifacts import open_store, store_path
-from bench.store.storage import open_storage
+from bench.store.guard import readable_values
+from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import load_study
 from bench.store.untrusted import artifacts_root, check_name
 from ddim.errors import DDIMError
@@ -37,7 +38,8 @@ class _QuietHandler(WSGIRequestHandler):
 def dashboard_app(name: str, storage: str | None = None) -> tuple[Callable, int, str | None]:
     """(the WSGI app, the sweep's study id, a note or None) for sweep ``name`` in ``storage``.
 
-    An unknown sweep, an unreachable store or a missing optuna-dashboard is a one-line DDIMError.
+    An unknown sweep, an unreachable store, a stored value JSON cannot read back or a missing optuna-dashboard is a
+    one-line DDIMError.
     """
     try:
         import optuna_dashboard
@@ -46,7 +48,9 @@ def dashboard_app(name: str, storage: str | None = None) -> tuple[Callable, int,
             "optuna-dashboard is not installed; pip install 'ddimbench[dashboard]' (or pip install optuna-dashboard)"
         ) from None
     study = load_study(check_name(name, "sweep name "), storage)  # the name may name a folder (artifacts_root)
-    root = artifacts_root(name, study.user_attrs.get("meta") or {})
+    with readable_values(storage or DEFAULT_STORAGE):  # every value read once, before the server shows any
+        study.get_trials(deepcopy=False)
+        root = artifacts_root(name, study.user_attrs.get("meta") or {})
     store, note = None, None
     if store_path(root).is_dir():
         store = open_store(root)

@@ -1,5 +1,6 @@
-"""What opening a sweep store guards against: concurrent first starts racing to create the tables, SQLite
-files that are not a sweep store (empty, another program's database, damaged), and full disks."""
+"""What opening and reading a sweep store guards against: concurrent first starts racing to create the tables, SQLite
+files that are not a sweep store (empty, another program's database, damaged), full disks, and stored values that
+JSON cannot read back (``readable_values``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from ddim.errors import DDIMError
+from bench.store.untrusted import safe_url
+from ddim.errors import DDIMError, one_line
 
 ATTEMPTS = 8  # openers of fresh storage that lose the race to create its tables retry this often
 # What a creation race looks like: PostgreSQL's CREATE TYPE/TABLE ("already exists", UniqueViolation on
@@ -213,3 +216,32 @@ def disk_full(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def unreadable_value(exc: BaseException) -> bool:
+    """True when ``exc`` is Optuna failing to read back a value the store keeps as JSON text: a ValueError raised in
+    the json module (truncated or edited text, an integer of more digits than Python converts) under Optuna's
+    storage code. Any other ValueError is ours or a library's bug and is left alone."""
+    if not isinstance(exc, ValueError):
+        return False
+    files, tb = [], exc.__traceback__
+    while tb is not None:
+        files.append(Path(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    return bool(files) and files[-1].parent.name == "json" and any("optuna" in f.parts for f in files)
+
+
+@contextlib.contextmanager
+def readable_values(url: str) -> Iterator[None]:
+    """Reading the store at ``url``: a study or trial attribute that JSON cannot read back (an edited or damaged store;
+    Optuna raises while loading, whatever reads it) as one DDIMError instead of a traceback."""
+    try:
+        yield
+    except ValueError as exc:
+        if not unreadable_value(exc):
+            raise
+        raise DDIMError(
+            f"the sweep store {safe_url(url)} holds a study or trial attribute that is not readable JSON "
+            f"({one_line(exc)}): it was edited or damaged; restore the store from a backup, or correct that "
+            "value (value_json in its study_user_attributes or trial_user_attributes table)"
+        ) from None

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from bench.store.axes import cell_problem
 from bench.store.cell import Cell
 from bench.store.grids import Grids, stored_grids
-from bench.store.guard import ATTEMPTS, backoff, disk_full, sqlite_path
+from bench.store.guard import ATTEMPTS, backoff, disk_full, readable_values, sqlite_path
 from bench.store.record import CellRecord, Measurement, Protocol, Scores
 from bench.store.renames import OLD_SPACING, current_key, current_names
 from bench.store.runs import add_runs, record_run
@@ -138,8 +138,9 @@ def stored_protocol(name: str, storage: str | None) -> tuple[dict[str, Any], Any
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         return None
-    protocol = migrated_protocol(study.user_attrs.get("protocol"))
-    return None if protocol is None else (protocol, (study.user_attrs.get("meta") or {}).get("checkpoint"))
+    with readable_values(url):
+        protocol = migrated_protocol(study.user_attrs.get("protocol"))
+        return None if protocol is None else (protocol, (study.user_attrs.get("meta") or {}).get("checkpoint"))
 
 
 def stored_key(trial: optuna.trial.FrozenTrial) -> str | None:
@@ -256,8 +257,14 @@ def load_results(
     (``bench.store.grids.stored_grids``; none for a search) are appended to ``grids``.
 
     Every string is passed through ``redact`` (the records' as they are read, ``_record``): a study written
-    before credentials were masked (or by another tool) cannot put a password into a report or a W&B run.
+    before credentials were masked (or by another tool) cannot put a password into a report or a W&B run. A value
+    JSON cannot read back is a one-line DDIMError (``bench.store.guard.readable_values``).
     """
+    with readable_values(storage or DEFAULT_STORAGE):
+        return _results(name, storage, grids)
+
+
+def _results(name: str, storage: str | None, grids: list[Grids] | None) -> tuple[list[CellRecord], dict, dict]:
     study = load_study(name, storage)
     ignored: list[str] = []
     stored = stored_grids(study.user_attrs, ignored)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from bench.store.guard import disk_full
+from bench.store.guard import disk_full, readable_values
 from bench.store.untrusted import safe_url
 from bench.sweep.spec import SweepSpec
 from ddim.errors import DDIMError, one_line
@@ -32,9 +32,11 @@ def disk_message(reason: str, url: str, spec: SweepSpec) -> str:
 
 @contextlib.contextmanager
 def store_errors(url: str, spec: SweepSpec) -> Iterator[None]:
-    """A database error in the middle of a sweep (a full disk, a damaged file, a lost server) as one line."""
+    """A database error in the middle of a sweep (a full disk, a damaged file, a lost server, a stored value JSON
+    cannot read back) as one line."""
     try:
-        yield
+        with readable_values(url):
+            yield
     except (DDIMError, KeyboardInterrupt):
         raise
     except Exception as exc:

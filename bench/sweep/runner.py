@@ -240,7 +240,8 @@ def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: s
     offline_note_from_parent()  # the sweep's summary run names the offline folder once, not every worker
     try:
         display = Display(progress, live=False)
-        _Worker(spec, url, heartbeat, token, Evaluator(spec, sha, share=share), display, wandb, seed=index).run()
+        with store_errors(url, spec):
+            _Worker(spec, url, heartbeat, token, Evaluator(spec, sha, share=share), display, wandb, seed=index).run()
     except DDIMError as exc:
         print(f"sweep worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
