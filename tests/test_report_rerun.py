@@ -51,6 +51,23 @@ def test_cells_not_run_in_the_latest_grid_are_finished_by_the_same_command():
     assert finish(states, latest, None) == "rerun the same `ddimbench sweep` command"
 
 
+@pytest.mark.parametrize(
+    "storage, note",
+    [("postgresql://me:***@db.lab/sweeps", True), ("postgresql://db.lab/sweeps?user=me&password=***", True),
+     ("postgresql://me@db.lab/sweeps", False), ("sqlite:///runs/***.db", False)],
+)  # fmt: skip
+def test_a_stored_command_whose_password_was_masked_says_to_write_yours(storage, note):
+    """The store keeps commands with their passwords masked: copied as offered, the password would be the mask."""
+    latest = grid_of((10, 20), (0.0,))
+    states = [(latest[0], MEASURED), (latest[1], NOT_RUN)]
+    earlier = [*states, (ddim(50, 0.0), NOT_RUN)]  # a cell of an earlier run: the grid-replacing branch too
+    for cells in (states, earlier):
+        advice = finish(cells, latest, f"{LATEST} --storage {storage}")
+        assert (storage in advice) and advice.endswith(
+            " (its --storage password reads ***: write yours in its place)"
+        ) == note
+
+
 def test_an_earlier_runs_cells_not_run_get_one_command_when_they_make_one_grid_with_measured_ones():
     """``steps=10,20,50 eta=0,1`` stopped after (10, 0), then ``steps=10 eta=0``: the five cells left and the
     measured one are the earlier grid, so one command, the latest one with that grid, finishes the sweep."""

@@ -9,7 +9,8 @@ block, as ``bench.store.cell.grid`` builds them) that hold only cells the sweep 
 one grid when they fit one, else few: the runs' own grids, each cut to its cells not run, where that adds no cell
 (they read as the commands typed), then splitting the cells left along one axis at a time; or that splitting alone,
 where it takes fewer. Not always the fewest (finding those is a set cover problem). Each grid is offered as the
-latest run's command with its grid keys (``bench.store.axes.AXES``) replaced. Pure python, deterministic.
+latest run's command with its grid keys (``bench.store.axes.AXES``) replaced; a password the store masked in it
+(``bench.store.untrusted.safe_url``) is pointed out. Pure python, deterministic.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bench.store.axes import AXES
 from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import OLD_SPACING
 from bench.store.table_cells import NOT_RUN, spacing_order
+from bench.store.untrusted import MASK, masked
 from ddim.names import SAMPLERS
 
 
@@ -167,7 +169,14 @@ def finish(states: Iterable[tuple[Cell, str]], latest: Sequence[Cell], command: 
     """How to finish a sweep with cells not run: ``states`` are its cells and how they stand
     (``bench.store.table_cells.cell_states``), ``latest`` the grid of its latest run, ``command`` that run's command
     (None when the store has none), ``runs`` the grids of all its runs (``cover`` tries them first)."""
-    states = list(states)
+    advice = _advice(list(states), latest, command, runs)
+    if command and masked(command):  # the store keeps commands with their passwords masked (safe_url)
+        advice += f" (its --storage password reads {MASK}: write yours in its place)"
+    return advice
+
+
+def _advice(states: list[tuple[Cell, str]], latest: Sequence[Cell], command: str | None,
+            runs: Iterable[Sequence[Cell]]) -> str:  # fmt: skip
     todo = [c for c, s in states if s == NOT_RUN]
     if {c.key for c in todo} <= {c.key for c in latest}:
         same = f"the same command to finish it: {command}" if command else "the same `ddimbench sweep` command"

@@ -37,6 +37,13 @@ def safe_url(text: str) -> str:
     return _QUERY.sub(lambda m: f"{m[1]}{MASK}", text)
 
 
+def masked(text: str) -> bool:
+    """Whether ``text`` (a command read back from a store) holds a password ``safe_url`` masked."""
+    return any(m[2] == MASK for m in _USERINFO.finditer(text)) or any(
+        m[0][len(m[1]) :] == MASK for m in _QUERY.finditer(text)
+    )
+
+
 def url_password(url: str) -> str | None:
     """The password ``safe_url`` masks in ``url`` (up to the last "@" before the host), or None."""
     found = _USERINFO.search(url)
