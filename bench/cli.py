@@ -168,13 +168,14 @@ def train(
 
 def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
     from bench.tracking.training import train_tracked
+    from ddim.distributed import env_world
 
     result = train_tracked(cfg, resume, wandb, err)
     where = result.checkpoint or cfg.run_dir
     if result.interrupted:
         _say(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+    if env_world()[0] != 0:  # under torchrun only rank 0 reports
         return
     loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
     _say(f"done: step {result.step}{loss}, checkpoint {where}")

@@ -78,6 +78,21 @@ def test_env_world(monkeypatch):
         env_world()
 
 
+@pytest.mark.parametrize("rank", ["abc", "1.5"])
+def test_train_with_a_rank_that_is_no_integer_is_one_line_and_makes_nothing(tmp_path, monkeypatch, capsys, rank):
+    """``RANK=abc ddimbench train ...`` outside torchrun: refused before the run directory exists."""
+    from helpers.cli import run_err
+
+    for key in ("WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", rank)
+    run = tmp_path / "run"
+    code, err = run_err(["train", "--dataset", "digits", "--run-dir", run, "--max-steps", "1", "--batch-size", "4",
+                         "--device", "cpu", "--num-workers", "0", "--wandb", "disabled"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "RANK, WORLD_SIZE and LOCAL_RANK must be integers" in err and not run.exists(), err
+
+
 def test_a_plain_process_never_touches_torch_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with Context.from_env("cpu") as ctx:

@@ -7,7 +7,6 @@ images/s and an ETA.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,11 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     (aliases ``step-<N>`` and ``latest``), uploaded or by reference per ``--wandb-artifacts``.
     """
     from bench.tracking.wandb_run import make_tracker
+    from ddim.distributed import env_world
     from ddim.memory import training_warning
     from ddim.training import train
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_world()[0]  # a RANK that is no integer: one line, before anything is made
 
     def on_data(_: int) -> None:  # once the data is found: a missing dataset is then the only line
         if warning := training_warning(cfg):
