@@ -62,6 +62,8 @@ def test_sampler_list_is_read_at_runtime(monkeypatch):
         ("steps=1..5,7", "mixes a range and a list"),
         ("steps=10,,20", "empty value"),
         ("steps=10,10", "repeats a value"),
+        ("eta=0.5,1,0.50", "eta repeats a value (0.5)"),
+        ("spacing=quad,uniform,QUAD", "spacing repeats a value (quad)"),
         ("inversion=maybe", "true/false"),
         ("search=grid", "unknown search"),
     ],
@@ -70,8 +72,13 @@ def test_malformed_tokens_are_one_line_errors(token, words):
     with pytest.raises(DDIMError) as err:
         parse_overrides([token])
     msg = str(err.value)
-    assert words in msg and "\n" not in msg
+    assert words in msg and "\n" not in msg and len(msg) < 300  # never the whole token echoed
     assert "; " in msg  # the problem, then the fix
+
+
+def test_a_long_list_with_a_repeat_is_refused_without_echoing_it():
+    with pytest.raises(DDIMError, match=r"^steps repeats a value \(7\); list each value once$"):
+        parse_overrides([f"steps={','.join(['7'] * 100_000)}"])
 
 
 def test_a_repeated_key_is_refused():

@@ -243,7 +243,9 @@ def parse_value(name: str, text: str) -> Any:
     if not k.is_list:
         return values[0]
     if len(set(values)) != len(values):
-        raise DDIMError(f"{name}={text} repeats a value; list each value once")
+        twice = next(v for i, v in enumerate(values) if v in values[:i])  # named alone: the list may be long
+        raise DDIMError(f"{name} repeats a value ({twice if isinstance(twice, str) else f'{twice:g}'}); list each "
+                        "value once")  # fmt: skip
     return values
 
 
