@@ -221,7 +221,11 @@ BAD_INPUT = {
     "sweep: colliding etas": (["sweep", "eta=0.1234567,0.1234568", "checkpoint={run}"], "name the same cell"),
     "sweep: seeds past 2^32": (
         ["sweep", "seed_base=4294967280", "seeds=0,1", "n=20", "checkpoint={run}"],
-        "exceeds 2^32 − 1",
+        "exceeds 2^32 − 1; use a smaller seed_base",
+    ),
+    "sweep: n past 2^32": (
+        ["sweep", "n=99999999999", "checkpoint={run}"],
+        "exceeds 2^32 − 1; use a smaller n or fewer",
     ),
     "sweep: eta outside eq. 12": (["sweep", "eta=0,1.5", "steps=10", "checkpoint={run}"], "outside eq. 12"),
     "sweep: search eta above 1": (["sweep", "--search", "pareto", "eta=0..2", "checkpoint={run}"], "within 0..1"),

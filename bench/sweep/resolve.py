@@ -159,7 +159,8 @@ def resolve_spec(
     resolve_device(spec.device)
     last = spec.seed_range(max(spec.seeds.hi if isinstance(spec.seeds, Range) else max(spec.seeds), 0))[1]
     if last > MAX_SEED:
-        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^32 − 1; use a smaller seed_base")
+        fix = "a smaller seed_base" if spec.seed_base else "a smaller n or fewer seed blocks"
+        raise DDIMError(f"the last seed {last} (seed_base + blocks·n) exceeds 2^32 − 1; use {fix}")
     _check_folder("artifacts", spec.artifacts)
     _check_folder("cache_dir", spec.cache_dir)
     if spec.extractor == "inception":
