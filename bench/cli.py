@@ -275,9 +275,7 @@ def _sweep_keys() -> str:
 @config_options(WandbOptions, wandb_artifacts={"omit": True})
 def sweep(
     overrides: list[str] | None = typer.Argument(
-        None,
-        metavar="KEY=VALUES...",
-        help="e.g. steps=10,20,50 eta=0,0.5,1 checkpoint=runs/digits n=1000",
+        None, metavar="KEY=VALUES...", help="e.g. steps=10,20,50 eta=0,0.5,1 checkpoint=runs/digits n=1000"
     ),
     config: str | None = typer.Option(None, "--config", help="YAML sweep definition (sweeps/*.yaml); KEY=VALUES win."),
     search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
@@ -303,14 +301,12 @@ def sweep(
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
     if dry_run:
-        for line in dry_run_lines(spec, workers, devices, storage):  # after refusing what the run would refuse
-            _say(line)
+        _say("\n".join(dry_run_lines(spec, workers, devices, storage)))  # after refusing what the run would refuse
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
                         devices=devices)  # fmt: skip
-    for line in summary_lines(summary, spec):
-        _say(line)
+    _say("\n".join(summary_lines(summary, spec)))
     if summary.failed:
         raise typer.Exit(1)
 
