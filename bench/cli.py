@@ -288,18 +288,22 @@ def sweep(
     inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
     download: bool = typer.Option(False, help=DOWNLOAD_HELP),
     dry_run: bool = typer.Option(False, help=DRY_RUN_HELP),
+    forget: bool = typer.Option(False, help="Forget the grid of a mistaken run (its KEY=VALUES); run nothing."),
     **wb: Any,
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
 
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from bench.report.front import summary_lines
+    from bench.sweep.forget import forget_grid
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import dry_run_lines, run_sweep
 
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
+    if forget:  # its grid forgotten instead of run (--dry-run: what would be), bench.sweep.forget
+        return _say(forget_grid(spec, storage, dry_run))
     if dry_run:
         _say("\n".join(dry_run_lines(spec, workers, devices, storage)))  # after refusing what the run would refuse
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
