@@ -276,9 +276,7 @@ def _sweep_keys() -> str:
 @config_options(WandbOptions, wandb_artifacts={"omit": True})
 def sweep(
     overrides: list[str] | None = typer.Argument(
-        None,
-        metavar="KEY=VALUES...",
-        help="e.g. steps=10,20,50 eta=0,0.5,1 checkpoint=runs/digits n=1000",
+        None, metavar="KEY=VALUES...", help="e.g. steps=10,20,50 eta=0,0.5,1 checkpoint=runs/digits n=1000"
     ),
     config: str | None = typer.Option(None, "--config", help="YAML sweep definition (sweeps/*.yaml); KEY=VALUES win."),
     search: str | None = typer.Option(None, help="pareto: multi-objective search (FID vs cost) over lo..hi ranges."),
@@ -291,27 +289,29 @@ def sweep(
     inception_weights: str | None = typer.Option(None, help=INCEPTION_HELP + " Same as inception_weights=..."),
     download: bool = typer.Option(False, help=DOWNLOAD_HELP),
     dry_run: bool = typer.Option(False, help=DRY_RUN_HELP),
+    forget: bool = typer.Option(False, help="Forget the grid of a mistaken run (its KEY=VALUES); run nothing."),
     **wb: Any,
 ) -> None:
     """Run a grid (or Pareto search) of sampler settings and score every cell; rerun to finish what is missing.
 
     Without checkpoint= it uses the newest training run under runs/ (and says which)."""
     from bench.report.front import summary_lines
+    from bench.sweep.forget import forget_grid
     from bench.sweep.resolve import resolve_spec
     from bench.sweep.runner import dry_run_lines, run_sweep
 
     options = {"device": device, "inception_weights": inception_weights}  # given twice → one-line error
     tokens = [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
     spec = resolve_spec(tokens, config, search=search, download=download, note=_say)
+    if forget:  # its grid forgotten instead of run (--dry-run: what would be), bench.sweep.forget
+        return _say(forget_grid(spec, storage, dry_run))
     if dry_run:
-        for line in dry_run_lines(spec, workers, devices, storage):  # after refusing what the run would refuse
-            _say(line)
+        _say("\n".join(dry_run_lines(spec, workers, devices, storage)))  # after refusing what the run would refuse
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
                         devices=devices)  # fmt: skip
-    for line in summary_lines(summary, spec):
-        _say(line)
+    _say("\n".join(summary_lines(summary, spec)))
     if summary.failed:
         raise typer.Exit(1)
 

@@ -30,7 +30,8 @@ def make_report(
     untrusted: ``bench.store.untrusted``); a grid made on another machine (not present here) is fetched
     from the sweep's artifact store (``bench.store.artifacts``), and left out with a warning when the
     store does not have it either. A sweep with cells not run yet (interrupted, running, never started) is
-    reported with them as not run, and said to be incomplete (in the report and as a warning). With tracking
+    reported with them as not run, and said to be incomplete (in the report and as a warning), unless only a grid
+    forgotten since asked for them (``bench.store.grids.Grids.shown``). With tracking
     on, the table and figures are logged as a ``report`` run in the sweep's W&B group
     (``bench.tracking.report_run``: one run per report name, a rerun updates it) that uses each cell's ``samples``
     artifact and logs the folder as the ``report-<name>`` artifact, and the sweep's W&B Report is defined
@@ -39,6 +40,7 @@ def make_report(
     check_name(name, "sweep name ")  # it names the report's folder
     stored: list[Grids] = []
     records, meta, extras = load_results(name, storage, stored)
+    records = stored[0].shown(records)  # not the trials not run of a forgotten grid's cells
     root = artifacts_root(name, meta)
     fetch_missing(name, storage, records, root)
     missing = 0

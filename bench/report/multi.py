@@ -223,7 +223,7 @@ def make_combined_report(
     for name in dict.fromkeys(names):
         stored: list[Grids] = []
         records, meta, _ = load_results(name, storage, stored)
-        sweeps.append((name, records, meta))
+        sweeps.append((name, stored[0].shown(records), meta))  # not the trials not run of a forgotten grid's cells
         grids[name] = stored[0]
     folder = Path(out) if out is not None else Path("reports") / "+".join(dict.fromkeys(names))
     written = write_combined_report(sweeps, folder, compare_paper=compare_paper, force=force, grids=grids)

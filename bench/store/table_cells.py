@@ -64,21 +64,22 @@ MEASURED, FAILED, NOT_RUN = "measured", "failed", "not run"  # how a cell of a s
 def cell_states(
     cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()
 ) -> list[tuple[Cell, str]]:
-    """Every cell of ``select_cells``' cells and of ``grid`` (once per seed block) with how it stands: ``MEASURED``
-    (a COMPLETE trial), ``FAILED`` (its trial failed on its own, ``CellRecord.failed``), else ``NOT_RUN`` (never
-    started, still running or interrupted)."""
+    """Every cell of ``select_cells``' cells and of ``grid`` (once per seed block) with how it stands
+    (``record_state``; a cell of ``grid`` no trial ran is ``NOT_RUN``)."""
     chosen: dict[tuple[TableKey, int], tuple[Cell, CellRecord | None]] = {
         (k, b): (r.cell, r) for k, blocks in cells.items() for b, r in blocks.items()
     }
     for c in grid:
         chosen.setdefault(((c.spacing, c.row, c.steps), c.seed_block), (c, None))
+    return [(cell, record_state(r)) for cell, r in chosen.values()]
 
-    def state(r: CellRecord | None) -> str:
-        if r is None:
-            return NOT_RUN
-        return MEASURED if r.state == "COMPLETE" else FAILED if r.failed else NOT_RUN
 
-    return [(cell, state(r)) for cell, r in chosen.values()]
+def record_state(r: CellRecord | None) -> str:
+    """How the cell of the trial ``r`` stands (None: no trial ran it): ``MEASURED`` (COMPLETE), ``FAILED`` (it
+    failed on its own, ``CellRecord.failed``), else ``NOT_RUN`` (still running or interrupted)."""
+    if r is None:
+        return NOT_RUN
+    return MEASURED if r.state == "COMPLETE" else FAILED if r.failed else NOT_RUN
 
 
 def progress(cells: Mapping[TableKey, Mapping[int, CellRecord]], grid: Sequence[Cell] = ()) -> Progress:
