@@ -175,10 +175,9 @@ def _train(cfg: Any, resume: bool, wandb: WandbOptions) -> None:
     if result.interrupted:
         _say(f"stopped by signal at step {result.step}; checkpoint {where}; rerun with --resume to continue")
         raise typer.Exit(130)
-    if env_world()[0] != 0:  # under torchrun only rank 0 reports
-        return
     loss = "" if result.last_loss is None else f", loss {result.last_loss:.4g}"
-    _say(f"done: step {result.step}{loss}, checkpoint {where}")
+    if env_world()[0] == 0:  # under torchrun only rank 0 reports
+        _say(f"done: step {result.step}{loss}, checkpoint {where}")
 
 
 @app.command()
