@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.metrics.folder import MANIFEST, sample_names
 from bench.sample_config import SampleConfig
 from bench.store.renames import current_names
 from ddim import sampling, schedules
@@ -32,7 +33,6 @@ from ddim.memory import check_disk, check_memory, sampling_batch
 from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
 from ddim.sampling import check_eta, noise_batches, sample
 
-MANIFEST = "samples.json"
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
 GRID = "grid.png"
 GRID_COUNT = 64
@@ -84,7 +84,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     except OSError as exc:
         raise DDIMError(f"cannot create output folder {out} ({exc.strerror}); choose another --out") from None
     settings = _settings(cfg, sha, nfe)
-    names = [f"{i:06d}.png" for i in range(cfg.n)]
+    names = sample_names(cfg.n)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
