@@ -5,7 +5,9 @@ only on its seed: batch size, device order and interruptions do not change it. T
 ``000000.png`` … , a ``grid.png`` of the first 64 and ``samples.json`` (settings, checkpoint
 sha256 and the file list). ``bench.metrics.folder.read_png_folder`` reads exactly the listed files when
 that manifest is there, so the grid is never scored. Rerunning the same command skips samples
-already written; a different setting into the same folder is refused rather than mixed.
+already written; a different setting into the same folder is refused rather than mixed. A file already
+there under a sample's name must be a PNG of this run's size and mode that decodes, else the rerun is refused
+before anything is sampled: it is never overwritten, since it may be a file someone put there.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         check_eta(ck.alpha_bar(), ts, cfg.eta)  # before any folder or manifest is written
     nfe = sampling.nfe(cfg.steps, T, cfg.sampler)
     out = Path(cfg.out)
-    check_room(cfg.n, out, (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution))
+    shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
+    check_room(cfg.n, out, shape)
     sha = ck.sha256()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
     _remove_stale_temps(out)
+    todo = _samples_to_write(out, names, shape)  # before the manifest is touched: a refusal leaves it as it was
     manifest = {
         "format": "ddimbench-samples-v1",
         "checkpoint": cfg.checkpoint,
@@ -112,8 +116,6 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     if cfg.bf16:  # part of the settings: the pixels differ from float32 ones
         model, eager = Bf16Network(model, device), Bf16Network(eager, device)
     alpha_bar = ck.alpha_bar()
-    shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
-    todo = [i for i in range(cfg.n) if not (out / names[i]).exists()]
     batch = _batch(cfg, eager, shape, device, len(todo))
     done = cfg.n - len(todo)
     if progress is not None:
@@ -177,6 +179,32 @@ def _write_pngs(out: Path, names: list[str], idx: list[int], images: torch.Tenso
         data = _to_png_bytes(img)
         atomic_write(out / names[i], lambda f, d=data: f.write(d))
     return len(idx)
+
+
+def _samples_to_write(out: Path, names: list[str], shape: tuple[int, int, int]) -> list[int]:
+    """The indices of the samples missing from ``out``. Each file already there must be one this run wrote: a
+    PNG of ``shape``'s size and mode (L for 1 channel, RGB for 3) that decodes; another is refused in one line."""
+    from PIL import Image
+
+    c, h, w = shape
+    want = f"PNG {w}×{h} {'L' if c == 1 else 'RGB'}"
+    todo = []
+    for i, name in enumerate(names):
+        path = out / name
+        if not os.path.lexists(path):
+            todo.append(i)
+            continue
+        try:
+            with Image.open(path) as im:
+                got = f"{im.format} {im.size[0]}×{im.size[1]} {im.mode}"
+                im.load()  # decodes: a truncated file fails here
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            got = "not an image PIL can read"
+        if got != want:
+            raise DDIMError(
+                f"{path} is not a sample of this run ({got}, expected {want}); delete it and rerun to regenerate it"
+            )
+    return todo
 
 
 def _read_settings(old: object) -> object:

@@ -58,3 +58,37 @@ def test_sample_schedule_is_a_deprecated_name_of_spacing(
     # An explicit --spacing equal to the default still disagrees (it is not the default standing in).
     code, err, _ = _sample(ckpt, tmp_path / "explicit", capsys, "--schedule", "quad", "--spacing", "uniform")
     assert code == 2 and "--schedule quad and --spacing uniform disagree" in err
+
+
+def _foreign(path: Path, how: str) -> None:
+    """Put a file that is no sample of the run (16×16 L PNGs) under a sample's name."""
+    from PIL import Image
+
+    if how == "junk":
+        path.write_text("junk\n")
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # its header and part of the pixels
+    else:
+        mode, size, fmt = {"small": ("L", 8, "PNG"), "rgba": ("RGBA", 16, "PNG"), "jpeg": ("L", 16, "JPEG")}[how]
+        Image.new(mode, (size, size)).save(path, format=fmt)
+
+
+@pytest.mark.parametrize("how", ["small", "rgba", "jpeg", "junk", "truncated"])
+def test_a_rerun_refuses_a_file_under_a_samples_name_that_is_no_sample_of_the_run(
+    how: str, ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Was: a torch.stack RuntimeError writing the grid, or "check the path, permissions and free space"."""
+    out = tmp_path / "s"
+    common = ["sample", "--checkpoint", ckpt, "--out", out, "-n", "3", "--steps", "2", "--device", "cpu"]
+    assert run(common, capsys)[0] == 0
+    sample = out / "000001.png"
+    original = sample.read_bytes()
+    _foreign(sample, how)
+    theirs, manifest = sample.read_bytes(), (out / "samples.json").read_bytes()
+    code, _, err = run(common, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{sample} is not a sample of this run" in err and "delete it and rerun to regenerate it" in err, err
+    assert sample.read_bytes() == theirs and (out / "samples.json").read_bytes() == manifest  # nothing touched
+    sample.unlink()  # as the line says
+    assert run(common, capsys)[0] == 0 and sample.read_bytes() == original
