@@ -106,3 +106,19 @@ def test_a_manifest_naming_files_a_sample_run_does_not_write_is_refused(
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "samples.json is not one `ddimbench sample` wrote" in err and "delete it to score" in err, err
     assert not (work / "cache").exists()  # refused before anything was read or built
+
+
+@pytest.mark.parametrize("n", ["-1", "0"])
+def test_metrics_refuses_an_expected_count_below_one(
+    n: str, test_u8: torch.Tensor, work: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Was: "got 12 samples but -1 were asked; ... generate exactly -1"."""
+    from helpers.cli import run_err
+
+    write_pngs(work / "s", test_u8[:12])
+    argv = ["metrics", "s", "--dataset", "digits", "--metric", "fid", "--device", "cpu", "--cache-dir", "cache"]
+    code, err = run_err([*argv, "-n", n], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"-n must be ≥ 1 (the exact sample count to score), got {n}" in err and "generate exactly" not in err, err
+    assert not (work / "cache").exists()
+    one_line_error(lambda: compute_metrics(test_u8[:12], dataset="digits", n_expected=int(n)), "n_expected must be ≥ 1")

@@ -53,6 +53,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_FILE",
     "METRICS",
     "REF_SUBSET_SEED",
+    "check_expected_count",
     "compute_metrics",
     "default_extractor",
     "frechet_distance",
@@ -183,6 +184,15 @@ def _on_device(device: torch.device) -> Iterator[None]:
         yield
 
 
+def check_expected_count(n_expected: int | None, option: str = "n_expected") -> None:
+    """Refuse an expected sample count below 1 (``option``: its name where the caller took it from)."""
+    if n_expected is not None and n_expected < 1:
+        raise DDIMError(
+            f"{option} must be ≥ 1 (the exact sample count to score), got {n_expected}; "
+            f"pass the number of samples or leave {option} out"
+        )
+
+
 def _check_sample_count(metrics: Sequence[str], n: int) -> None:
     """Refuse metrics that cannot be computed from this many samples."""
     if "isc" in metrics and n < ISC_SPLITS:
@@ -242,6 +252,7 @@ def compute_metrics(
         raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with ddim.images.to_uint8")
     samples = samples.detach().cpu()
     n = len(samples)
+    check_expected_count(n_expected)
     if n_expected is not None and n != n_expected:
         raise DDIMError(
             f"got {n} samples but {n_expected} were asked; refusing a metric on another count, "

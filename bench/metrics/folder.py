@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.metrics.fidelity import EXTRACTORS, compute_metrics, default_extractor, resolve_inception_weights
+from bench.metrics.fidelity import (
+    EXTRACTORS,
+    check_expected_count,
+    compute_metrics,
+    default_extractor,
+    resolve_inception_weights,
+)
 from bench.metrics.reference import first_line
 from ddim.errors import DDIMError
 
@@ -118,6 +124,7 @@ def compute_metrics_from_folder(
 
     if extractor is not None and extractor not in EXTRACTORS:  # refuse before reading thousands of files
         raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    check_expected_count(kwargs.get("n_expected"), "-n")  # the metrics command's option
     samples = read_png_folder(folder)
     info = dataset_info(dataset, resolution=resolution)
     want = (info.channels, info.resolution, info.resolution)
