@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.console import sigterm_interrupts
 from bench.metrics.folder import MANIFEST, sample_names
 from bench.sample_config import SampleConfig
 from bench.store.renames import current_names
@@ -68,8 +69,16 @@ def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
 
 
 def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
-    """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest."""
+    """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest.
 
+    SIGTERM (pre-emption, ``kill``) stops it as Ctrl-C does, with ``KeyboardInterrupt``: the samples
+    written stay (each file whole), and rerunning the same command resumes.
+    """
+    with sigterm_interrupts():
+        return _generate(cfg, progress)
+
+
+def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     device = resolve_device(cfg.device)
     ck = load_checkpoint(cfg.checkpoint)
     T = ck.diffusion.T

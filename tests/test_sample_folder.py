@@ -1,12 +1,19 @@
 """``ddimbench sample``'s folder: refusals leave it usable, the same checkpoint spelt two ways resumes it, a damaged
-manifest is one line, and the names of earlier releases (``--schedule``) still resume their folders."""
+manifest is one line, the names of earlier releases (``--schedule``) still resume their folders, a file that is no
+sample is never resumed over, and SIGTERM stops it as Ctrl-C does."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from helpers.cli import run
 
 
@@ -92,3 +99,35 @@ def test_a_rerun_refuses_a_file_under_a_samples_name_that_is_no_sample_of_the_ru
     assert sample.read_bytes() == theirs and (out / "samples.json").read_bytes() == manifest  # nothing touched
     sample.unlink()  # as the line says
     assert run(common, capsys)[0] == 0 and sample.read_bytes() == original
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_stops_sample_like_ctrl_c_and_the_rerun_finishes_the_folder(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Pre-emption (``kill``) was a silent death (exit 143); now: exit 130, the interrupt line, a resumable folder."""
+    out = tmp_path / "s"
+    common = ["sample", "--checkpoint", str(ckpt), "--out", str(out), "-n", "8", "--steps", "50", "--batch-size", "1"]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    argv = [sys.executable, "-m", "bench.cli", *common, "--device", "cpu"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "000000.png").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1]  # still sampling: the signal lands mid-run
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to resume", err
+    assert "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert not json.loads((out / "samples.json").read_text())["complete"] and "000000.png" in written
+    assert not [n for n in written if n.endswith(".tmp")], written
+    code, _, err = run([*common, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "samples.json").read_text())["complete"]
+    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:06d}.png" for i in range(8)]
