@@ -5,7 +5,9 @@ only on its seed: batch size, device order and interruptions do not change it. T
 ``000000.png`` … , a ``grid.png`` of the first 64 and ``samples.json`` (settings, checkpoint
 sha256 and the file list). ``bench.metrics.folder.read_png_folder`` reads exactly the listed files when
 that manifest is there, so the grid is never scored. Rerunning the same command skips samples
-already written; a different setting into the same folder is refused rather than mixed.
+already written; a different setting into the same folder is refused rather than mixed. A file already
+there under a sample's name must be a PNG of this run's size and mode that decodes, else the rerun is refused
+before anything is sampled: it is never overwritten, since it may be a file someone put there.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from bench.console import sigterm_interrupts
+from bench.metrics.folder import MANIFEST, sample_names
 from bench.sample_config import SampleConfig
 from bench.store.renames import current_names
 from ddim import sampling, schedules
@@ -32,7 +36,6 @@ from ddim.memory import check_disk, check_memory, sampling_batch
 from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
 from ddim.sampling import check_eta, noise_batches, sample
 
-MANIFEST = "samples.json"
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
 GRID = "grid.png"
 GRID_COUNT = 64
@@ -66,8 +69,16 @@ def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
 
 
 def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
-    """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest."""
+    """Write ``cfg.n`` PNG samples, the grid and the manifest into ``cfg.out``; return the manifest.
 
+    SIGTERM (pre-emption, ``kill``) stops it as Ctrl-C does, with ``KeyboardInterrupt``: the samples
+    written stay (each file whole), and rerunning the same command resumes.
+    """
+    with sigterm_interrupts():
+        return _generate(cfg, progress)
+
+
+def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     device = resolve_device(cfg.device)
     ck = load_checkpoint(cfg.checkpoint)
     T = ck.diffusion.T
@@ -77,14 +88,15 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
         check_eta(ck.alpha_bar(), ts, cfg.eta)  # before any folder or manifest is written
     nfe = sampling.nfe(cfg.steps, T, cfg.sampler)
     out = Path(cfg.out)
-    check_room(cfg.n, out, (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution))
+    shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
+    check_room(cfg.n, out, shape)
     sha = ck.sha256()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DDIMError(f"cannot create output folder {out} ({exc.strerror}); choose another --out") from None
     settings = _settings(cfg, sha, nfe)
-    names = [f"{i:06d}.png" for i in range(cfg.n)]
+    names = sample_names(cfg.n)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
@@ -98,6 +110,7 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     elif any(out.glob("*.png")):
         raise DDIMError(f"{out} already holds PNG files not written by `ddimbench sample`; choose an empty --out")
     _remove_stale_temps(out)
+    todo = _samples_to_write(out, names, shape)  # before the manifest is touched: a refusal leaves it as it was
     manifest = {
         "format": "ddimbench-samples-v1",
         "checkpoint": cfg.checkpoint,
@@ -112,8 +125,6 @@ def generate(cfg: SampleConfig, *, progress: Progress | None = None) -> dict:
     if cfg.bf16:  # part of the settings: the pixels differ from float32 ones
         model, eager = Bf16Network(model, device), Bf16Network(eager, device)
     alpha_bar = ck.alpha_bar()
-    shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)
-    todo = [i for i in range(cfg.n) if not (out / names[i]).exists()]
     batch = _batch(cfg, eager, shape, device, len(todo))
     done = cfg.n - len(todo)
     if progress is not None:
@@ -177,6 +188,32 @@ def _write_pngs(out: Path, names: list[str], idx: list[int], images: torch.Tenso
         data = _to_png_bytes(img)
         atomic_write(out / names[i], lambda f, d=data: f.write(d))
     return len(idx)
+
+
+def _samples_to_write(out: Path, names: list[str], shape: tuple[int, int, int]) -> list[int]:
+    """The indices of the samples missing from ``out``. Each file already there must be one this run wrote: a
+    PNG of ``shape``'s size and mode (L for 1 channel, RGB for 3) that decodes; another is refused in one line."""
+    from PIL import Image
+
+    c, h, w = shape
+    want = f"PNG {w}×{h} {'L' if c == 1 else 'RGB'}"
+    todo = []
+    for i, name in enumerate(names):
+        path = out / name
+        if not os.path.lexists(path):
+            todo.append(i)
+            continue
+        try:
+            with Image.open(path) as im:
+                got = f"{im.format} {im.size[0]}×{im.size[1]} {im.mode}"
+                im.load()  # decodes: a truncated file fails here
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            got = "not an image PIL can read"
+        if got != want:
+            raise DDIMError(
+                f"{path} is not a sample of this run ({got}, expected {want}); delete it and rerun to regenerate it"
+            )
+    return todo
 
 
 def _read_settings(old: object) -> object:

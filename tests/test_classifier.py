@@ -163,14 +163,98 @@ def test_registering_twice_is_harmless() -> None:
     assert FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] is feature_extractor_class()
 
 
-def test_load_classifier_rejects_other_files(tmp_path: Path) -> None:
+def _doctored(blob: dict, how: str) -> dict:
+    """A classifier file's contents edited ``how`` (what a damaged or foreign file can hold)."""
+    cfg, state = dict(blob["config"]), dict(blob["state_dict"])
+    if how == "format only":
+        return {"format": blob["format"]}
+    if how == "huge head":  # would allocate 128 × 10⁹ floats if built
+        cfg["num_classes"] = 10**9
+    elif how == "missing weight":
+        del state["head.weight"]
+    elif how == "wrong shape":
+        state["head.weight"] = torch.zeros(3, 3)
+    elif how == "nan weights":
+        state["head.weight"] = torch.full_like(state["head.weight"], float("nan"))
+    elif how == "not tensors":
+        state["head.weight"] = [1.0]
+    elif how == "other width":
+        cfg["width"] = 64
+    return {**blob, "config": cfg, "state_dict": state}
+
+
+DOCTORED = ["format only", "huge head", "missing weight", "wrong shape", "nan weights", "not tensors", "other width"]
+
+
+def test_load_classifier_rejects_other_files(digits_classifier, tmp_path: Path) -> None:
     junk, other = tmp_path / "junk.pt", tmp_path / "other.pt"
     junk.write_bytes(b"junk")
     torch.save({"format": "something else"}, other)
-    for path in (junk, other, tmp_path / "missing.pt"):
-        with pytest.raises(DDIMError) as err:
+    blob = torch.load(digits_classifier[0], weights_only=True)
+    doctored = []
+    for how in DOCTORED:
+        doctored.append(tmp_path / f"{how}.pt")
+        torch.save(_doctored(blob, how), doctored[-1])
+    for path in (junk, other, tmp_path / "missing.pt", *doctored):
+        with pytest.raises(DDIMError) as err:  # not a KeyError, a shape error or a huge allocation
             load_classifier(path)
-        assert "delete it" in str(err.value) and "\n" not in str(err.value)
+        assert "delete it so it is retrained" in str(err.value) and "\n" not in str(err.value), (path, err.value)
+
+
+@pytest.mark.parametrize("meta", ["[]", '"text"', "null", '{"sha256": 5}'])
+def test_a_cached_json_that_is_not_the_classifier_info_is_retrained(
+    meta: str, digits_classifier, tmp_path: Path, quick_training: list[int], capsys: pytest.CaptureFixture
+) -> None:
+    from helpers.cli import run
+
+    path, _ = digits_classifier
+    shutil.copytree(path.parent, tmp_path / "classifier")
+    meta_path = (tmp_path / "classifier" / path.name).with_suffix(".json")
+    meta_path.write_text(meta)
+    code, out, err = run(["classifier", "--cache-dir", tmp_path], capsys)
+    assert code == 0 and "Traceback" not in err, err  # was: AttributeError, 'list' object has no attribute 'get'
+    assert quick_training == [0]
+    info = json.loads(meta_path.read_text())
+    assert info["sha256"] == sha256_file(meta_path.with_suffix(".pt")) and info["sha256"][:12] in out + err
+
+
+def _vouched_for(digits_classifier, cache: Path, how: str) -> Path:
+    """A copy of the cached classifier under ``cache``, doctored ``how``, whose JSON records its sha256."""
+    path, info = digits_classifier
+    shutil.copytree(path.parent, cache / "classifier")
+    cached = cache / "classifier" / path.name
+    torch.save(_doctored(torch.load(path, weights_only=True), how), cached)
+    cached.with_suffix(".json").write_text(json.dumps({**info, "sha256": sha256_file(cached)}))
+    return cached
+
+
+@pytest.mark.parametrize("how", DOCTORED)
+def test_cached_weights_that_do_not_load_are_retrained_even_when_the_json_vouches_for_them(
+    how: str, digits_classifier, tmp_path: Path, quick_training: list[int], capsys: pytest.CaptureFixture
+) -> None:
+    """A weights file whose sha256 the JSON records but that is no classifier: retrained, as a damaged one is,
+    before ``classifier`` reports it (was: success, printing the JSON's accuracy)."""
+    from helpers.cli import run
+
+    cached = _vouched_for(digits_classifier, tmp_path, how)
+    code, out, err = run(["classifier", "--cache-dir", tmp_path], capsys)
+    assert code == 0 and quick_training == [0], err
+    info = digits_classifier[1]
+    assert load_classifier(cached)[1] == {k: info[k] for k in ("channels", "num_classes", "width")}
+
+
+def test_metrics_retrains_cached_weights_that_do_not_load(
+    digits_classifier, digits_test, tmp_path: Path, quick_training: list[int], capsys: pytest.CaptureFixture
+) -> None:
+    """``metrics`` meets the same cache (was: KeyError 'config' from inside torch-fidelity)."""
+    from helpers.cli import run
+    from helpers.metrics import write_pngs
+
+    _vouched_for(digits_classifier, tmp_path / "cache", "format only")
+    write_pngs(tmp_path / "s", digits_test[0][:12])
+    argv = ["metrics", tmp_path / "s", "--dataset", "digits", "--metric", "fid", "--device", "cpu"]
+    code, out, err = run([*argv, "--cache-dir", tmp_path / "cache"], capsys)
+    assert code == 0 and quick_training == [0] and "fid" in out, err
 
 
 def test_the_classifier_command_trains_on_the_cpu_whatever_device_is_asked(

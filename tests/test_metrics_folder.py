@@ -6,6 +6,7 @@ Offline, on the bundled digits with the classifier extractor (as test_metrics.py
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,3 +79,46 @@ def test_an_unreadable_png_is_named(
     assert "000005.png" in lines[0] and "not a readable PNG" in lines[0], lines[0]
     assert "Traceback" not in out + err
     assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [f"../real/{i:06d}.png" for i in range(12)],  # samples outside the folder would be scored
+        [str(Path("real").absolute() / "000000.png"), "/etc/passwd"],
+        ["000000.png", "000000.png"],
+        ["sub/000000.png"],
+        "000000.png",
+        [0],
+    ],
+)
+def test_a_manifest_naming_files_a_sample_run_does_not_write_is_refused(
+    files, test_u8: torch.Tensor, work: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``samples.json`` is read from the folder, so untrusted: its entries never reach a file outside it."""
+    from helpers.cli import run_err
+
+    write_pngs(work / "real", test_u8[:12])
+    write_pngs(work / "esc", test_u8[:1])
+    (work / "esc" / "samples.json").write_text(json.dumps({"files": files, "complete": True}))
+    argv = ["metrics", "esc", "--dataset", "digits", "--metric", "fid", "--device", "cpu", "--cache-dir", "cache"]
+    code, err = run_err(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "samples.json is not one `ddimbench sample` wrote" in err and "delete it to score" in err, err
+    assert not (work / "cache").exists()  # refused before anything was read or built
+
+
+@pytest.mark.parametrize("n", ["-1", "0"])
+def test_metrics_refuses_an_expected_count_below_one(
+    n: str, test_u8: torch.Tensor, work: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Was: "got 12 samples but -1 were asked; ... generate exactly -1"."""
+    from helpers.cli import run_err
+
+    write_pngs(work / "s", test_u8[:12])
+    argv = ["metrics", "s", "--dataset", "digits", "--metric", "fid", "--device", "cpu", "--cache-dir", "cache"]
+    code, err = run_err([*argv, "-n", n], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"-n must be ≥ 1 (the exact sample count to score), got {n}" in err and "generate exactly" not in err, err
+    assert not (work / "cache").exists()
+    one_line_error(lambda: compute_metrics(test_u8[:12], dataset="digits", n_expected=int(n)), "n_expected must be ≥ 1")

@@ -236,3 +236,47 @@ def test_cli_metrics_heals_a_damaged_reference_cache(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning:") and "Traceback" not in err, err
     assert stat_file.name in lines[0] and features_file.name in lines[0]
+
+
+# Cached reference files of the right form that torch-fidelity cannot compare with the samples' features (an
+# assertion, a LinAlgError) or that would give a NaN: (file kind, what it holds, a word of the warning).
+DOCTORED = [
+    ("stat-fid", lambda d: {"mu": np.zeros(3, np.float32), "sigma": np.zeros((3, 3))}, "not the extractor's"),
+    ("stat-fid", lambda d: {"mu": np.zeros(d, np.float32), "sigma": np.zeros((d, d - 1))}, "sigma is"),
+    ("stat-fid", lambda d: {"mu": np.full(d, np.nan, np.float32), "sigma": np.full((d, d), np.nan)}, "NaN"),
+    ("stat-fid", lambda d: {"mu": np.full(d, np.inf, np.float32), "sigma": np.eye(d)}, "infinite"),
+    ("stat-fid", lambda d: {"mu": np.zeros(d), "sigma": np.eye(d)}, "dtypes"),
+    ("features", lambda d: torch.full((359, d), float("nan")), "NaN"),
+    ("features", lambda d: torch.zeros(359, 3), "not the extractor's"),
+    ("features", lambda d: torch.zeros(359, d, dtype=torch.long), "features tensor"),
+]
+
+
+def test_cli_metrics_recomputes_cached_reference_files_of_other_dimensions_or_values(
+    cache_dir: Path, fid_vs_train: dict, test_u8: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from helpers.cli import run
+
+    from bench.metrics.classifier import FEATURE_DIM
+
+    write_pngs(tmp_path / "s", test_u8[:60])
+    cache = tmp_path / "cache"
+    (cache / "reference").mkdir(parents=True)
+    os.symlink(cache_dir / "classifier", cache / "classifier")  # the session's classifier (fid_vs_train built it)
+    argv = ["metrics", tmp_path / "s", "--dataset", "digits", "--split", "test", "--metric", "fid", "--metric", "kid"]
+    argv += ["--json", "--device", "cpu", "--cache-dir", cache]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    stat_file, features_file = _reference_files(cache, first["ref_key"])
+    for kind, content, word in DOCTORED:
+        damaged = stat_file if kind == "stat-fid" else features_file
+        torch.save(content(FEATURE_DIM), damaged)
+        code, out, err = run(argv, capsys)
+        assert code == 0 and "Traceback" not in err, (kind, word, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("warning: removed unusable cached reference files"), lines
+        assert damaged.name in lines[0] and word in lines[0], (word, lines[0])
+        second = json.loads(out)
+        assert second["fid"] == pytest.approx(first["fid"], rel=1e-6), (kind, word)
+        assert second["kid_mean_x1e3"] == pytest.approx(first["kid_mean_x1e3"], rel=1e-6, abs=1e-6), (kind, word)

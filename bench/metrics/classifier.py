@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.metrics.reference import first_line
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, sha256_file
 from ddim.images import from_uint8, to_uint8
@@ -34,6 +35,7 @@ from ddim.images import from_uint8, to_uint8
 __all__ = [
     "EXTRACTOR_NAME",
     "FEATURES",
+    "FEATURE_DIM",
     "FEATURE_FID",
     "FEATURE_ISC",
     "DigitClassifier",
@@ -51,6 +53,7 @@ FEATURE_ISC = "logits_unbiased"
 FEATURES = (FEATURE_FID, FEATURE_ISC)
 FORMAT = "ddimbench-classifier-v1"  # bump when the architecture or training changes
 WIDTH = 32
+FEATURE_DIM = 4 * WIDTH  # the size of the ``penult`` features (FID / KID)
 TRAIN_STEPS = 400
 BATCH_SIZE = 64
 LR = 5e-3
@@ -167,19 +170,80 @@ def _train(images: Tensor, labels: Tensor, *, seed: int, device: str, steps: int
     return model.eval().cpu()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _weights_problem(blob: dict[str, Any]) -> str | None:
+    """Why a ``FORMAT`` file's config and weights cannot make this architecture's classifier, or None.
+
+    Checked before any layer is built, so a doctored config cannot ask for a huge one: the architecture is
+    ``FORMAT``'s (``WIDTH``), the input 1 or 3 channels, the class count the head's; every weight a finite tensor.
+    """
+    cfg, state = blob.get("config"), blob.get("state_dict")
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        return "no config and state_dict"
+    if not all(isinstance(v, Tensor) for v in state.values()):
+        return "its state_dict holds more than tensors"
+    head = state.get("head.bias")
+    channels, classes = cfg.get("channels"), cfg.get("num_classes")
+    if cfg.get("width") != WIDTH or channels not in (1, 3) or not _is_int(channels) or not _is_int(classes):
+        return f"config {cfg} is not this architecture's (width {WIDTH}, 1 or 3 channels)"
+    if head is None or tuple(head.shape) != (classes,) or classes < 2:
+        return f"its head does not have the config's {classes} classes"
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        return "its weights hold NaN or infinite values"
+    return None
+
+
 def load_classifier(path: str | os.PathLike, device: str = "cpu") -> tuple[DigitClassifier, dict[str, Any]]:
-    """A trained classifier and its config from a file written by ``ensure_classifier``."""
+    """A trained classifier and its config from a file written by ``ensure_classifier``.
+
+    The file is untrusted: tensors only (weights-only load), and a config or weights that do not make this
+    architecture's classifier are a ``DDIMError`` saying to delete it, never a ``KeyError`` or a shape error.
+    """
+    fix = "delete it so it is retrained"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # OSError, a corrupt zip (RuntimeError), a non-torch file (UnpicklingError)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DDIMError(f"cannot read classifier {str(path)!r} ({reason}); delete it so it is retrained") from None
+        raise DDIMError(f"cannot read classifier {str(path)!r} ({first_line(e)}); {fix}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise DDIMError(f"{str(path)!r} is not a {FORMAT} file; delete it so it is retrained")
-    cfg = blob["config"]
-    model = DigitClassifier(cfg["channels"], cfg["num_classes"], cfg["width"])
-    model.load_state_dict(blob["state_dict"])
+        raise DDIMError(f"{str(path)!r} is not a {FORMAT} file; {fix}")
+    problem = _weights_problem(blob)
+    if problem is None:
+        cfg = blob["config"]
+        model = DigitClassifier(cfg["channels"], cfg["num_classes"], cfg["width"])
+        try:
+            model.load_state_dict(blob["state_dict"])  # strict: every name, every shape
+        except RuntimeError as e:  # torch lists each missing or extra name and differing shape on a line of its own
+            details = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()]
+            problem = details[0][:160] if details else first_line(e)
+    if problem is not None:
+        raise DDIMError(f"classifier {str(path)!r} is damaged ({problem}); {fix}")
     return model.to(device).eval().requires_grad_(False), cfg
+
+
+def _cached_info(path: Path, meta_path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The info of a cached classifier that is whole and is the one ``expected`` describes, else None.
+
+    Whole: the JSON is an object whose ``sha256`` is the weights file's, and the weights load
+    (``load_classifier``) into the config the JSON records; its accuracy is a fraction or None.
+    """
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    # Earlier releases trained on the sweep's device; a classifier not known to be CPU-trained is retrained.
+    if not isinstance(meta, dict) or meta.get("trained_on") != "cpu" or meta.get("sha256") != sha256_file(path):
+        return None
+    try:
+        _, cfg = load_classifier(path)
+    except DDIMError:
+        return None
+    accuracy = meta.get("accuracy")
+    if accuracy is not None and not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1):
+        return None
+    return meta if all(meta.get(k) == v for k, v in {**expected, **cfg}.items()) else None
 
 
 def ensure_classifier(
@@ -198,7 +262,8 @@ def ensure_classifier(
 
     Returns the weights path and its info (``accuracy`` on the test split, ``sha256`` of the
     weights file, ``channels``, ``resolution``, ``num_classes``, ...), also stored as JSON next to it.
-    A cached file whose sha256 does not match its JSON is retrained.
+    The cache heals: a cached classifier that is not whole (its sha256 does not match its JSON, the JSON is
+    damaged or another program's, the weights do not load into the recorded config) is retrained.
     """
     from ddim.data import dataset_info
 
@@ -207,13 +272,10 @@ def ensure_classifier(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{FORMAT}-{dataset}-{res}px-seed{seed}.pt"
     meta_path = path.with_suffix(".json")
+    expected = {"format": FORMAT, "dataset": dataset, "resolution": res, "seed": seed, "feature_dim": FEATURE_DIM}
     if path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        # Earlier releases trained on the sweep's device; a classifier not known to be CPU-trained is retrained.
-        if meta.get("sha256") == sha256_file(path) and meta.get("trained_on") == "cpu":
+        meta = _cached_info(path, meta_path, expected)
+        if meta is not None:
             return path, meta
 
     # 1. Train on the train split (as uint8, exactly what the extractor will see).
@@ -238,12 +300,8 @@ def ensure_classifier(
     blob = {"format": FORMAT, "config": cfg, "state_dict": model.state_dict()}
     atomic_write(path, lambda f: torch.save(blob, f))
     meta = {
-        "format": FORMAT,
-        "dataset": dataset,
-        "resolution": res,
+        **expected,
         **cfg,
-        "feature_dim": 4 * WIDTH,
-        "seed": seed,
         "steps": TRAIN_STEPS,
         "train_count": len(train_x),
         "test_count": test_count,

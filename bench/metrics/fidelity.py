@@ -53,6 +53,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_FILE",
     "METRICS",
     "REF_SUBSET_SEED",
+    "check_expected_count",
     "compute_metrics",
     "default_extractor",
     "frechet_distance",
@@ -62,7 +63,8 @@ __all__ = [
 ]
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name
-INCEPTION_LAYER_FID = "2048"  # torch-fidelity's default FID/KID layer for it
+INCEPTION_FEATURE_DIM = 2048  # the size of its pool features (FID / KID)
+INCEPTION_LAYER_FID = str(INCEPTION_FEATURE_DIM)  # torch-fidelity's default FID/KID layer for it, named by that size
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small N
 ISC_SPLITS = 10  # torch-fidelity's default; IS needs at least this many samples
 _BATCH_SIZE = {"classifier": 256, "inception": 64}
@@ -131,9 +133,10 @@ def _check_inception_weights(path: Path, sha256: str) -> None:
     except Exception as e:
         raise DDIMError(f"cannot read Inception weights {str(path)!r} ({load_problem(e)}); {fix}") from None
     fc = state.get("fc.weight") if isinstance(state, dict) else None
-    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
+    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, INCEPTION_FEATURE_DIM):
         raise DDIMError(
-            f"{str(path)!r} is not torch-fidelity's Inception-v3 state dict (no 1008x2048 fc.weight); {fix}"
+            f"{str(path)!r} is not torch-fidelity's Inception-v3 state dict "
+            f"(no 1008x{INCEPTION_FEATURE_DIM} fc.weight); {fix}"
         )
     _CHECKED_INCEPTION.add(sha256)
 
@@ -179,6 +182,15 @@ def _on_device(device: torch.device) -> Iterator[None]:
     with torch.cuda.device(device), numerics(device, tf32=False):
         torch.backends.cudnn.benchmark = False  # numerics restores the caller's setting on exit
         yield
+
+
+def check_expected_count(n_expected: int | None, option: str = "n_expected") -> None:
+    """Refuse an expected sample count below 1 (``option``: its name where the caller took it from)."""
+    if n_expected is not None and n_expected < 1:
+        raise DDIMError(
+            f"{option} must be ≥ 1 (the exact sample count to score), got {n_expected}; "
+            f"pass the number of samples or leave {option} out"
+        )
 
 
 def _check_sample_count(metrics: Sequence[str], n: int) -> None:
@@ -240,6 +252,7 @@ def compute_metrics(
         raise DDIMError(f"samples must be a uint8 (N, C, H, W) tensor, got {got}; convert with ddim.images.to_uint8")
     samples = samples.detach().cpu()
     n = len(samples)
+    check_expected_count(n_expected)
     if n_expected is not None and n != n_expected:
         raise DDIMError(
             f"got {n} samples but {n_expected} were asked; refusing a metric on another count, "
@@ -251,7 +264,7 @@ def compute_metrics(
 
     # 1. The feature extractor and the sha256 of its weights (first: a missing file fails fast).
     if extractor == "classifier":
-        from bench.metrics.classifier import FEATURE_FID, ensure_classifier, register_feature_extractor
+        from bench.metrics.classifier import FEATURE_DIM, FEATURE_FID, ensure_classifier, register_feature_extractor
 
         weights, cinfo = ensure_classifier(dataset, data_root=data_root, cache_dir=cache_dir, resolution=resolution)
         if cinfo["channels"] != samples.shape[1] or cinfo["resolution"] != samples.shape[-1]:
@@ -260,9 +273,11 @@ def compute_metrics(
                 f"{cinfo['channels']}x{cinfo['resolution']}px; pass the samples' --resolution"
             )
         fe_name, fe_layer, weights_sha = register_feature_extractor(), FEATURE_FID, cinfo["sha256"]
+        fe_dim = FEATURE_DIM
     else:
         weights = resolve_inception_weights(inception_weights)
         fe_name, fe_layer, weights_sha = INCEPTION_NAME, INCEPTION_LAYER_FID, sha256_file(weights)
+        fe_dim = INCEPTION_FEATURE_DIM
         _check_inception_weights(weights, weights_sha)
 
     # 2. The reference: real images of the split under the same uint8 rule (binary metrics only).
@@ -292,7 +307,7 @@ def compute_metrics(
         kwargs.update(input2=input2, input2_cache_name=ref_key)
         if "kid" in metrics:
             kwargs["kid_subset_size"] = _kid_subset_size(n, ref_n, kid_subset_size)
-        heal_reference_cache(ref_root, f"{ref_key}-{fe_name}-", ref_n)  # a damaged entry is recomputed
+        heal_reference_cache(ref_root, f"{ref_key}-{fe_name}-", ref_n, {fe_layer: fe_dim})  # damaged: recomputed
 
     # 4. One torch-fidelity call; samples are never cached (input1 has no cache name).
     import torch_fidelity

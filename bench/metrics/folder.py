@@ -1,4 +1,7 @@
-"""Scoring a folder of PNG samples (``ddimbench metrics``): read exactly the samples, check their size, measure."""
+"""Scoring a folder of PNG samples (``ddimbench metrics``): read exactly the samples, check their size, measure.
+
+The names ``ddimbench sample`` gives the files of its folders (``sample_names``, ``MANIFEST``) are defined here,
+where they are read back; ``bench.generate`` writes them."""
 
 from __future__ import annotations
 
@@ -11,21 +14,44 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.metrics.fidelity import EXTRACTORS, compute_metrics, default_extractor, resolve_inception_weights
+from bench.metrics.fidelity import (
+    EXTRACTORS,
+    check_expected_count,
+    compute_metrics,
+    default_extractor,
+    resolve_inception_weights,
+)
 from bench.metrics.reference import first_line
 from ddim.errors import DDIMError
 
+MANIFEST = "samples.json"  # what ``ddimbench sample`` (bench.generate) writes beside the samples
+
+
+def sample_names(n: int) -> list[str]:
+    """The files of samples 0..n-1 (``000000.png`` …) that ``ddimbench sample`` writes, in order: exactly the list
+    its manifest holds."""
+    return [f"{i:06d}.png" for i in range(n)]
+
 
 def _listed_samples(folder: Path) -> list[Path] | None:
-    """The files named by a ``ddimbench sample`` manifest (``samples.json``), or None without one."""
-    manifest = folder / "samples.json"
+    """The files named by a ``ddimbench sample`` manifest (``samples.json``), or None without one.
+
+    The manifest is untrusted: it must list exactly the names ``ddimbench sample`` writes (``sample_names``:
+    plain file names in the folder, in order, each once), so no entry reaches a file outside the folder.
+    """
+    manifest = folder / MANIFEST
     if not manifest.is_file():
         return None
     try:
         info = json.loads(manifest.read_text(encoding="utf-8"))
-        names = [str(n) for n in info["files"]]
+        names = info["files"]
     except (OSError, ValueError, KeyError, TypeError):
         raise DDIMError(f"{manifest} is damaged; rerun `ddimbench sample` into that folder") from None
+    if not isinstance(names, list) or names != sample_names(len(names)):
+        raise DDIMError(
+            f"{manifest} is not one `ddimbench sample` wrote (its files are not 000000.png, 000001.png, … in order); "
+            f"delete it to score the folder's PNGs, or rerun `ddimbench sample` into an empty folder"
+        )
     if not info.get("complete", False):
         raise DDIMError(f"{folder} holds an unfinished `ddimbench sample` run; rerun the same command to finish it")
     missing = [n for n in names if not (folder / n).is_file()]
@@ -98,6 +124,7 @@ def compute_metrics_from_folder(
 
     if extractor is not None and extractor not in EXTRACTORS:  # refuse before reading thousands of files
         raise DDIMError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    check_expected_count(kwargs.get("n_expected"), "-n")  # the metrics command's option
     samples = read_png_folder(folder)
     info = dataset_info(dataset, resolution=resolution)
     want = (info.channels, info.resolution, info.resolution)

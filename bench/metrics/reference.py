@@ -10,8 +10,9 @@ Protocol (FID as in Table 1 of the paper, measured by ``bench.metrics.fidelity``
 - ``reference_key`` names the cached statistics by the version of how they are computed
   (``REFERENCE_CACHE_VERSION``), dataset, split, resolution, extractor, the extractor weights' sha256,
   the reference count and that content hash, so a stale entry can never be reused.
-- ``heal_reference_cache`` removes a cached entry torch-fidelity could not load (truncated, empty), so
-  it is recomputed from the reference images instead of failing every later measurement.
+- ``heal_reference_cache`` removes a cached entry torch-fidelity could not load (truncated, empty) or that is
+  not what it would compute (other dimensions than the extractor's features, NaN or infinite values), so
+  it is recomputed from the reference images instead of failing every later measurement or giving a NaN.
 - Files are untrusted: ``load_plain`` reads tensors and numpy arrays only (``torch.load`` with
   ``weights_only=True``), and ``weights_only_loads`` makes torch-fidelity's own loads (it asks for
   ``weights_only=False``) do the same, so a doctored cache or weights file never runs code.
@@ -22,6 +23,7 @@ Importing this module needs only torch and numpy (``import bench.metrics.fidelit
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import os
@@ -256,12 +258,57 @@ def first_line(exc: BaseException, limit: int = 100) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _cache_file_problem(path: Path, ref_n: int) -> str | None:
+@functools.cache
+def _fid_statistics_dtypes() -> tuple[np.dtype, np.dtype]:
+    """The dtypes of the (mu, sigma) torch-fidelity computes from float32 features (it asserts that both inputs'
+    statistics share them): asked of torch-fidelity itself."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(torch.zeros(2, 1))
+    return stats["mu"].dtype, stats["sigma"].dtype
+
+
+def _all_finite(features: Tensor, rows: int = 4096) -> bool:
+    """No NaN or infinity in a (memory-mapped) features tensor, read a block of rows at a time."""
+    return all(bool(torch.isfinite(block).all()) for block in features.split(rows))
+
+
+def _stat_problem(item: Any, dim: int | None) -> str | None:
+    """Why ``item`` is not FID statistics torch-fidelity can compare with the samples', or None."""
+    mu, sigma = (item.get(k) if isinstance(item, dict) else None for k in ("mu", "sigma"))
+    if not (isinstance(mu, np.ndarray) and isinstance(sigma, np.ndarray) and mu.ndim == 1):
+        return "not FID statistics {mu, sigma}"
+    if sigma.shape != (mu.size, mu.size):
+        return f"not FID statistics: sigma is {sigma.shape}, not ({mu.size}, {mu.size}) for mu {mu.shape}"
+    if dim is not None and mu.size != dim:
+        return f"FID statistics of {mu.size} features, not the extractor's {dim}"
+    if (mu.dtype, sigma.dtype) != _fid_statistics_dtypes():
+        return f"FID statistics of dtypes {mu.dtype}/{sigma.dtype}, not {'/'.join(map(str, _fid_statistics_dtypes()))}"
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return "FID statistics holding NaN or infinite values"
+    return None
+
+
+def _features_problem(item: Any, ref_n: int, dim: int | None) -> str | None:
+    """Why ``item`` is not the reference's features torch-fidelity would compute, or None."""
+    width = "D" if dim is None else dim
+    if not isinstance(item, Tensor) or item.dim() != 2 or len(item) != ref_n or not item.is_floating_point():
+        return f"not a ({ref_n}, {width}) features tensor"
+    if dim is not None and item.shape[1] != dim:
+        return f"features of size {item.shape[1]}, not the extractor's {dim}"
+    if not _all_finite(item):
+        return "features holding NaN or infinite values"
+    return None
+
+
+def _cache_file_problem(path: Path, ref_n: int, dims: dict[str, int]) -> str | None:
     """Why torch-fidelity could not use this cached reference file, or None when it can.
 
-    Loads it as torch-fidelity will (weights-only, see ``weights_only_loads``), and checks the shape of
-    what it holds: FID statistics are ``{"mu": (D,), "sigma": (D, D)}`` numpy arrays, features a
-    ``(ref_n, D)`` tensor. A file that passed is memoised by (path, size, mtime) so a sweep loads it once per process.
+    Loads it as torch-fidelity will (weights-only, see ``weights_only_loads``), and checks what it holds:
+    FID statistics are ``{"mu": (D,), "sigma": (D, D)}`` numpy arrays of torch-fidelity's dtypes, features a
+    ``(ref_n, D)`` float tensor, all finite; D is ``dims[layer]`` for the layers named there (torch-fidelity
+    ends each file name with its layer). A file that passed is memoised by (path, size, mtime) so a sweep loads
+    it once per process.
     """
     try:
         st = path.stat()
@@ -273,28 +320,29 @@ def _cache_file_problem(path: Path, ref_n: int) -> str | None:
         item = load_plain(path, mmap=True)
     except Exception as e:  # a truncated zip, an empty file (EOFError), a folder, no permission, a doctored file
         return load_problem(e)
+    dim = next((d for layer, d in dims.items() if path.name.endswith(f"-{layer}.pt")), None)
     if "-stat-fid-" in path.name:
-        mu, sigma = (item.get(k) if isinstance(item, dict) else None for k in ("mu", "sigma"))
-        ok = isinstance(mu, np.ndarray) and isinstance(sigma, np.ndarray) and mu.ndim == 1
-        if not (ok and sigma.size == mu.size**2):
-            return "not FID statistics {mu, sigma}"
-    elif not isinstance(item, Tensor) or item.dim() != 2 or len(item) != ref_n:
-        return f"not a ({ref_n}, D) features tensor"
+        problem = _stat_problem(item, dim)
+    else:
+        problem = _features_problem(item, ref_n, dim)
+    if problem is not None:
+        return problem
     _GOOD_CACHE_FILES.add(memo)
     return None
 
 
-def heal_reference_cache(ref_root: Path, prefix: str, ref_n: int) -> None:
+def heal_reference_cache(ref_root: Path, prefix: str, ref_n: int, dims: dict[str, int]) -> None:
     """Remove the cached reference files named ``prefix*.pt`` that cannot be used, so torch-fidelity
     recomputes them from the reference images (torch-fidelity renames its cache files into place
-    without an fsync: a power loss can leave them truncated or empty).
+    without an fsync: a power loss can leave them truncated or empty). ``dims``: the feature size of each
+    layer whose size is known (the extractor's FID / KID layer), checked against its files.
 
     One warning line on stderr when something was removed; a file that cannot be removed is a
     ``DDIMError`` naming it.
     """
     removed = []
     for path in sorted(ref_root.glob(f"{glob.escape(prefix)}*.pt")):
-        reason = _cache_file_problem(path, ref_n)
+        reason = _cache_file_problem(path, ref_n, dims)
         if reason is None:
             continue
         try:
@@ -303,12 +351,12 @@ def heal_reference_cache(ref_root: Path, prefix: str, ref_n: int) -> None:
             pass
         except OSError as e:
             raise DDIMError(
-                f"cached reference file {str(path)!r} is unreadable ({reason}) and cannot be removed "
+                f"cached reference file {str(path)!r} is unusable ({reason}) and cannot be removed "
                 f"({e.strerror or type(e).__name__}); delete it and rerun"
             ) from None
         removed.append(f"{path.name} ({reason})")
     if removed:
         warn(
-            f"removed unreadable cached reference files from {ref_root} and recomputing them from the "
+            f"removed unusable cached reference files from {ref_root} and recomputing them from the "
             f"reference images: {'; '.join(removed)}"
         )
