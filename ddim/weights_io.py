@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def load_tensors(path: Path) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign or sparse tensors: what matters is refused below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise DDIMError(f"reading {path.name} needs the safetensors package; pip install safetensors") from None
     except Exception as exc:  # truncated / foreign / non-tensor pickles raise many types
