@@ -24,7 +24,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, sha256_file, write_error
 from ddim.schedules import DiffusionConfig
 from ddim.unet import UNet, UNetConfig
-from ddim.weights_io import weights_problem
+from ddim.weights_io import tensor_problem, weights_problem
 
 __all__ = [
     "Checkpoint",
@@ -33,6 +33,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "resolve_checkpoint",
+    "restore_optimizer",
     "save_checkpoint",
 ]
 
@@ -231,6 +232,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         train=dict(state.get("train") or {}),
         state=state,
     )
+
+
+# Adam's settings that change the update; the learning rate is not among them (every step sets it).
+_OPTIMIZER_SETTINGS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, saved: Any, path: Path) -> None:
+    """Load a checkpoint's optimiser state into ``opt`` (built for the run's parameters and settings), or refuse
+    the file in one line before training: a damaged state would otherwise fail inside ``load_state_dict`` or at
+    the first step. Its structure, each state tensor (``tensor_problem``; moments of its parameter's shape) and
+    the settings in ``_OPTIMIZER_SETTINGS`` must be what ``opt`` holds."""
+    fresh = [{k: g[k] for k in _OPTIMIZER_SETTINGS if k in g} for g in opt.param_groups]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not all(isinstance(g, dict) for g in groups)
+        or not isinstance(saved.get("state"), dict)
+    ):
+        problem = "is not a mapping of state and param_groups"
+    else:
+        try:
+            opt.load_state_dict(saved)
+            problem = _optimizer_problem(opt, fresh)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+            problem = f"does not fit the model ({type(exc).__name__})"
+    if problem is not None:
+        raise DDIMError(f"checkpoint {path} cannot be resumed: its optimizer state {problem}; the file is damaged, "
+                        "use an earlier checkpoint of the run")  # fmt: skip
+
+
+def _optimizer_problem(opt: torch.optim.Optimizer, fresh: list[dict[str, Any]]) -> str | None:
+    for group, want in zip(opt.param_groups, fresh):
+        changed = [f"{k}={group.get(k)!r} (want {v!r})" for k, v in want.items() if group.get(k) != v]
+        if changed:
+            return f"has other settings: {', '.join(changed)}"
+        for p in group["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if problem := tensor_problem(v):
+                    return f"{name} {problem}"
+                if name != "step" and v.shape != p.shape:
+                    return f"{name} has shape {tuple(v.shape)}, not its parameter's {tuple(p.shape)}"
+    return None
 
 
 def check_compatible(

@@ -60,7 +60,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ddim import data as ddata
 from ddim import sampling, schedules
 from ddim.batches import DROPOUT, Batches, step_seed
-from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
+from ddim.checkpoint import checkpoint_path, list_checkpoints, restore_optimizer, save_checkpoint
 from ddim.distributed import Context, shard
 from ddim.errors import DDIMError
 from ddim.files import write_error
@@ -225,12 +225,12 @@ def _train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, fused=device.type == "cuda")
     step, last_ckpt = 0, None
     if ck is not None:
-        try:
+        try:  # load_checkpoint has checked the weights against the UNet
             model.load_state_dict(ck.state["model"])
             ema.load_state_dict(ck.state["ema"])
-            opt.load_state_dict(ck.state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise DDIMError(f"checkpoint {ck.path} cannot be resumed ({type(exc).__name__}); it is damaged") from None
+        restore_optimizer(opt, ck.state["optimizer"], ck.path)
         step, last_ckpt = ck.step, ck.path
     del ck  # the broadcast copy of the weights is no longer needed
     ctx.on_main(lambda: start_run(run_dir, {"train": cfg.to_dict(), "unet": unet_cfg.to_dict()}, step))
