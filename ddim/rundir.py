@@ -132,8 +132,11 @@ def open_run(
         try:
             saved = json.loads(config.read_text(encoding="utf-8"))
             old, old_unet = saved["train"], saved.get("unet")
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise DDIMError(f"{config} is unreadable; delete it or choose another --run-dir") from None
+        if not isinstance(old, dict):  # the settings to compare with: anything else would pass unchecked
+            raise DDIMError(f"{config} holds train settings that are a {type(old).__name__}, not a mapping, so it was "
+                            "edited or damaged; delete it or choose another --run-dir")  # fmt: skip
         check_same_experiment(old, train, config, skip=RESOLVED_ELSEWHERE)
         unet = expect.get("unet")
         if old_unet is not None and unet is not None and _plain(old_unet) != _plain(unet.to_dict()):

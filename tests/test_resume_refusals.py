@@ -1,11 +1,13 @@
 """`train --resume` from a damaged run: one line, exit 2, and the run directory left exactly as it was.
 
 A checkpoint whose optimiser state was edited (a string, the wrong structure, other Adam settings, moments of
-the wrong shape or NaN) was an AttributeError / TypeError traceback, or one at the first step.
+the wrong shape or NaN) was an AttributeError / TypeError traceback, or one at the first step; a config.json
+of the wrong shape was taken as it was and overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -80,3 +82,16 @@ def test_the_untouched_run_resumes(trained, tmp_path, capsys):
     code, err = train(tmp_path / "run", capsys, "--max-steps", 4, "--resume")
     assert code == 0, err
     assert (tmp_path / "run" / "checkpoints" / "step-0000004.pt").is_file()
+
+
+@pytest.mark.parametrize("saved", [{"train": ["x"]}, {"train": "x"}, {"train": None}])
+def test_a_config_json_of_the_wrong_shape_is_refused_and_kept(tmp_path, capsys, saved):
+    """A run without checkpoints is compared with its config.json: settings that are not a mapping cannot be."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(saved))
+    before = snapshot(run)
+    code, err = train(run, capsys, "--max-steps", 2, "--resume")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "config.json holds train settings that are a" in err and "not a mapping" in err, err
+    assert snapshot(run) == before
