@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from ddim.data import dataset_info
+from ddim.data import DatasetInfo, dataset_info
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, sha256_file, write_error
 from ddim.schedules import DiffusionConfig
 from ddim.unet import UNet, UNetConfig
+from ddim.weights_io import tensor_problem, weights_problem
 
 __all__ = [
     "Checkpoint",
@@ -32,6 +33,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "resolve_checkpoint",
+    "restore_optimizer",
     "save_checkpoint",
 ]
 
@@ -147,19 +149,28 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return state
 
 
-def _check_settings(path: Path, diffusion: DiffusionConfig, state: dict[str, Any]) -> None:
+def _check_settings(path: Path, unet: UNetConfig, diffusion: DiffusionConfig, state: dict[str, Any]) -> None:
     """A checkpoint's stored settings pass the rules ``train`` applies (a doctored file would otherwise
-    divide by zero, allocate without bound or fail deep inside sampling). Imported weights
-    (``ddim.convert``) may name a dataset of their own: only a trained checkpoint's must be one of ours."""
+    divide by zero, allocate without bound or fail deep inside sampling), and its UNet makes its dataset's
+    images (``sample`` would write them at another size). Imported weights (``ddim.convert``) may name a
+    dataset of their own: only a trained checkpoint's must be one of ours."""
     problem, dataset = diffusion.problem(), state.get("dataset")
     if problem is None and dataset is not None:
         if not isinstance(dataset, dict) or not isinstance(dataset.get("name", ""), str):
             problem = f"dataset {dataset!r} is not a mapping with a name"
-        elif dataset.get("name") is not None and "imported" not in state:
+        elif dataset.get("name") is not None:
+            shape = {"channels": dataset.get("channels", unet.in_channels), "resolution": dataset.get("resolution")}
             try:
-                dataset_info(dataset["name"], dataset.get("resolution"))
+                info = (
+                    DatasetInfo(dataset["name"], **shape, hflip=False)  # what import_weights recorded
+                    if "imported" in state
+                    else dataset_info(dataset["name"], dataset.get("resolution"))
+                )
+                problem = info.mismatch(unet.in_channels, unet.resolution)
             except DDIMError as exc:
                 problem = str(exc)
+    if problem is None and not isinstance(state.get("train") or {}, dict):
+        problem = f"its train settings are a {type(state['train']).__name__}, not a mapping"
     if problem is not None:
         raise DDIMError(f"checkpoint {path} holds settings train refuses ({problem}); the file is damaged or edited")
 
@@ -190,11 +201,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         unet = UNetConfig.from_dict(state["unet"])
         diffusion = DiffusionConfig(**state["diffusion"])
-        step = int(state["step"])
+        step = state["step"]
         model_sd = state["model"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r} is not a count of training steps")
     except (KeyError, TypeError, ValueError, DDIMError) as exc:
         raise DDIMError(f"checkpoint {p} is missing or has a malformed field ({exc}); it is damaged") from None
-    _check_settings(p, diffusion, state)
+    _check_settings(p, unet, diffusion, state)
     named = _NAME.match(p.name)
     if named and int(named.group(1)) != step:  # the run's newest file and pruning go by the name
         raise DDIMError(f"checkpoint {p} holds step {step} but its name says step {int(named.group(1))}; "
@@ -203,11 +216,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     with torch.device("meta"):  # shapes only: no memory, no init cost
         expected = UNet(unet).state_dict()
     for name, sd in (("model", model_sd), ("ema", state.get("ema"))):
-        if (sd is not None or name == "model") and not _weights_match(sd, expected):
+        if sd is None and name == "ema":
+            continue
+        if not _weights_match(sd, expected):
             raise DDIMError(f"checkpoint {p}: {name} weights do not match its UNet config; the file is damaged")
-        bad = next((k for k, v in (sd or {}).items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-        if bad is not None:  # sampling would give black images without a word
-            raise DDIMError(f"checkpoint {p}: {name} weights hold NaN or infinite values ({bad}); "
+        if problem := weights_problem(sd):
+            raise DDIMError(f"checkpoint {p}: {name} weight {problem}; the file is damaged, "
                             "use an earlier checkpoint of the run")  # fmt: skip
     return Checkpoint(
         path=p,
@@ -218,6 +232,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         train=dict(state.get("train") or {}),
         state=state,
     )
+
+
+# Adam's settings that change the update; the learning rate is not among them (every step sets it).
+_OPTIMIZER_SETTINGS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, saved: Any, path: Path) -> None:
+    """Load a checkpoint's optimiser state into ``opt`` (built for the run's parameters and settings), or refuse
+    the file in one line before training: a damaged state would otherwise fail inside ``load_state_dict`` or at
+    the first step. Its structure, each state tensor (``tensor_problem``; moments of its parameter's shape) and
+    the settings in ``_OPTIMIZER_SETTINGS`` must be what ``opt`` holds."""
+    fresh = [{k: g[k] for k in _OPTIMIZER_SETTINGS if k in g} for g in opt.param_groups]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not all(isinstance(g, dict) for g in groups)
+        or not isinstance(saved.get("state"), dict)
+    ):
+        problem = "is not a mapping of state and param_groups"
+    else:
+        try:
+            opt.load_state_dict(saved)
+            problem = _optimizer_problem(opt, fresh)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+            problem = f"does not fit the model ({type(exc).__name__})"
+    if problem is not None:
+        raise DDIMError(f"checkpoint {path} cannot be resumed: its optimizer state {problem}; the file is damaged, "
+                        "use an earlier checkpoint of the run")  # fmt: skip
+
+
+def _optimizer_problem(opt: torch.optim.Optimizer, fresh: list[dict[str, Any]]) -> str | None:
+    for group, want in zip(opt.param_groups, fresh):
+        changed = [f"{k}={group.get(k)!r} (want {v!r})" for k, v in want.items() if group.get(k) != v]
+        if changed:
+            return f"has other settings: {', '.join(changed)}"
+        for p in group["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if problem := tensor_problem(v):
+                    return f"{name} {problem}"
+                if name != "step" and v.shape != p.shape:
+                    return f"{name} has shape {tuple(v.shape)}, not its parameter's {tuple(p.shape)}"
+    return None
 
 
 def check_compatible(

@@ -15,6 +15,7 @@ which ``ddim.checkpoint.load_checkpoint`` and every sampler / sweep then use lik
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from ddim.files import atomic_write_json
 from ddim.schedules import DiffusionConfig
 from ddim.unet import PRESETS, UNetConfig
 from ddim.unet import preset as unet_preset
-from ddim.weights_io import StateDict, check_fit, expected_shapes, load_tensors
+from ddim.weights_io import StateDict, check_fit, expected_shapes, load_tensors, weights_problem
 
 __all__ = ["from_official", "import_weights"]
 
@@ -39,7 +40,12 @@ def _official_state_dict(raw: Any, path: Path) -> StateDict:
     ``[model, optimizer, epoch, step, ema]`` (its EMA weights when present); ``module.`` prefixes dropped."""
     if isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], dict):
         raw = raw[4] if len(raw) >= 5 and isinstance(raw[4], dict) else raw[0]
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not all(isinstance(k, str) for k in raw)
+        or not all(isinstance(v, torch.Tensor) for v in raw.values())
+    ):
         hint = " (it is a ddimbench checkpoint already)" if isinstance(raw, dict) and "format" in raw else ""
         raise DDIMError(f"{path} is not an official DDIM/DDPM state dict{hint}")
     sd = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in raw.items()}
@@ -61,6 +67,64 @@ def _official_yaml(config: str | Path | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _section(yml: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """The YAML's ``name`` section (absent: empty), refused in one line unless it is a mapping."""
+    value = yml.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise DDIMError(f"{where}: the {name} section is {reprlib.repr(value)}, not a mapping of settings; "
+                        "fix the YAML (see the official configs/*.yml)")  # fmt: skip
+    return value or {}
+
+
+def _yaml_unet(yml: dict[str, Any], where: str) -> UNetConfig:
+    """The UNetConfig an official YAML describes; a value of the wrong type is refused naming its YAML key."""
+    m, d = _section(yml, "model", where), _section(yml, "data", where)
+    keep = ("in_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv")
+    values = {
+        "resolution": ("data.image_size", d.get("image_size", 32)),
+        "out_channels": ("model.out_ch", m.get("out_ch")),
+    }
+    values |= {k: (f"model.{k}", m[k]) for k in keep if k in m}
+    for field, (key, value) in values.items():
+        if problem := UNetConfig.type_problem(field, value):
+            raise DDIMError(f"{where}: {key}={value!r} {problem}; fix the YAML")
+    try:
+        return UNetConfig(**{field: value for field, (_, value) in values.items()})
+    except DDIMError as exc:
+        raise DDIMError(f"{where}: {exc}; fix the YAML's model and data sections") from None
+
+
+_YAML_DIFFUSION = {"T": "num_diffusion_timesteps"}  # our DiffusionConfig field -> the YAML key, where they differ
+
+
+def _yaml_diffusion(yml: dict[str, Any], where: str) -> DiffusionConfig:
+    """The forward process of an official YAML's ``diffusion`` section (DDPM's where a key is absent),
+    refused in one line when ``train`` would refuse it."""
+    dy = _section(yml, "diffusion", where)
+    numbers = {}
+    for key, default in (("beta_start", 1e-4), ("beta_end", 0.02)):
+        numbers[key] = value = dy.get(key, default)
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                numbers[key] = float(value)
+            except ValueError:
+                raise DDIMError(f"{where}: diffusion.{key}={value!r} is not a number; fix the YAML") from None
+    schedule = dy.get("beta_schedule", "linear")
+    diffusion = DiffusionConfig(str(schedule), dy.get("num_diffusion_timesteps", 1000), **numbers)
+    if problem := diffusion.problem(lambda k: f"diffusion.{_YAML_DIFFUSION.get(k, k)}"):
+        raise DDIMError(f"{where}: {problem}; fix the YAML's diffusion section")
+    return diffusion
+
+
+def _conv_shape(sd: StateDict, key: str, path: Path) -> tuple[int, int]:
+    """(out, in) channels of the convolution weight ``sd[key]``, refused unless it is one (4-D, no empty dim)."""
+    w = sd[key]
+    if w.ndim != 4 or min(w.shape) < 1:
+        raise DDIMError(f"{path}: {key} has shape {tuple(w.shape)}, not a convolution's (out, in, k, k); "
+                        "it is not an official DDPM UNet")  # fmt: skip
+    return int(w.shape[0]), int(w.shape[1])
+
+
 def from_official(
     ckpt_path: str | Path, *, config: str | Path | dict[str, Any] | UNetConfig | None = None
 ) -> tuple[StateDict, UNetConfig, DiffusionConfig]:
@@ -77,18 +141,23 @@ def from_official(
     if not path.is_file():
         raise DDIMError(f"checkpoint {path} does not exist; pass an official .ckpt / .pth file")
     sd = _official_state_dict(load_tensors(path), path)
+    if problem := weights_problem(sd):  # what load_checkpoint would refuse: refused before anything is written
+        raise DDIMError(f"weights in {path} cannot be imported: {problem}; use an intact copy of the file")
     if "conv_in.weight" not in sd or "conv_out.weight" not in sd or "down.0.block.0.conv1.weight" not in sd:
         raise DDIMError(f"{path} lacks conv_in / conv_out / down.0.block.0 weights; it is not an official DDPM UNet")
-    ch, in_ch = sd["conv_in.weight"].shape[:2]
-    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"down\.(\d+)\.", k)))
-    widths = [
-        sd[f"down.{i}.block.0.conv1.weight"].shape[0] if f"down.{i}.block.0.conv1.weight" in sd else 0
-        for i in range(levels)
-    ]
+    ch, in_ch = _conv_shape(sd, "conv_in.weight", path)
+    out_ch = _conv_shape(sd, "conv_out.weight", path)[0]
+    found = {int(m.group(1)) for k in sd if (m := re.match(r"down\.(\d+)\.", k))}
+    if found != set(range(len(found))):
+        raise DDIMError(f"{path}: its down levels are numbered {sorted(found)[:6]}, not 0, 1, ...; "
+                        "it is not an official DDPM UNet")  # fmt: skip
+    levels = len(found)
+    first = [f"down.{i}.block.0.conv1.weight" for i in range(levels)]
+    widths = [_conv_shape(sd, key, path)[0] if key in sd else 0 for key in first]
     arch = {
-        "in_channels": int(in_ch),
-        "out_channels": None if sd["conv_out.weight"].shape[0] == in_ch else int(sd["conv_out.weight"].shape[0]),
-        "ch": int(ch),
+        "in_channels": in_ch,
+        "out_channels": None if out_ch == in_ch else out_ch,
+        "ch": ch,
         "ch_mult": tuple(w // ch for w in widths),
         "num_res_blocks": len({k.split(".")[3] for k in sd if k.startswith("down.0.block.")}),
         "resamp_with_conv": levels == 1 or "down.0.downsample.conv.weight" in sd,
@@ -108,22 +177,9 @@ def from_official(
     elif isinstance(config, UNetConfig):
         base = config
     else:
+        where = "the official config" if isinstance(config, dict) else str(config)
         yml = _official_yaml(config)
-        m, d = yml["model"], yml.get("data", {})
-        keep = ("in_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv")
-        base = UNetConfig(
-            resolution=d.get("image_size", 32), out_channels=m.get("out_ch"), **{k: m[k] for k in keep if k in m}
-        )
-        dy = yml.get("diffusion") or {}
-        try:  # PyYAML reads "1e-4" (no dot) as a string: cast
-            diffusion = DiffusionConfig(
-                str(dy.get("beta_schedule", "linear")),
-                int(dy.get("num_diffusion_timesteps", 1000)),
-                float(dy.get("beta_start", 1e-4)),
-                float(dy.get("beta_end", 0.02)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise DDIMError(f"{config}: bad diffusion section {dy} ({exc})") from None
+        base, diffusion = _yaml_unet(yml, where), _yaml_diffusion(yml, where)
     if _arch_of(base) != (arch, attn_levels):
         raise DDIMError(f"{path}: the config ({_arch_of(base)}) does not match the weights ({(arch, attn_levels)})")
     unet = UNetConfig(**{**asdict(base), **arch, "num_groups": 32})  # 32: the official Normalize()
@@ -173,11 +229,14 @@ def import_weights(
         if preset is not None and config is not None:
             raise DDIMError("pass either a preset or an official config, not both")
         yml = _official_yaml(config) if config is not None else None
-        sd, unet, diffusion = from_official(src, config=unet_preset(preset) if preset else yml)
+        sd, unet, diffusion = from_official(src, config=unet_preset(preset) if preset else config)
         if T is not None and T != diffusion.T:
             raise DDIMError(f"T={T} differs from the checkpoint's diffusion config (T={diffusion.T})")
-    if dataset is None and yml is not None and str(yml.get("data", {}).get("dataset", "")).lower() in DATASETS:
-        dataset = str(yml["data"]["dataset"]).lower()
+    named = _section(yml, "data", str(config)).get("dataset") if yml is not None else None
+    if named is not None and not isinstance(named, str):
+        raise DDIMError(f"{config}: data.dataset={named!r} is not a dataset name; fix the YAML")
+    if dataset is None and named is not None and named.lower() in DATASETS:
+        dataset = named.lower()
     if dataset in DATASETS:
         info = dataset_info(dataset, unet.resolution)
         if info.channels != unet.in_channels:

@@ -58,6 +58,14 @@ class DatasetInfo:
     resolution: int
     hflip: bool  # random horizontal flip recommended during training (not for digits)
 
+    def mismatch(self, channels: int, resolution: int) -> str | None:
+        """Why a model taking and making ``channels`` × ``resolution``² images is not one of this
+        dataset's (None when it is): the one rule the checkpoint loader and ``sweep`` apply."""
+        if (channels, resolution) == (self.channels, self.resolution):
+            return None
+        mine, theirs = f"{channels}x{resolution}px", f"{self.channels}x{self.resolution}px"
+        return f"the model makes {mine} images but {self.name} is {theirs}"
+
 
 def dataset_info(name: str, resolution: int | None = None) -> DatasetInfo:
     """Channels, resolution (``resolution`` or the dataset's default) and flip policy of ``name``

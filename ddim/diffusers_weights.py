@@ -16,12 +16,13 @@ from typing import Any
 from ddim.errors import DDIMError
 from ddim.schedules import DiffusionConfig
 from ddim.unet import UNetConfig
-from ddim.weights_io import StateDict, check_fit, expected_shapes, listing, load_tensors
+from ddim.weights_io import StateDict, check_fit, expected_shapes, listing, load_tensors, weights_problem
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 # diffusers scheduler beta_schedule -> ours (same formulas: "scaled_linear" is the official "quad").
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
+_SCHEDULER_KEYS = {"T": "num_train_timesteps"}  # our DiffusionConfig field -> the scheduler's key, where they differ
 _RESNET = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut"}  # others keep their names
 _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _MID = {"block_1": "mid_block.resnets.0", "attn_1": "mid_block.attentions.0", "block_2": "mid_block.resnets.1"}
@@ -75,10 +76,34 @@ def diffusers_to_ours(sd: StateDict, config: UNetConfig, src: str | Path = "the 
     return out
 
 
+# config.json keys whose type is our UNetConfig field's (the one rule: UNetConfig.type_problem)
+_AS_OURS = {"in_channels": "in_channels", "layers_per_block": "num_res_blocks", "norm_num_groups": "num_groups",
+            "dropout": "dropout", "block_out_channels": "ch_mult"}  # fmt: skip
+
+
+def _wrong_types(cfg: dict[str, Any]) -> list[str]:
+    """``key=value must be ...`` for each config.json value of a type diffusers itself would not accept."""
+    wrong = [
+        f"{k}={cfg[k]!r} {p}" for k, f in _AS_OURS.items() if k in cfg and (p := UNetConfig.type_problem(f, cfg[k]))
+    ]
+    boc = cfg.get("block_out_channels")
+    if boc is not None and UNetConfig.type_problem("ch_mult", boc) is None and (not boc or min(boc) < 1):
+        wrong.append(f"block_out_channels={boc!r} must hold positive channel counts")
+    for key in ("down_block_types", "up_block_types"):
+        if key in cfg and not (isinstance(cfg[key], list) and all(isinstance(b, str) for b in cfg[key])):
+            wrong.append(f"{key}={cfg[key]!r} must be a list of block names")
+    eps = cfg.get("norm_eps", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        wrong.append(f"norm_eps={eps!r} must be a number")
+    return wrong
+
+
 def _unet_config_from_diffusers(cfg: dict[str, Any], src: Path) -> UNetConfig:
     """Our UNetConfig for a diffusers UNet2DModel config.json, refusing settings our UNet does not implement."""
+    if wrong := _wrong_types(cfg):
+        raise DDIMError(f"{src}: {listing(wrong)}; fix config.json or download the model again")
     get = cfg.get  # missing keys take diffusers' own defaults, as diffusers would
-    boc = [int(c) for c in get("block_out_channels", (224, 448, 672, 896))]
+    boc = list(get("block_out_channels", (224, 448, 672, 896)))
     down = list(get("down_block_types", ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")))
     up = list(get("up_block_types", ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")))
     size = get("sample_size")
@@ -136,23 +161,27 @@ def _unet_config_from_diffusers(cfg: dict[str, Any], src: Path) -> UNetConfig:
 def _diffusion_from_scheduler(cfg: dict[str, Any] | None, T: int | None, src: Path) -> DiffusionConfig:
     """The forward process from a diffusers scheduler config; DDPM's when there is none."""
     if cfg is None:
-        return DiffusionConfig(T=T or 1000)
+        diffusion = DiffusionConfig(T=1000 if T is None else T)
+        if problem := diffusion.problem(lambda k: "--T" if k == "T" else k):
+            raise DDIMError(f"{problem}; there is no scheduler_config.json to take T from")
+        return diffusion
     problems = [
         f"{k}={cfg[k]!r}"
         for k, ok in (("prediction_type", "epsilon"), ("trained_betas", None), ("rescale_betas_zero_snr", False))
         if cfg.get(k, ok) != ok
     ]
     schedule = cfg.get("beta_schedule", "linear")
-    if schedule not in _BETA_SCHEDULES:
+    if not isinstance(schedule, str) or schedule not in _BETA_SCHEDULES:
         problems.append(f"beta_schedule={schedule!r}")
-    n = int(cfg.get("num_train_timesteps", 1000))
+    n = cfg.get("num_train_timesteps", 1000)
     if T is not None and T != n:
-        problems.append(f"num_train_timesteps={n} but T={T} was asked for")
+        problems.append(f"num_train_timesteps={n!r} but T={T} was asked for")
     if problems:
         raise DDIMError(f"{src}: unsupported scheduler settings {listing(problems)} (ε-prediction only)")
-    return DiffusionConfig(
-        _BETA_SCHEDULES[schedule], n, float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
-    )
+    diffusion = DiffusionConfig(_BETA_SCHEDULES[schedule], n, cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02))
+    if problem := diffusion.problem(lambda k: _SCHEDULER_KEYS.get(k, k)):
+        raise DDIMError(f"{src}: {problem}; fix scheduler_config.json or download it again")
+    return diffusion
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -203,6 +232,8 @@ def from_diffusers(src: str | Path, *, T: int | None = None) -> tuple[StateDict,
     sched = next((d / "scheduler_config.json" for d in candidates if (d / "scheduler_config.json").is_file()), None)
     diffusion = _diffusion_from_scheduler(read_json(sched) if sched else None, T, sched or unet_dir)
     raw = load_tensors(weights)
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise DDIMError(f"{weights} does not hold a state dict")
+    if problem := weights_problem(raw):  # what load_checkpoint would refuse: refused before anything is written
+        raise DDIMError(f"weights in {weights} cannot be imported: {problem}; use an intact copy of the file")
     return diffusers_to_ours(raw, config, weights), config, diffusion

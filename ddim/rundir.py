@@ -15,6 +15,7 @@ dropped, so what is on disk always describes the weights that a later run contin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ def check_same_experiment(
             )
 
 
+_OWN = ("config.json", "metrics.jsonl", "samples", "checkpoints")  # what a run writes in its folder (W&B aside)
+
+
 def _holds_run(run_dir: Path) -> bool:
     return (run_dir / "config.json").exists() or bool(list_checkpoints(run_dir))
 
@@ -86,7 +90,7 @@ def _refuse_foreign(run_dir: Path) -> None:
     (a metrics.jsonl, samples/ or checkpoints/), since starting there truncates the log and deletes grids."""
     if (run_dir / "config.json").exists():
         return
-    found = [name for name in ("metrics.jsonl", "samples", "checkpoints") if (run_dir / name).exists()]
+    found = [name for name in _OWN[1:] if (run_dir / name).exists()]
     if found:
         raise DDIMError(f"{run_dir} holds {', '.join(found)} but no run's config.json, so it is not a ddimbench run; "
                         "choose another --run-dir or move them away")  # fmt: skip
@@ -132,8 +136,11 @@ def open_run(
         try:
             saved = json.loads(config.read_text(encoding="utf-8"))
             old, old_unet = saved["train"], saved.get("unet")
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise DDIMError(f"{config} is unreadable; delete it or choose another --run-dir") from None
+        if not isinstance(old, dict):  # the settings to compare with: anything else would pass unchecked
+            raise DDIMError(f"{config} holds train settings that are a {type(old).__name__}, not a mapping, so it was "
+                            "edited or damaged; delete it or choose another --run-dir")  # fmt: skip
         check_same_experiment(old, train, config, skip=RESOLVED_ELSEWHERE)
         unet = expect.get("unet")
         if old_unet is not None and unet is not None and _plain(old_unet) != _plain(unet.to_dict()):
@@ -142,9 +149,16 @@ def open_run(
     return None
 
 
-def start_run(run_dir: str | Path, config: dict[str, Any], step: int) -> None:
-    """Write ``config.json`` and make the log and grids agree with ``step`` (the weights' step)."""
+def start_run(run_dir: str | Path, config: dict[str, Any], step: int) -> list[Path]:
+    """Write ``config.json`` and make the log and grids agree with ``step`` (the weights' step).
+
+    Returns what this call begins, for ``abandon_run`` should the run fail before its first checkpoint: nothing
+    when the run was begun before (its config.json exists), else the folder when this call makes it, else the
+    run's files in it (none of which exists yet: ``open_run`` refuses a folder that holds them without a
+    config.json)."""
     run_dir = Path(run_dir)
+    existed = run_dir.exists() or run_dir.is_symlink()  # a dangling link is the user's too
+    begun = [] if (run_dir / "config.json").exists() else [run_dir / n for n in _OWN] if existed else [run_dir]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)
@@ -154,7 +168,23 @@ def start_run(run_dir: str | Path, config: dict[str, Any], step: int) -> None:
             if p.stem[5:].isdigit() and int(p.stem[5:]) > step:
                 p.unlink()
     except OSError as exc:
+        abandon_run(begun)
         raise write_error("the run directory", run_dir, exc) from None
+    return begun
+
+
+def abandon_run(begun: list[Path]) -> None:
+    """Remove what ``start_run`` began (folders with all they hold) after a failure before the run's first
+    checkpoint, so that rerunning the same command, the cause fixed, starts afresh instead of asking for
+    --resume. Best effort: what cannot be removed stays, and the failure being reported is the one the user sees."""
+    for p in begun:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -60,12 +60,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ddim import data as ddata
 from ddim import sampling, schedules
 from ddim.batches import DROPOUT, Batches, step_seed
-from ddim.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
+from ddim.checkpoint import checkpoint_path, list_checkpoints, restore_optimizer, save_checkpoint
 from ddim.distributed import Context, shard
 from ddim.errors import DDIMError
 from ddim.files import write_error
 from ddim.images import save_grid
-from ddim.rundir import append_metrics, open_run, start_run
+from ddim.rundir import abandon_run, append_metrics, open_run, start_run
 from ddim.runtime import compiled, numerics
 from ddim.train_config import TrainConfig
 from ddim.unet import UNet
@@ -225,15 +225,14 @@ def _train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, fused=device.type == "cuda")
     step, last_ckpt = 0, None
     if ck is not None:
-        try:
+        try:  # load_checkpoint has checked the weights against the UNet
             model.load_state_dict(ck.state["model"])
             ema.load_state_dict(ck.state["ema"])
-            opt.load_state_dict(ck.state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise DDIMError(f"checkpoint {ck.path} cannot be resumed ({type(exc).__name__}); it is damaged") from None
+        restore_optimizer(opt, ck.state["optimizer"], ck.path)
         step, last_ckpt = ck.step, ck.path
     del ck  # the broadcast copy of the weights is no longer needed
-    ctx.on_main(lambda: start_run(run_dir, {"train": cfg.to_dict(), "unet": unet_cfg.to_dict()}, step))
 
     net: Any = model
     if ctx.enabled:  # gradients all-reduced (averaged) across ranks inside backward()
@@ -286,7 +285,11 @@ def _train(
     stopping = False
     window_t, window_n = time.perf_counter(), 0
     model.train()
+    begun: list[Path] = []  # what this process began in the run directory (start_run)
     try:
+        begun = (
+            ctx.on_main(lambda: start_run(run_dir, {"train": cfg.to_dict(), "unet": unet_cfg.to_dict()}, step)) or []
+        )
         with stop.installed():
             while step < cfg.max_steps:
                 torch.manual_seed(step_seed(cfg.seed, step, DROPOUT + ctx.rank))  # dropout masks
@@ -346,6 +349,10 @@ def _train(
                     ctx.on_main(write_grid)
                 if stopping:
                     break
+    except BaseException:
+        if last_ckpt is None and begun:  # e.g. an unreadable image: rerunning must not need --resume
+            abandon_run(begun)
+        raise
     finally:
         batches.close()
         if ctx.enabled:  # free DDP (its reducer holds the process group) before the group goes away:

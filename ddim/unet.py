@@ -35,12 +35,32 @@ class UNetConfig:
     num_groups: int = 32  # GroupNorm groups; tiny models need fewer
 
     def __post_init__(self) -> None:
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        wrong = next((f"{k}={v!r} {p}" for k, v in values if (p := self.type_problem(k, v))), None)
+        if wrong:  # checked before any arithmetic, so a hand-edited "ch": "x" is this line, not a TypeError
+            raise DDIMError(f"invalid UNetConfig: {wrong}")
         # YAML / JSON give lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         problem = self._problem()
         if problem:
             raise DDIMError(f"invalid UNetConfig: {problem}")
+
+    @staticmethod
+    def type_problem(name: str, value: object) -> str | None:
+        """What is wrong with the type of field ``name``'s ``value`` ("must be ..."; None when it is fine).
+        Nothing is cast: a float channel count or a string ``ch_mult`` would be rounded or split silently."""
+        if name in ("ch_mult", "attn_resolutions"):
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+            return None if ok else "must be a list of integers"
+        if name == "dropout":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return None if ok else "must be a number"
+        if name == "resamp_with_conv":
+            return None if isinstance(value, bool) else "must be true or false"
+        if name == "out_channels" and value is None:
+            return None
+        return None if _is_int(value) else "must be an integer"
 
     def _problem(self) -> str | None:
         if min(self.resolution, self.in_channels, self.ch, self.num_groups) < 1 or self.num_res_blocks < 1:
@@ -78,6 +98,10 @@ class UNetConfig:
             return cls(**d)
         except (TypeError, ValueError) as err:  # e.g. "ch": "wide" from a hand-edited config file
             raise DDIMError(f"invalid UNetConfig values {d}: {err}; fix the config file") from err
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 PRESETS: dict[str, UNetConfig] = {

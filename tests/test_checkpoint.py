@@ -195,8 +195,8 @@ DOCTORED = {
     "unknown schedule": (lambda p: p["diffusion"].update(beta_schedule="zigzag"), "unknown beta schedule"),
     "unknown dataset": (lambda p: p["dataset"].update(name="imagenet"), "unknown dataset 'imagenet'"),
     "bad resolution": (lambda p: p["dataset"].update(resolution=-3), "resolution must be a positive integer"),
-    "NaN EMA": (lambda p: p["ema"]["conv_out.weight"].fill_(float("nan")), "ema weights hold NaN or infinite values"),
-    "inf model": (lambda p: p["model"]["temb.dense.0.bias"].fill_(float("inf")), "model weights hold NaN or infinite"),
+    "NaN EMA": (lambda p: p["ema"]["conv_out.weight"].fill_(float("nan")), "conv_out.weight holds NaN or inf"),
+    "inf model": (lambda p: p["model"]["temb.dense.0.bias"].fill_(float("inf")), "temb.dense.0.bias holds NaN"),
 }
 
 

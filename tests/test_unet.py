@@ -141,8 +141,11 @@ def test_config_round_trip() -> None:
 def test_config_errors() -> None:
     with pytest.raises(DDIMError, match="unknown UNetConfig keys \\['chh'\\]"):
         UNetConfig.from_dict({"chh": 3})
-    with pytest.raises(DDIMError, match="invalid UNetConfig values"):
+    with pytest.raises(DDIMError, match="invalid UNetConfig: ch='wide' must be an integer"):
         UNetConfig.from_dict({"ch": "wide"})
+    for field, value in (("ch_mult", "12"), ("ch_mult", [1, 2.7]), ("num_groups", 2.5), ("resamp_with_conv", "no")):
+        with pytest.raises(DDIMError, match=f"invalid UNetConfig: {field}="):  # never cast: "12" is not (1, 2)
+            UNetConfig.from_dict({field: value})
     with pytest.raises(DDIMError, match="num_groups"):
         UNetConfig(ch=24, num_groups=32)
     with pytest.raises(DDIMError, match="divisible by 4"):

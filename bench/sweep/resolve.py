@@ -92,11 +92,8 @@ def resolve_spec(
     if not dataset:
         raise DDIMError(f"checkpoint {ck.path} does not name its dataset; add dataset=NAME")
     info = dataset_info(dataset, ck.dataset.get("resolution") if dataset == ck.dataset.get("name") else None)
-    if (info.channels, info.resolution) != shape:
-        raise DDIMError(
-            f"the checkpoint makes {shape[0]}x{shape[1]}px images but {dataset} is {info.channels}x{info.resolution}px;"
-            " pass the dataset the model was trained on"
-        )
+    if problem := info.mismatch(*shape):
+        raise DDIMError(f"{problem}; pass the dataset the model was trained on")
     # 2. Axes and scalars, with defaults; the spacing may be given per dataset.
     name = values.get("name") or (Path(config).stem if config else "sweep")
     check_name(name)
