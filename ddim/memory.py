@@ -12,7 +12,8 @@ data has loaded and nothing was saved) or CUDA runs out at the first step. The e
   plus ``RUNTIME_BYTES`` for the libraries themselves.
 
 Against the peak RSS of float32 CPU training steps (digits, cifar10 and celeba presets, batches 4-128)
-the estimate was within 20 % (low by up to 0.2 GB): a warning, never a refusal.
+the estimate was within 20 % (low by up to 0.2 GB): a warning, and a refusal only past ``HOPELESS`` times what is
+available, which no misestimate explains (the kernel would kill the run at its first step).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 RUNTIME_BYTES = 1 << 29  # torch, numpy and the data pipeline (CPU); the CUDA context is comparable
 PARAM_COPIES = 5  # weights, EMA, gradients, Adam's m and v
+HOPELESS = 2.0  # a training peak estimated above this many times the available memory is refused, not warned of
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def gigabytes(n: float) -> str:
 
 def training_warning(cfg: TrainConfig) -> str | None:
     """One line when the estimated peak of training ``cfg`` exceeds what its device has (else None):
-    the estimate, what is available, and the batch that would fit."""
+    the estimate, what is available, and the batch that would fit. Past ``HOPELESS`` times what is available it is
+    a DDIMError instead."""
     from ddim.runtime import resolve_device
 
     device = resolve_device(cfg.device)
@@ -156,11 +159,15 @@ def training_warning(cfg: TrainConfig) -> str | None:
     fits = estimate.largest_batch(have) * world
     lower = f"lower --batch-size (about {fits} fits)" if fits else "use a smaller model (--preset, --ch)"
     gpu = " or train on a GPU" if device.type == "cpu" else ""
-    return (
+    hopeless = need > HOPELESS * have
+    text = (
         f"this run needs about {gigabytes(need)} of memory at its peak (batch {cfg.batch_size}, "
-        f"{cfg.unet_config().resolution} px), more than the {gigabytes(have)} available on {device}; "
-        f"{lower}{gpu}"
+        f"{cfg.unet_config().resolution} px), more than {'twice ' if hopeless else ''}the {gigabytes(have)} "
+        f"available on {device}; {lower}{gpu}"
     )
+    if hopeless:
+        raise DDIMError(text)
+    return text
 
 
 def free_disk(path: str | Path) -> tuple[int | None, int, int | None]:

@@ -219,6 +219,18 @@ def test_a_run_too_big_for_the_machine_is_announced(
     assert "lower --batch-size (about 8 fits) or train on a GPU" in warning
 
 
+@pytest.mark.parametrize("batch", ["100000000000000", "1000000000"])  # if refused no more: a fast failing allocation
+def test_a_run_that_cannot_fit_twice_over_is_refused_before_anything_is_made(
+    work: Path, capsys: pytest.CaptureFixture, batch: str
+) -> None:
+    """Past ``HOPELESS`` times the machine's memory no misestimate explains it: one line, exit 2, no run directory
+    (the kernel would otherwise kill the run at its first step, or the allocator raise)."""
+    code, _, err = run(["train", "--max-steps", "2", "--sample-every", "0", *TINY_ARGS, "--batch-size", batch], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "of memory at its peak" in err and "more than twice the" in err and "lower --batch-size" in err, err
+    assert not (work / "run").exists() and not any(work.rglob("config.json")), err
+
+
 def test_memory_estimate_grows_with_the_batch_and_the_model() -> None:
     from ddim.memory import estimate_training
     from ddim.unet import preset
