@@ -148,6 +148,40 @@ def test_dashboard_bad_input_is_one_line_exit_2(ckpt, cache, work, capsys):
             assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
+def test_the_dashboard_changes_nothing_in_the_store(ckpt, cache, work):
+    """optuna-dashboard has no login: served with --host 0.0.0.0, anyone on the network could delete the sweep, tell
+    its trials or upload artifacts. Every request but a read is answered 405 and never reaches it."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from bench.report.dashboard import dashboard_app
+
+    sweep(ckpt, cache, work, "kept")
+    app, study_id, _ = dashboard_app("kept", url(work))
+    trial_id = open_storage(url(work)).get_all_trials(study_id)[0]._trial_id
+
+    def call(method: str, path: str, body: bytes = b"") -> tuple[str, bytes]:
+        env = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+               "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(body)}  # fmt: skip
+        setup_testing_defaults(env)
+        got: list[str] = []
+        out = b"".join(app(env, lambda status, headers, exc_info=None: got.append(status)))
+        return got[0], out
+
+    before = [(t.state, t.user_attrs) for t in optuna.load_study(study_name="kept", storage=url(work)).trials]
+    status, body = call("GET", "/api/studies")
+    assert status.startswith("200") and b'"kept"' in body
+    for method, path, body in [("DELETE", f"/api/studies/{study_id}", b""),
+                               ("POST", f"/api/studies/{study_id}/rename", b'{"study_name": "gone"}'),
+                               ("POST", f"/api/trials/{trial_id}/user-attrs", b'{"user_attrs": {"fid": 0}}'),
+                               ("PUT", f"/api/studies/{study_id}/note", b'{"version": 1, "body": "x"}'),
+                               ("POST", "/incompatible-rdb-schema", b"")]:  # fmt: skip
+        status, _ = call(method, path, body)
+        assert status.startswith("405"), (method, path, status)
+    study = optuna.load_study(study_name="kept", storage=url(work))
+    assert [(t.state, t.user_attrs) for t in study.trials] == before
+
+
 def test_dashboard_serves_the_sweep_and_stops_on_ctrl_c(ckpt, cache, work):
     _, spec = sweep(ckpt, cache, work, "served", "steps=2,3")
     with dashboard(work, "served", "--storage", url(work), "--port", "0") as board:

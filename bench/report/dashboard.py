@@ -6,7 +6,7 @@ trial's value and the other metrics (``isc_mean``, ``kid_mean``, ``nfe``, ``wall
 attributes, and its trial list shows each cell's sample grid from the sweep's artifact store
 (``bench.store.artifacts``). The server is Python's ``wsgiref`` on one thread, as optuna-dashboard's
 own ``run_server``; it runs until Ctrl-C or SIGTERM, which raise ``KeyboardInterrupt`` to the caller
-after the socket is closed.
+after the socket is closed. It is read-only (``read_only``): nothing it serves changes the store.
 """
 
 from __future__ import annotations
@@ -57,8 +57,28 @@ def dashboard_app(name: str, storage: str | None = None) -> tuple[Callable, int,
     else:
         note = f"no artifact store at {store_path(root)}: the trials show no sample grid"
     rdb = open_storage(storage)  # the storage object load_study opened (one engine per URL and process)
-    app = optuna_dashboard.wsgi(rdb, artifact_store=store)
+    app = read_only(optuna_dashboard.wsgi(rdb, artifact_store=store))
     return app, rdb.get_study_id_from_name(name), note
+
+
+READS = ("GET", "HEAD")  # what the dashboard answers; everything else would change the store
+
+
+def read_only(app: Callable) -> Callable:
+    """The WSGI ``app`` answering reads only: optuna-dashboard has no login, and its other requests change the
+    store for whoever reaches the port (delete or rename a study, tell a trial, set its attributes and notes, upload
+    or delete artifacts, migrate the database's schema); each is answered 405 before it reaches the app."""
+
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        if str(environ.get("REQUEST_METHOD", "GET")).upper() in READS:
+            return app(environ, start_response)
+        body = b"ddimbench dashboard is read-only: it shows a sweep and changes nothing in its store\n"
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Allow", ", ".join(READS)),
+                   ("Content-Length", str(len(body)))]  # fmt: skip
+        start_response("405 Method Not Allowed", headers)
+        return [body]
+
+    return guarded
 
 
 def _bind(host: str, port: int | None, app: Callable) -> WSGIServer:
