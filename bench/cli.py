@@ -41,7 +41,7 @@ from bench.sweep.devices import DEVICES_HELP, DRY_RUN_HELP, WORKERS_HELP
 from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, printable
 from ddim.names import BETA_SCHEDULES, DATASETS, LABELLED_DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
 
@@ -77,13 +77,13 @@ def _root(
     """DDIM (Song et al. 2020): train, sample, score and benchmark diffusion models."""
 
 
-def _say(text: str) -> None:
-    """One status line on stderr, printed literally: paths and values may contain [brackets]."""
-    err.print(safe_url(text), markup=False, highlight=False, soft_wrap=True)
+def _say(*lines: str) -> None:
+    """Status lines on stderr, each printed literally (``printable``): paths and values may contain [brackets]."""
+    err.print("\n".join(printable(safe_url(t)) for t in lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(safe_url(message))}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(printable(safe_url(message)))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -305,12 +305,12 @@ def sweep(
     if forget:  # its grid forgotten instead of run (--dry-run: what would be), bench.sweep.forget
         return _say(forget_grid(spec, storage, dry_run))
     if dry_run:
-        _say("\n".join(dry_run_lines(spec, workers, devices, storage)))  # after refusing what the run would refuse
+        _say(*dry_run_lines(spec, workers, devices, storage))  # after refusing what the run would refuse
         typer.echo(json.dumps(asdict(spec), indent=2, default=str))
         return
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
                         devices=devices)  # fmt: skip
-    _say("\n".join(summary_lines(summary, spec)))
+    _say(*summary_lines(summary, spec))
     if summary.failed:
         raise typer.Exit(1)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ddim.errors import printable
 from ddim.names import DEVICES
 
 # The command line's option help that names more than one command's choices.
@@ -36,8 +37,8 @@ FORCE_HELP = (
 
 def warn(line: str, console: Any = None) -> None:
     """One warning line on stderr in the CLI's ``warning: `` convention (through ``console``, a rich
-    Console, while a live progress bar owns the terminal); never raises."""
-    text = f"warning: {line}"
+    Console, while a live progress bar owns the terminal), ``printable``; never raises."""
+    text = f"warning: {printable(line)}"
     try:
         if console is not None:
             console.print(text, markup=False, highlight=False, style="yellow", soft_wrap=True)
@@ -81,7 +82,7 @@ class Display:
         """A line of text under the bar (the cells other workers run, the extras being made)."""
         if self.bar:
             self.bar.update(self.step_task, visible=False)
-            self.bar.update(self.note_task, description=f"  {text}"[:150], visible=bool(text))
+            self.bar.update(self.note_task, description=f"  {printable(text)}"[:150], visible=bool(text))
 
     def cell_start(self, label: str, steps: int) -> None:
         self.label = label
@@ -99,7 +100,7 @@ class Display:
 
     def done(self, line: str) -> None:
         if self.enabled:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, line: str) -> None:
         warn(line, self.console)

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from bench.console import warn
+from bench.report.asked import asked_metrics
 from bench.report.write import incomplete, provenance_md, write_report
 from bench.store.artifacts import fetch_missing
 from bench.store.grids import Grids
@@ -65,7 +66,7 @@ def make_report(
             "(made on another machine? share the store with DDIMBENCH_ARTIFACT_STORE); the report leaves them out"
         )
     folder = Path(out) if out is not None else Path("reports") / name
-    metrics = meta.get("metrics") or ("fid", "isc", "kid")
+    metrics = asked_metrics(name, meta)
     written = write_report(
         records,
         meta,

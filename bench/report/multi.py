@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.console import warn
+from bench.metrics import METRICS as METRIC_NAMES
 from bench.report import paper
+from bench.report.asked import asked_metrics
 from bench.report.docs import html_doc, md_doc, results_csv
 from bench.report.files import ReportWriter, jsonable
 from bench.report.tables import (
@@ -141,8 +143,8 @@ def write_combined_report(
         except DDIMError as exc:
             raise DDIMError(f"sweep {name!r}: {exc}") from None
     every = [r for _, records, _ in checked for r in records]
-    wanted = metrics or [m for m in ("fid", "isc", "kid") if any(m in (meta.get("metrics") or ("fid", "isc", "kid"))
-                                                                 for _, _, meta in checked)]  # fmt: skip
+    asked = {m for name, _, meta in checked for m in asked_metrics(name, meta)}
+    wanted = metrics or [m for m in METRIC_NAMES if m in asked]
     chosen = pick_metrics(wanted, every)
     warnings: list[str] = []
     unfinished: dict[str, list[str]] = {}

@@ -12,7 +12,7 @@ uniform elsewhere. No torch; this module is pure data plus look-ups.
 from __future__ import annotations
 
 from bench.store.cell import RowKey, row_key
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, printable
 
 _S5 = (10, 20, 50, 100, 1000)
 _S4 = (10, 20, 50, 100)
@@ -137,10 +137,11 @@ def _same_dataset(paper_ds: str, dataset: str | None) -> bool:
 def mismatch(paper_ds: str, dataset: str | None, extractor: str | None) -> str | None:
     """What makes a sweep of ``dataset`` scored with ``extractor`` features incomparable with the paper's
     ``paper_ds`` numbers (Table 1/3: that dataset, Inception FID), e.g. "digits scored with classifier
-    features"; None when it is comparable."""
+    features"; None when it is comparable. Both are read from a store: shown ``printable``."""
     if _same_dataset(paper_ds, dataset) and str(extractor or "").startswith("inception"):
         return None
-    return f"{dataset or 'an unnamed dataset'} scored with {extractor or 'unknown'} features"
+    what, how = printable(str(dataset or "an unnamed dataset")), printable(str(extractor or "unknown"))
+    return f"{what} scored with {how} features"
 
 
 def comparison(paper_ds: str, sweep: str, dataset: str | None, extractor: str | None, force: bool) -> tuple[str, str]:

@@ -10,7 +10,9 @@ one grid when they fit one, else few: the runs' own grids, each cut to its cells
 (they read as the commands typed), then splitting the cells left along one axis at a time; or that splitting alone,
 where it takes fewer. Not always the fewest (finding those is a set cover problem). Each grid is offered as the
 latest run's command with its grid keys (``bench.store.axes.AXES``) replaced; a password the store masked in it
-(``bench.store.untrusted.safe_url``) is pointed out. Pure python, deterministic.
+(``bench.store.untrusted.safe_url``) is pointed out. The stored command is untrusted (anyone with access to the store
+can write it): it is offered only as a ``ddimbench sweep`` command line (``sweep_argv``), re-quoted, else the grid
+keys alone are given. Pure python, deterministic.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bench.store.cell import MAX_GRID_CELLS, Cell, grid, grid_size
 from bench.store.renames import OLD_SPACING
 from bench.store.table_cells import NOT_RUN, spacing_order
 from bench.store.untrusted import MASK, masked
+from ddim.errors import printable
 from ddim.names import SAMPLERS
 
 
@@ -148,12 +151,24 @@ def cover(todo: Iterable[Cell], allowed: set[str], runs: Iterable[Sequence[Cell]
     return mixed if len(mixed) <= len(split) else split
 
 
+def sweep_argv(command: str | None) -> list[str] | None:
+    """The words of ``command``, read back from a store, when it is a ``ddimbench sweep`` command line as
+    ``bench.store.untrusted.command_line`` stores it (``ddimbench``, then ``sweep``) with no character ``printable``
+    would escape in any word; else None. The store is untrusted and the report offers its command for a shell:
+    another program (``curl ... | sh``) is never offered, and an ESC or a newline, even quoted, would reach the
+    terminal that shows the advice or start a line of its own. ``shlex.join`` of the words is what is offered."""
+    try:
+        argv = shlex.split(command) if command else []
+    except ValueError:  # not a shell line (an unbalanced quote)
+        return None
+    return argv if argv[:2] == ["ddimbench", "sweep"] and all(printable(a) == a for a in argv) else None
+
+
 def with_grid(command: str, box: Box) -> str | None:
     """``command`` (a stored ``ddimbench sweep`` command line) with its grid keys replaced by ``box``'s (a sweep file's
-    axes are overridden by them), or None when it is not a shell line (an edited store)."""
-    try:
-        argv = shlex.split(command)
-    except ValueError:
+    axes are overridden by them), or None when it is no ``sweep_argv`` (an edited store)."""
+    argv = sweep_argv(command)
+    if argv is None:
         return None
 
     def axis(token: str) -> bool:
@@ -168,7 +183,10 @@ def finish(states: Iterable[tuple[Cell, str]], latest: Sequence[Cell], command: 
            runs: Iterable[Sequence[Cell]] = ()) -> str:  # fmt: skip
     """How to finish a sweep with cells not run: ``states`` are its cells and how they stand
     (``bench.store.table_cells.cell_states``), ``latest`` the grid of its latest run, ``command`` that run's command
-    (None when the store has none), ``runs`` the grids of all its runs (``cover`` tries them first)."""
+    (None when the store has none), ``runs`` the grids of all its runs (``cover`` tries them first). A command that
+    is no ``sweep_argv`` is not offered: the advice gives the grid keys for the sweep's own command instead."""
+    argv = sweep_argv(command)
+    command = shlex.join(argv) if argv else None
     advice = _advice(list(states), latest, command, runs)
     if command and masked(command):  # the store keeps commands with their passwords masked (safe_url)
         advice += f" (its --storage password reads {MASK}: write yours in its place)"

@@ -52,7 +52,7 @@ from bench.store.runs import add_runs, record_run
 from bench.store.same_sweep import check_same_sweep, migrated_protocol
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.untrusted import redact, safe_url, stored_float, stored_int
-from ddim.errors import DDIMError
+from ddim.errors import DDIMError, printable
 
 if TYPE_CHECKING:
     import optuna
@@ -301,7 +301,7 @@ def _left_out(items: Sequence[str], what: str) -> None:
     """One warning line naming ``items`` (the first five) of an edited store, which the report leaves out."""
     if items:
         listed = ", ".join(i[:120] for i in items[:5]) + (", …" if len(items) > 5 else "")
-        print(f"warning: {len(items)} {what} (edited store?) and are left out: {listed}", file=sys.stderr)
+        print(printable(f"warning: {len(items)} {what} (edited store?) and are left out: {listed}"), file=sys.stderr)
 
 
 def _seeds_text(ranges: Any) -> str | None:
