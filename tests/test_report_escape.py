@@ -58,3 +58,20 @@ def test_md_escape_keeps_ordinary_text_as_it_was():
         assert md_escape(text) == text
     assert md_escape("a|b\nc") == r"a\|b c"  # as before: a table cell's end escaped, one line
     assert md_escape("<b>&") == "&lt;b&gt;&amp;"
+
+
+# ------------------------------------------------------------------------------------------------- plots
+BAD_MATH = "$\\frac{$ \x1b"  # mathtext would refuse it (ParseSyntaxException), ESC is no glyph
+
+
+def test_plot_text_is_drawn_as_it_is(caplog, recwarn):
+    from bench.report import plots
+
+    line = plots.Series(label="s" + BAD_MATH + "\x1b\r\n", x=[10, 20], y=[3.0, 2.0], notes=[BAD_MATH, "$x$"])
+    pngs = [
+        plots.fid_vs_steps_png([line], title=BAD_MATH + "\x1b\x07"),
+        plots.fid_vs_time_png([line], title=BAD_MATH),
+        plots.pareto_png([1.0, 2.0], [3.0, 2.0], [0, 1], [BAD_MATH, "$x$"], xlabel=BAD_MATH, title=BAD_MATH),
+    ]
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in pngs)
+    assert "glyph" not in caplog.text.lower() and not [w for w in recwarn if "Glyph" in str(w.message)]

@@ -68,18 +68,22 @@ def _poison(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, Path]:
-    """The report of the clean store ("clean") and of its poisoned copy ("poisoned"), W&B offline."""
+    """The report of the clean store ("clean"), of its poisoned copy ("poisoned") and of a copy named for mathtext
+    ("math"), W&B offline."""
     import os
 
     work = tmp_path_factory.mktemp("untrusted")
     clean = work / "clean.db"
     fake_sweep(f"sqlite:///{clean}", "s", "digits", "classifier")
     _poison(_copied(clean, work / "poisoned.db"))
+    edited = _copied(clean, work / "math.db")  # a name mathtext refuses, for the figures' titles
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{edited}")
+    study.set_user_attr("meta", {**study.user_attrs["meta"], "name": "s$\\frac{$\x1b"})
     out = {}
     here = Path.cwd()
     os.chdir(work)
     try:
-        for kind in ("clean", "poisoned"):
+        for kind in ("clean", "poisoned", "math"):
             argv = ["report", "s", "--storage", f"sqlite:///{work / kind}.db", "--out", str(work / kind)]
             assert main([*argv, "--wandb", "offline"]) == 0
             out[kind] = work / kind
@@ -127,3 +131,11 @@ def test_ordinary_text_shows_as_it_always_has(reports):
     caption = "FID ↓ (lower is better) on digits, quad timestep spacing, 50000 samples per cell (seeds 0-49999). "
     assert f"\n{caption}" in table
     assert "### KID ×10³ ↓ — quad spacing\n" in table
+
+
+def test_figure_titles_are_no_mathtext(reports):
+    """The sweep's name titles the figures: a name mathtext cannot parse is drawn as it is (it stopped the report with
+    a ParseSyntaxException)."""
+    assert (reports["math"] / "fid_vs_steps.png").is_file() and (reports["math"] / "fid_vs_time.png").is_file()
+    readme = (reports["math"] / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# DDIM benchmark report: s\\$\\\\frac{\\$\n")
