@@ -8,7 +8,7 @@ import html
 import pytest
 from markdown_it import MarkdownIt
 
-from bench.report.escape import md_escape, one_line_text
+from bench.report.escape import md_escape, one_line_text, tex_escape
 
 # What a store's writer may put in any text field: HTML, Markdown (a link to javascript:, a heading after a
 # paragraph break, emphasis, code), LaTeX, a table cell's end, CommonMark's \r line ending, ANSI escapes and BEL.
@@ -58,6 +58,16 @@ def test_md_escape_keeps_ordinary_text_as_it_was():
         assert md_escape(text) == text
     assert md_escape("a|b\nc") == r"a\|b c"  # as before: a table cell's end escaped, one line
     assert md_escape("<b>&") == "&lt;b&gt;&amp;"
+
+
+# ------------------------------------------------------------------------------------------------- LaTeX
+def test_tex_escape_keeps_a_caption_one_paragraph_without_controls():
+    assert tex_escape("a\n\nb\x1b[31mc\x07\rd\x00") == "a  b[31mc d"  # no \par, no ESC / BEL / NUL for LaTeX
+    assert tex_escape(PAYLOAD).count("\\textbackslash{}input\\{/etc/passwd\\}") == 1
+    assert tex_escape("[0, 1] x") == "{[}0, 1] x" and tex_escape("a [b]") == "a [b]"  # no optional argument of \\
+    for text in ("lsun_church", "η = 0.0", "σ̂", "trial #3"):
+        assert tex_escape(text) == {"lsun_church": r"lsun\_church", "η = 0.0": r"$\eta$ = 0.0",
+                                    "σ̂": r"$\hat{\sigma}$", "trial #3": r"trial \#3"}[text]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -114,6 +114,22 @@ def test_markdown_files_show_stored_text_literally(reports):
         assert line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 1, line  # two cells, one line
 
 
+def test_latex_shows_stored_text_as_text(reports):
+    tex = (reports["poisoned"] / "table.tex").read_text(encoding="utf-8")
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", tex)  # no ESC, BEL, CR for LaTeX
+    assert r"\input{" not in tex and r"\write18{" not in tex and r"\textbackslash{}input\{/etc/passwd\}" in tex
+    for table in re.findall(r"\\begin\{table\}.*?\\end\{table\}", tex, re.S):
+        assert "\n\n" not in table  # no paragraph break in a caption or a cell
+    captions = re.findall(r"^\\caption\{(.*)\}$", tex, re.M)
+    assert len(captions) == tex.count(r"\caption{") == tex.count(r"\begin{table}")  # each on its line
+    for caption in captions:
+        depth = 0
+        for ch in re.sub(r"\\[{}]", "", caption):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0, caption
+        assert depth == 0 and "&lt;" not in caption and "\\&" in caption, caption
+
+
 def test_ordinary_text_shows_as_it_always_has(reports):
     readme = (reports["clean"] / "README.md").read_text(encoding="utf-8")
     rows = (

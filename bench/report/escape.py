@@ -2,10 +2,10 @@
 
 A sweep store is untrusted input (``bench.store.untrusted``): its sweep name, command, dataset, seeds, device,
 checkpoint and versions, and its trials' error messages reach the report's files as text. Each format gets that
-text so that it reads literally, never as markup: ``md_escape`` (README.md, table.md, the W&B Report's markdown).
-All of them put the text on one line first (``one_line_text``: line breaks and tabs as spaces, other control
-characters such as ANSI escapes dropped). Numbers and the report's own markup (the tables' bold, headings) are not
-passed through them.
+text so that it reads literally, never as markup: ``md_escape`` (README.md, table.md, the W&B Report's markdown)
+and ``tex_escape`` (table.tex: a paragraph break or a raw control character in a caption stops LaTeX). All of them
+put the text on one line first (``one_line_text``: line breaks and tabs as spaces, other control characters such as
+ANSI escapes dropped). Numbers and the report's own markup (the tables' bold, headings) are not passed through them.
 """
 
 from __future__ import annotations
@@ -40,3 +40,21 @@ _MD = re.compile(r"[\\`*~$|]|\](?=\s*[(\[\]])|(?<![^\W_])_|_(?![^\W_])|#(?=\s|$)
 def md_escape(text: object) -> str:
     """Plain text -> Markdown inline text that renders as the same characters, on one line."""
     return _MD.sub(lambda m: "\\" + m.group(), html.escape(one_line_text(text), quote=False))
+
+
+# ------------------------------------------------------------------------------------------------- LaTeX
+_TEX_MAP = {
+    "σ̂": r"$\hat{\sigma}$", "σ": r"$\sigma$", "η": r"$\eta$", "±": r"$\pm$", "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$", "×": r"$\times$", "³": r"\textsuperscript{3}", "—": "---", "–": "--",
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+    ">": r"\textgreater{}", "|": r"\textbar{}",
+}  # fmt: skip
+_TEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_TEX_MAP, key=len, reverse=True)))
+
+
+def tex_escape(text: object) -> str:
+    """Plain text -> LaTeX text on one line: specials escaped, η/σ̂/±/arrows as math, a leading "[" braced (a
+    table cell after ``\\\\`` or ``\\midrule`` would read it as their optional argument)."""
+    out = _TEX_RE.sub(lambda m: _TEX_MAP[m.group()], one_line_text(text))
+    return "{[}" + out[1:] if out.startswith("[") else out
