@@ -8,7 +8,7 @@ import html
 import pytest
 from markdown_it import MarkdownIt
 
-from bench.report.escape import md_escape, one_line_text, tex_escape
+from bench.report.escape import csv_text, md_escape, one_line_text, tex_escape
 
 # What a store's writer may put in any text field: HTML, Markdown (a link to javascript:, a heading after a
 # paragraph break, emphasis, code), LaTeX, a table cell's end, CommonMark's \r line ending, ANSI escapes and BEL.
@@ -68,6 +68,14 @@ def test_tex_escape_keeps_a_caption_one_paragraph_without_controls():
     for text in ("lsun_church", "η = 0.0", "σ̂", "trial #3"):
         assert tex_escape(text) == {"lsun_church": r"lsun\_church", "η = 0.0": r"$\eta$ = 0.0",
                                     "σ̂": r"$\hat{\sigma}$", "trial #3": r"trial \#3"}[text]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- CSV
+def test_csv_text_neutralises_formulas_but_not_numbers():
+    for formula in ('=HYPERLINK("http://x","y")', "+1+cmd", "-2+3+cmd|' /C calc'!A0", "@SUM(A1)", "\t=1", "\r=1"):
+        assert csv_text(formula) == "'" + formula
+    for text in ("-0.5", "+3", "-1e-3", "-inf", "0-499", "digits", "", "a=b", "CUDA out of memory"):
+        assert csv_text(text) == text
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -8,6 +8,7 @@ markup raw; the report of the original shows its ordinary text as it always has.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sqlite3
@@ -128,6 +129,18 @@ def test_latex_shows_stored_text_as_text(reports):
             depth += {"{": 1, "}": -1}.get(ch, 0)
             assert depth >= 0, caption
         assert depth == 0 and "&lt;" not in caption and "\\&" in caption, caption
+
+
+def test_csv_holds_no_formula(reports):
+    with open(reports["poisoned"] / "results.csv", newline="", encoding="utf-8") as f:
+        rows = {(r["sampler"], r["eta"], r["steps"]): r for r in csv.DictReader(f)}
+    failed, measured = rows[("ddim", "1.0", "10")], rows[("ddim", "1.0", "20")]
+    assert failed["error"] == "'" + FORMULA + PAYLOAD  # the message, whole, as text
+    assert measured["device"] == "'-2+3+cmd|' /C calc'!A0" and measured["seeds"] == PAYLOAD
+    assert measured["wall_s"] == "-0.5" and measured["fid"] == "30.0"  # numbers stay numbers, negative ones too
+    for row in rows.values():
+        for key, value in row.items():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")) or value == "-0.5", (key, value)
 
 
 def test_ordinary_text_shows_as_it_always_has(reports):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report.escape import md_escape
+from bench.report.escape import csv_text, md_escape
 from bench.report.tables import table_html, table_md
 from bench.store.record import CellRecord, table
 from bench.store.table_cells import as_number
@@ -27,7 +27,7 @@ def _csv_value(v) -> str:
     if v is None:
         return ""
     if isinstance(v, bool) or not isinstance(v, numbers.Number):
-        return str(v)
+        return csv_text(str(v))
     return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
 
 

@@ -3,9 +3,10 @@
 A sweep store is untrusted input (``bench.store.untrusted``): its sweep name, command, dataset, seeds, device,
 checkpoint and versions, and its trials' error messages reach the report's files as text. Each format gets that
 text so that it reads literally, never as markup: ``md_escape`` (README.md, table.md, the W&B Report's markdown)
-and ``tex_escape`` (table.tex: a paragraph break or a raw control character in a caption stops LaTeX). All of them
-put the text on one line first (``one_line_text``: line breaks and tabs as spaces, other control characters such as
-ANSI escapes dropped). Numbers and the report's own markup (the tables' bold, headings) are not passed through them.
+and ``tex_escape`` (table.tex: a paragraph break or a raw control character in a caption stops LaTeX) put the text
+on one line first (``one_line_text``: line breaks and tabs as spaces, other control characters such as ANSI escapes
+dropped); ``csv_text`` keeps a results.csv cell as it is but for one a spreadsheet would run as a formula. Numbers
+and the report's own markup (the tables' bold, headings) are not passed through them.
 """
 
 from __future__ import annotations
@@ -58,3 +59,19 @@ def tex_escape(text: object) -> str:
     table cell after ``\\\\`` or ``\\midrule`` would read it as their optional argument)."""
     out = _TEX_RE.sub(lambda m: _TEX_MAP[m.group()], one_line_text(text))
     return "{[}" + out[1:] if out.startswith("[") else out
+
+
+# --------------------------------------------------------------------------------------------------- CSV
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula (OWASP)
+
+
+def csv_text(text: str) -> str:
+    """A text cell of a CSV file: one a spreadsheet would run as a formula is prefixed with "'" (OWASP); a
+    number written as text ("-0.5", "1e-3") is left as it is."""
+    if not text.startswith(_FORMULA):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
