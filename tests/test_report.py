@@ -27,7 +27,7 @@ from helpers.sweep import as_records
 from PIL import Image
 
 from bench.report import paper
-from bench.report.tables import tex_escape
+from bench.report.escape import tex_escape
 from bench.report.write import warnings_of, write_report
 from bench.store.record import devices_text, listed_devices
 from ddim.errors import DDIMError

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report.tables import md_escape, table_html, table_md
+from bench.report.escape import csv_text, md_escape
+from bench.report.tables import table_html, table_md
 from bench.store.record import CellRecord, table
 from bench.store.table_cells import as_number
 
@@ -26,7 +27,7 @@ def _csv_value(v) -> str:
     if v is None:
         return ""
     if isinstance(v, bool) or not isinstance(v, numbers.Number):
-        return str(v)
+        return csv_text(str(v))
     return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
 
 
@@ -57,9 +58,9 @@ def kv_md(headers: tuple[str, str], rows: Sequence[tuple[Any, Any]]) -> str:
 
 
 def md_doc(title: str, sections: Sequence[tuple[str, str, object]]) -> str:
-    out = [f"# {title}", ""]
+    out = [f"# {md_escape(title)}", ""]
     for heading, kind, payload in sections:
-        out += [f"## {heading}", ""]
+        out += [f"## {md_escape(heading)}", ""]
         if kind == "kv":
             out.append(kv_md(*payload))
         elif kind == "tables":

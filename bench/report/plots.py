@@ -4,7 +4,9 @@ Pareto front on the cost it minimised, and the paper's "same x_T, different S" c
 Every function takes plain data and returns PNG bytes; the caller decides where they go (and
 writes them atomically). matplotlib is imported lazily and only through its object API (Figure +
 Agg canvas), so no global pyplot state or backend switch leaks into the caller. Figure size, dpi
-and fonts are fixed and the PNG "Software" tag is dropped so reruns give identical bytes.
+and fonts are fixed and the PNG "Software" tag is dropped so reruns give identical bytes. Titles, labels, legends
+and notes hold text from the sweep store (its name, a row's sampler): each is drawn as it is, on one line
+(``bench.report.escape.one_line_text``) with matplotlib's math parsing off, never as mathtext ("$...$").
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from bench.report.escape import one_line_text
 
 FIGSIZE = (7.0, 4.5)  # inches
 DPI = 120
@@ -84,16 +88,25 @@ def _log_y_if_wide(ax, series: Sequence[Series]) -> None:
 
 def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xscale("log")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_title(one_line_text(title), fontsize=10, parse_math=False)
+    ax.set_xlabel(one_line_text(xlabel), parse_math=False)
+    ax.set_ylabel(one_line_text(ylabel), parse_math=False)
     ax.grid(True, which="both", alpha=0.3, linewidth=0.5)
+
+
+def _legend(ax, **kw) -> None:
+    for text in ax.legend(fontsize=7, frameon=False, **kw).get_texts():
+        text.set_parse_math(False)
+
+
+def _note(ax, note: str, xy: tuple[float, float], **kw) -> None:
+    ax.annotate(one_line_text(note), xy, textcoords="offset points", fontsize=6, parse_math=False, **kw)
 
 
 def _line(ax, s: Series, colour: str, ls: str, **style) -> None:
     """One series as a line with markers and its seed-block error bars."""
     yerr = list(s.yerr) if s.yerr else None
-    ax.errorbar(list(s.x), list(s.y), yerr=yerr, label=s.label, color=colour, linestyle=ls, marker="o",
+    ax.errorbar(list(s.x), list(s.y), yerr=yerr, label=one_line_text(s.label), color=colour, linestyle=ls, marker="o",
                 markersize=3.5, capsize=2.5, **style)  # fmt: skip
 
 
@@ -105,7 +118,7 @@ def fid_vs_steps_png(series: Sequence[Series], *, title: str = "FID vs sampling 
     _log_y_if_wide(ax, series)
     _finish(ax, title, "sampling steps S", "FID ↓")
     if series:
-        ax.legend(fontsize=7, loc="upper right", frameon=False)
+        _legend(ax, loc="upper right")
     xs = sorted({v for s in series for v in s.x})
     if xs:
         ax.set_xticks(xs, [f"{v:g}" for v in xs], minor=False)
@@ -122,7 +135,7 @@ def fid_vs_time_png(series: Sequence[Series], *, title: str = "FID vs sampling c
     for s, (colour, ls) in zip(series, _styles(series), strict=True):
         _line(ax, s, colour, ls, linewidth=0.8, alpha=0.85)
         for x, y, note in zip(s.x, s.y, s.notes, strict=False):
-            ax.annotate(note, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+            _note(ax, note, (x, y), xytext=(3, 3), color=colour)
         all_x += list(s.x)
         all_y += list(s.y)
     front = pareto_front(all_x, all_y)
@@ -133,7 +146,7 @@ def fid_vs_time_png(series: Sequence[Series], *, title: str = "FID vs sampling c
     _log_y_if_wide(ax, series)
     _finish(ax, title, "sampling cost (seconds per image, measured)", "FID ↓")
     if series:
-        ax.legend(fontsize=7, loc="upper right", frameon=False)
+        _legend(ax, loc="upper right")
     fig.tight_layout()
     return _png(fig)
 
@@ -149,7 +162,7 @@ def pareto_png(x: Sequence[float], y: Sequence[float], front: Sequence[int], not
         ax.step(fx, fy, where="post", color="black", linewidth=1.0, linestyle="--", label="Pareto front")
         ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
         for i in front:
-            ax.annotate(notes[i], (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            _note(ax, notes[i], (x[i], y[i]), xytext=(4, 4))
     _log_y_if_wide(ax, [Series(label="", x=list(x), y=list(y))])
     _finish(ax, title, xlabel, "FID ↓")
     from matplotlib.ticker import FuncFormatter
@@ -158,7 +171,7 @@ def pareto_png(x: Sequence[float], y: Sequence[float], front: Sequence[int], not
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     if len(x):
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        _legend(ax, loc="best")
     fig.tight_layout()
     return _png(fig)
 
@@ -174,7 +187,8 @@ def consistency_png(sections: Sequence[tuple[str, Sequence[tuple[str, Path]]]], 
         left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
         return right - left, bottom - top
 
-    loaded = [(title, [(label, Image.open(p).convert("RGB")) for label, p in rows]) for title, rows in sections]
+    loaded = [(one_line_text(title), [(one_line_text(label), Image.open(p).convert("RGB")) for label, p in rows])
+              for title, rows in sections]  # fmt: skip
     labels = [label for _, rows in loaded for label, _ in rows]
     label_w = max((text_size(t)[0] for t in labels), default=0) + 2 * pad
     strip_w = max((im.width for _, rows in loaded for _, im in rows), default=1)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bench.report import paper
+from bench.report.escape import md_escape, tex_escape
 from bench.store.cell import RowKey, row_label
 from bench.store.record import CellRecord, Scores
 from bench.store.table_cells import TableCell, TableKey, row_order, spacing_order, table_cell
@@ -218,25 +219,6 @@ class _Flavor:
     bold: str  # a format string with one {}
 
 
-_TEX_MAP = {
-    "σ̂": r"$\hat{\sigma}$", "σ": r"$\sigma$", "η": r"$\eta$", "±": r"$\pm$", "↓": r"$\downarrow$",
-    "↑": r"$\uparrow$", "×": r"$\times$", "³": r"\textsuperscript{3}", "—": "---", "–": "--",
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-    ">": r"\textgreater{}", "|": r"\textbar{}",
-}  # fmt: skip
-_TEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_TEX_MAP, key=len, reverse=True)))
-
-
-def tex_escape(text: str) -> str:
-    """Plain text -> LaTeX text: specials escaped, η/σ̂/±/arrows as math."""
-    return _TEX_RE.sub(lambda m: _TEX_MAP[m.group()], str(text))
-
-
-def md_escape(text: str) -> str:
-    return str(text).replace("|", r"\|").replace("\n", " ")
-
-
 MD = _Flavor(md_escape, " ± ", "—", "**{}**")
 TEX = _Flavor(tex_escape, r" $\pm$ ", "---", r"\textbf{{{}}}")
 HTML = _Flavor(html.escape, " ± ", "—", "<b>{}</b>")
@@ -264,7 +246,7 @@ def table_md(t: Table) -> str:
     lines.append("|---|" + "---:|" * n)
     for label, cells in t.rows:
         lines.append("| " + " | ".join([md_escape(label), *t.cells_text(cells, MD)]) + " |")
-    return "\n".join([*lines, "", t.caption, ""])
+    return "\n".join([*lines, "", md_escape(t.caption), ""])
 
 
 def table_tex(t: Table) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 from bench.report import front, paper, plots
 from bench.report.docs import html_doc, kv_md, md_doc, record_order, results_csv
+from bench.report.escape import md_escape
 from bench.report.files import ReportWriter, jsonable
 from bench.report.rerun import finish
 from bench.report.tables import (
@@ -229,7 +230,9 @@ def provenance_md(sweeps: Sequence[Sweep]) -> str:
     Report's provenance block)."""
     if len(sweeps) == 1:
         return kv_md(("field", "value"), provenance_rows(sweeps[0][2]))
-    return "\n\n".join(f"**{name}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps)
+    return "\n\n".join(
+        f"**{md_escape(name)}**\n\n{kv_md(('field', 'value'), provenance_rows(meta))}" for name, _, meta in sweeps
+    )
 
 
 def write_report(
