@@ -16,6 +16,7 @@ import pytest
 from helpers.postgres import pg_url  # noqa: F401  (a private PostgreSQL server; skipped where there is none)
 
 from bench.cli import main
+from bench.report.escape import md_escape
 from bench.store.storage import open_storage
 from bench.store.untrusted import redact, safe_url, url_password
 from ddim.errors import DDIMError
@@ -100,7 +101,7 @@ def test_no_password_anywhere_after_a_sweep_and_report_sqlite(ckpt, cache, work,
     printed = _sweep_and_report(storage, typed, ckpt, cache, work, capsys, monkeypatch)
     _assert_nowhere(SECRET, work, storage, printed)
     readme = (work / "reports" / "pw" / "README.md").read_text()
-    assert "postgresql://u:***@h/db?password=***" in readme
+    assert md_escape("postgresql://u:***@h/db?password=***") in readme  # as Markdown text: \*\*\*
 
 
 def test_no_password_anywhere_after_a_sweep_and_report_postgres(
