@@ -4,6 +4,7 @@ seconds once, not wandb's whole init timeout, and leaves no run folder of its ow
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -87,3 +88,57 @@ def test_a_server_that_never_answers_costs_one_short_probe(tmp_path, monkeypatch
     assert len(warnings) == 1 and "no answer" in warnings[0], warnings
     runs = sorted(p.name for p in (tmp_path / "wandb").iterdir() if p.is_dir() and not p.is_symlink())
     assert len(runs) == 2 and all(name.startswith("offline-run-") for name in runs), runs
+
+
+@pytest.fixture
+def rejecting_server():
+    """An HTTP server on 127.0.0.1 that answers every request 401, as W&B does for a key it rejects."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Reject(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errors":[{"message":"user is not logged in"}]}')
+
+        do_GET = do_POST = do_HEAD = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Reject)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.usefixtures("no_credentials")
+def test_a_rejected_key_logs_the_run_offline_under_the_same_id(tmp_path, monkeypatch, capsys, rejecting_server):
+    import wandb
+
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef0123abcd")
+    monkeypatch.setenv("WANDB_BASE_URL", rejecting_server)
+    monkeypatch.setattr(tracking, "_live", set())
+    wandb.teardown()  # wandb reads WANDB_BASE_URL when it is set up
+    try:
+        run_dir = tmp_path / "run"
+        argv = ["train", "--run-dir", str(run_dir), "--max-steps", "1", "--batch-size", "2", "--sample-every", "0",
+                "--device", "cpu", "--wandb", "online"]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        wandb.teardown()
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "online init failed" in err and "logging offline to" in err, err
+    assert "tracking disabled" not in err and "Failed to export" not in err, err
+    folders = [p.name for p in (run_dir / "wandb").iterdir() if p.is_dir() and not p.is_symlink()]
+    (offline,) = folders  # no half-written run-* folder of the online try
+    run_id = (run_dir / "wandb-run-id").read_text().strip()
+    assert offline.startswith("offline-run-") and offline.endswith(run_id), folders
+    back = tracking.read_offline_run(run_dir / "wandb" / offline)
+    assert back["run"]["exit_code"] == 0 and back["history"], back
+    # wandb's telemetry exporter logs its 401s at exit ("Failed to export metrics batch code: 401"): silenced
+    assert logging.getLogger("opentelemetry.exporter.otlp.proto.http.metric_exporter").getEffectiveLevel() > 40

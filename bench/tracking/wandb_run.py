@@ -11,6 +11,8 @@ can be uploaded later with ``wandb sync``. ``read_offline_run`` decodes a run's 
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import threading
 import time
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from bench.console import warn as _warn_stderr
 from bench.tracking import artifacts, reach
 from bench.tracking import offline_log as tracking_log
-from bench.tracking.conventions import WandbOptions, plain, run_id, wandb_options
+from bench.tracking.conventions import WandbOptions, new_run_id, plain, run_id, wandb_options
 from bench.tracking.reach import MODES
 from bench.tracking.tracker import NullTracker, Tracker
 from ddim.errors import DDIMError, one_line
@@ -43,6 +45,7 @@ class WandbTracker(Tracker):
         self._warned: set[str] = set()  # warning categories already shown
         self._active = True  # False after finish() or after the first failure
         self._last_step = -1
+        _live.add(self)
         self.mode = mode
         self.run_dir = Path(run.settings.sync_dir)
         self._background = artifacts.Background(
@@ -131,6 +134,7 @@ class WandbTracker(Tracker):
         self._background.join()  # the artifacts logged so far belong to this run
         run, self._run, was_active = self._run, None, self._active
         self._active = False
+        _live.discard(self)
         try:
             # Also after a failure: finishing flushes what was logged before it.
             run.finish(exit_code=exit_code)
@@ -157,6 +161,8 @@ def _quiet_wandb() -> Any:
     import wandb
 
     wandb.setup(settings=wandb.Settings(silent=True))
+    # wandb's usage telemetry logs "Failed to export ... batch code: 401" on stderr at exit after a rejected key
+    logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)
     return wandb
 
 
@@ -213,11 +219,12 @@ def make_tracker(
         job_type=job_type,
         config=plain(config or {}),
         tags=list(dict.fromkeys([*(opts.tags or []), *given])) or None,
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
+        # An id chosen here: an offline run after a failed online init continues under the same one.
+        **({"id": run_id, "resume": "allow"} if run_id else {"id": new_run_id()}),
     )
     where = opts.offline_dir(dir)
     for attempt in ("online", "offline") if requested == "online" else ("offline",):
-        base_url = ""
+        base_url, before = "", _run_folders(where)
         try:
             if attempt == "online":
                 base_url = _wandb_base_url(wandb)
@@ -232,6 +239,7 @@ def make_tracker(
             reasons.append(f"{attempt} init failed: {one_line(exc)}")
             if attempt == "online" and base_url:
                 reach.online_failures[base_url] = f"online init failed earlier ({one_line(exc)})"
+                wandb = _release_failed_online(wandb, where, before, init_args)
             continue
         runs = tracker.run_dir.parent
         sync = f"upload later with `wandb sync {runs / 'offline-run-*'}`"
@@ -266,6 +274,7 @@ def tracked(mode: str | WandbOptions | None, warn: Callable[[str], None], what: 
 
 _fallback_warnings: set[str] = set()  # fallback reasons already reported in this process
 _offline_said: set[Path] = set()  # offline run folders already named on stderr in this process
+_live: set[WandbTracker] = set()  # this process's open runs (wandb.teardown would end them too)
 _parent_notes = False  # True in a sweep worker: its parent process names the offline folders
 
 
@@ -288,6 +297,31 @@ def _warn_fallback(warn: Callable[[str], None], reasons: list[str], outcome: str
     if key not in _fallback_warnings:
         _fallback_warnings.add(key)
         warn(f"W&B: {'; '.join(reasons)}; {outcome}")
+
+
+def _run_folders(where: Path) -> set[str]:
+    try:
+        return {p.name for p in (where.resolve() / "wandb").glob("run-*")}
+    except OSError:
+        return set()
+
+
+def _release_failed_online(wandb: Any, where: Path, before: set[str], init_args: dict) -> Any:
+    """After a failed online init (a rejected key): wandb-core still holds the run id ("run ID ... is in use")
+    and left a half-written ``run-*`` folder. End wandb's service so the offline try can take the same id,
+    and remove the folder; with another run of this process still open, the service stays and the offline
+    run gets a new id instead. Returns wandb, set up again."""
+    if _live:
+        init_args["id"] = new_run_id()
+    else:
+        try:
+            wandb.teardown()
+            wandb = _quiet_wandb()
+        except Exception:  # the offline try says whether wandb still works
+            pass
+    for name in _run_folders(where) - before:
+        shutil.rmtree(where.resolve() / "wandb" / name, ignore_errors=True)
+    return wandb
 
 
 def _wandb_base_url(wandb: Any) -> str:
