@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 
@@ -30,6 +31,19 @@ def test_a_bad_wandb_mode_variable_warns_once_and_the_explicit_mode_wins(tmp_pat
         t.finish()
     assert [t.mode for t in trackers] == ["offline", "offline"]
     assert all(list((tmp_path / str(i) / "wandb").glob("offline-run-*")) for i in range(2))
+    assert len(warnings) == 1 and f"WANDB_MODE={value!r}" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("value", ["OFFLINE", " offline"])
+def test_a_wandb_mode_in_capitals_or_with_spaces_is_read_with_one_warning(tmp_path, monkeypatch, value):
+    monkeypatch.setattr(reach, "env_warned", set())
+    monkeypatch.setenv("WANDB_MODE", value)
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)  # wandb reads the variable when first imported
+    warnings = Warnings()
+    trackers = [tracking.make_tracker("offline", dir=tmp_path / str(i), warn=warnings) for i in range(2)]
+    for t in trackers:
+        t.finish()
+    assert [t.mode for t in trackers] == ["offline", "offline"], warnings
     assert len(warnings) == 1 and f"WANDB_MODE={value!r}" in warnings[0], warnings
 
 

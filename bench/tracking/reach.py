@@ -121,7 +121,13 @@ def check_mode_env(warn: Callable[[str], None] = warn_line) -> None:
     the sweep's worker processes.
     """
     value = os.environ.get("WANDB_MODE")
-    if value is None or value.strip().lower() in WANDB_MODES:
+    if value is None or value in WANDB_MODES:
+        return
+    if (clean := value.strip().lower()) in WANDB_MODES:  # wandb itself takes only the exact lowercase words
+        os.environ["WANDB_MODE"] = clean
+        if value not in env_warned:
+            env_warned.add(value)
+            warn(f"W&B: reading WANDB_MODE={value!r} as {clean!r}; set it so to silence this")
         return
     del os.environ["WANDB_MODE"]
     if value not in env_warned:
