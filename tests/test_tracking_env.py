@@ -5,6 +5,7 @@ seconds once, not wandb's whole init timeout, and leaves no run folder of its ow
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -16,6 +17,7 @@ from helpers.tracking import Warnings, fresh_fallback_state  # noqa: F401 (an au
 from bench.cli import main
 from bench.tracking import reach
 from bench.tracking import wandb_run as tracking
+from bench.tracking.conventions import WandbOptions
 
 pytestmark = pytest.mark.timeout(90)  # the bug this guards against costs ~54 s per run
 
@@ -156,3 +158,57 @@ def test_a_rejected_key_logs_the_run_offline_under_the_same_id(tmp_path, monkeyp
     assert back["run"]["exit_code"] == 0 and back["history"], back
     # wandb's telemetry exporter logs its 401s at exit ("Failed to export metrics batch code: 401"): silenced
     assert logging.getLogger("opentelemetry.exporter.otlp.proto.http.metric_exporter").getEffectiveLevel() > 40
+
+
+LONG = "t" * 65
+
+
+@pytest.fixture
+def fresh_wandb():
+    """wandb set up anew (it reads the WANDB_* variables once per setup), and again after the test."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "flag"),
+    [("WANDB_PROJECT", "a/b", None), ("WANDB_PROJECT", "p" * 129, "mine"), ("WANDB_BASE_URL", "garbage", None)],
+)
+@pytest.mark.usefixtures("fresh_wandb")
+def test_a_wandb_variable_wandb_rejects_is_dropped_with_one_warning(tmp_path, monkeypatch, var, value, flag):
+    monkeypatch.setattr(reach, "env_warned", set())
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("WANDB_TAGS", f"keep,{LONG}")
+    warnings = Warnings()
+    opts = WandbOptions(wandb="offline", wandb_project=flag, wandb_tags=f"mine,{LONG}x")
+    trackers = [tracking.make_tracker(opts, dir=tmp_path / str(i), warn=warnings) for i in range(2)]
+    for t in trackers:
+        t.finish()
+    assert [t.mode for t in trackers] == ["offline", "offline"], warnings
+    run = tracking.read_offline_run(trackers[0].run_dir)["run"]
+    assert run["project"] == (flag or "ddimbench") and run["tags"] == ["keep", "mine"], run
+    assert len(warnings) == (2 if flag else 3), warnings  # the flag beats the variable: no word about it
+    assert (var in warnings[0]) == (flag is None) and "WANDB_TAGS" in warnings[-2] and LONG in warnings[-1]
+
+
+@pytest.mark.usefixtures("fresh_wandb")
+def test_a_flag_beats_an_invalid_wandb_project(tmp_path, monkeypatch):
+    monkeypatch.setattr(reach, "env_warned", set())
+    monkeypatch.setenv("WANDB_PROJECT", "a/b")
+    warnings = Warnings()
+    tracking.make_tracker(WandbOptions(wandb="offline", wandb_project="mine"), dir=tmp_path, warn=warnings).finish()
+    assert warnings == [] and "WANDB_PROJECT" not in os.environ
+
+
+@pytest.mark.usefixtures("no_credentials", "fresh_wandb")
+def test_an_invalid_base_url_keeps_the_key_away_from_the_default_server(tmp_path, monkeypatch):
+    monkeypatch.setattr(reach, "env_warned", set())
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "garbage")
+    warnings = Warnings()
+    tracker = tracking.make_tracker("online", dir=tmp_path, warn=warnings)
+    tracker.finish()
+    assert tracker.mode == "offline" and len(warnings) == 2 and "is not a server address" in warnings[1], warnings

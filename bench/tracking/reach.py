@@ -88,6 +88,8 @@ def server_problem(base_url: str) -> str | None:
     A failed probe or online init is remembered for the process, so a sweep's later runs go
     offline at once instead of probing (and warning) again for every cell.
     """
+    if bad_base_url:
+        return f"WANDB_BASE_URL={bad_base_url[0]!r} is not a server address"
     if not api_key_configured():
         return "no W&B API key found (set WANDB_API_KEY or run `wandb login`)"
     if base_url in online_failures:
@@ -109,7 +111,7 @@ def server_problem(base_url: str) -> str | None:
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb itself accepts
-env_warned: set[str] = set()
+env_warned: set = set()  # WANDB_MODE values and (variable, value) pairs already warned about
 
 
 def check_mode_env(warn: Callable[[str], None] = warn_line) -> None:
@@ -133,3 +135,53 @@ def check_mode_env(warn: Callable[[str], None] = warn_line) -> None:
     if value not in env_warned:
         env_warned.add(value)
         warn(f"W&B: ignoring WANDB_MODE={value!r} (not one of {', '.join(MODES)}); --wandb or the default applies")
+
+
+bad_base_url: list[str] = []  # a WANDB_BASE_URL dropped as invalid: no online run (the key is for that server)
+_SETTINGS_ENV = {"WANDB_PROJECT": "project", "WANDB_BASE_URL": "base_url"}  # variable -> wandb.Settings field
+
+
+def rejects(field: str, value: object) -> str | None:
+    """Why wandb's own ``Settings`` rejects ``value`` for ``field`` (one line), or None: the one judge."""
+    import wandb
+
+    try:
+        wandb.Settings(**{field: value})
+    except Exception as exc:
+        return one_line(exc)
+    return None
+
+
+def _warn_env(warn: Callable[[str], None], key: tuple[str, str], line: str) -> None:
+    if key not in env_warned:
+        env_warned.add(key)
+        warn(line)
+
+
+def check_settings_env(project_flag: str | None, warn: Callable[[str], None] = warn_line) -> None:
+    """Drop a ``WANDB_PROJECT`` or ``WANDB_BASE_URL`` that wandb would reject (``a/b``, 129 characters, not a
+    URL) and the tags of ``WANDB_TAGS`` it would reject (over 64 characters), each with one warning naming it;
+    a rejected ``WANDB_PROJECT`` is dropped silently when ``--wandb-project`` is given (the flag wins). wandb
+    validates these on setup and then refuses every run: one bad variable disabled tracking despite the flags."""
+    for var, field in _SETTINGS_ENV.items():
+        value = os.environ.get(var)
+        if value is not None and (why := rejects(field, value)):
+            del os.environ[var]
+            if not (var == "WANDB_PROJECT" and project_flag):  # the flag wins: nothing lost
+                _warn_env(warn, (var, value), f"W&B: ignoring {var}={value!r} ({why}); fix or unset it")
+            if var == "WANDB_BASE_URL":
+                bad_base_url.append(value)
+    tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+    kept = usable_tags(tags, warn, "WANDB_TAGS")
+    if len(kept) < len(tags):
+        os.environ["WANDB_TAGS"] = ",".join(kept)
+
+
+def usable_tags(tags: list[str], warn: Callable[[str], None] = warn_line, source: str = "--wandb-tags") -> list[str]:
+    """``tags`` without the ones W&B rejects (over 64 characters), each dropped with one warning."""
+    kept = [t for t in tags if not rejects("run_tags", (t,))]
+    for tag in tags:
+        if tag not in kept:
+            _warn_env(warn, (source, tag), f"W&B: dropping the tag {tag!r} from {source} (W&B takes 1 to 64 "
+                      "characters); the other tags are kept")  # fmt: skip
+    return kept

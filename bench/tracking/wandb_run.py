@@ -196,6 +196,7 @@ def make_tracker(
     """
     opts = wandb_options(mode)
     reach.check_mode_env(warn)  # before anything imports wandb
+    reach.check_settings_env(project or opts.wandb_project, warn)  # before wandb reads them
     by_key = opts.mode is None
     requested = reach.default_mode() if by_key else opts.mode
     if requested not in MODES:
@@ -218,7 +219,7 @@ def make_tracker(
         group=group,
         job_type=job_type,
         config=plain(config or {}),
-        tags=list(dict.fromkeys([*(opts.tags or []), *given])) or None,
+        tags=reach.usable_tags(list(dict.fromkeys([*(opts.tags or []), *given])), warn) or None,
         # An id chosen here: an offline run after a failed online init continues under the same one.
         **({"id": run_id, "resume": "allow"} if run_id else {"id": new_run_id()}),
     )

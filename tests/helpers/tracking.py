@@ -21,5 +21,6 @@ class Warnings(list):
 def fresh_fallback_state(monkeypatch):
     """Each test starts as a new process would: no remembered online failure, no warning shown."""
     monkeypatch.setattr(reach, "online_failures", {})
+    monkeypatch.setattr(reach, "bad_base_url", [])
     monkeypatch.setattr(tracking, "_fallback_warnings", set())
     monkeypatch.setattr(tracking, "_offline_said", set())
