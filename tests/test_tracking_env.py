@@ -212,3 +212,10 @@ def test_an_invalid_base_url_keeps_the_key_away_from_the_default_server(tmp_path
     tracker = tracking.make_tracker("online", dir=tmp_path, warn=warnings)
     tracker.finish()
     assert tracker.mode == "offline" and len(warnings) == 2 and "is not a server address" in warnings[1], warnings
+
+
+def test_the_offline_folder_line_escapes_control_characters(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wd\x1b[31mRED"))
+    tracking.make_tracker("offline", dir=tmp_path, warn=Warnings()).finish()
+    err = capsys.readouterr().err
+    assert "offline runs go to" in err and "\x1b" not in err and "\\x1b[31mRED" in err, err

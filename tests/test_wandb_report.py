@@ -292,3 +292,14 @@ def test_a_report_whose_wandb_fails_keeps_the_earlier_definition(tmp_path, monke
     err = capsys.readouterr().err
     assert path.read_text(encoding="utf-8") == before and (path.parent / "table.md").is_file()
     assert err.count("is still an earlier report's") == 1 and "Traceback" not in err, err
+
+
+def test_publish_prints_the_servers_url_without_terminal_escapes(tmp_path, monkeypatch, saved, capsys):
+    import wandb
+
+    wandb_report.save_definition(tmp_path, _definition(), Warnings())
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi())
+    monkeypatch.setattr(wr.Report, "url", property(lambda self: "https://wandb.test/\x1b[2J/R"))
+    wandb_report.publish(tmp_path, Warnings())
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2J" in err, err

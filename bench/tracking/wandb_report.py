@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.results import CHARTS, RESULTS_KEY, SAMPLES_KEY
-from ddim.errors import one_line
+from ddim.errors import one_line, printable
 from ddim.files import atomic_write_json
 
 DEFINITION_FILE = "wandb_report.json"
@@ -181,7 +181,7 @@ def publish(folder: Path, warn: Callable[[str], None]) -> str | None:
         warn(f"W&B: publishing the Report failed ({one_line(exc)}); its definition stays in {path}")
         return None
     atomic_write_json(path, {**definition, "published": {"entity": entity, "id": report.id, "url": url}})
-    print(f"W&B Report: {url}", file=sys.stderr)
+    print(printable(f"W&B Report: {url}"), file=sys.stderr)  # the server's answer: no terminal escapes
     return url
 
 

@@ -26,7 +26,7 @@ from bench.tracking import offline_log as tracking_log
 from bench.tracking.conventions import WandbOptions, new_run_id, plain, run_id, wandb_options
 from bench.tracking.reach import MODES
 from bench.tracking.tracker import NullTracker, Tracker
-from ddim.errors import DDIMError, one_line
+from ddim.errors import DDIMError, one_line, printable
 
 if TYPE_CHECKING:
     from bench.tracking.tracker import ImageLike
@@ -287,7 +287,7 @@ def offline_note_from_parent() -> None:
 
 def _note_stderr(line: str) -> None:
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)  # a WANDB_DIR or run dir may hold ESC
     except (OSError, ValueError):  # a closed stderr must not stop the work
         pass
 
