@@ -266,3 +266,15 @@ def test_report_uses_no_grid_the_store_names_outside_the_sweep_folder(tmp_path):
                for g, s in (("cells/ok.png", "a"), (str(outside), "b"), ("../secret.png", "c"))]  # fmt: skip
     use_grids(tracker, "sw", root, records)
     assert used == [("samples-sw-a", [(root / "cells" / "ok.png").resolve()])]
+
+
+def test_artifact_names_from_any_run_dir_are_ones_wandb_accepts():
+    import wandb
+
+    names = [conventions.model_artifact(f"/x/{run}/checkpoints/step-1.pt")
+             for run in ("run-1", "my run", "my_run", "café", "cafe", "r\x1b[2J", "r" * 200)]  # fmt: skip
+    assert names[0] == "model-run-1" and names[2] == "model-my_run"  # already valid: unchanged
+    assert len(set(names)) == len(names), names  # "my run" and "my_run" stay distinct
+    for name in names:
+        wandb.Artifact(name, "model")  # raises on a name W&B rejects
+        assert len(name) <= conventions.MAX_ARTIFACT_NAME

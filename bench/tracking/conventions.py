@@ -116,11 +116,16 @@ def model_artifact(checkpoint: str | Path) -> str:
 MAX_ARTIFACT_NAME = 128  # W&B's limit on an artifact name
 
 
+_NOT_IN_ARTIFACT_NAME = re.compile(r"[^A-Za-z0-9_.-]")  # W&B allows only these (ASCII) characters in a name
+
+
 def _fit(name: str) -> str:
-    """``name`` if W&B accepts its length, else its start and a hash of the whole (distinct names stay distinct)."""
-    if len(name) <= MAX_ARTIFACT_NAME:
+    """``name`` if W&B accepts it, else its start with each character W&B rejects (a space, ``é``, ``/``) as ``_``
+    and a hash of the whole: too long or holding such characters, distinct names stay distinct."""
+    if len(name) <= MAX_ARTIFACT_NAME and not _NOT_IN_ARTIFACT_NAME.search(name):
         return name
-    return f"{name[: MAX_ARTIFACT_NAME - 17]}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:16]}"
+    clean = _NOT_IN_ARTIFACT_NAME.sub("_", name)
+    return f"{clean[: MAX_ARTIFACT_NAME - 17]}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:16]}"
 
 
 def reference_artifact(dataset: str, extractor: str) -> str:
