@@ -219,3 +219,16 @@ def test_the_offline_folder_line_escapes_control_characters(tmp_path, monkeypatc
     tracking.make_tracker("offline", dir=tmp_path, warn=Warnings()).finish()
     err = capsys.readouterr().err
     assert "offline runs go to" in err and "\x1b" not in err and "\\x1b[31mRED" in err, err
+
+
+@pytest.mark.usefixtures("no_credentials")
+def test_a_sweep_worker_leaves_the_online_unavailable_warning_to_its_parent(tmp_path, monkeypatch):
+    warnings = Warnings()
+    monkeypatch.setattr(tracking, "_parent_notes", True)
+    tracking.make_tracker("online", dir=tmp_path / "w", warn=warnings).finish()
+    assert warnings == []
+    monkeypatch.setattr(tracking, "_parent_notes", False)
+    monkeypatch.setattr(tracking, "_fallback_warnings", set())
+    tracker = tracking.make_tracker("online", dir=tmp_path / "p", warn=warnings)
+    tracker.finish()
+    assert tracker.mode == "offline" and len(warnings) == 1 and "online mode unavailable" in warnings[0], warnings

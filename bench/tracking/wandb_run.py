@@ -246,7 +246,8 @@ def make_tracker(
         sync = f"upload later with `wandb sync {runs / 'offline-run-*'}`"
         if reasons:
             _offline_said.add(runs)
-            _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} ({sync})")
+            if not _parent_notes:  # a sweep worker: the parent's summary run meets the same and says it once
+                _warn_fallback(warn, reasons, f"logging offline to {tracker.run_dir} ({sync})")
         elif attempt == "offline" and runs not in _offline_said and not _parent_notes:
             _offline_said.add(runs)
             why = "no W&B API key found (set WANDB_API_KEY or run `wandb login`); " if by_key else ""
@@ -280,7 +281,8 @@ _parent_notes = False  # True in a sweep worker: its parent process names the of
 
 
 def offline_note_from_parent() -> None:
-    """In a worker process: leave the line naming the offline folder to the parent (one line per command)."""
+    """In a worker process: leave the line naming the offline folder, and the warning of why a run is offline
+    rather than online, to the parent (one line per command)."""
     global _parent_notes
     _parent_notes = True
 
