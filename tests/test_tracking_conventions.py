@@ -278,3 +278,14 @@ def test_artifact_names_from_any_run_dir_are_ones_wandb_accepts():
     for name in names:
         wandb.Artifact(name, "model")  # raises on a name W&B rejects
         assert len(name) <= conventions.MAX_ARTIFACT_NAME
+
+
+def test_resume_with_an_unusable_stored_run_id_warns_once_and_starts_a_new_run(work, cache, clean_env, capsys):
+    assert main(["train", "--run-dir", "run", "--max-steps", "2", *TINY]) == 0
+    (work / "run" / conventions.RUN_ID_FILE).write_text("../../etc/x\x1b[2J\n")
+    capsys.readouterr()
+    assert main(["train", "--run-dir", "run", "--max-steps", "4", "--resume", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("unusable") == 1 and "\x1b" not in err and "a new W&B run starts" in err, err
+    new_id = conventions.read_run_id(work / "run")
+    assert new_id and len({t["run"]["id"] for t in offline_runs(work / "run" / "wandb")}) == 2

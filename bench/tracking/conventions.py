@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,14 +91,21 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def read_run_id(run_dir: str | Path) -> str | None:
+def read_run_id(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> str | None:
     """The training run's W&B id kept in ``run_dir``, or None when absent or not an id we wrote
-    (the file is untrusted: only ``[a-z0-9]{8,64}`` is used)."""
+    (the file is untrusted: only ``[a-z0-9]{8,64}`` is used; another content is one line through ``warn``)."""
+    path = Path(run_dir) / RUN_ID_FILE
     try:
-        text = (Path(run_dir) / RUN_ID_FILE).read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
         return None
-    return text if _RUN_ID.fullmatch(text) else None
+    except OSError as exc:
+        text = f"unreadable: {exc.strerror or exc}"
+    if _RUN_ID.fullmatch(text):
+        return text
+    if warn is not None:
+        warn(f"W&B: the run id stored in {path} is unusable ({text[:80]!r}); a new W&B run starts")
+    return None
 
 
 def write_run_id(run_dir: str | Path, value: str) -> None:

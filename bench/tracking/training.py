@@ -64,9 +64,9 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
 
     opts = wandb_options(wandb)
     run_dir = Path(cfg.run_dir)
-    run_id = (read_run_id(run_dir) if resume else None) or new_run_id()
 
     def start() -> Tracker:
+        run_id = (read_run_id(run_dir, warn) if resume else None) or new_run_id()
         started = make_tracker(
             opts,
             name=run_dir.name,
