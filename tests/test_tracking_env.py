@@ -212,6 +212,7 @@ def test_an_invalid_base_url_keeps_the_key_away_from_the_default_server(tmp_path
     tracker = tracking.make_tracker("online", dir=tmp_path, warn=warnings)
     tracker.finish()
     assert tracker.mode == "offline" and len(warnings) == 2 and "is not a server address" in warnings[1], warnings
+    assert "valid URL" in warnings[0], warnings  # the reason itself, not "1 validation error for Settings"
 
 
 def test_the_offline_folder_line_escapes_control_characters(tmp_path, monkeypatch, capsys):

@@ -148,7 +148,10 @@ def rejects(field: str, value: object) -> str | None:
     try:
         wandb.Settings(**{field: value})
     except Exception as exc:
-        return one_line(exc)
+        try:  # pydantic's ValidationError: its first line only counts the errors, the message comes later
+            return one_line(exc.errors()[0]["msg"])  # type: ignore[attr-defined]
+        except Exception:
+            return one_line(exc)
     return None
 
 
