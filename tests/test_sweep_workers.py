@@ -122,3 +122,17 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(ckpt, cache, work):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.splitlines()[-1] == "interrupted; rerun the same command to resume"
+
+
+def test_more_workers_than_memory_holds_are_refused_in_one_line(ckpt, cache, work, monkeypatch, capsys):
+    """Each spawned worker holds torch and the model (``WORKER_BASELINE_BYTES``) before any sample: 1000 of them
+    do not fit in 8 GB even at a tiny n."""
+    import ddim.memory
+
+    monkeypatch.setattr(ddim.memory, "available_bytes", lambda device: 8 * 2**30)
+    code, _, err = run([*sweep_args(ckpt, cache), "--dry-run"], capsys)
+    assert code == 0, err
+    code, _, err = run([*sweep_args(ckpt, cache), "--workers", "1000", "--dry-run"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: n=16 per cell in each of 1000 workers (processes of ~750 MB before any cell)")
+    assert "; use fewer --workers" in err
