@@ -86,12 +86,7 @@ def run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: st
     labels = {c.key: c.label for c in spec.cells()} if spec.search is None else {}
     keys = list(labels)
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the workers start with it blocked
-        try:
-            for p in procs:
-                p.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C meanwhile arrives here
+        _start(procs)
         while any(p.is_alive() for p in procs):
             trials = rdb.get_all_trials(study_id, deepcopy=False)
             if keys:
@@ -115,6 +110,23 @@ def run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: st
         if bad:
             display.warn(f"{len(bad)} worker process(es) ended abnormally (exit codes {bad})")
     return ended
+
+
+def _start(procs: list) -> None:
+    """Start ``procs`` with SIGINT blocked (they inherit the mask) and a Ctrl-C meanwhile held back until all have
+    their start data: one cut short would die of an EOFError traceback. Python runs signal handlers in the main
+    thread, so a SIGINT delivered to another thread (a progress bar's) is held back too."""
+    held: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, old)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _stop(procs: list) -> None:
