@@ -9,9 +9,13 @@ STAMP  := $(VENV)/.installed
 DDIM   := $(BIN)/ddimbench
 # W&B: the demo logs offline (reproducible, nothing uploaded); the users' targets (train-*, sweep, report) pass
 # --wandb only when WANDB is set, so they behave as the bare commands do (online after `wandb login`).
+# One-value variables reach the shell single-quoted (q): a CHECKPOINT with a space or a NAME with a `;` is one
+# argument, never split nor run. An empty DEMO_WANDB or WANDB passes no --wandb (the commands' own default).
+q       = '$(subst ','\'',$(1))'
 DEMO_WANDB ?= offline
+DEMO_WB = $(if $(DEMO_WANDB),--wandb $(call q,$(DEMO_WANDB)))
 WANDB  ?=
-WB      = $(if $(WANDB),--wandb $(WANDB))
+WB      = $(if $(WANDB),--wandb $(call q,$(WANDB)))
 DEMO_STEPS ?= 2000
 
 .PHONY: install system-packages test test-fast lint format demo demo-replicates bench bench-gpu clean train-digits train-mnist train-cifar10 \
@@ -67,9 +71,9 @@ format: $(STAMP)
 # resumes whatever is unfinished (training from its checkpoint, the sweep's missing cells).
 demo: $(STAMP)
 	$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 \
-		--run-dir runs/digits --resume --wandb $(DEMO_WANDB)
-	$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits name=digits-demo --wandb $(DEMO_WANDB)
-	$(DDIM) report digits-demo --out reports/digits-demo --wandb $(DEMO_WANDB)
+		--run-dir runs/digits --resume $(DEMO_WB)
+	$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits name=digits-demo $(DEMO_WB)
+	$(DDIM) report digits-demo --out reports/digits-demo $(DEMO_WB)
 
 # The demo's spread across training seeds: two more digits runs (--seed 1, 2) swept with the same grid,
 # and one combined table beside the demo's (reports/digits-replicates/). About 26 min on a 2-core Xeon.
@@ -77,12 +81,12 @@ REPLICATE_SEEDS ?= 1 2
 demo-replicates: demo
 	for s in $(REPLICATE_SEEDS); do \
 		$(DDIM) train --dataset digits --max-steps $(DEMO_STEPS) --batch-size 128 --seed $$s \
-			--run-dir runs/digits-seed$$s --resume --wandb $(DEMO_WANDB) && \
+			--run-dir runs/digits-seed$$s --resume $(DEMO_WB) && \
 		$(DDIM) sweep --config sweeps/quick.yaml checkpoint=runs/digits-seed$$s name=digits-seed$$s \
-			interpolation=false inversion=false --wandb $(DEMO_WANDB) || exit 1; \
+			interpolation=false inversion=false $(DEMO_WB) || exit 1; \
 	done
 	$(DDIM) report digits-demo $(foreach s,$(REPLICATE_SEEDS),digits-seed$(s)) --out reports/digits-replicates \
-		--wandb $(DEMO_WANDB)
+		$(DEMO_WB)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.perf --out reports/perf
@@ -131,10 +135,10 @@ CHECKPOINT ?=
 NAME       ?= sweep
 
 sweep: $(STAMP)
-	$(DDIM) sweep $(SWEEP) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) name=$(NAME) $(WB)
+	$(DDIM) sweep $(SWEEP) $(if $(CHECKPOINT),checkpoint=$(call q,$(CHECKPOINT))) name=$(call q,$(NAME)) $(WB)
 
 report: $(STAMP)
-	$(DDIM) report $(NAME) $(WB)
+	$(DDIM) report $(call q,$(NAME)) $(WB)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -311,7 +311,7 @@ def sweep(
     summary = run_sweep(spec, workers=workers, storage=storage, wandb=WandbOptions(**wb), command=command_line(),
                         devices=devices)  # fmt: skip
     _say(*summary_lines(summary, spec))
-    if summary.failed:
+    if summary.failed or summary.missing:  # a failed cell, or one a dead worker left
         raise typer.Exit(1)
 
 

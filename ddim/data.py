@@ -298,7 +298,11 @@ def _load_celeba(root: Path, split: str, info: DatasetInfo) -> ImageFileDataset:
 def _celeba_split(partition: Path, split: str, on_disk: set[str], folder: Path) -> list[str]:
     """File names of ``split`` in list_eval_partition.txt ("000001.jpg 0"; 0 train, 1 valid, 2 test)."""
     code, names = _CELEBA_SPLIT_CODES[split], []
-    for line_no, line in enumerate(partition.read_text().splitlines(), start=1):
+    try:
+        text = partition.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DDIMError(f"{partition} is not UTF-8 text (byte {exc.start}); restore the original file") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue

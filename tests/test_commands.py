@@ -90,11 +90,11 @@ MAKE = shutil.which("make")
     [
         (["train-celeba"], "ddimbench train --dataset celeba --data-root data --max-steps 500000"),
         (["train-mnist"], "ddimbench train --dataset mnist --epochs 6 --channels 1"),  # the seed trainer's run
-        (["sweep"], "ddimbench sweep steps=10,20,50,100 eta=0,0.5,1 name=sweep"),
-        (["sweep", "CHECKPOINT=runs/x", "NAME=g"], "eta=0,0.5,1 checkpoint=runs/x name=g"),  # W&B as the bare command
-        (["report"], "ddimbench report sweep"),
-        (["demo"], "name=digits-demo --wandb offline"),  # the demo never uploads
-        (["report", "NAME=grid", "WANDB=online"], "ddimbench report grid --wandb online"),
+        (["sweep"], "ddimbench sweep steps=10,20,50,100 eta=0,0.5,1 name='sweep'"),
+        (["sweep", "CHECKPOINT=runs/x", "NAME=g"], "eta=0,0.5,1 checkpoint='runs/x' name='g'"),  # W&B: bare
+        (["report"], "ddimbench report 'sweep'"),
+        (["demo"], "name=digits-demo --wandb 'offline'"),  # the demo never uploads
+        (["report", "NAME=grid", "WANDB=online"], "ddimbench report 'grid' --wandb 'online'"),
     ],
 )  # fmt: skip
 def test_make_targets_run_the_documented_commands(target: list[str], expected: str) -> None:
@@ -105,6 +105,22 @@ def test_make_targets_run_the_documented_commands(target: list[str], expected: s
     assert expected in text, text
     if "WANDB=online" not in target and target[0] != "demo":
         assert "--wandb" not in text, text  # `make sweep` is `ddimbench sweep`: online after `wandb login`
+
+
+@pytest.mark.skipif(MAKE is None, reason="needs make")
+def test_make_passes_each_variable_as_one_argument(tmp_path: Path) -> None:
+    """A CHECKPOINT with a space, a NAME with `;` and a quote: each one argument, nothing injected; an empty
+    DEMO_WANDB passes no --wandb (the commands' own default), as the README says."""
+    pwned = tmp_path / "pwned"
+    show = ["STAMP=", "DDIM=printf '[%s]\\n'"]  # each argument the command would get, bracketed
+    argv = [MAKE, "-s", "-C", str(ROOT), "sweep", *show, "CHECKPOINT=runs/my run", f"NAME=x;touch {pwned}'"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "[checkpoint=runs/my run]\n" in out.stdout and f"[name=x;touch {pwned}']\n" in out.stdout
+    assert not pwned.exists()
+    demo = subprocess.run([MAKE, "-n", "-C", str(ROOT), "demo", "demo-replicates", "DEMO_WANDB="],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert demo.returncode == 0 and "--wandb" not in demo.stdout and "ddimbench report" in demo.stdout
 
 
 # --- the seed trainer's workflow -------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_a_failed_upload_is_a_warning_and_the_cell_is_measured(ckpt, cache, work
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("bench.sweep.runner.upload_images", broken)
+    monkeypatch.setattr("bench.sweep.loop.upload_images", broken)
     summary, _ = sweep(ckpt, cache, work, "full")
     assert summary.complete == 1 and summary.failed == 0
     assert "its grid was not put in the artifact store (OSError" in capsys.readouterr().err

@@ -222,6 +222,8 @@ def test_celeba_errors(tmp_path: Path) -> None:
     assert_one_line_error(lambda: load_dataset("celeba", root=tmp_path, split="test"), str(partition))
     partition.write_text("000001.jpg 0\n000009.jpg 0\n")
     assert_one_line_error(lambda: load_dataset("celeba", root=tmp_path), "000009.jpg", str(folder))
+    partition.write_bytes(b"000001.jpg 0\n\xff\xfe bad 0\n")  # not UTF-8: one line, not a UnicodeDecodeError
+    assert_one_line_error(lambda: load_dataset("celeba", root=tmp_path), str(partition), "not UTF-8", "restore")
 
 
 # ---- image folder ----

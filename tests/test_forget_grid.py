@@ -34,10 +34,10 @@ def ddim(steps: int, eta: float) -> Cell:
 def sweep(ckpt, cache, work, monkeypatch, capsys):
     """``sweep(grid, stop=k)``: ``ddimbench sweep ... GRID`` as typed (the store records the command), its cells
     taken in the grid's order; ``stop``: Ctrl-C in its k-th cell. Returns (exit code, stderr, the command)."""
-    from bench.sweep import runner
+    from bench.sweep import loop
     from bench.sweep.evaluate import Evaluator
 
-    monkeypatch.setattr(runner, "random", types.SimpleNamespace(choice=lambda keys: keys[0]))
+    monkeypatch.setattr(loop, "random", types.SimpleNamespace(choice=lambda keys: keys[0]))
     measure = Evaluator.evaluate
     base = shlex.join(["ddimbench", "sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "name=s", "n=20", "batch=10",
                        "interpolation=false", "--storage", url(work), "--wandb", "disabled"])  # fmt: skip

@@ -314,10 +314,10 @@ def test_following_an_interrupted_sweeps_report_finishes_it(ckpt, cache, work, m
     stopped cell and the one never started, both outside the latest grid, as not run and offers one command
     that measures them (a combined report the same); once run, the report says nothing is left."""
     from bench.report.multi import make_combined_report
-    from bench.sweep import runner
+    from bench.sweep import loop
     from bench.sweep.evaluate import Evaluator
 
-    monkeypatch.setattr(runner, "random", types.SimpleNamespace(choice=lambda keys: keys[0]))  # the grid's order
+    monkeypatch.setattr(loop, "random", types.SimpleNamespace(choice=lambda keys: keys[0]))  # the grid's order
     measure, calls = Evaluator.evaluate, []
 
     def stop_second(self, cell, display):

@@ -120,7 +120,7 @@ def test_a_cell_already_measured_is_not_measured_again_without_any_race(ckpt, ca
     """The claim check itself, made deterministic: the worker's first look at the store is stale (as when
     another machine finished the cell a moment ago), so it queues a measured cell again; the trial must see
     the complete holder and yield (PRUNED) without sampling, and the cell stays stored once."""
-    import bench.sweep.runner as runner
+    import bench.sweep.loop as loop
     from bench.sweep.evaluate import Evaluator
 
     spec = spec_of(ckpt, cache, *FAST, name="once")
@@ -135,7 +135,7 @@ def test_a_cell_already_measured_is_not_measured_again_without_any_race(ckpt, ca
             plan.done, plan.fresh = plan.done - 1, [key]
         return plan
 
-    monkeypatch.setattr(runner, "cell_plan", stale_once)
+    monkeypatch.setattr(loop, "cell_plan", stale_once)
     evaluate = Evaluator.evaluate
     monkeypatch.setattr(Evaluator, "evaluate", lambda self, *a: calls.update(evaluate=calls["evaluate"] + 1)
                         or evaluate(self, *a))  # fmt: skip

@@ -8,7 +8,7 @@ import torch
 from helpers.sweep import spec_of
 
 from bench.cli import main
-from bench.sweep import runner
+from bench.sweep import runner, workers
 from bench.sweep.devices import assign_devices, worker_devices
 from ddim.errors import DDIMError
 
@@ -80,8 +80,14 @@ class FakeProcess:
         pass
 
 
+class FakeQueue:
+    def empty(self) -> bool:
+        return True
+
+
 class FakeContext:
     Process = FakeProcess
+    SimpleQueue = FakeQueue
 
 
 class FakeStorage:
@@ -97,11 +103,11 @@ def test_each_worker_process_gets_its_own_device(monkeypatch, ckpt, cache) -> No
 
     spec = spec_of(ckpt, cache, "steps=2", "n=16", "batch=4")
     monkeypatch.setattr(multiprocessing, "get_context", lambda method: FakeContext)
-    monkeypatch.setattr(runner.Evaluator, "warm_metrics", staticmethod(lambda spec: None))
-    monkeypatch.setattr(runner, "open_storage", lambda url, *a: FakeStorage())
+    monkeypatch.setattr(workers.Evaluator, "warm_metrics", staticmethod(lambda spec: None))
+    monkeypatch.setattr(workers, "open_storage", lambda url, *a: FakeStorage())
     FakeProcess.started = []
     display = runner.Display(False, 1, "test")
-    runner._run_workers(spec, "sqlite://", 10, "tok", "disabled", ["cuda:1", "cuda:0", "cuda:1"], "0" * 64, display,
+    workers.run_workers(spec, "sqlite://", 10, "tok", "disabled", ["cuda:1", "cuda:0", "cuda:1"], "0" * 64, display,
                         False)  # fmt: skip
     assert [a[0].device for a in FakeProcess.started] == ["cuda:1", "cuda:0", "cuda:1"]
     assert [a[7] for a in FakeProcess.started] == [0, 1, 2]  # each its own index (its search seed)
@@ -204,7 +210,7 @@ def test_the_extras_run_on_the_first_workers_device(monkeypatch, ckpt, cache, wo
             built.append("extras")
 
     monkeypatch.setattr(runner, "Evaluator", FakeEvaluator)
-    monkeypatch.setattr(runner, "_run_workers", lambda *a: None)  # the workers' cells are not the point here
+    monkeypatch.setattr(workers, "run_workers", lambda *a: None)  # the workers' cells are not the point here
     spec = spec_of(ckpt, cache, "steps=2", "n=16", "interpolation=true")
     assert spec.device == "auto"
     runner.run_sweep(spec, devices="cuda:1,cuda:0", storage=url(work), wandb="disabled", progress=False)

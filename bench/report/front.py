@@ -134,5 +134,7 @@ def front_png(records: Sequence[CellRecord], meta: Mapping) -> bytes | None:
 def summary_lines(summary: Any, spec: Any) -> list[str]:
     """What ``ddimbench sweep`` prints at the end: a search's front, then the count and what to run next."""
     lines = front_lines(summary.records, spec.objective) if spec.search else []
-    return [*lines, f"sweep {summary.name!r}: {summary.complete} cells complete, {summary.failed} failed "
+    n = summary.missing
+    left = f", {n} not measured (a worker ended abnormally; rerun the same command to finish)" if n else ""
+    return [*lines, f"sweep {summary.name!r}: {summary.complete} cells complete, {summary.failed} failed{left} "
                     f"(store {summary.storage}); next: ddimbench report {summary.name}"]  # fmt: skip

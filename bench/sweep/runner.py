@@ -26,52 +26,32 @@ it starts at T − 1 for any S); the Pareto front is ``study.best_trials`` (show
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import random
-import signal
-import socket
-import sys
-import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from bench.console import Display, raise_interrupt, sigterm_interrupts
-from bench.store.artifacts import open_store, upload_images
-from bench.store.cell import Cell
+from bench.console import Display, sigterm_interrupts
+from bench.store.artifacts import open_store
 from bench.store.grids import grid_digest, save_spec
-from bench.store.guard import disk_full
-from bench.store.plan import cell_plan
-from bench.store.record import CellRecord, Measurement, devices_text
+from bench.store.record import CellRecord, devices_text
 from bench.store.storage import DEFAULT_STORAGE, open_storage
 from bench.store.study import (
-    claim,
     create_study,
-    enqueue_cell,
     load_study,
-    queued_cell,
     records_of,
-    save_error,
-    save_result,
 )
 from bench.store.untrusted import safe_url
 from bench.sweep.devices import assign_devices
 from bench.sweep.evaluate import Evaluator, device_name
-from bench.sweep.guard import check_memory_fits, disk_message, store_errors
+from bench.sweep.guard import check_memory_fits, store_errors
+from bench.sweep.loop import CellWorker
 from bench.sweep.provenance import check_rerun, meta_for, protocol_for
-from bench.sweep.spec import Range, SweepSpec
-from bench.tracking.sweep_runs import track_cell, track_summary
-from bench.tracking.wandb_run import offline_note_from_parent
-from ddim.errors import DDIMError, one_line
+from bench.sweep.spec import SweepSpec
+from bench.tracking.sweep_runs import track_summary
+from ddim.errors import DDIMError
 
 HEARTBEAT_S = 10  # seconds between heartbeats; a trial is stale after store.GRACE_FACTOR of them
-POLL_S = 1.0
 
 
 @dataclass
@@ -85,211 +65,7 @@ class SweepSummary:
     records: list[CellRecord] = field(default_factory=list)
     total: int = 0  # cells of the grid, or trials asked for in search mode
     artifacts: str = ""
-
-
-class _Worker:
-    """One process's loop over the store: pick a cell (or a search point), claim it, measure it."""
-
-    def __init__(self, spec: SweepSpec, url: str, heartbeat: int, token: str, ev: Evaluator, display: Display,
-                 wandb: str | None, seed: int = 0) -> None:  # fmt: skip
-        import optuna
-
-        self.spec, self.token, self.ev, self.display, self.wandb = spec, token, ev, display, wandb
-        self.rdb = open_storage(url, heartbeat)
-        self.grid = spec.search is None
-        self.cells = {c.key: c for c in spec.cells()} if self.grid else {}
-        self.keys = list(self.cells)
-        # A grid runs only queued trials (a trial nobody queued is pruned at once); a search samples with TPE.
-        search = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-        sampler: Any = optuna.samplers.RandomSampler(seed=seed) if self.grid else search
-        self.study = optuna.load_study(study_name=spec.name, storage=self.rdb, sampler=sampler)
-        self.study_id = self.rdb.get_study_id_from_name(spec.name)
-        self.images = open_store(spec.artifacts, create=True)  # each cell's grid, for optuna-dashboard and reports
-        self.url, self.disk_full = url, ""  # a full disk stops the worker (every later cell would fail too)
-
-    def trials(self, *states: Any) -> list:
-        """Fresh from the database (not Optuna's per-process trial cache)."""
-        return self.rdb.get_all_trials(self.study_id, deepcopy=False, states=states or None)
-
-    # -- the objective -----------------------------------------------------------------------------
-    def _suggest(self, trial: Any) -> Cell:
-        spec = self.spec
-
-        def pick(name: str, values: Any, integer: bool = False) -> Any:
-            if isinstance(values, Range):
-                if integer:
-                    lo, hi = int(values.lo), int(values.hi)
-                    return trial.suggest_int(name, lo, hi, log=hi > lo)
-                return trial.suggest_float(name, values.lo, values.hi)
-            return values[0] if len(values) == 1 else trial.suggest_categorical(name, list(values))
-
-        sampler, spacing = pick("sampler", spec.sampler), pick("spacing", spec.spacing)
-        steps = spec.T if sampler == "ddpm" else int(pick("steps", spec.steps, True))
-        # η to 4 decimals: a cell's key and file names (6 significant digits) then name it exactly, and
-        # two suggestions that agree to 4 decimals are the same cell (the second yields to the first).
-        eta = round(float(pick("eta", spec.eta)), 4) if sampler == "ddim" else None
-        return Cell(sampler, spacing, steps, eta, int(pick("seed_block", spec.seeds, True)))
-
-    def objective(self, trial: Any) -> float | tuple[float, float]:
-        try:
-            return self._objective(trial)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
-            with contextlib.suppress(Exception):  # a stop, not the cell's fault: retried like a kill
-                save_error(trial, "interrupted (Ctrl-C or SIGTERM); rerun the sweep to measure this cell", True)
-            raise
-
-    def _objective(self, trial: Any) -> float | tuple[float, float]:
-        import optuna
-
-        cell = queued_cell(trial, self.spec.T) if self.grid else self._suggest(trial)
-        if cell is None:  # another worker popped the queued trial first: nothing to measure
-            raise optuna.TrialPruned("no queued cell")
-        # 1. Claim, then read: yield to any other live or finished holder of the cell.
-        holder = claim(trial, cell, {"run": self.token, "pid": os.getpid(), "host": socket.gethostname()})
-        if holder is not None:
-            raise optuna.TrialPruned(f"cell held by trial #{holder}")
-        # 2. Sample and measure; an error is stored with the trial (FAIL) and shown in one line.
-        try:
-            got = self.ev.evaluate(cell, self.display)
-        except Exception as exc:
-            msg = one_line(exc, 300)
-            self.disk_full = msg if disk_full(exc) else ""  # not the cell's fault: stop; a rerun retries it
-            save_error(trial, msg, interrupted=bool(self.disk_full))
-            self.display.warn(f"cell {cell.label} failed: {msg}")
-            track_cell(self.wandb, self.spec, cell, None, self.display, error=msg)
-            raise
-        save_result(trial, got)
-        try:
-            upload_images(trial, self.images, self.spec.artifacts, got)
-        except Exception as exc:  # the cell is measured and its grid is on this disk: a warning, not a failure
-            self.display.warn(f"cell {cell.label}: its grid was not put in the artifact store ({one_line(exc, 300)})")
-        track_cell(self.wandb, self.spec, cell, got, self.display)
-        self.display.done(_summary_line(cell, got))
-        s = got.scores
-        if self.grid:
-            return _finite(next((v for v in (s.fid, s.kid_mean) if v is not None), -(s.isc_mean or 0)))
-        cost = got.nfe if self.spec.objective == "nfe" else got.wall_s / self.spec.n
-        return _finite(s.fid), float(cost)
-
-    # -- the loop ----------------------------------------------------------------------------------
-    def _wait(self) -> None:
-        import optuna
-
-        time.sleep(POLL_S)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fail_stale_trials is "experimental"
-            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial -> FAIL -> retried
-
-    def run(self) -> None:
-        import optuna
-        from optuna.trial import TrialState as S
-
-        while True:
-            trials = self.trials()
-            if self.grid:
-                plan = cell_plan(trials, self.keys, self.token)
-                self.display.cells(plan.done + plan.failed, len(self.keys))
-                if plan.waiting:
-                    pass  # Optuna pops a queued trial first
-                elif plan.fresh or plan.retry:
-                    key = random.choice(plan.fresh + plan.retry)  # racing workers: the duplicate yields
-                    enqueue_cell(self.study, self.cells[key])
-                elif plan.running:
-                    self._wait()
-                    continue
-                else:
-                    return
-            else:
-                finished = sum(t.state == S.COMPLETE or (t.state == S.FAIL and "error" in t.user_attrs) for t in trials)
-                running = sum(t.state == S.RUNNING for t in trials)
-                self.display.cells(finished, self.spec.trials)
-                if finished >= self.spec.trials:
-                    return
-                if finished + running >= self.spec.trials:
-                    self._wait()
-                    continue
-                if len(trials) >= 4 * self.spec.trials + 10:
-                    self.display.warn("search stopped early: the sampler keeps proposing settings already measured")
-                    return
-            try:
-                self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self.display.warn("another worker declared this worker's trial dead (late heartbeat); it is retried")
-            if self.disk_full:
-                raise DDIMError(disk_message(self.disk_full, self.url, self.spec))
-
-
-def _finite(v: Any) -> float:
-    v = float("inf") if v is None else float(v)
-    return float("inf") if v != v else v  # Optuna refuses NaN; an unmeasurable cell ranks last
-
-
-def _summary_line(cell: Cell, m: Measurement) -> str:
-    names = {"fid": "FID", "isc_mean": "IS", "kid_mean_x1e3": "KID ×10³"}  # KID ×10³ as in every output
-    shown = m.scores.shown()
-    scores = ", ".join(f"{name} {shown[k]:.4g}" for k, name in names.items() if shown[k] is not None)
-    return f"{cell.label}: {scores}; {m.wall_s:.1f} s sampling, {m.images_per_s:.1f} img/s, NFE {m.nfe}"
-
-
-def _worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, threads: int,
-                 sha: str, index: int, progress: bool, share: int = 1) -> None:  # fmt: skip
-    """Entry point of a spawned worker process: load the checkpoint once, then work the store (``share``: the
-    workers on this one's device, which split its memory for ``batch=auto``)."""
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    offline_note_from_parent()  # the sweep's summary run names the offline folder once, not every worker
-    try:
-        display = Display(progress, live=False)
-        with store_errors(url, spec):
-            _Worker(spec, url, heartbeat, token, Evaluator(spec, sha, share=share), display, wandb, seed=index).run()
-    except DDIMError as exc:
-        print(f"sweep worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-def _run_workers(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: str | None, devices: list[str],
-                 sha: str, display: Display, progress: bool) -> None:  # fmt: skip
-    """Spawn one process per entry of ``devices`` (its device) on the same store; show their progress."""
-    import multiprocessing as mp
-
-    Evaluator.warm_metrics(spec)  # the extractor and reference statistics are built once, not raced for
-    ctx = mp.get_context("spawn")  # no forked torch / database state
-    threads = max(1, torch.get_num_threads() // len(devices))
-    args = [(dataclasses.replace(spec, device=d), url, heartbeat, token, wandb, threads, sha, i, progress,
-             devices.count(d)) for i, d in enumerate(devices)]  # fmt: skip
-    procs = [ctx.Process(target=_worker_main, args=a, name=f"sweep-{a[7]}") for a in args]
-    for p in procs:
-        p.start()
-    rdb = open_storage(url)
-    study_id = rdb.get_study_id_from_name(spec.name)
-    labels = {c.key: c.label for c in spec.cells()} if spec.search is None else {}
-    keys = list(labels)
-    try:
-        while any(p.is_alive() for p in procs):
-            trials = rdb.get_all_trials(study_id, deepcopy=False)
-            if keys:
-                plan = cell_plan(trials, keys, token)
-                display.cells(plan.done + plan.failed, len(keys))
-                display.note(f"running: {'; '.join(labels[k] for k in plan.running)}" if plan.running else "")
-            else:
-                display.cells(sum(t.state.name == "COMPLETE" for t in trials), spec.trials)
-            for p in procs:
-                p.join(timeout=POLL_S / len(procs))
-    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches the workers too; SIGTERM reaches only us
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)  # each marks its trial failed; a rerun retries it
-        for p in procs:
-            p.join(timeout=60)
-        raise
-    bad = [p.exitcode for p in procs if p.exitcode]
-    if bad:
-        display.warn(
-            f"{len(bad)} worker process(es) ended abnormally (exit codes {bad}); rerun to finish any cell left"
-        )
+    missing: int = 0  # cells (or trials) left unmeasured by a worker that ended abnormally: rerun to finish
 
 
 def run_sweep(
@@ -375,12 +151,14 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     display = Display(progress, total, f"sweep {spec.name!r}")
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
-            first, ev = dataclasses.replace(spec, device=devices[0]), None  # the extras run on worker 0's device
+            first, ev, ended = dataclasses.replace(spec, device=devices[0]), None, None  # extras: worker 0's device
             if len(devices) == 1:
                 ev = Evaluator(first, sha)
-                _Worker(spec, url, heartbeat, token, ev, display, wandb).run()
+                CellWorker(spec, url, heartbeat, token, ev, display, wandb).run()
             else:
-                _run_workers(spec, url, heartbeat, token, wandb, devices, sha, display, progress)
+                from bench.sweep.workers import run_workers
+
+                ended = run_workers(spec, url, heartbeat, token, wandb, devices, sha, display, progress)
             study = load_study(spec.name, url)
             if spec.interpolation or spec.inversion:
                 (ev or Evaluator(first, sha)).extras(study, display)
@@ -395,4 +173,8 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     ours = [r for r in records if mine is None or r.cell.key in mine]
     complete = len({r.cell.key for r in ours if r.state == "COMPLETE"})
     failed = len({r.cell.key for r in ours if r.state == "FAIL"})
-    return SweepSummary(spec.name, safe_url(url), complete, failed, records, total, spec.artifacts)
+    measured = len({r.cell.key for r in ours if r.state in ("COMPLETE", "FAIL")})
+    missing = max(0, total - measured) if ended is not None and ended.abnormal else 0
+    if missing and ended is not None and ended.all_refused:
+        raise DDIMError(ended.errors[0])  # every worker refused the same way: the one line a single worker gives
+    return SweepSummary(spec.name, safe_url(url), complete, failed, records, total, spec.artifacts, missing)
