@@ -4,7 +4,6 @@ they start prints no traceback (exit 130)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import run
+from helpers.workers import fake_workers
 
 from bench.sweep import workers
 
@@ -23,41 +23,6 @@ GRID = ["steps=2,3", "eta=0", "n=16", "batch=8", "interpolation=false", "--wandb
 
 def sweep_args(ckpt: Path, cache: Path, *more: str) -> list[str]:
     return ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "name=w", *GRID, *more]
-
-
-def fake_workers(monkeypatch: pytest.MonkeyPatch, codes: list[int], errors: list[str]) -> None:
-    """Workers that end at once with exit ``codes``, having reported ``errors``; they measure nothing."""
-    ended = iter(codes)
-
-    class Process:
-        def __init__(self, target, args, name) -> None:
-            self.exitcode, self.pid = next(ended), None
-
-        def start(self) -> None:
-            pass
-
-        def is_alive(self) -> bool:
-            return False
-
-        def join(self, timeout=None) -> None:
-            pass
-
-    class Queue:
-        def __init__(self) -> None:
-            self.left = list(errors)
-
-        def empty(self) -> bool:
-            return not self.left
-
-        def get(self) -> str:
-            return self.left.pop(0)
-
-    class Context:
-        pass
-
-    Context.Process, Context.SimpleQueue = Process, Queue  # type: ignore[attr-defined]
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
-    monkeypatch.setattr(workers.Evaluator, "warm_metrics", staticmethod(lambda spec: None))
 
 
 def test_killed_workers_leave_their_cells_missing_and_the_sweep_fails(ckpt, cache, work, monkeypatch, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.sweep import spec_of
+from helpers.workers import fake_workers
 
 from bench.cli import main
 from bench.sweep import runner, workers
@@ -64,32 +65,6 @@ def test_assign_devices_counts_the_visible_gpus(monkeypatch: pytest.MonkeyPatch)
     assert assign_devices("auto", 2) == ["auto", "auto"]
 
 
-class FakeProcess:
-    started: list[tuple] = []
-
-    def __init__(self, target, args, name) -> None:
-        self.args, self.name, self.exitcode, self.pid = args, name, 0, None
-
-    def start(self) -> None:
-        FakeProcess.started.append(self.args)
-
-    def is_alive(self) -> bool:
-        return False
-
-    def join(self, timeout=None) -> None:
-        pass
-
-
-class FakeQueue:
-    def empty(self) -> bool:
-        return True
-
-
-class FakeContext:
-    Process = FakeProcess
-    SimpleQueue = FakeQueue
-
-
 class FakeStorage:
     def get_study_id_from_name(self, name):
         return 0
@@ -99,19 +74,15 @@ class FakeStorage:
 
 
 def test_each_worker_process_gets_its_own_device(monkeypatch, ckpt, cache) -> None:
-    import multiprocessing
-
     spec = spec_of(ckpt, cache, "steps=2", "n=16", "batch=4")
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method: FakeContext)
-    monkeypatch.setattr(workers.Evaluator, "warm_metrics", staticmethod(lambda spec: None))
+    started = fake_workers(monkeypatch)
     monkeypatch.setattr(workers, "open_storage", lambda url, *a: FakeStorage())
-    FakeProcess.started = []
     display = runner.Display(False, 1, "test")
     workers.run_workers(spec, "sqlite://", 10, "tok", "disabled", ["cuda:1", "cuda:0", "cuda:1"], "0" * 64, display,
                         False)  # fmt: skip
-    assert [a[0].device for a in FakeProcess.started] == ["cuda:1", "cuda:0", "cuda:1"]
-    assert [a[7] for a in FakeProcess.started] == [0, 1, 2]  # each its own index (its search seed)
-    assert all(a[0].steps == spec.steps for a in FakeProcess.started)  # otherwise the same spec
+    assert [a[0].device for a in started] == ["cuda:1", "cuda:0", "cuda:1"]
+    assert [a[7] for a in started] == [0, 1, 2]  # each its own index (its search seed)
+    assert all(a[0].steps == spec.steps for a in started)  # otherwise the same spec
 
 
 def test_sweep_cli_passes_devices_and_run_sweep_places_workers(monkeypatch, ckpt, cache, capsys) -> None:
