@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# System programs some tests need: Debian's headless Chromium (tests/test_browser.py) and the PostgreSQL server
-# (initdb and pg_ctl, found as tests/helpers/postgres.py finds them: on PATH or under Debian's
+# System programs some tests need: Debian's headless Chromium (tests/test_browser.py), a C++ compiler and ninja
+# (the fused channels_last GroupNorm kernels, tests/test_fused_norm.py; built once per CPU on first use) and the
+# PostgreSQL server (initdb and pg_ctl, found as tests/helpers/postgres.py finds them: on PATH or under Debian's
 # /usr/lib/postgresql/<version>/bin; the package also adds the postgres user that runs them under root). With CI
 # set their absence (or a failed install) fails those tests, elsewhere it skips them. One step collects what is missing and, as root
 # where apt-get is, installs it with one apt-get update and one install (two apt-get runs at once, as under
@@ -42,6 +43,8 @@ PG_FOUND = { for b in initdb pg_ctl; do command -v $$b || ls $(PG_LIB)/*/bin/$$b
 system-packages:
 	@missing=""; \
 	$(CHROMIUM_FOUND) || missing="$$missing chromium"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v ninja >/dev/null || missing="$$missing ninja-build"; \
 	( $(PG_FOUND) ) || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim import fused_norm
 from ddim.errors import DDIMError
 
 __all__ = ["PRESETS", "UNet", "UNetConfig", "preset", "timestep_embedding"]
@@ -160,10 +161,18 @@ def _recorded(h: Tensor) -> bool:
 
 
 def _norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    fused = fused_norm.group_norm(norm, x, silu=True)  # channels_last on the CPU: one pass, see ddim.fused_norm
+    if fused is not None:
+        return fused
     # SiLU in place on GroupNorm's fresh output when no backward will run (sampling): one buffer less.
     # Under autograd in place costs a copy: SiLU's backward needs its input, so autograd would clone it.
     h = norm(x)
     return F.silu(h, inplace=not _recorded(h))
+
+
+def _norm_only(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    fused = fused_norm.group_norm(norm, x, silu=False)
+    return norm(x) if fused is None else fused
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -216,7 +225,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C); a view (on CUDA GroupNorm returns NCHW)
+        h = _norm_only(self.norm, x).flatten(2).transpose(1, 2)  # (B, H*W, C); a view (on CUDA GroupNorm returns NCHW)
         w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)  # (3C, C)
         b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
         q, k, v = F.linear(h, w_qkv, b_qkv).unflatten(-1, (3, 1, C)).permute(2, 0, 3, 1, 4)  # 3 x (B, 1, H*W, C)

@@ -18,12 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.perf import floor as perf_floor
 from bench.perf import jobs as perf_jobs
 from bench.perf import models as perf_models
 from bench.perf import run as perf
 from bench.perf import timing as perf_timing
 from bench.perf import workload as perf_workload
 from bench.perf.models import RunSettings
+from ddim import fused_norm
 from ddim.errors import DDIMError
 from ddim.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
 
@@ -278,6 +280,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
         by = row["floor_ratio_by_format"]  # ours measured in both formats (the run is NCHW)
         assert set(by) == {"nchw", "nhwc"} and by["nchw"] == row["floor_ratio"] and by["nhwc"] > 0
         assert "ours_nhwc" in row["times"]
+        if fused_norm.kernels() is not None:  # channels_last with PyTorch's GroupNorm over the fused kernels
+            unfused = row["times"][perf_floor.UNFUSED_KEY][row["basis"]]
+            assert row["fused_norm_speedup"] == pytest.approx(unfused / row["times"]["ours_nhwc"][row["basis"]])
     (ev,) = saved["eval"]
     sweep_job = next(j for j in perf.plan(replace(cfg, only=("sweep",)), "cpu") if j["kind"] == "sweep")
     assert ev["batch"] == sweep_job["batch"]  # one evaluation as the sweep makes it
@@ -302,6 +307,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     assert "ceiling" in readme and "floor channels_last (s)" in readme and "One network evaluation" in readme
     assert "bound / floor (lowest reachable)" in readme and "lowest reachable here" in readme
     assert "ours bf16 autocast speed-up" in readme and "Host noise work per call at batch" in readme
+    assert "fused GroupNorm speed-up (channels_last)" in readme
     assert res["targets"] == saved["targets"]
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from ddim import fused_norm
 from ddim.diffusers_weights import diffusers_to_ours
 from ddim.errors import DDIMError
 from ddim.unet import PRESETS, UNet, UNetConfig, preset, timestep_embedding
@@ -198,10 +199,17 @@ def _graph_nodes(out: torch.Tensor) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_training_forward_copies_no_activation(channels_last: bool) -> None:
+@pytest.mark.parametrize(("channels_last", "fused"), [(False, False), (True, False), (True, True)])
+def test_training_forward_copies_no_activation(
+    channels_last: bool, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under autograd no in-place op clones an activation (SiLU's backward needs its input) or
-    writes through a view (CopySlices), and the numbers equal the in-place sampling path bit for bit."""
+    writes through a view (CopySlices), and the numbers equal the in-place sampling path bit for bit; with PyTorch's
+    GroupNorm and, for channels_last, with the fused one (ddim.fused_norm, which runs no SiLU of PyTorch's)."""
+    if not fused:
+        monkeypatch.setenv(fused_norm.OFF_SWITCH, "0")
+    elif fused_norm.kernels() is None:
+        pytest.skip("the fused GroupNorm kernels cannot be built here (tests/test_fused_norm.py says why)")
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -223,7 +231,8 @@ def test_training_forward_copies_no_activation(channels_last: bool) -> None:
         out = model(x, t)
     with torch.no_grad(), Count() as no_grad:
         reference = model(x, t)
-    assert grad_mode.ops["aten.silu_"] == 0 and no_grad.ops["aten.silu_"] > 0
+    assert grad_mode.ops["aten.silu_"] == 0 and (no_grad.ops["aten.silu_"] > 0) != fused
+    assert (no_grad.ops["aten.native_group_norm"] == 0) == fused
     if channels_last:  # (NCHW attention transposes its input and output: copies with or without autograd)
         assert grad_mode.ops["aten.clone"] == 0
     assert not {"CopySlices", "AsStridedBackward0"} & _graph_nodes(out)

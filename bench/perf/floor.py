@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.perf.models import RunSettings, autocast
+from ddim import fused_norm
 
 FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 TARGET = 1.15  # the issue's target for a network's time over its convolution floor
@@ -225,6 +226,23 @@ def other_format(settings: RunSettings) -> tuple[str, RunSettings]:
     return f"ours_{fmt}", replace(settings, channels_last=not settings.channels_last)
 
 
+UNFUSED_KEY = "ours_nhwc_pytorch_norm"
+
+
+def unfused_candidate(fns: dict[str, Callable], settings: RunSettings) -> None:
+    """Add ours in channels_last with PyTorch's GroupNorm and SiLU instead of ``ddim.fused_norm``'s kernels (the CPU
+    only, where those apply; the same model and data as ours' channels_last candidate): what the kernels gain."""
+    if settings.device != "cpu" or fused_norm.kernels() is None:
+        return
+    nhwc = fns["ours" if settings.channels_last else "ours_nhwc"]
+
+    def call() -> None:
+        with fused_norm.disabled():
+            nhwc()
+
+    fns[UNFUSED_KEY] = call
+
+
 def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], settings: RunSettings) -> dict[str, Any]:
     """Both formats' floors, the faster one (*the* floor), ours (in each format measured) and diffusers over it,
     and the bound: floor + GroupNorm passes + attention products (+ the Adam update) over the floor, the lowest
@@ -242,6 +260,8 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
     ours = {("nhwc" if settings.channels_last else "nchw"): times["ours"][basis]}  # the run's own format
     ours.update({f: times[f"ours_{f}"][basis] for f in FORMATS if f"ours_{f}" in times})  # and the other one
     out["floor_ratio_by_format"] = {f: t / floor for f, t in ours.items()}
+    if UNFUSED_KEY in times and "nhwc" in ours:
+        out["fused_norm_speedup"] = times[UNFUSED_KEY][basis] / ours["nhwc"]
     if NORM_KEY in replays and ATTN_KEY in replays:
         out["norm_calls"] = replays[NORM_KEY].calls  # type: ignore[attr-defined]
         out["norm_passes_s"] = times[NORM_KEY][basis]

@@ -69,6 +69,7 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
         m = prepare(build("ours", config).train(), other)
         o, d = torch.optim.Adam(m.parameters(), lr=2e-4), batch_data(config, batch, other)
         fns[key] = lambda: train_step(m, o, other, d)
+        floor.unfused_candidate(fns, settings)
     fns.update(replays)
     times = interleave(fns, reps=int(job["reps"]), warmup=int(job.get("warmup", 1)), device=settings.device)
     out: dict[str, Any] = {"preset": job["preset"], "batch": batch, "params": params, "times": times}

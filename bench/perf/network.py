@@ -46,6 +46,7 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     m, d = prepare(build("ours", config).eval(), other), batch_data(config, batch, other)
     fns[key] = lambda: evaluate(m, other, d)
+    floor.unfused_candidate(fns, settings)
     # Ours in the other precision too (float32 beside a bf16 run, as on CUDA; else bf16): what `sweep bf16=true` gains.
     precision = "fp32" if settings.bf16 else "bf16"
     flipped = replace(settings, bf16=not settings.bf16)
