@@ -100,7 +100,9 @@ class TrainConfig:
     # --- device and speed (none of these changes the experiment; all may change on resume) ---
     device: str = _opt("auto", "Auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK).")
     bf16: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU).")
-    channels_last: bool = _opt(False, "NHWC weights and activations (measure: helps big nets on GPUs).")
+    channels_last: bool = _opt(
+        False, "NHWC weights and activations: ≈ 1.2× faster on an AVX-512 Xeon (fused GroupNorm); measure yours."
+    )
     tf32: bool = _opt(True, "TF32 matmuls and convolutions on CUDA.")
     compile: bool | None = _opt(None, "torch.compile the training step (default: per device, eager on the CPU).")
     compile_backend: str = _opt("inductor", "torch.compile backend (aot_eager compiles fast).")
