@@ -33,7 +33,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory, sampling_batch
-from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile
+from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, use_compile
 from ddim.sampling import check_eta, noise_batches, sample
 
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
@@ -63,8 +63,10 @@ def _to_png_bytes(img: torch.Tensor) -> bytes:
 
 def _settings(cfg: SampleConfig, sha: str, nfe: int) -> dict:
     """What fixes the pixels: the checkpoint's content (by sha256, however its path is spelt) and the sampler
-    (the device and ``--compile`` change them only up to float rounding, like the batch's summation order)."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "out", "batch_size", "device", "compile")}
+    (the device, ``--compile`` and ``--channels-last`` change them only up to float rounding, like the batch's
+    summation order)."""
+    runtime = ("checkpoint", "out", "batch_size", "device", "compile", "channels_last")
+    keep = {k: v for k, v in asdict(cfg).items() if k not in runtime}
     return {**keep, "checkpoint_sha256": sha, "nfe": nfe}
 
 
@@ -121,6 +123,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
     eager = ck.build_model(device)
+    if cfg.channels_last:
+        eager = ChannelsLastNetwork(eager)
     model = compiled(eager, device, cfg.compile)
     if cfg.bf16:  # part of the settings: the pixels differ from float32 ones
         model, eager = Bf16Network(model, device), Bf16Network(eager, device)
@@ -162,7 +166,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
             flush(ready, done)
     seconds = time.perf_counter() - start
     _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
-    manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device)}
+    manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device),
+                "channels_last": cfg.channels_last}  # fmt: skip
     if todo:
         manifest["last_run"] = {
             "samples": len(todo),

@@ -34,6 +34,9 @@ class SampleConfig:
     )
     device: str = _opt("auto", DEVICE_HELP)
     compile: bool | None = _opt(None, "torch.compile the network (default: per device, eager on the CPU).")
+    channels_last: bool = _opt(
+        False, "NHWC network: ≈ 1.2× faster on an AVX-512 Xeon (fused GroupNorm); pixels equal up to float rounding."
+    )
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
     bf16: bool = _opt(
         False, "Run the network under bfloat16 autocast: faster on bf16 hardware, pixels differ (recorded)."

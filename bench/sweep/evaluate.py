@@ -41,12 +41,14 @@ class Evaluator:
         """``share``: how many workers use this device; ``batch=auto`` takes that share of its memory."""
         from ddim.checkpoint import load_checkpoint
         from ddim.memory import sampling_batch
-        from ddim.runtime import Bf16Network, compiled, resolve_device, use_compile, warm_up
+        from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, use_compile, warm_up
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
         ck = load_checkpoint(spec.checkpoint, map_location="cpu")
         eager = ck.build_model(self.device)
+        if spec.channels_last:
+            eager = ChannelsLastNetwork(eager)
         self.model = compiled(eager, self.device, spec.compile)
         if spec.bf16:  # every network call of the sweep (cells, interpolation, inversion) alike
             self.model, eager = Bf16Network(self.model, self.device), Bf16Network(eager, self.device)

@@ -115,6 +115,12 @@ KEYS: dict[str, Key] = {
     "objective": Key("choice", "search mode: cost axis beside FID", choices=lambda: ("nfe", "time")),
     "device": Key("str", "auto, cpu, cuda or cuda:N", example="device=cuda"),
     "compile": Key("bool", "torch.compile the network (default: per device, eager on the CPU)", example="compile=true"),
+    "channels_last": Key(
+        "bool",
+        "run the network in channels_last (NHWC) memory format: ≈ 1.2× faster on an AVX-512 Xeon (fused GroupNorm); "
+        "samples equal up to float rounding",
+        example="channels_last=true",
+    ),
     "bf16": Key(
         "bool",
         "run the network under bfloat16 autocast (faster on GPUs with bf16 tensor cores and on AMX CPUs; FID moves "
@@ -178,8 +184,9 @@ def _current(name: str) -> str:
 
 def _unknown_key(name: str) -> DDIMError:
     close = difflib.get_close_matches(name, KEYS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return DDIMError(f"unknown key {name!r}; {hint}valid keys: {', '.join(KEYS)}")
+    if close:  # the likely fix alone; the help lists every key
+        return DDIMError(f"unknown key {name!r}; did you mean {close[0]!r}? (`ddimbench sweep --help` lists every key)")
+    return DDIMError(f"unknown key {name!r}; valid keys: {', '.join(KEYS)}")
 
 
 def _scalar(name: str, text: str) -> Any:

@@ -17,8 +17,8 @@ from bench.sweep.overrides import example, load_config, merge, parse_overrides, 
 from bench.sweep.spec import Range, SweepSpec
 from ddim.errors import DDIMError
 
-_SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "compile", "bf16", "interpolation",
-            "inversion", "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
+_SCALARS = ("data_root", "n", "batch", "seed_base", "trials", "objective", "device", "compile", "channels_last", "bf16",
+            "interpolation", "inversion", "inversion_n", "cache_dir", "inception_weights")  # fmt: skip
 
 
 def _check_folder(key: str, path: str) -> None:

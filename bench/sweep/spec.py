@@ -52,6 +52,7 @@ class SweepSpec:
     objective: str = "nfe"
     device: str = "auto"
     compile: bool | None = None  # torch.compile the network; None: ddim.runtime.COMPILE_DEFAULT for the device
+    channels_last: bool = False  # NHWC network (ddim.runtime.ChannelsLastNetwork): float rounding only, not recorded
     bf16: bool = False  # the network under bfloat16 autocast (ddim.runtime.Bf16Network); part of the protocol
     interpolation: bool = True
     inversion: bool = False
