@@ -33,8 +33,10 @@ from torch.autograd.function import once_differentiable
 SOURCE = Path(__file__).with_name("csrc") / "group_norm_nhwc.cpp"
 # -march=native: the build is for this CPU (its name carries the CPU's identity, so a shared cache never hands one
 # CPU's build to another); 512-bit vectors where the CPU has them (10-20 % faster here); -fno-trapping-math lets the
-# compiler vectorise the exp's clamps.
-CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp-simd")
+# compiler vectorise the exp's clamps; -fopenmp: without it ATen's parallel_for compiles to its serial fallback (the
+# OpenMP runtime is the one PyTorch loaded, same soname, so torch.set_num_threads governs it).
+CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 OFF_SWITCH = "DDIM_FUSED_GROUPNORM"
 
 _loaded: dict[str, ModuleType | None] = {}
@@ -54,7 +56,8 @@ def _cpu_identity() -> str:
 def build_name() -> str:
     """The extension's name: changes with the source, the flags, the CPU and the PyTorch version."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), _cpu_identity().encode(), torch.__version__.encode()):
+    flags = " ".join(CFLAGS + LDFLAGS).encode()
+    for part in (SOURCE.read_bytes(), flags, _cpu_identity().encode(), torch.__version__.encode()):
         digest.update(part)
         digest.update(b"\0")
     return f"ddim_group_norm_nhwc_{digest.hexdigest()[:16]}"
@@ -68,7 +71,9 @@ def _build() -> ModuleType:
         from torch.utils import cpp_extension
     finally:
         log.setLevel(level)
-    return cpp_extension.load(build_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), verbose=False)
+    return cpp_extension.load(
+        build_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False
+    )
 
 
 def kernels() -> ModuleType | None:
@@ -82,7 +87,7 @@ def kernels() -> ModuleType | None:
                 f"the fused channels_last GroupNorm kernel could not be built ({reason}); PyTorch's GroupNorm runs "
                 "instead (slower on channels_last input; install a C++ compiler and ninja to build it)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             _loaded["ext"] = None
     return _loaded["ext"]

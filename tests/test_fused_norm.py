@@ -82,8 +82,8 @@ def test_as_accurate_as_pytorch(kernels: object, shape: tuple[int, ...], groups:
 
 def test_silu_within_ulps_of_pytorch(kernels: object) -> None:
     """SiLU's exp is a polynomial: on the fused output with and without SiLU (the same z), every element within a few
-    float32 ulp of PyTorch's SiLU of z, for z from −100 to 100; past the exp's clamp (z < −87) results under 1e-30
-    stand for values that are below 1e-36 (PyTorch's are 0)."""
+    float32 ulp of PyTorch's SiLU of z, for z from −100 to 100 (between −88.7 and −88 PyTorch's values are below
+    1e-36, ours −0)."""
     z = torch.linspace(-100, 100, 64 * 1001)
     x = z.reshape(1, 64, 1001, 1).contiguous(memory_format=CL)
     norm = nn.GroupNorm(1, 64, eps=0.0)
@@ -94,7 +94,33 @@ def test_silu_within_ulps_of_pytorch(kernels: object) -> None:
         fused = fused_norm.group_norm(norm, x, silu=True)
     want = F.silu(plain)
     assert plain.abs().max() > 99
-    assert ((fused - want).abs() <= 4 * torch.finfo(torch.float32).eps * want.abs() + 1e-30).all()
+    assert ((fused - want).abs() <= 4 * torch.finfo(torch.float32).eps * want.abs() + 1e-36).all()
+
+
+def test_silu_far_out_is_minus_zero_and_z(kernels: object) -> None:
+    """z = ±1e4 … ±1e30 (x̂ = ±1 exactly, huge weights): SiLU gives −0 below and z itself above, as PyTorch does."""
+    x = torch.tensor([1.0, -1.0] * 8).reshape(1, 1, 4, 4).expand(1, 4, 4, 4).contiguous(memory_format=CL)
+    norm = nn.GroupNorm(4, 4, eps=0.0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1e4, 1e10, 1e20, 1e30]))
+        norm.bias.fill_(0.0)
+        y = fused_norm.group_norm(norm, x, silu=True)
+    z = norm.weight[:, None, None] * x[0]
+    assert torch.equal(y[0][z > 0], z[z > 0])
+    assert (y[0][z < 0] == 0).all() and torch.signbit(y[0][z < 0]).all()
+
+
+def test_kernels_use_every_thread(kernels: object) -> None:
+    """Built with OpenMP: ATen's parallel_for spreads the samples over torch's threads (without -fopenmp it compiles
+    to a serial loop, and the kernels would run on one core whatever torch.set_num_threads says)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert kernels.parallel_width(64) == 2
+        torch.set_num_threads(1)
+        assert kernels.parallel_width(64) == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_same_bits_for_any_thread_count(kernels: object) -> None:

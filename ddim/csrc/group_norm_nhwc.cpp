@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <mutex>
+#include <set>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -19,11 +21,14 @@ constexpr int64_t kRows = 64;  // rows summed in float before the sum moves to d
 
 // exp(x) by Cody-Waite range reduction and a degree-6 polynomial (Cephes' expf), written without branches or
 // library calls so the compiler vectorises the loops it sits in; within 2 ulp of expf over the clamped range.
+// n = round(x / ln 2) comes from adding 1.5 * 2^23 (the float's low bits then hold n), so no float-to-int
+// conversion is ever undefined: a NaN x gives some bits and a NaN result.
 inline float vexp(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float t = x * 1.44269504088896341f;
-  const int32_t i = static_cast<int32_t>(t + 128.5f) - 128;  // round(t): t + 128.5 > 0, so truncation floors
-  const float n = static_cast<float>(i);
+  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23
+  const float shifted = x * 1.44269504088896341f + kShifter;
+  const float n = shifted - kShifter;
+  const uint32_t i = __builtin_bit_cast(uint32_t, shifted) - 0x4B400000u;  // n, as a two's-complement integer
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -33,7 +38,14 @@ inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  return e * __builtin_bit_cast(float, (i + 127) << 23);
+  return e * __builtin_bit_cast(float, (i + 127u) << 23);  // e * 2^n
+}
+
+// SiLU's sigmoid 1 / (1 + exp(-z)); 0 below z = -88, where exp(-z) is past the clamp (and past float's range soon
+// after), so z * sigmoid(z) is -0 there as PyTorch gives it.
+inline float vsigmoid(float z) {
+  const float s = 1.0f / (1.0f + vexp(-z));
+  return z < -88.0f ? 0.0f : s;
 }
 
 // Per-channel sums over a slab's rows of f(row, c), into tot (length C).
@@ -113,7 +125,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             const float z = (xr[c] - m[c]) * pa[c] + Bs[c];
-            yr[c] = z / (1.0f + vexp(-z));
+            yr[c] = z * vsigmoid(z);
           }
         } else {
 #pragma omp simd
@@ -183,7 +195,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& x, c
             for (int64_t c = 0; c < C; ++c) {
               const float xh = (xr[c] - pm[c]) * pr[c];
               const float z = xh * Wt[c] + Bs[c];
-              const float sg = 1.0f / (1.0f + vexp(-z));
+              const float sg = vsigmoid(z);
               const float d = dyr[c] * sg * (1.0f + z * (1.0f - sg));
               zr[c] = d;
               s1[c] += d;
@@ -246,7 +258,19 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& x, c
   return {dx, dweight, dbias};
 }
 
+// How many threads at::parallel_for spreads n items over: 1 when the build lacks OpenMP (its serial fallback).
+int64_t parallel_width(int64_t n) {
+  std::mutex lock;
+  std::set<int> seen;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> hold(lock);
+    seen.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(seen.size());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("parallel_width", &parallel_width, "threads at::parallel_for uses for n items (a check of the build)");
   m.def("forward", &forward, "GroupNorm (+ SiLU) forward on channels_last float32 CPU tensors");
   m.def("backward", &backward, "its backward: dx, dweight, dbias");
 }
