@@ -1,11 +1,12 @@
 """GroupNorm (+ SiLU) for channels_last float32 tensors on the CPU, as one pass per sample.
 
-The network's every normalisation is a GroupNorm, most followed by SiLU (the ResnetBlocks and the output, Appendix B
-of the DDPM paper the DDIM paper reuses). On channels_last (NHWC) input PyTorch's CPU GroupNorm is several times slower
-than on NCHW input, which cancels the faster channels_last convolutions, and the SiLU after it is one more pass over
-memory. ``csrc/group_norm_nhwc.cpp`` computes both, forward and backward, per sample while its (H·W, C) slab sits in
-cache. It is compiled for the running CPU on first use (``torch.utils.cpp_extension``: a C++ compiler and ninja; about
-20 s, cached by PyTorch under ``TORCH_EXTENSIONS_DIR``); without them PyTorch's kernels run, after one warning.
+The network's every normalisation is a GroupNorm, most followed by SiLU (the ResnetBlocks and the output of the DDPM
+UNet the DDIM paper's experiments use, Appendix D.1). On channels_last (NHWC) input PyTorch's CPU GroupNorm is
+several times slower than on NCHW input, which cancels the faster channels_last convolutions, and the SiLU after it is
+one more pass over memory. ``csrc/group_norm_nhwc.cpp`` computes both, forward and backward, per sample while its
+(H·W, C) slab sits in cache. It is compiled for the running CPU on first use (``torch.utils.cpp_extension``: a C++
+compiler and ninja; about 20 s, cached by PyTorch under ``TORCH_EXTENSIONS_DIR``); without them PyTorch's kernels
+run, after one warning.
 
 Results agree with PyTorch's kernels up to float rounding (statistics summed in another order, SiLU's exp by a
 polynomial within a few ulp), and are bit-identical across thread counts. NCHW networks, other dtypes and devices, and
