@@ -280,6 +280,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
         by = row["floor_ratio_by_format"]  # ours measured in both formats (the run is NCHW)
         assert set(by) == {"nchw", "nhwc"} and by["nchw"] == row["floor_ratio"] and by["nhwc"] > 0
         assert "ours_nhwc" in row["times"]
+        diffusers = row["times"]["diffusers"][row["basis"]]
+        assert row["speedup_by_format"]["nhwc"] == pytest.approx(diffusers / row["times"]["ours_nhwc"][row["basis"]])
+        assert row["speedup_by_format"]["nchw"] == pytest.approx(diffusers / ours)
         if fused_norm.kernels() is not None:  # channels_last with PyTorch's GroupNorm over the fused kernels
             unfused = row["times"][perf_floor.UNFUSED_KEY][row["basis"]]
             assert row["fused_norm_speedup"] == pytest.approx(unfused / row["times"]["ours_nhwc"][row["basis"]])
@@ -307,7 +310,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     assert "ceiling" in readme and "floor channels_last (s)" in readme and "One network evaluation" in readme
     assert "bound / floor (lowest reachable)" in readme and "lowest reachable here" in readme
     assert "ours bf16 autocast speed-up" in readme and "Host noise work per call at batch" in readme
-    assert "fused GroupNorm speed-up (channels_last)" in readme
+    assert "fused GroupNorm speed-up (channels_last)" in readme and "ours NCHW / channels_last over diffusers" in readme
     assert res["targets"] == saved["targets"]
 
 

@@ -273,4 +273,6 @@ def summary(times: dict[str, Any], basis: str, replays: dict[str, Callable], set
         out["bound_ratio"] = (floor + out["norm_passes_s"] + out["attention_s"] + out["adam_s"]) / floor
     if "diffusers" in times:
         out["ceiling"] = times["diffusers"][basis] / floor  # diffusers over the floor: the largest exact speed-up
+        # ours in each format over diffusers as run (its settings' format): the speed-up a user choosing it sees
+        out["speedup_by_format"] = {f: times["diffusers"][basis] / t for f, t in ours.items()}
     return out

@@ -47,12 +47,14 @@ def _floor_cells(r: dict[str, Any]) -> list[str]:
     bound = f"{r['bound_ratio']:.2f}×" if "bound_ratio" in r else "–"
     ceiling = f"{r['ceiling']:.2f}×" if "ceiling" in r else "–"
     fused = f"{r['fused_norm_speedup']:.2f}×" if "fused_norm_speedup" in r else "–"
-    return cells + [f"**{r['floor_ratio']:.2f}×**", both, bound, ceiling, fused]
+    over = r.get("speedup_by_format", {})
+    vs_diffusers = " / ".join(f"{over[f]:.2f}×" if f in over else "–" for f in ("nchw", "nhwc"))
+    return cells + [f"**{r['floor_ratio']:.2f}×**", both, bound, ceiling, fused, vs_diffusers]
 
 
 _FLOOR_HEAD = ["floor NCHW (s)", "floor channels_last (s)", "ours / floor", "ours NCHW / channels_last over floor",
                "bound / floor (lowest reachable)", "diffusers / floor (ceiling)",
-               "fused GroupNorm speed-up (channels_last)"]  # fmt: skip
+               "fused GroupNorm speed-up (channels_last)", "ours NCHW / channels_last over diffusers"]  # fmt: skip
 _FLOOR_NOTE = (
     "*Floor*: the network's convolutions alone (every `nn.Conv2d` call of one forward, recorded and replayed on "
     "copies of the layers; for a training step forward and backward), timed in the same interleaved loop in both "
@@ -68,7 +70,9 @@ _FLOOR_NOTE = (
     "kernels gets below it (residual adds, up-sampling, concatenations, the loss and the time embedding come on "
     "top); on a GPU each replay pays its own launches, so there it is an estimate. *Fused GroupNorm speed-up*: ours "
     "in channels_last with PyTorch's GroupNorm and SiLU over ours in channels_last with `ddim.fused_norm`'s kernels "
-    "(GroupNorm + SiLU in one pass per sample, forward and backward; the CPU only), same model and batch, interleaved."
+    "(GroupNorm + SiLU in one pass per sample, forward and backward; the CPU only), same model and batch, interleaved. "
+    "*Ours NCHW / channels_last over diffusers*: diffusers' time (in the run's settings) over ours' in each memory "
+    "format, the speed-up a user who picks that format for ours sees."
 )
 
 
