@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.console import sigterm_interrupts
+from bench.console import sigterm_interrupts, warn
 from bench.metrics.folder import MANIFEST, sample_names
 from bench.sample_config import SampleConfig
 from bench.store.renames import current_names
@@ -33,7 +33,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory, sampling_batch
-from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, use_compile
+from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, slow_bf16, use_compile
 from ddim.sampling import check_eta, noise_batches, sample
 
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
@@ -130,6 +130,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
         model, eager = Bf16Network(model, device), Bf16Network(eager, device)
     alpha_bar = ck.alpha_bar()
     batch = _batch(cfg, eager, shape, device, len(todo))
+    if cfg.bf16 and (why := slow_bf16(device)):  # after the refusals: an error is one line alone
+        warn(why)
     done = cfg.n - len(todo)
     if progress is not None:
         progress(done, cfg.n)

@@ -39,7 +39,7 @@ class SampleConfig:
     )
     clip_x0: bool | None = _opt(None, "Clamp x̂₀ to [-1, 1] (default: as the official code).")
     bf16: bool = _opt(
-        False, "Run the network under bfloat16 autocast: faster on bf16 hardware, pixels differ (recorded)."
+        False, "Run the network under bfloat16 autocast: faster on bf16 hardware, far slower without; pixels differ."
     )
 
     @classmethod

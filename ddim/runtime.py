@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -77,11 +78,42 @@ class Bf16Network(torch.nn.Module):
         return out.float()
 
 
+# CPU feature flags (Linux /proc/cpuinfo) of bfloat16 arithmetic: x86's AVX-512 BF16 and AMX, Arm's BF16.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether the CPU lists a bfloat16 instruction set (``BF16_CPU_FLAGS``) in Linux's ``cpuinfo``; None where
+    that file cannot be read or lists no flags (other systems)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):  # x86, Arm
+            return bool(BF16_CPU_FLAGS & set(value.split()))
+    return None
+
+
+def slow_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Why bf16 autocast (``Bf16Network``) on ``device`` would be slower than float32, or None. Without bfloat16
+    instructions oneDNN converts around float32 kernels: one digits evaluation was 33× slower than float32 on a
+    Zen 3 AMD EPYC (reports/perf/profile.md section 13), 1.6× faster on an AMX Xeon."""
+    if device.type != "cpu" or cpu_has_bf16(cpuinfo) is not False:
+        return None
+    return (
+        "bf16 on this CPU, which has no bfloat16 instructions (avx512_bf16, amx_bf16), runs the network many times "
+        "slower than float32 (33x per evaluation on an AMD EPYC without them); leave bf16 off to run in float32"
+    )
+
+
 class ChannelsLastNetwork(torch.nn.Module):
     """``model`` with its weights moved to channels_last (NHWC) memory format and every input made channels_last; the
     output comes back in the default (NCHW) format. The same function up to float rounding: on the CPU its
     GroupNorm + SiLU then run as one pass per sample (``ddim.fused_norm``) and oneDNN's convolutions in NHWC, which
-    on an AVX-512 Xeon evaluates the network ≈ 1.2× faster than NCHW; elsewhere, measure (``make bench``)."""
+    evaluates the digits network 1.18–1.23× faster than NCHW on an AVX-512 Xeon and on an AVX2 AMD EPYC (reports/perf/
+    profile.md sections 12, 13); elsewhere, measure (``make bench``)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ from bench.store.storage import open_storage
 from bench.store.study import load_results
 from bench.sweep.resolve import resolve_spec
 from bench.sweep.runner import run_sweep
-from ddim import sampling
+from ddim import runtime, sampling
 from ddim.errors import DDIMError
 
 
@@ -287,11 +287,14 @@ def test_unreachable_storage_and_unknown_sweep_are_one_line_errors(ckpt, cache, 
         make_report("nope", storage=url(work))
 
 
-def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work):
+def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work, capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda cpuinfo=None: False)  # a CPU without bfloat16 instructions
     common = ("steps=2", "n=20", "interpolation=false")
     run_sweep(spec_of(ckpt, cache, *common, "bf16=true", name="b"), storage=url(work), wandb="disabled",
               progress=False, heartbeat=1)  # fmt: skip
+    assert capsys.readouterr().err.count("warning: bf16 on this CPU, which has no bfloat16 instructions") == 1
     run_sweep(spec_of(ckpt, cache, *common, name="f"), storage=url(work), wandb="disabled", progress=False, heartbeat=1)
+    assert "bfloat16" not in capsys.readouterr().err  # float32: nothing to say
     (b,), meta_b, _ = load_results("b", url(work))
     (f,), meta_f, _ = load_results("f", url(work))
     assert b.measured.protocol.precision == meta_b["precision"] == "bf16"
@@ -304,6 +307,7 @@ def test_bf16_is_recorded_and_never_mixed_with_float32(ckpt, cache, work):
         with pytest.raises(DDIMError, match="was run with bf16=(true|false), not bf16=(false|true);"):
             run_sweep(spec_of(ckpt, cache, *common, *other, name=name), storage=url(work), wandb="disabled")
         assert len(load_results(name, url(work))[0]) == 1
+        assert "bfloat16" not in capsys.readouterr().err  # a refused run only refuses
 
 
 def test_same_name_other_protocol_is_refused(ckpt, cache, work):

@@ -11,7 +11,7 @@ import torch
 
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json, sha256_file, write_error
-from ddim.runtime import numerics, resolve_device
+from ddim.runtime import cpu_has_bf16, numerics, resolve_device, slow_bf16
 
 
 def _leftovers(folder) -> list[str]:
@@ -146,3 +146,33 @@ def test_bf16_network_autocasts_and_returns_float32(ckpt):
     assert half.dtype == torch.float32 and torch.equal(half, by_hand.float())
     assert not torch.equal(half, full)  # bf16 matmuls and convolutions ran: not float32 rounding order
     assert (half - full).norm() < 0.02 * full.norm()  # yet the same network's prediction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512bw\n", False),  # AVX-512 without BF16
+        ("processor\t: 0\nflags\t\t: avx512f avx512_bf16\nprocessor\t: 1\n", True),  # Zen 4, Cooper Lake
+        ("flags\t: amx_tile amx_bf16 amx_int8\n", True),  # Sapphire Rapids
+        ("flags\t: avx512_bf16x amx_bf16_like\n", False),  # whole flags only
+        ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm
+        ("Features\t: fp asimd\n", False),
+        ("processor\t: 0\nmodel name\t: bf16 avx512_bf16\n", None),  # no flags line: unknown
+    ],
+)
+def test_cpu_has_bf16_reads_the_flags_line(tmp_path, text, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(text)
+    assert cpu_has_bf16(info) is expected
+
+
+def test_slow_bf16_names_the_problem_and_the_fix_only_for_a_cpu_without_bf16(tmp_path):
+    without, with_bf16 = tmp_path / "without", tmp_path / "with"
+    without.write_text("flags\t: fpu avx2 fma\n")
+    with_bf16.write_text("flags\t: avx2 avx512_bf16\n")
+    why = slow_bf16(torch.device("cpu"), without)
+    assert why is not None and "no bfloat16 instructions" in why and "leave bf16 off" in why
+    assert len(why.splitlines()) == 1
+    assert slow_bf16(torch.device("cpu"), with_bf16) is None
+    assert slow_bf16(torch.device("cpu"), tmp_path / "missing") is None  # unknown: say nothing
+    assert slow_bf16(torch.device("cuda"), without) is None  # a GPU's bf16 is its own matter

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import run
 
+from ddim import runtime
 from ddim.memory import SAMPLING_CPU_BATCH
 
 COMMON = ["--steps", "2", "--eta", "1", "--seed", "3", "--device", "cpu"]
@@ -134,3 +135,27 @@ def test_a_batch_read_back_is_written_when_the_next_one_fails(
     code, err = _sample(ckpt, out, capsys, "-n", "4", "--batch-size", "2")
     assert code == 130, err
     assert sorted(p.name for p in out.glob("0*.png")) == ["000000.png", "000001.png"]  # batch 0 was kept
+
+
+@pytest.mark.parametrize("has_bf16", [False, True, None])
+def test_bf16_on_a_cpu_without_bfloat16_instructions_warns_in_sample_and_sweep(
+    ckpt: Path, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    has_bf16: bool | None,
+) -> None:  # fmt: skip
+    """Such a CPU runs bf16 autocast many times slower than float32 (reports/perf/profile.md section 13): `sample
+    --bf16` and `sweep bf16=true` say so once, and still run; with the instructions, or where unknown, nothing."""
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda cpuinfo=None: has_bf16)
+    warns = 1 if has_bf16 is False else 0
+    code, err = _sample(ckpt, tmp_path / "b", capsys, "-n", "1", "--bf16")
+    assert code == 0 and err.count("no bfloat16 instructions") == warns, err
+    assert len(list((tmp_path / "b").glob("0*.png"))) == 1
+    sweep = ["sweep", f"checkpoint={ckpt}", f"cache_dir={cache}", "device=cpu", "steps=2", "n=10", "--dry-run"]
+    code, _, err = run([*sweep, "bf16=true"], capsys)
+    assert code == 0 and err.count("no bfloat16 instructions") == warns, err
+    for argv in (["sample", "--checkpoint", ckpt, "--out", tmp_path / "f", *COMMON, "-n", "1"], sweep):
+        code, _, err = run(argv, capsys)  # float32: nothing to say
+        assert code == 0 and "bfloat16" not in err, err
+    code, _, err = run([*sweep, "bf16=true", "n=1"], capsys)  # a refused sweep only refuses
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "bfloat16" not in err, err
+    code, err = _sample(ckpt, tmp_path / "f", capsys, "-n", "1", "--bf16")  # so does a refused sample
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "other settings" in err, err

@@ -123,8 +123,9 @@ KEYS: dict[str, Key] = {
     ),
     "bf16": Key(
         "bool",
-        "run the network under bfloat16 autocast (faster on GPUs with bf16 tensor cores and on AMX CPUs; FID moves "
-        "beyond rounding); recorded as precision bf16, and a sweep is all bf16 or all float32 (the paper: false)",
+        "run the network under bfloat16 autocast (faster on GPUs with bf16 tensor cores and on AMX CPUs, far "
+        "slower on CPUs without bfloat16 instructions; FID moves beyond rounding); recorded as precision bf16, "
+        "and a sweep is all bf16 or all float32 (the paper: false)",
         example="bf16=true",
     ),  # fmt: skip
     "interpolation": Key("bool", "write the slerp interpolation strip at the end", example="interpolation=true"),

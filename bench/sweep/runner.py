@@ -110,8 +110,18 @@ def dry_run_lines(spec: SweepSpec, workers: int | None, devices: str | None, sto
     the workers go."""
     placed = place_workers(spec, workers, devices)
     stored = check_rerun(spec, storage)
-    return [f"sweep {spec.name!r}: " + ("stored: the run adds its missing cells" if stored else "new"),
-            f"workers: {len(placed)} on {workers_devices(placed)}"]  # fmt: skip
+    lines = [f"sweep {spec.name!r}: " + ("stored: the run adds its missing cells" if stored else "new"),
+             f"workers: {len(placed)} on {workers_devices(placed)}"]  # fmt: skip
+    slow = slow_bf16_on(spec, placed)
+    return [*lines, f"warning: {slow}"] if slow else lines
+
+
+def slow_bf16_on(spec: SweepSpec, devices: list[str]) -> str | None:
+    """Why ``bf16=true`` would run slowly on one of the workers' ``devices`` (``ddim.runtime.slow_bf16``), or None."""
+    from ddim.runtime import resolve_device, slow_bf16
+
+    whys = (slow_bf16(resolve_device(d)) for d in dict.fromkeys(devices)) if spec.bf16 else ()
+    return next((why for why in whys if why), None)
 
 
 def workers_devices(devices: list[str]) -> str:
@@ -149,6 +159,8 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
     display = Display(progress, total, f"sweep {spec.name!r}")
+    if slow := slow_bf16_on(spec, devices):  # once nothing is refused any more: an error is one line alone
+        display.warn(slow)
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
             first, ev, ended = dataclasses.replace(spec, device=devices[0]), None, None  # extras: worker 0's device
