@@ -100,6 +100,7 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     settings = _settings(cfg, sha, nfe)
     names = sample_names(cfg.n)
     manifest_path = out / MANIFEST
+    old: object = None
     if manifest_path.exists():
         try:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -168,8 +169,10 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
             flush(ready, done)
     seconds = time.perf_counter() - start
     _write_grid(out, names[: min(GRID_COUNT, cfg.n)])
-    manifest = {**manifest, "complete": True, "device": str(device), "compiled": use_compile(cfg.compile, device),
-                "channels_last": cfg.channels_last}  # fmt: skip
+    run = {"device": str(device), "compiled": use_compile(cfg.compile, device), "channels_last": cfg.channels_last}
+    if not todo and isinstance(old, dict) and old.get("complete") is True and "device" in old:
+        run = {k: old[k] for k in (*run, "last_run") if k in old}  # nothing sampled: the run that sampled stays
+    manifest = {**manifest, "complete": True, **run}
     if todo:
         manifest["last_run"] = {
             "samples": len(todo),

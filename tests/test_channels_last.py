@@ -68,6 +68,11 @@ def test_sample_channels_last_same_samples_up_to_rounding(
     manifests = [json.loads((d / "samples.json").read_text()) for d in (nchw, nhwc)]
     assert [m["channels_last"] for m in manifests] == [False, True]
     assert manifests[0]["settings"] == manifests[1]["settings"]  # a rerun may switch it, as --compile
+    # A rerun with nothing left to sample records nothing of its own: the manifest keeps the run that sampled.
+    for folder, flag in ((nchw, ["--channels-last"]), (nhwc, [])):
+        before = json.loads((folder / "samples.json").read_text())
+        assert run(["sample", "--checkpoint", ckpt, "--out", folder, *COMMON, *flag], capsys)[0] == 0
+        assert json.loads((folder / "samples.json").read_text()) == before
 
 
 def test_sweep_channels_last_reaches_the_evaluator(ckpt: Path, cache: Path, group_norm_calls: list[int]) -> None:
