@@ -38,10 +38,18 @@ FORCE_HELP = (
 def warn(line: str, console: Any = None) -> None:
     """One warning line on stderr in the CLI's ``warning: `` convention (through ``console``, a rich
     Console, while a live progress bar owns the terminal), ``printable``; never raises."""
-    text = f"warning: {printable(line)}"
+    _line(f"warning: {printable(line)}", console, "yellow")
+
+
+def note(line: str, console: Any = None) -> None:
+    """One status line on stderr (``note: ``: what is happening and why it takes a while), as ``warn`` prints."""
+    _line(f"note: {printable(line)}", console, None)
+
+
+def _line(text: str, console: Any, style: str | None) -> None:
     try:
         if console is not None:
-            console.print(text, markup=False, highlight=False, style="yellow", soft_wrap=True)
+            console.print(text, markup=False, highlight=False, style=style, soft_wrap=True)
         else:
             print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # a closed or broken stderr must not stop the work

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from bench.console import sigterm_interrupts, warn
+from bench.console import note, sigterm_interrupts, warn
 from bench.metrics.folder import MANIFEST, sample_names
 from bench.sample_config import SampleConfig
 from bench.store.renames import current_names
-from ddim import sampling, schedules
+from ddim import fused_norm, sampling, schedules
 from ddim.checkpoint import load_checkpoint
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
@@ -123,6 +123,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     }
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
+    if cfg.channels_last and fused_norm.needs_build(device):  # before the network's first call (the batch probe)
+        note(fused_norm.BUILD_NOTE)
     eager = ck.build_model(device)
     if cfg.channels_last:
         eager = ChannelsLastNetwork(eager)

@@ -5,7 +5,7 @@ UNet the DDIM paper's experiments use, Appendix D.1). On channels_last (NHWC) in
 several times slower than on NCHW input, which cancels the faster channels_last convolutions, and the SiLU after it is
 one more pass over memory. ``csrc/group_norm_nhwc.cpp`` computes both, forward and backward, per sample while its
 (H·W, C) slab sits in cache. It is compiled for the running CPU on first use (``torch.utils.cpp_extension``: a C++
-compiler and ninja; about 20 s, cached by PyTorch under ``TORCH_EXTENSIONS_DIR``); without them PyTorch's kernels
+compiler and ninja; 20-40 s, cached under ``TORCH_EXTENSIONS_DIR``: ``build_dir``); without them PyTorch's kernels
 run, after one warning.
 
 Results agree with PyTorch's kernels up to float rounding (statistics summed in another order, SiLU's exp by a
@@ -64,7 +64,7 @@ def build_name() -> str:
     return f"ddim_group_norm_nhwc_{digest.hexdigest()[:16]}"
 
 
-def _build() -> ModuleType:
+def _cpp_extension() -> ModuleType:
     log = logging.getLogger("torch.utils.cpp_extension")  # warns at import about CUDA_HOME on CPU-only machines
     level = log.level
     log.setLevel(logging.ERROR)
@@ -72,9 +72,38 @@ def _build() -> ModuleType:
         from torch.utils import cpp_extension
     finally:
         log.setLevel(level)
-    return cpp_extension.load(
-        build_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False
-    )
+    return cpp_extension
+
+
+def build_dir() -> Path:
+    """Where this CPU's build is made and cached: ``ddimbench/<build_name()>`` under ``TORCH_EXTENSIONS_DIR``
+    (default: PyTorch's extension cache, ``~/.cache/torch_extensions``)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or _cpp_extension().get_default_build_root()
+    return Path(root) / "ddimbench" / build_name()
+
+
+def _build() -> ModuleType:
+    folder = build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return _cpp_extension().load(
+        build_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+        build_directory=str(folder), verbose=False,
+    )  # fmt: skip
+
+
+# What a command says before a first use compiles the kernels (``needs_build``), so the wait is not a silent one.
+BUILD_NOTE = "compiling the fused channels_last GroupNorm kernels for this CPU (once per CPU, about half a minute)"
+
+
+def needs_build(device: torch.device) -> bool:
+    """Whether a channels_last network on ``device`` compiles the kernels at its first call: on the CPU, not
+    switched off (``DDIM_FUSED_GROUPNORM=0``), neither loaded in this process nor built before for this CPU."""
+    if device.type != "cpu" or os.environ.get(OFF_SWITCH, "1") == "0" or "ext" in _loaded:
+        return False
+    try:
+        return not (build_dir() / f"{build_name()}.so").is_file()
+    except OSError:  # an unreadable cache: the build will say what is wrong
+        return True
 
 
 def kernels() -> ModuleType | None:

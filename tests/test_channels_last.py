@@ -90,3 +90,37 @@ def test_sweep_channels_last_reaches_the_evaluator(ckpt: Path, cache: Path, grou
     assert (got - want).norm() <= 1e-5 * want.norm()
     if fused_norm.kernels() is not None:
         assert not group_norm_calls
+
+
+def test_a_first_use_that_compiles_the_kernels_says_so_once(
+    ckpt: Path, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first channels_last run on a CPU compiles the fused kernels (20-40 s): sample, sweep and train each print
+    one note first, and nothing when they are built or the run is NCHW."""
+    from bench.sweep.runner import run_sweep
+
+    built = {"now": False}
+    monkeypatch.setattr(fused_norm, "needs_build", lambda device: device.type == "cpu" and not built["now"])
+    say = fused_norm.BUILD_NOTE
+    train = ["train", "--dataset", "digits", "--max-steps", "1", "--batch-size", "4", "--ch", "8", "--ch-mult", "1",
+             "--num-res-blocks", "1", "--attn-resolutions=", "--num-groups", "4", "--sample-every", "0", "--T", "20",
+             "--device", "cpu", "--wandb", "disabled"]  # fmt: skip
+    sweep = ("device=cpu", "steps=2", "eta=0", "n=10", "interpolation=false", "metrics=fid")
+    for fresh in (True, False):
+        built["now"] = not fresh
+        sample = ["sample", "--checkpoint", ckpt, *COMMON, "-n", "1", "--out", tmp_path / f"s{fresh}"]
+        code, _, err = run([*sample, "--channels-last"], capsys)
+        assert code == 0 and err.count(say) == int(fresh), err
+        code, _, err = run([*train, "--run-dir", tmp_path / f"t{fresh}", "--channels-last"], capsys)
+        assert code == 0 and err.count(say) == int(fresh), err
+        run_sweep(spec_of(ckpt, cache, *sweep, "channels_last=true", name=f"w{fresh}"), progress=False,
+                  storage=f"sqlite:///{tmp_path / 'sweeps.db'}", wandb="disabled", heartbeat=1)  # fmt: skip
+        assert capsys.readouterr().err.count(say) == int(fresh)
+    built["now"] = False  # NCHW: nothing to compile, nothing said
+    code, _, err = run([*sample[:-1], tmp_path / "nchw"], capsys)
+    assert code == 0 and say not in err, err
+    code, _, err = run([*train, "--run-dir", tmp_path / "tnchw"], capsys)
+    assert code == 0 and say not in err, err
+    run_sweep(spec_of(ckpt, cache, *sweep, name="nchw"), progress=False, storage=f"sqlite:///{tmp_path / 'sweeps.db'}",
+              wandb="disabled", heartbeat=1)  # fmt: skip
+    assert say not in capsys.readouterr().err

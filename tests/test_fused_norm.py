@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,20 @@ def test_build_is_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     first = fused_norm.build_name()
     monkeypatch.setattr(fused_norm, "_cpu_identity", lambda: "model name: B\nflags: avx2 avx512f")
     assert fused_norm.build_name() != first
+
+
+def test_needs_build_until_this_cpus_build_exists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused_norm, "_loaded", {})
+    cpu = torch.device("cpu")
+    assert fused_norm.build_dir() == tmp_path / "ddimbench" / fused_norm.build_name()
+    assert fused_norm.needs_build(cpu)
+    assert not fused_norm.needs_build(torch.device("meta"))  # another device: PyTorch's kernels, nothing to build
+    with fused_norm.disabled():
+        assert not fused_norm.needs_build(cpu)
+    fused_norm.build_dir().mkdir(parents=True)
+    (fused_norm.build_dir() / f"{fused_norm.build_name()}.so").write_bytes(b"")  # built by an earlier process
+    assert not fused_norm.needs_build(cpu)
+    (fused_norm.build_dir() / f"{fused_norm.build_name()}.so").unlink()
+    monkeypatch.setattr(fused_norm, "_loaded", {"ext": None})  # tried in this process (built or failed)
+    assert not fused_norm.needs_build(cpu)

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.console import LazyBar, warn
+from bench.console import LazyBar, note, warn
 from bench.tracking.conventions import (
     WandbOptions,
     model_artifact,
@@ -52,8 +52,10 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     (aliases ``step-<N>`` and ``latest``), uploaded or by reference per ``--wandb-artifacts``.
     """
     from bench.tracking.wandb_run import make_tracker
+    from ddim import fused_norm
     from ddim.distributed import env_world
     from ddim.memory import training_warning
+    from ddim.runtime import resolve_device
     from ddim.training import train
 
     rank = env_world()[0]  # a RANK that is no integer: one line, before anything is made
@@ -61,6 +63,8 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     def on_data(_: int) -> None:  # once the data is found: a missing dataset is then the only line
         if warning := training_warning(cfg):
             console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+        if cfg.channels_last and rank == 0 and fused_norm.needs_build(resolve_device(cfg.device)):
+            note(fused_norm.BUILD_NOTE, console)  # the first training step compiles them
 
     opts = wandb_options(wandb)
     run_dir = Path(cfg.run_dir)
