@@ -41,6 +41,7 @@ from bench.sweep.devices import DEVICES_HELP, DRY_RUN_HELP, WORKERS_HELP
 from bench.sweep.overrides import describe_keys
 from bench.tracking.conventions import WandbOptions
 from bench.tracking.reach import check_mode_env
+from ddim.allocator import keep_freed_memory
 from ddim.errors import DDIMError, printable
 from ddim.names import BETA_SCHEDULES, DATASETS, LABELLED_DATASETS, SAMPLERS, SPACINGS
 from ddim.train_config import TrainConfig
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from typer.exceptions import TyperException
 
+    keep_freed_memory()  # every command reuses its large tensors' memory (ddim.allocator)
     os.environ.setdefault("WANDB_SILENT", "true")
     args = sys.argv[1:] if argv is None else list(argv)
     check_mode_env(lambda line: _say(f"warning: {line}"))  # a bad WANDB_MODE: once, before any worker inherits it

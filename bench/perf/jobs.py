@@ -29,6 +29,7 @@ from bench.perf.models import RunSettings, autocast, build, n_params, prepare
 from bench.perf.timing import PeakMemory, interleave, ratio, sync
 from bench.perf.workload import batch_data, run_sampler, sampling_models, setup, time_basis, train_step, unet_config
 from ddim import schedules
+from ddim.allocator import keep_freed_memory
 from ddim.errors import DDIMError
 from ddim.sampling import SeededNoise
 from ddim.unet import UNetConfig
@@ -221,6 +222,7 @@ def job_error(err: BaseException) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    keep_freed_memory()  # a job's own process allocates as the CLI's do (ddim.allocator)
     job = json.loads(argv[0])
     try:
         result = run_job(job)

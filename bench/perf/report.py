@@ -251,7 +251,8 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"- Measured {res['started']} in {res['seconds']} s on **{device}** ({m['cpu_count']} CPUs, "
         f"load average {_f(m.get('load_avg_1m'))} at the end), torch {m['torch']}, diffusers {m.get('diffusers')}, "
-        f"{m['torch_threads']} intra-op thread(s).",
+        f"{m['torch_threads']} intra-op thread(s), glibc malloc "
+        f"{'tuned as the CLI tunes it (ddim.allocator)' if m.get('malloc_tuned') else 'untuned'}.",
         f"- Settings (both models alike): device `{s.get('device')}`, bf16 autocast {s.get('bf16')}, "
         f"channels_last {s.get('channels_last')}, TF32 {s.get('tf32')}, torch.compile {s.get('compile')}.",
         f"- Method: {res['method']}. Images/s and speed-ups (ours over diffusers) come from process-CPU-time "

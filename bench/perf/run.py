@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ddim.allocator import keep_freed_memory
 from ddim.errors import DDIMError
 
 SECTIONS = ("train", "sample", "compile", "sweep", "table1")
@@ -353,6 +354,7 @@ def default_out(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # the jobs run in-process allocate as the CLI's commands do (ddim.allocator)
     args = _parser().parse_args(argv)
     try:
         cfg = PerfConfig(

@@ -26,6 +26,7 @@ from bench.sweep.guard import store_errors
 from bench.sweep.loop import POLL_S, CellWorker
 from bench.sweep.spec import SweepSpec
 from bench.tracking.wandb_run import offline_note_from_parent
+from ddim.allocator import keep_freed_memory
 from ddim.errors import DDIMError
 
 REFUSED = 2  # a worker's exit code after a DDIMError
@@ -54,6 +55,7 @@ def worker_main(spec: SweepSpec, url: str, heartbeat: int, token: str, wandb: st
     try:
         signal.signal(signal.SIGTERM, raise_interrupt)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C while starting arrives now
+        keep_freed_memory()  # as the parent did (ddim.allocator): a spawned process starts with malloc's defaults
         torch.set_num_threads(threads)
         offline_note_from_parent()  # the sweep's summary run names the offline folder once, not every worker
         display = Display(progress, live=False)
