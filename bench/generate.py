@@ -123,7 +123,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     }
     atomic_write_json(manifest_path, {**manifest, "complete": False})
 
-    if cfg.channels_last and fused_norm.needs_build(device):  # before the network's first call (the batch probe)
+    fused = fused_norm.needs_build(device, compiled=use_compile(cfg.compile, device), bf16=cfg.bf16)
+    if cfg.channels_last and todo and fused:  # before the network's first call
         note(fused_norm.BUILD_NOTE)
     eager = ck.build_model(device)
     if cfg.channels_last:
@@ -133,7 +134,7 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
         model, eager = Bf16Network(model, device), Bf16Network(eager, device)
     alpha_bar = ck.alpha_bar()
     batch = _batch(cfg, eager, shape, device, len(todo))
-    if cfg.bf16 and (why := slow_bf16(device)):  # after the refusals: an error is one line alone
+    if cfg.bf16 and todo and (why := slow_bf16(device)):  # after the refusals: an error is one line alone
         warn(why)
     done = cfg.n - len(todo)
     if progress is not None:

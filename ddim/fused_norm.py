@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,10 +56,12 @@ def _cpu_identity() -> str:
 
 
 def build_name() -> str:
-    """The extension's name: changes with the source, the flags, the CPU and the PyTorch version."""
+    """The extension's name: changes with the source, the flags, the CPU, the PyTorch version and the Python (its
+    ABI: two interpreters sharing one cache folder never load or rebuild each other's build)."""
     digest = hashlib.sha256()
     flags = " ".join(CFLAGS + LDFLAGS).encode()
-    for part in (SOURCE.read_bytes(), flags, _cpu_identity().encode(), torch.__version__.encode()):
+    python = f"{sys.implementation.cache_tag}{getattr(sys, 'abiflags', '')}".encode()
+    for part in (SOURCE.read_bytes(), flags, _cpu_identity().encode(), torch.__version__.encode(), python):
         digest.update(part)
         digest.update(b"\0")
     return f"ddim_group_norm_nhwc_{digest.hexdigest()[:16]}"
@@ -95,14 +98,16 @@ def _build() -> ModuleType:
 BUILD_NOTE = "compiling the fused channels_last GroupNorm kernels for this CPU (once per CPU, about half a minute)"
 
 
-def needs_build(device: torch.device) -> bool:
-    """Whether a channels_last network on ``device`` compiles the kernels at its first call: on the CPU, not
-    switched off (``DDIM_FUSED_GROUPNORM=0``), neither loaded in this process nor built before for this CPU."""
-    if device.type != "cpu" or os.environ.get(OFF_SWITCH, "1") == "0" or "ext" in _loaded:
+def needs_build(device: torch.device, *, compiled: bool = False, bf16: bool = False) -> bool:
+    """Whether a channels_last network on ``device`` compiles the kernels at its first call: on the CPU, neither
+    under ``torch.compile`` (``compiled``) nor bf16 autocast (``bf16``: its GroupNorm input is not float32), both of
+    which run PyTorch's kernels; not switched off (``DDIM_FUSED_GROUPNORM=0``), neither loaded in this process nor
+    built before for this CPU and Python."""
+    if device.type != "cpu" or compiled or bf16 or os.environ.get(OFF_SWITCH, "1") == "0" or "ext" in _loaded:
         return False
     try:
         return not (build_dir() / f"{build_name()}.so").is_file()
-    except OSError:  # an unreadable cache: the build will say what is wrong
+    except Exception:  # noqa: BLE001 - an unreadable cache or a broken cpp_extension: the build will say what is wrong
         return True
 
 

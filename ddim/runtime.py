@@ -103,8 +103,8 @@ def slow_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> st
     if device.type != "cpu" or cpu_has_bf16(cpuinfo) is not False:
         return None
     return (
-        "bf16 on this CPU, which has no bfloat16 instructions (avx512_bf16, amx_bf16), runs the network many times "
-        "slower than float32 (33x per evaluation on an AMD EPYC without them); leave bf16 off to run in float32"
+        "bf16 on this CPU, which has no bfloat16 instructions (avx512_bf16, amx_bf16, Arm bf16), runs the network many "
+        "times slower than float32 (33x per evaluation on an AMD EPYC without them); leave bf16 off to run in float32"
     )
 
 

@@ -100,7 +100,11 @@ def test_a_first_use_that_compiles_the_kernels_says_so_once(
     from bench.sweep.runner import run_sweep
 
     built = {"now": False}
-    monkeypatch.setattr(fused_norm, "needs_build", lambda device: device.type == "cpu" and not built["now"])
+
+    def needs_build(device: torch.device, compiled: bool = False, bf16: bool = False) -> bool:
+        return device.type == "cpu" and not (compiled or bf16 or built["now"])
+
+    monkeypatch.setattr(fused_norm, "needs_build", needs_build)
     say = fused_norm.BUILD_NOTE
     train = ["train", "--dataset", "digits", "--max-steps", "1", "--batch-size", "4", "--ch", "8", "--ch-mult", "1",
              "--num-res-blocks", "1", "--attn-resolutions=", "--num-groups", "4", "--sample-every", "0", "--T", "20",
@@ -111,12 +115,17 @@ def test_a_first_use_that_compiles_the_kernels_says_so_once(
         sample = ["sample", "--checkpoint", ckpt, *COMMON, "-n", "1", "--out", tmp_path / f"s{fresh}"]
         code, _, err = run([*sample, "--channels-last"], capsys)
         assert code == 0 and err.count(say) == int(fresh), err
+        code, _, err = run([*sample, "--channels-last"], capsys)  # nothing left to sample: nothing to build
+        assert code == 0 and say not in err, err
         code, _, err = run([*train, "--run-dir", tmp_path / f"t{fresh}", "--channels-last"], capsys)
         assert code == 0 and err.count(say) == int(fresh), err
         run_sweep(spec_of(ckpt, cache, *sweep, "channels_last=true", name=f"w{fresh}"), progress=False,
                   storage=f"sqlite:///{tmp_path / 'sweeps.db'}", wandb="disabled", heartbeat=1)  # fmt: skip
         assert capsys.readouterr().err.count(say) == int(fresh)
-    built["now"] = False  # NCHW: nothing to compile, nothing said
+    built["now"] = False  # bf16 autocast runs PyTorch's GroupNorm: nothing to compile, nothing said
+    code, _, err = run([*sample[:-1], tmp_path / "bf16", "--channels-last", "--bf16"], capsys)
+    assert code == 0 and say not in err, err
+    # NCHW: nothing to compile, nothing said
     code, _, err = run([*sample[:-1], tmp_path / "nchw"], capsys)
     assert code == 0 and say not in err, err
     code, _, err = run([*train, "--run-dir", tmp_path / "tnchw"], capsys)

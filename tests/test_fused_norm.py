@@ -247,6 +247,8 @@ def test_needs_build_until_this_cpus_build_exists(monkeypatch: pytest.MonkeyPatc
     assert fused_norm.build_dir() == tmp_path / "ddimbench" / fused_norm.build_name()
     assert fused_norm.needs_build(cpu)
     assert not fused_norm.needs_build(torch.device("meta"))  # another device: PyTorch's kernels, nothing to build
+    assert not fused_norm.needs_build(cpu, compiled=True)  # inductor fuses GroupNorm itself
+    assert not fused_norm.needs_build(cpu, bf16=True)  # bf16 autocast: the kernels take float32 only
     with fused_norm.disabled():
         assert not fused_norm.needs_build(cpu)
     fused_norm.build_dir().mkdir(parents=True)

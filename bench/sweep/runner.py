@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.console import Display, note, sigterm_interrupts
+from bench.console import Display, note, sigterm_interrupts, warn
 from bench.store.artifacts import open_store
 from bench.store.grids import grid_digest, save_spec
 from bench.store.record import CellRecord, devices_text
@@ -137,7 +137,7 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
                heartbeat: int) -> SweepSummary:  # fmt: skip
     from ddim import fused_norm
     from ddim.files import atomic_write_json, sha256_file
-    from ddim.runtime import resolve_device
+    from ddim.runtime import resolve_device, use_compile
 
     sha = sha256_file(spec.checkpoint)
     device = workers_devices(devices)
@@ -160,12 +160,14 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     save_spec(study, spec.to_dict())  # the report shows every run's grid (bench.store.grids)
     token = uuid.uuid4().hex[:12]
     total = len(spec.cells()) if spec.search is None else spec.trials
+    if slow := slow_bf16_on(spec, devices):  # past the refusals of the sweep's settings: an error is one line alone
+        warn(slow)
+    compiled = [use_compile(spec.compile, resolve_device(d)) for d in devices]
+    if spec.channels_last and any(fused_norm.needs_build(resolve_device(d), compiled=c, bf16=spec.bf16)
+                                  for d, c in zip(devices, compiled)):  # fmt: skip
+        note(fused_norm.BUILD_NOTE)
+        fused_norm.kernels()  # here, once, before the progress display, rather than in each worker at once
     display = Display(progress, total, f"sweep {spec.name!r}")
-    if slow := slow_bf16_on(spec, devices):  # once nothing is refused any more: an error is one line alone
-        display.warn(slow)
-    if spec.channels_last and any(fused_norm.needs_build(resolve_device(d)) for d in devices):
-        note(fused_norm.BUILD_NOTE, display.console)
-        fused_norm.kernels()  # here, once, rather than in each worker at once
     with sigterm_interrupts():  # pre-emption: the running cell is marked failed, not left running
         try:
             first, ev, ended = dataclasses.replace(spec, device=devices[0]), None, None  # extras: worker 0's device

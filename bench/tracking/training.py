@@ -55,7 +55,7 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     from ddim import fused_norm
     from ddim.distributed import env_world
     from ddim.memory import training_warning
-    from ddim.runtime import resolve_device
+    from ddim.runtime import resolve_device, use_compile
     from ddim.training import train
 
     rank = env_world()[0]  # a RANK that is no integer: one line, before anything is made
@@ -63,7 +63,9 @@ def train_tracked(cfg: TrainConfig, resume: bool, wandb: str | WandbOptions | No
     def on_data(_: int) -> None:  # once the data is found: a missing dataset is then the only line
         if warning := training_warning(cfg):
             console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-        if cfg.channels_last and rank == 0 and fused_norm.needs_build(resolve_device(cfg.device)):
+        device = resolve_device(cfg.device)  # bf16 autocast is CUDA's only (TrainConfig.bf16)
+        fused = fused_norm.needs_build(device, compiled=use_compile(cfg.compile, device))
+        if cfg.channels_last and rank == 0 and fused:
             note(fused_norm.BUILD_NOTE, console)  # the first training step compiles them
 
     opts = wandb_options(wandb)
