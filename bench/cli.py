@@ -105,10 +105,9 @@ def guarded(fn: Callable) -> Callable:
 
 
 def config_options(cls: type, **special: dict[str, Any]) -> Callable:
-    """Give a command one option per field of the frozen config ``cls``, after its own parameters: the
-    field's name, type, default and help (the field's metadata), so the options cannot drift from the
-    config they fill. ``special[field]`` overrides: ``type`` (choices; tuples are typed as text),
-    ``flags`` (option names), ``default`` (None: the command decides), ``metavar``, ``omit`` (no option)."""
+    """Give a command one option per field of the frozen config ``cls``, after its own parameters (name, type, default
+    and help from the field's metadata), so the options cannot drift from the config. ``special[field]`` overrides:
+    ``type`` (choices; tuples as text), ``flags``, ``default`` (None: the command decides), ``metavar``, ``omit``."""
     import dataclasses
     import inspect
     import typing
@@ -377,9 +376,8 @@ def import_weights(
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: returns the exit code (0 ok, 1 failed cells, 2 bad input, 130 interrupted).
 
-    Usage errors (unknown option, bad type) are one line too, not click's framed box. A bare
-    ``ddimbench`` prints the help and exits 0.
-    """
+    Usage errors (unknown option, bad type) are one line too, not click's framed box; a bare ``ddimbench`` prints
+    the help and exits 0."""
     from typer.exceptions import TyperException
 
     keep_freed_memory()  # every command reuses its large tensors' memory (ddim.allocator)

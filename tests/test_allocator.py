@@ -49,16 +49,35 @@ def _probe(**env: str) -> dict:
 def test_an_evaluation_stops_faulting_pages_and_gives_the_same_numbers() -> None:
     tuned, untuned = _probe(), _probe(DDIM_MALLOC_TUNING="0")
     assert tuned["tuned"] is True and untuned["tuned"] is False
-    assert tuned["faults"] < 1000, tuned  # 13,900 per call untuned on the EPYC that found it
+    assert tuned["faults"] < 1000, tuned  # 11,000-14,000 per call untuned on the EPYC that found it
+    assert tuned["faults"] <= untuned["faults"], (tuned, untuned)
     assert tuned["digest"] == untuned["digest"]  # the allocator moves memory, never a number
 
 
-def test_the_user_can_opt_out_or_tune_malloc_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DDIM_MALLOC_TUNING", "0")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DDIM_MALLOC_TUNING", "0"),
+        ("MALLOC_TRIM_THRESHOLD_", "131072"),  # glibc read it at start: theirs stands
+        ("MALLOC_ARENA_MAX", "2"),  # any knob of glibc's malloc
+        ("GLIBC_TUNABLES", "glibc.pthread.rseq=0:glibc.malloc.tcache_count=0"),
+        ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),  # another allocator in glibc's place
+    ],
+)
+def test_the_user_can_opt_out_or_tune_malloc_themselves(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    for other in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
+        monkeypatch.delenv(other)
+    monkeypatch.setenv(name, value)
     assert allocator.keep_freed_memory() is False
-    monkeypatch.delenv("DDIM_MALLOC_TUNING")
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # glibc read it at start: theirs stands
-    assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_other_settings_leave_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    for other in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
+        monkeypatch.delenv(other)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")  # not malloc's
+    monkeypatch.setenv("DDIM_MALLOC_TUNING", "1")
+    assert allocator.keep_freed_memory() is True and allocator.tuned() is True
 
 
 def test_every_cli_command_tunes_it_first(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ddim.allocator import keep_freed_memory
+from ddim import allocator
 
 Fn = Callable[[], Any]
 
@@ -165,7 +165,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "malloc_tuned": keep_freed_memory(),  # as the CLI runs (idempotent); False where it cannot apply
+        "malloc_tuned": allocator.tuned(),  # as the CLI runs (bench.perf's main tunes it first)
     }
     try:
         import diffusers
