@@ -33,7 +33,7 @@ from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json
 from ddim.images import save_grid, to_uint8
 from ddim.memory import check_disk, check_memory, sampling_batch
-from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, slow_bf16, use_compile
+from ddim.runtime import resolve_device, sampling_network, slow_bf16, use_compile
 from ddim.sampling import check_eta, noise_batches, sample
 
 OVERLAP_DEVICES = ("cuda",)  # where sampling is asynchronous: the host writes one batch while the next samples
@@ -126,12 +126,8 @@ def _generate(cfg: SampleConfig, progress: Progress | None) -> dict:
     fused = fused_norm.needs_build(device, compiled=use_compile(cfg.compile, device), bf16=cfg.bf16)
     if cfg.channels_last and todo and fused:  # before the network's first call
         note(fused_norm.BUILD_NOTE)
-    eager = ck.build_model(device)
-    if cfg.channels_last:
-        eager = ChannelsLastNetwork(eager)
-    model = compiled(eager, device, cfg.compile)
-    if cfg.bf16:  # part of the settings: the pixels differ from float32 ones
-        model, eager = Bf16Network(model, device), Bf16Network(eager, device)
+    model, eager = sampling_network(ck.build_model(device), device, compile=cfg.compile,
+                                    channels_last=cfg.channels_last, bf16=cfg.bf16)  # fmt: skip
     alpha_bar = ck.alpha_bar()
     batch = _batch(cfg, eager, shape, device, len(todo))
     if cfg.bf16 and todo and (why := slow_bf16(device)):  # after the refusals: an error is one line alone

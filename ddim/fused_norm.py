@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from ddim.runtime import environ
 
 SOURCE = Path(__file__).with_name("csrc") / "group_norm_nhwc.cpp"
 # -march=native: the build is for this CPU (its name carries the CPU's identity, so a shared cache never hands one
@@ -128,18 +129,9 @@ def kernels() -> ModuleType | None:
     return _loaded["ext"]
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
+def disabled() -> contextlib.AbstractContextManager[None]:
     """PyTorch's kernels inside the block (``DDIM_FUSED_GROUPNORM=0`` for its duration): to compare the two."""
-    before = os.environ.get(OFF_SWITCH)
-    os.environ[OFF_SWITCH] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(OFF_SWITCH, None)
-        else:
-            os.environ[OFF_SWITCH] = before
+    return environ(OFF_SWITCH, "0")
 
 
 def _compiling() -> bool:

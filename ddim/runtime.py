@@ -123,6 +123,32 @@ class ChannelsLastNetwork(torch.nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last), t).contiguous()
 
 
+def sampling_network(model: torch.nn.Module, device: torch.device, *, compile: bool | None, channels_last: bool = False,
+                     bf16: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:  # fmt: skip
+    """The network a sampler calls, and its eager twin (for probes such as the batch sizer, which must not compile
+    their own shapes): ``model`` in channels_last (``ChannelsLastNetwork``) if asked, compiled per ``use_compile``,
+    then under bf16 autocast (``Bf16Network``, around the compiled call) if asked."""
+    eager = ChannelsLastNetwork(model) if channels_last else model
+    run = compiled(eager, device, compile)
+    if bf16:
+        run, eager = Bf16Network(run, device), Bf16Network(eager, device)
+    return run, eager
+
+
+@contextlib.contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block, the previous value (or its absence) restored on exit."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def warm_up(model: torch.nn.Module, batch_sizes: Iterable[int], shape: Sequence[int], device: torch.device) -> None:
     """One untimed call per batch size: a compiled model compiles at the first call of each input shape, which
     would otherwise be counted as sampling time. The outputs are discarded."""

@@ -11,7 +11,7 @@ import torch
 
 from ddim.errors import DDIMError
 from ddim.files import atomic_write, atomic_write_json, sha256_file, write_error
-from ddim.runtime import cpu_has_bf16, numerics, resolve_device, slow_bf16
+from ddim.runtime import cpu_has_bf16, environ, numerics, resolve_device, slow_bf16
 
 
 def _leftovers(folder) -> list[str]:
@@ -176,3 +176,15 @@ def test_slow_bf16_names_the_problem_and_the_fix_only_for_a_cpu_without_bf16(tmp
     assert slow_bf16(torch.device("cpu"), with_bf16) is None
     assert slow_bf16(torch.device("cpu"), tmp_path / "missing") is None  # unknown: say nothing
     assert slow_bf16(torch.device("cuda"), without) is None  # a GPU's bf16 is its own matter
+
+
+def test_environ_sets_inside_and_restores_the_value_or_its_absence(monkeypatch):
+    monkeypatch.delenv("DDIM_TEST_VAR", raising=False)
+    with environ("DDIM_TEST_VAR", "1"):
+        assert os.environ["DDIM_TEST_VAR"] == "1"
+    assert "DDIM_TEST_VAR" not in os.environ
+    monkeypatch.setenv("DDIM_TEST_VAR", "before")
+    with pytest.raises(RuntimeError), environ("DDIM_TEST_VAR", "2"):  # restored on an exception too
+        assert os.environ["DDIM_TEST_VAR"] == "2"
+        raise RuntimeError
+    assert os.environ["DDIM_TEST_VAR"] == "before"

@@ -43,6 +43,7 @@ from bench.console import warn
 from ddim.errors import DDIMError
 from ddim.files import atomic_write_text, sha256_file
 from ddim.images import to_uint8
+from ddim.runtime import environ
 
 __all__ = ["REFERENCE_CACHE_VERSION", "REF_SUBSET_SEED", "reference_key", "tensor_sha256"]
 
@@ -231,17 +232,8 @@ def weights_only_loads() -> Iterator[None]:
     """Every ``torch.load`` inside is weights-only with numpy arrays allowed, including torch-fidelity's
     (it loads its cache and the Inception weights with ``weights_only=False``): what we checked with
     ``load_plain`` is then also what it reads, even if a file changed in between."""
-    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-    before = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        with torch.serialization.safe_globals(numpy_array_globals()):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+    with environ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1"), torch.serialization.safe_globals(numpy_array_globals()):
+        yield
 
 
 # --- the reference cache: a damaged file is recomputed, not a traceback ----------------------------

@@ -41,17 +41,14 @@ class Evaluator:
         """``share``: how many workers use this device; ``batch=auto`` takes that share of its memory."""
         from ddim.checkpoint import load_checkpoint
         from ddim.memory import sampling_batch
-        from ddim.runtime import Bf16Network, ChannelsLastNetwork, compiled, resolve_device, use_compile, warm_up
+        from ddim.runtime import resolve_device, sampling_network, use_compile, warm_up
 
         self.spec, self.sha256 = spec, checkpoint_sha256
         self.device = resolve_device(spec.device)
         ck = load_checkpoint(spec.checkpoint, map_location="cpu")
-        eager = ck.build_model(self.device)
-        if spec.channels_last:
-            eager = ChannelsLastNetwork(eager)
-        self.model = compiled(eager, self.device, spec.compile)
-        if spec.bf16:  # every network call of the sweep (cells, interpolation, inversion) alike
-            self.model, eager = Bf16Network(self.model, self.device), Bf16Network(eager, self.device)
+        # bf16: every network call of the sweep (cells, interpolation, inversion) alike
+        self.model, eager = sampling_network(ck.build_model(self.device), self.device, compile=spec.compile,
+                                             channels_last=spec.channels_last, bf16=spec.bf16)  # fmt: skip
         self.alpha_bar, self.T = ck.alpha_bar(), ck.diffusion.T  # float64 ᾱ table, on the CPU
         self.shape = (ck.unet.in_channels, ck.unet.resolution, ck.unet.resolution)  # (C, H, W)
         # batch=auto: sized to this worker's device (the eager model probes: no compiling for the probe's shape)

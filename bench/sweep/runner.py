@@ -162,9 +162,9 @@ def _run_sweep(spec: SweepSpec, devices: list[str], url: str, wandb: str | None,
     total = len(spec.cells()) if spec.search is None else spec.trials
     if slow := slow_bf16_on(spec, devices):  # past the refusals of the sweep's settings: an error is one line alone
         warn(slow)
-    compiled = [use_compile(spec.compile, resolve_device(d)) for d in devices]
-    if spec.channels_last and any(fused_norm.needs_build(resolve_device(d), compiled=c, bf16=spec.bf16)
-                                  for d, c in zip(devices, compiled)):  # fmt: skip
+    used = [resolve_device(d) for d in dict.fromkeys(devices)]
+    if spec.channels_last and any(fused_norm.needs_build(d, compiled=use_compile(spec.compile, d), bf16=spec.bf16)
+                                  for d in used):  # fmt: skip
         note(fused_norm.BUILD_NOTE)
         fused_norm.kernels()  # here, once, before the progress display, rather than in each worker at once
     display = Display(progress, total, f"sweep {spec.name!r}")
