@@ -143,3 +143,17 @@ def test_a_cell_already_measured_is_not_measured_again_without_any_race(ckpt, ca
     trials = optuna.load_study(study_name="once", storage=open_storage(url(work))).trials
     states = sorted(t.state.name for t in trials if t.user_attrs.get("cell") == key)
     assert states == ["COMPLETE", "PRUNED"] and calls["evaluate"] == 0, (states, calls)
+
+
+@pytest.mark.timeout(120)
+def test_a_trial_stopped_inside_optuna_s_ask_is_failed_and_the_search_finishes(ckpt, cache, work, capsys):
+    """A worker stopped inside ``ask`` (a search's sampler runs there) leaves a RUNNING trial that never gets a
+    heartbeat, so Optuna's ``fail_stale_trials`` never fails it; the search must not wait for it for ever."""
+    args = ["steps=2..4", "eta=0", "n=20", "batch=10", "interpolation=false"]
+    sweep(spec_of(ckpt, cache, *args, "trials=1", name="zombie", search="pareto"), work)
+    study = optuna.load_study(study_name="zombie", storage=open_storage(url(work)))
+    zombie = study.ask()  # RUNNING, no heartbeat, no claim: as a worker killed inside ask leaves it
+    summary = sweep(spec_of(ckpt, cache, *args, "trials=2", name="zombie", search="pareto"), work)
+    trials = optuna.load_study(study_name="zombie", storage=open_storage(url(work))).trials
+    assert trials[zombie.number].state == TrialState.FAIL and summary.complete == 2
+    assert f"trial #{zombie.number} never claimed a cell" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from bench.store.cell import Cell
 from bench.store.guard import disk_full
 from bench.store.plan import cell_plan
 from bench.store.record import Measurement
-from bench.store.storage import open_storage
+from bench.store.storage import GRACE_FACTOR, open_storage
 from bench.store.study import (
     claim,
     enqueue_cell,
@@ -53,6 +53,7 @@ class CellWorker:
         self.study_id = self.rdb.get_study_id_from_name(spec.name)
         self.images = open_store(spec.artifacts, create=True)  # each cell's grid, for optuna-dashboard and reports
         self.url, self.disk_full = url, ""  # a full disk stops the worker (every later cell would fail too)
+        self.grace_s, self.unclaimed = GRACE_FACTOR * heartbeat, {}  # trial number -> when first seen unclaimed
 
     def trials(self, *states: Any) -> list:
         """Fresh from the database (not Optuna's per-process trial cache)."""
@@ -126,6 +127,27 @@ class CellWorker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fail_stale_trials is "experimental"
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial -> FAIL -> retried
+        self._fail_silent()
+
+    def _fail_silent(self) -> None:
+        """Fail a RUNNING trial that never claimed a cell once this worker has seen it so for the grace period.
+
+        Optuna's heartbeat thread starts after ``ask`` returns, so a worker killed or stopped inside ``ask`` (a
+        search's sampler runs there) leaves a RUNNING trial without a heartbeat, which ``fail_stale_trials``
+        never fails: a search would wait for it for ever. A live trial claims its cell (``run``) at once.
+        Times are this worker's own clock (workers on other hosts may disagree about the time).
+        """
+        from optuna.trial import TrialState as S
+
+        now = time.monotonic()
+        silent = {t.number for t in self.trials(S.RUNNING) if "run" not in t.user_attrs}
+        self.unclaimed = {n: self.unclaimed.get(n, now) for n in silent}
+        for n, since in self.unclaimed.items():
+            if now - since >= self.grace_s:
+                trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, n)
+                with contextlib.suppress(Exception):  # it ended meanwhile: nothing to fail
+                    if self.rdb.set_trial_state_values(trial_id, S.FAIL):
+                        self.display.warn(f"trial #{n} never claimed a cell (its worker stopped); failed, retried")
 
     def run(self) -> None:
         import optuna
