@@ -55,12 +55,16 @@ system-packages:
 			"install with: sudo apt-get install$$missing"; \
 	fi
 
+# Test files spread over the CPUs (pytest-xdist; each test runs one torch thread), at most 4 processes:
+# `make test XDIST=` runs them in one process.
+XDIST ?= -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # The inner loop: everything but the tests marked slow (subprocesses, kills, torchrun, PostgreSQL).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ddim bench tests
