@@ -11,7 +11,8 @@ A job is a JSON-able dict (``kind`` plus its parameters) and returns a JSON-able
   diffusers' twin, interleaved with S bare network evaluations of ours (the sampler's overhead).
 - ``eval``, ``compile``: one network evaluation against its convolution floor, and the compiled
   network against eager (``bench.perf.network``).
-- ``sweep``:  see ``bench.perf.sweep``; ``table1``: see ``bench.perf.table1``.
+- ``sweep``:  see ``bench.perf.sweep``; ``table1``: see ``bench.perf.table1``; ``malloc``: one side of
+  ``bench.perf.malloc``'s comparison.
 """
 
 from __future__ import annotations
@@ -208,6 +209,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         from bench.perf.table1 import table1_job
 
         return table1_job(job)
+    if kind == "malloc":
+        from bench.perf.malloc import malloc_job
+
+        return malloc_job(job)
     if kind == "sweep":
         from bench.perf.sweep import sweep_job
 

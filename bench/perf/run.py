@@ -11,7 +11,8 @@ Five measurements, each a ratio taken within one process by interleaving its can
 3. ``torch.compile`` against eager (compile time apart, per-call time amortised);
 4. a small digits sweep's wall time against its network-evaluation + feature-extraction time;
 5. (CUDA by default, else ``--only table1``) sampling images/s at S = 10 / 50 / 1000 and the
-   estimated wall time of the paper's whole Table 1 on this machine (``bench.perf.table1``).
+   estimated wall time of the paper's whole Table 1 on this machine (``bench.perf.table1``);
+6. (the CPU) glibc malloc tuned against untuned, in pairs of fresh processes (``bench.perf.malloc``).
 
 Writes ``results.json`` (machine, settings, every raw median and ratio) and ``README.md``.
 On CUDA (``--device auto`` picks it when present) the defaults are bf16 autocast, channels_last and
@@ -34,9 +35,10 @@ from typing import Any
 from ddim.allocator import keep_freed_memory
 from ddim.errors import DDIMError
 
-SECTIONS = ("train", "sample", "compile", "sweep", "table1")
-# table1 samples the cifar10 network tens of times per repeat: minutes on a GPU, an hour on a 2-core CPU.
-DEFAULT_SECTIONS = {"cpu": SECTIONS[:4], "cuda": SECTIONS}
+SECTIONS = ("train", "sample", "compile", "sweep", "table1", "malloc")
+# table1 samples the cifar10 network tens of times per repeat: minutes on a GPU, an hour on a 2-core CPU;
+# malloc tunes the host's allocator, which a GPU's memory does not go through.
+DEFAULT_SECTIONS = {"cpu": (*SECTIONS[:4], "malloc"), "cuda": SECTIONS[:5]}
 # The floor ratio's target is bench.perf.floor.TARGET; a speed-up's is the margin that target gives:
 # diffusers' time over the floor (the ceiling) / TARGET (≈ 1.25× for a ceiling of 1.44×).
 TARGETS = {"sampler_overhead_pct": 2.0, "sweep_overhead_pct": 10.0}
@@ -133,15 +135,19 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
                   "feature_batch": sizes["feature_batch"], "reps": sizes["table1_reps"]}  # fmt: skip
         # On a GPU the file's batch; on a CPU, whose throughput is flat past small batches, a small one.
         jobs.append({**table1, "batch": 8} if not cuda else table1)
+    if "malloc" in only:
+        jobs.append({**base, "kind": "malloc", "preset": name, "eval_batch": eval_batch, "sample_steps": 10,
+                     "sample_batch": sizes["sample_batch"] or 64, "train_batch": sizes["train_batch"].get(name, 8),
+                     "reps": sizes["eval_reps"] // 2 + 1, "pairs": 1 if cfg.quick else 3})  # fmt: skip
     for job in jobs:  # tuples -> lists: a job is JSON
         job.update({k: list(job[k]) for k in ("steps", "etas") if k in job})
     return jobs
 
 
-def run_in_subprocess(job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+def run_in_subprocess(job: dict[str, Any], timeout: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
     from bench.perf.jobs import RESULT_TAG
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if job.get("threads"):
         env["OMP_NUM_THREADS"] = str(job["threads"])
     try:
@@ -163,7 +169,11 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
     from bench.perf.jobs import job_error, run_job
 
     start = time.perf_counter()
-    if isolate:
+    if job["kind"] == "malloc":  # always fresh processes: the allocator's setting is process-wide
+        from bench.perf.malloc import compare
+
+        result = compare(job, run_in_subprocess)
+    elif isolate:
         result = run_in_subprocess(job)
     else:
         try:
@@ -176,14 +186,14 @@ def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
 
 def _collect(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Group job results by section: timing results with their memory results attached."""
-    out: dict[str, Any] = {"train": [], "sample": [], "eval": [], "compile": [], "sweep": [], "table1": []}
+    out: dict[str, Any] = {k: [] for k in ("train", "sample", "eval", "compile", "sweep", "table1", "malloc")}
     for job, res in zip(jobs, results):
         kind = job["kind"]
         if kind == "sweep":
             for run in res.get("runs", [res]):
                 out["sweep"].append({**{k: v for k, v in res.items() if k != "runs"}, **run})
             continue
-        if kind in ("eval", "compile", "table1"):
+        if kind in ("eval", "compile", "table1", "malloc"):
             out[kind].append(res)
             continue
         if not job.get("memory"):
@@ -327,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmul/conv on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (slow to start on a CPU)")
     p.add_argument("--only", default=None, metavar="LIST",
-                   help=f"sections: {','.join(SECTIONS)} (default: all but table1 on a CPU)")  # fmt: skip
+                   help=f"sections: {','.join(SECTIONS)} (default: no table1 on a CPU, no malloc on CUDA)")  # fmt: skip
     p.add_argument("--presets", default="digits,cifar10", metavar="LIST", help="UNet presets to train (or tiny)")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one subprocess per memory figure (default: on for the CPU, off for CUDA)")  # fmt: skip
