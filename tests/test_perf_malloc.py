@@ -41,7 +41,8 @@ def test_pairs_alternate_their_order_and_ratios_are_untuned_over_tuned() -> None
     assert res["calls"]["eval"]["untuned_faults"] == 100 and res["calls"]["eval"]["tuned_faults"] == 0
     text = render({"machine": {"cpu": "x", "cpu_count": 2, "torch": "t", "torch_threads": 1}, "settings": {},
                    "started": "now", "seconds": 1, "method": "m", "targets": {}, "malloc": [res]})  # fmt: skip
-    assert "## 6. glibc malloc tuned" in text and "| 2.00 / 4.00 / 3.00 | **3.00×** | 100 → 0 |" in text
+    assert "## 6. glibc malloc tuned" in text and "| 2.00 / 4.00 / 3.00 | **3.00×** | yes | 100 → 0 |" in text
+    assert res["calls"]["train"]["pairs_agree"] is False  # every ratio 1.0: not faster in any pair
 
 
 def test_nothing_to_compare_when_the_tuning_did_not_apply_and_a_failed_side_is_an_error() -> None:

@@ -5,7 +5,9 @@ other sections' candidates are: ``compare`` starts ``pairs`` pairs of fresh proc
 (``DDIM_MALLOC_TUNING=0``) and one tuned (the environment as it is), alternating which goes first, and each runs
 ``malloc_job``: one network evaluation, one DDIM sampling call and one training step of the same model, each as a
 block of its own (a warm-up, then ``reps`` timed calls: process-CPU-time medians) and counted in minor page faults
-per call. A pair's ratio is untuned over tuned; the section reports every pair's and their median.
+per call. A pair's ratio is untuned over tuned; the section reports every pair's, their median and whether the
+pairs agree on its side of 1: fresh processes on a shared machine differ by ±20 % among themselves (the same side,
+the same code), so pairs that disagree mean the effect is within that noise.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def compare(job: dict[str, Any], run: Callable[..., dict[str, Any]]) -> dict[str
             "tuned_cpu_s": statistics.median(t["cpu_s"] for t in tuned),
             "ratios": [round(r, 3) for r in ratios],
             "speedup": statistics.median(ratios),
+            "pairs_agree": all(r > 1 for r in ratios) or all(r < 1 for r in ratios),
             "untuned_faults": _median([u["faults"] for u in untuned]),
             "tuned_faults": _median([t["faults"] for t in tuned]),
         }

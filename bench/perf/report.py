@@ -249,15 +249,17 @@ def _malloc(results: list[dict[str, Any]]) -> list[str]:
         for name, c in res["calls"].items():
             faults = f"{_f(c['untuned_faults'], 0)} → {_f(c['tuned_faults'], 0)}"
             rows.append([_CALLS[name].format(**res), f"{c['untuned_cpu_s']:.4f}", f"{c['tuned_cpu_s']:.4f}",
-                         " / ".join(f"{r:.2f}" for r in c["ratios"]), f"**{c['speedup']:.2f}×**", faults])  # fmt: skip
+                         " / ".join(f"{r:.2f}" for r in c["ratios"]), f"**{c['speedup']:.2f}×**",
+                         c.get("pairs_agree"), faults])  # fmt: skip
         out += [f"Preset `{res['preset']}`, ours, the run's settings; {res['pairs']} pairs of fresh processes.", ""]
-        out += _table(["call", "untuned (s)", "tuned (s)", "untuned / tuned, per pair", "median", "page faults per "
-                       "call, untuned → tuned"], rows)  # fmt: skip
+        out += _table(["call", "untuned (s)", "tuned (s)", "untuned / tuned, per pair", "median", "pairs agree",
+                       "page faults per call, untuned → tuned"], rows)  # fmt: skip
         out += ["Each process runs each call as a block (a warm-up, then timed calls; process-CPU-time medians, "
                 "minor page faults per call); a pair is one process with `DDIM_MALLOC_TUNING=0` and one without, the "
-                "order alternating between pairs. The tuning keeps freed blocks for reuse instead of handing them back "
-                "to the kernel, which zero-fills fresh pages at the next call; the numbers computed are the same.",
-                ""]  # fmt: skip
+                "order alternating between pairs. *Pairs agree*: every pair's ratio on the same side of 1; where they "
+                "do not, the effect is within the noise between fresh processes on this machine. The tuning keeps "
+                "freed blocks for reuse instead of handing them back to the kernel, which zero-fills fresh pages at "
+                "the next call; the numbers computed are the same.", ""]  # fmt: skip
     return out
 
 

@@ -138,7 +138,7 @@ def plan(cfg: PerfConfig, device: str) -> list[dict[str, Any]]:
     if "malloc" in only:
         jobs.append({**base, "kind": "malloc", "preset": name, "eval_batch": eval_batch, "sample_steps": 10,
                      "sample_batch": sizes["sample_batch"] or 64, "train_batch": sizes["train_batch"].get(name, 8),
-                     "reps": sizes["eval_reps"] // 2 + 1, "pairs": 1 if cfg.quick else 3})  # fmt: skip
+                     "reps": sizes["eval_reps"] // 3 + 1, "pairs": 1 if cfg.quick else 5})  # fmt: skip
     for job in jobs:  # tuples -> lists: a job is JSON
         job.update({k: list(job[k]) for k in ("steps", "etas") if k in job})
     return jobs
