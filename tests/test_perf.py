@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -348,3 +350,13 @@ def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert perf.main(["--only", "nope"]) == 2
     assert perf.main(["--threads", "-1", "--dry-run", "--device", "cpu"]) == 2
     assert "choose from train,sample,compile,sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_overhead_leaves_the_storage_s_imports_out_of_the_clock() -> None:
+    """What Optuna imports when its first database storage opens (SQLAlchemy, Alembic) is imported before the
+    sweep's clock starts, with the rest of the once-per-process imports (a fresh process: this one has them)."""
+    code = ("import sys; from bench.perf.sweep import warm_imports; warm_imports('bench.sweep'); "
+            "print(all(m in sys.modules for m in ('sqlalchemy.orm', 'alembic.runtime.migration')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "True", out.stderr
