@@ -148,9 +148,9 @@ def warm_imports(mode: str) -> float:
     ):
         importlib.import_module(name)
     if mode != "loop":
-        import optuna
+        from bench.store.storage import open_storage
 
-        optuna.storages.RDBStorage("sqlite:///:memory:")
+        open_storage("sqlite:///:memory:")
     return time.perf_counter() - start
 
 
