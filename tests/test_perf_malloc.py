@@ -72,3 +72,9 @@ def test_a_pair_of_real_processes_one_tuned_one_not() -> None:
         c = res["calls"][name]
         assert c["untuned_cpu_s"] > 0 and c["tuned_cpu_s"] > 0 and len(c["ratios"]) == 1, c
         assert c["untuned_faults"] is not None and c["tuned_faults"] is not None
+
+
+def test_a_malformed_child_result_is_the_job_s_error_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perf, "run_in_subprocess", lambda job, env: {"tuned": env == {}})  # no "calls"
+    res = perf.run_job_isolated({**JOB, "pairs": 1}, isolate=True)
+    assert res["error"] == "KeyError: 'calls'"

@@ -1,7 +1,8 @@
 """``python -m bench.perf``: the performance benchmark (``make bench``) → ``reports/perf/``.
 
-Five measurements, each a ratio taken within one process by interleaving its candidates (see
-``bench.perf.timing``), plus the peak memory of each in a fresh subprocess:
+Six measurements, each a ratio taken within one process by interleaving its candidates (see
+``bench.perf.timing``), plus the peak memory of each in a fresh subprocess; the sixth, a process-wide setting,
+compares pairs of fresh processes instead:
 
 1. training throughput (forward + backward + Adam step) of our UNet against diffusers'
    ``UNet2DModel`` built to the same architecture, for the ``digits`` and ``cifar10`` presets, and
@@ -167,17 +168,14 @@ def run_in_subprocess(job: dict[str, Any], timeout: float = 1800, env: dict[str,
 def run_job_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
     """A job in a fresh subprocess (``isolate``) or in this process; failures become ``{"error": ...}``."""
     from bench.perf.jobs import job_error, run_job
+    from bench.perf.malloc import compare  # pairs of fresh processes: the allocator's setting is process-wide
 
     start = time.perf_counter()
-    if job["kind"] == "malloc":  # always fresh processes: the allocator's setting is process-wide
-        from bench.perf.malloc import compare
-
-        result = compare(job, run_in_subprocess)
-    elif isolate:
+    if isolate and job["kind"] != "malloc":
         result = run_in_subprocess(job)
     else:
         try:
-            result = run_job(job)
+            result = compare(job, run_in_subprocess) if job["kind"] == "malloc" else run_job(job)
         except Exception as err:  # one failing job (a missing package, a CUDA error, a bug) spares the others
             result = job_error(err)
     result["job_seconds"] = round(time.perf_counter() - start, 2)
@@ -308,7 +306,8 @@ def _results(cfg: PerfConfig, device: str, jobs: list[dict[str, Any]], results: 
         },
         "settings": jobs[0]["settings"] if jobs else {},
         "machine": machine_info(device),
-        "method": "interleaved repeats (A B A B ...), per-candidate medians, ratios within one process",
+        "method": "interleaved repeats (A B A B ...), per-candidate medians, ratios within one process "
+        "(the malloc section: pairs of fresh processes)",
         "memory_method": (
             "peak memory of each model measured alone"
             + (" in a fresh subprocess" if isolate else " in the benchmark process")
