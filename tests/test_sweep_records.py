@@ -156,4 +156,6 @@ def test_a_trial_stopped_inside_optuna_s_ask_is_failed_and_the_search_finishes(c
     summary = sweep(spec_of(ckpt, cache, *args, "trials=2", name="zombie", search="pareto"), work)
     trials = optuna.load_study(study_name="zombie", storage=open_storage(url(work))).trials
     assert trials[zombie.number].state == TrialState.FAIL and summary.complete == 2
-    assert f"trial #{zombie.number} never claimed a cell" in capsys.readouterr().err
+    assert f"trial #{zombie.number} never started" in capsys.readouterr().err
+    worker = {t.user_attrs.get("worker") for t in trials if t.state == TrialState.COMPLETE}
+    assert len(worker) == 1 and None not in worker  # every trial that ran marked itself first

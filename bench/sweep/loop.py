@@ -32,6 +32,7 @@ from bench.tracking.sweep_runs import track_cell
 from ddim.errors import DDIMError, one_line
 
 POLL_S = 1.0  # seconds between looks at the store while other workers hold the cells left
+LIVE = "worker"  # the user attribute a trial's objective sets first: the trial got past Optuna's ask
 
 
 class CellWorker:
@@ -79,6 +80,9 @@ class CellWorker:
         return Cell(sampler, spacing, steps, eta, int(pick("seed_block", spec.seeds, True)))
 
     def objective(self, trial: Any) -> float | tuple[float, float]:
+        trial.set_user_attr(
+            LIVE, f"{socket.gethostname()}:{os.getpid()}"
+        )  # first: this trial is not ``_fail_silent``'s
         try:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
@@ -130,24 +134,27 @@ class CellWorker:
         self._fail_silent()
 
     def _fail_silent(self) -> None:
-        """Fail a RUNNING trial that never claimed a cell once this worker has seen it so for the grace period.
+        """Fail a RUNNING trial whose objective never started once this worker has seen it so for the grace period.
 
         Optuna's heartbeat thread starts after ``ask`` returns, so a worker killed or stopped inside ``ask`` (a
         search's sampler runs there) leaves a RUNNING trial without a heartbeat, which ``fail_stale_trials``
-        never fails: a search would wait for it for ever. A live trial claims its cell (``run``) at once.
+        never fails: a search would wait for it for ever. A live trial's objective marks it (``LIVE``) first thing
+        (a worker of an earlier release marks it only when it claims its cell: ``run``).
         Times are this worker's own clock (workers on other hosts may disagree about the time).
         """
         from optuna.trial import TrialState as S
 
         now = time.monotonic()
-        silent = {t.number for t in self.trials(S.RUNNING) if "run" not in t.user_attrs}
+        silent = {t.number for t in self.trials(S.RUNNING) if LIVE not in t.user_attrs and "run" not in t.user_attrs}
         self.unclaimed = {n: self.unclaimed.get(n, now) for n in silent}
         for n, since in self.unclaimed.items():
             if now - since >= self.grace_s:
                 trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, n)
                 with contextlib.suppress(Exception):  # it ended meanwhile: nothing to fail
                     if self.rdb.set_trial_state_values(trial_id, S.FAIL):
-                        self.display.warn(f"trial #{n} never claimed a cell (its worker stopped); failed, retried")
+                        self.display.warn(
+                            f"trial #{n} never started (its worker stopped in Optuna's ask); failed, retried"
+                        )
 
     def run(self) -> None:
         import optuna
