@@ -105,6 +105,7 @@ def test_a_first_use_that_compiles_the_kernels_says_so_once(
         return device.type == "cpu" and not (compiled or bf16 or built["now"])
 
     monkeypatch.setattr(fused_norm, "needs_build", needs_build)
+    monkeypatch.chdir(tmp_path)  # the sweeps' artifacts (ddimbench-sweeps/) land here, not in the repository
     say = fused_norm.BUILD_NOTE
     train = ["train", "--dataset", "digits", "--max-steps", "1", "--batch-size", "4", "--ch", "8", "--ch-mult", "1",
              "--num-res-blocks", "1", "--attn-resolutions=", "--num-groups", "4", "--sample-every", "0", "--T", "20",
