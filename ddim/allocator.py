@@ -10,8 +10,8 @@ import os
 # glibc's malloc (mallopt(3)): freed blocks up to MMAP_THRESHOLD are kept for reuse and the heap is not trimmed, so
 # the network's large activations stop costing fresh, zero-filled pages from the kernel at every call. One NCHW
 # digits evaluation at batch 128 took 13,900 page faults (36 ms of kernel time, 16 % of its CPU time) without this
-# and 0-100 with it; on a shared 2-core AMD EPYC VM 1.16x faster (median of 19 pairs of fresh processes, pairs from
-# 0.77x to 1.42x: `make bench` section 6, reports/perf/profile.md sections 14-15); the numbers are unchanged.
+# and 0-400 with it; on a shared 2-core AMD EPYC VM 1.17x faster (median of 24 pairs of fresh processes, pairs from
+# 0.77x to 1.51x: `make bench` section 6, reports/perf/profile.md sections 14-15); the numbers are unchanged.
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest on 64-bit
 TRIM_THRESHOLD = 2**31 - 1
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
