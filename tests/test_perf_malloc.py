@@ -78,3 +78,9 @@ def test_a_malformed_child_result_is_the_job_s_error_not_a_crash(monkeypatch: py
     monkeypatch.setattr(perf, "run_in_subprocess", lambda job, env: {"tuned": env == {}})  # no "calls"
     res = perf.run_job_isolated({**JOB, "pairs": 1}, isolate=True)
     assert res["error"] == "KeyError: 'calls'"
+
+
+def test_one_pair_says_nothing_about_agreement() -> None:
+    sides = iter([_side(False, dict.fromkeys(malloc.CALLS, 2.0)), _side(True, dict.fromkeys(malloc.CALLS, 1.0))])
+    res = malloc.compare({**JOB, "pairs": 1}, lambda job, env: next(sides))
+    assert res["calls"]["eval"]["ratios"] == [2.0] and res["calls"]["eval"]["pairs_agree"] is None
