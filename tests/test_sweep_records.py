@@ -159,3 +159,23 @@ def test_a_trial_stopped_inside_optuna_s_ask_is_failed_and_the_search_finishes(c
     assert f"trial #{zombie.number} never started" in capsys.readouterr().err
     worker = {t.user_attrs.get("worker") for t in trials if t.state == TrialState.COMPLETE}
     assert len(worker) == 1 and None not in worker  # every trial that ran marked itself first
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_cell_popped_by_a_worker_stopped_inside_ask_is_measured(ckpt, cache, work, capsys):
+    """In a grid, the trial Optuna's ``ask`` pops is RUNNING and already names its cell (queued with it): a worker
+    stopped there left the cell held for ever. It is failed after the grace and the cell measured."""
+    from bench.store.study import enqueue_cell
+
+    sweep(spec_of(ckpt, cache, *FAST, name="zgrid"), work)  # the sweep exists, η = 0 measured
+    spec = spec_of(ckpt, cache, "steps=2", "eta=0,0.5", "n=20", "batch=10", "interpolation=false", name="zgrid")
+    (cell,) = (c for c in spec.cells() if c.eta == 0.5)
+    study = optuna.load_study(study_name="zgrid", storage=open_storage(url(work)))
+    enqueue_cell(study, cell)
+    zombie = study.ask()  # pops the queued cell: RUNNING, holding it, never started
+    assert zombie.user_attrs.get("cell") == cell.key
+    summary = sweep(spec, work)
+    trials = optuna.load_study(study_name="zgrid", storage=open_storage(url(work))).trials
+    assert trials[zombie.number].state == TrialState.FAIL and summary.complete == 2 and not summary.failed
+    assert [t.state for t in trials if t.user_attrs.get("cell") == cell.key].count(TrialState.COMPLETE) == 1
+    assert f"trial #{zombie.number} never started" in capsys.readouterr().err

@@ -137,8 +137,9 @@ class CellWorker:
         """Fail a RUNNING trial whose objective never started once this worker has seen it so for the grace period.
 
         Optuna's heartbeat thread starts after ``ask`` returns, so a worker killed or stopped inside ``ask`` (a
-        search's sampler runs there) leaves a RUNNING trial without a heartbeat, which ``fail_stale_trials``
-        never fails: a search would wait for it for ever. A live trial's objective marks it (``LIVE``) first thing
+        search's sampler runs there; a grid's ``ask`` pops a queued trial that already names its cell) leaves a
+        RUNNING trial without a heartbeat, which ``fail_stale_trials`` never fails: the sweep would wait for it for
+        ever. A live trial's objective marks it (``LIVE``) first thing
         (a worker of an earlier release marks it only when it claims its cell: ``run``).
         Times are this worker's own clock (workers on other hosts may disagree about the time).
         """

@@ -17,7 +17,7 @@ measured exactly once, with any number of workers and machines on one storage:
 2. Optuna's heartbeat marks a dead worker's trial stale; a waiting worker fails it
    (``fail_stale_trials``) and re-enqueues the cell, up to store.MAX_ATTEMPTS times per run; a trial
    stopped inside Optuna's ``ask`` never beats nor starts its objective: a waiting worker fails it after the
-   same grace (``CellWorker._fail_silent``), so a search does not wait for it;
+   same grace (``CellWorker._fail_silent``), so no grid or search waits for it;
 3. a cell whose evaluation raised is FAIL with a one-line ``error`` and is not retried in that
    run; running the command again (a new run token) retries failed and missing cells and skips
    complete ones.
