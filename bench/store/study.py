@@ -10,7 +10,8 @@
   ``seed_block`` (int), ``eta`` (float, ddim cells only). A grid cell is an enqueued trial
   (``enqueue_cell``) whose params are read back through the suggest API (``queued_cell``);
 - trial user attributes: ``cell`` (the cell's canonical key, also the claim that makes a cell run
-  once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host``, each metric as its own
+  once), ``run`` (the token of the ``run_sweep`` call), ``pid``/``host`` (set first by a trial's objective:
+  a RUNNING trial without them was stopped inside Optuna's ``ask``), each metric as its own
   attribute (``METRIC_ATTRS``: fid, isc_mean, isc_std, kid_mean, kid_std, nfe, wall_s,
   images_per_s), the rest of the ``bench.store.record.Measurement`` (grid paths, seeds, protocol hashes,
   device, versions) as ``result``; a failed cell has ``error``. Stores of the previous release (one

@@ -32,7 +32,6 @@ from bench.tracking.sweep_runs import track_cell
 from ddim.errors import DDIMError, one_line
 
 POLL_S = 1.0  # seconds between looks at the store while other workers hold the cells left
-LIVE = "worker"  # the user attribute a trial's objective sets first: the trial got past Optuna's ask
 
 
 class CellWorker:
@@ -80,9 +79,8 @@ class CellWorker:
         return Cell(sampler, spacing, steps, eta, int(pick("seed_block", spec.seeds, True)))
 
     def objective(self, trial: Any) -> float | tuple[float, float]:
-        trial.set_user_attr(
-            LIVE, f"{socket.gethostname()}:{os.getpid()}"
-        )  # first: this trial is not ``_fail_silent``'s
+        for key, value in {"pid": os.getpid(), "host": socket.gethostname()}.items():  # first: live, not silent
+            trial.set_user_attr(key, value)
         try:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL; say why
@@ -97,7 +95,7 @@ class CellWorker:
         if cell is None:  # another worker popped the queued trial first: nothing to measure
             raise optuna.TrialPruned("no queued cell")
         # 1. Claim, then read: yield to any other live or finished holder of the cell.
-        holder = claim(trial, cell, {"run": self.token, "pid": os.getpid(), "host": socket.gethostname()})
+        holder = claim(trial, cell, {"run": self.token})
         if holder is not None:
             raise optuna.TrialPruned(f"cell held by trial #{holder}")
         # 2. Sample and measure; an error is stored with the trial (FAIL) and shown in one line.
@@ -139,14 +137,14 @@ class CellWorker:
         Optuna's heartbeat thread starts after ``ask`` returns, so a worker killed or stopped inside ``ask`` (a
         search's sampler runs there; a grid's ``ask`` pops a queued trial that already names its cell) leaves a
         RUNNING trial without a heartbeat, which ``fail_stale_trials`` never fails: the sweep would wait for it for
-        ever. A live trial's objective marks it (``LIVE``) first thing
-        (a worker of an earlier release marks it only when it claims its cell: ``run``).
+        ever. A live trial's objective records its ``pid`` and ``host``
+        first thing (a worker of an earlier release recorded them only when it claimed its cell).
         Times are this worker's own clock (workers on other hosts may disagree about the time).
         """
         from optuna.trial import TrialState as S
 
         now = time.monotonic()
-        silent = {t.number for t in self.trials(S.RUNNING) if LIVE not in t.user_attrs and "run" not in t.user_attrs}
+        silent = {t.number for t in self.trials(S.RUNNING) if "pid" not in t.user_attrs}
         self.unclaimed = {n: self.unclaimed.get(n, now) for n in silent}
         for n, since in self.unclaimed.items():
             if now - since >= self.grace_s:
